@@ -1,0 +1,1 @@
+"""edge-rerank cloud companion: serving (Flask under gunicorn), embedding store, logs, and training (torch)."""

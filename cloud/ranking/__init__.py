@@ -1,0 +1,1 @@
+"""The cloud ranking pipeline: recall -> (coarse seam) -> fine ranker -> page."""

@@ -1,0 +1,1 @@
+"""Training (torch): the device reranker on impression logs; export helpers live in `converters`."""

@@ -1,0 +1,73 @@
+"""Impression logs -> training samples, through the device's own feature operators.
+
+A sample is one rerank point of one shown list: the feedback the device had (``events[:p]``), and as
+candidates the items not yet exposed at ``p`` that the user went on to see, labelled by what the user did
+with them (order = 2, click = 1, else 0). Lists without a positive or with fewer than two candidates are
+skipped (no list-wise signal)."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from device_sdk.contracts import ImpressionRow
+from device_sdk.features import FeatureBuilder, FeatureConfig, stack_batch
+
+
+@dataclass
+class Samples:
+    inputs: dict[str, np.ndarray]  # name -> [S, ...] in the model's input layout
+    labels: np.ndarray  # [S, n_max] float32 graded relevance (0 on padding)
+    session_ids: list[str]
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def mask(self) -> np.ndarray:
+        return self.inputs["cand_mask"]
+
+    def subset(self, idx: np.ndarray) -> Samples:
+        return Samples({k: v[idx] for k, v in self.inputs.items()}, self.labels[idx],
+                       [self.session_ids[i] for i in idx])
+
+
+def samples_from_row(row: ImpressionRow, builder: FeatureBuilder) -> list[tuple[dict[str, np.ndarray], np.ndarray]]:
+    cfg = builder.cfg
+    out = []
+    for p in sorted(set(row.rerank_points)):
+        cands = [c for c in row.candidates if c.exposed and c.first_exposure_step >= p]
+        cands.sort(key=lambda c: c.shown_position)
+        cands = cands[: cfg.n_max]
+        labels = np.zeros(cfg.n_max, dtype=np.float32)
+        for k, c in enumerate(cands):
+            labels[k] = 2.0 if (c.ordered and c.click_step >= p) else (1.0 if c.clicked and c.click_step >= p else 0.0)
+        if len(cands) < 2 or labels.sum() == 0:
+            continue
+        feats = builder.build([c.item for c in cands], row.events[:p], row.context)
+        out.append((feats, labels))
+    return out
+
+
+def build_samples(rows: Sequence[ImpressionRow], cfg: FeatureConfig, *, progress: bool = True) -> Samples:
+    builder = FeatureBuilder(cfg)
+    feats, labels, sids = [], [], []
+    for row in tqdm(rows, desc="features", unit="list", disable=not progress, leave=False):
+        for f, y in samples_from_row(row, builder):
+            feats.append(f)
+            labels.append(y)
+            sids.append(row.session_id)
+    if not feats:
+        raise ValueError("the logs hold no usable rerank samples (need rerank points followed by clicks)")
+    return Samples(stack_batch(feats), np.stack(labels), sids)
+
+
+def split_by_session(samples: Samples, valid_share: float = 0.2, seed: int = 0) -> tuple[Samples, Samples]:
+    """Deterministic split by session id hash, so one session never feeds both sides."""
+    h = np.array([zlib.crc32(f"{seed}:{s}".encode()) % 10_000 for s in samples.session_ids])
+    valid = h < valid_share * 10_000
+    return samples.subset(np.flatnonzero(~valid)), samples.subset(np.flatnonzero(valid))

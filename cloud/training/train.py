@@ -1,0 +1,123 @@
+"""Fit / evaluate loops for the device reranker, with progress bars, seeding and checkpoints."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from cloud.training.data import Samples
+from cloud.training.losses import LOSSES
+from cloud.training.metrics import mrr, ndcg_at_k
+from cloud.training.model import DeviceReranker, ModelConfig, to_tensors
+from device_sdk.features import FeatureConfig
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 12
+    batch_size: int = 128
+    lr: float = 3e-3
+    weight_decay: float = 1e-5
+    loss: str = "listnet"  # "listnet" | "lambda"
+    seed: int = 0
+    threads: int = 2
+    patience: int = 4  # epochs without a better validation NDCG@10 before stopping
+
+
+def predict(model: DeviceReranker, samples: Samples, batch_size: int = 512) -> np.ndarray:
+    model.eval()
+    out = []
+    names = model.input_names
+    with torch.no_grad():
+        for i in range(0, len(samples), batch_size):
+            batch = {k: v[i: i + batch_size] for k, v in samples.inputs.items()}
+            out.append(model(*to_tensors(batch, names)).numpy())
+    return np.concatenate(out)
+
+
+def evaluate(scores: np.ndarray, samples: Samples) -> dict[str, float]:
+    m = samples.mask
+    return {"ndcg@5": float(np.nanmean(ndcg_at_k(scores, samples.labels, m, 5))),
+            "ndcg@10": float(np.nanmean(ndcg_at_k(scores, samples.labels, m, 10))),
+            "mrr": float(np.nanmean(mrr(scores, samples.labels, m)))}
+
+
+def cloud_order_scores(samples: Samples) -> np.ndarray:
+    """Samples keep the shown (cloud) order, so the cloud's ranking is 'earlier is better'."""
+    n = samples.labels.shape[1]
+    return np.tile(-np.arange(n, dtype=np.float64), (len(samples), 1))
+
+
+def fit(train: Samples, valid: Samples, fcfg: FeatureConfig, mcfg: ModelConfig | None = None,
+        tcfg: TrainConfig | None = None, *, progress: bool = True) -> tuple[DeviceReranker, dict]:
+    tcfg = tcfg or TrainConfig()
+    torch.manual_seed(tcfg.seed)
+    torch.set_num_threads(tcfg.threads)
+    model = DeviceReranker(fcfg, mcfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    loss_fn = LOSSES[tcfg.loss]()
+    names = model.input_names
+    rng = np.random.default_rng(tcfg.seed)
+    history, best, best_state, bad = [], -1.0, None, 0
+    t_start, n_lists = time.perf_counter(), 0
+    bar = tqdm(range(tcfg.epochs), desc="train", unit="epoch", disable=not progress, leave=False)
+    for epoch in bar:
+        model.train()
+        perm = rng.permutation(len(train))
+        losses = []
+        for i in range(0, len(perm), tcfg.batch_size):
+            idx = perm[i: i + tcfg.batch_size]
+            batch = {k: v[idx] for k, v in train.inputs.items()}
+            scores = model(*to_tensors(batch, names))
+            loss = loss_fn(scores, torch.from_numpy(train.labels[idx]), torch.from_numpy(batch["cand_mask"]))
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+            losses.append(float(loss))
+            n_lists += len(idx)
+        metrics = evaluate(predict(model, valid), valid)
+        history.append({"epoch": epoch, "loss": float(np.mean(losses)), **metrics})
+        bar.set_postfix(loss=f"{np.mean(losses):.4f}", ndcg10=f"{metrics['ndcg@10']:.4f}")
+        if metrics["ndcg@10"] > best + 1e-5:
+            best, best_state, bad = metrics["ndcg@10"], copy.deepcopy(model.state_dict()), 0
+        else:
+            bad += 1
+            if bad >= tcfg.patience:
+                break
+    train_s = time.perf_counter() - t_start
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    summary = {
+        "train_lists": len(train), "valid_lists": len(valid), "epochs_run": len(history),
+        "lists_per_s": n_lists / max(train_s, 1e-9), "train_seconds": train_s,
+        "valid_model": evaluate(predict(model, valid), valid),
+        "valid_cloud_order": evaluate(cloud_order_scores(valid), valid),
+        "history": history, "train_config": asdict(tcfg),
+        "params": int(sum(p.numel() for p in model.parameters())),
+    }
+    return model, summary
+
+
+def save_checkpoint(model: DeviceReranker, path: str | Path, summary: dict | None = None) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": model.state_dict(), "feature_config": model.fcfg.to_dict(),
+                "model_config": model.mcfg.to_dict(), "summary": json.loads(json.dumps(summary or {}))}, path)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> tuple[DeviceReranker, dict]:
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    model = DeviceReranker(FeatureConfig.from_dict(ck["feature_config"]), ModelConfig(**ck["model_config"]))
+    model.load_state_dict(ck["state_dict"])
+    model.eval()
+    return model, ck.get("summary", {})

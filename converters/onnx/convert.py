@@ -1,0 +1,29 @@
+"""torch -> ONNX (the dynamo exporter, fixed shapes, batch 1)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def export_onnx(model, example: dict[str, np.ndarray], path: str | Path, opset: int = 18) -> Path:
+    """Export `model` (a DeviceReranker) with inputs named as the feature specs and one output 'scores'.
+    `example` holds one batch-1 input per name (real inputs are best: they exercise every path)."""
+    try:
+        import torch
+    except ImportError as exc:  # pragma: no cover
+        raise RuntimeError("ONNX export needs the [train] extra (torch, onnx, onnxscript)") from exc
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = model.input_names
+    args = tuple(torch.from_numpy(np.ascontiguousarray(example[n])) for n in names)
+    model.eval()
+    with torch.no_grad():
+        prog = torch.onnx.export(model, args, dynamo=True, input_names=names, output_names=["scores"],
+                                 opset_version=opset, external_data=False, verbose=False)
+    prog.save(str(path), external_data=False)
+    import onnx
+
+    onnx.checker.check_model(str(path))
+    return path

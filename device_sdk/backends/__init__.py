@@ -1,0 +1,54 @@
+"""Inference backends behind one protocol, registered by name, each importing its runtime lazily."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+class BackendError(RuntimeError):
+    """A backend cannot be created or cannot run (missing runtime, bad model file, bad output)."""
+
+
+@runtime_checkable
+class Backend(Protocol):
+    name: str
+
+    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """Scores [batch, n_max] for inputs with a leading batch dimension."""
+        ...
+
+
+_REGISTRY: dict[str, Callable[..., Backend]] = {}
+_FORMATS: dict[str, str] = {}
+
+
+def register(name: str, model_format: str) -> Callable[[Callable[..., Backend]], Callable[..., Backend]]:
+    def deco(factory: Callable[..., Backend]) -> Callable[..., Backend]:
+        _REGISTRY[name] = factory
+        _FORMATS[name] = model_format
+        return factory
+
+    return deco
+
+
+def available() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def model_format(name: str) -> str:
+    return _FORMATS[name]
+
+
+def create(name: str, model_path: str | Path, *, threads: int = 1) -> Backend:
+    """Create backend `name` for the model file at `model_path`."""
+    if name not in _REGISTRY:
+        raise BackendError(f"unknown backend {name!r}; available: {available()}")
+    return _REGISTRY[name](Path(model_path), threads=threads)
+
+
+# Registration is cheap: each module imports its runtime only when a backend is created.
+from device_sdk.backends import onnxruntime_backend as _ort  # noqa: E402,F401

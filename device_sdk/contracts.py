@@ -1,0 +1,215 @@
+"""The contracts every part of edge-rerank shares, in one place.
+
+These dataclasses are the in-process form of the protobuf messages in ``proto/edge_rerank.proto``
+(``device_sdk.wire`` converts between the two) and of the impression-log rows documented in
+``docs/impression_log_schema.md``. Only numpy is needed here, so the phone runtime can use them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+import numpy as np
+
+DEFAULT_PAGE_SIZE = 25
+MAX_PAGE_SIZE = 100
+MAX_PAGE_INDEX = 1000
+
+
+class ContractError(ValueError):
+    """A value does not satisfy its contract (bad request, bad page, bad event)."""
+
+
+class EventKind(IntEnum):
+    """What happened. Values match ``edge_rerank.v1.EventKind`` on the wire."""
+
+    EXPOSURE = 1  # the item left the screen; dwell_ms = how long it was visible
+    CLICK = 2
+    DETAIL_RETURN = 3  # back from the detail page; dwell_ms = time spent on the detail page
+    ORDER = 4
+    LEAVE = 5  # the user left the list; item_id = -1
+
+
+class EmbeddingEncoding(IntEnum):
+    FP16 = 0
+    INT8 = 1
+
+
+@dataclass(frozen=True)
+class Item:
+    """A catalog item (a shop in the simulator)."""
+
+    item_id: int
+    category: int
+    brand: int
+    price_level: int
+    lat: float
+    lon: float
+    quality: float = 0.0
+    popularity: float = 0.0
+    tokens: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Context:
+    lat: float = 0.0
+    lon: float = 0.0
+    hour: int = 12
+    device: str = "phone"
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    request_id: str
+    session_id: str
+    user_id: str
+    query: str
+    context: Context = field(default_factory=Context)
+    page_index: int = 0
+    page_size: int = DEFAULT_PAGE_SIZE
+
+    def validate(self) -> SearchRequest:
+        """Raise ContractError with a reason if the request cannot be served."""
+        if not self.query or len(self.query) > 256:
+            raise ContractError("query must be 1..256 characters")
+        if not self.user_id or len(self.user_id) > 128:
+            raise ContractError("user_id must be 1..128 characters")
+        if len(self.request_id) > 128 or len(self.session_id) > 128:
+            raise ContractError("request_id and session_id must be at most 128 characters")
+        if not 1 <= self.page_size <= MAX_PAGE_SIZE:
+            raise ContractError(f"page_size must be in 1..{MAX_PAGE_SIZE}, got {self.page_size}")
+        if not 0 <= self.page_index <= MAX_PAGE_INDEX:
+            raise ContractError(f"page_index must be in 0..{MAX_PAGE_INDEX}, got {self.page_index}")
+        if not (np.isfinite(self.context.lat) and np.isfinite(self.context.lon)):
+            raise ContractError("context lat/lon must be finite")
+        if not 0 <= self.context.hour <= 23:
+            raise ContractError(f"context.hour must be in 0..23, got {self.context.hour}")
+        return self
+
+
+@dataclass(frozen=True)
+class PackedEmbedding:
+    """A sparse ID embedding row as it travels on the wire: fp16, or int8 with a per-row scale."""
+
+    encoding: EmbeddingEncoding
+    data: bytes
+    scale: float = 1.0
+    found: bool = True
+
+    @staticmethod
+    def pack(vector: np.ndarray, encoding: EmbeddingEncoding = EmbeddingEncoding.FP16,
+             found: bool = True) -> PackedEmbedding:
+        v = np.asarray(vector, dtype=np.float32).ravel()
+        if not np.all(np.isfinite(v)):
+            raise ContractError("embedding row has non-finite values")
+        if encoding == EmbeddingEncoding.FP16:
+            return PackedEmbedding(encoding, v.astype("<f2").tobytes(), 1.0, found)
+        if encoding == EmbeddingEncoding.INT8:
+            peak = float(np.max(np.abs(v))) if v.size else 0.0
+            scale = peak / 127.0 if peak > 0 else 1.0
+            q = np.clip(np.rint(v / scale), -127, 127).astype(np.int8)
+            return PackedEmbedding(encoding, q.tobytes(), scale, found)
+        raise ContractError(f"unknown embedding encoding {encoding!r}")
+
+    def unpack(self, dim: int | None = None) -> np.ndarray:
+        if self.encoding == EmbeddingEncoding.FP16:
+            if len(self.data) % 2:
+                raise ContractError("fp16 embedding row has an odd number of bytes")
+            v = np.frombuffer(self.data, dtype="<f2").astype(np.float32)
+        elif self.encoding == EmbeddingEncoding.INT8:
+            if not np.isfinite(self.scale):
+                raise ContractError("int8 embedding row has a non-finite scale")
+            v = np.frombuffer(self.data, dtype=np.int8).astype(np.float32) * np.float32(self.scale)
+        else:
+            raise ContractError(f"unknown embedding encoding {self.encoding!r}")
+        if dim is not None and v.shape[0] != dim:
+            raise ContractError(f"embedding row has {v.shape[0]} values, expected {dim}")
+        return v
+
+
+@dataclass
+class PageItem:
+    """One result as the device receives it: cloud order + what the device model needs."""
+
+    item_id: int
+    cloud_position: int
+    cloud_score: float
+    cloud_dense: np.ndarray  # float32 [dense_dim], the cloud ranker's last hidden layer
+    id_embedding: np.ndarray  # float32 [emb_dim], the sparse ID embedding row (decoded)
+    category: int
+    brand: int
+    price_level: int
+    lat: float
+    lon: float
+    embedding_found: bool = True
+
+    def __post_init__(self) -> None:
+        self.cloud_dense = np.asarray(self.cloud_dense, dtype=np.float32)
+        self.id_embedding = np.asarray(self.id_embedding, dtype=np.float32)
+
+
+@dataclass
+class SearchPage:
+    request_id: str
+    session_id: str
+    page_index: int
+    model_version: str
+    items: list[PageItem]
+    has_more: bool = False
+
+
+@dataclass
+class FeedbackEvent:
+    """A device-local event. The item's attributes are copied in when the event is recorded,
+    so the feature operators never need the page again (and the store is self-contained)."""
+
+    ts_ms: int
+    request_id: str
+    item_id: int
+    kind: EventKind
+    position: int = -1
+    dwell_ms: float = 0.0
+    category: int = -1
+    brand: int = -1
+    price_level: int = -1
+    lat: float = 0.0
+    lon: float = 0.0
+    id_embedding: np.ndarray | None = None
+
+    @staticmethod
+    def for_item(item: PageItem, kind: EventKind, ts_ms: int, request_id: str, position: int,
+                 dwell_ms: float = 0.0) -> FeedbackEvent:
+        return FeedbackEvent(ts_ms=ts_ms, request_id=request_id, item_id=item.item_id, kind=kind,
+                             position=position, dwell_ms=float(dwell_ms), category=item.category,
+                             brand=item.brand, price_level=item.price_level, lat=item.lat, lon=item.lon,
+                             id_embedding=item.id_embedding)
+
+
+@dataclass
+class LoggedCandidate:
+    item: PageItem
+    shown_position: int
+    exposed: bool = False
+    clicked: bool = False
+    ordered: bool = False
+    first_exposure_step: int = -1
+    click_step: int = -1
+    exposure_dwell_ms: float = 0.0
+
+
+@dataclass
+class ImpressionRow:
+    """One row of the impression log: one shown list. See docs/impression_log_schema.md."""
+
+    request_id: str
+    session_id: str
+    user_id: str
+    query: str
+    context: Context
+    page_index: int
+    model_version: str
+    arm: str
+    candidates: list[LoggedCandidate]
+    events: list[FeedbackEvent]
+    rerank_points: list[int]

@@ -1,0 +1,187 @@
+"""``edge-rerank`` command line: demo, simulate, train, export, serve."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+
+def _cmd_demo(a: argparse.Namespace) -> int:
+    from edge_rerank.pipeline import DemoConfig, quick, run_demo
+
+    cfg = DemoConfig(out=a.out, seed=a.seed)
+    if a.quick:
+        cfg = quick(cfg)
+    overrides = {f.name: getattr(a, f.name) for f in fields(DemoConfig)
+                 if f.name not in ("out", "seed") and getattr(a, f.name, None) is not None}
+    cfg = DemoConfig(**{**cfg.__dict__, **overrides})
+    data = run_demo(cfg, progress=not a.no_progress)
+    print((Path(cfg.out) / "report.md").read_text())
+    print(f"report: {Path(cfg.out) / 'report.md'}  (total {data['total_s']:.0f} s)")
+    return 0
+
+
+def _cmd_simulate(a: argparse.Namespace) -> int:
+    import secrets
+
+    from cloud.app import CloudConfig
+    from cloud.serve import running_server
+    from device_sdk.model_manager import load_model
+    from device_sdk.reranker import RerankService
+    from edge_rerank.pipeline import simulate_logs
+    from simulator.ab import Arm, run_ab
+    from simulator.report import write_report
+    from simulator.transport import HttpCloud
+    from simulator.user_model import UserModel
+    from simulator.world import World, WorldConfig
+
+    out = Path(a.out)
+    world = World(WorldConfig(seed=a.world_seed))
+    data_dir = world.provision_cloud(out / "cloud_data")
+    key = secrets.token_hex(16)
+    with running_server(CloudConfig(data_dir=str(data_dir), log_dir=str(out / "logs"), api_key=key),
+                        workers=a.workers, log_file=out / "server.log") as url:
+        cloud = HttpCloud(url, api_key=key)
+        if a.bundle is None:
+            n = simulate_logs(world, cloud, a.sessions, seed=a.seed, progress=not a.no_progress)
+            print(f"{a.sessions} cloud-only sessions -> {n} impression-log rows in {out / 'logs'}")
+            return 0
+        arms = [Arm("A_cloud"), Arm("B_device", RerankService(load_model(a.bundle, backend=a.backend)))]
+        results = run_ab(UserModel(world), cloud, arms, a.sessions, seed=a.seed, progress=not a.no_progress)
+    write_report(out, results, title="edge-rerank simulate: A/B", seed=a.seed)
+    print((out / "report.md").read_text())
+    return 0
+
+
+def _cmd_train(a: argparse.Namespace) -> int:
+    from device_sdk.features import FeatureConfig
+    from edge_rerank.pipeline import train_from_logs
+
+    fcfg = FeatureConfig.load(a.feature_config) if a.feature_config else FeatureConfig(n_categories=12, n_brands=48)
+    _, summary, _ = train_from_logs(a.logs, a.out, fcfg, epochs=a.epochs, loss=a.loss, seed=a.seed,
+                                    progress=not a.no_progress)
+    print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
+    print(f"checkpoint: {Path(a.out) / 'checkpoint.pt'}")
+    return 0
+
+
+def _cmd_export(a: argparse.Namespace) -> int:
+    from cloud.logs import read_logs
+    from cloud.training.data import build_samples, split_by_session
+    from cloud.training.train import load_checkpoint
+    from edge_rerank.pipeline import export_bundle
+
+    if a.format != "onnx":
+        print(f"format {a.format!r} is not available yet: only 'onnx' (TFLite/Core ML/MNN come with issue #7)",
+              file=sys.stderr)
+        return 2
+    model, summary = load_checkpoint(a.checkpoint)
+    samples = build_samples(read_logs(a.logs), model.fcfg, progress=not a.no_progress)
+    _, valid = split_by_session(samples)
+    bundle, report = export_bundle(model, valid, a.out, version=a.version, n_validate=a.validate_lists,
+                                   metrics=summary.get("valid_model", {}))
+    print(f"| format | lists | max abs diff | Kendall tau | top-5 overlap | passed |\n|---|---|---|---|---|---|\n"
+          f"| onnx | {report['n_lists']} | {report['max_abs_diff']:.2e} | {report['mean_kendall_tau']:.4f} | "
+          f"{report['mean_top5_overlap']:.3f} | {report['passed']} |")
+    print(f"bundle: {bundle}")
+    return 0
+
+
+def _cmd_serve(a: argparse.Namespace) -> int:
+    from cloud.app import CloudConfig
+    from cloud.serve import serve_forever
+
+    data = Path(a.data_dir)
+    if not (data / "items.npz").exists():
+        if a.world_seed is None:
+            print(f"{data} holds no cloud data; pass --world-seed N to provision a simulated world there",
+                  file=sys.stderr)
+            return 2
+        from simulator.world import World, WorldConfig
+
+        World(WorldConfig(seed=a.world_seed)).provision_cloud(data)
+    cfg = CloudConfig(data_dir=str(data), log_dir=a.log_dir, api_key=a.api_key, model_version=a.model_version,
+                      embedding_encoding=a.embedding_encoding)
+    print(f"serving {data} on http://{a.host}:{a.port} with {a.workers} gunicorn worker(s)")
+    return serve_forever(cfg, host=a.host, port=a.port, workers=a.workers)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edge-rerank", description="On-device search reranking with a cloud companion.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    sub = p.add_subparsers(dest="command", required=True)
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+
+    d = sub.add_parser("demo", formatter_class=fmt, help="the whole story on embedded defaults",
+                       description="Build a seeded world, start the cloud under gunicorn, simulate cloud-only "
+                                   "sessions and log them as Parquet, train the device reranker, export it to "
+                                   "ONNX as a verified bundle, and A/B cloud order vs on-device reranking. "
+                                   "Writes report.md, report.json and plots to --out.")
+    d.add_argument("--out", default="runs/demo", help="output directory")
+    d.add_argument("--seed", type=int, default=0, help="world and run seed")
+    d.add_argument("--quick", action="store_true", help="small preset (about a minute; what the tests run)")
+    d.add_argument("--log-sessions", dest="log_sessions", type=int, help="cloud-only sessions to log for training")
+    d.add_argument("--ab-sessions", dest="ab_sessions", type=int, help="sessions per A/B arm")
+    d.add_argument("--epochs", type=int, help="training epochs (early stopping on validation NDCG@10)")
+    d.add_argument("--loss", choices=["listnet", "lambda"], help="list-wise loss")
+    d.set_defaults(func=_cmd_demo)
+
+    s = sub.add_parser("simulate", formatter_class=fmt, help="simulate phone sessions against a local cloud",
+                       description="Without --bundle: cloud-only sessions whose impression logs land in OUT/logs "
+                                   "(Parquet). With --bundle: an A/B of cloud order vs the device reranker.")
+    s.add_argument("--out", default="runs/simulate")
+    s.add_argument("--sessions", type=int, default=1000)
+    s.add_argument("--seed", type=int, default=1000, help="session seed")
+    s.add_argument("--world-seed", type=int, default=0)
+    s.add_argument("--bundle", help="bundle directory for the device arm (runs an A/B)")
+    s.add_argument("--backend", default="onnxruntime")
+    s.add_argument("--workers", type=int, default=1, help="gunicorn workers")
+    s.set_defaults(func=_cmd_simulate)
+
+    t = sub.add_parser("train", formatter_class=fmt, help="train the device reranker from impression logs",
+                       description="Train from any logs in the documented impression-log schema "
+                                   "(docs/impression_log_schema.md).")
+    t.add_argument("--logs", required=True, help="a .parquet file or a directory of them")
+    t.add_argument("--out", default="runs/train")
+    t.add_argument("--feature-config", help="feature config JSON (default: the simulator world's)")
+    t.add_argument("--epochs", type=int, default=15)
+    t.add_argument("--loss", choices=["listnet", "lambda"], default="listnet")
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=_cmd_train)
+
+    e = sub.add_parser("export", formatter_class=fmt, help="export a checkpoint to a verified bundle",
+                       description="Export, validate against the torch reference on real inputs from --logs, "
+                                   "and write a bundle (model + feature config + manifest with sha256).")
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--logs", required=True, help="logs to draw real validation inputs from")
+    e.add_argument("--format", default="onnx", choices=["onnx", "tflite", "coreml", "mnn", "all"])
+    e.add_argument("--out", default="runs/export")
+    e.add_argument("--version", default="dev")
+    e.add_argument("--validate-lists", type=int, default=300)
+    e.set_defaults(func=_cmd_export)
+
+    v = sub.add_parser("serve", formatter_class=fmt, help="run the cloud companion under gunicorn")
+    v.add_argument("--data-dir", required=True, help="cloud data directory (see cloud/catalog.py)")
+    v.add_argument("--world-seed", type=int, help="provision a simulated world into --data-dir if it is empty")
+    v.add_argument("--host", default="127.0.0.1")
+    v.add_argument("--port", type=int, default=8080)
+    v.add_argument("--workers", type=int, default=2)
+    v.add_argument("--log-dir", help="accept opt-in impression logs into this directory")
+    v.add_argument("--api-key", help="key required on /v1/logs")
+    v.add_argument("--model-version", default="")
+    v.add_argument("--embedding-encoding", choices=["fp16", "int8"], default="fp16")
+    v.set_defaults(func=_cmd_serve)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

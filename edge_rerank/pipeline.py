@@ -1,0 +1,169 @@
+"""The end-to-end story, one stage per function (each also a CLI subcommand):
+
+simulate (cloud-only sessions against the real server, logs uploaded as Parquet) -> train -> export ->
+A/B in the simulator (cloud order vs the device SDK reranking unseen items) -> report.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from cloud.app import CloudConfig
+from cloud.serve import running_server
+from device_sdk.features import FeatureConfig
+from device_sdk.model_manager import load_model
+from device_sdk.reranker import RerankService
+from simulator.ab import Arm, run_ab, run_sessions
+from simulator.phone import Phone
+from simulator.transport import HttpCloud
+from simulator.user_model import UserModel
+from simulator.world import World, WorldConfig
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    out: str = "runs/demo"
+    seed: int = 0
+    log_sessions: int = 6000
+    ab_sessions: int = 4000
+    epochs: int = 15
+    loss: str = "listnet"
+    server_workers: int = 1
+    latency_budget_ms: float = 50.0
+    validate_lists: int = 300
+
+
+QUICK = {"log_sessions": 700, "ab_sessions": 500, "epochs": 4, "validate_lists": 60}
+
+
+def feature_config_for(world: WorldConfig) -> FeatureConfig:
+    return FeatureConfig(emb_dim=world.emb_dim, dense_dim=world.dense_dim,
+                         n_categories=world.n_categories, n_brands=world.n_brands)
+
+
+def simulate_logs(world: World, cloud: HttpCloud, n_sessions: int, seed: int, progress: bool = True) -> int:
+    """Cloud-only sessions; the phone's trigger policy marks would-be rerank points; rows go to /v1/logs."""
+    phone = Phone(UserModel(world), cloud, arm="cloud", reranker=None)
+    specs = [world.session(i, seed) for i in range(n_sessions)]
+    sent = [0]
+
+    def upload(rows):
+        sent[0] += cloud.post_logs(rows)
+
+    run_sessions(phone, specs, desc="simulate (cloud-only, logging)", progress=progress, on_rows=upload)
+    return sent[0]
+
+
+def train_from_logs(logs: str | Path, out: str | Path, fcfg: FeatureConfig, *, epochs: int, loss: str, seed: int,
+                    progress: bool = True) -> tuple[object, dict, object]:
+    from cloud.logs import read_logs
+    from cloud.training.data import build_samples, split_by_session
+    from cloud.training.train import TrainConfig, fit, save_checkpoint
+
+    rows = read_logs(logs)
+    samples = build_samples(rows, fcfg, progress=progress)
+    train, valid = split_by_session(samples, seed=seed)
+    model, summary = fit(train, valid, fcfg, tcfg=TrainConfig(epochs=epochs, loss=loss, seed=seed), progress=progress)
+    summary["log_rows"] = len(rows)
+    save_checkpoint(model, Path(out) / "checkpoint.pt", summary)
+    return model, summary, valid
+
+
+def export_bundle(model, valid, out: str | Path, *, version: str, n_validate: int, metrics: dict) -> tuple[Path, dict]:
+    from torch import from_numpy, no_grad
+
+    from converters.bundle import write_bundle
+    from converters.onnx.convert import export_onnx
+    from converters.validate import validate
+    from device_sdk import backends
+
+    out = Path(out)
+    inputs = [{k: v[i: i + 1] for k, v in valid.inputs.items()} for i in range(min(n_validate, len(valid)))]
+    onnx_path = export_onnx(model, inputs[0], out / "export" / "reranker.onnx")
+    be = backends.create("onnxruntime", onnx_path)
+
+    def ref(x):
+        with no_grad():
+            return model(*[from_numpy(x[n]) for n in model.input_names]).numpy()
+
+    report = validate(ref, be.run, inputs, tolerance=1e-4)
+    if not report.passed:
+        raise RuntimeError(f"ONNX export failed validation: {report.failures}")
+    bundle = write_bundle(out / "bundle", model_file=onnx_path, fmt="onnx", name="device-reranker", version=version,
+                          feature_config=model.fcfg, tolerance={"max_abs_diff": report.tolerance},
+                          validation={k: v for k, v in report.to_dict().items() if isinstance(v, int | float)},
+                          metrics=metrics)
+    return bundle, report.to_dict()
+
+
+def run_demo(cfg: DemoConfig, *, progress: bool = True) -> dict:
+    from simulator.report import write_report
+
+    t0 = time.perf_counter()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    wcfg = WorldConfig(seed=cfg.seed)
+    world = World(wcfg)
+    fcfg = feature_config_for(wcfg)
+    data_dir = world.provision_cloud(out / "cloud_data")
+    log_dir = out / "logs"
+    for old in log_dir.glob("*.parquet"):
+        old.unlink()
+    api_key = secrets.token_hex(16)
+    stages: dict[str, float] = {}
+    with running_server(CloudConfig(data_dir=str(data_dir), log_dir=str(log_dir), api_key=api_key,
+                                    model_version="device-reranker@demo"),
+                        workers=cfg.server_workers, log_file=out / "server.log") as url:
+        cloud = HttpCloud(url, api_key=api_key)
+        t = time.perf_counter()
+        n_rows = simulate_logs(world, cloud, cfg.log_sessions, seed=1000 + cfg.seed, progress=progress)
+        stages["simulate_logs_s"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        model, summary, valid = train_from_logs(log_dir, out, fcfg, epochs=cfg.epochs, loss=cfg.loss, seed=cfg.seed,
+                                                progress=progress)
+        stages["train_s"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        bundle_dir, validation = export_bundle(model, valid, out, version=f"demo-{cfg.seed}",
+                                               n_validate=cfg.validate_lists, metrics=summary["valid_model"])
+        stages["export_s"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        loaded = load_model(bundle_dir, backend="onnxruntime", expected_fingerprint=fcfg.fingerprint())
+        arms = [Arm("A_cloud"), Arm("B_device", RerankService(loaded, latency_budget_ms=cfg.latency_budget_ms))]
+        results = run_ab(UserModel(world), cloud, arms, cfg.ab_sessions, seed=2000 + cfg.seed, progress=progress)
+        stages["ab_s"] = time.perf_counter() - t
+        cloud.close()
+
+    model_bytes = loaded.bundle.manifest.model_bytes
+    sv, sc = summary["valid_model"], summary["valid_cloud_order"]
+    extra_md = "\n".join([
+        "## Model", "",
+        f"- trained on {summary['train_lists']} rerank lists from {n_rows} logged lists "
+        f"({cfg.log_sessions} cloud-only sessions); {summary['params']:,} parameters; "
+        f"{summary['epochs_run']} epochs, {summary['lists_per_s']:.0f} lists/s",
+        f"- offline (held-out sessions, {summary['valid_lists']} lists): NDCG@5 {sv['ndcg@5']:.4f} vs cloud order "
+        f"{sc['ndcg@5']:.4f}; NDCG@10 {sv['ndcg@10']:.4f} vs {sc['ndcg@10']:.4f}",
+        f"- ONNX file {model_bytes / 1024:.1f} KiB; parity vs torch on {validation['n_lists']} real lists: "
+        f"max |Δ| {validation['max_abs_diff']:.2e}, Kendall τ {validation['mean_kendall_tau']:.4f}, "
+        f"top-5 overlap {validation['mean_top5_overlap']:.3f}",
+        "- stage times (s): " + ", ".join(f"{k[:-2]} {v:.1f}" for k, v in stages.items()),
+    ])
+    data = write_report(out, results, title="edge-rerank demo: cloud order (A) vs on-device rerank (B)",
+                        extra_md=extra_md, seed=cfg.seed,
+                        extra_json={"train": {k: v for k, v in summary.items() if k != "history"},
+                                    "validation": validation, "model_bytes": model_bytes, "stages_s": stages,
+                                    "config": asdict(cfg)})
+    data["total_s"] = time.perf_counter() - t0
+    (out / "report.json").write_text(json.dumps(data, indent=2, default=float))
+    return data
+
+
+def quick(cfg: DemoConfig) -> DemoConfig:
+    return replace(cfg, **QUICK)
+

@@ -1,0 +1,65 @@
+"""Session metrics with bootstrap confidence intervals."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from simulator.phone import SessionOutcome
+
+
+@dataclass(frozen=True)
+class Estimate:
+    mean: float
+    lo: float
+    hi: float
+
+    def fmt(self, pct: bool = False, digits: int = 3) -> str:
+        if pct:
+            return f"{100 * self.mean:.2f}% [{100 * self.lo:.2f}, {100 * self.hi:.2f}]"
+        return f"{self.mean:.{digits}f} [{self.lo:.{digits}f}, {self.hi:.{digits}f}]"
+
+
+def bootstrap_mean(values: np.ndarray, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> Estimate:
+    """Percentile bootstrap CI of the mean (resampling sessions)."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        return Estimate(float("nan"), float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, v.size, (n_boot, v.size))
+    means = v[idx].mean(axis=1)
+    a = (1 - level) / 2
+    return Estimate(float(v.mean()), float(np.quantile(means, a)), float(np.quantile(means, 1 - a)))
+
+
+def session_table(outcomes: Sequence[SessionOutcome]) -> dict[str, np.ndarray]:
+    return {
+        "qv_ctr": np.array([o.clicks > 0 for o in outcomes], dtype=np.float64),
+        "clicks": np.array([o.clicks for o in outcomes], dtype=np.float64),
+        "orders": np.array([o.orders for o in outcomes], dtype=np.float64),
+        "screens": np.array([o.screens for o in outcomes], dtype=np.float64),
+    }
+
+
+def position_ctr(outcomes: Sequence[SessionOutcome], n_positions: int = 75) -> tuple[np.ndarray, np.ndarray]:
+    """(CTR per displayed position = clicks / exposures, exposures per position)."""
+    exp = np.zeros(n_positions)
+    clk = np.zeros(n_positions)
+    for o in outcomes:
+        for p in o.exposed_positions:
+            if 0 <= p < n_positions:
+                exp[p] += 1
+        for p in o.click_positions:
+            if 0 <= p < n_positions:
+                clk[p] += 1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(exp > 0, clk / np.maximum(exp, 1), np.nan), exp
+
+
+def latency_percentiles(outcomes: Sequence[SessionOutcome]) -> dict[str, float]:
+    ms = np.array([x for o in outcomes for x in o.rerank_ms])
+    if ms.size == 0:
+        return {"n": 0, "p50_ms": float("nan"), "p99_ms": float("nan")}
+    return {"n": int(ms.size), "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}

@@ -1,0 +1,102 @@
+"""A/B report: markdown tables with confidence intervals, plots, and the JSON they come from."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from simulator.ab import ArmResult, paired_delta, position_curves
+from simulator.metrics import position_ctr
+
+METRICS = (("qv_ctr", "QV_CTR (sessions with ≥1 click)", True), ("clicks", "clicks / query", False),
+           ("orders", "orders / query", False), ("screens", "screens viewed / query", False))
+
+
+def _plot_position_ctr(results: list[ArmResult], path: Path, n_positions: int = 75) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for r in results:
+        ctr, exp = position_ctr(r.outcomes, n_positions)
+        axes[0].plot(np.arange(n_positions), ctr, marker=".", lw=1, label=r.name)
+        axes[1].plot(np.arange(n_positions), exp / max(len(r.outcomes), 1), lw=1.5, label=r.name)
+    for x in (25, 50):
+        for ax in axes:
+            ax.axvline(x, color="grey", ls=":", lw=0.8)
+    axes[0].set(title="CTR by displayed position (clicks / exposures)", xlabel="position", ylabel="CTR")
+    axes[1].set(title="Share of sessions reaching the position", xlabel="position", ylabel="exposure rate")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_latency(results: list[ArmResult], path: Path) -> bool:
+    ms = {r.name: np.array([x for o in r.outcomes for x in o.rerank_ms]) for r in results}
+    ms = {k: v for k, v in ms.items() if v.size}
+    if not ms:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name, v in ms.items():
+        ax.hist(v, bins=60, alpha=0.7, label=f"{name} (n={v.size})")
+    ax.set(title="Rerank call latency on this machine (features + inference + reinsertion)", xlabel="ms",
+           ylabel="calls")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write_report(out_dir: str | Path, results: list[ArmResult], *, title: str, extra_md: str = "",
+                 extra_json: dict | None = None, seed: int = 0) -> dict:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    base = results[0]
+    lines = [f"# {title}", "", f"{len(base.outcomes)} sessions per arm; the same users, queries, intents and "
+             "random draws in every arm (common random numbers). 95 % intervals: bootstrap over sessions; "
+             "Δ is paired (B − A on the same sessions).", "",
+             "| metric | " + " | ".join(r.name for r in results) + " | " +
+             " | ".join(f"Δ {r.name} − {base.name}" for r in results[1:]) + " |",
+             "|---" * (1 + len(results) + len(results) - 1) + "|"]
+    data: dict = {"arms": {}, "deltas": {}}
+    for key, label, pct in METRICS:
+        cells = [r.metrics[key].fmt(pct=pct) for r in results]
+        deltas = [paired_delta(base, r, key, seed=seed) for r in results[1:]]
+        lines.append(f"| {label} | " + " | ".join(cells) + " | " + " | ".join(d.fmt(pct=pct) for d in deltas) + " |")
+        for r in results:
+            data["arms"].setdefault(r.name, {})[key] = vars(r.metrics[key])
+        for r, d in zip(results[1:], deltas, strict=True):
+            data["deltas"].setdefault(r.name, {})[key] = vars(d)
+    lines += ["", "| arm | rerank calls | applied | latency p50 (ms) | latency p99 (ms) | triggers | fallbacks |",
+              "|---|---|---|---|---|---|---|"]
+    for r in results:
+        lat = r.latency
+        lines.append(f"| {r.name} | {lat['n']} | {r.reranks_applied} | {lat['p50_ms']:.3f} | {lat['p99_ms']:.3f} | "
+                     f"{dict(r.triggers)} | {dict(r.fallbacks) or '-'} |")
+        data["arms"][r.name]["latency"] = lat
+        data["arms"][r.name]["triggers"] = dict(r.triggers)
+        data["arms"][r.name]["fallbacks"] = dict(r.fallbacks)
+    _plot_position_ctr(results, out / "position_ctr.png")
+    lines += ["", "![position CTR](position_ctr.png)"]
+    if _plot_latency(results, out / "latency.png"):
+        lines += ["", "![latency](latency.png)"]
+    curves = position_curves(results)
+    data["position_ctr"] = {k: [None if np.isnan(x) else float(x) for x in v] for k, v in curves.items()}
+    if extra_md:
+        lines += ["", extra_md]
+    if extra_json:
+        data.update(extra_json)
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    (out / "report.json").write_text(json.dumps(data, indent=2, default=float))
+    return data

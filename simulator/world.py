@@ -1,0 +1,144 @@
+"""A seeded synthetic world: catalog (shops), users, queries, and the sessions they start.
+
+Latent structure (what the simulator knows and the cloud only partly sees):
+- every item has a unit latent vector ``v`` (category centroid + brand offset + noise);
+- every user has a long-term preference ``u`` in the same space, a price preference and a distance
+  sensitivity; the cloud sees a noisy copy of ``u`` (its long-term profile) but no session intent;
+- every session has a latent **intent**: a target direction ``z`` (a brand/style within the query's
+  categories), a price level and an area to be near. Some sessions are *pre-decided*: the area is the
+  user's home, not where they search from (SPEC: "searched hotpot nearby but clicks shops near home").
+The cloud's ID embedding rows are a noisy projection of ``v``: what a trained ID embedding would know.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from device_sdk.contracts import Context
+
+CATEGORY_QUERIES = ("hotpot", "noodles", "sushi", "bbq", "cafe", "bakery", "pizza", "burger", "dim sum",
+                    "salad", "ramen", "dessert")
+BROAD_QUERIES = {"dinner": (0, 2, 3, 6), "lunch": (1, 7, 9, 10), "something sweet": (4, 5, 11)}
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    seed: int = 0
+    n_items: int = 2400
+    n_users: int = 600
+    n_categories: int = 12
+    brands_per_category: int = 4
+    latent_dim: int = 8
+    emb_dim: int = 16
+    dense_dim: int = 16
+    map_km: float = 10.0
+    emb_noise: float = 0.15  # noise of the cloud's ID embedding rows around the true latent
+    profile_noise: float = 0.3  # noise of the cloud's long-term user profile
+    predecided_share: float = 0.25  # sessions whose intended area is the user's home
+
+    @property
+    def n_brands(self) -> int:
+        return self.n_categories * self.brands_per_category
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    """One query view. Identical across A/B arms, so arms see the same users with the same intents."""
+
+    index: int
+    session_id: str
+    seed: int
+    user: int
+    query: str
+    context: Context
+    intent_z: np.ndarray  # unit [K]
+    intent_price: float
+    intent_area: tuple[float, float]
+    predecided: bool
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-9)
+
+
+class World:
+    def __init__(self, cfg: WorldConfig):
+        self.cfg = cfg
+        rng = np.random.default_rng(cfg.seed)
+        K, C, B = cfg.latent_dim, cfg.n_categories, cfg.n_brands
+        self.centroids = _unit(rng.standard_normal((C, K)))
+        self.brand_offsets = _unit(rng.standard_normal((B, K)))
+        n = cfg.n_items
+        self.item_id = np.arange(100_000, 100_000 + n, dtype=np.int64)
+        self.category = rng.integers(0, C, n)
+        self.brand = self.category * cfg.brands_per_category + rng.integers(0, cfg.brands_per_category, n)
+        self.latent = _unit(self.centroids[self.category] + 0.9 * self.brand_offsets[self.brand]
+                            + 0.5 * rng.standard_normal((n, K)) / np.sqrt(K))
+        base_price = rng.uniform(0.5, 3.5, C)
+        self.price_level = np.clip(np.rint(base_price[self.category] + rng.normal(0, 0.9, n)), 0, 4).astype(int)
+        self.loc = rng.uniform(0, cfg.map_km, (n, 2))
+        self.quality = rng.beta(2.0, 2.0, n)
+        self.popularity = rng.lognormal(3.0, 1.0, n)
+        # users
+        U = cfg.n_users
+        self.user_ids = [f"u{k:05d}" for k in range(U)]
+        self.user_latent = 0.6 * _unit(rng.standard_normal((U, K)))
+        self.user_price = rng.uniform(0.0, 4.0, U)
+        self.user_dist_sens = rng.uniform(0.10, 0.35, U)
+        self.user_home = rng.uniform(0, cfg.map_km, (U, 2))
+        self.queries: dict[str, list[int]] = {q: [i] for i, q in enumerate(CATEGORY_QUERIES[:C])}
+        self.queries.update({q: [c for c in cats if c < C] for q, cats in BROAD_QUERIES.items()})
+        # what the cloud knows: ID embeddings and user profiles in a 16-d space (orthonormal projection)
+        proj, _ = np.linalg.qr(rng.standard_normal((cfg.emb_dim, K)))
+        self.emb_rows = (self.latent @ proj.T + cfg.emb_noise * rng.standard_normal((n, cfg.emb_dim))
+                         / np.sqrt(cfg.emb_dim)).astype(np.float32)
+        self.user_profile = (self.user_latent @ proj.T + cfg.profile_noise * rng.standard_normal((U, cfg.emb_dim))
+                             / np.sqrt(cfg.emb_dim)).astype(np.float32)
+        self.user_price_profile = np.clip(self.user_price + rng.normal(0, 0.5, U), 0, 4)
+        self._query_names = list(self.queries)
+        self._query_weights = np.array([3.0 if q in CATEGORY_QUERIES else 1.5 for q in self._query_names])
+        self._query_weights /= self._query_weights.sum()
+
+    def row_of(self, item_id: int) -> int:
+        return int(item_id - self.item_id[0])
+
+    def items_for(self, query: str) -> np.ndarray:
+        return np.flatnonzero(np.isin(self.category, self.queries[query]))
+
+    def session(self, index: int, seed: int) -> SessionSpec:
+        """The `index`-th session of a run seeded with `seed` (deterministic; independent of other sessions)."""
+        rng = np.random.default_rng([self.cfg.seed, seed, index])
+        user = int(rng.integers(0, self.cfg.n_users))
+        query = str(rng.choice(self._query_names, p=self._query_weights))
+        home = self.user_home[user]
+        where = home + rng.normal(0, 0.5, 2) if rng.random() < 0.5 else rng.uniform(0, self.cfg.map_km, 2)
+        where = np.clip(where, 0, self.cfg.map_km)
+        ctx = Context(lat=float(where[0]), lon=float(where[1]), hour=int(rng.integers(7, 23)), device="phone")
+        cats = self.queries[query]
+        target_brand = int(rng.choice([c * self.cfg.brands_per_category + j for c in cats
+                                       for j in range(self.cfg.brands_per_category)]))
+        tc = target_brand // self.cfg.brands_per_category
+        z = _unit(self.centroids[tc] + 1.2 * self.brand_offsets[target_brand]
+                  + 0.4 * rng.standard_normal(self.cfg.latent_dim) / np.sqrt(self.cfg.latent_dim))
+        intent_price = float(np.clip(self.user_price[user] + rng.normal(0, 0.8), 0, 4))
+        predecided = bool(rng.random() < self.cfg.predecided_share)
+        area = home if predecided else where
+        return SessionSpec(index=index, session_id=f"s{seed}-{index:07d}", seed=int(rng.integers(2**62)),
+                           user=user, query=query, context=ctx, intent_z=z, intent_price=intent_price,
+                           intent_area=(float(area[0]), float(area[1])), predecided=predecided)
+
+    def provision_cloud(self, root: str | Path) -> Path:
+        """Write the cloud's data directory for this world (catalog, profiles, queries, embeddings, ranker)."""
+        from cloud.catalog import save_cloud_data  # provisioning the cloud's database, not a runtime call
+        from cloud.ranking.fine import default_ranker_weights
+
+        items = {"item_id": self.item_id, "category": self.category, "brand": self.brand,
+                 "price_level": self.price_level, "lat": self.loc[:, 0], "lon": self.loc[:, 1],
+                 "quality": self.quality.astype(np.float32), "popularity": self.popularity.astype(np.float32)}
+        return save_cloud_data(root, items=items, user_ids=self.user_ids, user_pref=self.user_profile,
+                               user_price_pref=self.user_price_profile, user_home=self.user_home,
+                               queries=self.queries, embedding_ids=self.item_id, embedding_rows=self.emb_rows,
+                               ranker=default_ranker_weights(self.cfg.dense_dim, self.cfg.seed))
