@@ -51,3 +51,30 @@ class HttpCloud:
 
     def close(self) -> None:
         self._http.close()
+
+
+class InProcessCloud:
+    """The cloud's own search pipeline called in-process, through the same protobuf round trip as HTTP
+    (so both transports return identical pages). For large runs and calibration; the demo uses HTTP."""
+
+    def __init__(self, data_dir: str, *, model_version: str = ""):
+        import numpy as np
+
+        from cloud.catalog import load_catalog
+        from cloud.embedding_store import FileEmbeddingStore
+        from cloud.ranking.fine import FineRanker
+        from cloud.ranking.pipeline import SearchPipeline
+
+        with np.load(f"{data_dir}/ranker.npz") as z:
+            ranker = FineRanker.from_weights(dict(z))
+        self._pipeline = SearchPipeline(load_catalog(data_dir), FileEmbeddingStore(f"{data_dir}/embeddings"), ranker,
+                                        model_version=model_version)
+        self.logged: list[ImpressionRow] = []
+
+    def search(self, req: SearchRequest) -> SearchPage:
+        page = self._pipeline.search(wire.request_from_proto(wire.request_to_proto(req)))
+        return wire.page_from_proto(wire.parse(wire.pb.SearchPage, wire.page_to_proto(page).SerializeToString()))
+
+    def post_logs(self, rows: list[ImpressionRow]) -> int:
+        self.logged.extend(rows)
+        return len(rows)

@@ -41,10 +41,10 @@ class UserModelConfig:
     w_longterm: float = 0.8  # <u, v>: long-term taste (the cloud sees a noisy copy)
     w_intent: float = 2.2  # <z, v>: in-session intent (hidden from the cloud)
     w_price: float = 0.35  # per price level away from the intended price
-    click_threshold: float = 1.05  # utility at which an examined item is clicked with probability 1/2
+    click_threshold: float = 1.9  # utility at which an examined item is clicked with probability 1/2
     click_slope: float = 3.0
     order_threshold: float = 1.6
-    order_max: float = 0.5
+    order_max: float = 0.35
     viewport_items: int = 4  # items per screen
     examine_base: float = 0.92  # probability to examine an item on a normally read screen
     examine_decay: float = 0.97  # per screen scrolled (fatigue)
@@ -54,9 +54,9 @@ class UserModelConfig:
     read_ms_per_item: float = 650.0  # screen dwell = base + per examined item, times a lognormal
     screen_base_ms: float = 600.0
     skim_ms: float = 450.0
-    leave_base: float = 0.035  # per screen
+    leave_base: float = 0.02  # per screen
     leave_per_screen: float = 0.012
-    leave_per_frustrated_screen: float = 0.05  # consecutive screens without a click raise leaving
+    leave_per_frustrated_screen: float = 0.035  # consecutive screens without a click raise leaving
     leave_after_order: float = 0.6
     max_pages: int = 3
 

@@ -81,7 +81,7 @@ def fit(train: Samples, valid: Samples, fcfg: FeatureConfig, mcfg: ModelConfig |
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             opt.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
             n_lists += len(idx)
         metrics = evaluate(predict(model, valid), valid)
         history.append({"epoch": epoch, "loss": float(np.mean(losses)), **metrics})
