@@ -107,8 +107,8 @@ class PackedEmbedding:
             return PackedEmbedding(encoding, v.astype("<f2").tobytes(), 1.0, found)
         if encoding == EmbeddingEncoding.INT8:
             peak = float(np.max(np.abs(v))) if v.size else 0.0
-            scale = peak / 127.0 if peak > 0 else 1.0
-            q = np.clip(np.rint(v / scale), -127, 127).astype(np.int8)
+            scale = peak / 127.0 if peak > 1e-30 else 1.0  # an all-~0 row quantizes to zeros
+            q = np.clip(np.rint(v.astype(np.float64) / scale), -127, 127).astype(np.int8)
             return PackedEmbedding(encoding, q.tobytes(), scale, found)
         raise ContractError(f"unknown embedding encoding {encoding!r}")
 
@@ -145,6 +145,8 @@ class PageItem:
     embedding_found: bool = True
 
     def __post_init__(self) -> None:
+        # wire precision is canonical: float32 scores, so live and logged features agree bit for bit
+        self.cloud_score = float(np.float32(self.cloud_score))
         self.cloud_dense = np.asarray(self.cloud_dense, dtype=np.float32)
         self.id_embedding = np.asarray(self.id_embedding, dtype=np.float32)
 
@@ -176,6 +178,11 @@ class FeedbackEvent:
     lat: float = 0.0
     lon: float = 0.0
     id_embedding: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.dwell_ms = float(np.float32(self.dwell_ms))  # float32 on the wire and in the logs
+        if self.id_embedding is not None:
+            self.id_embedding = np.asarray(self.id_embedding, dtype=np.float32)
 
     @staticmethod
     def for_item(item: PageItem, kind: EventKind, ts_ms: int, request_id: str, position: int,

@@ -1,0 +1,98 @@
+"""Shared fixtures: a small seeded world, its cloud data, logs from cloud-only sessions, a trained model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from device_sdk.contracts import Context, EventKind, FeedbackEvent, PageItem
+from device_sdk.features import FeatureConfig
+from simulator.world import World, WorldConfig
+
+WCFG = WorldConfig(seed=7, n_items=600, n_users=80)
+
+
+@pytest.fixture(scope="session")
+def world() -> World:
+    return World(WCFG)
+
+
+@pytest.fixture(scope="session")
+def fcfg() -> FeatureConfig:
+    return FeatureConfig(emb_dim=WCFG.emb_dim, dense_dim=WCFG.dense_dim, n_categories=WCFG.n_categories,
+                         n_brands=WCFG.n_brands)
+
+
+@pytest.fixture(scope="session")
+def cloud_data(world, tmp_path_factory) -> Path:
+    return world.provision_cloud(tmp_path_factory.mktemp("cloud_data"))
+
+
+@pytest.fixture(scope="session")
+def inproc_cloud(cloud_data):
+    from simulator.transport import InProcessCloud
+
+    return InProcessCloud(str(cloud_data))
+
+
+@pytest.fixture(scope="session")
+def logged_rows(world, inproc_cloud):
+    """Impression rows from 150 cloud-only sessions (through the device SDK's logger)."""
+    from simulator.phone import Phone
+    from simulator.user_model import UserModel
+
+    phone = Phone(UserModel(world), inproc_cloud, arm="cloud")
+    rows = []
+    for i in range(150):
+        rows.extend(phone.run(world.session(i, 11)).rows)
+    return rows
+
+
+@pytest.fixture(scope="session")
+def samples(logged_rows, fcfg):
+    from cloud.training.data import build_samples
+
+    return build_samples(logged_rows, fcfg, progress=False)
+
+
+@pytest.fixture(scope="session")
+def trained(samples, fcfg):
+    from cloud.training.data import split_by_session
+    from cloud.training.train import TrainConfig, fit
+
+    train, valid = split_by_session(samples)
+    model, summary = fit(train, valid, fcfg, tcfg=TrainConfig(epochs=2, threads=1), progress=False)
+    return model, summary, valid
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(trained, tmp_path_factory) -> Path:
+    from edge_rerank.pipeline import export_bundle
+
+    model, summary, valid = trained
+    out = tmp_path_factory.mktemp("export")
+    bundle, _ = export_bundle(model, valid, out, version="test", n_validate=20, metrics=summary["valid_model"])
+    return bundle
+
+
+def make_item(item_id: int, rng: np.random.Generator, fcfg: FeatureConfig, position: int = 0) -> PageItem:
+    return PageItem(item_id=item_id, cloud_position=position, cloud_score=float(rng.normal()),
+                    cloud_dense=rng.normal(size=fcfg.dense_dim).astype(np.float32),
+                    id_embedding=rng.normal(size=fcfg.emb_dim).astype(np.float32),
+                    category=int(rng.integers(0, 12)), brand=int(rng.integers(0, 48)),
+                    price_level=int(rng.integers(0, 5)), lat=float(rng.uniform(0, 10)), lon=float(rng.uniform(0, 10)))
+
+
+def make_events(items: list[PageItem], clicks: set[int], dwell_ms: float = 2000.0) -> list[FeedbackEvent]:
+    ev = []
+    for pos, it in enumerate(items):
+        if it.item_id in clicks:
+            ev.append(FeedbackEvent.for_item(it, EventKind.CLICK, 1000 * pos, "r", pos))
+            ev.append(FeedbackEvent.for_item(it, EventKind.DETAIL_RETURN, 1000 * pos + 500, "r", pos, 9000))
+        ev.append(FeedbackEvent.for_item(it, EventKind.EXPOSURE, 1000 * pos + 900, "r", pos, dwell_ms))
+    return ev
+
+
+CTX = Context(lat=5.0, lon=5.0, hour=19)

@@ -1,0 +1,27 @@
+"""The quick demo end to end, as a user runs it: real gunicorn server, HTTP, Parquet, torch, ONNX, A/B."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_quick_demo_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    r = subprocess.run([sys.executable, "-m", "edge_rerank.cli", "--no-progress", "demo", "--quick", "--out", str(out)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = (out / "report.md").read_text()
+    assert "A_cloud" in report and "B_device" in report and "QV_CTR" in report
+    data = json.loads((out / "report.json").read_text())
+    for arm in ("A_cloud", "B_device"):
+        q = data["arms"][arm]["qv_ctr"]
+        assert q["lo"] <= q["mean"] <= q["hi"]
+    assert data["arms"]["B_device"]["latency"]["n"] > 0
+    assert data["validation"]["passed"] and data["model_bytes"] > 0
+    assert (out / "position_ctr.png").stat().st_size > 10_000
+    assert len(list((out / "logs").glob("*.parquet"))) > 0
+    manifest = json.loads((out / "bundle" / "manifest.json").read_text())
+    assert manifest["format"] == "onnx" and len(manifest["files"]) == 2

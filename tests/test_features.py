@@ -1,0 +1,130 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from device_sdk.contracts import Context, EventKind, FeedbackEvent
+from device_sdk.features import FeatureBuilder, FeatureConfig, FeatureError, input_specs
+from device_sdk.features.operators import compile_op, split_feedback
+from tests.conftest import CTX, make_events, make_item
+
+
+def _check_specs(out, cfg):
+    for name, shape, dtype in input_specs(cfg):
+        assert out[name].shape == shape, name
+        assert out[name].dtype == np.dtype(dtype), name
+        if out[name].dtype == np.float32:
+            assert np.all(np.isfinite(out[name])), name
+
+
+def test_empty_feedback_and_padding(fcfg):
+    rng = np.random.default_rng(0)
+    items = [make_item(k, rng, fcfg, k) for k in range(7)]
+    out = FeatureBuilder(fcfg).build(items, [], CTX)
+    _check_specs(out, fcfg)
+    assert out["cand_mask"].tolist() == [1.0] * 7 + [0.0] * (fcfg.n_max - 7)
+    assert not out["seq_pos_mask"].any() and not out["seq_neg_mask"].any()
+    assert np.all(out["cand_num"][7:] == 0) and np.all(out["cand_emb"][7:] == 0)
+
+
+def test_match_aggregate_by_hand(fcfg):
+    rng = np.random.default_rng(1)
+    items = [make_item(k, rng, fcfg, k) for k in range(6)]
+    for k, it in enumerate(items):
+        it.category = [1, 2, 1, 3, 1, 2][k]
+    # clicked item 0 (cat 1); items 1..2 exposed long without click (cats 2, 1); item 3 short exposure
+    ev = [FeedbackEvent.for_item(items[0], EventKind.CLICK, 0, "r", 0),
+          FeedbackEvent.for_item(items[0], EventKind.EXPOSURE, 1, "r", 0, 3000),
+          FeedbackEvent.for_item(items[1], EventKind.EXPOSURE, 2, "r", 1, 3000),
+          FeedbackEvent.for_item(items[2], EventKind.EXPOSURE, 3, "r", 2, 3000),
+          FeedbackEvent.for_item(items[3], EventKind.EXPOSURE, 4, "r", 3, 100)]
+    pos, neg = split_feedback(ev, fcfg)
+    assert [e.item_id for _, e in pos] == [0] and [e.item_id for _, e in neg] == [1, 2]
+    cands = items[4:]  # categories 1, 2
+    out = FeatureBuilder(fcfg).build(cands, ev, CTX)
+    col = {op: out["cand_num"][:2, k] for k, op in enumerate(fcfg.candidate_ops)}
+    assert col["hit:category:click"].tolist() == [1.0, 0.0]
+    assert col["freq:category:skip"].tolist() == [0.5, 0.5]
+    # most recent skip is item 2 (cat 1): step 1 for cat 1; item 1 (cat 2) is 2 back
+    np.testing.assert_allclose(col["step:category:skip"], [1 / fcfg.l_max, 2 / fcfg.l_max])
+    assert out["seq_kind"][:3].tolist() == [1, 2, 2] and out["seq_kind"][3:].sum() == 0
+
+
+def test_unknown_ids_go_to_the_unknown_bucket(fcfg):
+    rng = np.random.default_rng(2)
+    items = [make_item(k, rng, fcfg) for k in range(3)]
+    items[0].category, items[1].brand, items[2].price_level = 999, -5, 77
+    out = FeatureBuilder(fcfg).build(items, [], CTX)
+    assert out["cand_cat"][0] == fcfg.n_categories
+    assert out["cand_brand"][1] == fcfg.n_brands
+    assert out["cand_price"][2] == fcfg.n_price_levels
+
+
+def test_oversize_and_non_finite_and_bad_shapes_raise(fcfg):
+    rng = np.random.default_rng(3)
+    b = FeatureBuilder(fcfg)
+    with pytest.raises(FeatureError, match="exceed n_max"):
+        b.build([make_item(k, rng, fcfg) for k in range(fcfg.n_max + 1)], [], CTX)
+    items = [make_item(k, rng, fcfg) for k in range(3)]
+    items[1].cloud_dense = np.full(fcfg.dense_dim, np.nan, np.float32)
+    with pytest.raises(FeatureError, match="non-finite"):
+        b.build(items, [], CTX)
+    items[1].cloud_dense = np.zeros(3, np.float32)
+    with pytest.raises(FeatureError, match="expected"):
+        b.build(items, [], CTX)
+
+
+def test_unknown_operator_is_a_clear_error():
+    with pytest.raises(FeatureError, match="unknown feature operator"):
+        compile_op("nonsense")
+    with pytest.raises(FeatureError, match="unknown field"):
+        compile_op("hit:colour:click")
+
+
+def test_config_json_roundtrip_and_fingerprint(tmp_path, fcfg):
+    fcfg.save(tmp_path / "f.json")
+    assert FeatureConfig.load(tmp_path / "f.json") == fcfg
+    other = FeatureConfig(dwell_threshold_ms=999.0)
+    assert other.fingerprint() != FeatureConfig().fingerprint()
+    text = (tmp_path / "f.json").read_text().replace('"l_max": 32', '"l_max": 31')
+    (tmp_path / "g.json").write_text(text)
+    with pytest.raises(ValueError, match="fingerprint"):
+        FeatureConfig.load(tmp_path / "g.json")
+
+
+@settings(max_examples=60, deadline=None)
+@given(n_items=st.integers(0, 25), n_events=st.integers(0, 80), seed=st.integers(0, 2**16),
+       dwell=st.floats(0, 10_000), hour=st.integers(0, 23))
+def test_property_any_feedback_gives_finite_fixed_shape_inputs(fcfg, n_items, n_events, seed, dwell, hour):
+    rng = np.random.default_rng(seed)
+    history = [make_item(1000 + k, rng, fcfg, k) for k in range(max(1, n_events // 2))]
+    clicks = {it.item_id for it in history if rng.random() < 0.3}
+    ev = make_events(history, clicks, dwell)[:n_events]
+    cands = [make_item(k, rng, fcfg, k) for k in range(n_items)]
+    out = FeatureBuilder(fcfg).build(cands, ev, Context(1.0, 2.0, hour))
+    _check_specs(out, fcfg)
+    assert out["cand_mask"].sum() == n_items
+    n_pos, n_neg = out["seq_pos_mask"].sum(), out["seq_neg_mask"].sum()
+    assert n_pos <= fcfg.max_positives and n_pos + n_neg <= fcfg.l_max
+    assert not np.any(out["seq_pos_mask"] * out["seq_neg_mask"])
+
+
+def test_training_and_device_features_are_bit_identical(logged_rows, fcfg, tmp_path):
+    """Training builds features from logs after a Parquet round trip; the device builds them from its live
+    page and events. Same operators, same inputs -> identical bytes."""
+    from cloud.logs import read_logs, rows_to_table
+    from cloud.training.data import samples_from_row
+
+    import pyarrow.parquet as pq
+
+    pq.write_table(rows_to_table(logged_rows), tmp_path / "logs.parquet")
+    reloaded = read_logs(tmp_path / "logs.parquet")
+    b = FeatureBuilder(fcfg)
+    n = 0
+    for live, stored in zip(logged_rows, reloaded, strict=True):
+        for (fa, ya), (fb, yb) in zip(samples_from_row(live, b), samples_from_row(stored, b), strict=True):
+            assert np.array_equal(ya, yb)
+            for k in fa:
+                assert fa[k].tobytes() == fb[k].tobytes(), k
+            n += 1
+    assert n > 50

@@ -1,0 +1,53 @@
+"""House rules that keep the SDK shippable: import direction, lazy toolchains, CLI help."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _imports(pkg: str) -> set[str]:
+    names = set()
+    for f in (ROOT / pkg).rglob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Import):
+                names.update(a.name.split(".")[0] for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.add(node.module.split(".")[0])
+    return names
+
+
+def test_device_sdk_imports_no_torch_cloud_or_simulator():
+    assert not _imports("device_sdk") & {"torch", "cloud", "simulator", "converters", "compression", "flask"}
+
+
+def test_device_sdk_loads_without_torch_in_the_process():
+    code = ("import sys, device_sdk.reranker, device_sdk.model_manager, device_sdk.wire, device_sdk.impression_log;"
+            "bad = [m for m in ('torch', 'cloud', 'simulator', 'pyarrow', 'flask') if m in sys.modules];"
+            "print(bad); sys.exit(1 if bad else 0)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_cloud_serving_does_not_import_torch_or_simulator():
+    code = ("import sys, cloud.app, cloud.serve;"
+            "bad = [m for m in ('torch', 'simulator') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("sub", ["", "demo", "simulate", "train", "export", "serve"])
+def test_every_subcommand_has_help(sub):
+    r = subprocess.run([sys.executable, "-m", "edge_rerank.cli", *([sub] if sub else []), "--help"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0 and "usage: edge-rerank" in r.stdout
+
+
+def test_export_of_a_format_not_built_yet_says_so(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "edge_rerank.cli", "export", "--checkpoint", "x", "--logs", "y",
+                        "--format", "tflite"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and "not available yet" in r.stderr

@@ -1,0 +1,105 @@
+import numpy as np
+import pytest
+import torch
+
+from cloud.training.losses import LambdaLoss, ListNetLoss
+from cloud.training.metrics import mrr, ndcg_at_k
+
+
+def test_ndcg_and_mrr_agree_with_ranx():
+    ranx = pytest.importorskip("ranx")
+    rng = np.random.default_rng(0)
+    S, N = 30, 12
+    scores = rng.normal(size=(S, N))
+    labels = rng.integers(0, 3, size=(S, N)).astype(float)
+    labels[:, 0] = 1.0  # every list has a positive
+    mask = (np.arange(N)[None, :] < rng.integers(3, N + 1, size=S)[:, None]).astype(float)
+    qrels, run = {}, {}
+    for s in range(S):
+        q = f"q{s}"
+        qrels[q] = {f"d{i}": int(labels[s, i]) for i in range(N) if mask[s, i] and labels[s, i] > 0}
+        run[q] = {f"d{i}": float(scores[s, i]) for i in range(N) if mask[s, i]}
+    ref = ranx.evaluate(ranx.Qrels(qrels), ranx.Run(run), ["ndcg@5", "ndcg@10", "mrr"], make_comparable=True)
+    assert np.nanmean(ndcg_at_k(scores, labels, mask, 5)) == pytest.approx(ref["ndcg@5"], abs=1e-9)
+    assert np.nanmean(ndcg_at_k(scores, labels, mask, 10)) == pytest.approx(ref["ndcg@10"], abs=1e-9)
+    assert np.nanmean(mrr(scores, labels, mask)) == pytest.approx(ref["mrr"], abs=1e-9)
+
+
+def _listnet_numpy(s, y, m):
+    out = []
+    for si, yi, mi in zip(s, y, m, strict=True):
+        k = mi > 0
+        t = yi[k] / yi[k].sum()
+        z = si[k] - si[k].max()
+        out.append(-(t * (z - np.log(np.exp(z).sum()))).sum())
+    return float(np.mean(out))
+
+
+def test_listnet_matches_numpy_reference_with_padding_and_extreme_scores():
+    rng = np.random.default_rng(1)
+    s = rng.normal(size=(8, 10)) * 30
+    s[0, 0] = 500.0
+    y = rng.integers(0, 3, size=(8, 10)).astype(float)
+    y[:, 1] = 1.0
+    m = (np.arange(10)[None] < np.array([[10], [2], [5], [7], [10], [3], [9], [4]])).astype(float)
+    got = ListNetLoss()(torch.tensor(s, dtype=torch.float64), torch.tensor(y), torch.tensor(m)).item()
+    assert got == pytest.approx(_listnet_numpy(s, y, m), rel=1e-9)
+
+
+def test_lambda_loss_prefers_the_right_order_and_ignores_padding():
+    y = torch.tensor([[2.0, 1.0, 0.0, 0.0]])
+    m = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    good = LambdaLoss()(torch.tensor([[3.0, 2.0, 1.0, 0.0]]), y, m)
+    bad = LambdaLoss()(torch.tensor([[1.0, 2.0, 3.0, 0.0]]), y, m)
+    assert good < bad
+    pad_changed = LambdaLoss()(torch.tensor([[3.0, 2.0, 1.0, 1e6]]), y, m)
+    assert torch.isclose(good, pad_changed)
+    extreme = LambdaLoss()(torch.tensor([[1e4, -1e4, 0.0, 0.0]], requires_grad=True), y, m)
+    assert torch.isfinite(extreme)
+
+
+def test_training_beats_cloud_order_offline(trained):
+    _, summary, _ = trained
+    assert summary["valid_model"]["ndcg@10"] > summary["valid_cloud_order"]["ndcg@10"]
+
+
+def test_training_is_deterministic(samples, fcfg):
+    from cloud.training.data import split_by_session
+    from cloud.training.train import TrainConfig, fit, predict
+
+    train, valid = split_by_session(samples)
+    a, _ = fit(train, valid, fcfg, tcfg=TrainConfig(epochs=1, threads=1), progress=False)
+    b, _ = fit(train, valid, fcfg, tcfg=TrainConfig(epochs=1, threads=1), progress=False)
+    assert np.array_equal(predict(a, valid), predict(b, valid))
+
+
+def test_onnx_export_matches_torch_on_real_inputs(trained, bundle_dir):
+    """Parity of the ONNX file (onnxruntime) with the torch model on real logged lists."""
+    from converters.validate import validate
+    from device_sdk.model_manager import load_model
+
+    model, _, valid = trained
+    be = load_model(bundle_dir).backend
+    inputs = [{k: v[i: i + 1] for k, v in valid.inputs.items()} for i in range(len(valid))]
+    empty = {k: v.copy() for k, v in inputs[0].items()}
+    for k in ("seq_pos_mask", "seq_neg_mask"):
+        empty[k][:] = 0.0  # all-padding feedback
+    inputs.append(empty)
+
+    def ref(x):
+        with torch.no_grad():
+            return model(*[torch.from_numpy(x[n]) for n in model.input_names]).numpy()
+
+    rep = validate(ref, be.run, inputs, tolerance=1e-4)
+    assert rep.passed, rep.failures
+    assert rep.mean_kendall_tau > 0.999 and rep.mean_top5_overlap == 1.0
+
+
+def test_checkpoint_roundtrip(trained, tmp_path):
+    from cloud.training.train import load_checkpoint, predict, save_checkpoint
+
+    model, summary, valid = trained
+    save_checkpoint(model, tmp_path / "c.pt", summary)
+    back, s2 = load_checkpoint(tmp_path / "c.pt")
+    assert np.array_equal(predict(model, valid), predict(back, valid))
+    assert s2["valid_model"] == summary["valid_model"]
