@@ -41,7 +41,8 @@ def top_k_overlap(a: np.ndarray, b: np.ndarray, k: int = 5) -> float:
 
 def validate(reference: Callable[[dict[str, np.ndarray]], np.ndarray],
              candidate: Callable[[dict[str, np.ndarray]], np.ndarray],
-             inputs: list[dict[str, np.ndarray]], *, tolerance: float = 1e-4, min_tau: float = 0.99) -> ValidationReport:
+             inputs: list[dict[str, np.ndarray]], *, tolerance: float = 1e-4,
+             min_tau: float = 0.99) -> ValidationReport:
     """Run both on each batch-1 input; compare scores on the real (unpadded) candidates."""
     diffs, taus, overlaps, failures = [], [], [], []
     for i, x in enumerate(inputs):

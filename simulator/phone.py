@@ -3,7 +3,6 @@ page requests to the cloud, trigger points, and the device SDK reranking the uns
 
 from __future__ import annotations
 
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -87,8 +86,7 @@ class Phone:
                 rerank(reason)
 
         def fetch() -> None:
-            req = SearchRequest(request_id=uuid.UUID(int=spec.seed ^ state["page_index"]).hex[:16]
-                                + f"-{state['page_index']}", session_id=spec.session_id,
+            req = SearchRequest(request_id=f"{spec.session_id}-p{state['page_index']}", session_id=spec.session_id,
                                 user_id=world.user_ids[spec.user], query=spec.query, context=spec.context,
                                 page_index=state["page_index"], page_size=self.page_size)
             page = self.cloud.search(req)

@@ -23,12 +23,13 @@ def _plot_position_ctr(results: list[ArmResult], path: Path, n_positions: int = 
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for r in results:
         ctr, exp = position_ctr(r.outcomes, n_positions)
+        ctr = np.where(exp >= 50, ctr, np.nan)  # hide positions too rarely reached to estimate
         axes[0].plot(np.arange(n_positions), ctr, marker=".", lw=1, label=r.name)
         axes[1].plot(np.arange(n_positions), exp / max(len(r.outcomes), 1), lw=1.5, label=r.name)
     for x in (25, 50):
         for ax in axes:
             ax.axvline(x, color="grey", ls=":", lw=0.8)
-    axes[0].set(title="CTR by displayed position (clicks / exposures)", xlabel="position", ylabel="CTR")
+    axes[0].set(title="CTR by displayed position (clicks / exposures, ≥50 exposures)", xlabel="position", ylabel="CTR")
     axes[1].set(title="Share of sessions reaching the position", xlabel="position", ylabel="exposure rate")
     axes[0].legend()
     fig.tight_layout()

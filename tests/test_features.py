@@ -112,10 +112,10 @@ def test_property_any_feedback_gives_finite_fixed_shape_inputs(fcfg, n_items, n_
 def test_training_and_device_features_are_bit_identical(logged_rows, fcfg, tmp_path):
     """Training builds features from logs after a Parquet round trip; the device builds them from its live
     page and events. Same operators, same inputs -> identical bytes."""
+    import pyarrow.parquet as pq
+
     from cloud.logs import read_logs, rows_to_table
     from cloud.training.data import samples_from_row
-
-    import pyarrow.parquet as pq
 
     pq.write_table(rows_to_table(logged_rows), tmp_path / "logs.parquet")
     reloaded = read_logs(tmp_path / "logs.parquet")

@@ -51,3 +51,11 @@ def test_export_of_a_format_not_built_yet_says_so(tmp_path):
     r = subprocess.run([sys.executable, "-m", "edge_rerank.cli", "export", "--checkpoint", "x", "--logs", "y",
                         "--format", "tflite"], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and "not available yet" in r.stderr
+
+
+def test_ruff_clean():
+    ruff = Path(sys.executable).with_name("ruff")
+    if not ruff.exists():
+        pytest.skip("ruff ([dev] extra) not installed")
+    r = subprocess.run([str(ruff), "check", "."], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-3000:]

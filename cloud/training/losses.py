@@ -23,9 +23,10 @@ class LambdaLoss(nn.Module):
     pair at the current ranking (LambdaRank's weighting), so the top of the list matters most."""
 
     def forward(self, scores: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        s = scores + (1.0 - mask) * NEG
         y = labels * mask
-        ranks = torch.argsort(torch.argsort(-s, dim=1), dim=1).float()  # 0-based current ranks
+        with torch.no_grad():  # current 0-based ranks; padding always ranks last, whatever its score
+            s = torch.where(mask > 0, scores, torch.full_like(scores, float("-inf")))
+            ranks = torch.argsort(torch.argsort(-s, dim=1, stable=True), dim=1).float()
         disc = 1.0 / torch.log2(ranks + 2.0)
         ideal = torch.sort(y, dim=1, descending=True).values
         idcg = (ideal / torch.log2(torch.arange(y.shape[1], device=y.device).float() + 2.0)).sum(1, keepdim=True)

@@ -17,7 +17,8 @@ class OnnxRuntimeBackend:
         try:
             import onnxruntime as ort
         except ImportError as exc:  # pragma: no cover - depends on the install
-            raise BackendError("the onnxruntime backend needs the [onnx] extra: pip install 'edge-rerank[onnx]'") from exc
+            raise BackendError("the onnxruntime backend needs the [onnx] extra: "
+                               "pip install 'edge-rerank[onnx]'") from exc
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
