@@ -6,10 +6,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings
 
 from device_sdk.contracts import Context, EventKind, FeedbackEvent, PageItem
 from device_sdk.features import FeatureConfig
 from simulator.world import World, WorldConfig
+
+# deterministic property tests: the same examples on every run and machine
+settings.register_profile("edge-rerank", derandomize=True, deadline=None, print_blob=True)
+settings.load_profile("edge-rerank")
 
 WCFG = WorldConfig(seed=7, n_items=600, n_users=80)
 

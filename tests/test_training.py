@@ -103,3 +103,11 @@ def test_checkpoint_roundtrip(trained, tmp_path):
     back, s2 = load_checkpoint(tmp_path / "c.pt")
     assert np.array_equal(predict(model, valid), predict(back, valid))
     assert s2["valid_model"] == summary["valid_model"]
+
+
+def test_samples_do_not_depend_on_the_order_logs_were_read(logged_rows, fcfg, samples):
+    from cloud.training.data import build_samples
+
+    again = build_samples(list(reversed(logged_rows)), fcfg, progress=False)
+    assert again.session_ids == samples.session_ids
+    assert all(np.array_equal(again.inputs[k], samples.inputs[k]) for k in samples.inputs)

@@ -56,6 +56,8 @@ def samples_from_row(row: ImpressionRow, builder: FeatureBuilder) -> list[tuple[
 def build_samples(rows: Sequence[ImpressionRow], cfg: FeatureConfig, *, progress: bool = True) -> Samples:
     builder = FeatureBuilder(cfg)
     feats, labels, sids = [], [], []
+    # a fixed order whatever order the Parquet parts were read in: training is then reproducible
+    rows = sorted(rows, key=lambda r: (r.session_id, r.page_index, r.request_id))
     for row in tqdm(rows, desc="features", unit="list", disable=not progress, leave=False):
         for f, y in samples_from_row(row, builder):
             feats.append(f)
