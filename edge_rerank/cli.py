@@ -58,9 +58,10 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
 
 def _cmd_train(a: argparse.Namespace) -> int:
     from device_sdk.features import FeatureConfig
-    from edge_rerank.pipeline import train_from_logs
+    from edge_rerank.pipeline import feature_config_for, train_from_logs
+    from simulator.world import WorldConfig
 
-    fcfg = FeatureConfig.load(a.feature_config) if a.feature_config else FeatureConfig(n_categories=12, n_brands=48)
+    fcfg = FeatureConfig.load(a.feature_config) if a.feature_config else feature_config_for(WorldConfig())
     _, summary, _ = train_from_logs(a.logs, a.out, fcfg, epochs=a.epochs, loss=a.loss, seed=a.seed,
                                     progress=not a.no_progress)
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
