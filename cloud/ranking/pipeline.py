@@ -52,6 +52,7 @@ class SearchPipeline:
     def search(self, req: SearchRequest) -> SearchPage:
         req.validate()
         rows, scores, x = self.rank(req)
+        total = len(rows)  # already cut to max_results
         start = req.page_index * req.page_size
         sl = slice(start, start + req.page_size)
         rows, scores, x = rows[sl], scores[sl], x[sl]
@@ -63,6 +64,5 @@ class SearchPipeline:
                           brand=int(it["brand"][r]), price_level=int(it["price_level"][r]),
                           lat=float(it["lat"][r]), lon=float(it["lon"][r]), embedding_found=bool(found[k]))
                  for k, r in enumerate(rows)]
-        total = min(len(self.recall(req.query)), self.max_results)
         return SearchPage(request_id=req.request_id, session_id=req.session_id, page_index=req.page_index,
                           model_version=self.model_version, items=items, has_more=start + len(items) < total)
