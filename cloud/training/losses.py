@@ -1,40 +1,65 @@
-"""List-wise losses over padded lists (scores/labels/mask [B, N])."""
+"""Ranking losses over padded lists: ``loss(scores, labels, mask)`` with [B, N] tensors, mask in {0, 1}.
+
+One class each; ``tests/test_losses.py`` checks every one against a plain numpy reference, padding and extreme
+scores included.
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-NEG = -1e4
+PAD = -1e9
+
+
+def _pairs(labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[B, N, N] float: 1 where item i is strictly more relevant than item j and both are real items."""
+    y = labels * mask
+    return (y.unsqueeze(2) > y.unsqueeze(1)).float() * mask.unsqueeze(2) * mask.unsqueeze(1)
+
+
+def _pair_logistic(scores: torch.Tensor) -> torch.Tensor:
+    """[B, N, N] log(1 + exp(-(s_i - s_j))), stable for any score magnitude."""
+    return nn.functional.softplus(-(scores.unsqueeze(2) - scores.unsqueeze(1)))
 
 
 class ListNetLoss(nn.Module):
     """Cross entropy between the label distribution (labels / sum) and softmax(scores), padding excluded."""
 
     def forward(self, scores: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        s = scores + (1.0 - mask) * NEG
+        # padding is replaced (not offset): even a huge score on a padded slot gets no probability mass
+        s = torch.where(mask > 0, scores, torch.full_like(scores, PAD))
         target = labels * mask
         target = target / target.sum(dim=1, keepdim=True).clamp_min(1e-9)
         return -(target * torch.log_softmax(s, dim=1)).sum(dim=1).mean()
 
 
+class PairwiseLogisticLoss(nn.Module):
+    """RankNet: mean logistic loss over all pairs (i more relevant than j) within a list."""
+
+    def forward(self, scores: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        valid = _pairs(labels, mask)
+        return (valid * _pair_logistic(scores)).sum() / valid.sum().clamp_min(1.0)
+
+
 class LambdaLoss(nn.Module):
     """Pairwise logistic loss on every pair with different labels, weighted by |ΔNDCG| of swapping the
-    pair at the current ranking (LambdaRank's weighting), so the top of the list matters most."""
+    pair at the current ranking (LambdaRank's weighting), so the top of the list matters most. Gains are
+    linear in the label (as in ``metrics.ndcg_at_k``); padding always ranks last."""
 
     def forward(self, scores: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         y = labels * mask
         with torch.no_grad():  # current 0-based ranks; padding always ranks last, whatever its score
             s = torch.where(mask > 0, scores, torch.full_like(scores, float("-inf")))
-            ranks = torch.argsort(torch.argsort(-s, dim=1, stable=True), dim=1).float()
-        disc = 1.0 / torch.log2(ranks + 2.0)
-        ideal = torch.sort(y, dim=1, descending=True).values
-        idcg = (ideal / torch.log2(torch.arange(y.shape[1], device=y.device).float() + 2.0)).sum(1, keepdim=True)
-        gain_diff = y.unsqueeze(2) - y.unsqueeze(1)  # [B,N,N]
-        delta = (gain_diff.abs() * (disc.unsqueeze(2) - disc.unsqueeze(1)).abs()) / idcg.clamp_min(1e-9).unsqueeze(2)
-        valid = (gain_diff > 0).float() * mask.unsqueeze(2) * mask.unsqueeze(1)
-        pair = nn.functional.softplus(-(scores.unsqueeze(2) - scores.unsqueeze(1)))
-        return (delta.detach() * valid * pair).sum() / valid.sum().clamp_min(1.0)
+            ranks = torch.argsort(torch.argsort(-s, dim=1, stable=True), dim=1).to(scores.dtype)
+            disc = 1.0 / torch.log2(ranks + 2.0)
+            ideal = torch.sort(y, dim=1, descending=True).values
+            pos = torch.arange(y.shape[1], device=y.device, dtype=scores.dtype)
+            idcg = (ideal / torch.log2(pos + 2.0)).sum(1, keepdim=True).clamp_min(1e-9)
+            gain_diff = (y.unsqueeze(2) - y.unsqueeze(1)).abs()
+            delta = gain_diff * (disc.unsqueeze(2) - disc.unsqueeze(1)).abs() / idcg.unsqueeze(2)
+        valid = _pairs(labels, mask)
+        return (delta * valid * _pair_logistic(scores)).sum() / valid.sum().clamp_min(1.0)
 
 
-LOSSES = {"listnet": ListNetLoss, "lambda": LambdaLoss}
+LOSSES: dict[str, type[nn.Module]] = {"listnet": ListNetLoss, "lambda": LambdaLoss, "pairwise": PairwiseLogisticLoss}

@@ -25,3 +25,17 @@ def mrr(scores: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
     rel = np.take_along_axis(np.where(mask > 0, labels, 0.0), order, axis=1) > 0
     first = np.where(rel.any(axis=1), rel.argmax(axis=1), -1)
     return np.where(first >= 0, 1.0 / (first + 1.0), np.nan)
+
+
+def auc(scores: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per-list ROC AUC of clicked (label > 0) vs not clicked items, ties counted half.
+    Lists with only positives or only negatives get NaN."""
+    real = mask > 0
+    pos = real & (labels > 0)
+    neg = real & ~(labels > 0)
+    d = scores[:, :, None] - scores[:, None, :]
+    pairs = pos[:, :, None] & neg[:, None, :]
+    wins = ((d > 0) + 0.5 * (d == 0)) * pairs
+    n = pairs.sum(axis=(1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, wins.sum(axis=(1, 2)) / np.where(n > 0, n, 1), np.nan)
