@@ -50,6 +50,54 @@ def test_match_aggregate_by_hand(fcfg):
     assert out["seq_kind"][:3].tolist() == [1, 2, 2] and out["seq_kind"][3:].sum() == 0
 
 
+def test_last_k_window_counts_only_the_latest_events(fcfg):
+    rng = np.random.default_rng(4)
+    items = [make_item(k, rng, fcfg, k) for k in range(5)]
+    for k, it in enumerate(items):
+        it.brand = [7, 8, 9, 7, 9][k]
+    # clicks on brands 7, 8, 9 in that order; candidates have brands 7 and 9
+    ev = [FeedbackEvent.for_item(items[k], EventKind.CLICK, k, "r", k) for k in range(3)]
+    cfg = FeatureConfig(**{**fcfg.to_dict(), "candidate_ops": ("hit:brand:click", "hit:brand:click@2",
+                                                                "freq:brand:click@1", "step:brand:click@2")})
+    out = FeatureBuilder(cfg).build(items[3:], ev, CTX)["cand_num"][:2]
+    assert out[:, 0].tolist() == [1.0, 1.0]  # all clicks: both brands were clicked
+    assert out[:, 1].tolist() == [0.0, 1.0]  # last two clicks: brands 8, 9
+    assert out[:, 2].tolist() == [0.0, 1.0]  # last click only: brand 9
+    np.testing.assert_allclose(out[:, 3], [1.0, 1 / cfg.l_max])  # no match in the window -> 1.0
+
+
+@pytest.mark.parametrize("expr", ["hit:brand:click@0", "hit:brand:click@x", "sim_max:click@-1", "cloud_score@2"])
+def test_bad_windows_are_clear_errors(expr):
+    with pytest.raises(FeatureError):
+        compile_op(expr)
+
+
+@given(values=st.lists(st.floats(-1e6, 1e6, allow_nan=False), max_size=30),
+       edges=st.lists(st.floats(-100, 100, allow_nan=False), min_size=1, max_size=8, unique=True))
+def test_property_bucketiser_ids_are_in_range_and_monotone(values, edges):
+    edges = sorted(edges)
+    ids = FeatureBuilder.bucketise(np.array(values, dtype=np.float64), edges)
+    assert ids.dtype == np.int32
+    assert np.all((ids >= 0) & (ids <= len(edges)))
+    order = np.argsort(values, kind="stable")
+    assert np.all(np.diff(ids[order]) >= 0)
+    for v, b in zip(values, ids, strict=True):
+        assert sum(e <= v for e in edges) == b
+
+
+def test_bucket_inputs_follow_the_config(fcfg):
+    rng = np.random.default_rng(5)
+    items = [make_item(k, rng, fcfg, position=p) for k, p in enumerate([0, 3, 30, 120])]
+    out = FeatureBuilder(fcfg).build(items, make_events(items[:2], clicks={1}), CTX)
+    assert out["cand_pos_b"][:4].tolist() == [0, 3, 9, 11]
+    assert np.all(out["cand_dist_b"][:4] < fcfg.n_distance_buckets)
+    assert np.all(out["seq_pos_b"] < fcfg.n_position_buckets) and np.all(out["seq_dist_b"] < fcfg.n_distance_buckets)
+    with pytest.raises(ValueError, match="ascending"):
+        FeatureConfig(position_buckets=(3.0, 1.0))
+    with pytest.raises(ValueError, match="unknown feature config keys"):
+        FeatureConfig.from_dict({**fcfg.to_dict(), "typo_field": 1})
+
+
 def test_unknown_ids_go_to_the_unknown_bucket(fcfg):
     rng = np.random.default_rng(2)
     items = [make_item(k, rng, fcfg) for k in range(3)]

@@ -1,11 +1,17 @@
-"""The device reranker (torch): feedback attention over clicks/skips + a PRM-style transformer over the
-candidates. Export-friendly by construction (see shared/ARCHITECTURE.md): hand-written attention with
-additive float masks, ReLU, fixed N_max/L_max, int32 ids, no boolean tensors.
+"""The device reranker (torch): MVFAN feedback attention + Match&Aggregate + the cloud's dense vector, then
+a PRM-style transformer over the candidates. Export-friendly by construction (see shared/ARCHITECTURE.md):
+hand-written attention with additive float masks, ReLU, fixed N_max/L_max, int32 ids, no boolean tensors.
 
-Feedback attention (a first cut of MVFAN, #4 completes it): every event is the *sum* of its field
-embeddings (category, brand, price, kind, projected ID embedding, numeric event features); two *views* of
-each candidate (its ID embedding and its attributes) query the click sequence and the skip sequence; each
-attention has an appended all-zero slot so an empty sequence attends to nothing instead of to noise.
+MVFAN (SPEC §1), each part switchable in ``ModelConfig`` for the ablation:
+- every feedback event is the *sum* of its field embeddings: category, brand, price, distance bucket, position
+  bucket, kind (click/skip), the projected ID embedding and the numeric event features; the attribute tables
+  are shared with the candidates' attribute view;
+- ``cross``: DFN-style cross attention, negatives as queries over positives and positives over negatives, each
+  with an appended all-zero slot so a side with no events contributes nothing instead of noise;
+- ``views``: the candidate's ID embedding, its attributes, and the search context each query the positive and
+  the negative sequence (zero slot again); the results are concatenated with the candidate's own vectors.
+With ``use_feedback=False`` the model is a plain PRM over the candidates (Match&Aggregate features, if the
+feature config has them, still come in through ``cand_num``).
 """
 
 from __future__ import annotations
@@ -28,9 +34,28 @@ class ModelConfig:
     n_layers: int = 1
     ffn: int = 64
     use_feedback: bool = True  # False: a PRM over the candidates that ignores the feedback sequence
+    cross: bool = True  # negatives <-> positives cross attention inside the feedback sequence
+    views: tuple[str, ...] = ("id", "attr", "context")  # queries over the feedback sequences
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "views", tuple(self.views))
+        bad = set(self.views) - set(VIEWS)
+        if bad or not self.views:
+            raise ValueError(f"views must be a non-empty subset of {VIEWS}, got {self.views}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["views"] = list(self.views)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        return cls(**d)
+
+
+VIEWS = ("id", "attr", "context")
 
 
 def attend_with_zero_slot(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -67,17 +92,22 @@ class DeviceReranker(nn.Module):
         self.cat = nn.Embedding(fcfg.n_categories + 1, d)
         self.brand = nn.Embedding(fcfg.n_brands + 1, d)
         self.price = nn.Embedding(fcfg.n_price_levels + 1, d)
-        self.kind = nn.Embedding(3, d)
+        self.dist = nn.Embedding(fcfg.n_distance_buckets, d)
+        self.pos = nn.Embedding(fcfg.n_position_buckets, d)
         self.id_proj = nn.Linear(fcfg.emb_dim, d)
-        self.seq_num = nn.Linear(fcfg.n_event_features, d)
         self.cand_num = nn.Linear(fcfg.n_candidate_features, d)
         self.dense = nn.Linear(fcfg.dense_dim, d)
         self.ctx = nn.Linear(fcfg.n_context_features, d)
-        n_parts = 4 + (4 if self.mcfg.use_feedback else 0)
+        n_parts = 4
         if self.mcfg.use_feedback:
-            self.q_views = nn.ModuleList([nn.Linear(d, d) for _ in range(2)])  # id view, attribute view
+            self.kind = nn.Embedding(3, d)
+            self.seq_num = nn.Linear(fcfg.n_event_features, d)
+            if self.mcfg.cross:
+                self.cross_qkv = nn.Linear(d, 3 * d)
+            self.q_views = nn.ModuleDict({v: nn.Linear(d, d) for v in self.mcfg.views})
             self.kv_pos = nn.Linear(d, 2 * d)
             self.kv_neg = nn.Linear(d, 2 * d)
+            n_parts += 2 * len(self.mcfg.views)
         self.fuse = nn.Sequential(nn.Linear(n_parts * d, d), nn.ReLU())
         self.blocks = nn.ModuleList([SelfAttentionBlock(d, self.mcfg.n_heads, self.mcfg.ffn)
                                      for _ in range(self.mcfg.n_layers)])
@@ -87,21 +117,38 @@ class DeviceReranker(nn.Module):
     def input_names(self) -> list[str]:
         return input_names(self.fcfg)
 
-    def forward(self, cand_cat, cand_brand, cand_price, cand_emb, cand_dense, cand_num, cand_mask,
-                seq_cat, seq_brand, seq_price, seq_kind, seq_emb, seq_num, seq_pos_mask, seq_neg_mask, ctx):
+    def encode_events(self, seq_cat, seq_brand, seq_price, seq_kind, seq_emb, seq_num, seq_dist_b, seq_pos_b,
+                      seq_pos_mask, seq_neg_mask) -> torch.Tensor:
+        """[B, L, d]: each event as the sum of its field embeddings, then (``cross``) each negative enriched
+        by attention over the positives and each positive by attention over the negatives."""
+        ev = (self.cat(seq_cat) + self.brand(seq_brand) + self.price(seq_price) + self.dist(seq_dist_b)
+              + self.pos(seq_pos_b) + self.kind(seq_kind) + self.id_proj(seq_emb) + self.seq_num(seq_num))
+        if self.mcfg.cross:
+            q, k, v = self.cross_qkv(ev).chunk(3, dim=2)
+            over_pos = attend_with_zero_slot(q, k, v, seq_pos_mask)
+            over_neg = attend_with_zero_slot(q, k, v, seq_neg_mask)
+            ev = ev + seq_neg_mask.unsqueeze(2) * over_pos + seq_pos_mask.unsqueeze(2) * over_neg
+        return ev
+
+    def forward(self, cand_cat, cand_brand, cand_price, cand_emb, cand_dense, cand_num, cand_mask, cand_dist_b,
+                cand_pos_b, seq_cat, seq_brand, seq_price, seq_kind, seq_emb, seq_num, seq_dist_b, seq_pos_b,
+                seq_pos_mask, seq_neg_mask, ctx):
         id_view = self.id_proj(cand_emb)
-        attr_view = self.cat(cand_cat) + self.brand(cand_brand) + self.price(cand_price)
-        ctx_v = self.ctx(ctx).unsqueeze(1).expand_as(id_view)
+        attr_view = (self.cat(cand_cat) + self.brand(cand_brand) + self.price(cand_price) + self.dist(cand_dist_b)
+                     + self.pos(cand_pos_b))
+        ctx_v = self.ctx(ctx).unsqueeze(1)  # [B, 1, d]
         parts = [id_view, attr_view, self.dense(cand_dense) + ctx_v, self.cand_num(cand_num)]
         if self.mcfg.use_feedback:
-            ev = (self.cat(seq_cat) + self.brand(seq_brand) + self.price(seq_price) + self.kind(seq_kind)
-                  + self.id_proj(seq_emb) + self.seq_num(seq_num))
+            ev = self.encode_events(seq_cat, seq_brand, seq_price, seq_kind, seq_emb, seq_num, seq_dist_b,
+                                    seq_pos_b, seq_pos_mask, seq_neg_mask)
             kp, vp = self.kv_pos(ev).chunk(2, dim=2)
             kn, vn = self.kv_neg(ev).chunk(2, dim=2)
-            for view, proj in zip((id_view, attr_view), self.q_views, strict=True):
-                q = proj(view)
-                parts.append(attend_with_zero_slot(q, kp, vp, seq_pos_mask))
-                parts.append(attend_with_zero_slot(q, kn, vn, seq_neg_mask))
+            queries = {"id": id_view, "attr": attr_view, "context": ctx_v}
+            for name in self.mcfg.views:
+                q = self.q_views[name](queries[name])
+                for k, v, m in ((kp, vp, seq_pos_mask), (kn, vn, seq_neg_mask)):
+                    a = attend_with_zero_slot(q, k, v, m)
+                    parts.append(a if name != "context" else a.expand_as(id_view))
         x = self.fuse(torch.cat(parts, dim=2))
         for block in self.blocks:
             x = block(x, cand_mask)

@@ -117,7 +117,7 @@ def save_checkpoint(model: DeviceReranker, path: str | Path, summary: dict | Non
 
 def load_checkpoint(path: str | Path) -> tuple[DeviceReranker, dict]:
     ck = torch.load(path, map_location="cpu", weights_only=True)
-    model = DeviceReranker(FeatureConfig.from_dict(ck["feature_config"]), ModelConfig(**ck["model_config"]))
+    model = DeviceReranker(FeatureConfig.from_dict(ck["feature_config"]), ModelConfig.from_dict(ck["model_config"]))
     model.load_state_dict(ck["state_dict"])
     model.eval()
     return model, ck.get("summary", {})

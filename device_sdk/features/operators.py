@@ -33,12 +33,16 @@ def input_specs(cfg: FeatureConfig) -> list[tuple[str, tuple[int, ...], str]]:
         ("cand_dense", (n, d), "float32"),
         ("cand_num", (n, cfg.n_candidate_features), "float32"),
         ("cand_mask", (n,), "float32"),
+        ("cand_dist_b", (n,), "int32"),
+        ("cand_pos_b", (n,), "int32"),
         ("seq_cat", (L,), "int32"),
         ("seq_brand", (L,), "int32"),
         ("seq_price", (L,), "int32"),
         ("seq_kind", (L,), "int32"),
         ("seq_emb", (L, e), "float32"),
         ("seq_num", (L, cfg.n_event_features), "float32"),
+        ("seq_dist_b", (L,), "int32"),
+        ("seq_pos_b", (L,), "int32"),
         ("seq_pos_mask", (L,), "float32"),
         ("seq_neg_mask", (L,), "float32"),
         ("ctx", (cfg.n_context_features,), "float32"),
@@ -64,6 +68,15 @@ class _Seq:
     @property
     def size(self) -> int:
         return int(self.lat.shape[0])
+
+    def last(self, k: int) -> _Seq:
+        """The window of the last k events (all of them if there are fewer)."""
+        if k >= self.size:
+            return self
+        sl = slice(self.size - k, self.size)
+        return _Seq(fields={f: v[sl] for f, v in self.fields.items()}, lat=self.lat[sl], lon=self.lon[sl],
+                    emb=self.emb[sl], dwell_ms=self.dwell_ms[sl], steps_ago=self.steps_ago[sl],
+                    position=self.position[sl])
 
 
 def _to_seq(indexed: list[tuple[int, FeedbackEvent]], n_events: int, emb_dim: int) -> _Seq:
@@ -137,9 +150,9 @@ def _match(x: _OpInputs, fields: str, seq: _Seq) -> np.ndarray:
     return out
 
 
-def _op_match(agg: str, fields: str, seq_name: str) -> Callable[[_OpInputs], np.ndarray]:
+def _op_match(agg: str, fields: str, seq_name: str, window: int | None) -> Callable[[_OpInputs], np.ndarray]:
     def op(x: _OpInputs) -> np.ndarray:
-        seq = x.seqs[seq_name]
+        seq = x.seqs[seq_name] if window is None else x.seqs[seq_name].last(window)
         if seq.size == 0:
             return np.full(x.cand_lat.shape[0], 1.0 if agg == "step" else 0.0)
         m = _match(x, fields, seq)
@@ -170,9 +183,9 @@ def _op_dist(kind: str) -> Callable[[_OpInputs], np.ndarray]:
     return op
 
 
-def _op_sim(agg: str, seq_name: str) -> Callable[[_OpInputs], np.ndarray]:
+def _op_sim(agg: str, seq_name: str, window: int | None) -> Callable[[_OpInputs], np.ndarray]:
     def op(x: _OpInputs) -> np.ndarray:
-        seq = x.seqs[seq_name]
+        seq = x.seqs[seq_name] if window is None else x.seqs[seq_name].last(window)
         if seq.size == 0:
             return np.zeros(x.cand_lat.shape[0])
         a = x.cand_emb.astype(np.float64)
@@ -195,14 +208,20 @@ def compile_op(expr: str) -> Callable[[_OpInputs], np.ndarray]:
         return _op_dist("context")
     if expr in ("dist_last:click", "dist_min:click"):
         return _op_dist("last" if expr.startswith("dist_last") else "min")
-    parts = expr.split(":")
+    body, window = expr, None
+    if "@" in expr:
+        body, _, k = expr.partition("@")
+        if not k.isdigit() or int(k) < 1:
+            raise FeatureError(f"window in operator {expr!r} must be a positive integer (e.g. @3)")
+        window = int(k)
+    parts = body.split(":")
     if len(parts) == 3 and parts[0] in ("hit", "freq", "step") and parts[2] in SEQUENCES:
         for f in parts[1].split("+"):
             if f not in FIELDS:
                 raise FeatureError(f"unknown field {f!r} in operator {expr!r} (fields: {FIELDS})")
-        return _op_match(parts[0], parts[1], parts[2])
+        return _op_match(parts[0], parts[1], parts[2], window)
     if len(parts) == 2 and parts[0] in ("sim_max", "sim_mean") and parts[1] in SEQUENCES:
-        return _op_sim(parts[0][4:], parts[1])
+        return _op_sim(parts[0][4:], parts[1], window)
     raise FeatureError(f"unknown feature operator {expr!r}")
 
 
@@ -216,6 +235,14 @@ class FeatureBuilder:
 
     def _bucket(self, values: np.ndarray, n: int) -> np.ndarray:
         return np.where((values >= 0) & (values < n), values, n).astype(np.int32)
+
+    @staticmethod
+    def bucketise(values: np.ndarray, edges: Sequence[float]) -> np.ndarray:
+        """Bucket id = number of edges <= value (0..len(edges))."""
+        return np.searchsorted(np.asarray(edges, dtype=np.float64), values, side="right").astype(np.int32)
+
+    def _dist_to_context(self, lat: np.ndarray, lon: np.ndarray, context: Context) -> np.ndarray:
+        return _distance(lat, lon, np.array([context.lat]), np.array([context.lon]), self.cfg.geo)[:, 0]
 
     def build(self, candidates: Sequence[PageItem], events: Sequence[FeedbackEvent],
               context: Context) -> dict[str, np.ndarray]:
@@ -267,6 +294,11 @@ class FeatureBuilder:
         out["cand_num"] = num
         out["cand_mask"] = np.zeros(N, np.float32)
         out["cand_mask"][:n] = 1.0
+        out["cand_dist_b"] = np.zeros(N, np.int32)
+        out["cand_dist_b"][:n] = self.bucketise(self._dist_to_context(x.cand_lat, x.cand_lon, context),
+                                                cfg.distance_buckets_km)
+        out["cand_pos_b"] = np.zeros(N, np.int32)
+        out["cand_pos_b"][:n] = self.bucketise(x.cloud_position, cfg.position_buckets)
 
         # MVFAN input: positives first, then negatives; kind 1 = click, 2 = skip, 0 = padding.
         p, q = seqs["click"], seqs["skip"]
@@ -283,12 +315,17 @@ class FeatureBuilder:
         out["seq_emb"] = np.zeros((L, cfg.emb_dim), np.float32)
         out["seq_emb"][:s] = np.concatenate([p.emb, q.emb]) if s else 0.0
         seq_num = np.zeros((L, cfg.n_event_features), np.float32)
+        out["seq_dist_b"] = np.zeros(L, np.int32)
+        out["seq_pos_b"] = np.zeros(L, np.int32)
         if s:
             dwell = np.concatenate([p.dwell_ms, q.dwell_ms])
             ago = np.concatenate([p.steps_ago, q.steps_ago])
             posn = np.concatenate([p.position, q.position])
+            dist = self._dist_to_context(np.concatenate([p.lat, q.lat]), np.concatenate([p.lon, q.lon]), context)
             seq_num[:s] = np.stack([np.log1p(np.maximum(dwell, 0.0) / 1000.0),
-                                    np.minimum(ago / L, 4.0), posn / 100.0], axis=1)
+                                    np.minimum(ago / L, 4.0), posn / 100.0, np.log1p(dist)], axis=1)
+            out["seq_dist_b"][:s] = self.bucketise(dist, cfg.distance_buckets_km)
+            out["seq_pos_b"][:s] = self.bucketise(posn, cfg.position_buckets)
         out["seq_num"] = seq_num
         out["seq_pos_mask"] = (kind == 1).astype(np.float32)
         out["seq_neg_mask"] = (kind == 2).astype(np.float32)
