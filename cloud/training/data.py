@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from device_sdk.contracts import ImpressionRow
+from device_sdk.contracts import Context, ImpressionRow
 from device_sdk.features import FeatureBuilder, FeatureConfig, stack_batch
+
+S = TypeVar("S")
 
 
 @dataclass
@@ -23,6 +26,9 @@ class Samples:
     inputs: dict[str, np.ndarray]  # name -> [S, ...] in the model's input layout
     labels: np.ndarray  # [S, n_max] float32 graded relevance (0 on padding)
     session_ids: list[str]
+    item_ids: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int64))  # [S, n_max], -1 on padding
+    user_ids: list[str] = field(default_factory=list)
+    contexts: list[Context] = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -33,10 +39,13 @@ class Samples:
 
     def subset(self, idx: np.ndarray) -> Samples:
         return Samples({k: v[idx] for k, v in self.inputs.items()}, self.labels[idx],
-                       [self.session_ids[i] for i in idx])
+                       [self.session_ids[i] for i in idx], self.item_ids[idx],
+                       [self.user_ids[i] for i in idx], [self.contexts[i] for i in idx])
 
 
-def samples_from_row(row: ImpressionRow, builder: FeatureBuilder) -> list[tuple[dict[str, np.ndarray], np.ndarray]]:
+def samples_from_row(row: ImpressionRow, builder: FeatureBuilder
+                     ) -> list[tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]]:
+    """(features, labels, item ids padded with -1) for every usable rerank point of one shown list."""
     cfg = builder.cfg
     out = []
     for p in sorted(set(row.rerank_points)):
@@ -49,27 +58,33 @@ def samples_from_row(row: ImpressionRow, builder: FeatureBuilder) -> list[tuple[
         if len(cands) < 2 or labels.sum() == 0:
             continue
         feats = builder.build([c.item for c in cands], row.events[:p], row.context)
-        out.append((feats, labels))
+        ids = np.full(cfg.n_max, -1, dtype=np.int64)
+        ids[: len(cands)] = [c.item.item_id for c in cands]
+        out.append((feats, labels, ids))
     return out
 
 
 def build_samples(rows: Sequence[ImpressionRow], cfg: FeatureConfig, *, progress: bool = True) -> Samples:
     builder = FeatureBuilder(cfg)
-    feats, labels, sids = [], [], []
+    feats, labels, sids, ids, users, ctxs = [], [], [], [], [], []
     # a fixed order whatever order the Parquet parts were read in: training is then reproducible
     rows = sorted(rows, key=lambda r: (r.session_id, r.page_index, r.request_id))
     for row in tqdm(rows, desc="features", unit="list", disable=not progress, leave=False):
-        for f, y in samples_from_row(row, builder):
+        for f, y, i in samples_from_row(row, builder):
             feats.append(f)
             labels.append(y)
+            ids.append(i)
             sids.append(row.session_id)
+            users.append(row.user_id)
+            ctxs.append(row.context)
     if not feats:
         raise ValueError("the logs hold no usable rerank samples (need rerank points followed by clicks)")
-    return Samples(stack_batch(feats), np.stack(labels), sids)
+    return Samples(stack_batch(feats), np.stack(labels), sids, np.stack(ids), users, ctxs)
 
 
-def split_by_session(samples: Samples, valid_share: float = 0.2, seed: int = 0) -> tuple[Samples, Samples]:
-    """Deterministic split by session id hash, so one session never feeds both sides."""
+def split_by_session(samples: S, valid_share: float = 0.2, seed: int = 0) -> tuple[S, S]:
+    """Deterministic split by session id hash, so one session never feeds both sides. Works for anything with
+    ``session_ids`` and ``subset`` (device samples, the cloud ranker's page lists)."""
     h = np.array([zlib.crc32(f"{seed}:{s}".encode()) % 10_000 for s in samples.session_ids])
     valid = h < valid_share * 10_000
     return samples.subset(np.flatnonzero(~valid)), samples.subset(np.flatnonzero(valid))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from tqdm.auto import tqdm
 
 from cloud.training.data import Samples
 from cloud.training.losses import LOSSES
-from cloud.training.metrics import mrr, ndcg_at_k
+from cloud.training.metrics import auc, mrr, ndcg_at_k
 from cloud.training.model import DeviceReranker, ModelConfig, to_tensors
 from device_sdk.features import FeatureConfig
 
@@ -25,7 +26,7 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 3e-3
     weight_decay: float = 1e-5
-    loss: str = "listnet"  # "listnet" | "lambda"
+    loss: str = "lambda"  # "lambda" | "listnet" | "pairwise" (cloud.training.losses.LOSSES)
     seed: int = 0
     threads: int = 2
     patience: int = 4  # epochs without a better validation NDCG@10 before stopping
@@ -46,7 +47,8 @@ def evaluate(scores: np.ndarray, samples: Samples) -> dict[str, float]:
     m = samples.mask
     return {"ndcg@5": float(np.nanmean(ndcg_at_k(scores, samples.labels, m, 5))),
             "ndcg@10": float(np.nanmean(ndcg_at_k(scores, samples.labels, m, 10))),
-            "mrr": float(np.nanmean(mrr(scores, samples.labels, m)))}
+            "mrr": float(np.nanmean(mrr(scores, samples.labels, m))),
+            "auc": float(np.nanmean(auc(scores, samples.labels, m)))}
 
 
 def cloud_order_scores(samples: Samples) -> np.ndarray:
@@ -55,35 +57,32 @@ def cloud_order_scores(samples: Samples) -> np.ndarray:
     return np.tile(-np.arange(n, dtype=np.float64), (len(samples), 1))
 
 
-def fit(train: Samples, valid: Samples, fcfg: FeatureConfig, mcfg: ModelConfig | None = None,
-        tcfg: TrainConfig | None = None, *, progress: bool = True) -> tuple[DeviceReranker, dict]:
-    tcfg = tcfg or TrainConfig()
-    torch.manual_seed(tcfg.seed)
-    torch.set_num_threads(tcfg.threads)
-    model = DeviceReranker(fcfg, mcfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
-    loss_fn = LOSSES[tcfg.loss]()
-    names = model.input_names
+def fit_loop(model: torch.nn.Module, step: Callable[[np.ndarray], torch.Tensor],
+             validate: Callable[[], dict[str, float]], n_train: int, tcfg: TrainConfig, *, lr: float | None = None,
+             desc: str = "train", progress: bool = True) -> dict:
+    """Shared epoch loop: shuffled mini-batches (``step(idx)`` returns the loss), AdamW, gradient clipping,
+    validation NDCG@10 after each epoch, early stopping, best weights restored. Returns the loop's summary."""
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr or tcfg.lr,
+                            weight_decay=tcfg.weight_decay)
     rng = np.random.default_rng(tcfg.seed)
     history, best, best_state, bad = [], -1.0, None, 0
     t_start, n_lists = time.perf_counter(), 0
-    bar = tqdm(range(tcfg.epochs), desc="train", unit="epoch", disable=not progress, leave=False)
+    bar = tqdm(range(tcfg.epochs), desc=desc, unit="epoch", disable=not progress, leave=False)
     for epoch in bar:
         model.train()
-        perm = rng.permutation(len(train))
+        perm = rng.permutation(n_train)
         losses = []
         for i in range(0, len(perm), tcfg.batch_size):
             idx = perm[i: i + tcfg.batch_size]
-            batch = {k: v[idx] for k, v in train.inputs.items()}
-            scores = model(*to_tensors(batch, names))
-            loss = loss_fn(scores, torch.from_numpy(train.labels[idx]), torch.from_numpy(batch["cand_mask"]))
+            loss = step(idx)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             opt.step()
             losses.append(loss.item())
             n_lists += len(idx)
-        metrics = evaluate(predict(model, valid), valid)
+        model.eval()
+        metrics = validate()
         history.append({"epoch": epoch, "loss": float(np.mean(losses)), **metrics})
         bar.set_postfix(loss=f"{np.mean(losses):.4f}", ndcg10=f"{metrics['ndcg@10']:.4f}")
         if metrics["ndcg@10"] > best + 1e-5:
@@ -96,12 +95,31 @@ def fit(train: Samples, valid: Samples, fcfg: FeatureConfig, mcfg: ModelConfig |
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
+    return {"epochs_run": len(history), "lists_per_s": n_lists / max(train_s, 1e-9), "train_seconds": train_s,
+            "history": history}
+
+
+def fit(train: Samples, valid: Samples, fcfg: FeatureConfig, mcfg: ModelConfig | None = None,
+        tcfg: TrainConfig | None = None, *, progress: bool = True) -> tuple[DeviceReranker, dict]:
+    tcfg = tcfg or TrainConfig()
+    torch.manual_seed(tcfg.seed)
+    torch.set_num_threads(tcfg.threads)
+    model = DeviceReranker(fcfg, mcfg)
+    loss_fn = LOSSES[tcfg.loss]()
+    names = model.input_names
+
+    def step(idx: np.ndarray) -> torch.Tensor:
+        batch = {k: v[idx] for k, v in train.inputs.items()}
+        scores = model(*to_tensors(batch, names))
+        return loss_fn(scores, torch.from_numpy(train.labels[idx]), torch.from_numpy(batch["cand_mask"]))
+
+    loop = fit_loop(model, step, lambda: evaluate(predict(model, valid), valid), len(train), tcfg,
+                    progress=progress)
     summary = {
-        "train_lists": len(train), "valid_lists": len(valid), "epochs_run": len(history),
-        "lists_per_s": n_lists / max(train_s, 1e-9), "train_seconds": train_s,
+        "train_lists": len(train), "valid_lists": len(valid), **loop,
         "valid_model": evaluate(predict(model, valid), valid),
         "valid_cloud_order": evaluate(cloud_order_scores(valid), valid),
-        "history": history, "train_config": asdict(tcfg),
+        "train_config": asdict(tcfg), "model_config": model.mcfg.to_dict(),
         "params": int(sum(p.numel() for p in model.parameters())),
     }
     return model, summary

@@ -51,4 +51,5 @@ def create(name: str, model_path: str | Path, *, threads: int = 1) -> Backend:
 
 
 # Registration is cheap: each module imports its runtime only when a backend is created.
+from device_sdk.backends import lightgbm_backend as _lgbm  # noqa: E402,F401
 from device_sdk.backends import onnxruntime_backend as _ort  # noqa: E402,F401

@@ -342,3 +342,19 @@ class FeatureBuilder:
 def stack_batch(samples: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Stack per-sample inputs into a batch (leading dimension)."""
     return {k: np.stack([s[k] for s in samples]) for k in samples[0]}
+
+
+TABLE_INPUTS = ("cand_num", "cand_dense", "cand_emb", "cand_cat", "cand_brand", "cand_price", "cand_dist_b",
+                "cand_pos_b")
+
+
+def candidate_table(inputs: dict[str, np.ndarray]) -> np.ndarray:
+    """Batched model inputs [B, N, ...] -> one row per candidate slot [B*N, F] (float64) for per-item models
+    such as gradient-boosted trees: Match&Aggregate/cloud features, the cloud dense vector, the ID embedding, and
+    the categorical ids (last 5 columns: category, brand, price, distance bucket, position bucket)."""
+    B, N = inputs["cand_mask"].shape
+    cols = [inputs[k].reshape(B * N, -1).astype(np.float64) for k in TABLE_INPUTS]
+    return np.concatenate(cols, axis=1)
+
+
+N_CATEGORICAL_TABLE_COLUMNS = 5

@@ -1,0 +1,209 @@
+"""The trained cloud ranker: the fine ranker that orders the page, and whose last hidden layer is sent with each
+item to the device (SPEC §1, "cloud–device joint training": the hidden layer, not the list-relative score).
+
+It reads the same cloud features as the fixed-weight ranker (``cloud.ranking.fine.FEATURES``), recomputed for
+every logged candidate from the cloud's own data directory (catalog, user profiles, embedding table): the device
+never sees them. Exported to ONNX with input ``features`` [N, F] and outputs ``score`` [N] and ``hidden`` [N, D],
+the contract the server's ONNX fine ranker loads from ``ranker.onnx``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from cloud.catalog import load_catalog
+from cloud.embedding_store import FileEmbeddingStore
+from cloud.ranking.fine import FEATURES, FineRanker, default_ranker_weights
+from cloud.training.losses import LOSSES
+from cloud.training.metrics import ndcg_at_k
+from device_sdk.contracts import Context, ImpressionRow
+
+
+class CloudFeaturizer:
+    """Cloud features [n, F] for (user, context, items), computed exactly as the search pipeline does."""
+
+    def __init__(self, data_dir: str | Path):
+        self.catalog = load_catalog(data_dir)
+        store = FileEmbeddingStore(Path(data_dir) / "embeddings")
+        it = self.catalog.items
+        self._row = {int(i): k for k, i in enumerate(it["item_id"])}
+        self._emb, _ = store.get(it["item_id"])
+        self._ranker = FineRanker.from_weights(default_ranker_weights(store.dim))
+        self._zero_pref = np.zeros(store.dim, dtype=np.float32)
+
+    @property
+    def n_features(self) -> int:
+        return len(FEATURES)
+
+    def rows(self, item_ids: Sequence[int]) -> np.ndarray:
+        try:
+            return np.array([self._row[int(i)] for i in item_ids], dtype=np.int64)
+        except KeyError as e:
+            raise ValueError(f"logged item {e.args[0]} is not in the cloud catalog") from None
+
+    def __call__(self, user_id: str, context: Context, item_ids: Sequence[int]) -> np.ndarray:
+        idx = self.rows(item_ids)
+        it, cat = self.catalog.items, self.catalog
+        u = cat.user_index.get(user_id)
+        pref = cat.user_pref[u] if u is not None else self._zero_pref
+        price_pref = float(cat.user_price_pref[u]) if u is not None else 2.0
+        dist = np.hypot(it["lat"][idx] - context.lat, it["lon"][idx] - context.lon)
+        return self._ranker.features(quality=it["quality"][idx], popularity=it["popularity"][idx],
+                                     item_emb=self._emb[idx], user_pref=pref, distance_km=dist,
+                                     price_level=it["price_level"][idx].astype(np.float32), price_pref=price_pref)
+
+
+@dataclass(frozen=True)
+class CloudRankerConfig:
+    hidden: int = 32
+    dense_dim: int = 16  # the last hidden layer's width: what the device receives per item
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class CloudRanker(nn.Module):
+    """features [.., F] -> (score [..], hidden [.., D]); the hidden layer is tanh-bounded (cheap to quantise)."""
+
+    def __init__(self, n_features: int, cfg: CloudRankerConfig | None = None):
+        super().__init__()
+        self.cfg = cfg or CloudRankerConfig()
+        self.n_features = n_features
+        self.trunk = nn.Sequential(nn.Linear(n_features, self.cfg.hidden), nn.ReLU(),
+                                   nn.Linear(self.cfg.hidden, self.cfg.dense_dim), nn.Tanh())
+        self.out = nn.Linear(self.cfg.dense_dim, 1)
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.trunk(features)
+        return self.out(h).squeeze(-1), h
+
+
+@dataclass
+class PageLists:
+    """Shown pages as lists for the cloud ranker: features [P, N, F], labels / mask [P, N]."""
+
+    features: np.ndarray
+    labels: np.ndarray
+    mask: np.ndarray
+    session_ids: list[str]
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, idx: np.ndarray) -> PageLists:
+        return PageLists(self.features[idx], self.labels[idx], self.mask[idx], [self.session_ids[i] for i in idx])
+
+
+def page_lists(rows: Sequence[ImpressionRow], featurizer: CloudFeaturizer, n_max: int = 25) -> PageLists:
+    """Every shown page with at least one click, its exposed items in cloud order, labelled order 2 / click 1."""
+    rows = sorted(rows, key=lambda r: (r.session_id, r.page_index, r.request_id))
+    feats, labels, masks, sids = [], [], [], []
+    F = featurizer.n_features
+    for r in rows:
+        cands = sorted((c for c in r.candidates if c.exposed), key=lambda c: c.item.cloud_position)[:n_max]
+        y = np.array([2.0 if c.ordered else 1.0 if c.clicked else 0.0 for c in cands], dtype=np.float32)
+        if len(cands) < 2 or y.sum() == 0:
+            continue
+        x = np.zeros((n_max, F), np.float32)
+        x[: len(cands)] = featurizer(r.user_id, r.context, [c.item.item_id for c in cands])
+        lab = np.zeros(n_max, np.float32)
+        lab[: len(cands)] = y
+        m = np.zeros(n_max, np.float32)
+        m[: len(cands)] = 1.0
+        feats.append(x), labels.append(lab), masks.append(m), sids.append(r.session_id)
+    if not feats:
+        raise ValueError("the logs hold no shown page with a click: nothing to train the cloud ranker on")
+    return PageLists(np.stack(feats), np.stack(labels), np.stack(masks), sids)
+
+
+@dataclass(frozen=True)
+class CloudTrainConfig:
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 3e-3
+    loss: str = "listnet"
+    seed: int = 0
+    patience: int = 4
+
+
+def _ndcg10(model: CloudRanker, lists: PageLists) -> float:
+    with torch.no_grad():
+        s, _ = model(torch.from_numpy(lists.features))
+    return float(np.nanmean(ndcg_at_k(s.numpy(), lists.labels, lists.mask, 10)))
+
+
+def fit_cloud_ranker(train: PageLists, valid: PageLists, cfg: CloudRankerConfig | None = None,
+                     tcfg: CloudTrainConfig | None = None, *, progress: bool = True) -> tuple[CloudRanker, dict]:
+    tcfg = tcfg or CloudTrainConfig()
+    torch.manual_seed(tcfg.seed)
+    model = CloudRanker(train.features.shape[2], cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=1e-5)
+    loss_fn = LOSSES[tcfg.loss]()
+    rng = np.random.default_rng(tcfg.seed)
+    best, best_state, bad, history = -1.0, None, 0, []
+    for epoch in tqdm(range(tcfg.epochs), desc="cloud ranker", unit="epoch", disable=not progress, leave=False):
+        model.train()
+        perm = rng.permutation(len(train))
+        for i in range(0, len(perm), tcfg.batch_size):
+            idx = perm[i: i + tcfg.batch_size]
+            s, _ = model(torch.from_numpy(train.features[idx]))
+            loss = loss_fn(s, torch.from_numpy(train.labels[idx]), torch.from_numpy(train.mask[idx]))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        model.eval()
+        v = _ndcg10(model, valid)
+        history.append({"epoch": epoch, "valid_ndcg@10": v})
+        if v > best + 1e-5:
+            best, best_state, bad = v, copy.deepcopy(model.state_dict()), 0
+        else:
+            bad += 1
+            if bad >= tcfg.patience:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    logged = -np.tile(np.arange(valid.labels.shape[1], dtype=np.float64), (len(valid), 1))
+    return model, {"valid_ndcg@10": _ndcg10(model, valid),
+                   "valid_ndcg@10_logged_order": float(np.nanmean(ndcg_at_k(logged, valid.labels, valid.mask, 10))),
+                   "train_pages": len(train), "valid_pages": len(valid), "history": history}
+
+
+def export_cloud_ranker_onnx(model: CloudRanker, path: str | Path) -> Path:
+    """ONNX for the server's fine ranker: ``features`` [N, F] -> ``score`` [N], ``hidden`` [N, D], N dynamic."""
+    import onnx
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    example = torch.zeros(8, model.n_features)
+    n = torch.export.Dim("n", min=1, max=100_000)
+    torch.onnx.export(model, (example,), str(path), input_names=["features"], output_names=["score", "hidden"],
+                      dynamic_shapes=({0: n},), dynamo=True, opset_version=18, external_data=False)
+    onnx.checker.check_model(str(path))
+    return path
+
+
+def save_cloud_ranker(model: CloudRanker, path: str | Path, summary: dict | None = None) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": model.state_dict(), "config": model.cfg.to_dict(), "n_features": model.n_features,
+                "summary": json.loads(json.dumps(summary or {}))}, path)
+    return path
+
+
+def load_cloud_ranker(path: str | Path) -> CloudRanker:
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    model = CloudRanker(int(ck["n_features"]), CloudRankerConfig(**ck["config"]))
+    model.load_state_dict(ck["state_dict"])
+    model.eval()
+    return model

@@ -1,0 +1,182 @@
+"""Cloud–device joint training (SPEC §1), in three stages:
+
+1. train the cloud ranker on the shown pages (cloud features -> click/order labels);
+2. train the device reranker on the trained cloud ranker's outputs: every logged candidate's ``cand_dense``
+   (the cloud's last hidden layer) and ``cloud_score`` feature are recomputed with the new cloud ranker, exactly
+   what the cloud will send once it serves that ranker;
+3. fine-tune both together: the device loss flows into the cloud ranker's hidden layer, and a cloud loss on the
+   same lists (weight ``cloud_loss_weight``) keeps the cloud ranker a good ranker of its own page.
+
+The result is a pair: the cloud ranker to serve (ONNX, ``ranker.onnx`` in the cloud data dir) and the device
+reranker to export; they only make sense together, so ``save_joint`` writes both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from cloud.training.cloud_ranker import (
+    CloudFeaturizer,
+    CloudRanker,
+    CloudRankerConfig,
+    CloudTrainConfig,
+    fit_cloud_ranker,
+    page_lists,
+    save_cloud_ranker,
+)
+from cloud.training.data import Samples, split_by_session
+from cloud.training.losses import LOSSES
+from cloud.training.model import DeviceReranker, ModelConfig, to_tensors
+from cloud.training.train import TrainConfig, cloud_order_scores, evaluate, fit, fit_loop, save_checkpoint
+from device_sdk.contracts import ImpressionRow
+from device_sdk.features import FeatureConfig
+
+
+@dataclass(frozen=True)
+class JointConfig:
+    cloud: CloudTrainConfig = CloudTrainConfig()
+    cloud_model: CloudRankerConfig = CloudRankerConfig()
+    finetune_epochs: int = 4
+    finetune_lr_scale: float = 0.3  # stage 3 runs at this share of the device learning rate
+    cloud_loss_weight: float = 0.5
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def cloud_features_for(samples: Samples, featurizer: CloudFeaturizer) -> np.ndarray:
+    """[S, N, F] cloud features of every sample's candidates (zeros on padding)."""
+    S, N = samples.item_ids.shape
+    if len(samples.user_ids) != S:
+        raise ValueError("samples carry no user/context per list: build them with cloud.training.data.build_samples")
+    out = np.zeros((S, N, featurizer.n_features), np.float32)
+    for s in range(S):
+        ids = samples.item_ids[s]
+        n = int((ids >= 0).sum())
+        out[s, :n] = featurizer(samples.user_ids[s], samples.contexts[s], ids[:n])
+    return out
+
+
+class JointModel(nn.Module):
+    """Cloud ranker + device reranker as one graph: the cloud's outputs replace the logged ``cand_dense`` and
+    ``cloud_score`` inputs (padding stays zero), so gradients reach the cloud ranker's hidden layer."""
+
+    def __init__(self, cloud: CloudRanker, device: DeviceReranker):
+        super().__init__()
+        self.cloud, self.device = cloud, device
+        ops = device.fcfg.candidate_ops
+        self.score_col = ops.index("cloud_score") if "cloud_score" in ops else -1
+
+    def forward(self, cloud_x: torch.Tensor, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        score, hidden = self.cloud(cloud_x)
+        mask = inputs["cand_mask"]
+        x = dict(inputs)
+        x["cand_dense"] = hidden * mask.unsqueeze(2)
+        if self.score_col >= 0:
+            col = torch.clamp(score, -10.0, 10.0) * mask
+            num = x["cand_num"]
+            x["cand_num"] = torch.cat([num[..., : self.score_col], col.unsqueeze(2), num[..., self.score_col + 1:]], 2)
+        return self.device(*[x[n] for n in self.device.input_names]), score
+
+
+def with_cloud_outputs(samples: Samples, cloud: CloudRanker, cloud_x: np.ndarray, fcfg: FeatureConfig) -> Samples:
+    """A copy of `samples` whose cand_dense / cloud_score inputs come from `cloud`, as served pages would carry."""
+    cloud.eval()
+    with torch.no_grad():
+        score, hidden = cloud(torch.from_numpy(cloud_x))
+    mask = samples.inputs["cand_mask"]
+    inputs = dict(samples.inputs)
+    inputs["cand_dense"] = (hidden.numpy() * mask[..., None]).astype(np.float32)
+    ops = fcfg.candidate_ops
+    if "cloud_score" in ops:
+        num = inputs["cand_num"].copy()
+        num[..., ops.index("cloud_score")] = (np.clip(score.numpy(), -10.0, 10.0) * mask).astype(np.float32)
+        inputs["cand_num"] = num
+    return Samples(inputs, samples.labels, samples.session_ids, samples.item_ids, samples.user_ids, samples.contexts)
+
+
+def train_joint(rows: Sequence[ImpressionRow], cloud_data: str | Path, samples: Samples, fcfg: FeatureConfig,
+                mcfg: ModelConfig | None = None, tcfg: TrainConfig | None = None, jcfg: JointConfig | None = None,
+                *, progress: bool = True) -> tuple[CloudRanker, DeviceReranker, dict]:
+    """The three stages on logs `rows` (for the cloud ranker's pages) and their device `samples`."""
+    tcfg, jcfg = tcfg or TrainConfig(), jcfg or JointConfig()
+    torch.manual_seed(tcfg.seed)
+    torch.set_num_threads(tcfg.threads)
+    featurizer = CloudFeaturizer(cloud_data)
+
+    # stage 1: the cloud ranker on shown pages
+    pages = page_lists(rows, featurizer, n_max=fcfg.n_max)
+    p_train, p_valid = split_by_session(pages, seed=tcfg.seed)
+    cloud, cloud_summary = fit_cloud_ranker(p_train, p_valid, jcfg.cloud_model, jcfg.cloud, progress=progress)
+
+    # stage 2: the device reranker on the trained cloud ranker's outputs
+    train, valid = split_by_session(samples, seed=tcfg.seed)
+    x_train, x_valid = cloud_features_for(train, featurizer), cloud_features_for(valid, featurizer)
+    s_train = with_cloud_outputs(train, cloud, x_train, fcfg)
+    s_valid = with_cloud_outputs(valid, cloud, x_valid, fcfg)
+    device, stage2 = fit(s_train, s_valid, fcfg, mcfg, tcfg, progress=progress)
+
+    # stage 3: fine-tune together
+    joint = JointModel(cloud, device)
+    loss_fn, cloud_loss = LOSSES[tcfg.loss](), LOSSES["listnet"]()
+    names = device.input_names
+
+    def step(idx: np.ndarray) -> torch.Tensor:
+        batch = dict(zip(names, to_tensors({k: v[idx] for k, v in train.inputs.items()}, names), strict=True))
+        y, m = torch.from_numpy(train.labels[idx]), batch["cand_mask"]
+        s_dev, s_cloud = joint(torch.from_numpy(x_train[idx]), batch)
+        return loss_fn(s_dev, y, m) + jcfg.cloud_loss_weight * cloud_loss(s_cloud, y, m)
+
+    def validate() -> dict[str, float]:
+        return evaluate(predict_joint(joint, valid, x_valid)[0], valid)
+
+    ft = TrainConfig(**{**asdict(tcfg), "epochs": jcfg.finetune_epochs})
+    stage3 = fit_loop(joint, step, validate, len(train), ft, lr=tcfg.lr * jcfg.finetune_lr_scale,
+                      desc="joint fine-tune", progress=progress)
+    joint.eval()
+    dev_scores, cloud_scores = predict_joint(joint, valid, x_valid)
+    summary = {
+        "cloud_ranker": {k: v for k, v in cloud_summary.items() if k != "history"},
+        "stage2_valid_model": stage2["valid_model"],
+        "valid_model": evaluate(dev_scores, valid),
+        "valid_cloud_order": evaluate(cloud_order_scores(valid), valid),
+        "valid_new_cloud_ranker": evaluate(cloud_scores, valid),
+        "finetune": {k: v for k, v in stage3.items() if k != "history"},
+        "train_lists": len(train), "valid_lists": len(valid), "lists_per_s": stage2["lists_per_s"],
+        "joint_config": jcfg.to_dict(), "train_config": asdict(tcfg), "model_config": device.mcfg.to_dict(),
+        "params": int(sum(p.numel() for p in device.parameters())),
+        "cloud_params": int(sum(p.numel() for p in cloud.parameters())),
+    }
+    return joint.cloud, joint.device, summary
+
+
+def predict_joint(joint: JointModel, samples: Samples, cloud_x: np.ndarray, batch_size: int = 512
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    joint.eval()
+    names = joint.device.input_names
+    dev, cl = [], []
+    with torch.no_grad():
+        for i in range(0, len(samples), batch_size):
+            b = dict(zip(names, to_tensors({k: v[i: i + batch_size] for k, v in samples.inputs.items()}, names),
+                         strict=True))
+            d, c = joint(torch.from_numpy(cloud_x[i: i + batch_size]), b)
+            dev.append(d.numpy())
+            cl.append(c.numpy())
+    return np.concatenate(dev), np.concatenate(cl)
+
+
+def served_samples(samples: Samples, cloud: CloudRanker, featurizer: CloudFeaturizer, fcfg: FeatureConfig) -> Samples:
+    """`samples` as the device would see them once the cloud serves `cloud` (for validation and export)."""
+    return with_cloud_outputs(samples, cloud, cloud_features_for(samples, featurizer), fcfg)
+
+
+def save_joint(cloud: CloudRanker, device: DeviceReranker, out: str | Path, summary: dict) -> tuple[Path, Path]:
+    out = Path(out)
+    return (save_cloud_ranker(cloud, out / "cloud_ranker.pt", summary.get("cloud_ranker")),
+            save_checkpoint(device, out / "checkpoint.pt", summary))

@@ -1,0 +1,283 @@
+"""The model ablation (issue #4): which part of the device reranker earns its keep, offline and online.
+
+One run, one seeded world, one set of logs: every variant is trained on the same samples, evaluated on the same
+held-out sessions (NDCG@5/10, MRR, AUC), exported through the real bundle path and A/B-tested in the simulator
+on the same sessions with common random numbers (QV_CTR and clicks per query, paired 95 % CIs against the
+cloud order). Rows:
+
+  cloud order                the logged cloud ranking, no reranking
+  heuristic                  boost what was clicked, bury what was skipped (no model)
+  LightGBM lambdarank        gradient-boosted trees on the same per-candidate features
+  PRM, no feedback           transformer over the candidates, cloud features only
+  + Match&Aggregate          ... plus the hit/frequency/step/distance features of the feedback
+  + MVFAN                    ... plus the feedback attention network (the full device model)
+  + joint training           ... with a trained cloud ranker whose hidden layer is tuned jointly (the cloud
+                             then serves that ranker, so its own cloud-only arm is reported beside it)
+plus two MVFAN part rows (offline only): without the negatives<->positives cross attention, id view only.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from device_sdk.features import FeatureConfig
+from edge_rerank.pipeline import export_bundle, feature_config_for
+from simulator.world import World, WorldConfig
+
+BASE_OPS = ("cloud_score", "cloud_position", "dist:context")
+
+
+@dataclass(frozen=True)
+class AblationConfig:
+    out: str = "runs/ablation"
+    seed: int = 0
+    log_sessions: int = 6000
+    ab_sessions: int = 2000
+    epochs: int = 15
+    loss: str = "lambda"
+    online: bool = True
+    latency_budget_ms: float = 50.0
+
+
+QUICK_ABLATION = {"log_sessions": 700, "ab_sessions": 200, "epochs": 3}
+
+
+@dataclass
+class Row:
+    name: str
+    offline: dict[str, float]
+    online: dict[str, dict] | None = None  # metric -> {"mean", "lo", "hi"} plus "delta_*" vs cloud order
+    note: str = ""
+    params: int | None = None
+    bundle: str | None = None
+
+
+def _simulate_rows(world: World, cloud, n: int, seed: int, progress: bool) -> list:
+    from simulator.phone import Phone
+    from simulator.user_model import UserModel
+
+    phone = Phone(UserModel(world), cloud, arm="cloud")
+    rows = []
+    for i in tqdm(range(n), desc="simulate logs", unit="session", disable=not progress, leave=False):
+        rows.extend(phone.run(world.session(i, seed)).rows)
+    return rows
+
+
+def _heuristic_scores(samples, fcfg: FeatureConfig) -> np.ndarray:
+    """Offline twin of the on-device heuristic: cloud order, plus a boost per click-matched attribute and a
+    penalty per skip-matched one, read from the Match&Aggregate columns."""
+    from device_sdk.heuristic import HeuristicConfig, heuristic_scores_from_features
+
+    return heuristic_scores_from_features(samples.inputs, fcfg, HeuristicConfig())
+
+
+def run_ablation(cfg: AblationConfig, *, progress: bool = True) -> dict:
+    from cloud.training.data import build_samples, split_by_session
+    from cloud.training.gbdt import fit_gbdt, predict_gbdt, save_gbdt
+    from cloud.training.joint import JointConfig, served_samples, train_joint
+    from cloud.training.model import ModelConfig
+    from cloud.training.train import TrainConfig, cloud_order_scores, evaluate, fit
+    from simulator.transport import InProcessCloud
+
+    t0 = time.perf_counter()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    wcfg = WorldConfig(seed=cfg.seed)
+    world = World(wcfg)
+    data_dir = world.provision_cloud(out / "cloud_data")
+    cloud = InProcessCloud(str(data_dir))
+    rows = _simulate_rows(world, cloud, cfg.log_sessions, 1000 + cfg.seed, progress)
+
+    full = feature_config_for(wcfg)
+    base = replace(full, candidate_ops=BASE_OPS)
+    tcfg = TrainConfig(epochs=cfg.epochs, loss=cfg.loss, seed=cfg.seed)
+    s_full = build_samples(rows, full, progress=progress)
+    s_base = build_samples(rows, base, progress=progress)
+    tr_full, va_full = split_by_session(s_full, seed=cfg.seed)
+    tr_base, va_base = split_by_session(s_base, seed=cfg.seed)
+
+    results: list[Row] = [Row("cloud order", evaluate(cloud_order_scores(va_full), va_full))]
+    bundles: dict[str, Path] = {}
+    timings: dict[str, float] = {}
+
+    try:
+        results.append(Row("heuristic", evaluate(_heuristic_scores(va_full, full), va_full)))
+    except ImportError:
+        results.append(Row("heuristic", {}, note="device_sdk.heuristic not available"))
+
+    t = time.perf_counter()
+    gbdt, gsum = fit_gbdt(tr_full, va_full)
+    timings["lightgbm_s"] = time.perf_counter() - t
+    gpath = save_gbdt(gbdt, out / "lightgbm" / "model.txt")
+    from converters.bundle import write_bundle
+
+    bundles["LightGBM lambdarank"] = write_bundle(out / "lightgbm" / "bundle", model_file=gpath, fmt="lightgbm",
+                                                  name="lightgbm-ranker", version=f"ablation-{cfg.seed}",
+                                                  feature_config=full, metrics={})
+    results.append(Row("LightGBM lambdarank", evaluate(predict_gbdt(gbdt, va_full), va_full),
+                       note=f"{gsum['best_iteration']} trees"))
+
+    variants = [
+        ("PRM, no feedback", base, tr_base, va_base, ModelConfig(use_feedback=False), True),
+        ("+ Match&Aggregate", full, tr_full, va_full, ModelConfig(use_feedback=False), True),
+        ("+ MVFAN", full, tr_full, va_full, ModelConfig(), True),
+        ("MVFAN without cross attention", full, tr_full, va_full, ModelConfig(cross=False), False),
+        ("MVFAN, id view only", full, tr_full, va_full, ModelConfig(views=("id",)), False),
+    ]
+    for name, fc, tr, va, mc, online in tqdm(variants, desc="variants", disable=not progress, leave=False):
+        t = time.perf_counter()
+        model, summary = fit(tr, va, fc, mc, tcfg, progress=progress)
+        timings[f"{name}_s"] = time.perf_counter() - t
+        row = Row(name, summary["valid_model"], params=summary["params"],
+                  note=f"{summary['epochs_run']} epochs, {summary['lists_per_s']:.0f} lists/s")
+        if online:
+            slug = name.strip("+ ").lower().replace(" ", "-").replace("&", "")
+            bundle, _ = export_bundle(model, va, out / slug, version=f"ablation-{cfg.seed}", n_validate=50,
+                                      metrics=summary["valid_model"])
+            bundles[name] = bundle
+            row.bundle = str(bundle)
+        results.append(row)
+
+    t = time.perf_counter()
+    jcloud, jdevice, jsum = train_joint(rows, data_dir, s_full, full, ModelConfig(), tcfg, JointConfig(),
+                                        progress=progress)
+    timings["joint_s"] = time.perf_counter() - t
+    from cloud.training.cloud_ranker import CloudFeaturizer
+
+    va_served = served_samples(va_full, jcloud, CloudFeaturizer(data_dir), full)
+    jbundle, _ = export_bundle(jdevice, va_served, out / "joint", version=f"ablation-{cfg.seed}", n_validate=50,
+                               metrics=jsum["valid_model"])
+    results.append(Row("+ joint training", jsum["valid_model"], params=jsum["params"], bundle=str(jbundle),
+                       note=f"new cloud ranker alone: NDCG@10 {jsum['valid_new_cloud_ranker']['ndcg@10']:.4f}"))
+    bundles["+ joint training"] = jbundle
+
+    online_meta = {}
+    if cfg.online:
+        online_meta = _online(cfg, world, data_dir, results, bundles, jcloud, full, progress)
+    data = {"config": asdict(cfg), "rows": [asdict(r) for r in results], "timings_s": timings,
+            "joint": {k: v for k, v in jsum.items() if k not in ("history",)}, "online": online_meta,
+            "samples": {"train_lists": len(tr_full), "valid_lists": len(va_full), "log_rows": len(rows)},
+            "total_s": time.perf_counter() - t0}
+    (out / "ablation.json").write_text(json.dumps(data, indent=2, default=float))
+    (out / "ablation.md").write_text(to_markdown(data))
+    plot(data, out / "ablation.png")
+    return data
+
+
+def _online(cfg: AblationConfig, world: World, data_dir: Path, results: list[Row], bundles: dict[str, Path],
+            jcloud, fcfg: FeatureConfig, progress: bool) -> dict:
+    from cloud.training.cloud_ranker import export_cloud_ranker_onnx
+    from device_sdk.model_manager import load_model
+    from device_sdk.reranker import RerankService
+    from simulator.ab import Arm, paired_delta, run_ab
+    from simulator.transport import InProcessCloud
+    from simulator.user_model import UserModel
+
+    um = UserModel(world)
+    seed = 2000 + cfg.seed
+
+    def service(bundle: Path, fc: FeatureConfig | None = None) -> RerankService:
+        loaded = load_model(bundle)
+        return RerankService(loaded, latency_budget_ms=cfg.latency_budget_ms)
+
+    arms = [Arm("cloud order")]
+    try:
+        from device_sdk.heuristic import HeuristicReranker
+
+        arms.append(Arm("heuristic", HeuristicReranker(fcfg)))
+    except ImportError:
+        pass
+    arms += [Arm(name, service(b)) for name, b in bundles.items() if name != "+ joint training"]
+    res = {r.name: r for r in run_ab(um, InProcessCloud(str(data_dir)), arms, cfg.ab_sessions, seed=seed,
+                                     progress=progress)}
+
+    # the joint pair: the cloud serves the jointly trained ranker (ranker.onnx), device runs its partner
+    joint_dir = data_dir.parent / "cloud_data_joint"
+    if joint_dir.exists():
+        shutil.rmtree(joint_dir)
+    shutil.copytree(data_dir, joint_dir)
+    export_cloud_ranker_onnx(jcloud, joint_dir / "ranker.onnx")
+    jres = run_ab(um, InProcessCloud(str(joint_dir)),
+                  [Arm("cloud order (joint cloud ranker)"),
+                   Arm("+ joint training", service(bundles["+ joint training"]))],
+                  cfg.ab_sessions, seed=seed, progress=progress)
+    res.update({r.name: r for r in jres})
+    base = res["cloud order"]
+    for row in results:
+        r = res.get(row.name)
+        if r is None:
+            continue
+        row.online = {m: asdict(r.metrics[m]) for m in ("qv_ctr", "clicks", "orders", "screens")}
+        if row.name != "cloud order":
+            for m in ("qv_ctr", "clicks"):
+                row.online[f"delta_{m}"] = asdict(paired_delta(base, r, m, seed=cfg.seed))
+        row.online["rerank_p50_ms"] = r.latency.get("p50_ms")
+    jc = res["cloud order (joint cloud ranker)"]
+    return {"joint_cloud_only": {m: asdict(jc.metrics[m]) for m in ("qv_ctr", "clicks")},
+            "joint_cloud_only_delta_qv_ctr": asdict(paired_delta(base, jc, "qv_ctr", seed=cfg.seed)),
+            "sessions_per_arm": cfg.ab_sessions}
+
+
+def _fmt_ci(d: dict | None, pct: bool) -> str:
+    if not d:
+        return "–"
+    k = 100 if pct else 1
+    return f"{k * d['mean']:+.2f} [{k * d['lo']:+.2f}, {k * d['hi']:+.2f}]"
+
+
+def to_markdown(data: dict) -> str:
+    s = data["samples"]
+    lines = [f"Offline: {s['valid_lists']} held-out rerank lists ({s['train_lists']} for training, "
+             f"{data['config']['log_sessions']} logged sessions). Online: {data['config']['ab_sessions']} simulated "
+             "sessions per arm, the same users, intents and random draws in every arm; Δ = arm − cloud order, "
+             "paired bootstrap 95 % CI.", "",
+             "| variant | NDCG@5 | NDCG@10 | MRR | QV_CTR | ΔQV_CTR (pp) | Δclicks/query | params | note |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in data["rows"]:
+        o, on = r["offline"], r["online"] or {}
+        qv = f"{100 * on['qv_ctr']['mean']:.2f} %" if on.get("qv_ctr") else "–"
+        lines.append(f"| {r['name']} | {o.get('ndcg@5', float('nan')):.4f} | {o.get('ndcg@10', float('nan')):.4f} | "
+                     f"{o.get('mrr', float('nan')):.4f} | {qv} | {_fmt_ci(on.get('delta_qv_ctr'), True)} | "
+                     f"{_fmt_ci(on.get('delta_clicks'), False)} | {r['params'] or ''} | {r['note']} |")
+    j = data.get("online", {}).get("joint_cloud_only_delta_qv_ctr")
+    if j:
+        lines += ["", f"The jointly trained cloud ranker on its own (cloud-only arm): ΔQV_CTR vs the original cloud "
+                      f"order {_fmt_ci(j, True)} pp."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(data: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = data["rows"]
+    names = [r["name"] for r in rows]
+    ndcg = [r["offline"].get("ndcg@10", np.nan) for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    y = np.arange(len(rows))
+    axes[0].barh(y, ndcg, color="#4c72b0")
+    axes[0].set_yticks(y, names)
+    axes[0].invert_yaxis()
+    axes[0].set_xlabel("offline NDCG@10 (held-out sessions)")
+    axes[0].set_xlim(min(v for v in ndcg if np.isfinite(v)) * 0.9, max(v for v in ndcg if np.isfinite(v)) * 1.03)
+    d = [r["online"].get("delta_qv_ctr") if r["online"] else None for r in rows]
+    mean = [100 * v["mean"] if v else np.nan for v in d]
+    err = np.array([[100 * (v["mean"] - v["lo"]), 100 * (v["hi"] - v["mean"])] if v else [0, 0] for v in d]).T
+    axes[1].barh(y, mean, xerr=err, color="#55a868", capsize=3)
+    axes[1].axvline(0, color="k", lw=0.8)
+    axes[1].set_yticks(y, [""] * len(rows))
+    axes[1].invert_yaxis()
+    axes[1].set_xlabel("online ΔQV_CTR vs cloud order (pp, 95 % CI)")
+    fig.suptitle("edge-rerank ablation")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
