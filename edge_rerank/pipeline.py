@@ -59,17 +59,33 @@ def simulate_logs(world: World, cloud: HttpCloud, n_sessions: int, seed: int, pr
 
 
 def train_from_logs(logs: str | Path, out: str | Path, fcfg: FeatureConfig, *, epochs: int, loss: str, seed: int,
-                    progress: bool = True) -> tuple[object, dict, object]:
+                    progress: bool = True, model_config=None, cloud_data: str | Path | None = None
+                    ) -> tuple[object, dict, object]:
+    """Train the device reranker from impression logs; with `cloud_data` (the cloud's data directory), run the
+    three-stage cloud-device joint training and also write the cloud ranker (``cloud_ranker.pt``, ``ranker.onnx``
+    for the server). Returns (device model, summary, validation samples as the device will see them)."""
     from cloud.logs import read_logs
     from cloud.training.data import build_samples, split_by_session
     from cloud.training.train import TrainConfig, fit, save_checkpoint
 
     rows = read_logs(logs)
     samples = build_samples(rows, fcfg, progress=progress)
-    train, valid = split_by_session(samples, seed=seed)
-    model, summary = fit(train, valid, fcfg, tcfg=TrainConfig(epochs=epochs, loss=loss, seed=seed), progress=progress)
+    tcfg = TrainConfig(epochs=epochs, loss=loss, seed=seed)
+    out = Path(out)
+    if cloud_data is None:
+        train, valid = split_by_session(samples, seed=seed)
+        model, summary = fit(train, valid, fcfg, model_config, tcfg, progress=progress)
+        save_checkpoint(model, out / "checkpoint.pt", summary)
+    else:
+        from cloud.training.cloud_ranker import CloudFeaturizer, export_cloud_ranker_onnx
+        from cloud.training.joint import save_joint, served_samples, train_joint
+
+        cloud, model, summary = train_joint(rows, cloud_data, samples, fcfg, model_config, tcfg, progress=progress)
+        save_joint(cloud, model, out, summary)
+        export_cloud_ranker_onnx(cloud, out / "ranker.onnx")
+        _, valid = split_by_session(samples, seed=seed)
+        valid = served_samples(valid, cloud, CloudFeaturizer(cloud_data), fcfg)
     summary["log_rows"] = len(rows)
-    save_checkpoint(model, Path(out) / "checkpoint.pt", summary)
     return model, summary, valid
 
 

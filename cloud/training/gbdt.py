@@ -43,7 +43,7 @@ def fit_gbdt(train: Samples, valid: Samples, cfg: GBDTConfig | None = None):
                                 num_leaves=cfg.num_leaves, min_child_samples=cfg.min_child_samples,
                                 random_state=cfg.seed, n_jobs=cfg.threads, deterministic=True, force_row_wise=True,
                                 verbose=-1)
-    model.fit(xt, yt, group=gt, eval_set=[(xv, yv)], eval_group=[gv], eval_at=[10], categorical_feature=cat,
+    model.fit(xt, yt, group=gt, eval_X=(xv,), eval_y=(yv,), eval_group=[gv], eval_at=[10], categorical_feature=cat,
               callbacks=[lightgbm.early_stopping(cfg.early_stopping_rounds, verbose=False)])
     return model, {"best_iteration": int(model.best_iteration_ or cfg.n_estimators), "config": asdict(cfg)}
 

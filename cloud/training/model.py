@@ -112,17 +112,35 @@ class DeviceReranker(nn.Module):
         self.blocks = nn.ModuleList([SelfAttentionBlock(d, self.mcfg.n_heads, self.mcfg.ffn)
                                      for _ in range(self.mcfg.n_layers)])
         self.head = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, 1))
+        # standardisation of the numeric inputs, fitted on the training data (``fit_input_stats``)
+        self.register_buffer("num_mean", torch.zeros(fcfg.n_candidate_features))
+        self.register_buffer("num_std", torch.ones(fcfg.n_candidate_features))
+        self.register_buffer("ev_mean", torch.zeros(fcfg.n_event_features))
+        self.register_buffer("ev_std", torch.ones(fcfg.n_event_features))
 
     @property
     def input_names(self) -> list[str]:
         return input_names(self.fcfg)
+
+    def fit_input_stats(self, inputs: dict) -> None:
+        """Mean/std of ``cand_num`` over real candidates and of ``seq_num`` over real events (numpy inputs)."""
+        import numpy as np
+
+        for key, mask, mean, std in (("cand_num", inputs["cand_mask"] > 0, self.num_mean, self.num_std),
+                                     ("seq_num", (inputs["seq_pos_mask"] + inputs["seq_neg_mask"]) > 0,
+                                      self.ev_mean, self.ev_std)):
+            x = inputs[key][mask].astype(np.float64)
+            if len(x):
+                mean.copy_(torch.from_numpy(x.mean(axis=0)).float())
+                std.copy_(torch.from_numpy(np.maximum(x.std(axis=0), 1e-3)).float())
 
     def encode_events(self, seq_cat, seq_brand, seq_price, seq_kind, seq_emb, seq_num, seq_dist_b, seq_pos_b,
                       seq_pos_mask, seq_neg_mask) -> torch.Tensor:
         """[B, L, d]: each event as the sum of its field embeddings, then (``cross``) each negative enriched
         by attention over the positives and each positive by attention over the negatives."""
         ev = (self.cat(seq_cat) + self.brand(seq_brand) + self.price(seq_price) + self.dist(seq_dist_b)
-              + self.pos(seq_pos_b) + self.kind(seq_kind) + self.id_proj(seq_emb) + self.seq_num(seq_num))
+              + self.pos(seq_pos_b) + self.kind(seq_kind) + self.id_proj(seq_emb)
+              + self.seq_num((seq_num - self.ev_mean) / self.ev_std))
         if self.mcfg.cross:
             q, k, v = self.cross_qkv(ev).chunk(3, dim=2)
             over_pos = attend_with_zero_slot(q, k, v, seq_pos_mask)
@@ -137,7 +155,8 @@ class DeviceReranker(nn.Module):
         attr_view = (self.cat(cand_cat) + self.brand(cand_brand) + self.price(cand_price) + self.dist(cand_dist_b)
                      + self.pos(cand_pos_b))
         ctx_v = self.ctx(ctx).unsqueeze(1)  # [B, 1, d]
-        parts = [id_view, attr_view, self.dense(cand_dense) + ctx_v, self.cand_num(cand_num)]
+        parts = [id_view, attr_view, self.dense(cand_dense) + ctx_v,
+                 self.cand_num((cand_num - self.num_mean) / self.num_std)]
         if self.mcfg.use_feedback:
             ev = self.encode_events(seq_cat, seq_brand, seq_price, seq_kind, seq_emb, seq_num, seq_dist_b,
                                     seq_pos_b, seq_pos_mask, seq_neg_mask)

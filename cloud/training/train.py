@@ -105,6 +105,7 @@ def fit(train: Samples, valid: Samples, fcfg: FeatureConfig, mcfg: ModelConfig |
     torch.manual_seed(tcfg.seed)
     torch.set_num_threads(tcfg.threads)
     model = DeviceReranker(fcfg, mcfg)
+    model.fit_input_stats(train.inputs)
     loss_fn = LOSSES[tcfg.loss]()
     names = model.input_names
 
