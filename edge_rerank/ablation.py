@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +44,7 @@ class AblationConfig:
     loss: str = "lambda"
     online: bool = True
     latency_budget_ms: float = 50.0
+    model_overrides: dict = field(default_factory=dict)  # ModelConfig fields applied to every neural variant
 
 
 QUICK_ABLATION = {"log_sessions": 700, "ab_sessions": 200, "epochs": 3}
@@ -70,20 +71,48 @@ def _simulate_rows(world: World, cloud, n: int, seed: int, progress: bool) -> li
     return rows
 
 
-def _heuristic_scores(samples, fcfg: FeatureConfig) -> np.ndarray:
-    """Offline twin of the on-device heuristic: cloud order, plus a boost per click-matched attribute and a
-    penalty per skip-matched one, read from the Match&Aggregate columns."""
-    from device_sdk.heuristic import HeuristicConfig, heuristic_scores_from_features
+def three_way(samples, seed: int):
+    """Train 70 % / valid 15 % (early stopping) / test 15 % (reported), by session."""
+    from cloud.training.data import split_by_session
 
-    return heuristic_scores_from_features(samples.inputs, fcfg, HeuristicConfig())
+    train, rest = split_by_session(samples, valid_share=0.3, seed=seed)
+    valid, test = split_by_session(rest, valid_share=0.5, seed=seed + 1)
+    return train, valid, test
+
+
+def _heuristic_samples(rows, fcfg: FeatureConfig):
+    """The on-device heuristic's scores for every rerank list, in the same order and with the same filtering as
+    ``build_samples`` (so the same session split applies): stored as the input ``heuristic`` of a Samples."""
+    from device_sdk.heuristic import HeuristicReranker
+
+    from cloud.training.data import Samples, samples_from_row
+    from device_sdk.features import FeatureBuilder
+
+    h = HeuristicReranker()
+    b = FeatureBuilder(fcfg)
+    scores, masks, labels, sids = [], [], [], []
+    for row in sorted(rows, key=lambda r: (r.session_id, r.page_index, r.request_id)):
+        by_id = {c.item.item_id: c.item for c in row.candidates}
+        for rs in samples_from_row(row, b):
+            window = [by_id[int(i)] for i in rs.item_ids if i >= 0]
+            sc = np.full(fcfg.n_max, -1e9)
+            sc[: len(window)] = h.scores(window, row.events[: rs.point])
+            scores.append(sc)
+            masks.append(rs.features["cand_mask"])
+            labels.append(rs.labels)
+            sids.append(row.session_id)
+    return Samples({"heuristic": np.stack(scores), "cand_mask": np.stack(masks)}, np.stack(labels), sids,
+                   np.zeros((len(sids), 0), np.int64), [""] * len(sids), [None] * len(sids))
 
 
 def run_ablation(cfg: AblationConfig, *, progress: bool = True) -> dict:
-    from cloud.training.data import build_samples, split_by_session
+    from cloud.training.cloud_ranker import CloudFeaturizer
+    from cloud.training.data import build_samples
     from cloud.training.gbdt import fit_gbdt, predict_gbdt, save_gbdt
-    from cloud.training.joint import JointConfig, served_samples, train_joint
+    from cloud.training.joint import JointConfig, predict_cloud, served_samples, train_joint
     from cloud.training.model import ModelConfig
-    from cloud.training.train import TrainConfig, cloud_order_scores, evaluate, fit
+    from cloud.training.train import TrainConfig, cloud_order_scores, evaluate, fit, predict
+    from converters.bundle import write_bundle
     from simulator.transport import InProcessCloud
 
     t0 = time.perf_counter()
@@ -100,15 +129,17 @@ def run_ablation(cfg: AblationConfig, *, progress: bool = True) -> dict:
     tcfg = TrainConfig(epochs=cfg.epochs, loss=cfg.loss, seed=cfg.seed)
     s_full = build_samples(rows, full, progress=progress)
     s_base = build_samples(rows, base, progress=progress)
-    tr_full, va_full = split_by_session(s_full, seed=cfg.seed)
-    tr_base, va_base = split_by_session(s_base, seed=cfg.seed)
+    # train / valid (early stopping) / test (reported): split by session, the same sessions for every variant
+    tr_full, va_full, te_full = three_way(s_full, cfg.seed)
+    tr_base, va_base, te_base = three_way(s_base, cfg.seed)
 
-    results: list[Row] = [Row("cloud order", evaluate(cloud_order_scores(va_full), va_full))]
+    results: list[Row] = [Row("cloud order", evaluate(cloud_order_scores(te_full), te_full))]
     bundles: dict[str, Path] = {}
     timings: dict[str, float] = {}
 
     try:
-        results.append(Row("heuristic", evaluate(_heuristic_scores(va_full, full), va_full)))
+        te_h = three_way(_heuristic_samples(rows, full), cfg.seed)[2]
+        results.append(Row("heuristic", evaluate(te_h.inputs["heuristic"], te_h), note="no model"))
     except ImportError:
         results.append(Row("heuristic", {}, note="device_sdk.heuristic not available"))
 
@@ -116,46 +147,47 @@ def run_ablation(cfg: AblationConfig, *, progress: bool = True) -> dict:
     gbdt, gsum = fit_gbdt(tr_full, va_full)
     timings["lightgbm_s"] = time.perf_counter() - t
     gpath = save_gbdt(gbdt, out / "lightgbm" / "model.txt")
-    from converters.bundle import write_bundle
-
     bundles["LightGBM lambdarank"] = write_bundle(out / "lightgbm" / "bundle", model_file=gpath, fmt="lightgbm",
                                                   name="lightgbm-ranker", version=f"ablation-{cfg.seed}",
                                                   feature_config=full, metrics={})
-    results.append(Row("LightGBM lambdarank", evaluate(predict_gbdt(gbdt, va_full), va_full),
+    results.append(Row("LightGBM lambdarank", evaluate(predict_gbdt(gbdt, te_full), te_full),
                        note=f"{gsum['best_iteration']} trees"))
 
     variants = [
-        ("PRM, no feedback", base, tr_base, va_base, ModelConfig(use_feedback=False), True),
-        ("+ Match&Aggregate", full, tr_full, va_full, ModelConfig(use_feedback=False), True),
-        ("+ MVFAN", full, tr_full, va_full, ModelConfig(), True),
-        ("MVFAN without cross attention", full, tr_full, va_full, ModelConfig(cross=False), False),
-        ("MVFAN, id view only", full, tr_full, va_full, ModelConfig(views=("id",)), False),
+        ("PRM, no feedback", base, (tr_base, va_base, te_base), ModelConfig(use_feedback=False), True),
+        ("+ Match&Aggregate", full, (tr_full, va_full, te_full), ModelConfig(use_feedback=False), True),
+        ("+ MVFAN", full, (tr_full, va_full, te_full), ModelConfig(), True),
+        ("MVFAN without cross attention", full, (tr_full, va_full, te_full), ModelConfig(cross=False), False),
+        ("MVFAN, id view only", full, (tr_full, va_full, te_full), ModelConfig(views=("id",)), False),
     ]
-    for name, fc, tr, va, mc, online in tqdm(variants, desc="variants", disable=not progress, leave=False):
+    for name, fc, (tr, va, te), mc, online in tqdm(variants, desc="variants", disable=not progress, leave=False):
         t = time.perf_counter()
-        model, summary = fit(tr, va, fc, mc, tcfg, progress=progress)
+        model, summary = fit(tr, va, fc, replace(mc, **cfg.model_overrides), tcfg, progress=progress)
         timings[f"{name}_s"] = time.perf_counter() - t
-        row = Row(name, summary["valid_model"], params=summary["params"],
+        row = Row(name, evaluate(predict(model, te), te), params=summary["params"],
                   note=f"{summary['epochs_run']} epochs, {summary['lists_per_s']:.0f} lists/s")
         if online:
-            slug = name.strip("+ ").lower().replace(" ", "-").replace("&", "")
-            bundle, _ = export_bundle(model, va, out / slug, version=f"ablation-{cfg.seed}", n_validate=50,
-                                      metrics=summary["valid_model"])
+            slug = name.strip("+ ").lower().replace(" ", "-").replace("&", "").replace(",", "")
+            bundle, _ = export_bundle(model, te, out / slug, version=f"ablation-{cfg.seed}", n_validate=50,
+                                      metrics=row.offline)
             bundles[name] = bundle
             row.bundle = str(bundle)
         results.append(row)
 
     t = time.perf_counter()
-    jcloud, jdevice, jsum = train_joint(rows, data_dir, s_full, full, ModelConfig(), tcfg, JointConfig(),
+    jcloud, jdevice, jsum = train_joint(rows, data_dir, tr_full, va_full, full,
+                                        replace(ModelConfig(), **cfg.model_overrides), tcfg, JointConfig(),
                                         progress=progress)
     timings["joint_s"] = time.perf_counter() - t
-    from cloud.training.cloud_ranker import CloudFeaturizer
-
-    va_served = served_samples(va_full, jcloud, CloudFeaturizer(data_dir), full)
-    jbundle, _ = export_bundle(jdevice, va_served, out / "joint", version=f"ablation-{cfg.seed}", n_validate=50,
-                               metrics=jsum["valid_model"])
-    results.append(Row("+ joint training", jsum["valid_model"], params=jsum["params"], bundle=str(jbundle),
-                       note=f"new cloud ranker alone: NDCG@10 {jsum['valid_new_cloud_ranker']['ndcg@10']:.4f}"))
+    featurizer = CloudFeaturizer(data_dir)
+    te_served = served_samples(te_full, jcloud, featurizer, full)
+    jrow = Row("+ joint training", evaluate(predict(jdevice, te_served), te_served), params=jsum["params"])
+    new_cloud = evaluate(predict_cloud(jcloud, te_full, featurizer), te_full)
+    jrow.note = f"new cloud ranker alone: NDCG@10 {new_cloud['ndcg@10']:.4f}"
+    jbundle, _ = export_bundle(jdevice, te_served, out / "joint", version=f"ablation-{cfg.seed}", n_validate=50,
+                               metrics=jrow.offline)
+    jrow.bundle = str(jbundle)
+    results.append(jrow)
     bundles["+ joint training"] = jbundle
 
     online_meta = {}
@@ -163,7 +195,8 @@ def run_ablation(cfg: AblationConfig, *, progress: bool = True) -> dict:
         online_meta = _online(cfg, world, data_dir, results, bundles, jcloud, full, progress)
     data = {"config": asdict(cfg), "rows": [asdict(r) for r in results], "timings_s": timings,
             "joint": {k: v for k, v in jsum.items() if k not in ("history",)}, "online": online_meta,
-            "samples": {"train_lists": len(tr_full), "valid_lists": len(va_full), "log_rows": len(rows)},
+            "samples": {"train_lists": len(tr_full), "valid_lists": len(va_full), "test_lists": len(te_full),
+                        "log_rows": len(rows)},
             "total_s": time.perf_counter() - t0}
     (out / "ablation.json").write_text(json.dumps(data, indent=2, default=float))
     (out / "ablation.md").write_text(to_markdown(data))
@@ -234,10 +267,11 @@ def _fmt_ci(d: dict | None, pct: bool) -> str:
 
 def to_markdown(data: dict) -> str:
     s = data["samples"]
-    lines = [f"Offline: {s['valid_lists']} held-out rerank lists ({s['train_lists']} for training, "
-             f"{data['config']['log_sessions']} logged sessions). Online: {data['config']['ab_sessions']} simulated "
-             "sessions per arm, the same users, intents and random draws in every arm; Δ = arm − cloud order, "
-             "paired bootstrap 95 % CI.", "",
+    c = data["config"]
+    lines = [f"Offline: {s['test_lists']} held-out test lists ({s['train_lists']} for training, {s['valid_lists']} "
+             f"for early stopping; {c['log_sessions']} logged sessions, split by session). Online: "
+             f"{c['ab_sessions']} simulated sessions per arm, the same users, intents and random draws in every arm; "
+             "Δ = arm − cloud order, paired bootstrap 95 % CI.", "",
              "| variant | NDCG@5 | NDCG@10 | MRR | QV_CTR | ΔQV_CTR (pp) | Δclicks/query | params | note |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in data["rows"]:

@@ -80,10 +80,11 @@ def train_from_logs(logs: str | Path, out: str | Path, fcfg: FeatureConfig, *, e
         from cloud.training.cloud_ranker import CloudFeaturizer, export_cloud_ranker_onnx
         from cloud.training.joint import save_joint, served_samples, train_joint
 
-        cloud, model, summary = train_joint(rows, cloud_data, samples, fcfg, model_config, tcfg, progress=progress)
+        train, valid = split_by_session(samples, seed=seed)
+        cloud, model, summary = train_joint(rows, cloud_data, train, valid, fcfg, model_config, tcfg,
+                                            progress=progress)
         save_joint(cloud, model, out, summary)
         export_cloud_ranker_onnx(cloud, out / "ranker.onnx")
-        _, valid = split_by_session(samples, seed=seed)
         valid = served_samples(valid, cloud, CloudFeaturizer(cloud_data), fcfg)
     summary["log_rows"] = len(rows)
     return model, summary, valid

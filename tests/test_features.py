@@ -170,9 +170,10 @@ def test_training_and_device_features_are_bit_identical(logged_rows, fcfg, tmp_p
     b = FeatureBuilder(fcfg)
     n = 0
     for live, stored in zip(logged_rows, reloaded, strict=True):
-        for (fa, ya, ia), (fb, yb, ib) in zip(samples_from_row(live, b), samples_from_row(stored, b), strict=True):
-            assert np.array_equal(ya, yb) and np.array_equal(ia, ib)
-            for k in fa:
-                assert fa[k].tobytes() == fb[k].tobytes(), k
+        for a, c in zip(samples_from_row(live, b), samples_from_row(stored, b), strict=True):
+            assert np.array_equal(a.labels, c.labels) and np.array_equal(a.item_ids, c.item_ids)
+            assert a.point == c.point
+            for k in a.features:
+                assert a.features[k].tobytes() == c.features[k].tobytes(), k
             n += 1
     assert n > 50

@@ -43,9 +43,18 @@ class Samples:
                        [self.user_ids[i] for i in idx], [self.contexts[i] for i in idx])
 
 
-def samples_from_row(row: ImpressionRow, builder: FeatureBuilder
-                     ) -> list[tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]]:
-    """(features, labels, item ids padded with -1) for every usable rerank point of one shown list."""
+@dataclass
+class RowSample:
+    """One usable rerank point of one shown list."""
+
+    features: dict[str, np.ndarray]
+    labels: np.ndarray  # [n_max]
+    item_ids: np.ndarray  # [n_max], -1 on padding
+    point: int  # the rerank point: events[:point] were known
+
+
+def samples_from_row(row: ImpressionRow, builder: FeatureBuilder) -> list[RowSample]:
+    """Every usable rerank point of one shown list, candidates in shown order."""
     cfg = builder.cfg
     out = []
     for p in sorted(set(row.rerank_points)):
@@ -60,7 +69,7 @@ def samples_from_row(row: ImpressionRow, builder: FeatureBuilder
         feats = builder.build([c.item for c in cands], row.events[:p], row.context)
         ids = np.full(cfg.n_max, -1, dtype=np.int64)
         ids[: len(cands)] = [c.item.item_id for c in cands]
-        out.append((feats, labels, ids))
+        out.append(RowSample(feats, labels, ids, p))
     return out
 
 
@@ -70,10 +79,10 @@ def build_samples(rows: Sequence[ImpressionRow], cfg: FeatureConfig, *, progress
     # a fixed order whatever order the Parquet parts were read in: training is then reproducible
     rows = sorted(rows, key=lambda r: (r.session_id, r.page_index, r.request_id))
     for row in tqdm(rows, desc="features", unit="list", disable=not progress, leave=False):
-        for f, y, i in samples_from_row(row, builder):
-            feats.append(f)
-            labels.append(y)
-            ids.append(i)
+        for rs in samples_from_row(row, builder):
+            feats.append(rs.features)
+            labels.append(rs.labels)
+            ids.append(rs.item_ids)
             sids.append(row.session_id)
             users.append(row.user_id)
             ctxs.append(row.context)

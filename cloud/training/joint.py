@@ -30,7 +30,7 @@ from cloud.training.cloud_ranker import (
     page_lists,
     save_cloud_ranker,
 )
-from cloud.training.data import Samples, split_by_session
+from cloud.training.data import Samples
 from cloud.training.losses import LOSSES
 from cloud.training.model import DeviceReranker, ModelConfig, to_tensors
 from cloud.training.train import TrainConfig, cloud_order_scores, evaluate, fit, fit_loop, save_checkpoint
@@ -101,22 +101,24 @@ def with_cloud_outputs(samples: Samples, cloud: CloudRanker, cloud_x: np.ndarray
     return Samples(inputs, samples.labels, samples.session_ids, samples.item_ids, samples.user_ids, samples.contexts)
 
 
-def train_joint(rows: Sequence[ImpressionRow], cloud_data: str | Path, samples: Samples, fcfg: FeatureConfig,
-                mcfg: ModelConfig | None = None, tcfg: TrainConfig | None = None, jcfg: JointConfig | None = None,
-                *, progress: bool = True) -> tuple[CloudRanker, DeviceReranker, dict]:
-    """The three stages on logs `rows` (for the cloud ranker's pages) and their device `samples`."""
+def train_joint(rows: Sequence[ImpressionRow], cloud_data: str | Path, train: Samples, valid: Samples,
+                fcfg: FeatureConfig, mcfg: ModelConfig | None = None, tcfg: TrainConfig | None = None,
+                jcfg: JointConfig | None = None, *, progress: bool = True
+                ) -> tuple[CloudRanker, DeviceReranker, dict]:
+    """The three stages on logs `rows` (the cloud ranker's pages) and their device samples, split by session into
+    `train` and `valid`; the cloud ranker trains on the pages of the training sessions only."""
     tcfg, jcfg = tcfg or TrainConfig(), jcfg or JointConfig()
     torch.manual_seed(tcfg.seed)
     torch.set_num_threads(tcfg.threads)
     featurizer = CloudFeaturizer(cloud_data)
 
     # stage 1: the cloud ranker on shown pages
-    pages = page_lists(rows, featurizer, n_max=fcfg.n_max)
-    p_train, p_valid = split_by_session(pages, seed=tcfg.seed)
+    train_sessions, valid_sessions = set(train.session_ids), set(valid.session_ids)
+    p_train = page_lists([r for r in rows if r.session_id in train_sessions], featurizer, n_max=fcfg.n_max)
+    p_valid = page_lists([r for r in rows if r.session_id in valid_sessions], featurizer, n_max=fcfg.n_max)
     cloud, cloud_summary = fit_cloud_ranker(p_train, p_valid, jcfg.cloud_model, jcfg.cloud, progress=progress)
 
     # stage 2: the device reranker on the trained cloud ranker's outputs
-    train, valid = split_by_session(samples, seed=tcfg.seed)
     x_train, x_valid = cloud_features_for(train, featurizer), cloud_features_for(valid, featurizer)
     s_train = with_cloud_outputs(train, cloud, x_train, fcfg)
     s_valid = with_cloud_outputs(valid, cloud, x_valid, fcfg)
@@ -169,6 +171,13 @@ def predict_joint(joint: JointModel, samples: Samples, cloud_x: np.ndarray, batc
             dev.append(d.numpy())
             cl.append(c.numpy())
     return np.concatenate(dev), np.concatenate(cl)
+
+
+def predict_cloud(cloud: CloudRanker, samples: Samples, featurizer: CloudFeaturizer) -> np.ndarray:
+    """The cloud ranker's own scores for the samples' candidates (the order it would serve them in)."""
+    cloud.eval()
+    with torch.no_grad():
+        return cloud(torch.from_numpy(cloud_features_for(samples, featurizer)))[0].numpy()
 
 
 def served_samples(samples: Samples, cloud: CloudRanker, featurizer: CloudFeaturizer, fcfg: FeatureConfig) -> Samples:

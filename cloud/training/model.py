@@ -36,6 +36,8 @@ class ModelConfig:
     use_feedback: bool = True  # False: a PRM over the candidates that ignores the feedback sequence
     cross: bool = True  # negatives <-> positives cross attention inside the feedback sequence
     views: tuple[str, ...] = ("id", "attr", "context")  # queries over the feedback sequences
+    wide: bool = False  # add a linear read-out of the (standardised) candidate features to the score
+    dropout: float = 0.0  # after fusing the candidate parts (training only; export runs in eval mode)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "views", tuple(self.views))
@@ -108,7 +110,9 @@ class DeviceReranker(nn.Module):
             self.kv_pos = nn.Linear(d, 2 * d)
             self.kv_neg = nn.Linear(d, 2 * d)
             n_parts += 2 * len(self.mcfg.views)
-        self.fuse = nn.Sequential(nn.Linear(n_parts * d, d), nn.ReLU())
+        self.fuse = nn.Sequential(nn.Linear(n_parts * d, d), nn.ReLU(), nn.Dropout(self.mcfg.dropout))
+        if self.mcfg.wide:
+            self.wide = nn.Linear(fcfg.n_candidate_features, 1)
         self.blocks = nn.ModuleList([SelfAttentionBlock(d, self.mcfg.n_heads, self.mcfg.ffn)
                                      for _ in range(self.mcfg.n_layers)])
         self.head = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, 1))
@@ -155,8 +159,8 @@ class DeviceReranker(nn.Module):
         attr_view = (self.cat(cand_cat) + self.brand(cand_brand) + self.price(cand_price) + self.dist(cand_dist_b)
                      + self.pos(cand_pos_b))
         ctx_v = self.ctx(ctx).unsqueeze(1)  # [B, 1, d]
-        parts = [id_view, attr_view, self.dense(cand_dense) + ctx_v,
-                 self.cand_num((cand_num - self.num_mean) / self.num_std)]
+        num = (cand_num - self.num_mean) / self.num_std
+        parts = [id_view, attr_view, self.dense(cand_dense) + ctx_v, self.cand_num(num)]
         if self.mcfg.use_feedback:
             ev = self.encode_events(seq_cat, seq_brand, seq_price, seq_kind, seq_emb, seq_num, seq_dist_b,
                                     seq_pos_b, seq_pos_mask, seq_neg_mask)
@@ -171,7 +175,8 @@ class DeviceReranker(nn.Module):
         x = self.fuse(torch.cat(parts, dim=2))
         for block in self.blocks:
             x = block(x, cand_mask)
-        return self.head(x).squeeze(2)
+        score = self.head(x).squeeze(2)
+        return score + self.wide(num).squeeze(2) if self.mcfg.wide else score
 
 
 def to_tensors(inputs: dict, names: list[str]) -> list[torch.Tensor]:
