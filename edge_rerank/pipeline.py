@@ -31,7 +31,7 @@ class DemoConfig:
     log_sessions: int = 6000
     ab_sessions: int = 4000
     epochs: int = 15
-    loss: str = "listnet"
+    loss: str = "lambda"
     server_workers: int = 1
     latency_budget_ms: float = 50.0
     validate_lists: int = 300

@@ -37,7 +37,7 @@ class ModelConfig:
     cross: bool = True  # negatives <-> positives cross attention inside the feedback sequence
     views: tuple[str, ...] = ("id", "attr", "context")  # queries over the feedback sequences
     wide: bool = False  # add a linear read-out of the (standardised) candidate features to the score
-    dropout: float = 0.0  # after fusing the candidate parts (training only; export runs in eval mode)
+    dropout: float = 0.2  # after fusing the candidate parts (training only; export runs in eval mode)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "views", tuple(self.views))

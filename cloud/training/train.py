@@ -24,11 +24,12 @@ from device_sdk.features import FeatureConfig
 class TrainConfig:
     epochs: int = 12
     batch_size: int = 128
-    lr: float = 3e-3
-    weight_decay: float = 1e-5
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
     loss: str = "lambda"  # "lambda" | "listnet" | "pairwise" (cloud.training.losses.LOSSES)
     seed: int = 0
-    threads: int = 2
+    # one intra-op thread: these models are small, and on a busy 2-core machine two threads were ~20x slower
+    threads: int = 1
     patience: int = 4  # epochs without a better validation NDCG@10 before stopping
 
 
