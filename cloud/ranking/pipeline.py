@@ -1,25 +1,80 @@
-"""Recall -> fine ranking -> page slicing. Deterministic for a (user, query, context), so the pages of one
-search are consistent slices of one ranking."""
+"""Recall -> coarse (seam) -> fine ranker -> score fusion (seam) -> page. Deterministic for a
+(user, query, context), so the pages of one search are consistent slices of one ranking.
+
+The whole ranked list of a search is computed once and kept in a small per-process LRU cache, so later
+pages (and repeated requests) of the same search are served from the precomputed ranking.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from cloud.catalog import Catalog
 from cloud.embedding_store import EmbeddingStore
-from cloud.ranking.fine import FineRanker
+from cloud.ranking.coarse import CoarseRanker, PassThroughCoarse
+from cloud.ranking.fine import Ranker
+from cloud.ranking.fusion import FusionPolicy, SingleHead
 from device_sdk.contracts import PageItem, SearchPage, SearchRequest
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """One search's whole ranked list (cut to max_results): catalog rows, fused scores, hidden layers."""
+
+    rows: np.ndarray
+    scores: np.ndarray
+    hidden: np.ndarray
+
+
+@dataclass(frozen=True)
+class SearchInfo:
+    cache_hit: bool
+    emb_found: int
+    emb_missing: int
+
+
+class RankingCache:
+    """A thread-safe LRU of rankings keyed by what determines them (user, query, context)."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self._d: OrderedDict[tuple, Ranking] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> Ranking | None:
+        with self._lock:
+            r = self._d.get(key)
+            if r is not None:
+                self._d.move_to_end(key)
+            return r
+
+    def put(self, key: tuple, value: Ranking) -> None:
+        if self.capacity <= 0:
+            return
+        with self._lock:
+            self._d[key] = value
+            self._d.move_to_end(key)
+            while len(self._d) > self.capacity:
+                self._d.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._d)
 
 
 @dataclass
 class SearchPipeline:
     catalog: Catalog
     store: EmbeddingStore
-    ranker: FineRanker
+    ranker: Ranker
     model_version: str = ""
     max_results: int = 200  # recall cut-off after fine ranking
+    coarse: CoarseRanker = field(default_factory=PassThroughCoarse)
+    fusion: FusionPolicy = field(default_factory=SingleHead)
+    cache_size: int = 4096  # rankings kept per process (0 disables the cache)
 
     def __post_init__(self) -> None:
         items = self.catalog.items
@@ -28,15 +83,16 @@ class SearchPipeline:
         # the ranker reads the same embedding rows the device receives
         self._item_emb, _ = self.store.get(items["item_id"])
         self._zero_pref = np.zeros(self.store.dim, dtype=np.float32)
+        self._cache = RankingCache(self.cache_size)
 
     def recall(self, query: str) -> np.ndarray:
         cats = self.catalog.queries.get(query.strip().lower(), [])
         parts = [self._by_category.get(c, np.empty(0, dtype=np.int64)) for c in cats]
         return np.unique(np.concatenate(parts)) if parts else np.empty(0, dtype=np.int64)
 
-    def rank(self, req: SearchRequest) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(catalog rows in ranked order, scores, cloud features) for the whole result list."""
-        idx = self.recall(req.query)
+    def rank(self, req: SearchRequest) -> Ranking:
+        """The whole ranked list for a request (recall -> coarse -> fine -> fusion), cut to max_results."""
+        idx = self.coarse.select(req, self.recall(req.query))
         it = self.catalog.items
         u = self.catalog.user_index.get(req.user_id)
         pref = self.catalog.user_pref[u] if u is not None else self._zero_pref
@@ -45,24 +101,39 @@ class SearchPipeline:
         x = self.ranker.features(quality=it["quality"][idx], popularity=it["popularity"][idx],
                                  item_emb=self._item_emb[idx], user_pref=pref, distance_km=dist,
                                  price_level=it["price_level"][idx].astype(np.float32), price_pref=price_pref)
-        s = self.ranker.score(x)
+        score, hidden = self.ranker.forward(x)
+        s = np.asarray(self.fusion.fuse(req, {"score": score}), dtype=np.float32)
         order = np.lexsort((it["item_id"][idx], -s))[: self.max_results]  # ties broken by id: deterministic
-        return idx[order], s[order], x[order]
+        return Ranking(rows=idx[order], scores=s[order], hidden=hidden[order])
 
-    def search(self, req: SearchRequest) -> SearchPage:
+    @staticmethod
+    def cache_key(req: SearchRequest) -> tuple:
+        c = req.context
+        return (req.user_id, req.query.strip().lower(), float(c.lat), float(c.lon), int(c.hour), c.device)
+
+    def search_with_info(self, req: SearchRequest) -> tuple[SearchPage, SearchInfo]:
         req.validate()
-        rows, scores, x = self.rank(req)
-        total = len(rows)  # already cut to max_results
+        key = self.cache_key(req)
+        ranking = self._cache.get(key)
+        hit = ranking is not None
+        if ranking is None:
+            ranking = self.rank(req)
+            self._cache.put(key, ranking)
+        total = len(ranking.rows)  # already cut to max_results
         start = req.page_index * req.page_size
         sl = slice(start, start + req.page_size)
-        rows, scores, x = rows[sl], scores[sl], x[sl]
+        rows, scores, dense = ranking.rows[sl], ranking.scores[sl], ranking.hidden[sl]
         it = self.catalog.items
         emb, found = self.store.get(it["item_id"][rows])
-        dense = self.ranker.hidden(x)
         items = [PageItem(item_id=int(it["item_id"][r]), cloud_position=start + k, cloud_score=float(scores[k]),
                           cloud_dense=dense[k], id_embedding=emb[k], category=int(it["category"][r]),
                           brand=int(it["brand"][r]), price_level=int(it["price_level"][r]),
                           lat=float(it["lat"][r]), lon=float(it["lon"][r]), embedding_found=bool(found[k]))
                  for k, r in enumerate(rows)]
-        return SearchPage(request_id=req.request_id, session_id=req.session_id, page_index=req.page_index,
+        page = SearchPage(request_id=req.request_id, session_id=req.session_id, page_index=req.page_index,
                           model_version=self.model_version, items=items, has_more=start + len(items) < total)
+        n_found = int(found.sum())
+        return page, SearchInfo(cache_hit=hit, emb_found=n_found, emb_missing=len(rows) - n_found)
+
+    def search(self, req: SearchRequest) -> SearchPage:
+        return self.search_with_info(req)[0]
