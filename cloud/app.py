@@ -278,6 +278,7 @@ def logs():
 def create_app(config: CloudConfig) -> Flask:
     app = Flask("edge_rerank.cloud")
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
+    app.url_map.merge_slashes = False  # "files//etc/passwd" is a 404, not a redirect to a cleaned path
     if config.embedding_encoding not in ("fp16", "int8"):
         raise ValueError("embedding_encoding must be 'fp16' or 'int8'")
     root = Path(config.data_dir)
