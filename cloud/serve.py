@@ -57,6 +57,7 @@ def serve_forever(config: CloudConfig, host: str = "127.0.0.1", port: int = 8080
 class ServerProcess:
     url: str
     proc: subprocess.Popen
+    metrics_dir: Path
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Signal the whole gunicorn process group (master and workers)."""
@@ -100,7 +101,7 @@ def server_process(config: CloudConfig, *, workers: int = 1, threads: int = 1, h
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
     proc = subprocess.Popen(gunicorn_command(host, port, workers, threads), env=_server_env(config, metrics_dir),
                             stdout=out, stderr=out, start_new_session=True)
-    server = ServerProcess(url=f"http://{host}:{port}", proc=proc)
+    server = ServerProcess(url=f"http://{host}:{port}", proc=proc, metrics_dir=Path(metrics_dir))
     try:
         _wait_healthy(proc, server.url, timeout_s, log_file)
         yield server
