@@ -117,3 +117,19 @@ def test_unknown_store_kind_and_missing_redis_table_are_clear_errors(redis_url):
         open_store("redis", data_dir=".")
     with pytest.raises(ValueError, match="no embedding table"):
         open_store("redis", data_dir=".", redis_url=redis_url, redis_prefix="nothing-here")
+
+
+def test_the_app_serves_identical_pages_from_redis(cloud_data, redis_url):
+    from cloud.app import CloudConfig, create_app
+    from cloud.embedding_store import RedisEmbeddingStore
+
+    ids, rows = FileEmbeddingStore(cloud_data / "embeddings").table()
+    RedisEmbeddingStore.write(redis_url, ids, np.asarray(rows), prefix="app")
+    body = {"request_id": "r", "user_id": "u00002", "query": "hotpot", "page_size": 30}
+    pages = []
+    for kw in ({}, {"embedding_store": "redis", "redis_url": redis_url, "redis_prefix": "app"}):
+        app = create_app(CloudConfig(data_dir=str(cloud_data), **kw))
+        r = app.test_client().post("/v1/search", json=body, headers={"Accept": "application/json"})
+        assert r.status_code == 200
+        pages.append(r.get_json())
+    assert pages[0] == pages[1] and len(pages[0]["items"]) == 30

@@ -52,6 +52,10 @@ class FileEmbeddingStore:
         np.save(root / "ids.npy", ids[order])
         np.save(root / "rows.npy", rows[order])
 
+    def table(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids int64 [n] sorted, rows float32 [n, dim] memmap): the whole table, e.g. to load another store."""
+        return self._ids, self._rows
+
     def __len__(self) -> int:
         return int(self._ids.shape[0])
 
