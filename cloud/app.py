@@ -125,25 +125,31 @@ def search():
     p: SearchPipeline = current_app.extensions["edge_rerank.pipeline"]
     reg: Registry | None = current_app.extensions["edge_rerank.registry"]
     msg = _read_message(wire.pb.SearchRequest)
+    enc = EmbeddingEncoding.INT8 if cfg.embedding_encoding == "int8" else EmbeddingEncoding.FP16
     try:
         req = wire.request_from_proto(msg).validate()
-        page, info = p.search_with_info(req)
+        items, has_more, info = p.search_encoded(req, enc)
     except ContractError as exc:
         raise BadRequest(str(exc)) from exc
+    model_version = p.model_version
     if reg is not None:
         try:
             version = reg.assign(cfg.model_name, req.user_id)
         except RegistryError:  # model not published yet
             version = None
         if version is not None:
-            page.model_version = f"{cfg.model_name}@{version}"
+            model_version = f"{cfg.model_name}@{version}"
     metrics.RANKING_CACHE.labels("hit" if info.cache_hit else "miss").inc()
     if info.emb_found:
         metrics.EMBEDDING_LOOKUPS.labels(cfg.embedding_store, "hit").inc(info.emb_found)
     if info.emb_missing:
         metrics.EMBEDDING_LOOKUPS.labels(cfg.embedding_store, "miss").inc(info.emb_missing)
-    enc = EmbeddingEncoding.INT8 if cfg.embedding_encoding == "int8" else EmbeddingEncoding.FP16
-    return _respond(wire.page_to_proto(page, enc))
+    # a SearchPage is its header fields followed by its (pre-encoded) items: protobuf concatenation
+    head = wire.pb.SearchPage(request_id=req.request_id, session_id=req.session_id, page_index=req.page_index,
+                              model_version=model_version, has_more=has_more).SerializeToString()
+    if request.accept_mimetypes.best == JSON:
+        return _respond(wire.pb.SearchPage.FromString(head + items))
+    return Response(head + items, mimetype=PROTOBUF)
 
 
 # ---- model registry and delivery ----------------------------------------------------------------------

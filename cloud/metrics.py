@@ -20,7 +20,7 @@ REQUESTS = Counter("edge_rerank_http_requests_total", "HTTP requests by route, m
 LATENCY = Histogram("edge_rerank_http_request_duration_seconds", "Time in the Flask app per request, by route",
                     ["endpoint"], buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
 EMBEDDING_LOOKUPS = Counter("edge_rerank_embedding_lookups_total",
-                            "Embedding rows served with pages, by store and result (hit | miss = default row)",
+                            "Embedding store lookups for pages, by store and result (miss = default row served)",
                             ["store", "result"])
 RANKING_CACHE = Counter("edge_rerank_ranking_cache_total",
                         "Search requests served from a precomputed ranking (hit) or ranked anew (miss)", ["result"])

@@ -8,6 +8,7 @@ pages (and repeated requests) of the same search are served from the precomputed
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -15,10 +16,13 @@ import numpy as np
 
 from cloud.catalog import Catalog
 from cloud.embedding_store import EmbeddingStore
+from cloud.page_codec import encode_items
 from cloud.ranking.coarse import CoarseRanker, PassThroughCoarse
 from cloud.ranking.fine import Ranker
 from cloud.ranking.fusion import FusionPolicy, SingleHead
-from device_sdk.contracts import PageItem, SearchPage, SearchRequest
+from device_sdk.contracts import EmbeddingEncoding, PageItem, SearchPage, SearchRequest
+
+_MAX_ENCODED_PAGES = 16  # encoded pages kept per cached ranking (page index x size x encoding)
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,9 @@ class Ranking:
     rows: np.ndarray
     scores: np.ndarray
     hidden: np.ndarray
+    # encoded pages of this ranking: (start, page_size, encoding) -> (items bytes, n items)
+    encoded: dict = field(default_factory=dict, compare=False, repr=False)
+    created: float = field(default_factory=time.monotonic, compare=False)
 
 
 @dataclass(frozen=True)
@@ -38,18 +45,24 @@ class SearchInfo:
 
 
 class RankingCache:
-    """A thread-safe LRU of rankings keyed by what determines them (user, query, context)."""
+    """A thread-safe LRU of rankings keyed by what determines them (user, query, context). Entries expire
+    after `ttl_s`, so changed embedding rows reach cached searches within that time."""
 
-    def __init__(self, capacity: int):
+    def __init__(self, capacity: int, ttl_s: float = 300.0):
         self.capacity = capacity
+        self.ttl_s = ttl_s
         self._d: OrderedDict[tuple, Ranking] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, key: tuple) -> Ranking | None:
         with self._lock:
             r = self._d.get(key)
-            if r is not None:
-                self._d.move_to_end(key)
+            if r is None:
+                return None
+            if time.monotonic() - r.created > self.ttl_s:
+                del self._d[key]
+                return None
+            self._d.move_to_end(key)
             return r
 
     def put(self, key: tuple, value: Ranking) -> None:
@@ -75,6 +88,7 @@ class SearchPipeline:
     coarse: CoarseRanker = field(default_factory=PassThroughCoarse)
     fusion: FusionPolicy = field(default_factory=SingleHead)
     cache_size: int = 4096  # rankings kept per process (0 disables the cache)
+    cache_ttl_s: float = 300.0
 
     def __post_init__(self) -> None:
         items = self.catalog.items
@@ -83,7 +97,7 @@ class SearchPipeline:
         # the ranker reads the same embedding rows the device receives
         self._item_emb, _ = self.store.get(items["item_id"])
         self._zero_pref = np.zeros(self.store.dim, dtype=np.float32)
-        self._cache = RankingCache(self.cache_size)
+        self._cache = RankingCache(self.cache_size, self.cache_ttl_s)
 
     def recall(self, query: str) -> np.ndarray:
         cats = self.catalog.queries.get(query.strip().lower(), [])
@@ -111,14 +125,45 @@ class SearchPipeline:
         c = req.context
         return (req.user_id, req.query.strip().lower(), float(c.lat), float(c.lon), int(c.hour), c.device)
 
-    def search_with_info(self, req: SearchRequest) -> tuple[SearchPage, SearchInfo]:
-        req.validate()
+    def _ranking(self, req: SearchRequest) -> tuple[Ranking, bool]:
         key = self.cache_key(req)
         ranking = self._cache.get(key)
-        hit = ranking is not None
-        if ranking is None:
-            ranking = self.rank(req)
-            self._cache.put(key, ranking)
+        if ranking is not None:
+            return ranking, True
+        ranking = self.rank(req)
+        self._cache.put(key, ranking)
+        return ranking, False
+
+    def search_encoded(self, req: SearchRequest,
+                       encoding: EmbeddingEncoding = EmbeddingEncoding.FP16) -> tuple[bytes, bool, SearchInfo]:
+        """The page's ``items`` as serialized protobuf (a SearchPage fragment: concatenate it with the header
+        fields), has_more, and info. Pages of a cached ranking are encoded once and served as bytes."""
+        req.validate()
+        ranking, hit = self._ranking(req)
+        start = req.page_index * req.page_size
+        ekey = (start, req.page_size, int(encoding))
+        cached = ranking.encoded.get(ekey)
+        if cached is None:
+            rows = ranking.rows[start: start + req.page_size]
+            it = self.catalog.items
+            ids = it["item_id"][rows]
+            emb, found = self.store.get(ids)
+            data = encode_items(item_id=ids, start=start, scores=ranking.scores[start: start + req.page_size],
+                                dense=ranking.hidden[start: start + req.page_size], emb=emb, found=found,
+                                category=it["category"][rows], brand=it["brand"][rows],
+                                price_level=it["price_level"][rows], lat=it["lat"][rows], lon=it["lon"][rows],
+                                encoding=encoding)
+            n_found = int(found.sum())
+            if self.cache_size > 0 and len(ranking.encoded) < _MAX_ENCODED_PAGES:
+                ranking.encoded[ekey] = (data, len(rows))
+            info = SearchInfo(cache_hit=hit, emb_found=n_found, emb_missing=len(rows) - n_found)
+            return data, start + len(rows) < len(ranking.rows), info
+        data, n = cached  # served as bytes: no store lookup
+        return data, start + n < len(ranking.rows), SearchInfo(cache_hit=hit, emb_found=0, emb_missing=0)
+
+    def search_with_info(self, req: SearchRequest) -> tuple[SearchPage, SearchInfo]:
+        req.validate()
+        ranking, hit = self._ranking(req)
         total = len(ranking.rows)  # already cut to max_results
         start = req.page_index * req.page_size
         sl = slice(start, start + req.page_size)
