@@ -79,8 +79,13 @@ def _read_message(msg_cls):
     raise BadRequest(f"Content-Type must be {PROTOBUF} or {JSON}, got {ctype or 'none'!r}", 415)
 
 
+def _wants_json() -> bool:
+    accept = request.headers.get("Accept", "")
+    return "json" in accept and request.accept_mimetypes.best == JSON
+
+
 def _respond(msg) -> Response:
-    if request.accept_mimetypes.best == JSON:
+    if _wants_json():
         return Response(json_format.MessageToJson(msg, preserving_proto_field_name=True), mimetype=JSON)
     return Response(msg.SerializeToString(), mimetype=PROTOBUF)
 
@@ -127,8 +132,8 @@ def search():
     msg = _read_message(wire.pb.SearchRequest)
     enc = EmbeddingEncoding.INT8 if cfg.embedding_encoding == "int8" else EmbeddingEncoding.FP16
     try:
-        req = wire.request_from_proto(msg).validate()
-        items, has_more, info = p.search_encoded(req, enc)
+        req = wire.request_from_proto(msg)
+        items, has_more, info = p.search_encoded(req, enc)  # validates the request
     except ContractError as exc:
         raise BadRequest(str(exc)) from exc
     model_version = p.model_version
@@ -139,7 +144,7 @@ def search():
             version = None
         if version is not None:
             model_version = f"{cfg.model_name}@{version}"
-    metrics.RANKING_CACHE.labels("hit" if info.cache_hit else "miss").inc()
+    metrics.count_cache(info.cache_hit)
     if info.emb_found:
         metrics.EMBEDDING_LOOKUPS.labels(cfg.embedding_store, "hit").inc(info.emb_found)
     if info.emb_missing:
@@ -147,7 +152,7 @@ def search():
     # a SearchPage is its header fields followed by its (pre-encoded) items: protobuf concatenation
     head = wire.pb.SearchPage(request_id=req.request_id, session_id=req.session_id, page_index=req.page_index,
                               model_version=model_version, has_more=has_more).SerializeToString()
-    if request.accept_mimetypes.best == JSON:
+    if _wants_json():
         return _respond(wire.pb.SearchPage.FromString(head + items))
     return Response(head + items, mimetype=PROTOBUF)
 
@@ -308,9 +313,9 @@ def create_app(config: CloudConfig) -> Flask:
     def _observe(resp: Response):
         rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
         if rule != "/metrics":
-            metrics.LATENCY.labels(rule).observe(time.perf_counter() - g.get("t0", time.perf_counter()))
+            metrics.observe_latency(rule, time.perf_counter() - g.get("t0", time.perf_counter()))
         method = request.method if request.method in _METHODS else "other"
-        metrics.REQUESTS.labels(rule, method, str(resp.status_code)).inc()
+        metrics.count_request(rule, method, resp.status_code)
         return resp
 
     @app.errorhandler(BadRequest)

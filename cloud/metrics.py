@@ -28,6 +28,33 @@ LOG_ROWS = Counter("edge_rerank_log_rows_total", "Impression-log rows acknowledg
 MODEL_EVENTS = Counter("edge_rerank_model_events_total", "Registry operations", ["event"])
 
 
+_children: dict[tuple, object] = {}  # labelled children, looked up once (labels() is not free)
+
+
+def observe_latency(endpoint: str, seconds: float) -> None:
+    key = ("lat", endpoint)
+    c = _children.get(key)
+    if c is None:
+        c = _children[key] = LATENCY.labels(endpoint)
+    c.observe(seconds)
+
+
+def count_request(endpoint: str, method: str, status: int) -> None:
+    key = ("req", endpoint, method, status)
+    c = _children.get(key)
+    if c is None:
+        c = _children[key] = REQUESTS.labels(endpoint, method, str(status))
+    c.inc()
+
+
+def count_cache(hit: bool) -> None:
+    key = ("cache", hit)
+    c = _children.get(key)
+    if c is None:
+        c = _children[key] = RANKING_CACHE.labels("hit" if hit else "miss")
+    c.inc()
+
+
 def multiprocess_enabled() -> bool:
     return bool(os.environ.get(MULTIPROC_ENV))
 

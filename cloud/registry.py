@@ -73,6 +73,7 @@ class Registry:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self._cache: dict[str, tuple[tuple[int, int, int], ModelState]] = {}
+        self._state_paths: dict[str, str] = {}  # checked names -> state.json path (stat'ed per request)
         self._mu = threading.Lock()
 
     # ---- locking and state -------------------------------------------------------------------------
@@ -92,9 +93,13 @@ class Registry:
         return self._model_dir(name) / "versions" / check_name("version", version)
 
     def state(self, name: str) -> ModelState:
-        path = self._model_dir(name) / "state.json"
+        path = self._state_paths.get(name)
+        if path is None:
+            path = str(self._model_dir(name) / "state.json")
+            if len(self._state_paths) < 1024:
+                self._state_paths[name] = path
         try:
-            st = path.stat()
+            st = os.stat(path)
         except FileNotFoundError:
             if not (self._model_dir(name) / "versions").is_dir():
                 raise RegistryError(f"unknown model {name!r}", 404) from None
@@ -103,7 +108,8 @@ class Registry:
         cached = self._cache.get(name)
         if cached is not None and cached[0] == key:
             return cached[1]
-        state = ModelState(**json.loads(path.read_text()))
+        with open(path) as f:
+            state = ModelState(**json.load(f))
         self._cache[name] = (key, state)
         return state
 

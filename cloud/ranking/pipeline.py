@@ -98,11 +98,19 @@ class SearchPipeline:
         self._item_emb, _ = self.store.get(items["item_id"])
         self._zero_pref = np.zeros(self.store.dim, dtype=np.float32)
         self._cache = RankingCache(self.cache_size, self.cache_ttl_s)
+        self._recall: dict[str, np.ndarray] = {}
 
     def recall(self, query: str) -> np.ndarray:
-        cats = self.catalog.queries.get(query.strip().lower(), [])
+        q = query.strip().lower()
+        hit = self._recall.get(q)
+        if hit is not None:
+            return hit
+        cats = self.catalog.queries.get(q, [])
         parts = [self._by_category.get(c, np.empty(0, dtype=np.int64)) for c in cats]
-        return np.unique(np.concatenate(parts)) if parts else np.empty(0, dtype=np.int64)
+        idx = np.unique(np.concatenate(parts)) if parts else np.empty(0, dtype=np.int64)
+        if q in self.catalog.queries:  # bounded: only the catalog's queries are memoised
+            self._recall[q] = idx
+        return idx
 
     def rank(self, req: SearchRequest) -> Ranking:
         """The whole ranked list for a request (recall -> coarse -> fine -> fusion), cut to max_results."""
@@ -117,7 +125,13 @@ class SearchPipeline:
                                  price_level=it["price_level"][idx].astype(np.float32), price_pref=price_pref)
         score, hidden = self.ranker.forward(x)
         s = np.asarray(self.fusion.fuse(req, {"score": score}), dtype=np.float32)
-        order = np.lexsort((it["item_id"][idx], -s))[: self.max_results]  # ties broken by id: deterministic
+        ids = it["item_id"][idx]
+        if len(s) > self.max_results:  # keep everything tied with the cut-off score, then sort exactly
+            cut = np.partition(s, len(s) - self.max_results)[len(s) - self.max_results]
+            keep = np.flatnonzero(s >= cut)
+        else:
+            keep = np.arange(len(s))
+        order = keep[np.lexsort((ids[keep], -s[keep]))][: self.max_results]  # ties broken by id: deterministic
         return Ranking(rows=idx[order], scores=s[order], hidden=hidden[order])
 
     @staticmethod
