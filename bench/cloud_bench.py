@@ -62,6 +62,24 @@ def _bodies(world, n: int, *, unique: bool, seed: int) -> list[bytes]:
     return out
 
 
+def server_cpu_s(pgid: int) -> float:
+    """CPU seconds (user + system) used so far by every process of a process group (gunicorn master +
+    workers), from /proc: a measure of server cost per request that other load on the machine barely moves."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # fields[0] is the state: pgrp is field 5 of stat
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
 def _publish_versions(url: str, admin: str, tmp: Path, fcfg, n: int = 3) -> list[str]:
     """Bundles written by the real bundle writer; the payload is random bytes (the registry delivers files,
     it does not run them)."""
@@ -119,15 +137,20 @@ def bench_http(args, tmp: Path) -> dict:
     write_bodies(str(search_file), _bodies(world, 60_000, unique=True, seed=2))
     out: dict = {"server": {"workers": args.workers, "threads": args.threads, "items": int(world.item_id.shape[0])},
                  "client": {"connections": args.connections, "duration_s": args.duration}}
-    if args.client == "wrk":
-        def load_fn(url, **kw):
-            return run_wrk(url, duration=args.duration, threads=1, connections=args.connections, **kw)
-    else:
-        def load_fn(url, **kw):
-            return run_load(url, duration=args.duration, procs=args.procs, threads=args.connections, **kw)
+    pgid = [0]
+
+    def load_fn(url, **kw):
+        c0 = server_cpu_s(pgid[0])
+        if args.client == "wrk":
+            r = run_wrk(url, duration=args.duration, threads=1, connections=args.connections, **kw)
+        else:
+            r = run_load(url, duration=args.duration, procs=args.procs, threads=args.connections, **kw)
+        r["server_cpu_us_per_request"] = (server_cpu_s(pgid[0]) - c0) / max(r["ok"], 1) * 1e6
+        return r
     out["client"]["tool"] = args.client
     with server_process(cfg, workers=args.workers, threads=args.threads, log_file=tmp / "server.log") as srv:
         url = srv.url
+        pgid[0] = srv.proc.pid  # started in its own session: pgid == pid
         versions = _publish_versions(url, admin, tmp, feature_config_for(wcfg))
         requests.post(f"{url}/v1/models/device-reranker/promote", json={"version": versions[0]},
                       headers={"X-Admin-Key": admin}, timeout=10).raise_for_status()
@@ -159,6 +182,7 @@ def bench_http(args, tmp: Path) -> dict:
                 churn.join()
         for name, rs in runs.items():
             out[name] = {"rps": float(np.median([x["rps"] for x in rs])),
+                         "server_cpu_us_per_request": float(np.median([x["server_cpu_us_per_request"] for x in rs])),
                          "p50_ms": float(np.median([x["p50_ms"] for x in rs])),
                          "p99_ms": float(np.median([x["p99_ms"] for x in rs])),
                          "errors": int(sum(x["errors"] for x in rs)),
@@ -170,6 +194,9 @@ def bench_http(args, tmp: Path) -> dict:
         out["metrics_excerpt"] = [ln for ln in metrics.splitlines() if ln.startswith(
             ("edge_rerank_ranking_cache_total", "edge_rerank_embedding_lookups_total", "edge_rerank_model_events"))]
     ping = out["ping"]["rps"]
+    cpu = {k: out[k]["server_cpu_us_per_request"] for k in ("ping", "page", "search")}
+    out["capacity_ratios_from_server_cpu"] = {"page_vs_ping": cpu["ping"] / cpu["page"],
+                                              "search_vs_ping": cpu["ping"] / cpu["search"]}
     out["ratios"] = {"page_vs_ping": out["page"]["rps"] / ping, "search_vs_ping": out["search"]["rps"] / ping,
                      "promotion_p99_vs_steady": out["page_during_promotion"]["p99_ms"] / out["page_steady"]["p99_ms"]}
     out["targets_met"] = {"page_ge_80pct_ping": out["ratios"]["page_vs_ping"] >= 0.8,
@@ -252,11 +279,14 @@ def main() -> int:
     out.write_text(json.dumps(res, indent=2))
     if "http" in res:
         h = res["http"]
-        print("| phase (median of rounds) | req/s | p50 ms | p99 ms | errors | non-200 |\n|---|---|---|---|---|---|")
+        print("| phase (median of rounds) | req/s | p50 ms | p99 ms | server CPU µs/req | errors | non-200 |\n"
+              "|---|---|---|---|---|---|---|")
         for k in ("ping", "page", "search", "page_steady", "page_during_promotion"):
             r = h[k]
-            print(f"| {k} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} | {r['non_200']} |")
-        print(json.dumps(h["ratios"], indent=1), json.dumps(h["targets_met"]), json.dumps(h["promotions"]))
+            print(f"| {k} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+                  f"{r['server_cpu_us_per_request']:.0f} | {r['errors']} | {r['non_200']} |")
+        print(json.dumps(h["ratios"]), json.dumps(h["capacity_ratios_from_server_cpu"]))
+        print(json.dumps(h["targets_met"]), json.dumps(h["promotions"]))
     if "stores" in res:
         print(json.dumps(res["stores"], indent=1))
     print(f"wrote {out}")

@@ -11,3 +11,11 @@ def child_exit(server, worker) -> None:  # gunicorn hook
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid)
+
+
+def post_worker_init(worker) -> None:  # gunicorn hook: the app is loaded in this worker
+    # the catalog, rankers and store index live as long as the worker: keep them out of the cyclic GC's scans
+    import gc
+
+    gc.collect()
+    gc.freeze()
