@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 _DENSE_FACTOR = 4
+_SORT_BATCH = 4096
 
 
 class FileEmbeddingStore:
@@ -70,7 +71,12 @@ class FileEmbeddingStore:
             pos = np.full(ids.shape[0], -1, dtype=np.int64)
             pos[inside] = self._table[off[inside]]
             return pos
-        pos = np.searchsorted(self._ids, ids)
+        if ids.shape[0] >= _SORT_BATCH:  # sorted needles: numpy's binary search reuses the last position
+            o = np.argsort(ids, kind="stable")
+            pos = np.empty_like(o)
+            pos[o] = np.searchsorted(self._ids, ids[o])
+        else:
+            pos = np.searchsorted(self._ids, ids)
         pos_c = np.minimum(pos, len(self._ids) - 1)
         return np.where(self._ids[pos_c] == ids, pos_c, -1)
 
