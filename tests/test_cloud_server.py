@@ -3,6 +3,7 @@ multiprocess mode), and a promotion through the admin API reaches every worker's
 
 import io
 import tarfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import requests
@@ -38,11 +39,15 @@ def test_metrics_aggregate_all_workers_and_promotion_reaches_them(cloud_data, bu
                       model_version="fallback")
     with server_process(cfg, workers=2, log_file=tmp_path / "server.log") as server:
         url = server.url
+        deadline = time.monotonic() + 30
+        with ThreadPoolExecutor(4) as pool:  # until both workers have served (each writes its own files)
+            while len(list(server.metrics_dir.glob("counter_*.db"))) < 2 and time.monotonic() < deadline:
+                list(pool.map(lambda _: requests.get(url + "/healthz", timeout=10), range(8)))
+        assert len(list(server.metrics_dir.glob("counter_*.db"))) == 2, "both workers are up"
         with ThreadPoolExecutor(4) as pool:
             codes = list(pool.map(lambda _: requests.get(url + "/ping", timeout=10).status_code, range(80)))
             pages = list(pool.map(lambda i: _search(url, f"u{i:05d}"), range(40)))
         assert codes == [200] * 80 and all(len(p.items) == 25 for p in pages)
-        assert len(list(server.metrics_dir.glob("counter_*.db"))) == 2, "both workers served requests"
         for _ in range(4):  # whichever worker answers the scrape reports every worker's counts
             text = requests.get(url + "/metrics", timeout=10).text
             assert _samples(text, "edge_rerank_http_requests_total", endpoint="/ping", status="200") == 80
