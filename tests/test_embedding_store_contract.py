@@ -91,16 +91,19 @@ def test_agrees_with_a_dict(store, ids):
 
 
 def test_dense_ids_use_the_direct_table_and_agree(tmp_path):
-    ids = np.arange(1000, 3000, dtype=np.int64)[::-1]
-    rows = RNG.standard_normal((2000, DIM)).astype(np.float32)
+    ids = np.arange(1000, 3000, 2, dtype=np.int64)[::-1]  # even ids only: holes inside the table's range
+    rows = RNG.standard_normal((1000, DIM)).astype(np.float32)
     FileEmbeddingStore.write(tmp_path, ids, rows)
     s = FileEmbeddingStore(tmp_path)
     assert s._table is not None
-    q = np.array([999, 1000, 2999, 3000, 1500], dtype=np.int64)
+    q = np.array([999, 1000, 2998, 3000, 1500, 1501], dtype=np.int64)
     got, found = s.get(q)
-    assert found.tolist() == [False, True, True, False, True]
+    assert found.tolist() == [False, True, True, False, True, False]
     np.testing.assert_array_equal(got[1], rows[ids == 1000][0])
     np.testing.assert_array_equal(got[4], rows[ids == 1500][0])
+    assert not got[[0, 3, 5]].any()
+    inside, found_inside = s.get(np.array([1501, 1502], dtype=np.int64))  # all inside the range, one hole
+    assert found_inside.tolist() == [False, True] and not inside[0].any()
 
 
 def test_write_rejects_duplicates_and_shape_mismatch(tmp_path):

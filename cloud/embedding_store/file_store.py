@@ -21,6 +21,7 @@ class FileEmbeddingStore:
         self.root = root
         self._ids = np.load(root / "ids.npy")
         self._rows = np.load(root / "rows.npy", mmap_mode="r")
+        self._view = np.asarray(self._rows)  # plain ndarray over the same mapping (no memmap subclass overhead)
         if self._ids.ndim != 1 or self._rows.ndim != 2 or self._rows.shape[0] != self._ids.shape[0]:
             raise ValueError(f"{root}: ids {self._ids.shape} and rows {self._rows.shape} do not match")
         if self._rows.dtype != np.float32:
@@ -67,6 +68,8 @@ class FileEmbeddingStore:
             return np.full(ids.shape[0], -1, dtype=np.int64)
         if self._table is not None:
             off = ids - self._lo
+            if off.shape[0] and off.min() >= 0 and off.max() < self._table.shape[0]:
+                return self._table.take(off)
             inside = (off >= 0) & (off < self._table.shape[0])
             pos = np.full(ids.shape[0], -1, dtype=np.int64)
             pos[inside] = self._table[off[inside]]
@@ -85,10 +88,10 @@ class FileEmbeddingStore:
         found = pos >= 0
         n_found = int(found.sum())
         if n_found == pos.shape[0]:
-            rows = np.asarray(self._rows[pos], dtype=np.float32)
+            rows = self._view.take(pos, axis=0)
         else:
             rows = np.zeros((pos.shape[0], self.dim), dtype=np.float32)
-            rows[found] = self._rows[pos[found]]
+            rows[found] = self._view.take(pos[found], axis=0)
         self.hits += n_found
         self.misses += int(pos.shape[0]) - n_found
         return rows, found
