@@ -1,7 +1,8 @@
 """Cloud service benchmark, one run, JSON out.
 
 1. HTTP under gunicorn, bounded closed-loop load from a second process (bench/loadgen.py) on loopback:
-   - ping: GET /ping (the bare server: routing, metrics middleware, HTTP)
+   - ping: GET /ping (the bare server: routing, metrics middleware, HTTP); ping_post: POST /ping with a
+     search body (the same HTTP cost as a search request, none of its work)
    - page: POST /v1/search for searches whose ranking is precomputed (the per-worker ranking cache is
      warmed first; pages 0-3 of 64 searches)
    - search: POST /v1/search with a new (user, query, context) every request: recall -> fine ranker ->
@@ -159,6 +160,7 @@ def bench_http(args, tmp: Path) -> dict:
         load_fn(url + "/ping")
         # phases interleaved over rounds, medians reported: other load on a shared machine drifts over time
         phases = {"ping": dict(url=url + "/ping"),
+                  "ping_post": dict(url=url + "/ping", method="POST", bodies=str(page_file), content_type=PB),
                   "page": dict(url=url + "/v1/search", method="POST", bodies=str(page_file), content_type=PB),
                   "search": dict(url=url + "/v1/search", method="POST", bodies=str(search_file), content_type=PB)}
         runs: dict[str, list[dict]] = {k: [] for k in [*phases, "page_steady", "page_during_promotion"]}
@@ -197,6 +199,8 @@ def bench_http(args, tmp: Path) -> dict:
     cpu = {k: out[k]["server_cpu_us_per_request"] for k in ("ping", "page", "search")}
     out["capacity_ratios_from_server_cpu"] = {"page_vs_ping": cpu["ping"] / cpu["page"],
                                               "search_vs_ping": cpu["ping"] / cpu["search"]}
+    out["ratios_vs_post_ping"] = {"page": out["page"]["rps"] / out["ping_post"]["rps"],
+                                  "search": out["search"]["rps"] / out["ping_post"]["rps"]}
     out["ratios"] = {"page_vs_ping": out["page"]["rps"] / ping, "search_vs_ping": out["search"]["rps"] / ping,
                      "promotion_p99_vs_steady": out["page_during_promotion"]["p99_ms"] / out["page_steady"]["p99_ms"]}
     out["targets_met"] = {"page_ge_80pct_ping": out["ratios"]["page_vs_ping"] >= 0.8,
@@ -281,11 +285,12 @@ def main() -> int:
         h = res["http"]
         print("| phase (median of rounds) | req/s | p50 ms | p99 ms | server CPU µs/req | errors | non-200 |\n"
               "|---|---|---|---|---|---|---|")
-        for k in ("ping", "page", "search", "page_steady", "page_during_promotion"):
+        for k in ("ping", "ping_post", "page", "search", "page_steady", "page_during_promotion"):
             r = h[k]
             print(f"| {k} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
                   f"{r['server_cpu_us_per_request']:.0f} | {r['errors']} | {r['non_200']} |")
-        print(json.dumps(h["ratios"]), json.dumps(h["capacity_ratios_from_server_cpu"]))
+        print(json.dumps(h["ratios"]), json.dumps(h["capacity_ratios_from_server_cpu"]),
+              json.dumps(h["ratios_vs_post_ping"]))
         print(json.dumps(h["targets_met"]), json.dumps(h["promotions"]))
     if "stores" in res:
         print(json.dumps(res["stores"], indent=1))

@@ -102,8 +102,11 @@ def _check_key(header: str, expected: str | None, what: str) -> None:
 health = Blueprint("health", __name__)
 
 
-@health.get("/ping")
+@health.route("/ping", methods=["GET", "POST"])
 def ping():
+    """Bare liveness. POST reads (and ignores) the body: the HTTP cost of a search without its work."""
+    if request.method == "POST":
+        request.get_data(cache=False)
     return Response(b"pong", mimetype="text/plain")
 
 
