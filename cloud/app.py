@@ -15,7 +15,7 @@ from pathlib import Path
 
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, send_file
 from google.protobuf import json_format
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from cloud import metrics
 from cloud.catalog import load_catalog
@@ -63,9 +63,25 @@ def _cfg() -> CloudConfig:
     return current_app.extensions["edge_rerank.config"]
 
 
+def _read_body() -> bytes:
+    """The request body. With a Content-Length, one read of exactly that many bytes from the server's input
+    stream (werkzeug's generic stream wrapping costs ~100 µs a request under gunicorn); chunked or
+    length-less bodies go through werkzeug."""
+    n = request.content_length
+    limit = request.max_content_length
+    if n is None or request.environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked":
+        return request.get_data(cache=False)
+    if limit is not None and n > limit:
+        raise RequestEntityTooLarge()
+    data = request.environ["wsgi.input"].read(n)
+    if len(data) != n:
+        raise BadRequest(f"body ended after {len(data)} of {n} bytes")
+    return data
+
+
 def _read_message(msg_cls):
     ctype = (request.mimetype or "").lower()
-    body = request.get_data(cache=False)
+    body = _read_body()
     if ctype == PROTOBUF:
         try:
             return wire.parse(msg_cls, body)
@@ -106,7 +122,7 @@ health = Blueprint("health", __name__)
 def ping():
     """Bare liveness. POST reads (and ignores) the body: the HTTP cost of a search without its work."""
     if request.method == "POST":
-        request.get_data(cache=False)
+        _read_body()
     return Response(b"pong", mimetype="text/plain")
 
 
@@ -230,7 +246,7 @@ def get_file(name: str, version: str, rel: str):
 def publish(name: str, version: str):
     reg = _admin()
     request.max_content_length = _cfg().max_bundle_bytes
-    m = reg.publish_archive(request.get_data(cache=False), name=name, version=version)
+    m = reg.publish_archive(_read_body(), name=name, version=version)
     metrics.MODEL_EVENTS.labels("publish").inc()
     return jsonify(name=m.name, version=m.version, files=m.files), 201
 
