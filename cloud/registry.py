@@ -212,7 +212,10 @@ class Registry:
                             raise RegistryError(f"archive member {mem.name!r} is not a regular file")
                         if p.is_absolute() or ".." in p.parts:
                             raise RegistryError(f"archive member {mem.name!r} escapes the bundle")
-                    tar.extractall(tmp, filter="data")
+                    try:
+                        tar.extractall(tmp, filter="data")
+                    except TypeError:  # Python < 3.11.4 has no extraction filters; members were checked above
+                        tar.extractall(tmp)
             except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
                 raise RegistryError(f"not a readable tar archive: {exc}") from exc
             root = Path(tmp)
