@@ -113,3 +113,19 @@ def test_a_crash_inside_compaction_never_loses_or_duplicates_rows(logged_rows, t
 
 def _batch_rows(rows, k):
     return [dataclasses.replace(r, request_id=f"c{k}-{i}") for i, r in enumerate(rows[3 * k: 3 * k + 3])]
+
+
+def test_compaction_command(logged_rows, tmp_path):
+    import subprocess
+    import sys
+
+    sink = LogSink(tmp_path)
+    for k in range(3):
+        sink.append(_batch_rows(logged_rows, k))
+    r = subprocess.run([sys.executable, "-m", "cloud.logs", "compact", "--log-dir", str(tmp_path)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["parts"] == 3 and res["rows"] == 9 and len(read_logs(tmp_path)) == 9
+    assert json.loads(subprocess.run([sys.executable, "-m", "cloud.logs", "compact", "--log-dir", str(tmp_path)],
+                                     capture_output=True, text=True).stdout)["output"] is None  # nothing to merge
