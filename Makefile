@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo demo-quick test lint proto bench clean
+.PHONY: demo demo-quick test lint proto bench bench-cloud redis-server clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,18 @@ demo: $(STAMP)
 demo-quick: $(STAMP)
 	$(VENV)/bin/edge-rerank demo --quick --out runs/demo-quick
 
-test: $(STAMP)
+test: $(STAMP) redis-server
 	$(PY) -m pytest -q
+
+# The Redis embedding-store tests start a real redis-server: install it when missing and possible (root + apt).
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; } || \
+	  echo "redis-server is not installed and cannot be installed here: the Redis store tests will skip"
+
+# Cloud service load benchmark (gunicorn + loopback load generator); JSON to runs/bench/cloud.json.
+bench-cloud: $(STAMP) redis-server
+	$(PY) bench/cloud_bench.py --out runs/bench/cloud.json
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

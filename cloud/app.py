@@ -1,30 +1,38 @@
 """The cloud companion's Flask app factory. Protobuf by default; JSON for debugging (Content-Type /
-Accept ``application/json``). Bad input -> 4xx with a reason, never a 5xx."""
+Accept ``application/json``). Bad input -> 4xx with a reason, never a 5xx.
+
+Blueprints: ``health`` (/ping, /healthz, /metrics), ``search`` (/v1/search), ``models`` (registry and
+delivery under /v1/models), ``logs`` (/v1/logs). See docs/cloud.md for the API.
+"""
 
 from __future__ import annotations
 
 import hmac
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, send_file
 from google.protobuf import json_format
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from cloud import metrics
 from cloud.catalog import load_catalog
-from cloud.embedding_store import FileEmbeddingStore
+from cloud.embedding_store import open_store
 from cloud.logs import LogSink
-from cloud.ranking.fine import FineRanker
+from cloud.ranking.fine import load_ranker
 from cloud.ranking.pipeline import SearchPipeline
+from cloud.registry import Registry, RegistryError, user_bucket
 from device_sdk import wire
+from device_sdk.bundle import BundleError
 from device_sdk.contracts import ContractError, EmbeddingEncoding
 
 log = logging.getLogger(__name__)
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
 
 
 @dataclass
@@ -32,9 +40,17 @@ class CloudConfig:
     data_dir: str
     log_dir: str | None = None  # where accepted impression logs go (Parquet parts); None disables /v1/logs
     api_key: str | None = None  # required on /v1/logs when set
-    model_version: str = ""  # the device model version pages advertise
+    model_version: str = ""  # the device model version pages advertise when the registry assigns none
     embedding_encoding: str = "fp16"  # "fp16" | "int8"
     max_body_bytes: int = 8 * 1024 * 1024
+    embedding_store: str = "file"  # "file" (data_dir/embeddings, memmap) | "redis"
+    redis_url: str | None = None
+    redis_prefix: str = "emb"
+    registry_dir: str | None = None  # model registry; None disables /v1/models
+    admin_key: str | None = None  # required to publish/promote/roll back; None disables those endpoints
+    model_name: str = "device-reranker"  # the registry model whose assignment pages advertise
+    ranking_cache_size: int = 4096  # rankings kept per worker for later pages of a search (0: off)
+    max_bundle_bytes: int = 256 * 1024 * 1024  # upload limit for publishing a bundle archive
 
 
 class BadRequest(Exception):
@@ -43,9 +59,29 @@ class BadRequest(Exception):
         self.reason, self.status = reason, status
 
 
+def _cfg() -> CloudConfig:
+    return current_app.extensions["edge_rerank.config"]
+
+
+def _read_body() -> bytes:
+    """The request body. With a Content-Length, one read of exactly that many bytes from the server's input
+    stream (werkzeug's generic stream wrapping costs ~100 µs a request under gunicorn); chunked or
+    length-less bodies go through werkzeug."""
+    n = request.content_length
+    limit = request.max_content_length
+    if n is None or request.environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked":
+        return request.get_data(cache=False)
+    if limit is not None and n > limit:
+        raise RequestEntityTooLarge()
+    data = request.environ["wsgi.input"].read(n)
+    if len(data) != n:
+        raise BadRequest(f"body ended after {len(data)} of {n} bytes")
+    return data
+
+
 def _read_message(msg_cls):
     ctype = (request.mimetype or "").lower()
-    body = request.get_data(cache=False)
+    body = _read_body()
     if ctype == PROTOBUF:
         try:
             return wire.parse(msg_cls, body)
@@ -59,45 +95,204 @@ def _read_message(msg_cls):
     raise BadRequest(f"Content-Type must be {PROTOBUF} or {JSON}, got {ctype or 'none'!r}", 415)
 
 
+def _wants_json() -> bool:
+    accept = request.headers.get("Accept", "")
+    return "json" in accept and request.accept_mimetypes.best == JSON
+
+
 def _respond(msg) -> Response:
-    if request.accept_mimetypes.best == JSON:
+    if _wants_json():
         return Response(json_format.MessageToJson(msg, preserving_proto_field_name=True), mimetype=JSON)
     return Response(msg.SerializeToString(), mimetype=PROTOBUF)
 
 
-api = Blueprint("api", __name__)
+def _check_key(header: str, expected: str | None, what: str) -> None:
+    if expected is None:
+        return
+    given = request.headers.get(header, "")
+    if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode()):
+        raise BadRequest(f"missing or wrong {header} ({what})", 401)
 
 
-@api.get("/healthz")
+# ---- health -------------------------------------------------------------------------------------------
+health = Blueprint("health", __name__)
+
+
+@health.route("/ping", methods=["GET", "POST"])
+def ping():
+    """Bare liveness. POST reads (and ignores) the body: the HTTP cost of a search without its work."""
+    if request.method == "POST":
+        _read_body()
+    return Response(b"pong", mimetype="text/plain")
+
+
+@health.get("/healthz")
 def healthz():
     p: SearchPipeline = current_app.extensions["edge_rerank.pipeline"]
-    return jsonify(status="ok", items=p.catalog.n_items, model_version=p.model_version)
+    return jsonify(status="ok", items=p.catalog.n_items, model_version=p.model_version,
+                   ranker=getattr(p.ranker, "kind", type(p.ranker).__name__), embedding_store=_cfg().embedding_store)
 
 
-@api.post("/v1/search")
+@health.get("/metrics")
+def metrics_view():
+    body, ctype = metrics.render()
+    return Response(body, content_type=ctype)
+
+
+# ---- search -------------------------------------------------------------------------------------------
+search_bp = Blueprint("search", __name__)
+
+
+@search_bp.post("/v1/search")
 def search():
-    cfg: CloudConfig = current_app.extensions["edge_rerank.config"]
+    cfg = _cfg()
     p: SearchPipeline = current_app.extensions["edge_rerank.pipeline"]
+    reg: Registry | None = current_app.extensions["edge_rerank.registry"]
     msg = _read_message(wire.pb.SearchRequest)
+    enc = EmbeddingEncoding.INT8 if cfg.embedding_encoding == "int8" else EmbeddingEncoding.FP16
     try:
-        req = wire.request_from_proto(msg).validate()
-        page = p.search(req)
+        req = wire.request_from_proto(msg)
+        items, has_more, info = p.search_encoded(req, enc)  # validates the request
     except ContractError as exc:
         raise BadRequest(str(exc)) from exc
-    enc = EmbeddingEncoding.INT8 if cfg.embedding_encoding == "int8" else EmbeddingEncoding.FP16
-    return _respond(wire.page_to_proto(page, enc))
+    model_version = p.model_version
+    if reg is not None:
+        try:
+            version = reg.assign(cfg.model_name, req.user_id)
+        except RegistryError:  # model not published yet
+            version = None
+        if version is not None:
+            model_version = f"{cfg.model_name}@{version}"
+    metrics.count_cache(info.cache_hit)
+    if info.emb_found:
+        metrics.EMBEDDING_LOOKUPS.labels(cfg.embedding_store, "hit").inc(info.emb_found)
+    if info.emb_missing:
+        metrics.EMBEDDING_LOOKUPS.labels(cfg.embedding_store, "miss").inc(info.emb_missing)
+    # a SearchPage is its header fields followed by its (pre-encoded) items: protobuf concatenation
+    head = wire.pb.SearchPage(request_id=req.request_id, session_id=req.session_id, page_index=req.page_index,
+                              model_version=model_version, has_more=has_more).SerializeToString()
+    if _wants_json():
+        return _respond(wire.pb.SearchPage.FromString(head + items))
+    return Response(head + items, mimetype=PROTOBUF)
 
 
-@api.post("/v1/logs")
+# ---- model registry and delivery ----------------------------------------------------------------------
+models = Blueprint("models", __name__, url_prefix="/v1/models")
+
+
+def _registry() -> Registry:
+    reg = current_app.extensions["edge_rerank.registry"]
+    if reg is None:
+        raise BadRequest("the model registry is not enabled on this server", 404)
+    return reg
+
+
+def _admin() -> Registry:
+    reg = _registry()
+    key = _cfg().admin_key
+    if key is None:
+        raise BadRequest("admin endpoints are disabled: the server has no admin key", 403)
+    _check_key("X-Admin-Key", key, "admin")
+    return reg
+
+
+def _model_json(reg: Registry, name: str) -> dict:
+    s = reg.state(name)
+    return {"name": name, "stable": s.stable, "candidate": s.candidate, "rollout_percent": s.rollout_percent,
+            "history": s.history, "versions": reg.versions(name)}
+
+
+@models.get("")
+def list_models():
+    reg = _registry()
+    return jsonify(models=[_model_json(reg, n) for n in reg.names()])
+
+
+@models.get("/<name>")
+def get_model(name: str):
+    return jsonify(_model_json(_registry(), name))
+
+
+@models.get("/<name>/assignment")
+def assignment(name: str):
+    reg = _registry()
+    user = request.args.get("user_id", "")
+    if not 1 <= len(user) <= 128:
+        raise BadRequest("user_id query parameter must be 1..128 characters")
+    version = reg.assign(name, user)
+    return jsonify(name=name, version=version, bucket=user_bucket(name, user),
+                   model_version=f"{name}@{version}" if version else None)
+
+
+def _send(name: str, version: str, rel: str) -> Response:
+    path, sha = _registry().file(name, version, rel)
+    resp = send_file(path, mimetype=JSON if rel.endswith(".json") else "application/octet-stream",
+                     conditional=True, etag=sha, max_age=3600)
+    resp.headers["X-Content-SHA256"] = sha
+    return resp
+
+
+@models.get("/<name>/<version>/manifest")
+def get_manifest(name: str, version: str):
+    return _send(name, version, "manifest.json")
+
+
+@models.get("/<name>/<version>/files/<path:rel>")
+def get_file(name: str, version: str, rel: str):
+    return _send(name, version, rel)
+
+
+@models.put("/<name>/<version>")
+def publish(name: str, version: str):
+    reg = _admin()
+    request.max_content_length = _cfg().max_bundle_bytes
+    m = reg.publish_archive(_read_body(), name=name, version=version)
+    metrics.MODEL_EVENTS.labels("publish").inc()
+    return jsonify(name=m.name, version=m.version, files=m.files), 201
+
+
+def _json_body() -> dict:
+    body = request.get_json(silent=True)
+    if request.content_length and body is None:
+        raise BadRequest("body must be a JSON object")
+    if body is None:
+        body = {}
+    if not isinstance(body, dict):
+        raise BadRequest("body must be a JSON object")
+    return body
+
+
+@models.post("/<name>/promote")
+def promote(name: str):
+    reg = _admin()
+    body = _json_body()
+    version = body.get("version")
+    if not isinstance(version, str):
+        raise BadRequest('body needs "version" (string)')
+    s = reg.promote(name, version, body.get("rollout_percent", 100))
+    metrics.MODEL_EVENTS.labels("promote").inc()
+    return jsonify(_model_json(reg, name) | {"stable": s.stable})
+
+
+@models.post("/<name>/rollback")
+def rollback(name: str):
+    reg = _admin()
+    reg.rollback(name)
+    metrics.MODEL_EVENTS.labels("rollback").inc()
+    return jsonify(_model_json(reg, name))
+
+
+# ---- logs ---------------------------------------------------------------------------------------------
+logs_bp = Blueprint("logs", __name__)
+
+
+@logs_bp.post("/v1/logs")
 def logs():
-    cfg: CloudConfig = current_app.extensions["edge_rerank.config"]
+    cfg = _cfg()
     sink: LogSink | None = current_app.extensions["edge_rerank.logs"]
     if sink is None:
         raise BadRequest("log ingestion is not enabled on this server", 404)
-    if cfg.api_key is not None:
-        given = request.headers.get("X-API-Key", "")
-        if not hmac.compare_digest(given.encode(), cfg.api_key.encode()):
-            raise BadRequest("missing or wrong X-API-Key", 401)
+    _check_key("X-API-Key", cfg.api_key, "logs")
     msg = _read_message(wire.pb.LogBatch)
     try:
         rows = [wire.impression_from_proto(r) for r in msg.rows]
@@ -105,28 +300,54 @@ def logs():
         raise BadRequest(str(exc)) from exc
     if not rows:
         raise BadRequest("empty LogBatch")
-    part = sink.append(rows)
+    part = sink.append(rows)  # returns only after the part is fsynced and renamed into place
+    metrics.LOG_ROWS.inc(len(rows))
     return _respond(wire.pb.LogAck(accepted=len(rows), part=part))
 
 
 def create_app(config: CloudConfig) -> Flask:
     app = Flask("edge_rerank.cloud")
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
+    app.url_map.merge_slashes = False  # "files//etc/passwd" is a 404, not a redirect to a cleaned path
     if config.embedding_encoding not in ("fp16", "int8"):
         raise ValueError("embedding_encoding must be 'fp16' or 'int8'")
     root = Path(config.data_dir)
     catalog = load_catalog(root)
-    store = FileEmbeddingStore(root / "embeddings")
-    with np.load(root / "ranker.npz") as z:
-        ranker = FineRanker.from_weights(dict(z))
+    store = open_store(config.embedding_store, data_dir=root, redis_url=config.redis_url,
+                       redis_prefix=config.redis_prefix)
+    ranker = load_ranker(root)
     app.extensions["edge_rerank.config"] = config
-    app.extensions["edge_rerank.pipeline"] = SearchPipeline(catalog, store, ranker, model_version=config.model_version)
+    app.extensions["edge_rerank.pipeline"] = SearchPipeline(catalog, store, ranker, model_version=config.model_version,
+                                                            cache_size=config.ranking_cache_size)
     app.extensions["edge_rerank.logs"] = LogSink(config.log_dir) if config.log_dir else None
-    app.register_blueprint(api)
+    app.extensions["edge_rerank.registry"] = Registry(config.registry_dir) if config.registry_dir else None
+    for bp in (health, search_bp, models, logs_bp):
+        app.register_blueprint(bp)
+
+    @app.before_request
+    def _t0():
+        g.t0 = time.perf_counter()
+
+    @app.after_request
+    def _observe(resp: Response):
+        rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        if rule != "/metrics":
+            metrics.observe_latency(rule, time.perf_counter() - g.get("t0", time.perf_counter()))
+        method = request.method if request.method in _METHODS else "other"
+        metrics.count_request(rule, method, resp.status_code)
+        return resp
 
     @app.errorhandler(BadRequest)
     def _bad(exc: BadRequest):
         return jsonify(error=exc.reason), exc.status
+
+    @app.errorhandler(RegistryError)
+    def _reg(exc: RegistryError):
+        return jsonify(error=exc.reason), exc.status
+
+    @app.errorhandler(BundleError)
+    def _bundle(exc: BundleError):
+        return jsonify(error=f"bundle error: {exc}"), 400
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException):

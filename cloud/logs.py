@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import os
+import time
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -103,9 +107,19 @@ def table_to_rows(table: pa.Table) -> list[ImpressionRow]:
     return out
 
 
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class LogSink:
-    """Appends each accepted batch as its own Parquet part: written to a temp file, fsynced, renamed.
-    A batch is acknowledged only after the rename, so an acknowledged batch is on disk."""
+    """Appends each accepted batch as its own Parquet part: written to a temp file, fsynced, renamed, and the
+    directory fsynced. A batch is acknowledged only after that, so an acknowledged batch survives kill -9
+    (and power loss, as far as the file system honours fsync). Small parts are merged later by
+    :func:`compact_logs`."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -119,21 +133,108 @@ class LogSink:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, self.root / name)
-        dir_fd = os.open(self.root, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        _fsync_dir(self.root)
         return name
 
 
+# ---- compaction ------------------------------------------------------------------------------------------
+# A compaction writes the merged file under a temp name, records a journal (inputs + output), renames the
+# output into place, deletes the inputs, then deletes the journal. A crash at any step leaves either the
+# inputs or the output as the live data: readers (and the next compaction) skip the inputs of a journal
+# whose output exists, and drop the temp output of one whose output does not.
+
+def _journals(root: Path) -> list[tuple[Path, dict]]:
+    out = []
+    for j in sorted(root.glob("compact-*.journal")):
+        try:
+            out.append((j, json.loads(j.read_text())))
+        except (OSError, json.JSONDecodeError):
+            continue  # a journal is written then renamed: an unreadable one is not ours
+    return out
+
+
+def live_log_files(root: str | Path) -> list[Path]:
+    """The Parquet files of a log directory that hold live data (parts and compacted files), in name order."""
+    root = Path(root)
+    superseded: set[str] = set()
+    for _, j in _journals(root):
+        if (root / j["output"]).is_file():
+            superseded.update(j["inputs"])
+    return [p for p in sorted(root.glob("*.parquet")) if p.name not in superseded]
+
+
+def _recover(root: Path) -> None:
+    for jpath, j in _journals(root):
+        if (root / j["output"]).is_file():
+            for name in j["inputs"]:
+                with contextlib.suppress(FileNotFoundError):
+                    (root / name).unlink()
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                (root / f".{j['output']}.tmp").unlink()
+        _fsync_dir(root)
+        jpath.unlink()
+        _fsync_dir(root)
+
+
+def compact_logs(root: str | Path, *, min_parts: int = 2) -> dict:
+    """Merge the small ``part-*.parquet`` files of a log directory into one ``compacted-*.parquet``
+    (same schema, zstd). Safe against a crash at any point and against a server appending meanwhile
+    (only parts that exist when it starts are merged). Returns counts."""
+    root = Path(root)
+    with open(root / ".compact.lock", "a+b") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        _recover(root)
+        parts = sorted(root.glob("part-*.parquet"))
+        if len(parts) < min_parts:
+            return {"parts": len(parts), "rows": 0, "output": None}
+        table = pa.concat_tables([pq.read_table(p).select(IMPRESSION_SCHEMA.names) for p in parts])
+        table = table.cast(IMPRESSION_SCHEMA)
+        out = f"compacted-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet"
+        tmp = root / f".{out}.tmp"
+        pq.write_table(table, tmp, compression="zstd")
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        journal = root / f"compact-{uuid.uuid4().hex}.journal"
+        jtmp = root / f".{journal.name}.tmp"
+        with open(jtmp, "w") as f:
+            json.dump({"output": out, "inputs": [p.name for p in parts]}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(jtmp, journal)
+        _fsync_dir(root)
+        os.replace(tmp, root / out)
+        _fsync_dir(root)
+        _recover(root)  # deletes the inputs and the journal
+        return {"parts": len(parts), "rows": table.num_rows, "output": out}
+
+
 def read_logs(path: str | Path) -> list[ImpressionRow]:
-    """Read every Parquet part under `path` (a file or a directory) into contracts."""
+    """Read every live Parquet file under `path` (a file or a directory) into contracts."""
     path = Path(path)
-    files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+    files = live_log_files(path) if path.is_dir() else [path]
     if not files:
         raise FileNotFoundError(f"no .parquet impression logs under {path}")
     rows: list[ImpressionRow] = []
     for f in files:
         rows.extend(table_to_rows(pq.read_table(f)))
     return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m cloud.logs",
+                                description="Impression-log maintenance: merge the per-batch Parquet parts that "
+                                            "/v1/logs writes into one compacted file (crash-safe).")
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("compact", help="merge part-*.parquet files of a log directory")
+    c.add_argument("--log-dir", required=True)
+    c.add_argument("--min-parts", type=int, default=2, help="do nothing below this many parts")
+    a = p.parse_args(argv)
+    print(json.dumps(compact_logs(a.log_dir, min_parts=a.min_parts)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,20 +1,28 @@
-"""Run the cloud companion under gunicorn (the Flask dev server is for debugging only)."""
+"""Run the cloud companion under gunicorn (the Flask dev server is for debugging only).
+
+Each server gets a fresh ``PROMETHEUS_MULTIPROC_DIR`` so /metrics aggregates all workers, and runs in its
+own session (process group) so it can be stopped, or killed outright, as a whole.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cloud.app import CloudConfig
+from cloud.metrics import MULTIPROC_ENV
 from cloud.wsgi import ENV
 
 
@@ -25,14 +33,52 @@ def free_port() -> int:
 
 
 def gunicorn_command(host: str, port: int, workers: int, threads: int = 1) -> list[str]:
-    return [sys.executable, "-m", "gunicorn", "--workers", str(workers), "--threads", str(threads),
-            "--bind", f"{host}:{port}", "--log-level", "warning", "--graceful-timeout", "5",
-            "cloud.wsgi:app_from_env()"]
+    """sync workers for threads == 1; gthread workers (keep-alive connections) for threads > 1."""
+    return [sys.executable, "-m", "gunicorn", "-c", "python:cloud.gunicorn_conf", "--workers", str(workers),
+            "--threads", str(threads), "--bind", f"{host}:{port}", "--log-level", "warning",
+            "--graceful-timeout", "5", "--backlog", "2048", "cloud.wsgi:app_from_env()"]
 
 
-def serve_forever(config: CloudConfig, host: str = "127.0.0.1", port: int = 8080, workers: int = 2) -> int:
-    env = {**os.environ, ENV: json.dumps(asdict(config))}
-    return subprocess.call(gunicorn_command(host, port, workers), env=env)
+def _server_env(config: CloudConfig, metrics_dir: str) -> dict[str, str]:
+    return {**os.environ, ENV: json.dumps(asdict(config)), MULTIPROC_ENV: metrics_dir,
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+
+
+def serve_forever(config: CloudConfig, host: str = "127.0.0.1", port: int = 8080, workers: int = 2,
+                  threads: int = 1) -> int:
+    metrics_dir = tempfile.mkdtemp(prefix="edge-rerank-metrics-")
+    try:
+        return subprocess.call(gunicorn_command(host, port, workers, threads), env=_server_env(config, metrics_dir))
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+@dataclass
+class ServerProcess:
+    url: str
+    proc: subprocess.Popen
+    metrics_dir: Path
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Signal the whole gunicorn process group (master and workers)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, sig)
+
+
+def _wait_healthy(proc: subprocess.Popen, base: str, timeout_s: float, log_file) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"cloud server exited with code {proc.returncode} (log: {log_file})")
+        try:
+            with urllib.request.urlopen(base + "/healthz", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"cloud server did not become healthy within {timeout_s}s")
+        time.sleep(0.1)
 
 
 @contextlib.contextmanager
@@ -40,32 +86,34 @@ def running_server(config: CloudConfig, *, workers: int = 1, threads: int = 1, h
                    port: int | None = None, timeout_s: float = 60.0,
                    log_file: str | Path | None = None) -> Iterator[str]:
     """Start gunicorn in a child process, wait for /healthz, yield the base URL, stop it on exit."""
+    with server_process(config, workers=workers, threads=threads, host=host, port=port, timeout_s=timeout_s,
+                        log_file=log_file) as server:
+        yield server.url
+
+
+@contextlib.contextmanager
+def server_process(config: CloudConfig, *, workers: int = 1, threads: int = 1, host: str = "127.0.0.1",
+                   port: int | None = None, timeout_s: float = 60.0,
+                   log_file: str | Path | None = None) -> Iterator[ServerProcess]:
+    """Like running_server, but yields the process handle too (for tests that kill -9 it)."""
     port = port or free_port()
-    env = {**os.environ, ENV: json.dumps(asdict(config))}
+    metrics_dir = tempfile.mkdtemp(prefix="edge-rerank-metrics-")
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
-    proc = subprocess.Popen(gunicorn_command(host, port, workers, threads), env=env, stdout=out, stderr=out)
-    base = f"http://{host}:{port}"
+    proc = subprocess.Popen(gunicorn_command(host, port, workers, threads), env=_server_env(config, metrics_dir),
+                            stdout=out, stderr=out, start_new_session=True)
+    server = ServerProcess(url=f"http://{host}:{port}", proc=proc, metrics_dir=Path(metrics_dir))
     try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"cloud server exited with code {proc.returncode} (log: {log_file})")
-            try:
-                with urllib.request.urlopen(base + "/healthz", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"cloud server did not become healthy within {timeout_s}s")
-            time.sleep(0.1)
-        yield base
+        _wait_healthy(proc, server.url, timeout_s, log_file)
+        yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc.poll() is None:
+            server.kill(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                server.kill(signal.SIGKILL)
+                proc.wait()
+        server.kill(signal.SIGKILL)  # any worker left behind by a killed master
         if log_file:
             out.close()
+        shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -119,6 +119,8 @@ def _cmd_export(a: argparse.Namespace) -> int:
 
 
 def _cmd_serve(a: argparse.Namespace) -> int:
+    import numpy as np
+
     from cloud.app import CloudConfig
     from cloud.serve import serve_forever
 
@@ -131,10 +133,22 @@ def _cmd_serve(a: argparse.Namespace) -> int:
         from simulator.world import World, WorldConfig
 
         World(WorldConfig(seed=a.world_seed)).provision_cloud(data)
+    if a.embedding_store == "redis":
+        if not a.redis_url:
+            print("--embedding-store redis needs --redis-url (e.g. redis://127.0.0.1:6379/0)", file=sys.stderr)
+            return 2
+        if a.load_redis:
+            from cloud.embedding_store import FileEmbeddingStore, RedisEmbeddingStore
+
+            ids, rows = FileEmbeddingStore(data / "embeddings").table()
+            n = RedisEmbeddingStore.write(a.redis_url, ids, np.asarray(rows), prefix=a.redis_prefix)
+            print(f"loaded {n} embedding rows into {a.redis_url} (prefix {a.redis_prefix!r})")
     cfg = CloudConfig(data_dir=str(data), log_dir=a.log_dir, api_key=a.api_key, model_version=a.model_version,
-                      embedding_encoding=a.embedding_encoding)
-    print(f"serving {data} on http://{a.host}:{a.port} with {a.workers} gunicorn worker(s)")
-    return serve_forever(cfg, host=a.host, port=a.port, workers=a.workers)
+                      embedding_encoding=a.embedding_encoding, embedding_store=a.embedding_store,
+                      redis_url=a.redis_url, redis_prefix=a.redis_prefix, registry_dir=a.registry_dir,
+                      admin_key=a.admin_key, model_name=a.model_name, ranking_cache_size=a.ranking_cache)
+    print(f"serving {data} on http://{a.host}:{a.port} with {a.workers} gunicorn worker(s) x {a.threads} thread(s)")
+    return serve_forever(cfg, host=a.host, port=a.port, workers=a.workers, threads=a.threads)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -218,11 +232,21 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--world-seed", type=int, help="provision a simulated world into --data-dir if it is empty")
     v.add_argument("--host", default="127.0.0.1")
     v.add_argument("--port", type=int, default=8080)
-    v.add_argument("--workers", type=int, default=2)
+    v.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
+    v.add_argument("--threads", type=int, default=1, help="threads per worker (>1: gthread workers, keep-alive)")
     v.add_argument("--log-dir", help="accept opt-in impression logs into this directory")
     v.add_argument("--api-key", help="key required on /v1/logs")
-    v.add_argument("--model-version", default="")
+    v.add_argument("--model-version", default="", help="model version pages advertise when the registry has none")
     v.add_argument("--embedding-encoding", choices=["fp16", "int8"], default="fp16")
+    v.add_argument("--embedding-store", choices=["file", "redis"], default="file",
+                   help="file: DATA_DIR/embeddings (memmap); redis: a table loaded at --redis-url")
+    v.add_argument("--redis-url", help="e.g. redis://127.0.0.1:6379/0")
+    v.add_argument("--redis-prefix", default="emb", help="key prefix of the embedding table in Redis")
+    v.add_argument("--load-redis", action="store_true", help="load DATA_DIR/embeddings into Redis before serving")
+    v.add_argument("--registry-dir", help="model registry directory (enables /v1/models)")
+    v.add_argument("--admin-key", help="key required to publish, promote and roll back models")
+    v.add_argument("--model-name", default="device-reranker", help="registry model whose rollout pages advertise")
+    v.add_argument("--ranking-cache", type=int, default=4096, help="rankings cached per worker for later pages")
     v.set_defaults(func=_cmd_serve)
     return p
 

@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -15,12 +17,20 @@ PB = "application/x-protobuf"
 def app(cloud_data, tmp_path_factory):
     logs = tmp_path_factory.mktemp("logs")
     return create_app(CloudConfig(data_dir=str(cloud_data), log_dir=str(logs), api_key="k3y", model_version="m1",
-                                  max_body_bytes=256 * 1024))
+                                  max_body_bytes=256 * 1024, registry_dir=str(logs / "registry"),
+                                  admin_key="adm1n", max_bundle_bytes=256 * 1024))
 
 
 @pytest.fixture()
 def client(app):
     return app.test_client()
+
+
+@pytest.fixture(scope="module")
+def published(app, bundle_dir):
+    """A published bundle (version "test") so fuzzed registry requests reach real files and promotions."""
+    app.extensions["edge_rerank.registry"].publish(bundle_dir)
+    return bundle_dir
 
 
 def _req(**kw) -> bytes:
@@ -87,14 +97,37 @@ def test_unknown_routes_and_methods_are_4xx(client):
     assert client.get("/v1/../../etc/passwd").status_code == 404
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# CI runs 2,000 cases per fuzz test; bench/cloud_fuzz.py runs more (EDGE_RERANK_FUZZ_CASES)
+FUZZ_CASES = int(os.environ.get("EDGE_RERANK_FUZZ_CASES", "2000"))
+PATHS = ["/v1/search", "/v1/logs", "/v1/models", "/v1/models/device-reranker/promote",
+         "/v1/models/device-reranker/rollback", "/v1/models/device-reranker/test",
+         "/v1/models/device-reranker/test/files/../../manifest.json", "/v1/models/device-reranker/test/manifest",
+         "/v1/models/device-reranker/test/files/feature_config.json", "/v1/models/device-reranker/assignment",
+         "/metrics", "/healthz", "/ping"]
+
+
+@settings(max_examples=FUZZ_CASES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=st.one_of(st.binary(max_size=300),
                       st.builds(lambda q, ps, pi, h: _req(query=q, page_size=ps, page_index=pi,
                                                           context=Context(1, 1, h)),
                                 st.text(max_size=300), st.integers(-5, 200), st.integers(-5, 2000),
-                                st.integers(-3, 30))),
-       ctype=st.sampled_from([PB, "application/json", "text/plain", ""]),
-       path=st.sampled_from(["/v1/search", "/v1/logs"]))
-def test_fuzz_no_5xx(client, body, ctype, path):
-    r = client.post(path, data=body, content_type=ctype, headers={"X-API-Key": "k3y"})
+                                st.integers(-3, 30)),
+                      st.builds(lambda v, p: f'{{"version": {v}, "rollout_percent": {p}}}'.encode(),
+                                st.sampled_from(['"test"', '"v1"', '"../x"', "1", "null", '""']),
+                                st.sampled_from(["0", "50", "100", "101", '"x"', "null", "1e309"]))),
+       ctype=st.sampled_from([PB, "application/json", "text/plain", "", "application/x-tar"]),
+       method=st.sampled_from(["POST", "GET", "PUT"]),
+       key=st.sampled_from(["k3y", "adm1n", "", "\u00e9"]),
+       path=st.sampled_from(PATHS))
+def test_fuzz_no_5xx(client, published, body, ctype, method, key, path):
+    r = client.open(path, method=method, data=body, content_type=ctype,
+                    headers={"X-API-Key": key, "X-Admin-Key": key})
     assert r.status_code < 500, r.data[:200]
+
+
+@settings(max_examples=FUZZ_CASES // 4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(path=st.text(alphabet=st.sampled_from(list("abv1./%2F_-~")), max_size=40))
+def test_fuzz_model_paths_no_5xx(client, published, path):
+    for prefix in ("/v1/models/", "/v1/models/device-reranker/test/files/"):
+        r = client.get(prefix + path)
+        assert r.status_code < 500, (prefix + path, r.data[:200])

@@ -1,18 +1,56 @@
 """The fine ranker: scores recalled items and exposes its last hidden layer (sent to the device).
 
-Today this is a fixed-weight two-layer network over hand-built cloud features: the score is a linear
-read-out of the features and the hidden layer is a seeded tanh projection of them. It knows what the cloud
-knows (quality, popularity, long-term preference, distance, price fit) and nothing of the in-session intent.
-The trained cloud ranker (joint training, #4) replaces these weights with learned ones in the same file.
+Two implementations behind one protocol (:class:`Ranker`): both build the same cloud features with
+:func:`cloud_features` and run ``forward(x) -> (score [N], hidden [N, D])``.
+
+- :class:`FineRanker` — a fixed-weight two-layer network in numpy (``ranker.npz``): the score is a linear
+  read-out of the features and the hidden layer a seeded tanh projection. It knows what the cloud knows
+  (quality, popularity, long-term preference, distance, price fit) and nothing of the in-session intent.
+- :class:`OnnxFineRanker` — the trained cloud ranker (``ranker.onnx``, exported by ``cloud/training``) run
+  with onnxruntime. Export contract: input ``features`` float32 [N, F] (dynamic N, F = ``len(FEATURES)``),
+  outputs ``score`` float32 [N] and ``hidden`` float32 [N, D].
+
+:func:`load_ranker` picks ``ranker.onnx`` from the cloud data directory when present, else ``ranker.npz``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 FEATURES = ("quality", "log_popularity", "pref_affinity", "log_distance", "price_gap", "bias")
+ONNX_INPUT = "features"
+ONNX_OUTPUTS = ("score", "hidden")
+
+
+class RankerError(RuntimeError):
+    """The ranker file is missing, malformed, or does not follow the export contract."""
+
+
+def cloud_features(*, quality: np.ndarray, popularity: np.ndarray, item_emb: np.ndarray, user_pref: np.ndarray,
+                   distance_km: np.ndarray, price_level: np.ndarray, price_pref: float) -> np.ndarray:
+    """The cloud ranker's input: float32 [N, len(FEATURES)], columns in FEATURES order."""
+    affinity = item_emb @ user_pref
+    return np.stack([quality, np.log1p(popularity), affinity, np.log1p(distance_km),
+                     np.abs(price_level - price_pref), np.ones_like(quality)], axis=1).astype(np.float32)
+
+
+@runtime_checkable
+class Ranker(Protocol):
+    """What the search pipeline needs from a fine ranker."""
+
+    @property
+    def dense_dim(self) -> int: ...
+
+    def features(self, *, quality: np.ndarray, popularity: np.ndarray, item_emb: np.ndarray, user_pref: np.ndarray,
+                 distance_km: np.ndarray, price_level: np.ndarray, price_pref: float) -> np.ndarray: ...
+
+    def forward(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(score float32 [N], hidden float32 [N, dense_dim]) for features x float32 [N, F]."""
+        ...
 
 
 def default_ranker_weights(dense_dim: int = 16, seed: int = 0) -> dict[str, np.ndarray]:
@@ -31,6 +69,7 @@ class FineRanker:
     w1: np.ndarray
     b1: np.ndarray
     w_score: np.ndarray
+    kind: str = "npz"
 
     @classmethod
     def from_weights(cls, w: dict[str, np.ndarray]) -> FineRanker:
@@ -41,14 +80,74 @@ class FineRanker:
     def dense_dim(self) -> int:
         return int(self.w1.shape[0])
 
-    def features(self, *, quality: np.ndarray, popularity: np.ndarray, item_emb: np.ndarray, user_pref: np.ndarray,
-                 distance_km: np.ndarray, price_level: np.ndarray, price_pref: float) -> np.ndarray:
-        affinity = item_emb @ user_pref
-        return np.stack([quality, np.log1p(popularity), affinity, np.log1p(distance_km),
-                         np.abs(price_level - price_pref), np.ones_like(quality)], axis=1).astype(np.float32)
+    def features(self, **kw) -> np.ndarray:
+        return cloud_features(**kw)
 
     def score(self, x: np.ndarray) -> np.ndarray:
         return x @ self.w_score
 
     def hidden(self, x: np.ndarray) -> np.ndarray:
         return np.tanh(x @ self.w1.T + self.b1).astype(np.float32)
+
+    def forward(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.score(x).astype(np.float32), self.hidden(x)
+
+
+class OnnxFineRanker:
+    """The trained cloud ranker, run with onnxruntime (single intra-op thread per gunicorn worker)."""
+
+    kind = "onnx"
+
+    def __init__(self, path: str | Path, *, threads: int = 1):
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:  # pragma: no cover - the [cloud] extra installs it
+            raise RankerError("ranker.onnx needs onnxruntime: pip install 'edge-rerank[cloud]'") from exc
+        self.path = Path(path)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        try:
+            self._sess = ort.InferenceSession(str(self.path), so, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
+            raise RankerError(f"{self.path}: onnxruntime cannot load it: {exc}") from exc
+        inputs = {i.name: i for i in self._sess.get_inputs()}
+        outputs = {o.name: o for o in self._sess.get_outputs()}
+        if set(inputs) != {ONNX_INPUT} or not set(ONNX_OUTPUTS) <= set(outputs):
+            raise RankerError(f"{self.path}: want input {ONNX_INPUT!r} and outputs {ONNX_OUTPUTS}, "
+                              f"got inputs {sorted(inputs)} outputs {sorted(outputs)}")
+        shape = inputs[ONNX_INPUT].shape
+        if len(shape) != 2 or (isinstance(shape[1], int) and shape[1] != len(FEATURES)):
+            raise RankerError(f"{self.path}: input {ONNX_INPUT!r} must be [N, {len(FEATURES)}], got {shape}")
+        probe_score, probe_hidden = self._run(np.zeros((2, len(FEATURES)), dtype=np.float32))
+        if probe_score.shape != (2,) or probe_hidden.ndim != 2 or probe_hidden.shape[0] != 2:
+            raise RankerError(f"{self.path}: outputs must be score [N] and hidden [N, D], got "
+                              f"{probe_score.shape} and {probe_hidden.shape}")
+        self._dense_dim = int(probe_hidden.shape[1])
+
+    @property
+    def dense_dim(self) -> int:
+        return self._dense_dim
+
+    def features(self, **kw) -> np.ndarray:
+        return cloud_features(**kw)
+
+    def _run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        score, hidden = self._sess.run(list(ONNX_OUTPUTS), {ONNX_INPUT: np.ascontiguousarray(x, np.float32)})
+        return np.asarray(score, np.float32).reshape(-1), np.asarray(hidden, np.float32)
+
+    def forward(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if x.shape[0] == 0:
+            return np.zeros(0, np.float32), np.zeros((0, self._dense_dim), np.float32)
+        return self._run(x)
+
+
+def load_ranker(data_dir: str | Path) -> Ranker:
+    """``ranker.onnx`` (trained, onnxruntime) when present in the cloud data directory, else ``ranker.npz``."""
+    root = Path(data_dir)
+    if (root / "ranker.onnx").is_file():
+        return OnnxFineRanker(root / "ranker.onnx")
+    if not (root / "ranker.npz").is_file():
+        raise RankerError(f"{root}: neither ranker.onnx nor ranker.npz")
+    with np.load(root / "ranker.npz") as z:
+        return FineRanker.from_weights(dict(z))

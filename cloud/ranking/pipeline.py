@@ -1,25 +1,94 @@
-"""Recall -> fine ranking -> page slicing. Deterministic for a (user, query, context), so the pages of one
-search are consistent slices of one ranking."""
+"""Recall -> coarse (seam) -> fine ranker -> score fusion (seam) -> page. Deterministic for a
+(user, query, context), so the pages of one search are consistent slices of one ranking.
+
+The whole ranked list of a search is computed once and kept in a small per-process LRU cache, so later
+pages (and repeated requests) of the same search are served from the precomputed ranking.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from cloud.catalog import Catalog
 from cloud.embedding_store import EmbeddingStore
-from cloud.ranking.fine import FineRanker
-from device_sdk.contracts import PageItem, SearchPage, SearchRequest
+from cloud.page_codec import encode_items
+from cloud.ranking.coarse import CoarseRanker, PassThroughCoarse
+from cloud.ranking.fine import Ranker
+from cloud.ranking.fusion import FusionPolicy, SingleHead
+from device_sdk.contracts import EmbeddingEncoding, PageItem, SearchPage, SearchRequest
+
+_MAX_ENCODED_PAGES = 16  # encoded pages kept per cached ranking (page index x size x encoding)
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """One search's whole ranked list (cut to max_results): catalog rows, fused scores, hidden layers."""
+
+    rows: np.ndarray
+    scores: np.ndarray
+    hidden: np.ndarray
+    # encoded pages of this ranking: (start, page_size, encoding) -> (items bytes, n items)
+    encoded: dict = field(default_factory=dict, compare=False, repr=False)
+    created: float = field(default_factory=time.monotonic, compare=False)
+
+
+@dataclass(frozen=True)
+class SearchInfo:
+    cache_hit: bool
+    emb_found: int
+    emb_missing: int
+
+
+class RankingCache:
+    """A thread-safe LRU of rankings keyed by what determines them (user, query, context). Entries expire
+    after `ttl_s`, so changed embedding rows reach cached searches within that time."""
+
+    def __init__(self, capacity: int, ttl_s: float = 300.0):
+        self.capacity = capacity
+        self.ttl_s = ttl_s
+        self._d: OrderedDict[tuple, Ranking] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> Ranking | None:
+        with self._lock:
+            r = self._d.get(key)
+            if r is None:
+                return None
+            if time.monotonic() - r.created > self.ttl_s:
+                del self._d[key]
+                return None
+            self._d.move_to_end(key)
+            return r
+
+    def put(self, key: tuple, value: Ranking) -> None:
+        if self.capacity <= 0:
+            return
+        with self._lock:
+            self._d[key] = value
+            self._d.move_to_end(key)
+            while len(self._d) > self.capacity:
+                self._d.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._d)
 
 
 @dataclass
 class SearchPipeline:
     catalog: Catalog
     store: EmbeddingStore
-    ranker: FineRanker
+    ranker: Ranker
     model_version: str = ""
     max_results: int = 200  # recall cut-off after fine ranking
+    coarse: CoarseRanker = field(default_factory=PassThroughCoarse)
+    fusion: FusionPolicy = field(default_factory=SingleHead)
+    cache_size: int = 4096  # rankings kept per process (0 disables the cache)
+    cache_ttl_s: float = 300.0
 
     def __post_init__(self) -> None:
         items = self.catalog.items
@@ -28,15 +97,24 @@ class SearchPipeline:
         # the ranker reads the same embedding rows the device receives
         self._item_emb, _ = self.store.get(items["item_id"])
         self._zero_pref = np.zeros(self.store.dim, dtype=np.float32)
+        self._cache = RankingCache(self.cache_size, self.cache_ttl_s)
+        self._recall: dict[str, np.ndarray] = {}
 
     def recall(self, query: str) -> np.ndarray:
-        cats = self.catalog.queries.get(query.strip().lower(), [])
+        q = query.strip().lower()
+        hit = self._recall.get(q)
+        if hit is not None:
+            return hit
+        cats = self.catalog.queries.get(q, [])
         parts = [self._by_category.get(c, np.empty(0, dtype=np.int64)) for c in cats]
-        return np.unique(np.concatenate(parts)) if parts else np.empty(0, dtype=np.int64)
+        idx = np.unique(np.concatenate(parts)) if parts else np.empty(0, dtype=np.int64)
+        if q in self.catalog.queries:  # bounded: only the catalog's queries are memoised
+            self._recall[q] = idx
+        return idx
 
-    def rank(self, req: SearchRequest) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(catalog rows in ranked order, scores, cloud features) for the whole result list."""
-        idx = self.recall(req.query)
+    def rank(self, req: SearchRequest) -> Ranking:
+        """The whole ranked list for a request (recall -> coarse -> fine -> fusion), cut to max_results."""
+        idx = self.coarse.select(req, self.recall(req.query))
         it = self.catalog.items
         u = self.catalog.user_index.get(req.user_id)
         pref = self.catalog.user_pref[u] if u is not None else self._zero_pref
@@ -45,24 +123,76 @@ class SearchPipeline:
         x = self.ranker.features(quality=it["quality"][idx], popularity=it["popularity"][idx],
                                  item_emb=self._item_emb[idx], user_pref=pref, distance_km=dist,
                                  price_level=it["price_level"][idx].astype(np.float32), price_pref=price_pref)
-        s = self.ranker.score(x)
-        order = np.lexsort((it["item_id"][idx], -s))[: self.max_results]  # ties broken by id: deterministic
-        return idx[order], s[order], x[order]
+        score, hidden = self.ranker.forward(x)
+        s = np.asarray(self.fusion.fuse(req, {"score": score}), dtype=np.float32)
+        ids = it["item_id"][idx]
+        if len(s) > self.max_results:  # keep everything tied with the cut-off score, then sort exactly
+            cut = np.partition(s, len(s) - self.max_results)[len(s) - self.max_results]
+            keep = np.flatnonzero(s >= cut)
+        else:
+            keep = np.arange(len(s))
+        order = keep[np.lexsort((ids[keep], -s[keep]))][: self.max_results]  # ties broken by id: deterministic
+        return Ranking(rows=idx[order], scores=s[order], hidden=hidden[order])
 
-    def search(self, req: SearchRequest) -> SearchPage:
+    @staticmethod
+    def cache_key(req: SearchRequest) -> tuple:
+        c = req.context
+        return (req.user_id, req.query.strip().lower(), float(c.lat), float(c.lon), int(c.hour), c.device)
+
+    def _ranking(self, req: SearchRequest) -> tuple[Ranking, bool]:
+        key = self.cache_key(req)
+        ranking = self._cache.get(key)
+        if ranking is not None:
+            return ranking, True
+        ranking = self.rank(req)
+        self._cache.put(key, ranking)
+        return ranking, False
+
+    def search_encoded(self, req: SearchRequest,
+                       encoding: EmbeddingEncoding = EmbeddingEncoding.FP16) -> tuple[bytes, bool, SearchInfo]:
+        """The page's ``items`` as serialized protobuf (a SearchPage fragment: concatenate it with the header
+        fields), has_more, and info. Pages of a cached ranking are encoded once and served as bytes."""
         req.validate()
-        rows, scores, x = self.rank(req)
-        total = len(rows)  # already cut to max_results
+        ranking, hit = self._ranking(req)
+        start = req.page_index * req.page_size
+        ekey = (start, req.page_size, int(encoding))
+        cached = ranking.encoded.get(ekey)
+        if cached is None:
+            rows = ranking.rows[start: start + req.page_size]
+            it = self.catalog.items
+            ids = it["item_id"][rows]
+            emb, found = self.store.get(ids)
+            data = encode_items(item_id=ids, start=start, scores=ranking.scores[start: start + req.page_size],
+                                dense=ranking.hidden[start: start + req.page_size], emb=emb, found=found,
+                                category=it["category"][rows], brand=it["brand"][rows],
+                                price_level=it["price_level"][rows], lat=it["lat"][rows], lon=it["lon"][rows],
+                                encoding=encoding)
+            n_found = int(found.sum())
+            if self.cache_size > 0 and len(ranking.encoded) < _MAX_ENCODED_PAGES:
+                ranking.encoded[ekey] = (data, len(rows))
+            info = SearchInfo(cache_hit=hit, emb_found=n_found, emb_missing=len(rows) - n_found)
+            return data, start + len(rows) < len(ranking.rows), info
+        data, n = cached  # served as bytes: no store lookup
+        return data, start + n < len(ranking.rows), SearchInfo(cache_hit=hit, emb_found=0, emb_missing=0)
+
+    def search_with_info(self, req: SearchRequest) -> tuple[SearchPage, SearchInfo]:
+        req.validate()
+        ranking, hit = self._ranking(req)
+        total = len(ranking.rows)  # already cut to max_results
         start = req.page_index * req.page_size
         sl = slice(start, start + req.page_size)
-        rows, scores, x = rows[sl], scores[sl], x[sl]
+        rows, scores, dense = ranking.rows[sl], ranking.scores[sl], ranking.hidden[sl]
         it = self.catalog.items
         emb, found = self.store.get(it["item_id"][rows])
-        dense = self.ranker.hidden(x)
         items = [PageItem(item_id=int(it["item_id"][r]), cloud_position=start + k, cloud_score=float(scores[k]),
                           cloud_dense=dense[k], id_embedding=emb[k], category=int(it["category"][r]),
                           brand=int(it["brand"][r]), price_level=int(it["price_level"][r]),
                           lat=float(it["lat"][r]), lon=float(it["lon"][r]), embedding_found=bool(found[k]))
                  for k, r in enumerate(rows)]
-        return SearchPage(request_id=req.request_id, session_id=req.session_id, page_index=req.page_index,
+        page = SearchPage(request_id=req.request_id, session_id=req.session_id, page_index=req.page_index,
                           model_version=self.model_version, items=items, has_more=start + len(items) < total)
+        n_found = int(found.sum())
+        return page, SearchInfo(cache_hit=hit, emb_found=n_found, emb_missing=len(rows) - n_found)
+
+    def search(self, req: SearchRequest) -> SearchPage:
+        return self.search_with_info(req)[0]
