@@ -20,15 +20,16 @@ def featurizer(cloud_data):
 def test_cloud_features_match_what_the_search_pipeline_computes(cloud_data, featurizer, inproc_cloud):
     """The featurizer recomputes, for logged items, the features the server ranked them with: the fixed
     ranker's score on them must equal the score the page carried."""
-    from cloud.ranking.fine import FineRanker, default_ranker_weights
+    from cloud.ranking.fine import load_ranker
     from device_sdk.contracts import Context, SearchRequest
 
     req = SearchRequest(request_id="r", session_id="s", user_id="u3", query=next(iter(featurizer.catalog.queries)),
                         context=Context(lat=3.0, lon=4.0, hour=12), page_index=0, page_size=25)
     page = inproc_cloud.search(req)
     x = featurizer("u3", req.context, [it.item_id for it in page.items])
-    ranker = FineRanker.from_weights(default_ranker_weights(featurizer._emb.shape[1]))
-    np.testing.assert_allclose(ranker.score(x), [it.cloud_score for it in page.items], rtol=1e-5, atol=1e-5)
+    score, hidden = load_ranker(cloud_data).forward(x)
+    np.testing.assert_allclose(score, [it.cloud_score for it in page.items], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(hidden, [it.cloud_dense for it in page.items], rtol=1e-5, atol=1e-5)
 
 
 def test_cloud_ranker_onnx_matches_torch_for_any_list_length(tmp_path, logged_rows, featurizer):

@@ -20,7 +20,7 @@ from cloud.page_codec import encode_items
 from cloud.ranking.coarse import CoarseRanker, PassThroughCoarse
 from cloud.ranking.fine import Ranker
 from cloud.ranking.fusion import FusionPolicy, SingleHead
-from device_sdk.contracts import EmbeddingEncoding, PageItem, SearchPage, SearchRequest
+from device_sdk.contracts import Context, EmbeddingEncoding, PageItem, SearchPage, SearchRequest
 
 _MAX_ENCODED_PAGES = 16  # encoded pages kept per cached ranking (page index x size x encoding)
 
@@ -112,17 +112,23 @@ class SearchPipeline:
             self._recall[q] = idx
         return idx
 
+    def features_for(self, user_id: str, context: Context, idx: np.ndarray) -> np.ndarray:
+        """The fine ranker's features for catalog rows `idx` in a search by `user_id` at `context` (also what
+        training recomputes for logged items: ``cloud.training.cloud_ranker.CloudFeaturizer``)."""
+        it = self.catalog.items
+        u = self.catalog.user_index.get(user_id)
+        pref = self.catalog.user_pref[u] if u is not None else self._zero_pref
+        price_pref = float(self.catalog.user_price_pref[u]) if u is not None else 2.0
+        dist = np.hypot(it["lat"][idx] - context.lat, it["lon"][idx] - context.lon)
+        return self.ranker.features(quality=it["quality"][idx], popularity=it["popularity"][idx],
+                                    item_emb=self._item_emb[idx], user_pref=pref, distance_km=dist,
+                                    price_level=it["price_level"][idx].astype(np.float32), price_pref=price_pref)
+
     def rank(self, req: SearchRequest) -> Ranking:
         """The whole ranked list for a request (recall -> coarse -> fine -> fusion), cut to max_results."""
         idx = self.coarse.select(req, self.recall(req.query))
         it = self.catalog.items
-        u = self.catalog.user_index.get(req.user_id)
-        pref = self.catalog.user_pref[u] if u is not None else self._zero_pref
-        price_pref = float(self.catalog.user_price_pref[u]) if u is not None else 2.0
-        dist = np.hypot(it["lat"][idx] - req.context.lat, it["lon"][idx] - req.context.lon)
-        x = self.ranker.features(quality=it["quality"][idx], popularity=it["popularity"][idx],
-                                 item_emb=self._item_emb[idx], user_pref=pref, distance_km=dist,
-                                 price_level=it["price_level"][idx].astype(np.float32), price_pref=price_pref)
+        x = self.features_for(req.user_id, req.context, idx)
         score, hidden = self.ranker.forward(x)
         s = np.asarray(self.fusion.fuse(req, {"score": score}), dtype=np.float32)
         ids = it["item_id"][idx]

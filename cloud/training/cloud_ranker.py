@@ -23,22 +23,23 @@ from tqdm.auto import tqdm
 from cloud.catalog import load_catalog
 from cloud.embedding_store import FileEmbeddingStore
 from cloud.ranking.fine import FEATURES, FineRanker, default_ranker_weights
+from cloud.ranking.pipeline import SearchPipeline
 from cloud.training.losses import LOSSES
 from cloud.training.metrics import ndcg_at_k
 from device_sdk.contracts import Context, ImpressionRow
 
 
 class CloudFeaturizer:
-    """Cloud features [n, F] for (user, context, items), computed exactly as the search pipeline does."""
+    """Cloud features [n, F] for (user, context, items): the search pipeline's own ``features_for``."""
 
     def __init__(self, data_dir: str | Path):
-        self.catalog = load_catalog(data_dir)
+        catalog = load_catalog(data_dir)
         store = FileEmbeddingStore(Path(data_dir) / "embeddings")
-        it = self.catalog.items
-        self._row = {int(i): k for k, i in enumerate(it["item_id"])}
-        self._emb, _ = store.get(it["item_id"])
-        self._ranker = FineRanker.from_weights(default_ranker_weights(store.dim))
-        self._zero_pref = np.zeros(store.dim, dtype=np.float32)
+        self._pipeline = SearchPipeline(catalog=catalog, store=store,
+                                        ranker=FineRanker.from_weights(default_ranker_weights(store.dim)),
+                                        cache_size=0)
+        self.catalog = catalog
+        self._row = {int(i): k for k, i in enumerate(catalog.items["item_id"])}
 
     @property
     def n_features(self) -> int:
@@ -51,15 +52,7 @@ class CloudFeaturizer:
             raise ValueError(f"logged item {e.args[0]} is not in the cloud catalog") from None
 
     def __call__(self, user_id: str, context: Context, item_ids: Sequence[int]) -> np.ndarray:
-        idx = self.rows(item_ids)
-        it, cat = self.catalog.items, self.catalog
-        u = cat.user_index.get(user_id)
-        pref = cat.user_pref[u] if u is not None else self._zero_pref
-        price_pref = float(cat.user_price_pref[u]) if u is not None else 2.0
-        dist = np.hypot(it["lat"][idx] - context.lat, it["lon"][idx] - context.lon)
-        return self._ranker.features(quality=it["quality"][idx], popularity=it["popularity"][idx],
-                                     item_emb=self._emb[idx], user_pref=pref, distance_km=dist,
-                                     price_level=it["price_level"][idx].astype(np.float32), price_pref=price_pref)
+        return self._pipeline.features_for(user_id, context, self.rows(item_ids))
 
 
 @dataclass(frozen=True)
