@@ -63,7 +63,10 @@ def main() -> None:
     data = world.provision_cloud(Path("runs/bench/train_cloud_data"))
     rows = _simulate_rows(world, InProcessCloud(str(data)), a.sessions, 1000, progress=False)
     full = feature_config_for(wcfg)
+    t = time.perf_counter()
     s_full = build_samples(rows, full, progress=False)
+    feat_rate = len(s_full) / (time.perf_counter() - t)
+    print(f"feature building (device operators, one process): {feat_rate:.0f} lists/s")
     s_base = build_samples(rows, replace(full, candidate_ops=BASE_OPS), progress=False)
     results = []
     for name, fc, s, mc in [("PRM, no feedback", replace(full, candidate_ops=BASE_OPS), s_base,
@@ -81,7 +84,7 @@ def main() -> None:
             print(f"{name:<24} threads={threads}  {r['lists_per_s']:>8.0f} lists/s  ({r['params']:,} params)")
     payload = {"machine": {"cpu_count": torch.get_num_threads(), "platform": platform.platform(),
                            "torch": torch.__version__},
-               "n_lists": len(s_full), "loss": "lambda", "results": results}
+               "n_lists": len(s_full), "loss": "lambda", "feature_lists_per_s": feat_rate, "results": results}
     out.write_text(json.dumps(payload, indent=2))
     print(f"wrote {out}")
 

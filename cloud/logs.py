@@ -107,7 +107,8 @@ def table_to_rows(table: pa.Table) -> list[ImpressionRow]:
     return out
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """fsync a directory so a rename inside it is durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -133,7 +134,7 @@ class LogSink:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, self.root / name)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         return name
 
 
@@ -172,9 +173,9 @@ def _recover(root: Path) -> None:
         else:
             with contextlib.suppress(FileNotFoundError):
                 (root / f".{j['output']}.tmp").unlink()
-        _fsync_dir(root)
+        fsync_dir(root)
         jpath.unlink()
-        _fsync_dir(root)
+        fsync_dir(root)
 
 
 def compact_logs(root: str | Path, *, min_parts: int = 2) -> dict:
@@ -202,9 +203,9 @@ def compact_logs(root: str | Path, *, min_parts: int = 2) -> dict:
             f.flush()
             os.fsync(f.fileno())
         os.replace(jtmp, journal)
-        _fsync_dir(root)
+        fsync_dir(root)
         os.replace(tmp, root / out)
-        _fsync_dir(root)
+        fsync_dir(root)
         _recover(root)  # deletes the inputs and the journal
         return {"parts": len(parts), "rows": table.num_rows, "output": out}
 

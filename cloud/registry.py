@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 
+from cloud.logs import fsync_dir
 from device_sdk.bundle import MANIFEST, BundleError, Manifest, read_bundle
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -58,14 +59,6 @@ def check_name(kind: str, value: str) -> str:
 
 def user_bucket(name: str, user_id: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{name}:{user_id}".encode()).digest()[:8], "big") % 100
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Registry:
@@ -121,7 +114,7 @@ class Registry:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, d / "state.json")
-        _fsync_dir(d)
+        fsync_dir(d)
 
     # ---- reading -----------------------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -189,7 +182,7 @@ class Registry:
                         os.fsync(f.fileno())
                 read_bundle(staging)  # the copy verifies too
                 os.rename(staging, target)
-                _fsync_dir(target.parent)
+                fsync_dir(target.parent)
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
