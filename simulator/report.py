@@ -11,7 +11,9 @@ from simulator.ab import ArmResult, paired_delta, position_curves
 from simulator.metrics import position_ctr
 
 METRICS = (("qv_ctr", "QV_CTR (sessions with ≥1 click)", True), ("clicks", "clicks / query", False),
-           ("orders", "orders / query", False), ("screens", "screens viewed / query", False))
+           ("orders", "orders / query", False), ("screens", "screens viewed / query", False),
+           ("abandon", "abandonment (left without a click)", True),
+           ("energy_mj", "energy / session, reranks + page requests (mJ, modelled)", False))
 
 
 def _plot_position_ctr(results: list[ArmResult], path: Path, n_positions: int = 75) -> None:
@@ -79,13 +81,16 @@ def write_report(out_dir: str | Path, results: list[ArmResult], *, title: str, e
             data["arms"].setdefault(r.name, {})[key] = vars(r.metrics[key])
         for r, d in zip(results[1:], deltas, strict=True):
             data["deltas"].setdefault(r.name, {})[key] = vars(d)
-    lines += ["", "| arm | rerank calls | applied | latency p50 (ms) | latency p99 (ms) | triggers | fallbacks |",
-              "|---|---|---|---|---|---|---|"]
+    lines += ["", "| arm | rerank calls | applied (late) | dropped late | host p50 / p99 (ms) | "
+              "device p50 / p99 (ms, modelled) | triggers | fallbacks |", "|---|---|---|---|---|---|---|---|"]
     for r in results:
-        lat = r.latency
-        lines.append(f"| {r.name} | {lat['n']} | {r.reranks_applied} | {lat['p50_ms']:.3f} | {lat['p99_ms']:.3f} | "
+        lat, b = r.latency, r.budget
+        lines.append(f"| {r.name} | {lat['device_n']} | {r.reranks_applied} ({b.get('late', 0)}) | "
+                     f"{b.get('dropped', 0)} | {lat['p50_ms']:.3f} / {lat['p99_ms']:.3f} | "
+                     f"{lat['device_p50_ms']:.3f} / {lat['device_p99_ms']:.3f} | "
                      f"{dict(r.triggers)} | {dict(r.fallbacks) or '-'} |")
         data["arms"][r.name]["latency"] = lat
+        data["arms"][r.name]["budget"] = b
         data["arms"][r.name]["triggers"] = dict(r.triggers)
         data["arms"][r.name]["fallbacks"] = dict(r.fallbacks)
     _plot_position_ctr(results, out / "position_ctr.png")

@@ -1,5 +1,11 @@
 """How simulated users behave: utility, examination, clicks, detail pages, orders, dwell, leaving.
 
+Split as in RecSim: the *sampler* is ``World.session`` (who searches what, with which hidden intent), the
+*user state* is :class:`UserState` (what this user has seen and done in this session: brand exposures,
+clicks, frustration, scroll speed), and the *response model* is :class:`UserModel` (how an examined item is
+answered given the state). Every parameter is a field of :class:`UserModelConfig`; docs/simulator.md explains
+each one and what it was calibrated to.
+
 Every random draw that decides a user's response to an *item* is keyed by (session, item) and every draw
 about a *screen* by (session, screen): the same user meets the same luck in every A/B arm (common random
 numbers), so arm differences come from the order shown, not from noise.
@@ -7,7 +13,10 @@ numbers), so arm differences come from the order shown, not from noise.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from statistics import NormalDist
 
 import numpy as np
 
@@ -29,8 +38,26 @@ def crn_uniform(seed: int, *keys: int) -> float:
     return (x >> 11) / float(1 << 53)
 
 
+def crn_uniform_array(seed: int, *keys: int | np.ndarray) -> np.ndarray:
+    """Vectorised :func:`crn_uniform`: keys may be integer arrays (broadcast); bit-identical results."""
+    arrays = [np.asarray(k).astype(np.int64).view(np.uint64) if np.asarray(k).dtype != np.uint64 else np.asarray(k)
+              for k in keys]
+    shape = np.broadcast_shapes(*(a.shape for a in arrays)) if arrays else ()
+    x = np.full(shape, seed & _MASK, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for k in arrays:
+            x = x ^ k
+            x = x + np.uint64(0x9E3779B97F4A7C15)
+            z = x
+            z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+            z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+            x = z ^ (z >> np.uint64(31))
+    return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
 # purposes of draws
-CLICK, ORDER, DETAIL, EXAMINE, SKIM, DWELL, LEAVE, LEAVE_AFTER_ORDER = range(1, 9)
+CLICK, ORDER, DETAIL, EXAMINE, SKIM, DWELL, LEAVE, LEAVE_AFTER_ORDER, SPEED, NETWORK, BUSY, SHUFFLE = range(1, 13)
+_STD_NORMAL = NormalDist()
 
 
 @dataclass(frozen=True)
@@ -41,7 +68,7 @@ class UserModelConfig:
     w_longterm: float = 0.8  # <u, v>: long-term taste (the cloud sees a noisy copy)
     w_intent: float = 2.2  # <z, v>: in-session intent (hidden from the cloud)
     w_price: float = 0.35  # per price level away from the intended price
-    click_threshold: float = 1.9  # utility at which an examined item is clicked with probability 1/2
+    click_threshold: float = 1.8  # utility at which an examined item is clicked with probability 1/2 (first click)
     click_slope: float = 3.0
     order_threshold: float = 1.6
     order_max: float = 0.35
@@ -59,6 +86,24 @@ class UserModelConfig:
     leave_per_frustrated_screen: float = 0.035  # consecutive screens without a click raise leaving
     leave_after_order: float = 0.6
     max_pages: int = 3
+    # --- realism added with issue 3 (see docs/simulator.md) ---
+    brand_saturation: float = 0.06  # utility lost per earlier *examined* item of the same brand this session
+    brand_saturation_cap: int = 5  # ... counted up to this many
+    satiation_per_click: float = 0.04  # click threshold rises per click already made (the user has options)
+    scroll_speed_sigma: float = 0.30  # per-session scroll speed: lognormal(0, sigma); 1 = median user
+    scroll_ms: float = 300.0  # time to scroll one screen at speed 1 (the next items are revealed after it)
+    skim_speed_exponent: float = 1.0  # skim probability scales with speed ** this
+
+
+@dataclass
+class UserState:
+    """What the user has seen and done in this session (the response model reads and updates it)."""
+
+    speed: float = 1.0
+    clicks: int = 0
+    orders: int = 0
+    frustrated: int = 0  # consecutive screens without a click
+    brand_seen: Counter[int] = field(default_factory=Counter)  # examined exposures per brand
 
 
 class UserModel:
@@ -74,44 +119,60 @@ class UserModel:
                 + c.w_intent * v @ spec.intent_z - w.user_dist_sens[spec.user] * dist
                 - c.w_price * np.abs(w.price_level[rows] - spec.intent_price))
 
-    def p_click(self, utility: float) -> float:
-        return float(1.0 / (1.0 + np.exp(-self.cfg.click_slope * (utility - self.cfg.click_threshold))))
+    def p_click(self, utility: float, state: UserState | None = None) -> float:
+        c = self.cfg
+        thr = c.click_threshold + (c.satiation_per_click * state.clicks if state is not None else 0.0)
+        x = -c.click_slope * (utility - thr)
+        return 1.0 / (1.0 + math.exp(min(x, 700.0)))
+
+    def effective_utility(self, utility: float, brand: int, state: UserState) -> float:
+        """Utility after brand saturation: each earlier examined item of this brand makes it less attractive."""
+        c = self.cfg
+        return utility - c.brand_saturation * min(state.brand_seen[brand], c.brand_saturation_cap)
+
+    def new_state(self, spec: SessionSpec) -> UserState:
+        u = min(max(crn_uniform(spec.seed, SPEED), 1e-12), 1 - 1e-12)
+        return UserState(speed=math.exp(self.cfg.scroll_speed_sigma * _STD_NORMAL.inv_cdf(u)))
+
+    def screen_draws(self, spec: SessionSpec, n_screens: int) -> dict[str, np.ndarray]:
+        """All per-screen draws of a session at once (skim, examine per slot, dwell jitter, leave)."""
+        scr = np.arange(n_screens)
+        slots = np.arange(self.cfg.viewport_items)
+        return {"skim": crn_uniform_array(spec.seed, SKIM, scr),
+                "examine": crn_uniform_array(spec.seed, EXAMINE, scr[:, None], slots[None, :]),
+                "dwell": crn_uniform_array(spec.seed, DWELL, scr),
+                "leave": crn_uniform_array(spec.seed, LEAVE, scr)}
+
+    def item_draws(self, spec: SessionSpec, item_ids: np.ndarray) -> dict[str, np.ndarray]:
+        """All per-item draws for a page's items at once (click, order, detail dwell, leave after order)."""
+        ids = np.asarray(item_ids, dtype=np.int64)
+        return {"click": crn_uniform_array(spec.seed, CLICK, ids), "order": crn_uniform_array(spec.seed, ORDER, ids),
+                "detail": crn_uniform_array(spec.seed, DETAIL, ids),
+                "leave_after_order": crn_uniform_array(spec.seed, LEAVE_AFTER_ORDER, ids)}
+
+    def p_skim(self, screen: int, speed: float = 1.0) -> float:
+        c = self.cfg
+        return min(0.6, (c.skim_base + c.skim_growth * screen) * speed ** c.skim_speed_exponent)
+
+    def p_examine(self, screen: int, skim: bool) -> float:
+        c = self.cfg
+        return c.skim_examine if skim else c.examine_base * c.examine_decay ** screen
+
+    def p_leave(self, screen: int, frustrated_screens: int) -> float:
+        c = self.cfg
+        return min(c.leave_base + c.leave_per_screen * screen + c.leave_per_frustrated_screen * frustrated_screens,
+                   0.9)
+
+    def detail_ms(self, utility: float, u: float) -> float:
+        return 4000.0 + 20000.0 / (1.0 + math.exp(-(utility - 1.0))) * (0.5 + u)
+
+    def dwell_ms(self, n_examined: int, skim: bool, u: float, speed: float = 1.0) -> float:
+        """How long the screen stays (its items' exposure dwell): short when flicked past (noise), long when read."""
+        c = self.cfg
+        jitter = math.exp(0.4 * (u - 0.5) * 2)
+        base = c.skim_ms if skim else c.screen_base_ms + c.read_ms_per_item * n_examined
+        return base * jitter / speed
 
     def p_order(self, utility: float) -> float:
         c = self.cfg
         return float(c.order_max / (1.0 + np.exp(-3.0 * (utility - c.order_threshold))))
-
-    def skims(self, spec: SessionSpec, screen: int) -> bool:
-        c = self.cfg
-        return crn_uniform(spec.seed, SKIM, screen) < min(0.6, c.skim_base + c.skim_growth * screen)
-
-    def examines(self, spec: SessionSpec, screen: int, slot: int, skim: bool) -> bool:
-        c = self.cfg
-        p = c.skim_examine if skim else c.examine_base * c.examine_decay ** screen
-        return crn_uniform(spec.seed, EXAMINE, screen, slot) < p
-
-    def clicks(self, spec: SessionSpec, item_id: int, utility: float) -> bool:
-        return crn_uniform(spec.seed, CLICK, item_id) < self.p_click(utility)
-
-    def orders(self, spec: SessionSpec, item_id: int, utility: float) -> bool:
-        return crn_uniform(spec.seed, ORDER, item_id) < self.p_order(utility)
-
-    def detail_dwell_ms(self, spec: SessionSpec, item_id: int, utility: float) -> float:
-        u = crn_uniform(spec.seed, DETAIL, item_id)
-        return float(4000.0 + 20000.0 / (1.0 + np.exp(-(utility - 1.0))) * (0.5 + u))
-
-    def screen_dwell_ms(self, spec: SessionSpec, screen: int, n_examined: int, skim: bool) -> float:
-        c = self.cfg
-        u = crn_uniform(spec.seed, DWELL, screen)
-        jitter = float(np.exp(0.4 * (u - 0.5) * 2))
-        if skim:
-            return c.skim_ms * jitter
-        return (c.screen_base_ms + c.read_ms_per_item * n_examined) * jitter
-
-    def leaves(self, spec: SessionSpec, screen: int, frustrated_screens: int) -> bool:
-        c = self.cfg
-        p = c.leave_base + c.leave_per_screen * screen + c.leave_per_frustrated_screen * frustrated_screens
-        return crn_uniform(spec.seed, LEAVE, screen) < min(p, 0.9)
-
-    def leaves_after_order(self, spec: SessionSpec, item_id: int) -> bool:
-        return crn_uniform(spec.seed, LEAVE_AFTER_ORDER, item_id) < self.cfg.leave_after_order
