@@ -23,6 +23,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 from statistics import NormalDist
+from typing import NamedTuple
 
 import numpy as np
 
@@ -102,6 +103,14 @@ class _Pending:
     ids: list[int]  # the new order of the items from n_fixed on
 
 
+class _LeanEvent(NamedTuple):
+    """What the trigger policy reads of an event (used when no reranker or logger needs full events)."""
+
+    kind: EventKind
+    item_id: int
+    dwell_ms: float
+
+
 @dataclass
 class _ItemInfo:
     utility: float
@@ -142,6 +151,8 @@ class PhoneSession:
         self.screen = 0
         self.done = False
         self._n_reranks = 0
+        self._lean = phone.reranker is None and self.logger is None
+        self._has_feedback = False
         if phone.reranker is not None and hasattr(phone.reranker, "begin_session"):
             phone.reranker.begin_session(spec)
         self._request_page()
@@ -185,7 +196,8 @@ class PhoneSession:
         self.display.extend(page.items)
         if self.logger is not None:
             self.logger.start_list(page)
-        has_feedback = self.phone.force_page_rerank or bool(self.store.events(self.spec.session_id))
+        has_feedback = (self.phone.force_page_rerank or self._has_feedback
+                        or bool(self.store.events(self.spec.session_id)))
         reason = self.policy.on_page_arrival(has_feedback=has_feedback)
         if reason:
             self._trigger(reason, arrival_ms)
@@ -267,6 +279,13 @@ class PhoneSession:
 
     # ---- events ----
     def _emit(self, item: PageItem | None, kind: EventKind, position: int, dwell_ms: float = 0.0) -> None:
+        if self._lean:  # nobody reads the events but the trigger policy: skip building and storing them
+            self._has_feedback = True
+            reason = self.policy.observe(_LeanEvent(kind, -1 if item is None else item.item_id,
+                                                    float(np.float32(dwell_ms))))
+            if reason:
+                self._trigger(reason, self.t)
+            return
         ts = int(self.t)
         if item is None:
             ev = FeedbackEvent(ts_ms=ts, request_id=self.request_id, item_id=-1, kind=kind)

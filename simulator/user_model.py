@@ -38,26 +38,43 @@ def crn_uniform(seed: int, *keys: int) -> float:
     return (x >> 11) / float(1 << 53)
 
 
+_GOLDEN, _M1, _M2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+_S30, _S27, _S31, _S11 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(11)
+
+
+def _mix(x: int, k: int) -> int:
+    x = ((x ^ (k & _MASK)) + 0x9E3779B97F4A7C15) & _MASK
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK
+    return x ^ (x >> 31)
+
+
 def crn_uniform_array(seed: int, *keys: int | np.ndarray) -> np.ndarray:
-    """Vectorised :func:`crn_uniform`: keys may be integer arrays (broadcast); bit-identical results."""
-    arrays = [np.asarray(k).astype(np.int64).view(np.uint64) if np.asarray(k).dtype != np.uint64 else np.asarray(k)
-              for k in keys]
-    shape = np.broadcast_shapes(*(a.shape for a in arrays)) if arrays else ()
-    x = np.full(shape, seed & _MASK, dtype=np.uint64)
+    """Vectorised :func:`crn_uniform`: keys may be integer arrays (broadcast); bit-identical results.
+    Leading scalar keys are mixed in Python, so only the array keys cost numpy operations."""
+    x0 = seed & _MASK
+    i = 0
+    while i < len(keys) and isinstance(keys[i], int | np.integer):
+        x0 = _mix(x0, int(keys[i]))
+        i += 1
+    x: np.ndarray = np.asarray(x0, dtype=np.uint64)
     with np.errstate(over="ignore"):
-        for k in arrays:
-            x = x ^ k
-            x = x + np.uint64(0x9E3779B97F4A7C15)
-            z = x
-            z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-            z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-            x = z ^ (z >> np.uint64(31))
-    return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+        for k in keys[i:]:
+            a = np.asarray(k)
+            x = x ^ (a.astype(np.int64).view(np.uint64) if a.dtype != np.uint64 else a)
+            x += _GOLDEN
+            x = (x ^ (x >> _S30)) * _M1
+            x = (x ^ (x >> _S27)) * _M2
+            x = x ^ (x >> _S31)
+    return np.asarray(x >> _S11).astype(np.float64) * (1.0 / float(1 << 53))
 
 
 # purposes of draws
 CLICK, ORDER, DETAIL, EXAMINE, SKIM, DWELL, LEAVE, LEAVE_AFTER_ORDER, SPEED, NETWORK, BUSY, SHUFFLE = range(1, 13)
+SCREEN, ITEM = 101, 102  # streams of the batched per-screen and per-item draws
 _STD_NORMAL = NormalDist()
+_SCREEN_PURPOSES = np.array([SKIM, DWELL, LEAVE, EXAMINE], dtype=np.int64)
+_ITEM_PURPOSES = np.array([CLICK, ORDER, DETAIL, LEAVE_AFTER_ORDER], dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -135,20 +152,23 @@ class UserModel:
         return UserState(speed=math.exp(self.cfg.scroll_speed_sigma * _STD_NORMAL.inv_cdf(u)))
 
     def screen_draws(self, spec: SessionSpec, n_screens: int) -> dict[str, np.ndarray]:
-        """All per-screen draws of a session at once (skim, examine per slot, dwell jitter, leave)."""
-        scr = np.arange(n_screens)
-        slots = np.arange(self.cfg.viewport_items)
-        return {"skim": crn_uniform_array(spec.seed, SKIM, scr),
-                "examine": crn_uniform_array(spec.seed, EXAMINE, scr[:, None], slots[None, :]),
-                "dwell": crn_uniform_array(spec.seed, DWELL, scr),
-                "leave": crn_uniform_array(spec.seed, LEAVE, scr)}
+        """All per-screen draws of a session in one vectorised call: skim, dwell jitter and leave per screen,
+        examine per (screen, slot). Key: (session seed, SCREEN, purpose << 32 | screen << 8 | slot)."""
+        V = self.cfg.viewport_items
+        scr = np.arange(n_screens, dtype=np.int64)
+        slot_keys = (scr[:, None] << 8 | np.arange(V, dtype=np.int64)[None, :]).ravel()
+        keys = np.concatenate([scr << 8, scr << 8, scr << 8, slot_keys])
+        purposes = np.repeat(_SCREEN_PURPOSES, [n_screens, n_screens, n_screens, n_screens * V])
+        u = crn_uniform_array(spec.seed, SCREEN, purposes << 32 | keys)
+        n = n_screens
+        return {"skim": u[:n], "dwell": u[n: 2 * n], "leave": u[2 * n: 3 * n], "examine": u[3 * n:].reshape(n, V)}
 
     def item_draws(self, spec: SessionSpec, item_ids: np.ndarray) -> dict[str, np.ndarray]:
-        """All per-item draws for a page's items at once (click, order, detail dwell, leave after order)."""
+        """All per-item draws for a page's items at once (click, order, detail dwell, leave after order).
+        Key: (session seed, ITEM, purpose << 48 | item id): the same item meets the same luck in every arm."""
         ids = np.asarray(item_ids, dtype=np.int64)
-        return {"click": crn_uniform_array(spec.seed, CLICK, ids), "order": crn_uniform_array(spec.seed, ORDER, ids),
-                "detail": crn_uniform_array(spec.seed, DETAIL, ids),
-                "leave_after_order": crn_uniform_array(spec.seed, LEAVE_AFTER_ORDER, ids)}
+        d = crn_uniform_array(spec.seed, ITEM, (_ITEM_PURPOSES[:, None] << 48 | ids[None, :]))
+        return {"click": d[0], "order": d[1], "detail": d[2], "leave_after_order": d[3]}
 
     def p_skim(self, screen: int, speed: float = 1.0) -> float:
         c = self.cfg
