@@ -75,6 +75,7 @@ class SessionOutcome:
     wait_ms: float = 0.0  # time spent waiting for a page at the end of the loaded list
     exposed_positions: list[int] = field(default_factory=list)
     click_positions: list[int] = field(default_factory=list)
+    examined_positions: list[int] = field(default_factory=list)  # ground truth the device never sees
     rerank_ms: list[float] = field(default_factory=list)  # measured on this machine (host wall clock)
     device_ms: list[float] = field(default_factory=list)  # modelled on the device profile: request -> result
     page_ms: list[float] = field(default_factory=list)  # modelled network latency per page request
@@ -334,6 +335,7 @@ class PhoneSession:
             if not self.draws["examine"][screen, slot] < p_exam:
                 continue
             n_examined += 1
+            out.examined_positions.append(start + slot)
             info = self.info[item.item_id]
             util = um.effective_utility(info.utility, info.brand, user)
             user.brand_seen[info.brand] += 1
