@@ -112,8 +112,9 @@ class _LeanEvent(NamedTuple):
     dwell_ms: float
 
 
-@dataclass
-class _ItemInfo:
+class _ItemInfo(NamedTuple):
+    """The user's utility for an item (under the hidden intent) and the item's keyed random draws."""
+
     utility: float
     brand: int
     u_click: float
@@ -133,7 +134,8 @@ class PhoneSession:
         self.out = SessionOutcome(session_id=spec.session_id, query=spec.query, predecided=spec.predecided)
         self.user = self.um.new_state(spec)
         n_screens = self.um.cfg.max_pages * phone.cfg.page_size // self.V + 2
-        self.draws = self.um.screen_draws(spec, n_screens)
+        draws = self.um.screen_draws(spec, n_screens)
+        self.draws = {k: v.tolist() for k, v in draws.items()}  # plain floats: cheap to index in the loop
         self.info: dict[int, _ItemInfo] = {}
         self.store = FeedbackStore()
         self.policy = TriggerPolicy(phone.trigger_cfg)
@@ -189,11 +191,11 @@ class PhoneSession:
         new = [it for it in page.items if it.item_id not in self.info]
         if new:
             ids = np.array([it.item_id for it in new], dtype=np.int64)
-            util = self.um.utility(self.spec, ids - self.world.item_id[0])
+            util = self.um.utility(self.spec, ids - self.world.item_id[0]).tolist()
             d = self.um.item_draws(self.spec, ids)
-            for k, it in enumerate(new):
-                self.info[it.item_id] = _ItemInfo(float(util[k]), it.brand, float(d["click"][k]), float(d["order"][k]),
-                                                  float(d["detail"][k]), float(d["leave_after_order"][k]))
+            for it, u, uc, uo, ud, ul in zip(new, util, d["click"].tolist(), d["order"].tolist(),
+                                             d["detail"].tolist(), d["leave_after_order"].tolist(), strict=True):
+                self.info[it.item_id] = _ItemInfo(u, it.brand, uc, uo, ud, ul)
         self.display.extend(page.items)
         if self.logger is not None:
             self.logger.start_list(page)
@@ -282,8 +284,8 @@ class PhoneSession:
     def _emit(self, item: PageItem | None, kind: EventKind, position: int, dwell_ms: float = 0.0) -> None:
         if self._lean:  # nobody reads the events but the trigger policy: skip building and storing them
             self._has_feedback = True
-            reason = self.policy.observe(_LeanEvent(kind, -1 if item is None else item.item_id,
-                                                    float(np.float32(dwell_ms))))
+            # (dwell values reaching here are float32-exact already, as FeedbackEvent would make them)
+            reason = self.policy.observe(_LeanEvent(kind, -1 if item is None else item.item_id, dwell_ms))
             if reason:
                 self._trigger(reason, self.t)
             return
@@ -330,9 +332,10 @@ class PhoneSession:
         screen = self.screen
         skim = self.draws["skim"][screen] < um.p_skim(screen, user.speed)
         p_exam = um.p_examine(screen, skim)
+        examine = self.draws["examine"][screen]
         n_examined, clicks_here, orders_here, leave = 0, 0, 0, False
         for slot, item in enumerate(slots):
-            if not self.draws["examine"][screen, slot] < p_exam:
+            if not examine[slot] < p_exam:
                 continue
             n_examined += 1
             out.examined_positions.append(start + slot)
@@ -355,12 +358,12 @@ class PhoneSession:
                 user.orders += 1
                 out.orders += 1
                 self._emit(item, EventKind.ORDER, pos)
-            self._emit(item, EventKind.DETAIL_RETURN, pos, detail)
+            self._emit(item, EventKind.DETAIL_RETURN, pos, float(np.float32(detail)))
             self._poll()
             if ordered and info.u_leave < um.cfg.leave_after_order:
                 leave = True
                 break
-        dwell = um.dwell_ms(n_examined, skim, self.draws["dwell"][screen], user.speed)
+        dwell = float(np.float32(um.dwell_ms(n_examined, skim, self.draws["dwell"][screen], user.speed)))
         self.t += dwell
         self._poll()
         for slot, item in enumerate(slots):

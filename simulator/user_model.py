@@ -57,16 +57,21 @@ def crn_uniform_array(seed: int, *keys: int | np.ndarray) -> np.ndarray:
     while i < len(keys) and isinstance(keys[i], int | np.integer):
         x0 = _mix(x0, int(keys[i]))
         i += 1
+    if i == len(keys):
+        return np.asarray((x0 >> 11) / float(1 << 53))
     x: np.ndarray = np.asarray(x0, dtype=np.uint64)
     with np.errstate(over="ignore"):
         for k in keys[i:]:
             a = np.asarray(k)
-            x = x ^ (a.astype(np.int64).view(np.uint64) if a.dtype != np.uint64 else a)
+            x = x ^ (a.astype(np.int64).view(np.uint64) if a.dtype != np.uint64 else a)  # a new array
             x += _GOLDEN
-            x = (x ^ (x >> _S30)) * _M1
-            x = (x ^ (x >> _S27)) * _M2
-            x = x ^ (x >> _S31)
-    return np.asarray(x >> _S11).astype(np.float64) * (1.0 / float(1 << 53))
+            x ^= x >> _S30
+            x *= _M1
+            x ^= x >> _S27
+            x *= _M2
+            x ^= x >> _S31
+        x >>= _S11
+    return x.astype(np.float64) * (1.0 / float(1 << 53))
 
 
 # purposes of draws
@@ -127,6 +132,7 @@ class UserModel:
     def __init__(self, world: World, cfg: UserModelConfig | None = None):
         self.world = world
         self.cfg = cfg or UserModelConfig()
+        self._screen_keys: dict[int, np.ndarray] = {}
 
     def utility(self, spec: SessionSpec, rows: np.ndarray) -> np.ndarray:
         w, c = self.world, self.cfg
@@ -155,11 +161,13 @@ class UserModel:
         """All per-screen draws of a session in one vectorised call: skim, dwell jitter and leave per screen,
         examine per (screen, slot). Key: (session seed, SCREEN, purpose << 32 | screen << 8 | slot)."""
         V = self.cfg.viewport_items
-        scr = np.arange(n_screens, dtype=np.int64)
-        slot_keys = (scr[:, None] << 8 | np.arange(V, dtype=np.int64)[None, :]).ravel()
-        keys = np.concatenate([scr << 8, scr << 8, scr << 8, slot_keys])
-        purposes = np.repeat(_SCREEN_PURPOSES, [n_screens, n_screens, n_screens, n_screens * V])
-        u = crn_uniform_array(spec.seed, SCREEN, purposes << 32 | keys)
+        keys = self._screen_keys.get(n_screens)
+        if keys is None:
+            scr = np.arange(n_screens, dtype=np.int64)
+            slot_keys = (scr[:, None] << 8 | np.arange(V, dtype=np.int64)[None, :]).ravel()
+            purposes = np.repeat(_SCREEN_PURPOSES, [n_screens, n_screens, n_screens, n_screens * V])
+            keys = self._screen_keys[n_screens] = purposes << 32 | np.concatenate([scr << 8] * 3 + [slot_keys])
+        u = crn_uniform_array(spec.seed, SCREEN, keys)
         n = n_screens
         return {"skim": u[:n], "dwell": u[n: 2 * n], "leave": u[2 * n: 3 * n], "examine": u[3 * n:].reshape(n, V)}
 
