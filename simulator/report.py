@@ -16,23 +16,35 @@ METRICS = (("qv_ctr", "QV_CTR (sessions with ≥1 click)", True), ("clicks", "cl
            ("energy_mj", "energy / session, reranks + page requests (mJ, modelled)", False))
 
 
+def screen_ctr(ctr: np.ndarray, exp: np.ndarray, viewport: int = 4) -> np.ndarray:
+    """CTR per screen (clicks / exposures over the screen's positions)."""
+    n = len(ctr) // viewport
+    clicks = np.nan_to_num(ctr[: n * viewport] * exp[: n * viewport]).reshape(n, viewport).sum(1)
+    shown = exp[: n * viewport].reshape(n, viewport).sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(shown > 0, clicks / np.maximum(shown, 1), np.nan)
+
+
 def _plot_position_ctr(results: list[ArmResult], path: Path, n_positions: int = 75) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 3.8))
     for r in results:
         ctr, exp = position_ctr(r.outcomes, n_positions)
+        sc = screen_ctr(ctr, np.where(exp >= 50, exp, 0))
         ctr = np.where(exp >= 50, ctr, np.nan)  # hide positions too rarely reached to estimate
         axes[0].plot(np.arange(n_positions), ctr, marker=".", lw=1, label=r.name)
-        axes[1].plot(np.arange(n_positions), exp / max(len(r.outcomes), 1), lw=1.5, label=r.name)
+        axes[1].plot(np.arange(len(sc)), sc, marker="o", lw=1.5, label=r.name)
+        axes[2].plot(np.arange(n_positions), exp / max(len(r.outcomes), 1), lw=1.5, label=r.name)
     for x in (25, 50):
-        for ax in axes:
+        for ax in (axes[0], axes[2]):
             ax.axvline(x, color="grey", ls=":", lw=0.8)
     axes[0].set(title="CTR by displayed position (clicks / exposures, ≥50 exposures)", xlabel="position", ylabel="CTR")
-    axes[1].set(title="Share of sessions reaching the position", xlabel="position", ylabel="exposure rate")
+    axes[1].set(title="CTR by screen (4 items per screen)", xlabel="screen", ylabel="CTR")
+    axes[2].set(title="Share of sessions reaching the position", xlabel="position", ylabel="exposure rate")
     axes[0].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
