@@ -169,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backend", default="onnxruntime")
     s.add_argument("--workers", type=int, default=1, help="gunicorn workers")
     s.add_argument("--arms", help="comma-separated A/B arms from cloud,random,heuristic,oracle,device "
-                                  "(default with --bundle: cloud,device); the first is the baseline")
+                                  "(default with --bundle: cloud,device); the first is the baseline; "
+                                  "device=DIR adds a device reranker variant from another bundle")
     s.add_argument("--device", default="recent_iphone", help="device profile for modelled rerank latency and "
                                                              "energy (device_sdk.budgets.PROFILES)")
     s.add_argument("--late-policy", dest="late_policy", choices=["remaining", "drop"], default="remaining",

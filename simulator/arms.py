@@ -97,11 +97,27 @@ class ArmSpec:
 
 
 def parse_arms(text: str, bundle: str | None = None, backend: str = "onnxruntime") -> list[ArmSpec]:
-    """'cloud,random,oracle' -> ArmSpecs; 'device' uses `bundle`."""
-    kinds = [k.strip() for k in text.split(",") if k.strip()]
-    if not kinds:
+    """'cloud,random,oracle' -> ArmSpecs. 'device' uses `bundle`; 'device=DIR' names another bundle (device
+    reranker variants: 'cloud,device=runs/a/bundle,device=runs/b/bundle'), the arm named 'device:<a>'."""
+    specs = []
+    for entry in (k.strip() for k in text.split(",")):
+        if not entry:
+            continue
+        kind, _, path = entry.partition("=")
+        if path:
+            if kind != "device":
+                raise ValueError(f"only device arms take a bundle path, got {entry!r}")
+            p = Path(path)
+            label = p.parent.name if p.name == "bundle" and p.parent.name else p.name
+            specs.append(ArmSpec(name=f"device:{label}", kind="device", bundle=path, backend=backend))
+        else:
+            specs.append(ArmSpec(name=kind, kind=kind, bundle=bundle if kind == "device" else None, backend=backend))
+    if not specs:
         raise ValueError("no arms given")
-    return [ArmSpec(name=k, kind=k, bundle=bundle if k == "device" else None, backend=backend) for k in kinds]
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"arm names must be unique, got {names}")
+    return specs
 
 
 def build_arm(spec: ArmSpec, user_model: UserModel):

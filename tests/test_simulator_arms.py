@@ -49,6 +49,11 @@ def test_arm_specs_validate():
         parse_arms("cloud,magic")
     with pytest.raises(ValueError, match="needs a bundle"):
         ArmSpec("device", "device")
+    with pytest.raises(ValueError, match="unique"):
+        parse_arms("cloud,cloud")
+    variants = parse_arms("cloud,device=runs/a/bundle,device=runs/b/bundle")
+    assert [s.name for s in variants] == ["cloud", "device:a", "device:b"]
+    assert variants[2].bundle == "runs/b/bundle"
 
 
 def test_fast_in_process_transport_gives_identical_pages_and_sessions(world, cloud_data, inproc_cloud):
