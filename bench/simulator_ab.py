@@ -69,8 +69,29 @@ def main(argv: list[str] | None = None) -> int:
     results = run_ab(um, cloud, [build_arm(s, um) for s in specs], a.sessions, seed=2000 + a.seed,
                      config=PhoneConfig(device=a.device))
     extra["ab_s"] = time.perf_counter() - t0
+    # the device arm on each device profile: modelled latency, late/dropped reranks, energy, battery
+    from device_sdk.budgets import PROFILES
+
+    lines = ["## The device arm on each device profile", "",
+             "| profile | QV_CTR | device latency p50 / p99 (ms) | applied (late) | dropped | superseded | "
+             "rerank energy / session (mJ) | reranks + radio / session (mJ) | battery / 1,000 sessions |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    extra["profiles"] = {}
+    dev_spec = [s for s in specs if s.kind == "device"]
+    for name, prof in PROFILES.items():
+        r = run_ab(um, cloud, [build_arm(s, um) for s in dev_spec], a.sessions, seed=2000 + a.seed,
+                   config=PhoneConfig(device=name), progress=False)[0]
+        b, lat = r.budget, r.latency
+        battery = 1000 * (b["rerank_mj_per_session"] + b["radio_mj_per_session"]) / (prof.battery_wh * 3.6e6)
+        extra["profiles"][name] = {"qv_ctr": vars(r.metrics["qv_ctr"]), "latency": lat, "budget": b,
+                                   "reranks_applied": r.reranks_applied, "fallbacks": dict(r.fallbacks),
+                                   "battery_share_per_1000_sessions": battery}
+        lines.append(f"| {name} | {r.metrics['qv_ctr'].fmt(pct=True)} | {lat['device_p50_ms']:.2f} / "
+                     f"{lat['device_p99_ms']:.2f} | {r.reranks_applied} ({b['late']}) | {b['dropped']} | "
+                     f"{r.fallbacks.get('superseded', 0)} | {b['rerank_mj_per_session']:.2f} | "
+                     f"{b['rerank_mj_per_session'] + b['radio_mj_per_session']:.1f} | {100 * battery:.3f} % |")
     data = write_report(out, results, title=f"Simulator A/B ({a.device}, seed {a.seed})", seed=a.seed,
-                        extra_json=extra)
+                        extra_json=extra, extra_md="\n".join(lines))
     print((out / "report.md").read_text())
     print(json.dumps({k: data["arms"][k]["qv_ctr"] for k in data["arms"]}, indent=1))
     return 0

@@ -352,6 +352,7 @@ class PhoneSession:
             self._emit(item, EventKind.CLICK, pos)
             detail = um.detail_ms(util, info.u_detail)
             self.t += detail
+            self._poll()  # a page that arrived while the user was on the detail page comes first
             ordered = info.u_order < um.p_order(util)
             if ordered:
                 orders_here += 1
@@ -359,7 +360,6 @@ class PhoneSession:
                 out.orders += 1
                 self._emit(item, EventKind.ORDER, pos)
             self._emit(item, EventKind.DETAIL_RETURN, pos, float(np.float32(detail)))
-            self._poll()
             if ordered and info.u_leave < um.cfg.leave_after_order:
                 leave = True
                 break
