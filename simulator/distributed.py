@@ -12,6 +12,7 @@ Needs the ``[sim]`` extra (ray; the core package only, no torch).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -64,13 +65,19 @@ class SimWorker:
         phone = self.phones[arm]
         return [phone.run(self.world.session(i, seed)) for i in range(start, stop)]
 
+    def cpu_seconds(self) -> float:
+        """CPU time this worker process has used (for scaling diagnostics)."""
+        return time.process_time()
+
 
 def run_ab_ray(world_cfg: WorldConfig, transport: TransportSpec, arms: Sequence[ArmSpec], n_sessions: int, *,
                seed: int, um_cfg: UserModelConfig | None = None, phone_cfg: PhoneConfig | None = None,
-               num_workers: int = 2, chunk: int = 250, progress: bool = True) -> list[ArmResult]:
+               num_workers: int = 2, chunk: int = 250, progress: bool = True,
+               stats: dict | None = None) -> list[ArmResult]:
     """Run every arm over sessions 0..n_sessions-1 on `num_workers` Ray actors (``ray.init`` is called with
     ``num_cpus=num_workers`` if Ray is not initialised yet). Same results as ``simulator.ab.run_ab`` over the
-    same cloud for the same seed."""
+    same cloud for the same seed. If `stats` is a dict it receives the wall time of the simulation (actors
+    ready to results gathered) and each worker's CPU seconds over it."""
     ray = _ray()
     from tqdm.auto import tqdm
 
@@ -80,6 +87,8 @@ def run_ab_ray(world_cfg: WorldConfig, transport: TransportSpec, arms: Sequence[
     phone_cfg = phone_cfg or PhoneConfig()
     actor = ray.remote(num_cpus=1)(SimWorker)
     workers = [actor.remote(world_cfg, um_cfg, transport, list(arms), phone_cfg) for _ in range(num_workers)]
+    cpu0 = ray.get([w.cpu_seconds.remote() for w in workers])  # also waits until every actor is built
+    t0 = time.perf_counter()
     jobs = [(a.name, s, min(s + chunk, n_sessions)) for a in arms for s in range(0, n_sessions, chunk)]
     futures = [workers[k % num_workers].run.remote(name, seed, s, e) for k, (name, s, e) in enumerate(jobs)]
     with tqdm(total=len(futures), desc=f"simulate on Ray ({num_workers} workers)", unit="chunk",
@@ -89,6 +98,10 @@ def run_ab_ray(world_cfg: WorldConfig, transport: TransportSpec, arms: Sequence[
             done, pending = ray.wait(pending, num_returns=1)
             bar.update(len(done))
     chunks = ray.get(futures)
+    if stats is not None:
+        stats["wall_s"] = time.perf_counter() - t0
+        stats["worker_cpu_s"] = [b - a for a, b in zip(cpu0, ray.get([w.cpu_seconds.remote() for w in workers]),
+                                                         strict=True)]
     for w in workers:
         ray.kill(w)
     by_arm: dict[str, list[SessionOutcome]] = {a.name: [] for a in arms}
