@@ -90,8 +90,10 @@ class InProcessCloud:
     def search(self, req: SearchRequest) -> SearchPage:
         if not self.wire:
             page = self._pipeline.search(req)
-            for it in page.items:  # what the fp16 wire encoding does to the rows
-                it.id_embedding = it.id_embedding.astype("<f2").astype(np.float32)
+            if page.items:  # what the fp16 wire encoding does to the rows (one conversion for the page)
+                rows = np.stack([it.id_embedding for it in page.items]).astype("<f2").astype(np.float32)
+                for it, row in zip(page.items, rows, strict=True):
+                    it.id_embedding = row
             return page
         page = self._pipeline.search(wire.request_from_proto(wire.request_to_proto(req)))
         return wire.page_from_proto(wire.parse(wire.pb.SearchPage, wire.page_to_proto(page).SerializeToString()))
