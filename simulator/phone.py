@@ -371,7 +371,7 @@ class PhoneSession:
             self._emit(item, EventKind.EXPOSURE, start + slot, dwell)
         user.frustrated = 0 if clicks_here else user.frustrated + 1
         if not leave:
-            leave = self.draws["leave"][screen] < um.p_leave(screen, user.frustrated)
+            leave = self.draws["leave"][screen] < um.p_leave(screen, user.frustrated, user.patience)
         if leave:
             out.abandoned = out.clicks == 0
             self._end()

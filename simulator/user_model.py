@@ -122,6 +122,7 @@ class UserState:
     """What the user has seen and done in this session (the response model reads and updates it)."""
 
     speed: float = 1.0
+    patience: float = 1.0  # the user's (World.user_patience): divides the leaving probability
     clicks: int = 0
     orders: int = 0
     frustrated: int = 0  # consecutive screens without a click
@@ -155,7 +156,8 @@ class UserModel:
 
     def new_state(self, spec: SessionSpec) -> UserState:
         u = min(max(crn_uniform(spec.seed, SPEED), 1e-12), 1 - 1e-12)
-        return UserState(speed=math.exp(self.cfg.scroll_speed_sigma * _STD_NORMAL.inv_cdf(u)))
+        return UserState(speed=math.exp(self.cfg.scroll_speed_sigma * _STD_NORMAL.inv_cdf(u)),
+                         patience=float(self.world.user_patience[spec.user]))
 
     def screen_draws(self, spec: SessionSpec, n_screens: int) -> dict[str, np.ndarray]:
         """All per-screen draws of a session in one vectorised call: skim, dwell jitter and leave per screen,
@@ -186,10 +188,10 @@ class UserModel:
         c = self.cfg
         return c.skim_examine if skim else c.examine_base * c.examine_decay ** screen
 
-    def p_leave(self, screen: int, frustrated_screens: int) -> float:
+    def p_leave(self, screen: int, frustrated_screens: int, patience: float = 1.0) -> float:
         c = self.cfg
-        return min(c.leave_base + c.leave_per_screen * screen + c.leave_per_frustrated_screen * frustrated_screens,
-                   0.9)
+        p = c.leave_base + c.leave_per_screen * screen + c.leave_per_frustrated_screen * frustrated_screens
+        return min(p / patience, 0.9)
 
     def detail_ms(self, utility: float, u: float) -> float:
         return 4000.0 + 20000.0 / (1.0 + math.exp(-(utility - 1.0))) * (0.5 + u)

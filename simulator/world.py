@@ -38,6 +38,7 @@ class WorldConfig:
     emb_noise: float = 0.15  # noise of the cloud's ID embedding rows around the true latent
     profile_noise: float = 0.3  # noise of the cloud's long-term user profile
     predecided_share: float = 0.25  # sessions whose intended area is the user's home
+    patience_sigma: float = 0.35  # per-user patience: lognormal(0, sigma), median 1
 
     @property
     def n_brands(self) -> int:
@@ -98,6 +99,8 @@ class World:
         self.user_profile = (self.user_latent @ proj.T + cfg.profile_noise * rng.standard_normal((U, cfg.emb_dim))
                              / np.sqrt(cfg.emb_dim)).astype(np.float32)
         self.user_price_profile = np.clip(self.user_price + rng.normal(0, 0.5, U), 0, 4)
+        # patience (drawn last so every earlier array is unchanged): divides the per-screen leaving probability
+        self.user_patience = np.exp(cfg.patience_sigma * rng.standard_normal(U))
         self._query_names = list(self.queries)
         self._query_weights = np.array([3.0 if q in CATEGORY_QUERIES else 1.5 for q in self._query_names])
         self._query_weights /= self._query_weights.sum()

@@ -135,3 +135,14 @@ def test_energy_per_session_follows_the_device_profile(world, inproc_cloud):
     assert lo.latency["device_p50_ms"] > hi.latency["device_p50_ms"]
     cloud = run_ab(um, inproc_cloud, [Arm("cloud")], 60, seed=2, progress=False)[0]
     assert cloud.budget["rerank_mj_per_session"] == 0 and cloud.budget["radio_mj_per_session"] > 0
+
+
+def test_patient_users_scroll_further(world, inproc_cloud):
+    um = UserModel(world)
+    assert um.p_leave(3, 1, patience=2.0) < um.p_leave(3, 1, patience=1.0) < um.p_leave(3, 1, patience=0.5)
+    phone = Phone(um, inproc_cloud, arm="c", keep_logs=False)
+    specs = [world.session(i, 31) for i in range(400)]
+    pat = np.array([world.user_patience[s.user] for s in specs])
+    screens = np.array([phone.run(s).screens for s in specs], dtype=float)
+    hi, lo = pat > np.quantile(pat, 0.75), pat < np.quantile(pat, 0.25)
+    assert screens[hi].mean() > screens[lo].mean()
