@@ -29,29 +29,54 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
 
     from cloud.app import CloudConfig
     from cloud.serve import running_server
-    from device_sdk.model_manager import load_model
-    from device_sdk.reranker import RerankService
     from edge_rerank.pipeline import simulate_logs
-    from simulator.ab import Arm, run_ab
+    from simulator.ab import run_ab
+    from simulator.arms import build_arm, parse_arms
+    from simulator.phone import PhoneConfig
     from simulator.report import write_report
-    from simulator.transport import HttpCloud
+    from simulator.transport import HttpCloud, InProcessCloud
     from simulator.user_model import UserModel
     from simulator.world import World, WorldConfig
 
     out = Path(a.out)
-    world = World(WorldConfig(seed=a.world_seed))
+    arms_text = a.arms or ("cloud,device" if a.bundle else None)
+    if arms_text is None and a.ray:
+        print("--ray runs A/B arms: pass --arms (e.g. --arms cloud,random,heuristic,oracle)", file=sys.stderr)
+        return 2
+    try:
+        specs = parse_arms(arms_text, bundle=a.bundle, backend=a.backend) if arms_text else []
+        phone_cfg = PhoneConfig(device=a.device, late_policy=a.late_policy)
+    except ValueError as exc:
+        print(f"simulate: {exc}", file=sys.stderr)
+        return 2
+    wcfg = WorldConfig(seed=a.world_seed)
+    world = World(wcfg)
     data_dir = world.provision_cloud(out / "cloud_data")
     key = secrets.token_hex(16)
     with running_server(CloudConfig(data_dir=str(data_dir), log_dir=str(out / "logs"), api_key=key),
                         workers=a.workers, log_file=out / "server.log") as url:
-        cloud = HttpCloud(url, api_key=key)
-        if a.bundle is None:
+        if not specs:
+            cloud = HttpCloud(url, api_key=key)
             n = simulate_logs(world, cloud, a.sessions, seed=a.seed, progress=not a.no_progress)
             print(f"{a.sessions} cloud-only sessions -> {n} impression-log rows in {out / 'logs'}")
             return 0
-        arms = [Arm("A_cloud"), Arm("B_device", RerankService(load_model(a.bundle, backend=a.backend)))]
-        results = run_ab(UserModel(world), cloud, arms, a.sessions, seed=a.seed, progress=not a.no_progress)
-    write_report(out, results, title="edge-rerank simulate: A/B", seed=a.seed)
+        if a.ray:
+            from simulator.distributed import TransportSpec, run_ab_ray
+
+            transport = (TransportSpec("http", url=url, api_key=key) if a.transport == "http"
+                         else TransportSpec("inproc", data_dir=str(data_dir)))
+            results = run_ab_ray(wcfg, transport, specs, a.sessions, seed=a.seed, phone_cfg=phone_cfg,
+                                 num_workers=a.ray_workers, progress=not a.no_progress)
+        else:
+            cloud = HttpCloud(url, api_key=key) if a.transport == "http" else InProcessCloud(str(data_dir))
+            um = UserModel(world)
+            results = run_ab(um, cloud, [build_arm(s, um) for s in specs], a.sessions, seed=a.seed,
+                             progress=not a.no_progress, config=phone_cfg)
+    write_report(out, results, title="edge-rerank simulate: A/B", seed=a.seed,
+                 extra_json={"config": {"arms": arms_text, "sessions": a.sessions, "seed": a.seed,
+                                        "world_seed": a.world_seed, "device": a.device,
+                                        "late_policy": a.late_policy, "transport": a.transport,
+                                        "ray_workers": a.ray_workers if a.ray else 0}})
     print((out / "report.md").read_text())
     return 0
 
@@ -173,8 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_cmd_demo)
 
     s = sub.add_parser("simulate", formatter_class=fmt, help="simulate phone sessions against a local cloud",
-                       description="Without --bundle: cloud-only sessions whose impression logs land in OUT/logs "
-                                   "(Parquet). With --bundle: an A/B of cloud order vs the device reranker.")
+                       description="Without --bundle/--arms: cloud-only sessions whose impression logs land in "
+                                   "OUT/logs (Parquet). With --arms (and --bundle for the device arm): an A/B "
+                                   "over the same sessions, report.md + plots in OUT; --ray runs it on Ray "
+                                   "workers with identical results.")
     s.add_argument("--out", default="runs/simulate")
     s.add_argument("--sessions", type=int, default=1000)
     s.add_argument("--seed", type=int, default=1000, help="session seed")
@@ -182,6 +209,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bundle", help="bundle directory for the device arm (runs an A/B)")
     s.add_argument("--backend", default="onnxruntime")
     s.add_argument("--workers", type=int, default=1, help="gunicorn workers")
+    s.add_argument("--arms", help="comma-separated A/B arms from cloud,random,heuristic,oracle,device "
+                                  "(default with --bundle: cloud,device); the first is the baseline; "
+                                  "device=DIR adds a device reranker variant from another bundle")
+    s.add_argument("--device", default="recent_iphone", help="device profile for modelled rerank latency and "
+                                                             "energy (device_sdk.budgets.PROFILES)")
+    s.add_argument("--late-policy", dest="late_policy", choices=["remaining", "drop"], default="remaining",
+                   help="a rerank finishing after the user reached its positions: reorder what is still unseen, "
+                        "or drop it")
+    s.add_argument("--transport", choices=["http", "inproc"], default="http",
+                   help="reach the cloud over HTTP (the gunicorn server) or in-process (identical pages)")
+    s.add_argument("--ray", action="store_true", help="run the A/B on Ray workers (identical results)")
+    s.add_argument("--ray-workers", dest="ray_workers", type=int, default=2, help="Ray workers (local Ray)")
     s.set_defaults(func=_cmd_simulate)
 
     t = sub.add_parser("train", formatter_class=fmt, help="train the device reranker from impression logs",

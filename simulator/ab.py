@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm.auto import tqdm
 
-from device_sdk.reranker import RerankService
+from device_sdk.budgets import CostModel
 from device_sdk.triggers import TriggerConfig
 from simulator.metrics import Estimate, bootstrap_mean, latency_percentiles, position_ctr, session_table
-from simulator.phone import Phone, SessionOutcome
+from simulator.phone import Phone, PhoneConfig, SessionOutcome
 from simulator.transport import CloudTransport
 from simulator.user_model import UserModel
 
@@ -20,8 +20,28 @@ from simulator.user_model import UserModel
 @dataclass
 class Arm:
     name: str
-    reranker: RerankService | None = None  # None: the cloud order is kept
+    reranker: object | None = None  # anything with RerankService.rerank's signature; None keeps the cloud order
     triggers: TriggerConfig = field(default_factory=TriggerConfig)
+    cost_model: CostModel | None = None  # the reranker's work (device latency/energy); None: derived or zero
+    force_page_rerank: bool = False  # rerank on every page arrival, even without feedback (oracle, random)
+    window: int = 25
+
+    def __post_init__(self) -> None:
+        if self.cost_model is None:
+            model = getattr(self.reranker, "model", None)  # a RerankService with a bundle
+            if model is not None and hasattr(model, "bundle"):
+                fc = model.bundle.feature_config
+                self.cost_model = CostModel.for_dense_model(model.bundle.manifest.model_bytes // 4,
+                                                            feature_ops=fc.n_candidate_features)
+                self.window = fc.n_max
+            else:
+                self.cost_model = CostModel()
+
+    def phone(self, user_model: UserModel, cloud: CloudTransport, *, config: PhoneConfig | None = None,
+              keep_logs: bool = False) -> Phone:
+        return Phone(user_model, cloud, arm=self.name, reranker=self.reranker, triggers=self.triggers,
+                     keep_logs=keep_logs, config=config, cost_model=self.cost_model,
+                     force_page_rerank=self.force_page_rerank, window=self.window)
 
 
 @dataclass
@@ -33,6 +53,7 @@ class ArmResult:
     triggers: Counter[str]
     fallbacks: Counter[str]
     reranks_applied: int
+    budget: dict[str, float] = field(default_factory=dict)  # late / dropped / unfinished reranks, energy
 
 
 def run_sessions(phone: Phone, specs, *, desc: str, progress: bool = True,
@@ -59,10 +80,16 @@ def summarize(name: str, outcomes: list[SessionOutcome], seed: int = 0) -> ArmRe
     for o in outcomes:
         trig.update(o.triggers)
         fb.update(o.fallbacks)
+    n = max(len(outcomes), 1)
+    budget = {"late": sum(o.reranks_late for o in outcomes), "dropped": sum(o.reranks_dropped for o in outcomes),
+              "unfinished": sum(o.reranks_unfinished for o in outcomes),
+              "rerank_mj_per_session": sum(o.rerank_mj for o in outcomes) / n,
+              "radio_mj_per_session": sum(o.radio_mj for o in outcomes) / n,
+              "screen_mj_per_session": sum(o.screen_mj for o in outcomes) / n}
     return ArmResult(name=name, outcomes=outcomes,
                      metrics={k: bootstrap_mean(v, seed=seed) for k, v in tab.items()},
                      latency=latency_percentiles(outcomes), triggers=trig, fallbacks=fb,
-                     reranks_applied=sum(o.reranks_applied for o in outcomes))
+                     reranks_applied=sum(o.reranks_applied for o in outcomes), budget=budget)
 
 
 def paired_delta(a: ArmResult, b: ArmResult, metric: str, seed: int = 0) -> Estimate:
@@ -72,12 +99,11 @@ def paired_delta(a: ArmResult, b: ArmResult, metric: str, seed: int = 0) -> Esti
 
 
 def run_ab(user_model: UserModel, cloud: CloudTransport, arms: list[Arm], n_sessions: int, *, seed: int,
-           progress: bool = True) -> list[ArmResult]:
+           progress: bool = True, config: PhoneConfig | None = None) -> list[ArmResult]:
     specs = [user_model.world.session(i, seed) for i in range(n_sessions)]
     results = []
     for arm in arms:
-        phone = Phone(user_model, cloud, arm=arm.name, reranker=arm.reranker, triggers=arm.triggers,
-                      keep_logs=False)
+        phone = arm.phone(user_model, cloud, config=config)
         outcomes = run_sessions(phone, specs, desc=f"A/B arm {arm.name}", progress=progress)
         results.append(summarize(arm.name, outcomes, seed=seed))
     return results

@@ -40,6 +40,8 @@ def session_table(outcomes: Sequence[SessionOutcome]) -> dict[str, np.ndarray]:
         "clicks": np.array([o.clicks for o in outcomes], dtype=np.float64),
         "orders": np.array([o.orders for o in outcomes], dtype=np.float64),
         "screens": np.array([o.screens for o in outcomes], dtype=np.float64),
+        "abandon": np.array([o.abandoned for o in outcomes], dtype=np.float64),
+        "energy_mj": np.array([o.energy_mj for o in outcomes], dtype=np.float64),
     }
 
 
@@ -59,7 +61,15 @@ def position_ctr(outcomes: Sequence[SessionOutcome], n_positions: int = 75) -> t
 
 
 def latency_percentiles(outcomes: Sequence[SessionOutcome]) -> dict[str, float]:
+    """Host-measured rerank call latency (``p50_ms``/``p99_ms``, machine dependent) and the modelled on-device
+    latency from request to result (``device_p50_ms``/``device_p99_ms``, deterministic for a seed)."""
     ms = np.array([x for o in outcomes for x in o.rerank_ms])
-    if ms.size == 0:
-        return {"n": 0, "p50_ms": float("nan"), "p99_ms": float("nan")}
-    return {"n": int(ms.size), "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
+    dev = np.array([x for o in outcomes for x in o.device_ms])
+    nan = float("nan")
+    res = {"n": int(ms.size), "p50_ms": nan, "p99_ms": nan, "device_n": int(dev.size), "device_p50_ms": nan,
+           "device_p99_ms": nan}
+    if ms.size:
+        res.update(p50_ms=float(np.percentile(ms, 50)), p99_ms=float(np.percentile(ms, 99)))
+    if dev.size:
+        res.update(device_p50_ms=float(np.percentile(dev, 50)), device_p99_ms=float(np.percentile(dev, 99)))
+    return res

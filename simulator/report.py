@@ -11,7 +11,18 @@ from simulator.ab import ArmResult, paired_delta, position_curves
 from simulator.metrics import position_ctr
 
 METRICS = (("qv_ctr", "QV_CTR (sessions with ≥1 click)", True), ("clicks", "clicks / query", False),
-           ("orders", "orders / query", False), ("screens", "screens viewed / query", False))
+           ("orders", "orders / query", False), ("screens", "screens viewed / query", False),
+           ("abandon", "abandonment (left without a click)", True),
+           ("energy_mj", "energy / session, reranks + page requests (mJ, modelled)", False))
+
+
+def screen_ctr(ctr: np.ndarray, exp: np.ndarray, viewport: int = 4) -> np.ndarray:
+    """CTR per screen (clicks / exposures over the screen's positions)."""
+    n = len(ctr) // viewport
+    clicks = np.nan_to_num(ctr[: n * viewport] * exp[: n * viewport]).reshape(n, viewport).sum(1)
+    shown = exp[: n * viewport].reshape(n, viewport).sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(shown > 0, clicks / np.maximum(shown, 1), np.nan)
 
 
 def _plot_position_ctr(results: list[ArmResult], path: Path, n_positions: int = 75) -> None:
@@ -20,17 +31,20 @@ def _plot_position_ctr(results: list[ArmResult], path: Path, n_positions: int = 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 3.8))
     for r in results:
         ctr, exp = position_ctr(r.outcomes, n_positions)
+        sc = screen_ctr(ctr, np.where(exp >= 50, exp, 0))
         ctr = np.where(exp >= 50, ctr, np.nan)  # hide positions too rarely reached to estimate
         axes[0].plot(np.arange(n_positions), ctr, marker=".", lw=1, label=r.name)
-        axes[1].plot(np.arange(n_positions), exp / max(len(r.outcomes), 1), lw=1.5, label=r.name)
+        axes[1].plot(np.arange(len(sc)), sc, marker="o", lw=1.5, label=r.name)
+        axes[2].plot(np.arange(n_positions), exp / max(len(r.outcomes), 1), lw=1.5, label=r.name)
     for x in (25, 50):
-        for ax in axes:
+        for ax in (axes[0], axes[2]):
             ax.axvline(x, color="grey", ls=":", lw=0.8)
     axes[0].set(title="CTR by displayed position (clicks / exposures, ≥50 exposures)", xlabel="position", ylabel="CTR")
-    axes[1].set(title="Share of sessions reaching the position", xlabel="position", ylabel="exposure rate")
+    axes[1].set(title="CTR by screen (4 items per screen)", xlabel="screen", ylabel="CTR")
+    axes[2].set(title="Share of sessions reaching the position", xlabel="position", ylabel="exposure rate")
     axes[0].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -79,13 +93,16 @@ def write_report(out_dir: str | Path, results: list[ArmResult], *, title: str, e
             data["arms"].setdefault(r.name, {})[key] = vars(r.metrics[key])
         for r, d in zip(results[1:], deltas, strict=True):
             data["deltas"].setdefault(r.name, {})[key] = vars(d)
-    lines += ["", "| arm | rerank calls | applied | latency p50 (ms) | latency p99 (ms) | triggers | fallbacks |",
-              "|---|---|---|---|---|---|---|"]
+    lines += ["", "| arm | rerank calls | applied (late) | dropped late | host p50 / p99 (ms) | "
+              "device p50 / p99 (ms, modelled) | triggers | fallbacks |", "|---|---|---|---|---|---|---|---|"]
     for r in results:
-        lat = r.latency
-        lines.append(f"| {r.name} | {lat['n']} | {r.reranks_applied} | {lat['p50_ms']:.3f} | {lat['p99_ms']:.3f} | "
+        lat, b = r.latency, r.budget
+        lines.append(f"| {r.name} | {lat['device_n']} | {r.reranks_applied} ({b.get('late', 0)}) | "
+                     f"{b.get('dropped', 0)} | {lat['p50_ms']:.3f} / {lat['p99_ms']:.3f} | "
+                     f"{lat['device_p50_ms']:.3f} / {lat['device_p99_ms']:.3f} | "
                      f"{dict(r.triggers)} | {dict(r.fallbacks) or '-'} |")
         data["arms"][r.name]["latency"] = lat
+        data["arms"][r.name]["budget"] = b
         data["arms"][r.name]["triggers"] = dict(r.triggers)
         data["arms"][r.name]["fallbacks"] = dict(r.fallbacks)
     _plot_position_ctr(results, out / "position_ctr.png")

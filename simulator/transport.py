@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+import numpy as np
 import requests
 
 from device_sdk import wire
@@ -54,24 +55,45 @@ class HttpCloud:
 
 
 class InProcessCloud:
-    """The cloud's own search pipeline called in-process, through the same protobuf round trip as HTTP
-    (so both transports return identical pages). For large runs and calibration; the demo uses HTTP."""
+    """The cloud's own search pipeline called in-process. For large runs and calibration; the demo uses HTTP.
 
-    def __init__(self, data_dir: str, *, model_version: str = ""):
-        import numpy as np
+    ``wire=True`` (default) sends every request and page through the same protobuf round trip as HTTP.
+    ``wire=False`` skips the serialisation and applies only what it changes (fp16 embedding rows; scores and
+    dense vectors are float32 in the contracts already), so pages are identical (tests/test_simulator_arms.py
+    checks it) at a fraction of the cost."""
 
+    def __init__(self, data_dir: str, *, model_version: str = "", wire: bool = True):
         from cloud.catalog import load_catalog
         from cloud.embedding_store import FileEmbeddingStore
-        from cloud.ranking.fine import FineRanker
+        from cloud.ranking.fine import load_ranker
         from cloud.ranking.pipeline import SearchPipeline
 
-        with np.load(f"{data_dir}/ranker.npz") as z:
-            ranker = FineRanker.from_weights(dict(z))
+        ranker = load_ranker(data_dir)  # ranker.onnx (trained) when present, like the server
         self._pipeline = SearchPipeline(load_catalog(data_dir), FileEmbeddingStore(f"{data_dir}/embeddings"), ranker,
                                         model_version=model_version)
         self.logged: list[ImpressionRow] = []
+        self.wire = wire
+        # The pipeline's ranking is deterministic for (user, query, context) and every page is a slice of it;
+        # remember the last one so the next page of the same search does not rank the whole list again.
+        rank = self._pipeline.rank
+        last: list = [None, None]
+
+        def rank_once_per_search(req: SearchRequest):
+            key = (req.user_id, req.query, req.context)
+            if last[0] != key:
+                last[0], last[1] = key, rank(req)
+            return last[1]
+
+        self._pipeline.rank = rank_once_per_search
 
     def search(self, req: SearchRequest) -> SearchPage:
+        if not self.wire:
+            page = self._pipeline.search(req)
+            if page.items:  # what the fp16 wire encoding does to the rows (one conversion for the page)
+                rows = np.stack([it.id_embedding for it in page.items]).astype("<f2").astype(np.float32)
+                for it, row in zip(page.items, rows, strict=True):
+                    it.id_embedding = row
+            return page
         page = self._pipeline.search(wire.request_from_proto(wire.request_to_proto(req)))
         return wire.page_from_proto(wire.parse(wire.pb.SearchPage, wire.page_to_proto(page).SerializeToString()))
 

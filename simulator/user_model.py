@@ -1,5 +1,11 @@
 """How simulated users behave: utility, examination, clicks, detail pages, orders, dwell, leaving.
 
+Split as in RecSim: the *sampler* is ``World.session`` (who searches what, with which hidden intent), the
+*user state* is :class:`UserState` (what this user has seen and done in this session: brand exposures,
+clicks, frustration, scroll speed), and the *response model* is :class:`UserModel` (how an examined item is
+answered given the state). Every parameter is a field of :class:`UserModelConfig`; docs/simulator.md explains
+each one and what it was calibrated to.
+
 Every random draw that decides a user's response to an *item* is keyed by (session, item) and every draw
 about a *screen* by (session, screen): the same user meets the same luck in every A/B arm (common random
 numbers), so arm differences come from the order shown, not from noise.
@@ -7,7 +13,10 @@ numbers), so arm differences come from the order shown, not from noise.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from statistics import NormalDist
 
 import numpy as np
 
@@ -29,8 +38,48 @@ def crn_uniform(seed: int, *keys: int) -> float:
     return (x >> 11) / float(1 << 53)
 
 
+_GOLDEN, _M1, _M2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+_S30, _S27, _S31, _S11 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(11)
+
+
+def _mix(x: int, k: int) -> int:
+    x = ((x ^ (k & _MASK)) + 0x9E3779B97F4A7C15) & _MASK
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK
+    return x ^ (x >> 31)
+
+
+def crn_uniform_array(seed: int, *keys: int | np.ndarray) -> np.ndarray:
+    """Vectorised :func:`crn_uniform`: keys may be integer arrays (broadcast); bit-identical results.
+    Leading scalar keys are mixed in Python, so only the array keys cost numpy operations."""
+    x0 = seed & _MASK
+    i = 0
+    while i < len(keys) and isinstance(keys[i], int | np.integer):
+        x0 = _mix(x0, int(keys[i]))
+        i += 1
+    if i == len(keys):
+        return np.asarray((x0 >> 11) / float(1 << 53))
+    x: np.ndarray = np.asarray(x0, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for k in keys[i:]:
+            a = np.asarray(k)
+            x = x ^ (a.astype(np.int64).view(np.uint64) if a.dtype != np.uint64 else a)  # a new array
+            x += _GOLDEN
+            x ^= x >> _S30
+            x *= _M1
+            x ^= x >> _S27
+            x *= _M2
+            x ^= x >> _S31
+        x >>= _S11
+    return x.astype(np.float64) * (1.0 / float(1 << 53))
+
+
 # purposes of draws
-CLICK, ORDER, DETAIL, EXAMINE, SKIM, DWELL, LEAVE, LEAVE_AFTER_ORDER = range(1, 9)
+CLICK, ORDER, DETAIL, EXAMINE, SKIM, DWELL, LEAVE, LEAVE_AFTER_ORDER, SPEED, NETWORK, BUSY, SHUFFLE = range(1, 13)
+SCREEN, ITEM = 101, 102  # streams of the batched per-screen and per-item draws
+_STD_NORMAL = NormalDist()
+_SCREEN_PURPOSES = np.array([SKIM, DWELL, LEAVE, EXAMINE], dtype=np.int64)
+_ITEM_PURPOSES = np.array([CLICK, ORDER, DETAIL, LEAVE_AFTER_ORDER], dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -41,7 +90,7 @@ class UserModelConfig:
     w_longterm: float = 0.8  # <u, v>: long-term taste (the cloud sees a noisy copy)
     w_intent: float = 2.2  # <z, v>: in-session intent (hidden from the cloud)
     w_price: float = 0.35  # per price level away from the intended price
-    click_threshold: float = 1.9  # utility at which an examined item is clicked with probability 1/2
+    click_threshold: float = 1.8  # utility at which an examined item is clicked with probability 1/2 (first click)
     click_slope: float = 3.0
     order_threshold: float = 1.6
     order_max: float = 0.35
@@ -59,12 +108,32 @@ class UserModelConfig:
     leave_per_frustrated_screen: float = 0.035  # consecutive screens without a click raise leaving
     leave_after_order: float = 0.6
     max_pages: int = 3
+    # --- realism added with issue 3 (see docs/simulator.md) ---
+    brand_saturation: float = 0.06  # utility lost per earlier *examined* item of the same brand this session
+    brand_saturation_cap: int = 5  # ... counted up to this many
+    satiation_per_click: float = 0.04  # click threshold rises per click already made (the user has options)
+    scroll_speed_sigma: float = 0.30  # per-session scroll speed: lognormal(0, sigma); 1 = median user
+    scroll_ms: float = 300.0  # time to scroll one screen at speed 1 (the next items are revealed after it)
+    skim_speed_exponent: float = 1.0  # skim probability scales with speed ** this
+
+
+@dataclass
+class UserState:
+    """What the user has seen and done in this session (the response model reads and updates it)."""
+
+    speed: float = 1.0
+    patience: float = 1.0  # the user's (World.user_patience): divides the leaving probability
+    clicks: int = 0
+    orders: int = 0
+    frustrated: int = 0  # consecutive screens without a click
+    brand_seen: Counter[int] = field(default_factory=Counter)  # examined exposures per brand
 
 
 class UserModel:
     def __init__(self, world: World, cfg: UserModelConfig | None = None):
         self.world = world
         self.cfg = cfg or UserModelConfig()
+        self._screen_keys: dict[int, np.ndarray] = {}
 
     def utility(self, spec: SessionSpec, rows: np.ndarray) -> np.ndarray:
         w, c = self.world, self.cfg
@@ -74,44 +143,66 @@ class UserModel:
                 + c.w_intent * v @ spec.intent_z - w.user_dist_sens[spec.user] * dist
                 - c.w_price * np.abs(w.price_level[rows] - spec.intent_price))
 
-    def p_click(self, utility: float) -> float:
-        return float(1.0 / (1.0 + np.exp(-self.cfg.click_slope * (utility - self.cfg.click_threshold))))
+    def p_click(self, utility: float, state: UserState | None = None) -> float:
+        c = self.cfg
+        thr = c.click_threshold + (c.satiation_per_click * state.clicks if state is not None else 0.0)
+        x = -c.click_slope * (utility - thr)
+        return 1.0 / (1.0 + math.exp(min(x, 700.0)))
+
+    def effective_utility(self, utility: float, brand: int, state: UserState) -> float:
+        """Utility after brand saturation: each earlier examined item of this brand makes it less attractive."""
+        c = self.cfg
+        return utility - c.brand_saturation * min(state.brand_seen[brand], c.brand_saturation_cap)
+
+    def new_state(self, spec: SessionSpec) -> UserState:
+        u = min(max(crn_uniform(spec.seed, SPEED), 1e-12), 1 - 1e-12)
+        return UserState(speed=math.exp(self.cfg.scroll_speed_sigma * _STD_NORMAL.inv_cdf(u)),
+                         patience=float(self.world.user_patience[spec.user]))
+
+    def screen_draws(self, spec: SessionSpec, n_screens: int) -> dict[str, np.ndarray]:
+        """All per-screen draws of a session in one vectorised call: skim, dwell jitter and leave per screen,
+        examine per (screen, slot). Key: (session seed, SCREEN, purpose << 32 | screen << 8 | slot)."""
+        V = self.cfg.viewport_items
+        keys = self._screen_keys.get(n_screens)
+        if keys is None:
+            scr = np.arange(n_screens, dtype=np.int64)
+            slot_keys = (scr[:, None] << 8 | np.arange(V, dtype=np.int64)[None, :]).ravel()
+            purposes = np.repeat(_SCREEN_PURPOSES, [n_screens, n_screens, n_screens, n_screens * V])
+            keys = self._screen_keys[n_screens] = purposes << 32 | np.concatenate([scr << 8] * 3 + [slot_keys])
+        u = crn_uniform_array(spec.seed, SCREEN, keys)
+        n = n_screens
+        return {"skim": u[:n], "dwell": u[n: 2 * n], "leave": u[2 * n: 3 * n], "examine": u[3 * n:].reshape(n, V)}
+
+    def item_draws(self, spec: SessionSpec, item_ids: np.ndarray) -> dict[str, np.ndarray]:
+        """All per-item draws for a page's items at once (click, order, detail dwell, leave after order).
+        Key: (session seed, ITEM, purpose << 48 | item id): the same item meets the same luck in every arm."""
+        ids = np.asarray(item_ids, dtype=np.int64)
+        d = crn_uniform_array(spec.seed, ITEM, (_ITEM_PURPOSES[:, None] << 48 | ids[None, :]))
+        return {"click": d[0], "order": d[1], "detail": d[2], "leave_after_order": d[3]}
+
+    def p_skim(self, screen: int, speed: float = 1.0) -> float:
+        c = self.cfg
+        return min(0.6, (c.skim_base + c.skim_growth * screen) * speed ** c.skim_speed_exponent)
+
+    def p_examine(self, screen: int, skim: bool) -> float:
+        c = self.cfg
+        return c.skim_examine if skim else c.examine_base * c.examine_decay ** screen
+
+    def p_leave(self, screen: int, frustrated_screens: int, patience: float = 1.0) -> float:
+        c = self.cfg
+        p = c.leave_base + c.leave_per_screen * screen + c.leave_per_frustrated_screen * frustrated_screens
+        return min(p / patience, 0.9)
+
+    def detail_ms(self, utility: float, u: float) -> float:
+        return 4000.0 + 20000.0 / (1.0 + math.exp(-(utility - 1.0))) * (0.5 + u)
+
+    def dwell_ms(self, n_examined: int, skim: bool, u: float, speed: float = 1.0) -> float:
+        """How long the screen stays (its items' exposure dwell): short when flicked past (noise), long when read."""
+        c = self.cfg
+        jitter = math.exp(0.4 * (u - 0.5) * 2)
+        base = c.skim_ms if skim else c.screen_base_ms + c.read_ms_per_item * n_examined
+        return base * jitter / speed
 
     def p_order(self, utility: float) -> float:
         c = self.cfg
         return float(c.order_max / (1.0 + np.exp(-3.0 * (utility - c.order_threshold))))
-
-    def skims(self, spec: SessionSpec, screen: int) -> bool:
-        c = self.cfg
-        return crn_uniform(spec.seed, SKIM, screen) < min(0.6, c.skim_base + c.skim_growth * screen)
-
-    def examines(self, spec: SessionSpec, screen: int, slot: int, skim: bool) -> bool:
-        c = self.cfg
-        p = c.skim_examine if skim else c.examine_base * c.examine_decay ** screen
-        return crn_uniform(spec.seed, EXAMINE, screen, slot) < p
-
-    def clicks(self, spec: SessionSpec, item_id: int, utility: float) -> bool:
-        return crn_uniform(spec.seed, CLICK, item_id) < self.p_click(utility)
-
-    def orders(self, spec: SessionSpec, item_id: int, utility: float) -> bool:
-        return crn_uniform(spec.seed, ORDER, item_id) < self.p_order(utility)
-
-    def detail_dwell_ms(self, spec: SessionSpec, item_id: int, utility: float) -> float:
-        u = crn_uniform(spec.seed, DETAIL, item_id)
-        return float(4000.0 + 20000.0 / (1.0 + np.exp(-(utility - 1.0))) * (0.5 + u))
-
-    def screen_dwell_ms(self, spec: SessionSpec, screen: int, n_examined: int, skim: bool) -> float:
-        c = self.cfg
-        u = crn_uniform(spec.seed, DWELL, screen)
-        jitter = float(np.exp(0.4 * (u - 0.5) * 2))
-        if skim:
-            return c.skim_ms * jitter
-        return (c.screen_base_ms + c.read_ms_per_item * n_examined) * jitter
-
-    def leaves(self, spec: SessionSpec, screen: int, frustrated_screens: int) -> bool:
-        c = self.cfg
-        p = c.leave_base + c.leave_per_screen * screen + c.leave_per_frustrated_screen * frustrated_screens
-        return crn_uniform(spec.seed, LEAVE, screen) < min(p, 0.9)
-
-    def leaves_after_order(self, spec: SessionSpec, item_id: int) -> bool:
-        return crn_uniform(spec.seed, LEAVE_AFTER_ORDER, item_id) < self.cfg.leave_after_order

@@ -38,6 +38,7 @@ class WorldConfig:
     emb_noise: float = 0.15  # noise of the cloud's ID embedding rows around the true latent
     profile_noise: float = 0.3  # noise of the cloud's long-term user profile
     predecided_share: float = 0.25  # sessions whose intended area is the user's home
+    patience_sigma: float = 0.35  # per-user patience: lognormal(0, sigma), median 1
 
     @property
     def n_brands(self) -> int:
@@ -98,9 +99,15 @@ class World:
         self.user_profile = (self.user_latent @ proj.T + cfg.profile_noise * rng.standard_normal((U, cfg.emb_dim))
                              / np.sqrt(cfg.emb_dim)).astype(np.float32)
         self.user_price_profile = np.clip(self.user_price + rng.normal(0, 0.5, U), 0, 4)
+        # patience (drawn last so every earlier array is unchanged): divides the per-screen leaving probability
+        self.user_patience = np.exp(cfg.patience_sigma * rng.standard_normal(U))
         self._query_names = list(self.queries)
         self._query_weights = np.array([3.0 if q in CATEGORY_QUERIES else 1.5 for q in self._query_names])
         self._query_weights /= self._query_weights.sum()
+        self._query_cdf = np.cumsum(self._query_weights)
+        self._query_brands = {q: [c * cfg.brands_per_category + j for c in cats for j in range(cfg.brands_per_category)]
+                              for q, cats in self.queries.items()}
+        self._draw_keys = np.arange(8 + 2 * ((cfg.latent_dim + 4) // 2), dtype=np.int64)
 
     def row_of(self, item_id: int) -> int:
         return int(item_id - self.item_id[0])
@@ -109,25 +116,40 @@ class World:
         return np.flatnonzero(np.isin(self.category, self.queries[query]))
 
     def session(self, index: int, seed: int) -> SessionSpec:
-        """The `index`-th session of a run seeded with `seed` (deterministic; independent of other sessions)."""
-        rng = np.random.default_rng([self.cfg.seed, seed, index])
-        user = int(rng.integers(0, self.cfg.n_users))
-        query = str(rng.choice(self._query_names, p=self._query_weights))
+        """The `index`-th session of a run seeded with `seed` (deterministic; independent of other sessions).
+
+        Draws are counter-based (splitmix64 of (world seed, run seed, index, k)), so any session can be made
+        on its own, in any order, on any worker, cheaply."""
+        from simulator.user_model import crn_uniform_array
+
+        cfg = self.cfg
+        K = cfg.latent_dim
+        u = crn_uniform_array(cfg.seed, seed, index, self._draw_keys)
+        user = min(int(u[0] * cfg.n_users), cfg.n_users - 1)
+        query = self._query_names[min(int(np.searchsorted(self._query_cdf, u[1], side="right")),
+                                      len(self._query_names) - 1)]
+        # standard normals by Box-Muller from pairs of uniforms: 2 for `where`, K for the intent, 1 for price
+        n = (K + 4) // 2
+        u1, u2 = np.maximum(u[8: 8 + n], 1e-300), u[8 + n: 8 + 2 * n]
+        r = np.sqrt(-2.0 * np.log(u1))
+        z = np.concatenate([r * np.cos(2 * np.pi * u2), r * np.sin(2 * np.pi * u2)])
         home = self.user_home[user]
-        where = home + rng.normal(0, 0.5, 2) if rng.random() < 0.5 else rng.uniform(0, self.cfg.map_km, 2)
-        where = np.clip(where, 0, self.cfg.map_km)
-        ctx = Context(lat=float(where[0]), lon=float(where[1]), hour=int(rng.integers(7, 23)), device="phone")
-        cats = self.queries[query]
-        target_brand = int(rng.choice([c * self.cfg.brands_per_category + j for c in cats
-                                       for j in range(self.cfg.brands_per_category)]))
-        tc = target_brand // self.cfg.brands_per_category
-        z = _unit(self.centroids[tc] + 1.2 * self.brand_offsets[target_brand]
-                  + 0.4 * rng.standard_normal(self.cfg.latent_dim) / np.sqrt(self.cfg.latent_dim))
-        intent_price = float(np.clip(self.user_price[user] + rng.normal(0, 0.8), 0, 4))
-        predecided = bool(rng.random() < self.cfg.predecided_share)
+        if u[2] < 0.5:
+            where = home + 0.5 * z[:2]
+        else:
+            where = cfg.map_km * u[3:5]
+        where = np.clip(where, 0, cfg.map_km)
+        ctx = Context(lat=float(where[0]), lon=float(where[1]), hour=7 + min(int(u[5] * 16), 15), device="phone")
+        brands = self._query_brands[query]
+        target_brand = brands[min(int(u[6] * len(brands)), len(brands) - 1)]
+        tc = target_brand // cfg.brands_per_category
+        zi = _unit(self.centroids[tc] + 1.2 * self.brand_offsets[target_brand] + 0.4 * z[2: 2 + K] / np.sqrt(K))
+        intent_price = float(np.clip(self.user_price[user] + 0.8 * z[2 + K], 0, 4))
+        predecided = bool(u[7] < cfg.predecided_share)
         area = home if predecided else where
-        return SessionSpec(index=index, session_id=f"s{seed}-{index:07d}", seed=int(rng.integers(2**62)),
-                           user=user, query=query, context=ctx, intent_z=z, intent_price=intent_price,
+        sess_seed = int(crn_uniform_array(cfg.seed, seed, index, -1) * float(1 << 53)) * 1024 + (index & 1023)
+        return SessionSpec(index=index, session_id=f"s{seed}-{index:07d}", seed=sess_seed,
+                           user=user, query=query, context=ctx, intent_z=zi, intent_price=intent_price,
                            intent_area=(float(area[0]), float(area[1])), predecided=predecided)
 
     def provision_cloud(self, root: str | Path) -> Path:

@@ -1,0 +1,109 @@
+"""A model-free baseline reranker: boost what looks like what was clicked, bury what looks like what was skipped.
+
+Numpy only. It has the same ``rerank(items, n_fixed, events, context) -> RerankResult`` interface as
+:class:`device_sdk.reranker.RerankService` and uses the same reinsertion (only unseen items move), so every
+arm of an A/B differs only in the scores.
+
+Score of an unseen candidate::
+
+    prior(cloud position) + w_click * sum_c decay^age(c) * sim(cand, c) - w_skip * sum_s decay^age(s) * sim(cand, s)
+
+over clicked items ``c`` and *long* skips ``s`` (exposures at least ``dwell_threshold_ms`` on screen without a
+click: short exposures are noise, see SPEC §1), where ``sim`` mixes same brand, same category, price-level
+closeness, nearness in km and the cosine of the ID embeddings.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from device_sdk.contracts import Context, EventKind, FeedbackEvent, PageItem
+from device_sdk.reranker import RerankResult, reinsert
+
+
+@dataclass(frozen=True)
+class HeuristicConfig:
+    window: int = 25  # unseen items reranked per call
+    w_prior: float = 1.0  # weight of the cloud order (prior = -position / window)
+    w_click: float = 0.8
+    w_skip: float = 0.25
+    decay: float = 0.8  # per newer feedback item of the same kind
+    dwell_threshold_ms: float = 1200.0
+    brand: float = 1.0  # similarity weights
+    category: float = 0.3
+    price: float = 0.15  # per price level of closeness (max 4 levels apart)
+    near_km: float = 2.0  # items within this distance of each other get up to `near` similarity
+    near: float = 0.3
+    embedding: float = 0.5
+
+
+class HeuristicReranker:
+    name = "heuristic"
+
+    def __init__(self, cfg: HeuristicConfig | None = None):
+        self.cfg = cfg or HeuristicConfig()
+        self.calls = 0
+
+    def _sim(self, cand: dict[str, np.ndarray], ev: Sequence[FeedbackEvent]) -> np.ndarray:
+        """[n_cand, n_events] similarity."""
+        c = self.cfg
+        brand = np.array([e.brand for e in ev])
+        cat = np.array([e.category for e in ev])
+        price = np.array([e.price_level for e in ev], dtype=np.float64)
+        loc = np.array([[e.lat, e.lon] for e in ev], dtype=np.float64)
+        s = (c.brand * (cand["brand"][:, None] == brand[None])
+             + c.category * (cand["category"][:, None] == cat[None])
+             + c.price * (4.0 - np.abs(cand["price"][:, None] - price[None])) / 4.0)
+        d = np.hypot(cand["loc"][:, None, 0] - loc[None, :, 0], cand["loc"][:, None, 1] - loc[None, :, 1])
+        s = s + c.near * np.clip(1.0 - d / c.near_km, 0.0, 1.0)
+        embs = [e.id_embedding for e in ev]
+        if c.embedding and all(x is not None for x in embs) and cand["emb"] is not None:
+            e = np.stack(embs).astype(np.float64)
+            e /= np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-9)
+            s = s + c.embedding * (cand["emb"] @ e.T)
+        return s
+
+    def scores(self, window: Sequence[PageItem], events: Sequence[FeedbackEvent]) -> np.ndarray:
+        c = self.cfg
+        n = len(window)
+        prior = -np.arange(n, dtype=np.float64) / max(c.window, 1)
+        clicked = {e.item_id for e in events if e.kind == EventKind.CLICK}
+        pos = [e for e in events if e.kind == EventKind.CLICK]
+        neg = [e for e in events if e.kind == EventKind.EXPOSURE and e.item_id not in clicked
+               and e.dwell_ms >= c.dwell_threshold_ms]
+        if not pos and not neg:
+            return prior
+        emb = np.stack([it.id_embedding for it in window]).astype(np.float64)
+        emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-9)
+        cand = {"brand": np.array([it.brand for it in window]), "category": np.array([it.category for it in window]),
+                "price": np.array([it.price_level for it in window], dtype=np.float64),
+                "loc": np.array([[it.lat, it.lon] for it in window], dtype=np.float64), "emb": emb}
+        s = c.w_prior * prior
+        for seq, w in ((pos, c.w_click), (neg, -c.w_skip)):
+            if seq:
+                recency = c.decay ** np.arange(len(seq) - 1, -1, -1, dtype=np.float64)  # newest weighs 1
+                s = s + w * (self._sim(cand, seq) @ recency)
+        return s
+
+    def rerank(self, items: Sequence[PageItem], n_fixed: int, events: Sequence[FeedbackEvent],
+               context: Context) -> RerankResult:
+        self.calls += 1
+        t0 = time.perf_counter()
+        n = len(items)
+        window = list(items[n_fixed: n_fixed + self.cfg.window])
+        if len(window) < 2:
+            return RerankResult(order=list(range(n)), applied=False, fallback_reason="nothing_to_rerank")
+        try:
+            s = self.scores(window, events)
+        except (ValueError, TypeError) as exc:  # a malformed event: keep the cloud order, never crash
+            return RerankResult(order=list(range(n)), applied=False, fallback_reason=f"features: {exc}")
+        if not np.all(np.isfinite(s)):
+            return RerankResult(order=list(range(n)), applied=False, fallback_reason="non_finite_scores")
+        order = reinsert(n, n_fixed, self.cfg.window, s)
+        moved = sum(1 for p, i in enumerate(order) if p != i)
+        ms = (time.perf_counter() - t0) * 1e3
+        return RerankResult(order=order, applied=True, moved=moved, timings_ms={"total": ms})
