@@ -47,7 +47,7 @@ class AblationConfig:
     model_overrides: dict = field(default_factory=dict)  # ModelConfig fields applied to every neural variant
 
 
-QUICK_ABLATION = {"log_sessions": 700, "ab_sessions": 200, "epochs": 3}
+QUICK_ABLATION = {"log_sessions": 700, "ab_sessions": 150, "epochs": 3}
 
 
 @dataclass
@@ -83,10 +83,9 @@ def three_way(samples, seed: int):
 def _heuristic_samples(rows, fcfg: FeatureConfig):
     """The on-device heuristic's scores for every rerank list, in the same order and with the same filtering as
     ``build_samples`` (so the same session split applies): stored as the input ``heuristic`` of a Samples."""
-    from device_sdk.heuristic import HeuristicReranker
-
     from cloud.training.data import Samples, samples_from_row
     from device_sdk.features import FeatureBuilder
+    from device_sdk.heuristic import HeuristicReranker
 
     h = HeuristicReranker()
     b = FeatureBuilder(fcfg)
@@ -137,11 +136,8 @@ def run_ablation(cfg: AblationConfig, *, progress: bool = True) -> dict:
     bundles: dict[str, Path] = {}
     timings: dict[str, float] = {}
 
-    try:
-        te_h = three_way(_heuristic_samples(rows, full), cfg.seed)[2]
-        results.append(Row("heuristic", evaluate(te_h.inputs["heuristic"], te_h), note="no model"))
-    except ImportError:
-        results.append(Row("heuristic", {}, note="device_sdk.heuristic not available"))
+    te_h = three_way(_heuristic_samples(rows, full), cfg.seed)[2]
+    results.append(Row("heuristic", evaluate(te_h.inputs["heuristic"], te_h), note="no model"))
 
     t = time.perf_counter()
     gbdt, gsum = fit_gbdt(tr_full, va_full)
@@ -207,39 +203,36 @@ def run_ablation(cfg: AblationConfig, *, progress: bool = True) -> dict:
 def _online(cfg: AblationConfig, world: World, data_dir: Path, results: list[Row], bundles: dict[str, Path],
             jcloud, fcfg: FeatureConfig, progress: bool) -> dict:
     from cloud.training.cloud_ranker import export_cloud_ranker_onnx
-    from device_sdk.model_manager import load_model
-    from device_sdk.reranker import RerankService
+    from device_sdk.bundle import read_bundle
     from simulator.ab import Arm, paired_delta, run_ab
+    from simulator.arms import ArmSpec, build_arm
     from simulator.transport import InProcessCloud
     from simulator.user_model import UserModel
+
+    def read_manifest_format(bundle: Path) -> str:
+        return read_bundle(bundle).manifest.format
 
     um = UserModel(world)
     seed = 2000 + cfg.seed
 
-    def service(bundle: Path, fc: FeatureConfig | None = None) -> RerankService:
-        loaded = load_model(bundle)
-        return RerankService(loaded, latency_budget_ms=cfg.latency_budget_ms)
+    def device(name: str, bundle: Path) -> Arm:
+        backend = "lightgbm" if read_manifest_format(bundle) == "lightgbm" else "onnxruntime"
+        return build_arm(ArmSpec(name=name, kind="device", bundle=str(bundle), backend=backend), um)
 
-    arms = [Arm("cloud order")]
-    try:
-        from device_sdk.heuristic import HeuristicReranker
+    arms = [build_arm(ArmSpec("cloud order", "cloud"), um), build_arm(ArmSpec("heuristic", "heuristic"), um)]
+    arms += [device(name, b) for name, b in bundles.items() if name != "+ joint training"]
+    res = {r.name: r for r in run_ab(um, InProcessCloud(str(data_dir), wire=False), arms, cfg.ab_sessions,
+                                     seed=seed, progress=progress)}
 
-        arms.append(Arm("heuristic", HeuristicReranker(fcfg)))
-    except ImportError:
-        pass
-    arms += [Arm(name, service(b)) for name, b in bundles.items() if name != "+ joint training"]
-    res = {r.name: r for r in run_ab(um, InProcessCloud(str(data_dir)), arms, cfg.ab_sessions, seed=seed,
-                                     progress=progress)}
-
-    # the joint pair: the cloud serves the jointly trained ranker (ranker.onnx), device runs its partner
+    # the joint pair: the cloud serves the jointly trained ranker (ranker.onnx), the device runs its partner
     joint_dir = data_dir.parent / "cloud_data_joint"
     if joint_dir.exists():
         shutil.rmtree(joint_dir)
     shutil.copytree(data_dir, joint_dir)
     export_cloud_ranker_onnx(jcloud, joint_dir / "ranker.onnx")
-    jres = run_ab(um, InProcessCloud(str(joint_dir)),
-                  [Arm("cloud order (joint cloud ranker)"),
-                   Arm("+ joint training", service(bundles["+ joint training"]))],
+    jres = run_ab(um, InProcessCloud(str(joint_dir), wire=False),
+                  [build_arm(ArmSpec("cloud order (joint cloud ranker)", "cloud"), um),
+                   device("+ joint training", bundles["+ joint training"])],
                   cfg.ab_sessions, seed=seed, progress=progress)
     res.update({r.name: r for r in jres})
     base = res["cloud order"]

@@ -181,7 +181,7 @@ def export_cloud_ranker_onnx(model: CloudRanker, path: str | Path) -> Path:
     example = torch.zeros(8, model.n_features)
     n = torch.export.Dim("n", min=1, max=100_000)
     torch.onnx.export(model, (example,), str(path), input_names=["features"], output_names=["score", "hidden"],
-                      dynamic_shapes=({0: n},), dynamo=True, opset_version=18, external_data=False)
+                      dynamic_shapes=({0: n},), dynamo=True, opset_version=18, external_data=False, verbose=False)
     onnx.checker.check_model(str(path))
     return path
 
