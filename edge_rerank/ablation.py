@@ -297,12 +297,14 @@ def plot(data: dict, path: Path) -> None:
     axes[0].set_xlabel("offline NDCG@10 (held-out sessions)")
     axes[0].set_xlim(min(v for v in ndcg if np.isfinite(v)) * 0.9, max(v for v in ndcg if np.isfinite(v)) * 1.03)
     d = [r["online"].get("delta_qv_ctr") if r["online"] else None for r in rows]
-    mean = [100 * v["mean"] if v else np.nan for v in d]
-    err = np.array([[100 * (v["mean"] - v["lo"]), 100 * (v["hi"] - v["mean"])] if v else [0, 0] for v in d]).T
-    axes[1].barh(y, mean, xerr=err, color="#55a868", capsize=3)
+    k = np.array([i for i, v in enumerate(d) if v])  # rows with an online arm (cloud order is the reference)
+    mean = np.array([100 * d[i]["mean"] for i in k])
+    err = np.array([[100 * (d[i]["mean"] - d[i]["lo"]), 100 * (d[i]["hi"] - d[i]["mean"])] for i in k]).T
+    if len(k):
+        axes[1].barh(y[k], mean, xerr=err, color="#55a868", capsize=3)
+    axes[1].set_ylim(axes[0].get_ylim())
     axes[1].axvline(0, color="k", lw=0.8)
     axes[1].set_yticks(y, [""] * len(rows))
-    axes[1].invert_yaxis()
     axes[1].set_xlabel("online ΔQV_CTR vs cloud order (pp, 95 % CI)")
     fig.suptitle("edge-rerank ablation")
     fig.tight_layout()

@@ -105,3 +105,22 @@ def test_train_cli_joint_from_parquet_logs(logged_rows, fcfg, cloud_data, tmp_pa
     model, _ = load_checkpoint(out / "checkpoint.pt")
     assert model.fcfg == fcfg
     assert (out / "ranker.onnx").stat().st_size > 0 and (out / "cloud_ranker.pt").exists()
+
+
+def test_ablation_runs_every_variant_offline_and_online(tmp_path):
+    """A tiny ablation end to end: every row evaluated offline; every shipped variant A/B-tested online."""
+    from edge_rerank.ablation import AblationConfig, run_ablation
+
+    data = run_ablation(AblationConfig(out=str(tmp_path), log_sessions=250, ab_sessions=30, epochs=1),
+                        progress=False)
+    rows = {r["name"]: r for r in data["rows"]}
+    assert list(rows)[:3] == ["cloud order", "heuristic", "LightGBM lambdarank"]
+    for name, r in rows.items():
+        assert 0.0 < r["offline"]["ndcg@10"] <= 1.0, name
+    online = {n for n, r in rows.items() if r["online"]}
+    assert online == {"cloud order", "heuristic", "LightGBM lambdarank", "PRM, no feedback", "+ Match&Aggregate",
+                      "+ MVFAN", "+ joint training"}
+    assert "delta_qv_ctr" in rows["+ MVFAN"]["online"] and "delta_qv_ctr" not in rows["cloud order"]["online"]
+    md = (tmp_path / "ablation.md").read_text()
+    assert all(f"| {n} |" in md for n in rows)
+    assert (tmp_path / "ablation.png").stat().st_size > 10_000
