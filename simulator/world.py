@@ -38,7 +38,7 @@ class WorldConfig:
     emb_noise: float = 0.15  # noise of the cloud's ID embedding rows around the true latent
     profile_noise: float = 0.3  # noise of the cloud's long-term user profile
     predecided_share: float = 0.25  # sessions whose intended area is the user's home
-    patience_sigma: float = 0.0  # per-user patience: lognormal(0, sigma), median 1 (0: everyone 1; see docs)
+    patience_sigma: float = 0.35  # per-user patience: lognormal(0, sigma), median 1
 
     @property
     def n_brands(self) -> int:

@@ -138,12 +138,6 @@ def test_energy_per_session_follows_the_device_profile(world, inproc_cloud):
 
 
 def test_patient_users_scroll_further(world, inproc_cloud):
-    from simulator.world import World
-
-    # patience is drawn after everything else, so the catalog (and the cloud's data) is the same world's
-    patient_world = World(dataclasses.replace(world.cfg, patience_sigma=0.35))
-    assert np.array_equal(patient_world.latent, world.latent) and np.all(world.user_patience == 1.0)
-    world = patient_world
     um = UserModel(world)
     assert um.p_leave(3, 1, patience=2.0) < um.p_leave(3, 1, patience=1.0) < um.p_leave(3, 1, patience=0.5)
     phone = Phone(um, inproc_cloud, arm="c", keep_logs=False)
