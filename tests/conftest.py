@@ -44,13 +44,13 @@ def inproc_cloud(cloud_data):
 
 @pytest.fixture(scope="session")
 def logged_rows(world, inproc_cloud):
-    """Impression rows from 150 cloud-only sessions (through the device SDK's logger)."""
+    """Impression rows from 600 cloud-only sessions (through the device SDK's logger)."""
     from simulator.phone import Phone
     from simulator.user_model import UserModel
 
     phone = Phone(UserModel(world), inproc_cloud, arm="cloud")
     rows = []
-    for i in range(150):
+    for i in range(600):
         rows.extend(phone.run(world.session(i, 11)).rows)
     return rows
 
@@ -68,7 +68,7 @@ def trained(samples, fcfg):
     from cloud.training.train import TrainConfig, fit
 
     train, valid = split_by_session(samples)
-    model, summary = fit(train, valid, fcfg, tcfg=TrainConfig(epochs=2, threads=1), progress=False)
+    model, summary = fit(train, valid, fcfg, tcfg=TrainConfig(epochs=4, threads=1), progress=False)
     return model, summary, valid
 
 
