@@ -64,11 +64,12 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
             from simulator.distributed import TransportSpec, run_ab_ray
 
             transport = (TransportSpec("http", url=url, api_key=key) if a.transport == "http"
-                         else TransportSpec("inproc", data_dir=str(data_dir)))
+                         else TransportSpec("inproc", data_dir=str(data_dir), wire=False))
             results = run_ab_ray(wcfg, transport, specs, a.sessions, seed=a.seed, phone_cfg=phone_cfg,
                                  num_workers=a.ray_workers, progress=not a.no_progress)
         else:
-            cloud = HttpCloud(url, api_key=key) if a.transport == "http" else InProcessCloud(str(data_dir))
+            # in-process: no serialisation (pages proven identical to the protobuf/HTTP ones)
+            cloud = HttpCloud(url, api_key=key) if a.transport == "http" else InProcessCloud(str(data_dir), wire=False)
             um = UserModel(world)
             results = run_ab(um, cloud, [build_arm(s, um) for s in specs], a.sessions, seed=a.seed,
                              progress=not a.no_progress, config=phone_cfg)
