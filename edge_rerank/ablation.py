@@ -43,7 +43,6 @@ class AblationConfig:
     epochs: int = 15
     loss: str = "lambda"
     online: bool = True
-    latency_budget_ms: float = 50.0
     model_overrides: dict = field(default_factory=dict)  # ModelConfig fields applied to every neural variant
 
 
