@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo demo-quick test lint proto bench bench-cloud redis-server clean
+.PHONY: demo demo-quick test lint proto bench bench-train bench-simulator bench-cloud redis-server clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,15 @@ redis-server:
 	@command -v redis-server >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; } || \
 	  echo "redis-server is not installed and cannot be installed here: the Redis store tests will skip"
+
+# All benchmarks (JSON under runs/bench/); run them on a quiet machine.
+bench: bench-train bench-simulator bench-cloud
+
+bench-train: $(STAMP)
+	$(PY) bench/train_bench.py --out runs/bench/train.json
+
+bench-simulator: $(STAMP)
+	$(PY) bench/simulator_bench.py --out runs/bench/simulator_bench.json
 
 # Cloud service load benchmark (gunicorn + loopback load generator); JSON to runs/bench/cloud.json.
 bench-cloud: $(STAMP) redis-server
