@@ -16,6 +16,7 @@ from cloud.app import CloudConfig
 from cloud.serve import running_server
 from device_sdk.features import FeatureConfig
 from device_sdk.model_manager import load_model
+from device_sdk.privacy import PrivacyConfig
 from device_sdk.reranker import RerankService
 from simulator.ab import Arm, run_ab, run_sessions
 from simulator.phone import Phone
@@ -44,17 +45,26 @@ def feature_config_for(world: WorldConfig) -> FeatureConfig:
                          n_categories=world.n_categories, n_brands=world.n_brands)
 
 
-def simulate_logs(world: World, cloud: HttpCloud, n_sessions: int, seed: int, progress: bool = True) -> int:
-    """Cloud-only sessions; the phone's trigger policy marks would-be rerank points; rows go to /v1/logs."""
-    phone = Phone(UserModel(world), cloud, arm="cloud", reranker=None)
-    specs = [world.session(i, seed) for i in range(n_sessions)]
+def simulate_sessions_with_uploads(phone: Phone, specs, cloud, *, progress: bool = True,
+                                   desc: str = "simulate (cloud-only, logging)") -> int:
+    """Run sessions on `phone`; whatever impression-log rows the phone's privacy settings let out are
+    uploaded to `cloud` in batches. Returns the rows the cloud acknowledged."""
     sent = [0]
 
     def upload(rows):
         sent[0] += cloud.post_logs(rows)
 
-    run_sessions(phone, specs, desc="simulate (cloud-only, logging)", progress=progress, on_rows=upload)
+    run_sessions(phone, specs, desc=desc, progress=progress, on_rows=upload)
     return sent[0]
+
+
+def simulate_logs(world: World, cloud: HttpCloud, n_sessions: int, seed: int, progress: bool = True) -> int:
+    """Cloud-only sessions of opted-in users; the trigger policy marks would-be rerank points; rows go to
+    /v1/logs."""
+    phone = Phone(UserModel(world), cloud, arm="cloud", reranker=None,
+                  privacy=PrivacyConfig(share_impression_logs=True))
+    return simulate_sessions_with_uploads(phone, [world.session(i, seed) for i in range(n_sessions)], cloud,
+                                          progress=progress)
 
 
 def train_from_logs(logs: str | Path, out: str | Path, fcfg: FeatureConfig, *, epochs: int, loss: str, seed: int,

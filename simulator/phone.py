@@ -31,6 +31,7 @@ from device_sdk.budgets import CostModel, DeviceClock, get_profile
 from device_sdk.contracts import EventKind, FeedbackEvent, ImpressionRow, PageItem, SearchPage, SearchRequest
 from device_sdk.feedback_store import FeedbackStore
 from device_sdk.impression_log import SessionLogger
+from device_sdk.privacy import PrivacyConfig, outgoing_log_rows
 from device_sdk.reranker import reinsert
 from device_sdk.triggers import TriggerConfig, TriggerPolicy
 from simulator.transport import CloudTransport
@@ -389,7 +390,7 @@ class PhoneSession:
         self.out.duration_ms = self.t
         self.out.screen_mj = self.profile.screen_mw * self.t / 1e3
         if self.logger is not None:
-            self.out.rows = self.logger.finish(self.display)
+            self.out.rows = outgoing_log_rows(self.logger.finish(self.display), self.phone.privacy)
 
 
 class Phone:
@@ -399,8 +400,11 @@ class Phone:
     def __init__(self, user_model: UserModel, cloud: CloudTransport, *, arm: str, reranker=None,
                  triggers: TriggerConfig | None = None, page_size: int | None = None, keep_logs: bool = True,
                  config: PhoneConfig | None = None, cost_model: CostModel | None = None,
-                 force_page_rerank: bool = False, window: int = 25):
+                 force_page_rerank: bool = False, window: int = 25, privacy: PrivacyConfig | None = None):
         self.um = user_model
+        # The simulated app's users opted in to sharing impression logs (that is how training data exists);
+        # the SDK's own default is off (device_sdk.privacy).
+        self.privacy = privacy or PrivacyConfig(share_impression_logs=True)
         self.cloud = cloud
         self.arm = arm
         self.reranker = reranker
