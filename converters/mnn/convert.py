@@ -14,7 +14,8 @@ from pathlib import Path
 
 from converters.specs import ToolchainMissing
 
-_CONVERT = "import sys, _tools; sys.exit(_tools.mnnconvert(sys.argv) or 0)"
+# the extension returns a truthy value on success: success is read from its output and the written file
+_CONVERT = "import sys, _tools; _tools.mnnconvert(sys.argv)"
 
 
 def mnn_available() -> bool:
