@@ -21,7 +21,10 @@ _CONVERT = "import sys, _tools; _tools.mnnconvert(sys.argv)"
 def mnn_available() -> bool:
     import importlib.util
 
-    return importlib.util.find_spec("_tools") is not None and importlib.util.find_spec("MNN") is not None
+    try:
+        return importlib.util.find_spec("_tools") is not None and importlib.util.find_spec("MNN") is not None
+    except (ImportError, ValueError):  # a module blocked in sys.modules (None) raises ValueError
+        return False
 
 
 def export_mnn(onnx_path: str | Path, path: str | Path, *, weight_quant_bits: int | None = None,
