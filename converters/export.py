@@ -5,8 +5,10 @@ model manager would pick), compare its scores with the torch model *and* with on
 lists, time it, and write a bundle only when it met the spec's tolerance. Nothing raises half-way: every
 problem lands in the typed ``ExportReport`` (``status`` per format + its reasons).
 
-Core ML off macOS: the converted program's interface and op set are checked; numeric parity needs macOS,
-so such a bundle says ``numeric_parity_checked: 0`` in its manifest and its status is ``structure-only``.
+Core ML off macOS: the converted program's interface and op set are checked, and the converted MIL program
+is evaluated op by op in numpy (``converters.coreml.mil_eval``) against torch and onnxruntime with the same
+tolerance. The Core ML runtime itself needs macOS, so such a bundle says ``numeric_parity_checked: 0`` and
+``program_parity_checked: 1`` in its manifest and its status is ``program-verified`` (not ``passed``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from converters.specs import FORMATS, MODEL_FILES, ExportSpec, ToolchainMissing,
 from converters.validate import ValidationReport, validate, validation_inputs
 
 # status of one format
-PASSED, FAILED, UNAVAILABLE, STRUCTURE_ONLY = "passed", "failed", "unavailable", "structure-only"
+PASSED, FAILED, UNAVAILABLE = "passed", "failed", "unavailable"
+PROGRAM_VERIFIED = "program-verified"  # Core ML off macOS: structure + MIL program numerics, runtime not run
 RUNTIME = {"onnx": "onnxruntime", "tflite": "litert", "coreml": "coreml", "mnn": "mnn"}
 # runtimes checked besides the default one (recorded, never blocking the bundle)
 EXTRA_RUNTIMES = {"tflite": ["tflite-runtime"]}
@@ -50,21 +53,26 @@ class FormatResult:
     model_file: str | None = None
     size_bytes: int | None = None
     convert_s: float | None = None
-    vs_torch: ValidationReport | None = None
+    vs_torch: ValidationReport | None = None  # in the format's runtime (or its MIL program, see `evaluated_by`)
     vs_onnxruntime: ValidationReport | None = None
     latency_ms: float | None = None  # median, batch 1, one thread, a full list
     bundle: str | None = None
     structure: dict | None = None
     other_runtimes: list[RuntimeCheck] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # not failures: what was not checked here and why
+    evaluated_by: str = ""  # what produced the compared scores: the runtime, or "MIL program in numpy"
 
     @property
     def ok(self) -> bool:
-        return self.status in (PASSED, STRUCTURE_ONLY)
+        return self.status in (PASSED, PROGRAM_VERIFIED)
 
     def manifest_validation(self) -> dict[str, float]:
         """Flat numbers for the bundle manifest: what was checked and what it measured."""
-        out: dict[str, float] = {"numeric_parity_checked": float(self.vs_torch is not None)}
+        runtime_ran = self.vs_torch is not None and self.status != PROGRAM_VERIFIED
+        out: dict[str, float] = {"numeric_parity_checked": float(runtime_ran)}
+        if self.status == PROGRAM_VERIFIED:
+            out["program_parity_checked"] = 1.0
         for tag, rep in (("torch", self.vs_torch), ("onnxruntime", self.vs_onnxruntime)):
             if rep is None:
                 continue
@@ -103,7 +111,7 @@ class ExportReport:
 
     @property
     def failures(self) -> list[str]:
-        return [f"{r.format}: {e}" for r in self.results for e in r.errors if not r.ok or r.status == STRUCTURE_ONLY]
+        return [f"{r.format}: {e}" for r in self.results for e in r.errors]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -118,7 +126,8 @@ class ExportReport:
         for r in self.results:
             t, o = r.vs_torch, r.vs_onnxruntime
             kb = r.size_bytes / 1024 if r.size_bytes else None
-            lines.append(f"| {r.format} | {r.runtime} | {f(kb, '.1f')} | {f(t.max_abs_diff if t else None, '.2e')} | "
+            runtime = r.runtime if r.status != PROGRAM_VERIFIED else f"{r.runtime}: MIL program in numpy"
+            lines.append(f"| {r.format} | {runtime} | {f(kb, '.1f')} | {f(t.max_abs_diff if t else None, '.2e')} | "
                          f"{f(t.min_kendall_tau if t else None, '.4f')} | "
                          f"{f(t.mean_top5_overlap if t else None, '.3f')} | "
                          f"{f(o.max_abs_diff if o else None, '.2e')} | {f(r.latency_ms, '.3f')} | {r.status} |")
@@ -155,32 +164,39 @@ def torch_reference(model) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
 
 
 def convert(fmt: str, model, example: dict[str, np.ndarray], build: Path, spec: ExportSpec,
-            onnx_path: Path | None = None) -> tuple[Path, dict | None]:
-    """Write the `fmt` model file under `build`; returns (path, structure report or None)."""
+            onnx_path: Path | None = None) -> tuple[Path, dict | None, Callable | None]:
+    """Write the `fmt` model file under `build`; returns (path, structure report or None, a numpy evaluation
+    of the converted program or None)."""
     build.mkdir(parents=True, exist_ok=True)
     if fmt == "onnx":
         from converters.onnx.convert import export_onnx
 
-        return export_onnx(model, example, build / MODEL_FILES["onnx"]), None
+        return export_onnx(model, example, build / MODEL_FILES["onnx"]), None, None
     if fmt == "tflite":
         from converters.tflite.convert import export_tflite
 
-        return export_tflite(model, example, build / MODEL_FILES["tflite"], spec), None
+        return export_tflite(model, example, build / MODEL_FILES["tflite"], spec), None, None
     if fmt == "mnn":
         from converters.mnn.convert import export_mnn
 
         if onnx_path is None:
             raise RuntimeError("MNN converts from the ONNX export, which failed")
-        return export_mnn(onnx_path, build / MODEL_FILES["mnn"]), None
+        return export_mnn(onnx_path, build / MODEL_FILES["mnn"]), None, None
     if fmt == "coreml":
         from converters.coreml.convert import check_structure, export_coreml, zip_package
+        from converters.coreml.mil_eval import MILEvaluator, UnsupportedOp
 
         package = build / "reranker.mlpackage"
         mlmodel = export_coreml(model, example, package, spec)
         structure = check_structure(mlmodel, spec)
         zipped = zip_package(package, build / MODEL_FILES["coreml"])
+        try:
+            program = MILEvaluator(mlmodel).run
+        except UnsupportedOp as exc:
+            structure.problems.append(f"cannot evaluate the MIL program: {exc}")
+            program = None
         return zipped, {"inputs": structure.inputs, "outputs": structure.outputs, "op_counts": structure.op_counts,
-                        "problems": structure.problems}
+                        "problems": structure.problems}, program
     raise ValueError(f"unknown format {fmt!r}; known: {FORMATS}")
 
 
@@ -226,7 +242,7 @@ def export_formats(model, valid_inputs: dict[str, np.ndarray], out: str | Path, 
         build = out / "build" / fmt
         t0 = time.perf_counter()
         try:
-            path, structure = convert(fmt, model, inputs[0], build, spec, onnx_path)
+            path, structure, program = convert(fmt, model, inputs[0], build, spec, onnx_path)
         except ToolchainMissing as exc:
             res.status, res.errors = UNAVAILABLE, [str(exc)]
             results.append(res)
@@ -241,35 +257,37 @@ def export_formats(model, valid_inputs: dict[str, np.ndarray], out: str | Path, 
             res.errors += [f"structure: {p}" for p in structure["problems"]]
         if fmt == "onnx":
             onnx_path = path
-        try:
-            be = backends.create(res.runtime, path, threads=1)
-        except BackendError as exc:
-            if fmt == "coreml" and not res.errors:
-                res.status = STRUCTURE_ONLY
-                res.errors.append(f"numeric parity not run: {exc}")
-                res.bundle = str(_bundle(res, out, model, spec, name, version, metrics, tol))
-            else:
-                res.errors.append(f"runtime {res.runtime}: {exc}")
-            results.append(res)
-            continue
         kw = dict(tolerance=tol.max_abs_diff, min_tau=tol.min_kendall_tau, min_top5=tol.min_top5_overlap,
                   candidate_name=f"{fmt}/{res.runtime}")
-        res.vs_torch = validate(ref, be.run, inputs, reference_name="torch", **kw)
+        try:
+            be = backends.create(res.runtime, path, threads=1)
+            run, res.evaluated_by = be.run, res.runtime
+        except BackendError as exc:
+            if program is None:
+                res.errors.append(f"runtime {res.runtime}: {exc}")
+                results.append(res)
+                continue
+            # Core ML off macOS: the converted program itself, evaluated in numpy
+            res.notes.append(f"runtime parity not run: {exc}")
+            run, res.evaluated_by = program, "MIL program in numpy"
+            kw["candidate_name"] = f"{fmt}/MIL program in numpy"
+        res.vs_torch = validate(ref, run, inputs, reference_name="torch", **kw)
         if fmt == "onnx":
-            ort_run = be.run
+            ort_run = run
         elif ort_run is not None:
-            res.vs_onnxruntime = validate(ort_run, be.run, inputs, reference_name="onnxruntime", **kw)
+            res.vs_onnxruntime = validate(ort_run, run, inputs, reference_name="onnxruntime", **kw)
         for tag, rep in (("torch", res.vs_torch), ("onnxruntime", res.vs_onnxruntime)):
             if rep is not None and not rep.passed:
                 res.errors += [f"vs {tag}: {e}" for e in rep.failures]
-        try:
-            res.latency_ms = _median_latency_ms(be.run, full, latency_runs)
-        except Exception as exc:  # latency is informative; a crash here already failed validation
-            res.errors.append(f"latency run failed: {exc}")
+        if res.evaluated_by == res.runtime:  # time real runtimes only
+            try:
+                res.latency_ms = _median_latency_ms(run, full, latency_runs)
+            except Exception as exc:  # latency is informative; a crash here already failed validation
+                res.errors.append(f"latency run failed: {exc}")
         for extra in EXTRA_RUNTIMES.get(fmt, []):
             res.other_runtimes.append(_secondary(extra, path, ref, inputs, tol))
         if not res.errors:
-            res.status = PASSED
+            res.status = PASSED if res.evaluated_by == res.runtime else PROGRAM_VERIFIED
             if fmt in formats:
                 res.bundle = str(_bundle(res, out, model, spec, name, version, metrics, tol))
         results.append(res)

@@ -170,8 +170,37 @@ def test_coreml_program_structure(exported, spec):
     ops = r.structure["op_counts"]
     assert set(ops) <= EXPECTED_OPS and ops["softmax"] >= 3 and ops["layer_norm"] >= 2
     if sys.platform != "darwin":
-        assert r.status == "structure-only" and any("macOS" in e for e in r.errors)
+        assert r.status == "program-verified" and any("macOS" in n for n in r.notes) and not r.errors
         assert r.bundle is not None  # shipped with numeric_parity_checked = 0 in its manifest
+
+
+def test_coreml_converted_program_matches_torch_off_macos(exported, spec):
+    """The converted MIL program, evaluated op by op in numpy, within the Core ML tolerance of torch and ORT."""
+    r = exported[0].by_format("coreml")
+    tol = spec.tolerance("coreml")
+    assert r.vs_torch is not None and r.vs_torch.passed, r.vs_torch
+    assert r.vs_torch.max_abs_diff <= tol.max_abs_diff and r.vs_onnxruntime.max_abs_diff <= tol.max_abs_diff
+    if sys.platform != "darwin":
+        assert r.evaluated_by == "MIL program in numpy" and r.latency_ms is None
+
+
+def test_mil_evaluation_detects_a_wrong_program(trained, spec, tmp_path):
+    """A program converted from a different (untrained) model must fail against the trained model."""
+    import torch
+
+    from cloud.training.model import DeviceReranker
+    from converters.coreml.convert import export_coreml
+    from converters.coreml.mil_eval import MILEvaluator
+
+    model, _, valid = trained
+    xs = validation_inputs(valid.inputs, 6)
+    torch.manual_seed(1)
+    other = DeviceReranker(model.fcfg, model.mcfg).eval()
+    run = MILEvaluator(export_coreml(other, xs[0], tmp_path / "o.mlpackage", spec)).run
+    rep = validate(lambda x: _torch_scores(model, x), run, xs, tolerance=1e-4)
+    assert not rep.passed and rep.max_abs_diff > 1e-2
+    same = validate(lambda x: _torch_scores(other, x), run, xs, tolerance=1e-4)
+    assert same.passed, same.failures
 
 
 def test_coreml_bundle_is_marked_and_refused_where_it_cannot_run(exported):
@@ -185,6 +214,7 @@ def test_coreml_bundle_is_marked_and_refused_where_it_cannot_run(exported):
         assert m.validation["numeric_parity_checked"] == 1.0
         return
     assert m.validation["numeric_parity_checked"] == 0.0 and m.validation["structure.passed"] == 1.0
+    assert m.validation["program_parity_checked"] == 1.0 and m.validation["torch.max_abs_diff"] <= 1e-4
     with pytest.raises(BackendError, match="macOS"):
         load_model(out / "coreml")
     mm = ModelManager()
