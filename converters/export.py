@@ -151,14 +151,16 @@ def torch_reference(model) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
 
     model.eval()
     names = model.input_names
-    cache: dict[int, np.ndarray] = {}
+    cache: dict[int, tuple[dict, np.ndarray]] = {}  # by identity of the input dict (kept alive by the cache)
 
     def ref(x: dict[str, np.ndarray]) -> np.ndarray:
-        key = id(x)
-        if key not in cache:
-            with torch.no_grad():
-                cache[key] = model(*[torch.from_numpy(np.ascontiguousarray(x[n])) for n in names]).numpy()
-        return cache[key]
+        hit = cache.get(id(x))
+        if hit is not None and hit[0] is x:
+            return hit[1]
+        with torch.no_grad():
+            y = model(*[torch.from_numpy(np.ascontiguousarray(x[n])) for n in names]).numpy()
+        cache[id(x)] = (x, y)
+        return y
 
     return ref
 
