@@ -122,6 +122,8 @@ def _cmd_export(a: argparse.Namespace) -> int:
     for r in report.results:
         for e in r.errors:
             print(f"{r.format}: {e}", file=sys.stderr)
+        for n in r.notes:
+            print(f"{r.format} (note): {n}", file=sys.stderr)
         for rc in r.other_runtimes:
             print(f"{r.format} on {rc.runtime}: " + (f"agrees={rc.agrees}, max abs diff {rc.max_abs_diff:.2e}"
                                                       if rc.ran else f"not run: {rc.reason}"), file=sys.stderr)
