@@ -34,9 +34,10 @@ def _slice_by_index(x, begin, end, stride=None, begin_mask=None, end_mask=None, 
 
 def _layer_norm(x, axes=None, gamma=None, beta=None, epsilon=1e-5):
     axes = tuple(range(x.ndim)) if axes is None else tuple(_axis(a, x.ndim) for a in np.atleast_1d(axes))
-    mean = x.mean(axis=axes, keepdims=True)
-    var = ((x - mean) ** 2).mean(axis=axes, keepdims=True)
-    y = (x - mean) / np.sqrt(var + np.float32(epsilon))
+    x64 = x.astype(np.float64)  # statistics in float64: a constant row must normalise to exactly 0
+    mean = x64.mean(axis=axes, keepdims=True)
+    var = ((x64 - mean) ** 2).mean(axis=axes, keepdims=True)
+    y = ((x64 - mean) / np.sqrt(var + float(epsilon))).astype(np.float32)
     if gamma is not None:
         y = y * gamma
     if beta is not None:
