@@ -312,11 +312,18 @@ def _secondary(runtime: str, path: Path, ref, inputs, tol) -> RuntimeCheck:
                         reason="; ".join(rep.failures))
 
 
+def bundle_name(name: str, fmt: str) -> str:
+    """Registry name of a format's bundle: the model registry keys bundles by name/version, so each format
+    gets its own name (ONNX keeps the plain name the demo and ``serve --model-name`` use)."""
+    return name if fmt == "onnx" else f"{name}-{fmt}"
+
+
 def _bundle(res: FormatResult, out: Path, model, spec: ExportSpec, name: str, version: str, metrics: dict | None,
             tol) -> Path:
     target = out / res.format
     if target.exists():
         shutil.rmtree(target)
-    return write_bundle(target, model_file=res.model_file, fmt=res.format, name=name, version=version,
+    return write_bundle(target, model_file=res.model_file, fmt=res.format, name=bundle_name(name, res.format),
+                        version=version,
                         feature_config=model.fcfg, tolerance=tol.to_dict(), validation=res.manifest_validation(),
                         metrics=metrics, spec=spec)

@@ -111,6 +111,7 @@ def test_bundle_loads_with_its_runtime_and_reproduces_torch(exported, trained, s
     loaded = load_model(out / fmt)
     m = loaded.bundle.manifest
     assert m.format == fmt and loaded.backend.name == _DEFAULT_BACKEND[fmt]
+    assert m.name == ("device-reranker" if fmt == "onnx" else f"device-reranker-{fmt}")  # one registry name each
     assert [t.name for t in m.inputs] == spec.input_names and m.outputs[0].shape == [1, model.fcfg.n_max]
     assert m.validation["torch.passed"] == 1.0 and m.validation["numeric_parity_checked"] == 1.0
     assert m.tolerance["max_abs_diff"] == spec.tolerance(fmt).max_abs_diff
