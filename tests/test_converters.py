@@ -266,3 +266,12 @@ def test_export_cli_writes_bundle_and_parity_table(trained, logged_rows, tmp_pat
     assert "| mnn | mnn |" in printed and "passed" in printed
     assert load_model(tmp_path / "out" / "mnn").backend.name == "mnn"
     assert (tmp_path / "out" / "export_report.json").is_file()
+
+
+def test_every_formats_bundle_publishes_to_the_registry_under_one_version(exported, tmp_path):
+    from cloud.registry import Registry
+
+    report, out = exported
+    reg = Registry(tmp_path / "registry")
+    names = {reg.publish(out / r.format).name for r in report.results if r.bundle}
+    assert names == {"device-reranker", "device-reranker-tflite", "device-reranker-coreml", "device-reranker-mnn"}
