@@ -13,6 +13,8 @@ tolerance. The Core ML runtime itself needs macOS, so such a bundle says ``numer
 
 from __future__ import annotations
 
+import contextlib
+import io
 import shutil
 import statistics
 import time
@@ -244,7 +246,10 @@ def export_formats(model, valid_inputs: dict[str, np.ndarray], out: str | Path, 
         build = out / "build" / fmt
         t0 = time.perf_counter()
         try:
-            path, structure, program = convert(fmt, model, inputs[0], build, spec, onnx_path)
+            # litert-torch prints its own stage log to stdout: keep it only when progress is shown
+            quiet = contextlib.redirect_stdout(io.StringIO()) if not progress else contextlib.nullcontext()
+            with quiet:
+                path, structure, program = convert(fmt, model, inputs[0], build, spec, onnx_path)
         except ToolchainMissing as exc:
             res.status, res.errors = UNAVAILABLE, [str(exc)]
             results.append(res)
