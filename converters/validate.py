@@ -18,6 +18,9 @@ class ValidationReport:
     tolerance: float
     passed: bool
     failures: list[str] = field(default_factory=list)
+    min_top5_overlap: float = float("nan")
+    reference: str = "reference"
+    candidate: str = "candidate"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -42,13 +45,22 @@ def top_k_overlap(a: np.ndarray, b: np.ndarray, k: int = 5) -> float:
 def validate(reference: Callable[[dict[str, np.ndarray]], np.ndarray],
              candidate: Callable[[dict[str, np.ndarray]], np.ndarray],
              inputs: list[dict[str, np.ndarray]], *, tolerance: float = 1e-4,
-             min_tau: float = 0.99) -> ValidationReport:
-    """Run both on each batch-1 input; compare scores on the real (unpadded) candidates."""
+             min_tau: float = 0.99, min_top5: float = 0.0, reference_name: str = "reference",
+             candidate_name: str = "candidate") -> ValidationReport:
+    """Run both on each batch-1 input; compare scores on the real (unpadded) candidates. Every failure (a
+    crash of the candidate on one list, non-finite scores, a tolerance missed) is gathered, never raised."""
     diffs, taus, overlaps, failures = [], [], [], []
     for i, x in enumerate(inputs):
         n = int(x["cand_mask"][0].sum())
         r = np.asarray(reference(x), dtype=np.float64)[0, :n]
-        c = np.asarray(candidate(x), dtype=np.float64)[0, :n]
+        try:
+            c = np.asarray(candidate(x), dtype=np.float64)[0, :n]
+        except Exception as exc:  # any runtime error of the candidate is a validation failure, with its reason
+            failures.append(f"list {i}: {candidate_name} raised {type(exc).__name__}: {exc}")
+            continue
+        if c.shape != r.shape:
+            failures.append(f"list {i}: {candidate_name} scores have shape {c.shape}, expected {r.shape}")
+            continue
         if not np.all(np.isfinite(c)):
             failures.append(f"list {i}: non-finite scores")
             continue
@@ -60,8 +72,39 @@ def validate(reference: Callable[[dict[str, np.ndarray]], np.ndarray],
         failures.append(f"max abs diff {max_diff:.3g} > tolerance {tolerance:.3g}")
     if taus and min(taus) < min_tau:
         failures.append(f"min Kendall tau {min(taus):.4f} < {min_tau}")
+    if overlaps and min(overlaps) < min_top5:
+        failures.append(f"min top-5 overlap {min(overlaps):.2f} < {min_top5}")
     return ValidationReport(n_lists=len(inputs), max_abs_diff=max_diff,
                             mean_kendall_tau=float(np.mean(taus)) if taus else float("nan"),
                             min_kendall_tau=float(np.min(taus)) if taus else float("nan"),
                             mean_top5_overlap=float(np.mean(overlaps)) if overlaps else float("nan"),
-                            tolerance=tolerance, passed=not failures, failures=failures)
+                            tolerance=tolerance, passed=not failures, failures=failures,
+                            min_top5_overlap=float(np.min(overlaps)) if overlaps else float("nan"),
+                            reference=reference_name, candidate=candidate_name)
+
+
+def validation_inputs(inputs: dict[str, np.ndarray], n: int, *, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """Up to `n` batch-1 lists drawn from real inputs (``Samples.inputs``), always including the edge cases
+    an export must survive: a list with no feedback at all (every sequence slot padding), the fullest list
+    (``N_max`` candidates if the logs have one), the list with the most feedback, and the shortest list.
+    If the logs hold no list without feedback, one is made from a real list by blanking its sequences."""
+    size = int(inputs["cand_mask"].shape[0])
+    if size == 0 or n <= 0:
+        return []
+    n_cand = inputs["cand_mask"].sum(axis=1)
+    n_fb = inputs["seq_pos_mask"].sum(axis=1) + inputs["seq_neg_mask"].sum(axis=1)
+    picks = [int(np.argmax(n_cand)), int(np.argmax(n_fb)), int(np.argmin(n_cand))]
+    no_fb = np.flatnonzero(n_fb == 0)
+    if len(no_fb):
+        picks.append(int(no_fb[0]))
+    rng = np.random.default_rng(seed)
+    rest = [int(i) for i in rng.permutation(size) if int(i) not in picks]
+    picks = list(dict.fromkeys(picks)) + rest
+    out = [{k: np.ascontiguousarray(v[i: i + 1]) for k, v in inputs.items()} for i in picks[:n]]
+    if not len(no_fb):
+        blank = {k: v.copy() for k, v in out[0].items()}
+        for k in blank:
+            if k.startswith("seq_"):
+                blank[k][...] = 0
+        out.append(blank)
+    return out

@@ -19,7 +19,7 @@ from device_sdk.features.operators import input_specs
 
 log = logging.getLogger(__name__)
 
-_DEFAULT_BACKEND = {"onnx": "onnxruntime", "lightgbm": "lightgbm"}
+_DEFAULT_BACKEND = {"onnx": "onnxruntime", "lightgbm": "lightgbm", "tflite": "litert", "mnn": "mnn", "coreml": "coreml"}
 
 
 @dataclass

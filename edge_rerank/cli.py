@@ -123,25 +123,42 @@ def _cmd_ablate(a: argparse.Namespace) -> int:
 
 
 def _cmd_export(a: argparse.Namespace) -> int:
+    import json
+
+    from converters.specs import FORMATS
+
+    for what, p in (("checkpoint", a.checkpoint), ("logs", a.logs)):
+        if not Path(p).exists():
+            print(f"--{what} {p}: no such file or directory", file=sys.stderr)
+            return 2
     from cloud.logs import read_logs
     from cloud.training.data import build_samples, split_by_session
     from cloud.training.train import load_checkpoint
-    from edge_rerank.pipeline import export_bundle
+    from converters.export import export_formats
 
-    if a.format != "onnx":
-        print(f"format {a.format!r} is not available yet: only 'onnx' (TFLite/Core ML/MNN come with issue #7)",
-              file=sys.stderr)
-        return 2
+    formats = list(FORMATS) if a.format == "all" else [a.format]
     model, summary = load_checkpoint(a.checkpoint)
     samples = build_samples(read_logs(a.logs), model.fcfg, progress=not a.no_progress)
     _, valid = split_by_session(samples)
-    bundle, report = export_bundle(model, valid, a.out, version=a.version, n_validate=a.validate_lists,
-                                   metrics=summary.get("valid_model", {}))
-    print(f"| format | lists | max abs diff | Kendall tau | top-5 overlap | passed |\n|---|---|---|---|---|---|\n"
-          f"| onnx | {report['n_lists']} | {report['max_abs_diff']:.2e} | {report['mean_kendall_tau']:.4f} | "
-          f"{report['mean_top5_overlap']:.3f} | {report['passed']} |")
-    print(f"bundle: {bundle}")
-    return 0
+    report = export_formats(model, valid.inputs, a.out, formats=formats, version=a.version,
+                            metrics=summary.get("valid_model", {}), n_validate=a.validate_lists,
+                            progress=not a.no_progress)
+    Path(a.out).mkdir(parents=True, exist_ok=True)
+    (Path(a.out) / "export_report.json").write_text(json.dumps(report.to_dict(), indent=2, default=str))
+    for r in report.results:
+        for e in r.errors:
+            print(f"{r.format}: {e}", file=sys.stderr)
+        for n in r.notes:
+            print(f"{r.format} (note): {n}", file=sys.stderr)
+        for rc in r.other_runtimes:
+            print(f"{r.format} on {rc.runtime}: " + (f"agrees={rc.agrees}, max abs diff {rc.max_abs_diff:.2e}"
+                                                      if rc.ran else f"not run: {rc.reason}"), file=sys.stderr)
+    print(report.table())
+    for r in report.results:
+        if r.bundle:
+            print(f"bundle ({r.format}): {r.bundle}")
+    print(f"report: {Path(a.out) / 'export_report.json'}")
+    return 0 if report.ok else 1
 
 
 def _cmd_serve(a: argparse.Namespace) -> int:
@@ -256,15 +273,22 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--epochs", type=int)
     b.set_defaults(func=_cmd_ablate)
 
-    e = sub.add_parser("export", formatter_class=fmt, help="export a checkpoint to a verified bundle",
-                       description="Export, validate against the torch reference on real inputs from --logs, "
-                                   "and write a bundle (model + feature config + manifest with sha256).")
+    e = sub.add_parser("export", formatter_class=fmt, help="export a checkpoint to verified bundles",
+                       description="Export to ONNX / TFLite (litert-torch, run by LiteRT) / Core ML (coremltools) / "
+                                   "MNN, validate each file in its runtime against the torch model and onnxruntime "
+                                   "on real inputs from --logs, write one bundle per passed format under "
+                                   "OUT/<format>/ (model + feature config + manifest with sha256, tolerance, "
+                                   "measured parity) and print a parity table. Exit 1 if a format failed or its "
+                                   "toolchain is missing. Core ML numerics need macOS: elsewhere the program's "
+                                   "structure is checked and the bundle is marked structure-only.")
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--logs", required=True, help="logs to draw real validation inputs from")
-    e.add_argument("--format", default="onnx", choices=["onnx", "tflite", "coreml", "mnn", "all"])
+    e.add_argument("--format", default="onnx", choices=["onnx", "tflite", "coreml", "mnn", "all"],
+                   help="target format, or all of them")
     e.add_argument("--out", default="runs/export")
     e.add_argument("--version", default="dev")
-    e.add_argument("--validate-lists", type=int, default=300)
+    e.add_argument("--validate-lists", type=int, default=300,
+                   help="real lists to validate on (edge cases always included)")
     e.set_defaults(func=_cmd_export)
 
     v = sub.add_parser("serve", formatter_class=fmt, help="run the cloud companion under gunicorn")

@@ -47,10 +47,10 @@ def test_every_subcommand_has_help(sub):
     assert r.returncode == 0 and "usage: edge-rerank" in r.stdout
 
 
-def test_export_of_a_format_not_built_yet_says_so(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "edge_rerank.cli", "export", "--checkpoint", "x", "--logs", "y",
-                        "--format", "tflite"], capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode == 2 and "not available yet" in r.stderr
+def test_export_with_a_missing_checkpoint_says_so(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "edge_rerank.cli", "export", "--checkpoint", str(tmp_path / "x"),
+                        "--logs", "y", "--format", "tflite"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and "--checkpoint" in r.stderr and "no such file" in r.stderr
 
 
 def test_ruff_clean():
