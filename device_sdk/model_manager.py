@@ -19,7 +19,8 @@ from device_sdk.features.operators import input_specs
 
 log = logging.getLogger(__name__)
 
-_DEFAULT_BACKEND = {"onnx": "onnxruntime", "lightgbm": "lightgbm", "tflite": "litert", "mnn": "mnn", "coreml": "coreml"}
+_DEFAULT_BACKEND = {"onnx": "onnxruntime", "lightgbm": "lightgbm", "tflite": "litert", "mnn": "mnn", "coreml": "coreml",
+                    "numpy": "numpy"}
 
 
 @dataclass

@@ -55,4 +55,5 @@ from device_sdk.backends import coreml_backend as _coreml  # noqa: E402,F401
 from device_sdk.backends import lightgbm_backend as _lgbm  # noqa: E402,F401
 from device_sdk.backends import litert_backend as _litert  # noqa: E402,F401
 from device_sdk.backends import mnn_backend as _mnn  # noqa: E402,F401
+from device_sdk.backends import numpy_backend as _numpy  # noqa: E402,F401
 from device_sdk.backends import onnxruntime_backend as _ort  # noqa: E402,F401
