@@ -237,6 +237,11 @@ def get_manifest(name: str, version: str):
     return _send(name, version, "manifest.json")
 
 
+@models.get("/<name>/<version>/manifest.sig")
+def get_signature(name: str, version: str):
+    return _send(name, version, "manifest.sig")
+
+
 @models.get("/<name>/<version>/files/<path:rel>")
 def get_file(name: str, version: str, rel: str):
     return _send(name, version, rel)

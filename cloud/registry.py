@@ -31,6 +31,7 @@ from pathlib import Path, PurePosixPath
 
 from cloud.logs import fsync_dir
 from device_sdk.bundle import MANIFEST, BundleError, Manifest, read_bundle
+from device_sdk.signing import SIGNATURE
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -135,11 +136,14 @@ class Registry:
         return Manifest.from_dict(json.loads(path.read_text()))
 
     def file(self, name: str, version: str, rel: str) -> tuple[Path, str]:
-        """(path, sha256) of a file of a published bundle; only names the manifest lists (or the manifest)."""
+        """(path, sha256) of a file of a published bundle; only names the manifest lists (or the manifest and
+        its signature)."""
         m = self.manifest(name, version)
         vdir = self._version_dir(name, version)
-        if rel == MANIFEST:
-            path = vdir / MANIFEST
+        if rel in (MANIFEST, SIGNATURE):
+            path = vdir / rel
+            if not path.is_file():
+                raise RegistryError(f"{name}@{version} is not signed", 404)
             return path, hashlib.sha256(path.read_bytes()).hexdigest()
         if rel not in m.files:
             raise RegistryError(f"{name}@{version} has no file {rel!r}", 404)
@@ -174,7 +178,8 @@ class Registry:
             (target.parent).mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".staging-"))
             try:
-                for rel in [MANIFEST, *m.files]:
+                signed = [SIGNATURE] if (Path(bundle_dir) / SIGNATURE).is_file() else []
+                for rel in [MANIFEST, *signed, *m.files]:
                     dst = staging / rel
                     dst.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(Path(bundle_dir) / rel, dst)

@@ -82,13 +82,21 @@ class Bundle:
         return self.root / self.manifest.model_file
 
 
-def read_bundle(root: str | Path, *, expected_fingerprint: str | None = None) -> Bundle:
-    """Read and verify a bundle directory: manifest parses, every file exists with its sha256, the
-    feature config matches its fingerprint (and `expected_fingerprint` if given)."""
+def read_bundle(root: str | Path, *, expected_fingerprint: str | None = None,
+                public_key: bytes | None = None) -> Bundle:
+    """Read and verify a bundle directory: with `public_key`, ``manifest.sig`` must be its ed25519 signature of
+    the manifest; the manifest parses, every file exists with its sha256, the feature config matches its
+    fingerprint (and `expected_fingerprint` if given)."""
     root = Path(root)
     mpath = root / MANIFEST
     if not mpath.is_file():
         raise BundleError(f"{root}: no {MANIFEST}")
+    if public_key is not None:
+        from device_sdk.signing import SIGNATURE, verify_manifest
+
+        if not (root / SIGNATURE).is_file():
+            raise BundleError(f"{root}: no {SIGNATURE}, and this app only loads signed bundles")
+        verify_manifest(mpath.read_bytes(), (root / SIGNATURE).read_bytes(), public_key)
     try:
         manifest = Manifest.from_dict(json.loads(mpath.read_text()))
     except json.JSONDecodeError as exc:
