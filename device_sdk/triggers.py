@@ -1,5 +1,8 @@
-"""When to rerank. The policy sees every feedback event and page arrival and answers with a reason
-(or None). Debounced: at least `min_events_between` events between two triggers."""
+"""When to rerank. The policy sees every feedback event, page arrival, scroll pause and viewport move and answers
+with a reason (or None). Debounced: at least `min_events_between` events between two triggers. A budget gate
+skips triggers while reranks are too slow (``over_budget_max`` of the last ``budget_window`` blew the latency
+budget) or the session's rerank energy budget is spent; the app reports each rerank's cost with
+``record_cost``."""
 
 from __future__ import annotations
 
@@ -15,6 +18,13 @@ class TriggerConfig:
     page_arrival: bool = True  # a new page arrived and there is feedback to use
     dwell_threshold_ms: float = 1200.0  # what counts as a long (real) skip
     min_events_between: int = 1
+    scroll_idle_ms: float = 0.0  # fire when the list rests this long with feedback to use; 0 disables
+    page_boundary_items: int = 0  # fire when the viewport is this close to the next page boundary; 0 disables
+    # budget gate
+    latency_budget_ms: float = 50.0
+    budget_window: int = 3
+    over_budget_max: int = 2  # skip while this many of the last `budget_window` reranks were over budget; 0: off
+    energy_budget_mj: float = 0.0  # rerank energy per session; 0 = unlimited
 
 
 class TriggerPolicy:
@@ -27,12 +37,47 @@ class TriggerPolicy:
         self._last_trigger_at = -10**9
         self._skips = 0
         self._clicked: set[int] = set()
+        self._recent_over: list[bool] = []
+        self._energy_mj = 0.0
+        self._boundary_fired_for = -1
+        self.budget_skips = 0  # triggers the gate swallowed this session
+
+    def record_cost(self, latency_ms: float, energy_mj: float = 0.0) -> None:
+        """Report a finished rerank's latency and energy (feeds the budget gate)."""
+        self._recent_over = (self._recent_over + [latency_ms > self.cfg.latency_budget_ms])[-self.cfg.budget_window:]
+        self._energy_mj += energy_mj
+
+    def gate_open(self) -> bool:
+        c = self.cfg
+        if c.over_budget_max > 0 and sum(self._recent_over) >= c.over_budget_max:
+            return False
+        return not (c.energy_budget_mj > 0 and self._energy_mj >= c.energy_budget_mj)
 
     def _fire(self, reason: str) -> str | None:
         if self._events - self._last_trigger_at < self.cfg.min_events_between:
             return None
+        if not self.gate_open():
+            self.budget_skips += 1
+            return None
         self._last_trigger_at = self._events
         return reason
+
+    def on_scroll_idle(self, idle_ms: float, has_feedback: bool) -> str | None:
+        if self.cfg.scroll_idle_ms > 0 and has_feedback and idle_ms >= self.cfg.scroll_idle_ms:
+            return self._fire("scroll_idle")
+        return None
+
+    def on_viewport(self, last_visible: int, page_size: int, has_feedback: bool) -> str | None:
+        """Once per page: the viewport is within `page_boundary_items` of the boundary to the next page, so the
+        items just past it can still be reordered before the user gets there."""
+        c = self.cfg
+        if c.page_boundary_items <= 0 or not has_feedback or page_size <= 0 or last_visible < 0:
+            return None
+        page = last_visible // page_size
+        if page_size - 1 - last_visible % page_size <= c.page_boundary_items and self._boundary_fired_for != page:
+            self._boundary_fired_for = page
+            return self._fire("page_boundary")
+        return None
 
     def observe(self, event: FeedbackEvent) -> str | None:
         self._events += 1

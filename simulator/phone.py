@@ -261,6 +261,7 @@ class PhoneSession:
         _, done, latency, energy = self.device.schedule(t_ms, self.phone.cost_model.cost(n_window, len(events)), busy)
         self.out.device_ms.append(latency)
         self.out.rerank_mj += energy
+        self.policy.record_cost(latency, energy)  # the SDK's budget gate sees what each rerank cost
         if not res.applied:
             self.out.fallbacks[(res.fallback_reason or "").split(":")[0]] += 1
             return
@@ -296,6 +297,7 @@ class PhoneSession:
         else:
             ev = FeedbackEvent.for_item(item, kind, ts, self.request_id, position, dwell_ms)
         self.store.add(self.spec.session_id, ev)
+        self._has_feedback = True
         if self.logger is not None:
             self.logger.record(ev)
         reason = self.policy.observe(ev)
@@ -330,6 +332,9 @@ class PhoneSession:
         if self.inflight is None and self.has_more and self.shown_upto + self.phone.cfg.prefetch_items >= len(
                 self.display):
             self._request_page()
+        reason = self.policy.on_viewport(self.shown_upto - 1, self.phone.cfg.page_size, self._has_feedback)
+        if reason:
+            self._trigger(reason, self.t)
         screen = self.screen
         skim = self.draws["skim"][screen] < um.p_skim(screen, user.speed)
         p_exam = um.p_examine(screen, skim)
@@ -387,6 +392,8 @@ class PhoneSession:
             self.out.reranks_unfinished += 1
             self.pending = None
         self.done = True
+        if self.policy.budget_skips:
+            self.out.fallbacks["budget_gate"] += self.policy.budget_skips
         self.out.duration_ms = self.t
         self.out.screen_mj = self.profile.screen_mw * self.t / 1e3
         if self.logger is not None:

@@ -148,3 +148,45 @@ def test_unknown_backend_is_a_clear_error(bundle_dir):
         backends.create("tensorrt", bundle_dir / "x")
     with pytest.raises(BackendError, match="cannot load"):
         backends.create("onnxruntime", bundle_dir / "manifest.json")
+
+
+def test_budget_gate_skips_triggers_while_reranks_are_slow_or_energy_is_spent():
+    from device_sdk.contracts import EventKind, FeedbackEvent
+    from device_sdk.triggers import TriggerConfig, TriggerPolicy
+
+    ret = FeedbackEvent(ts_ms=0, request_id="r", item_id=1, kind=EventKind.DETAIL_RETURN, dwell_ms=5000)
+    p = TriggerPolicy(TriggerConfig(latency_budget_ms=50, budget_window=3, over_budget_max=2))
+    assert p.observe(ret) == "click_return"
+    p.record_cost(80.0)
+    assert p.observe(ret) == "click_return"  # one slow rerank of the last three: still allowed
+    p.record_cost(90.0)
+    assert p.observe(ret) is None and p.budget_skips == 1  # two of the last three over budget: skipped
+    p.record_cost(10.0), p.record_cost(10.0)
+    assert p.observe(ret) == "click_return"  # fast again
+    e = TriggerPolicy(TriggerConfig(energy_budget_mj=5.0))
+    e.record_cost(1.0, energy_mj=5.0)
+    assert e.observe(ret) is None and e.budget_skips == 1
+
+
+def test_scroll_idle_and_page_boundary_triggers():
+    from device_sdk.triggers import TriggerConfig, TriggerPolicy
+
+    p = TriggerPolicy(TriggerConfig(scroll_idle_ms=800, page_boundary_items=4, min_events_between=0))
+    assert p.on_scroll_idle(500, has_feedback=True) is None
+    assert p.on_scroll_idle(900, has_feedback=False) is None
+    assert p.on_scroll_idle(900, has_feedback=True) == "scroll_idle"
+    assert p.on_viewport(last_visible=10, page_size=25, has_feedback=True) is None
+    assert p.on_viewport(last_visible=20, page_size=25, has_feedback=True) == "page_boundary"
+    assert p.on_viewport(last_visible=22, page_size=25, has_feedback=True) is None  # once per page
+    assert p.on_viewport(last_visible=46, page_size=25, has_feedback=True) == "page_boundary"  # next page
+    assert TriggerPolicy().on_viewport(24, 25, True) is None  # off by default
+
+
+def test_simulated_phone_fires_page_boundary_triggers(world, inproc_cloud):
+    from device_sdk.triggers import TriggerConfig
+    from simulator.phone import Phone
+    from simulator.user_model import UserModel
+
+    phone = Phone(UserModel(world), inproc_cloud, arm="cloud", triggers=TriggerConfig(page_boundary_items=6))
+    fired = sum(phone.run(world.session(i, 3)).triggers["page_boundary"] for i in range(60))
+    assert fired > 0
