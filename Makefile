@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo demo-quick test lint proto bench bench-train bench-simulator bench-cloud redis-server clean
+.PHONY: demo demo-quick test lint proto bench bench-device bench-train bench-simulator bench-cloud redis-server clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,10 @@ redis-server:
 	  echo "redis-server is not installed and cannot be installed here: the Redis store tests will skip"
 
 # All benchmarks (JSON under runs/bench/); run them on a quiet machine.
-bench: bench-train bench-simulator bench-cloud
+bench: bench-device bench-train bench-simulator bench-cloud
+
+bench-device: $(STAMP)
+	$(PY) bench/device_bench.py --out runs/bench/device.json
 
 bench-train: $(STAMP)
 	$(PY) bench/train_bench.py --out runs/bench/train.json

@@ -7,7 +7,7 @@ device at rerank time, so training and serving features agree bit for bit.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -138,15 +138,22 @@ class _OpInputs:
     cloud_position: np.ndarray
     context: Context
     seqs: dict[str, _Seq]
+    cache: dict = field(default_factory=dict)  # shared by operators of one build (same match / similarity)
 
 
-def _match(x: _OpInputs, fields: str, seq: _Seq) -> np.ndarray:
-    """[N, S] bool: candidate value(s) equal to the event's value(s) for every field in `fields`."""
+def _match(x: _OpInputs, fields: str, seq: _Seq, seq_key: tuple) -> np.ndarray:
+    """[N, S] bool: candidate value(s) equal to the event's value(s) for every field in `fields`; cached per
+    build under (fields, `seq_key`) = (sequence name, window)."""
+    key = ("match", fields, seq_key)
+    hit = x.cache.get(key)
+    if hit is not None:
+        return hit
     out = np.ones((x.cand_lat.shape[0], seq.size), dtype=bool)
     for f in fields.split("+"):
         if f not in FIELDS:
             raise FeatureError(f"unknown field {f!r} in Match&Aggregate operator (fields: {FIELDS})")
         out &= x.cand_fields[f][:, None] == seq.fields[f][None, :]
+    x.cache[key] = out
     return out
 
 
@@ -155,7 +162,7 @@ def _op_match(agg: str, fields: str, seq_name: str, window: int | None) -> Calla
         seq = x.seqs[seq_name] if window is None else x.seqs[seq_name].last(window)
         if seq.size == 0:
             return np.full(x.cand_lat.shape[0], 1.0 if agg == "step" else 0.0)
-        m = _match(x, fields, seq)
+        m = _match(x, fields, seq, (seq_name, window))
         if agg == "hit":
             return m.any(axis=1).astype(np.float64)
         if agg == "freq":
@@ -188,11 +195,16 @@ def _op_sim(agg: str, seq_name: str, window: int | None) -> Callable[[_OpInputs]
         seq = x.seqs[seq_name] if window is None else x.seqs[seq_name].last(window)
         if seq.size == 0:
             return np.zeros(x.cand_lat.shape[0])
-        a = x.cand_emb.astype(np.float64)
-        b = seq.emb.astype(np.float64)
-        a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-9)
-        b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-9)
-        s = a @ b.T
+        key = ("sim", seq_name, window)
+        s = x.cache.get(key)
+        if s is None:
+            a = x.cache.get("cand_unit")
+            if a is None:
+                a = x.cand_emb.astype(np.float64)
+                a = x.cache["cand_unit"] = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-9)
+            b = seq.emb.astype(np.float64)
+            b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-9)
+            s = x.cache[key] = a @ b.T
         return s.max(axis=1) if agg == "max" else s.mean(axis=1)
 
     return op

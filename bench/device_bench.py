@@ -1,0 +1,202 @@
+"""Device-side latency of the reranker in every available backend, in one run: N=50 candidates, L=50 feedback
+events, batch 1, one thread. Also the whole rerank call (features + inference + reinsertion) through the SDK's
+RerankService, the model's FLOPs per call, and this machine's single-thread float32 matmul peak. Writes JSON.
+
+    .venv/bin/python bench/device_bench.py --out runs/bench/device.json
+
+Targets (issue 5): onnxruntime and LiteRT p50 <= 0.5 ms; numpy <= 5x onnxruntime; whole rerank call p99 <= 5 ms
+with features no slower than inference.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # single-thread BLAS for the matmul peak and numpy backend
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from dataclasses import replace  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+
+def _page(world, fcfg, n: int, seed: int):
+    """n real catalog items as a page (cloud fields filled like the server would) and L feedback events."""
+    from device_sdk.contracts import Context, EventKind, FeedbackEvent, PageItem
+
+    rng = np.random.default_rng(seed)
+    rows = rng.choice(len(world.item_id), size=n + fcfg.l_max, replace=False)
+    items = []
+    for k, r in enumerate(rows):
+        items.append(PageItem(item_id=int(world.item_id[r]), cloud_position=k, cloud_score=float(-0.05 * k),
+                              cloud_dense=rng.normal(size=fcfg.dense_dim).astype(np.float32),
+                              id_embedding=world.emb_rows[r].astype(np.float32), category=int(world.category[r]),
+                              brand=int(world.brand[r]), price_level=int(world.price_level[r]),
+                              lat=float(world.loc[r, 0]), lon=float(world.loc[r, 1])))
+    seen, cands = items[: fcfg.l_max], items[fcfg.l_max:]
+    events = []
+    for k, it in enumerate(seen):  # every 5th seen item clicked, the rest long skips: L events in all
+        kind = EventKind.CLICK if k % 5 == 0 else EventKind.EXPOSURE
+        events.append(FeedbackEvent.for_item(it, kind, 1000 * k, "r", k, 0.0 if kind == EventKind.CLICK else 2500.0))
+    ctx = Context(lat=float(np.mean([i.lat for i in cands])), lon=float(np.mean([i.lon for i in cands])), hour=19)
+    return cands, events, ctx
+
+
+def _timeit(fn, runs: int) -> dict:
+    for _ in range(max(10, runs // 20)):
+        fn()
+    ts = np.empty(runs)
+    for i in range(runs):
+        t = time.perf_counter()
+        fn()
+        ts[i] = time.perf_counter() - t
+    return {"p50_ms": float(np.percentile(ts, 50) * 1e3), "p99_ms": float(np.percentile(ts, 99) * 1e3)}
+
+
+def matmul_peak_gflops(n: int = 768, reps: int = 10) -> float:
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    b = a.T.copy()
+    a @ b
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
+
+
+def model_flops(fcfg, mcfg) -> int:
+    """Multiply-adds x 2 of one forward pass (linear layers and attention matmuls; elementwise ops excluded)."""
+    N, L, d, E = fcfg.n_max, fcfg.l_max, mcfg.d_model, fcfg.emb_dim
+    lin = lambda rows, i, o: 2 * rows * i * o  # noqa: E731
+    f = (lin(N, E, d) + lin(N, fcfg.dense_dim, d) + lin(1, fcfg.n_context_features, d)
+         + lin(N, fcfg.n_candidate_features, d))
+    parts = 4
+    if mcfg.use_feedback:
+        f += lin(L, E, d) + lin(L, fcfg.n_event_features, d)
+        if mcfg.cross:
+            f += lin(L, d, 3 * d) + 2 * (2 * L * L * d * 2)
+        f += 2 * lin(L, d, 2 * d)
+        for v in mcfg.views:
+            rows = 1 if v == "context" else N
+            f += lin(rows, d, d) + 2 * (2 * rows * L * d * 2)
+        parts += 2 * len(mcfg.views)
+    f += lin(N, parts * d, d)
+    for _ in range(mcfg.n_layers):
+        f += lin(N, d, 3 * d) + 2 * (2 * N * N * d) + lin(N, d, d) + lin(N, d, mcfg.ffn) + lin(N, mcfg.ffn, d)
+    f += lin(N, d, d) + lin(N, d, 1)
+    return int(f)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/bench/device.json")
+    p.add_argument("--runs", type=int, default=2000)
+    p.add_argument("--formats", default="numpy,onnx,tflite,mnn")
+    a = p.parse_args()
+
+    import torch
+
+    from cloud.training.model import DeviceReranker, ModelConfig
+    from converters.export import convert
+    from converters.numpy_ref.convert import export_numpy
+    from converters.specs import get_spec
+    from device_sdk import backends
+    from device_sdk.features import FeatureBuilder, stack_batch
+    from device_sdk.reranker import reinsert
+    from edge_rerank.pipeline import feature_config_for
+    from simulator.world import World, WorldConfig
+
+    torch.set_num_threads(1)
+    wcfg = WorldConfig(seed=0)
+    world = World(wcfg)
+    fcfg = replace(feature_config_for(wcfg), n_max=50, l_max=50)
+    mcfg = ModelConfig()
+    torch.manual_seed(0)
+    model = DeviceReranker(fcfg, mcfg).eval()
+    builder = FeatureBuilder(fcfg)
+    pages = [_page(world, fcfg, fcfg.n_max, s) for s in range(8)]
+    feats = [builder.build(c, e, ctx) for c, e, ctx in pages]
+    model.fit_input_stats(stack_batch(feats))
+    x = {k: v[None] for k, v in feats[0].items()}
+
+    build = Path(tempfile.mkdtemp(prefix="edge-rerank-device-bench-"))
+    spec = get_spec("device-reranker", fcfg)
+    files: dict[str, tuple[str, Path]] = {}
+    onnx_path = None
+    for fmt in a.formats.split(","):
+        try:
+            if fmt == "numpy":
+                files["numpy"] = ("numpy", export_numpy(model, build / "reranker.npz"))
+                continue
+            path, _, _ = convert(fmt, model, x, build / fmt, spec, onnx_path=onnx_path)
+            if fmt == "onnx":
+                onnx_path = path
+            files[fmt] = ({"onnx": "onnxruntime", "tflite": "litert", "mnn": "mnn"}[fmt], path)
+        except Exception as exc:  # a missing toolchain: report it, bench the rest
+            print(f"{fmt}: not benchmarked ({type(exc).__name__}: {exc})")
+
+    with torch.no_grad():
+        ref = model(*[torch.from_numpy(x[n]) for n in model.input_names]).numpy()
+    results = {}
+    for fmt, (name, path) in files.items():
+        be = backends.create(name, path, threads=1)
+        out = be.run(x)
+        r = _timeit(lambda be=be: be.run(x), a.runs)
+        r.update(backend=name, file_kb=path.stat().st_size / 1024, max_abs_diff_vs_torch=float(np.abs(out - ref).max()))
+        results[fmt] = r
+        print(f"{fmt:<6} {name:<12} p50 {r['p50_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms  "
+              f"{r['file_kb']:.0f} KB  max|Δ| {r['max_abs_diff_vs_torch']:.1e}")
+    r = _timeit(lambda: model(*[torch.from_numpy(x[n]) for n in model.input_names]), max(200, a.runs // 5))
+    results["torch"] = {**r, "backend": "torch eager"}
+
+    # the whole rerank call as the SDK does it: features -> onnxruntime -> reinsertion
+    call = {}
+    if "onnx" in files:
+        be = backends.create("onnxruntime", files["onnx"][1], threads=1)
+        cands, events, ctx = pages[0]
+        parts = {"features": [], "inference": [], "reinsertion": [], "total": []}
+        for i in range(a.runs):
+            t0 = time.perf_counter()
+            f = builder.build(cands, events, ctx)
+            t1 = time.perf_counter()
+            s = be.run({k: v[None] for k, v in f.items()})[0]
+            t2 = time.perf_counter()
+            reinsert(len(cands) + 10, 10, fcfg.n_max, s[: len(cands)].astype(np.float64))
+            t3 = time.perf_counter()
+            if i >= 20:
+                for k, v in (("features", t1 - t0), ("inference", t2 - t1), ("reinsertion", t3 - t2),
+                             ("total", t3 - t0)):
+                    parts[k].append(v * 1e3)
+        call = {k: {"p50_ms": float(np.percentile(v, 50)), "p99_ms": float(np.percentile(v, 99))}
+                for k, v in parts.items()}
+        print("rerank call (onnxruntime): " + ", ".join(f"{k} p50 {v['p50_ms']:.3f} / p99 {v['p99_ms']:.3f} ms"
+                                                        for k, v in call.items()))
+    flops = model_flops(fcfg, mcfg)
+    peak = matmul_peak_gflops()
+    best = min(v["p50_ms"] for k, v in results.items() if k != "torch")
+    payload = {
+        "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                    "load_avg": os.getloadavg()},
+        "shape": {"n_max": fcfg.n_max, "l_max": fcfg.l_max, "batch": 1, "threads": 1},
+        "params": int(sum(q.numel() for q in model.parameters())),
+        "flops_per_call": flops, "matmul_peak_gflops_1thread": peak,
+        "best_backend_gflops": flops / (best * 1e-3) / 1e9,
+        "backends": results, "rerank_call_onnxruntime": call,
+    }
+    payload["best_backend_share_of_peak"] = payload["best_backend_gflops"] / peak
+    print(f"{flops / 1e6:.2f} MFLOP per call; single-thread matmul peak {peak:.1f} GFLOP/s; fastest backend "
+          f"{payload['best_backend_gflops']:.2f} GFLOP/s = {100 * payload['best_backend_share_of_peak']:.1f} % of peak")
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
