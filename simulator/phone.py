@@ -375,6 +375,9 @@ class PhoneSession:
         for slot, item in enumerate(slots):
             out.exposed_positions.append(start + slot)
             self._emit(item, EventKind.EXPOSURE, start + slot, dwell)
+        reason = self.policy.on_scroll_idle(dwell, self._has_feedback)  # the list rested for `dwell` ms
+        if reason:
+            self._trigger(reason, self.t)
         user.frustrated = 0 if clicks_here else user.frustrated + 1
         if not leave:
             leave = self.draws["leave"][screen] < um.p_leave(screen, user.frustrated, user.patience)

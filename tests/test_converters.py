@@ -275,3 +275,20 @@ def test_every_formats_bundle_publishes_to_the_registry_under_one_version(export
     reg = Registry(tmp_path / "registry")
     names = {reg.publish(out / r.format).name for r in report.results if r.bundle}
     assert names == {"device-reranker", "device-reranker-tflite", "device-reranker-coreml", "device-reranker-mnn"}
+
+
+@pytest.mark.parametrize("fmt", NUMERIC)
+def test_every_runtime_matches_the_numpy_reference_on_real_lists(exported, trained, tmp_path, fmt):
+    """ARCHITECTURE's rule: device_sdk's numpy backend is the reference every exported format is checked against."""
+    from converters.numpy_ref.convert import export_numpy
+    from converters.validate import validate
+    from device_sdk import backends
+    from device_sdk.model_manager import load_model
+
+    model, _, valid = trained
+    _, out = exported
+    ref = backends.create("numpy", export_numpy(model, tmp_path / "reranker.npz"))
+    inputs = validation_inputs(valid.inputs, 40)
+    rep = validate(ref.run, load_model(out / fmt).backend.run, inputs, tolerance=1e-4)
+    assert rep.passed, rep.failures
+    assert rep.max_abs_diff < 1e-4 and rep.mean_top5_overlap == 1.0

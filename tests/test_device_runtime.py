@@ -182,11 +182,14 @@ def test_scroll_idle_and_page_boundary_triggers():
     assert TriggerPolicy().on_viewport(24, 25, True) is None  # off by default
 
 
-def test_simulated_phone_fires_page_boundary_triggers(world, inproc_cloud):
+def test_simulated_phone_fires_page_boundary_and_scroll_idle_triggers(world, inproc_cloud):
+    from collections import Counter
+
     from device_sdk.triggers import TriggerConfig
     from simulator.phone import Phone
     from simulator.user_model import UserModel
 
-    phone = Phone(UserModel(world), inproc_cloud, arm="cloud", triggers=TriggerConfig(page_boundary_items=6))
-    fired = sum(phone.run(world.session(i, 3)).triggers["page_boundary"] for i in range(60))
-    assert fired > 0
+    cfg = TriggerConfig(page_boundary_items=6, scroll_idle_ms=4000)
+    phone = Phone(UserModel(world), inproc_cloud, arm="cloud", triggers=cfg)
+    fired = sum((phone.run(world.session(i, 3)).triggers for i in range(60)), Counter())
+    assert fired["page_boundary"] > 0 and fired["scroll_idle"] > 0
