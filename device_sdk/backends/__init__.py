@@ -43,6 +43,14 @@ def model_format(name: str) -> str:
     return _FORMATS[name]
 
 
+def batch_size(input_names: list[str], inputs: dict[str, np.ndarray]) -> int:
+    """Check every model input is given (BackendError naming the missing ones); the leading dimension."""
+    missing = set(input_names) - set(inputs)
+    if missing:
+        raise BackendError(f"missing model inputs: {sorted(missing)}")
+    return int(np.asarray(inputs[input_names[0]]).shape[0])
+
+
 def create(name: str, model_path: str | Path, *, threads: int = 1) -> Backend:
     """Create backend `name` for the model file at `model_path`."""
     if name not in _REGISTRY:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from device_sdk.backends import BackendError, register
+from device_sdk.backends import BackendError, batch_size, register
 
 
 def _extract(zip_path: Path, into: Path) -> Path:
@@ -56,10 +56,7 @@ class CoreMLBackend:
         self.output_name = desc.output[0].name
 
     def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        missing = set(self.input_names) - set(inputs)
-        if missing:
-            raise BackendError(f"missing model inputs: {sorted(missing)}")
-        batch = int(np.asarray(inputs[self.input_names[0]]).shape[0])
+        batch = batch_size(self.input_names, inputs)
         rows = [np.asarray(self._model.predict({n: np.asarray(inputs[n])[b: b + 1] for n in self.input_names})
                            [self.output_name], dtype=np.float32) for b in range(batch)]
         return np.concatenate(rows, axis=0)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from device_sdk.backends import BackendError, register
+from device_sdk.backends import BackendError, batch_size, register
 
 SIGNATURE = "serving_default"
 
@@ -46,10 +46,7 @@ class _TFLiteSignatureBackend:
         return np.array(self._runner(**feeds)[self.output_name], copy=True)
 
     def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        missing = set(self.input_names) - set(inputs)
-        if missing:
-            raise BackendError(f"missing model inputs: {sorted(missing)}")
-        batch = int(np.asarray(inputs[self.input_names[0]]).shape[0])
+        batch = batch_size(self.input_names, inputs)
         rows = []
         for b in range(batch):
             feeds = {}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from device_sdk.backends import BackendError, register
+from device_sdk.backends import BackendError, batch_size, register
 
 
 @register("mnn", "mnn")
@@ -49,10 +49,7 @@ class MNNBackend:
         return F.const(a, list(a.shape), F.NCHW, F.float)
 
     def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        missing = set(self.input_names) - set(inputs)
-        if missing:
-            raise BackendError(f"missing model inputs: {sorted(missing)}")
-        batch = int(np.asarray(inputs[self.input_names[0]]).shape[0])
+        batch = batch_size(self.input_names, inputs)
         rows = []
         for b in range(batch):
             out = self._module.forward([self._const(n, np.asarray(inputs[n])[b: b + 1]) for n in self.input_names])

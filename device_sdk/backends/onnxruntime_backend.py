@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from device_sdk.backends import BackendError, register
+from device_sdk.backends import BackendError, batch_size, register
 
 
 @register("onnxruntime", "onnx")
@@ -32,8 +32,6 @@ class OnnxRuntimeBackend:
         self.output_name = self._session.get_outputs()[0].name
 
     def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        missing = set(self.input_names) - set(inputs)
-        if missing:
-            raise BackendError(f"missing model inputs: {sorted(missing)}")
+        batch_size(self.input_names, inputs)
         feeds = {k: inputs[k] for k in self.input_names}
         return self._session.run([self.output_name], feeds)[0]
