@@ -122,6 +122,25 @@ def _cmd_ablate(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compress(a: argparse.Namespace) -> int:
+    from cloud.logs import read_logs
+    from cloud.training.data import build_samples, split_by_session
+    from cloud.training.train import load_checkpoint
+    from compression.benchmark import run_benchmark, to_markdown
+    from converters.onnx.convert import export_onnx
+
+    if not a.benchmark:
+        print("only --benchmark exists so far: presets with accuracy budgets come with issue #8", file=sys.stderr)
+        return 2
+    model, _ = load_checkpoint(a.checkpoint)
+    _, valid = split_by_session(build_samples(read_logs(a.logs), model.fcfg, progress=not a.no_progress))
+    fp32 = export_onnx(model, {k: v[:1] for k, v in valid.inputs.items()}, Path(a.out) / "fp32.onnx")
+    results = run_benchmark(fp32, valid, a.out, n_lists=a.lists)
+    print(to_markdown(results))
+    print(f"JSON: {Path(a.out) / 'compression.json'}")
+    return 0
+
+
 def _cmd_export(a: argparse.Namespace) -> int:
     import json
 
@@ -290,6 +309,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--validate-lists", type=int, default=300,
                    help="real lists to validate on (edge cases always included)")
     e.set_defaults(func=_cmd_export)
+
+    c = sub.add_parser("compress", formatter_class=fmt, help="compression-accuracy benchmark of a checkpoint",
+                       description="Quantize the exported model (onnxruntime dynamic int8: QUInt8, QInt8, QInt8 with "
+                                   "reduce_range) and measure size, max abs diff and Kendall tau vs fp32, NDCG@10 "
+                                   "on held-out lists from --logs, and latency. Pruning, distillation and the other "
+                                   "formats come with issue #8.")
+    c.add_argument("--benchmark", action="store_true", help="run the benchmark (the only mode so far)")
+    c.add_argument("--checkpoint", required=True)
+    c.add_argument("--logs", required=True, help="impression logs for held-out lists")
+    c.add_argument("--out", default="runs/compression")
+    c.add_argument("--lists", type=int, default=300, help="held-out lists to evaluate")
+    c.set_defaults(func=_cmd_compress)
 
     v = sub.add_parser("serve", formatter_class=fmt, help="run the cloud companion under gunicorn")
     v.add_argument("--data-dir", required=True, help="cloud data directory (see cloud/catalog.py)")
