@@ -7,7 +7,6 @@ reduce_range. Pruning, distillation, static int8, fp16 and the LiteRT / Core ML 
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -34,24 +33,13 @@ def _scores(run, inputs) -> np.ndarray:
     return np.concatenate([run({k: v[i: i + 1] for k, v in inputs.items()}) for i in range(len(inputs["cand_mask"]))])
 
 
-def _latency(run, x, runs: int = 300) -> float:
-    for _ in range(20):
-        run(x)
-    ts = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        run(x)
-        ts.append(time.perf_counter() - t)
-    return float(np.median(ts) * 1e3)
-
-
 def run_benchmark(onnx_fp32: str | Path, valid, out: str | Path, *, n_lists: int = 300) -> list[MethodResult]:
     """`valid`: held-out Samples (inputs + labels) the model never trained on."""
     from cloud.training.metrics import ndcg_at_k
     from compression.quantize import dynamic_int8
+    from converters.export import median_latency_ms
     from converters.validate import kendall_tau
     from device_sdk import backends
-    from device_sdk.features.operators import input_names  # noqa: F401  (documents the input contract)
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -74,7 +62,7 @@ def run_benchmark(onnx_fp32: str | Path, valid, out: str | Path, *, n_lists: int
         nd_ref = float(np.nanmean(ndcg_at_k(ref, labels, mask, 10)))
         results.append(MethodResult(name, path.stat().st_size / 1024, float(np.abs(s - ref)[real].max()),
                                     float(np.nanmin(taus)), float(np.nanmean(taus)), nd, nd - nd_ref,
-                                    _latency(run, x1)))
+                                    median_latency_ms(run, x1, 300)))
     (out / "compression.json").write_text(json.dumps([asdict(r) for r in results], indent=2))
     (out / "compression.md").write_text(to_markdown(results))
     return results

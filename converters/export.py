@@ -136,7 +136,7 @@ class ExportReport:
         return "\n".join(lines)
 
 
-def _median_latency_ms(run: Callable[[dict[str, np.ndarray]], np.ndarray], x: dict[str, np.ndarray],
+def median_latency_ms(run: Callable[[dict[str, np.ndarray]], np.ndarray], x: dict[str, np.ndarray],
                        runs: int) -> float:
     for _ in range(10):
         run(x)
@@ -288,7 +288,7 @@ def export_formats(model, valid_inputs: dict[str, np.ndarray], out: str | Path, 
                 res.errors += [f"vs {tag}: {e}" for e in rep.failures]
         if res.evaluated_by == res.runtime:  # time real runtimes only
             try:
-                res.latency_ms = _median_latency_ms(run, full, latency_runs)
+                res.latency_ms = median_latency_ms(run, full, latency_runs)
             except Exception as exc:  # latency is informative; a crash here already failed validation
                 res.errors.append(f"latency run failed: {exc}")
         for extra in EXTRA_RUNTIMES.get(fmt, []):

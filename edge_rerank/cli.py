@@ -122,18 +122,32 @@ def _cmd_ablate(a: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_compress(a: argparse.Namespace) -> int:
+def _checkpoint_and_held_out(a: argparse.Namespace):
+    """(model, training summary, held-out samples from --logs) or None after saying what is missing."""
+    for what, p in (("checkpoint", a.checkpoint), ("logs", a.logs)):
+        if not Path(p).exists():
+            print(f"--{what} {p}: no such file or directory", file=sys.stderr)
+            return None
     from cloud.logs import read_logs
     from cloud.training.data import build_samples, split_by_session
     from cloud.training.train import load_checkpoint
+
+    model, summary = load_checkpoint(a.checkpoint)
+    _, valid = split_by_session(build_samples(read_logs(a.logs), model.fcfg, progress=not a.no_progress))
+    return model, summary, valid
+
+
+def _cmd_compress(a: argparse.Namespace) -> int:
     from compression.benchmark import run_benchmark, to_markdown
     from converters.onnx.convert import export_onnx
 
     if not a.benchmark:
         print("only --benchmark exists so far: presets with accuracy budgets come with issue #8", file=sys.stderr)
         return 2
-    model, _ = load_checkpoint(a.checkpoint)
-    _, valid = split_by_session(build_samples(read_logs(a.logs), model.fcfg, progress=not a.no_progress))
+    loaded = _checkpoint_and_held_out(a)
+    if loaded is None:
+        return 2
+    model, _, valid = loaded
     fp32 = export_onnx(model, {k: v[:1] for k, v in valid.inputs.items()}, Path(a.out) / "fp32.onnx")
     results = run_benchmark(fp32, valid, a.out, n_lists=a.lists)
     print(to_markdown(results))
@@ -146,19 +160,13 @@ def _cmd_export(a: argparse.Namespace) -> int:
 
     from converters.specs import FORMATS
 
-    for what, p in (("checkpoint", a.checkpoint), ("logs", a.logs)):
-        if not Path(p).exists():
-            print(f"--{what} {p}: no such file or directory", file=sys.stderr)
-            return 2
-    from cloud.logs import read_logs
-    from cloud.training.data import build_samples, split_by_session
-    from cloud.training.train import load_checkpoint
+    loaded = _checkpoint_and_held_out(a)
+    if loaded is None:
+        return 2
     from converters.export import export_formats
 
     formats = list(FORMATS) if a.format == "all" else [a.format]
-    model, summary = load_checkpoint(a.checkpoint)
-    samples = build_samples(read_logs(a.logs), model.fcfg, progress=not a.no_progress)
-    _, valid = split_by_session(samples)
+    model, summary, valid = loaded
     report = export_formats(model, valid.inputs, a.out, formats=formats, version=a.version,
                             metrics=summary.get("valid_model", {}), n_validate=a.validate_lists,
                             progress=not a.no_progress)
@@ -213,6 +221,13 @@ def _cmd_serve(a: argparse.Namespace) -> int:
     return serve_forever(cfg, host=a.host, port=a.port, workers=a.workers, threads=a.threads)
 
 
+def _add_run_sizes(p: argparse.ArgumentParser) -> None:
+    """Overrides of a preset's sizes (None keeps the preset's value)."""
+    p.add_argument("--log-sessions", dest="log_sessions", type=int, help="cloud-only sessions to log for training")
+    p.add_argument("--ab-sessions", dest="ab_sessions", type=int, help="sessions per A/B arm")
+    p.add_argument("--epochs", type=int, help="maximum training epochs (early stopping on validation NDCG@10)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-rerank", description="On-device search reranking with a cloud companion.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -228,9 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="runs/demo", help="output directory")
     d.add_argument("--seed", type=int, default=0, help="world and run seed")
     d.add_argument("--quick", action="store_true", help="small preset (about a minute; what the tests run)")
-    d.add_argument("--log-sessions", dest="log_sessions", type=int, help="cloud-only sessions to log for training")
-    d.add_argument("--ab-sessions", dest="ab_sessions", type=int, help="sessions per A/B arm")
-    d.add_argument("--epochs", type=int, help="training epochs (early stopping on validation NDCG@10)")
+    _add_run_sizes(d)
     d.add_argument("--loss", choices=["lambda", "listnet", "pairwise"], help="ranking loss")
     d.set_defaults(func=_cmd_demo)
 
@@ -287,9 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--quick", action="store_true", help="small preset (about a minute)")
     b.add_argument("--offline-only", action="store_true", help="skip the simulator A/B")
-    b.add_argument("--log-sessions", dest="log_sessions", type=int)
-    b.add_argument("--ab-sessions", dest="ab_sessions", type=int)
-    b.add_argument("--epochs", type=int)
+    _add_run_sizes(b)
     b.set_defaults(func=_cmd_ablate)
 
     e = sub.add_parser("export", formatter_class=fmt, help="export a checkpoint to verified bundles",

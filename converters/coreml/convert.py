@@ -74,21 +74,6 @@ def zip_package(package: str | Path, zip_path: str | Path) -> Path:
     return zip_path
 
 
-def unzip_package(zip_path: str | Path, into: str | Path) -> Path:
-    """Extract a zipped ``.mlpackage`` into `into` and return the package directory."""
-    into = Path(into)
-    with zipfile.ZipFile(zip_path) as z:
-        names = z.namelist()
-        for n in names:
-            if Path(n).is_absolute() or ".." in Path(n).parts:
-                raise ValueError(f"{zip_path}: unsafe path {n!r} in the archive")
-        roots = {Path(n).parts[0] for n in names}
-        if len(roots) != 1 or not next(iter(roots)).endswith(".mlpackage"):
-            raise ValueError(f"{zip_path}: expected one .mlpackage directory, found {sorted(roots)}")
-        z.extractall(into)
-    return into / next(iter(roots))
-
-
 @dataclass
 class StructureReport:
     inputs: list[tuple[str, list[int], str]]
