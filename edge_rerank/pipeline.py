@@ -100,30 +100,16 @@ def train_from_logs(logs: str | Path, out: str | Path, fcfg: FeatureConfig, *, e
 
 
 def export_bundle(model, valid, out: str | Path, *, version: str, n_validate: int, metrics: dict) -> tuple[Path, dict]:
-    from torch import from_numpy, no_grad
+    """The ONNX bundle (``OUT/onnx/``) through the converters' one export path, validated against torch on real
+    held-out lists (edge cases included); (bundle directory, parity report vs torch). Raises if it fails."""
+    from converters.export import export_formats
 
-    from converters.bundle import write_bundle
-    from converters.onnx.convert import export_onnx
-    from converters.validate import validate
-    from device_sdk import backends
-
-    out = Path(out)
-    inputs = [{k: v[i: i + 1] for k, v in valid.inputs.items()} for i in range(min(n_validate, len(valid)))]
-    onnx_path = export_onnx(model, inputs[0], out / "export" / "reranker.onnx")
-    be = backends.create("onnxruntime", onnx_path)
-
-    def ref(x):
-        with no_grad():
-            return model(*[from_numpy(x[n]) for n in model.input_names]).numpy()
-
-    report = validate(ref, be.run, inputs, tolerance=1e-4)
-    if not report.passed:
-        raise RuntimeError(f"ONNX export failed validation: {report.failures}")
-    bundle = write_bundle(out / "bundle", model_file=onnx_path, fmt="onnx", name="device-reranker", version=version,
-                          feature_config=model.fcfg, tolerance={"max_abs_diff": report.tolerance},
-                          validation={k: v for k, v in report.to_dict().items() if isinstance(v, int | float)},
-                          metrics=metrics)
-    return bundle, report.to_dict()
+    report = export_formats(model, valid.inputs, out, formats=["onnx"], version=version, metrics=metrics,
+                            n_validate=n_validate, latency_runs=50, progress=False)
+    res = report.results[0]
+    if not res.ok or res.bundle is None or res.vs_torch is None:
+        raise RuntimeError(f"ONNX export failed validation: {res.errors or res.status}")
+    return Path(res.bundle), res.vs_torch.to_dict()
 
 
 def run_demo(cfg: DemoConfig, *, progress: bool = True) -> dict:

@@ -110,7 +110,9 @@ def parse_arms(text: str, bundle: str | None = None, backend: str = "onnxruntime
             if kind != "device":
                 raise ValueError(f"only device arms take a bundle path, got {entry!r}")
             p = Path(path)
-            label = p.parent.name if p.name == "bundle" and p.parent.name else p.name
+            # OUT/<format>/ (the exporters' layout) or OUT/bundle/: name the arm after OUT
+            generic = p.name in ("bundle", "onnx", "tflite", "mnn", "coreml", "numpy", "lightgbm")
+            label = p.parent.name if generic and p.parent.name else p.name
             specs.append(ArmSpec(name=f"device:{label}", kind="device", bundle=path, backend=backend))
         else:
             specs.append(ArmSpec(name=kind, kind=kind, bundle=bundle if kind == "device" else None, backend=backend))

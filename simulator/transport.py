@@ -73,18 +73,7 @@ class InProcessCloud:
                                         model_version=model_version)
         self.logged: list[ImpressionRow] = []
         self.wire = wire
-        # The pipeline's ranking is deterministic for (user, query, context) and every page is a slice of it;
-        # remember the last one so the next page of the same search does not rank the whole list again.
-        rank = self._pipeline.rank
-        last: list = [None, None]
-
-        def rank_once_per_search(req: SearchRequest):
-            key = (req.user_id, req.query, req.context)
-            if last[0] != key:
-                last[0], last[1] = key, rank(req)
-            return last[1]
-
-        self._pipeline.rank = rank_once_per_search
+        # later pages of a search are slices of the ranking the pipeline's own cache keeps (one ranking per search)
 
     def search(self, req: SearchRequest) -> SearchPage:
         if not self.wire:

@@ -23,5 +23,5 @@ def test_quick_demo_end_to_end(tmp_path):
     assert data["validation"]["passed"] and data["model_bytes"] > 0
     assert (out / "position_ctr.png").stat().st_size > 10_000
     assert len(list((out / "logs").glob("*.parquet"))) > 0
-    manifest = json.loads((out / "bundle" / "manifest.json").read_text())
+    manifest = json.loads((out / "onnx" / "manifest.json").read_text())
     assert manifest["format"] == "onnx" and len(manifest["files"]) == 2

@@ -116,7 +116,7 @@ def test_bundle_verification_failures(bundle_dir, tmp_path, fcfg):
     import shutil
 
     b = read_bundle(bundle_dir, expected_fingerprint=fcfg.fingerprint())
-    assert b.manifest.format == "onnx" and b.manifest.validation["max_abs_diff"] < 1e-4
+    assert b.manifest.format == "onnx" and b.manifest.validation["torch.max_abs_diff"] < 1e-4
     bad = tmp_path / "bad"
     shutil.copytree(bundle_dir, bad)
     with open(bad / b.manifest.model_file, "r+b") as f:
