@@ -122,8 +122,9 @@ def _cmd_ablate(a: argparse.Namespace) -> int:
     return 0
 
 
-def _checkpoint_and_held_out(a: argparse.Namespace):
-    """(model, training summary, held-out samples from --logs) or None after saying what is missing."""
+def _checkpoint_and_held_out(a: argparse.Namespace, *, with_train: bool = False):
+    """(model, training summary, held-out samples from --logs) — plus the training samples first with
+    `with_train` — or None after saying what is missing. The split is the one training used (seed 0)."""
     for what, p in (("checkpoint", a.checkpoint), ("logs", a.logs)):
         if not Path(p).exists():
             print(f"--{what} {p}: no such file or directory", file=sys.stderr)
@@ -133,25 +134,65 @@ def _checkpoint_and_held_out(a: argparse.Namespace):
     from cloud.training.train import load_checkpoint
 
     model, summary = load_checkpoint(a.checkpoint)
-    _, valid = split_by_session(build_samples(read_logs(a.logs), model.fcfg, progress=not a.no_progress))
-    return model, summary, valid
+    train, valid = split_by_session(build_samples(read_logs(a.logs), model.fcfg, progress=not a.no_progress))
+    return (model, summary, train, valid) if with_train else (model, summary, valid)
 
 
 def _cmd_compress(a: argparse.Namespace) -> int:
-    from compression.benchmark import run_benchmark, to_markdown
-    from converters.onnx.convert import export_onnx
+    import json
 
-    if not a.benchmark:
-        print("only --benchmark exists so far: presets with accuracy budgets come with issue #8", file=sys.stderr)
+    from compression.presets import PRESETS, BudgetExceeded, run_preset
+
+    if a.list:
+        from compression.methods import all_methods
+
+        print("presets (--preset NAME):")
+        for p in PRESETS.values():
+            b = p.budget
+            print(f"  {p.name:9s} {p.method:28s} budget: NDCG@10 loss <= {b.max_rel_ndcg10_loss_pct} %, "
+                  f"tau >= {b.min_mean_kendall_tau}, <= {b.max_kb:g} KB — {p.description}")
+        print("methods (--benchmark --methods A,B):")
+        for m in all_methods():
+            why = m.available()
+            print(f"  {m.name:30s} {m.format:7s} {m.family:13s} {m.description}" + (f"  [unavailable: {why}]"
+                                                                                     if why else ""))
+        return 0
+    if not a.benchmark and not a.preset:
+        print("choose --benchmark (measure every method) or --preset NAME (build one bundle within its budget); "
+              "--list shows both", file=sys.stderr)
         return 2
-    loaded = _checkpoint_and_held_out(a)
+    loaded = _checkpoint_and_held_out(a, with_train=True)
     if loaded is None:
         return 2
-    model, _, valid = loaded
-    fp32 = export_onnx(model, {k: v[:1] for k, v in valid.inputs.items()}, Path(a.out) / "fp32.onnx")
-    results = run_benchmark(fp32, valid, a.out, n_lists=a.lists)
-    print(to_markdown(results))
-    print(f"JSON: {Path(a.out) / 'compression.json'}")
+    model, summary, train, valid = loaded
+    out = Path(a.out)
+    if a.preset:
+        try:
+            check, bundle = run_preset(a.preset, model, train, valid, out, n_lists=a.lists,
+                                       version=a.version or f"{a.preset}", metrics=summary.get("valid_model", {}),
+                                       progress=not a.no_progress)
+        except (BudgetExceeded, KeyError, RuntimeError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        (out / "preset.json").write_text(json.dumps(check.to_dict(), indent=2))
+        print(f"preset {check.preset} ({check.method}): {check.file_kb:.1f} KB, NDCG@10 loss "
+              f"{check.rel_ndcg10_loss_pct:.3f} %, mean Kendall tau {check.mean_kendall_tau:.4f} — within budget")
+        print(f"bundle: {bundle}")
+        return 0
+    from compression.benchmark import SimulationSetup, run_benchmark, to_markdown
+
+    methods = [m.strip() for m in a.methods.split(",") if m.strip()] if a.methods else None
+    from simulator.world import WorldConfig
+
+    sim = SimulationSetup(WorldConfig(seed=a.world_seed), a.sim_sessions) if a.sim_sessions > 0 else None
+    try:
+        rows = run_benchmark(model, train, valid, out, methods=methods, n_lists=a.lists, simulation=sim,
+                             progress=not a.no_progress)
+    except KeyError as exc:
+        print(f"error: {exc.args[0]}", file=sys.stderr)
+        return 2
+    print(to_markdown(rows))
+    print(f"JSON: {out / 'compression.json'}, table: {out / 'compression.md'}, plot: {out / 'pareto.png'}")
     return 0
 
 
@@ -321,16 +362,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="real lists to validate on (edge cases always included)")
     e.set_defaults(func=_cmd_export)
 
-    c = sub.add_parser("compress", formatter_class=fmt, help="compression-accuracy benchmark of a checkpoint",
-                       description="Quantize the exported model (onnxruntime dynamic int8: QUInt8, QInt8, QInt8 with "
-                                   "reduce_range) and measure size, max abs diff and Kendall tau vs fp32, NDCG@10 "
-                                   "on held-out lists from --logs, and latency. Pruning, distillation and the other "
-                                   "formats come with issue #8.")
-    c.add_argument("--benchmark", action="store_true", help="run the benchmark (the only mode so far)")
-    c.add_argument("--checkpoint", required=True)
-    c.add_argument("--logs", required=True, help="impression logs for held-out lists")
+    c = sub.add_parser("compress", formatter_class=fmt, help="compress a checkpoint: benchmark or build a preset",
+                       description="--benchmark builds every compression method (ONNX fp16 / dynamic and static "
+                                   "int8, pruning + fine-tuning, distilled students, and the LiteRT / Core ML / MNN "
+                                   "variants whose toolchains are installed) from one trained model and measures "
+                                   "size, max abs diff and Kendall tau vs fp32, NDCG@10 on held-out lists from "
+                                   "--logs, the simulator's QV_CTR vs the fp32 model, and latency; writes "
+                                   "compression.json, compression.md and pareto.png. --preset NAME builds one "
+                                   "method, checks it against the preset's accuracy budget and writes a bundle, or "
+                                   "fails naming the broken limits. --list shows presets and methods.")
+    mode = c.add_mutually_exclusive_group()
+    mode.add_argument("--benchmark", action="store_true", help="measure every method (or --methods)")
+    mode.add_argument("--preset", help="build one preset's bundle within its budget (see --list)")
+    mode.add_argument("--list", action="store_true", help="list presets and methods, then exit")
+    c.add_argument("--checkpoint", default="runs/demo/checkpoint.pt", help="trained model (make demo writes one)")
+    c.add_argument("--logs", default="runs/demo/logs", help="impression logs: training and held-out lists")
     c.add_argument("--out", default="runs/compression")
     c.add_argument("--lists", type=int, default=300, help="held-out lists to evaluate")
+    c.add_argument("--methods", help="comma-separated method names (default: all)")
+    c.add_argument("--sim-sessions", type=int, default=1000,
+                   help="simulated sessions per method arm (0: skip the simulator)")
+    c.add_argument("--world-seed", type=int, default=0, help="the simulated world the logs came from")
+    c.add_argument("--version", help="bundle version for --preset")
     c.set_defaults(func=_cmd_compress)
 
     v = sub.add_parser("serve", formatter_class=fmt, help="run the cloud companion under gunicorn")

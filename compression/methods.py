@@ -1,0 +1,255 @@
+"""The compression methods the benchmark and the presets run, one registry for all of them.
+
+A :class:`Method` builds one model file from the shared :class:`Context` (the trained fp32 model, its
+training and held-out lists, and lazily built intermediate files: the fp32 ONNX / TFLite / Core ML exports and
+the pruned or distilled torch models, each made once per run) and scores input lists with it in its runtime.
+Methods whose toolchain is not installed report themselves unavailable (``Method.available``) instead of
+failing the run.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+FAMILIES = ("reference", "quantization", "pruning", "distillation")
+
+
+@dataclass
+class Context:
+    """What every method builds from; intermediate artifacts are built on first use and cached."""
+
+    model: object  # the trained fp32 DeviceReranker (the teacher, the reference)
+    train: object  # Samples: calibration, fine-tuning and distillation data
+    valid: object  # Samples: held-out lists (never used to build a method)
+    out: Path
+    calibration_lists: int = 200
+    finetune_epochs: int = 3
+    distill_epochs: int = 12
+    progress: bool = False
+    _cache: dict = field(default_factory=dict)
+    reports: dict[str, dict] = field(default_factory=dict)  # method name -> what building it measured
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+
+    def once(self, key: str, make: Callable[[], object]):
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+    @property
+    def example(self) -> dict[str, np.ndarray]:
+        return {k: v[:1] for k, v in self.valid.inputs.items()}
+
+    @property
+    def calibration(self) -> dict[str, np.ndarray]:
+        n = min(self.calibration_lists, len(self.train))
+        return {k: v[:n] for k, v in self.train.inputs.items()}
+
+    def onnx_of(self, key: str, model) -> Path:
+        from converters.onnx.convert import export_onnx
+
+        return self.once(f"onnx:{key}", lambda: export_onnx(model, self.example, self.out / "fp32" / f"{key}.onnx"))
+
+    @property
+    def onnx_fp32(self) -> Path:
+        return self.onnx_of("model", self.model)
+
+    @property
+    def tflite_fp32(self) -> Path:
+        from converters.specs import get_spec
+        from converters.tflite.convert import export_tflite
+
+        spec = get_spec("device-reranker", self.model.fcfg)
+        return self.once("tflite", lambda: export_tflite(self.model, self.example, self.out / "fp32" / "model.tflite",
+                                                         spec))
+
+    @property
+    def coreml_fp32(self) -> Path:
+        from converters.coreml.convert import export_coreml
+        from converters.specs import get_spec
+
+        spec = get_spec("device-reranker", self.model.fcfg)
+
+        def make() -> Path:
+            path = self.out / "fp32" / "model.mlpackage"
+            export_coreml(self.model, self.example, path, spec)
+            return path
+
+        return self.once("coreml", make)
+
+    def pruned(self, sparsity: float):
+        from cloud.training.train import TrainConfig
+        from compression.prune import magnitude_prune
+
+        return self.once(f"pruned:{sparsity}", lambda: magnitude_prune(
+            self.model, self.train, self.valid, sparsity=sparsity, finetune_epochs=self.finetune_epochs,
+            tcfg=TrainConfig(epochs=self.finetune_epochs), progress=self.progress))
+
+    def student(self, preset: str):
+        from cloud.training.train import TrainConfig
+        from compression.distill import STUDENT_PRESETS, distill
+
+        return self.once(f"student:{preset}", lambda: distill(
+            self.model, self.train, self.valid, student_cfg=STUDENT_PRESETS[preset],
+            tcfg=TrainConfig(epochs=self.distill_epochs), progress=self.progress))
+
+
+def file_bytes(path: str | Path) -> int:
+    """Size of a model file, or of a directory package (Core ML .mlpackage) as the zip a bundle would ship."""
+    p = Path(path)
+    if p.is_file():
+        return p.stat().st_size
+    total = 0
+    for f in sorted(p.rglob("*")):
+        if f.is_file():
+            total += f.stat().st_size
+    return total
+
+
+def gzip_bytes(path: str | Path) -> int:
+    """What the download costs with standard compression (pruned zeros compress; dense fp32 weights hardly)."""
+    import gzip
+    import io
+
+    p = Path(path)
+    if p.is_file():
+        return len(gzip.compress(p.read_bytes(), compresslevel=9, mtime=0))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as z:
+        for f in sorted(p.rglob("*")):
+            if f.is_file():
+                z.write(f, f.relative_to(p).as_posix())
+    return len(buf.getvalue())
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    format: str  # onnx | tflite | coreml | mnn
+    family: str  # one of FAMILIES
+    runtime: str  # device_sdk backend that runs the file (the simulator arm uses it too)
+    build: Callable[[Context, Path], Path]  # (context, output directory) -> model file
+    description: str = ""
+    requires: tuple[str, ...] = ()  # importable modules the method needs
+    # how scores are produced when not by `runtime` (Core ML off macOS: the MIL program in numpy)
+    scorer: Callable[[Path], Callable[[dict[str, np.ndarray]], np.ndarray]] | None = None
+    evaluated_by: str = ""
+    simulate: bool = True  # run it as a simulator arm (needs a runtime that runs here at simulator speed)
+
+    def available(self) -> str | None:
+        """None when it can run here, else why not."""
+        import importlib.util
+
+        if self.format not in ("onnx", "tflite", "coreml", "mnn"):
+            return f"unknown format {self.format!r}"
+        for mod in self.requires:
+            if importlib.util.find_spec(mod) is None:
+                return f"needs the Python module {mod!r} (see the extras in pyproject.toml)"
+        return None
+
+    def runner(self, path: Path) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+        if self.scorer is not None:
+            return self.scorer(path)
+        from device_sdk import backends
+
+        return backends.create(self.runtime, path).run
+
+
+def _onnx(name: str, family: str, build: Callable[[Context, Path], Path], description: str,
+          requires: tuple[str, ...] = ("onnxruntime", "onnx")) -> Method:
+    return Method(name, "onnx", family, "onnxruntime", build, description, requires)
+
+
+def _dynamic(weight_type: str, reduce_range: bool = False) -> Callable[[Context, Path], Path]:
+    def build(ctx: Context, out: Path) -> Path:
+        from compression.quantize import dynamic_int8
+
+        return dynamic_int8(ctx.onnx_fp32, out / "model.onnx", weight_type=weight_type, reduce_range=reduce_range)
+
+    return build
+
+
+def _static(ctx: Context, out: Path) -> Path:
+    from compression.quantize import static_int8
+
+    return static_int8(ctx.onnx_fp32, out / "model.onnx", ctx.calibration, n_lists=ctx.calibration_lists)
+
+
+def _fp16(ctx: Context, out: Path) -> Path:
+    from compression.quantize import fp16
+
+    return fp16(ctx.onnx_fp32, out / "model.onnx")
+
+
+def _pruned(sparsity: float, then_int8: bool = False) -> Callable[[Context, Path], Path]:
+    def build(ctx: Context, out: Path) -> Path:
+        model, ctx.reports[out.name] = ctx.pruned(sparsity)
+        path = ctx.onnx_of(f"pruned{int(100 * sparsity)}", model)
+        if not then_int8:
+            return path
+        from compression.quantize import dynamic_int8
+
+        return dynamic_int8(path, out / "model.onnx")
+
+    return build
+
+
+def _student(preset: str, then_int8: bool = False) -> Callable[[Context, Path], Path]:
+    def build(ctx: Context, out: Path) -> Path:
+        model, ctx.reports[out.name] = ctx.student(preset)
+        path = ctx.onnx_of(f"student-{preset}", model)
+        if not then_int8:
+            return path
+        from compression.quantize import dynamic_int8
+
+        return dynamic_int8(path, out / "model.onnx")
+
+    return build
+
+
+def _copy_fp32(ctx: Context, out: Path) -> Path:
+    return ctx.onnx_fp32
+
+
+TRAIN = ("onnxruntime", "onnx", "torch")
+ONNX_METHODS = [
+    _onnx("onnx-fp32", "reference", _copy_fp32, "the exported fp32 model (the reference)"),
+    _onnx("onnx-fp16", "quantization", _fp16, "float16 weights and compute, float32 inputs/outputs"),
+    _onnx("onnx-int8-dynamic-quint8", "quantization", _dynamic("QUInt8"), "dynamic int8, QUInt8 weights"),
+    _onnx("onnx-int8-dynamic-qint8", "quantization", _dynamic("QInt8"), "dynamic int8, QInt8 weights"),
+    _onnx("onnx-int8-dynamic-qint8-rr", "quantization", _dynamic("QInt8", True),
+          "dynamic int8, QInt8 weights, reduce_range (7-bit)"),
+    _onnx("onnx-int8-static", "quantization", _static,
+          "static int8 (QDQ, per-channel weights), MatMul/Gemm activations calibrated on logged training lists"),
+    _onnx("onnx-pruned50", "pruning", _pruned(0.5), "50 % magnitude pruning + fine-tuning", TRAIN),
+    _onnx("onnx-pruned80", "pruning", _pruned(0.8), "80 % magnitude pruning + fine-tuning", TRAIN),
+    _onnx("onnx-pruned80-int8", "pruning", _pruned(0.8, True), "80 % pruned, then dynamic int8", TRAIN),
+    _onnx("onnx-student-small", "distillation", _student("small"), "distilled student, small preset", TRAIN),
+    _onnx("onnx-student-tiny", "distillation", _student("tiny"), "distilled student, tiny preset", TRAIN),
+    _onnx("onnx-student-small-int8", "distillation", _student("small", True),
+          "distilled small student, then dynamic int8", TRAIN),
+]
+
+
+def all_methods() -> list[Method]:
+    """ONNX methods, then the other formats' (``compression.formats``) when that module is present."""
+    methods = list(ONNX_METHODS)
+    try:
+        from compression.formats import format_methods
+    except ImportError:
+        return methods
+    return methods + list(format_methods())
+
+
+def get_method(name: str) -> Method:
+    for m in all_methods():
+        if m.name == name:
+            return m
+    raise KeyError(f"unknown compression method {name!r}; known: {[m.name for m in all_methods()]}")
