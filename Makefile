@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo demo-quick test lint proto bench bench-device bench-train bench-simulator bench-cloud redis-server clean
+.PHONY: demo demo-quick test lint proto bench bench-device bench-train bench-simulator bench-cloud bench-compression redis-server clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ bench-train: $(STAMP)
 
 bench-simulator: $(STAMP)
 	$(PY) bench/simulator_bench.py --out runs/bench/simulator_bench.json
+
+# Compression: every method x format on the demo's model (run `make demo` first); JSON, table and Pareto plot.
+bench-compression: $(STAMP)
+	$(PY) bench/compression_bench.py --out runs/bench/compression
 
 # Cloud service load benchmark (gunicorn + loopback load generator); JSON to runs/bench/cloud.json.
 bench-cloud: $(STAMP) redis-server

@@ -1,7 +1,11 @@
 """Compression: dense/sparse split, quantization, pruning, distillation, and the compression-accuracy benchmark.
 
-Started (issue #8): ``quantize.dynamic_int8`` (onnxruntime dynamic int8) and ``benchmark.run_benchmark``
-(``edge-rerank compress --benchmark``). Not built yet: static int8, fp16, pruning, distillation, LiteRT / Core ML /
-MNN quantization, presets with accuracy budgets, the Pareto plot. The dense/sparse split already holds by design:
-item-ID embedding rows come from the cloud with the page and are not in the device model.
+- ``split``: the item-ID table stays in the cloud (rows travel with the page); the report of what that saves.
+- ``quantize``: onnxruntime dynamic int8, static int8 calibrated on logged lists, fp16.
+- ``formats``: LiteRT (ai-edge-quantizer), Core ML (``ct.optimize.coreml``) and MNN weight quantization.
+- ``prune`` / ``distill``: magnitude pruning with fine-tuning; a smaller student distilled from the reranker.
+- ``embedding_rows``: int8 + per-row scale rows on the wire: accuracy and page bytes.
+- ``methods``: one registry of every method (name, format, family, build, runtime); ``benchmark`` measures
+  them all (``edge-rerank compress --benchmark``); ``presets`` pick one with an accuracy budget each
+  (``edge-rerank compress --preset NAME``).
 """

@@ -75,11 +75,19 @@ class ListsReader:
         self._it = iter(self._rows)
 
 
+def activation_matmuls(model) -> list[str]:
+    """MatMul nodes with no weight input (attention's q·kᵀ and a·v): both operands are activations."""
+    weights = {t.name for t in model.graph.initializer}
+    return [n.name for n in model.graph.node if n.op_type == "MatMul" and not weights & set(n.input)]
+
+
 def static_int8(onnx_in: str | Path, onnx_out: str | Path, calibration: dict[str, np.ndarray], *,
                 n_lists: int = 200, op_types: tuple[str, ...] = ("MatMul", "Gemm"), method: str = "MinMax",
-                per_channel: bool = True) -> Path:
+                per_channel: bool = True, skip_activation_matmuls: bool = True) -> Path:
     """Static (calibrated) int8 in QDQ format; `calibration`: real input lists (e.g. training lists from the
-    logs — never the lists the benchmark evaluates on). `method`: MinMax | Percentile | Entropy."""
+    logs — never the lists the benchmark evaluates on). `method`: MinMax | Percentile | Entropy.
+    `skip_activation_matmuls` (default) keeps attention's activation x activation products in float: on the
+    demo model that turns a -0.83 % NDCG@10 loss into +0.03 % and makes the file smaller (91 vs 105 KB)."""
     q = _onnx_quantization()
     import onnx
 
@@ -88,14 +96,16 @@ def static_int8(onnx_in: str | Path, onnx_out: str | Path, calibration: dict[str
     onnx_out = Path(onnx_out)
     onnx_out.parent.mkdir(parents=True, exist_ok=True)
     clean = _clean_copy(onnx_in, onnx_out)
-    names = [i.name for i in onnx.load(str(clean)).graph.input]
+    graph_model = onnx.load(str(clean))
+    names = [i.name for i in graph_model.graph.input]
+    exclude = activation_matmuls(graph_model) if skip_activation_matmuls else []
     missing = [n for n in names if n not in calibration]
     if missing:
         raise ValueError(f"calibration inputs lack {missing}")
     try:
         q.quantize_static(str(clean), str(onnx_out), ListsReader(calibration, names, n_lists),
                           quant_format=q.QuantFormat.QDQ, op_types_to_quantize=list(op_types),
-                          per_channel=per_channel, activation_type=q.QuantType.QUInt8,
+                          per_channel=per_channel, nodes_to_exclude=exclude, activation_type=q.QuantType.QUInt8,
                           weight_type=q.QuantType.QInt8, calibrate_method=getattr(q.CalibrationMethod, method))
     finally:
         clean.unlink(missing_ok=True)
