@@ -24,7 +24,7 @@ class Context:
     """What every method builds from; intermediate artifacts are built on first use and cached."""
 
     model: object  # the trained fp32 DeviceReranker (the teacher, the reference)
-    train: object  # Samples: calibration, fine-tuning and distillation data
+    train: object  # Samples: calibration, fine-tuning and distillation data (None: methods that need it fail)
     valid: object  # Samples: held-out lists (never used to build a method)
     out: Path
     calibration_lists: int = 200
@@ -49,6 +49,8 @@ class Context:
 
     @property
     def calibration(self) -> dict[str, np.ndarray]:
+        if self.train is None:
+            raise ValueError("this method needs training lists (calibration / fine-tuning), none were given")
         n = min(self.calibration_lists, len(self.train))
         return {k: v[:n] for k, v in self.train.inputs.items()}
 

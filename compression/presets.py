@@ -48,6 +48,7 @@ class PresetCheck:
     rel_ndcg10_loss_pct: float
     mean_kendall_tau: float
     broken: list[str]
+    n_lists: int = 0
 
     @property
     def ok(self) -> bool:
@@ -80,6 +81,7 @@ def run_preset(name: str | Preset, model, train, valid, out: str | Path, *, n_li
                version: str = "compressed", metrics: dict | None = None,
                progress: bool = False) -> tuple[PresetCheck, Path]:
     """Build the preset's method, check its budget on held-out lists, and write the bundle (``OUT/bundle``).
+    `train` (Samples) is needed only by methods that calibrate or train (static int8, pruning, students).
     Raises :class:`BudgetExceeded` (and writes no bundle) when a limit is broken."""
     import numpy as np
 
@@ -102,6 +104,7 @@ def run_preset(name: str | Preset, model, train, valid, out: str | Path, *, n_li
     ev = evaluate(score_lists(method.runner(path), sub.inputs), ref, sub.labels, sub.mask)
     ev_ref = evaluate(ref, ref, sub.labels, sub.mask)
     check = check_budget(preset, file_bytes(path) / 1024, ev.ndcg10, ev_ref.ndcg10, ev.mean_kendall_tau)
+    check.n_lists = len(sub)
     if not check.ok:
         raise BudgetExceeded(f"preset {name!r} ({preset.method}) broke its budget on {len(sub)} held-out lists: "
                              + "; ".join(check.broken))

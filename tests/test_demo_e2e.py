@@ -25,3 +25,9 @@ def test_quick_demo_end_to_end(tmp_path):
     assert len(list((out / "logs").glob("*.parquet"))) > 0
     manifest = json.loads((out / "onnx" / "manifest.json").read_text())
     assert manifest["format"] == "onnx" and len(manifest["files"]) == 2
+    # the A/B ran the shipped bundle: the default compression preset, within its budget
+    shipped = data["shipped"]
+    assert shipped["ok"] and shipped["method"] == "onnx-fp16" and shipped["mean_kendall_tau"] >= 0.99
+    shipped_manifest = json.loads((out / "shipped" / "bundle" / "manifest.json").read_text())
+    assert data["model_bytes"] == shipped_manifest["sizes"][shipped_manifest["model_file"]] < manifest["sizes"][
+        manifest["model_file"]]
