@@ -60,8 +60,8 @@ def prune_masks(model: nn.Module, sparsity: float, scope: str = "global", *,
     ranking over all prunable weights together, ``round(sparsity * total)`` zeros in all, so layers with small
     weights lose more — but no tensor more than `max_tensor_sparsity` of its entries (the excess goes to the
     other tensors by the same ranking). Without that cap, plain global magnitude pruning empties whole layers:
-    the fusion layer (fan-in 320, so its weights are ~3x smaller than a fan-in-32 layer's) is 100 % zero at a
-    70 % global target, the model's output is then a constant and fine-tuning cannot recover (zero gradients).
+    the fusion layer (fan-in 320, so its weights start ~3x smaller than a fan-in-32 layer's) of the test model is
+    100 % zero at a 70 % global target; the output is then a constant and fine-tuning cannot recover (no gradient).
     Ties are broken by position (stable sort), so the masks are deterministic."""
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
