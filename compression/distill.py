@@ -1,0 +1,126 @@
+"""Distillation of a trained device reranker (teacher) into a smaller one (student), after seed 000's towers:
+
+- the label loss (the repo's LambdaLoss by default, ``TrainConfig.loss``) on the logged clicks/orders;
+- **score distillation**: MSE between student and teacher scores on the real candidates of each list;
+- **in-batch list distillation**: KL(teacher || student) between the softmax of the teacher's and the student's
+  scores (divided by a temperature) over each list's real candidates, scaled by temperature² so its gradients
+  keep their size as the temperature changes (Hinton et al.). The list plays the part of seed 000's in-batch
+  all-pairs similarity matrix: every candidate against every other one of the same query.
+
+Teacher scores are computed once up front, in eval mode without gradients. The student shares the teacher's
+``FeatureConfig`` (same inputs, so the same exported interface), fits its own input statistics on the training
+lists and trains with the training loop's ``fit_loop`` (best epoch by validation NDCG@10).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from cloud.training.data import Samples
+from cloud.training.losses import LOSSES, PAD
+from cloud.training.model import DeviceReranker, ModelConfig, to_tensors
+from cloud.training.train import TrainConfig, evaluate, fit, fit_loop, predict
+
+STUDENT_PRESETS: dict[str, ModelConfig] = {
+    # half the width of the default (d_model 32, ffn 64), every query view: ~29 % of its parameters
+    "small": ModelConfig(d_model=16, n_heads=2, ffn=32),
+    # a quarter of the width and no context view: ~9 % of the default's parameters
+    "tiny": ModelConfig(d_model=8, n_heads=2, ffn=16, views=("id", "attr")),
+}
+
+
+def score_distill_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the real candidates ([B, N] tensors, mask in {0, 1}); padding contributes
+    nothing (and gets zero gradient) whatever the teacher's score there."""
+    diff = torch.where(mask > 0, student - teacher, torch.zeros_like(student))
+    return (diff * diff).sum() / mask.sum().clamp_min(1.0)
+
+
+def list_distill_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor,
+                      temperature: float = 1.0) -> torch.Tensor:
+    """temperature² · mean over lists of KL(softmax(teacher / T) || softmax(student / T)), each softmax over the
+    list's real candidates only (padding is replaced, not offset, as in ``ListNetLoss``). Zero iff the two
+    distributions agree on every list — i.e. also when the student equals the teacher plus a per-list constant,
+    which ranks identically. Lists with no real candidate are skipped."""
+    real = mask > 0
+    s = torch.where(real, student / temperature, torch.full_like(student, PAD))
+    t = torch.where(real, teacher / temperature, torch.full_like(teacher, PAD))
+    log_p_t, log_p_s = torch.log_softmax(t, dim=1), torch.log_softmax(s, dim=1)
+    kl = torch.where(real, log_p_t.exp() * (log_p_t - log_p_s), torch.zeros_like(s)).sum(dim=1)
+    has = real.any(dim=1).to(kl.dtype)
+    return temperature ** 2 * (kl * has).sum() / has.sum().clamp_min(1.0)
+
+
+def kendall_tau_lists(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per-list Kendall τ (converters.validate.kendall_tau, tau-a) between two [S, N] score arrays over each
+    list's real candidates."""
+    from converters.validate import kendall_tau
+
+    real = mask > 0
+    return np.array([kendall_tau(a[i][real[i]], b[i][real[i]]) for i in range(len(a))])
+
+
+def n_params(model: nn.Module) -> int:
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def distill(teacher: DeviceReranker, train: Samples, valid: Samples, *, student_cfg: ModelConfig,
+            tcfg: TrainConfig | None = None, alpha_label: float = 1.0, alpha_score: float = 0.1,
+            alpha_list: float = 1.0, temperature: float = 2.0, compare_label_only: bool = True,
+            progress: bool = False) -> tuple[DeviceReranker, dict]:
+    """Train a `student_cfg` student on `train` against `teacher` with
+    ``alpha_label · label loss + alpha_score · score MSE + alpha_list · list KL`` (see the module docstring),
+    `tcfg` for epochs, lr, loss, seed, patience; best epoch by validation NDCG@10 on `valid`.
+
+    Returns the student (eval mode) and a report: parameters of teacher and student, validation NDCG@10 of the
+    teacher and the distilled student, mean Kendall τ of the student vs the teacher on validation lists, the
+    training history, and — with `compare_label_only` — the same student architecture trained on labels only
+    with the same `tcfg` (``cloud.training.train.fit``): its NDCG@10 and τ vs the teacher."""
+    tcfg = tcfg or TrainConfig()
+    torch.set_num_threads(tcfg.threads)
+    teacher.eval()
+    t_train, t_valid = predict(teacher, train), predict(teacher, valid)  # once, no grad
+
+    torch.manual_seed(tcfg.seed)
+    student = DeviceReranker(teacher.fcfg, student_cfg)
+    student.fit_input_stats(train.inputs)
+    label_loss = LOSSES[tcfg.loss]()
+    names = student.input_names
+
+    def step(idx: np.ndarray) -> torch.Tensor:
+        batch = {k: v[idx] for k, v in train.inputs.items()}
+        s = student(*to_tensors(batch, names))
+        m, t = torch.from_numpy(batch["cand_mask"]), torch.from_numpy(t_train[idx])
+        loss = alpha_label * label_loss(s, torch.from_numpy(train.labels[idx]), m)
+        if alpha_score:
+            loss = loss + alpha_score * score_distill_loss(s, t, m)
+        if alpha_list:
+            loss = loss + alpha_list * list_distill_loss(s, t, m, temperature)
+        return loss
+
+    loop = fit_loop(student, step, lambda: evaluate(predict(student, valid), valid), len(train), tcfg,
+                    desc="distill", progress=progress)
+    s_valid = predict(student, valid)
+    report = {
+        "teacher_params": n_params(teacher), "student_params": n_params(student),
+        "student_config": student.mcfg.to_dict(),
+        "losses": {"label": tcfg.loss, "alpha_label": alpha_label, "alpha_score": alpha_score,
+                   "alpha_list": alpha_list, "temperature": temperature},
+        "ndcg10_teacher": evaluate(t_valid, valid)["ndcg@10"],
+        "ndcg10_student": evaluate(s_valid, valid)["ndcg@10"],
+        "tau_vs_teacher": float(np.nanmean(kendall_tau_lists(s_valid, t_valid, valid.mask))),
+        "distill": loop,
+    }
+    if compare_label_only:
+        base, summary = fit(train, valid, teacher.fcfg, student_cfg, tcfg, progress=progress)
+        b_valid = predict(base, valid)
+        report["label_only"] = {
+            "ndcg10": evaluate(b_valid, valid)["ndcg@10"],
+            "tau_vs_teacher": float(np.nanmean(kendall_tau_lists(b_valid, t_valid, valid.mask))),
+            "epochs_run": summary["epochs_run"],
+        }
+    student.eval()
+    return student, report
+
