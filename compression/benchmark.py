@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from compression.methods import Context, Method, all_methods, file_bytes, gzip_bytes
+from compression.methods import Context, Method, all_methods
+from compression.sizes import file_size, gzip_size
 
 OK, UNAVAILABLE, FAILED = "ok", "unavailable", "failed"
 REFERENCE = "onnx-fp32"
@@ -157,7 +158,7 @@ def run_benchmark(model, train, valid, out: str | Path, *, methods: list[str] | 
                 ref_scores = s
                 ref_ndcg = float(evaluate(s, s, sub.labels, sub.mask).ndcg10)
             ev = evaluate(s, ref_scores, sub.labels, sub.mask)
-            r.file_kb, r.gzip_kb = file_bytes(path) / 1024, gzip_bytes(path) / 1024
+            r.file_kb, r.gzip_kb = file_size(path) / 1024, gzip_size(path) / 1024
             r.max_abs_diff, r.min_kendall_tau, r.mean_kendall_tau = ev.max_abs_diff, ev.min_kendall_tau, \
                 ev.mean_kendall_tau
             r.ndcg10, r.ndcg10_delta = ev.ndcg10, ev.ndcg10 - ref_ndcg

@@ -9,7 +9,6 @@ failing the run.
 
 from __future__ import annotations
 
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,35 +99,7 @@ class Context:
 
         return self.once(f"student:{preset}", lambda: distill(
             self.model, self.train, self.valid, student_cfg=STUDENT_PRESETS[preset],
-            tcfg=TrainConfig(epochs=self.distill_epochs), progress=self.progress))
-
-
-def file_bytes(path: str | Path) -> int:
-    """Size of a model file, or of a directory package (Core ML .mlpackage) as the zip a bundle would ship."""
-    p = Path(path)
-    if p.is_file():
-        return p.stat().st_size
-    total = 0
-    for f in sorted(p.rglob("*")):
-        if f.is_file():
-            total += f.stat().st_size
-    return total
-
-
-def gzip_bytes(path: str | Path) -> int:
-    """What the download costs with standard compression (pruned zeros compress; dense fp32 weights hardly)."""
-    import gzip
-    import io
-
-    p = Path(path)
-    if p.is_file():
-        return len(gzip.compress(p.read_bytes(), compresslevel=9, mtime=0))
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as z:
-        for f in sorted(p.rglob("*")):
-            if f.is_file():
-                z.write(f, f.relative_to(p).as_posix())
-    return len(buf.getvalue())
+            tcfg=TrainConfig(epochs=self.distill_epochs), compare_label_only=False, progress=self.progress))
 
 
 @dataclass(frozen=True)

@@ -86,7 +86,8 @@ def run_preset(name: str | Preset, model, train, valid, out: str | Path, *, n_li
     import numpy as np
 
     from compression.benchmark import REFERENCE, evaluate, score_lists
-    from compression.methods import Context, file_bytes, get_method
+    from compression.methods import Context, get_method
+    from compression.sizes import file_size
     from converters.bundle import write_bundle
 
     preset = name if isinstance(name, Preset) else get_preset(name)
@@ -103,7 +104,7 @@ def run_preset(name: str | Preset, model, train, valid, out: str | Path, *, n_li
     path = method.build(ctx, out / "work" / method.name)
     ev = evaluate(score_lists(method.runner(path), sub.inputs), ref, sub.labels, sub.mask)
     ev_ref = evaluate(ref, ref, sub.labels, sub.mask)
-    check = check_budget(preset, file_bytes(path) / 1024, ev.ndcg10, ev_ref.ndcg10, ev.mean_kendall_tau)
+    check = check_budget(preset, file_size(path) / 1024, ev.ndcg10, ev_ref.ndcg10, ev.mean_kendall_tau)
     check.n_lists = len(sub)
     if not check.ok:
         raise BudgetExceeded(f"preset {name!r} ({preset.method}) broke its budget on {len(sub)} held-out lists: "
