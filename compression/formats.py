@@ -257,9 +257,12 @@ class FormatMeasurement:
     mean_kendall_tau: float | None = None
     min_kendall_tau: float | None = None
     reason: str = ""
+    scores: np.ndarray | None = field(default=None, repr=False)  # [B, N] on the measured inputs
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d.pop("scores")
+        return d
 
 
 def compare(reference: np.ndarray, scores: np.ndarray, cand_mask: np.ndarray) -> tuple[float, float, float]:
@@ -303,7 +306,7 @@ def measure(ctx: FormatContext, out_dir: str | Path, inputs: dict[str, np.ndarra
             rows.append(row)
             continue
         built[m.name] = (path, s, size)
-        row.status, row.file, row.size_kb = "ok", str(path), size / 1024
+        row.status, row.file, row.size_kb, row.scores = "ok", str(path), size / 1024, s
         ref = built.get(m.reference or m.name)
         if ref is None:
             row.status, row.reason = "failed", f"its reference {m.reference} did not build"

@@ -107,7 +107,7 @@ def unpack_lsb_first(packed: np.ndarray, nbits: int, count: int) -> np.ndarray:
     return (bits.reshape(count, nbits).astype(np.int64) * weights).sum(axis=1)
 
 
-def constexpr_lut_to_dense(indices, lut, shape=None):
+def constexpr_lut_to_dense(indices, lut, shape=None, vector_axis=None):
     """iOS16 (with `shape`): `indices` is a byte vector of packed log2(len(lut))-bit keys, output
     ``lut[keys].reshape(shape)``. iOS18 (no `shape`): `indices` has the output's shape (unpacked), `lut` has
     rank ``rank(indices) + 2`` ``[g_0, ..., g_{r-1}, NUM_PALETTES, VECTOR_SIZE]``: element ``i`` reads palette
