@@ -226,3 +226,21 @@ def test_mnn_verify_rejects_a_broken_file(tmp_path):
     bad.write_bytes(b"not a model")
     with pytest.raises(RuntimeError, match="does not run in the mnn backend"):
         verify_mnn(bad)
+
+
+def test_missing_toolchains_raise_runtime_errors_naming_the_extra(monkeypatch, tmp_path):
+    import converters.mnn.convert as mnn_convert
+    from compression.coreml_compress import compress_coreml
+    from compression.litert_quant import quantize_tflite
+    from compression.mnn_quant import quantize_mnn_weights
+
+    monkeypatch.setitem(sys.modules, "ai_edge_quantizer", None)
+    with pytest.raises(RuntimeError, match=r"\[tflite\]"):
+        quantize_tflite(tmp_path / "a.tflite", tmp_path / "b.tflite", mode="dynamic-int8")
+    monkeypatch.setitem(sys.modules, "coremltools", None)
+    monkeypatch.setitem(sys.modules, "coremltools.optimize.coreml", None)
+    with pytest.raises(RuntimeError, match=r"\[coreml\]"):
+        compress_coreml(tmp_path / "a.mlpackage", tmp_path / "b.mlpackage", method="linear-int8")
+    monkeypatch.setattr(mnn_convert, "mnn_available", lambda: False)
+    with pytest.raises(RuntimeError, match=r"\[mnn\]"):
+        quantize_mnn_weights(tmp_path / "a.onnx", tmp_path / "b.mnn")
