@@ -244,3 +244,38 @@ def test_missing_toolchains_raise_runtime_errors_naming_the_extra(monkeypatch, t
     monkeypatch.setattr(mnn_convert, "mnn_available", lambda: False)
     with pytest.raises(RuntimeError, match=r"\[mnn\]"):
         quantize_mnn_weights(tmp_path / "a.onnx", tmp_path / "b.mnn")
+
+
+def test_ios18_compressed_programs_evaluate_like_coremltools(trained, lists, tmp_path, monkeypatch):
+    """An iOS18 target turns linear int8 into constexpr_blockwise_shift_scale and palettes into the iOS18
+    constexpr_lut_to_dense: mil_eval must agree with coremltools' materialization there too."""
+    pytest.importorskip("coremltools")
+    import torch
+
+    import converters.coreml.convert as cc
+    from compression.coreml_compress import compress_coreml, coreml_scores
+    from compression.formats import compare
+    from converters.coreml.mil_eval import OPS, load_program
+    from converters.specs import get_spec
+
+    torch.set_num_threads(1)
+    model, (xs, _) = trained[0], lists
+    x = {k: np.concatenate([x[k] for x in xs[:10]]) for k in xs[0]}
+    monkeypatch.setattr(cc, "MIN_TARGET", "iOS18")
+    fp32 = tmp_path / "ios18.mlpackage"
+    cc.export_coreml(model, xs[0], fp32, get_spec("device-reranker", model.fcfg))
+    ref = coreml_scores(fp32, x)
+    with torch.no_grad():
+        t = model(*[torch.from_numpy(x[n]) for n in model.input_names]).numpy()
+    assert compare(t, ref, x["cand_mask"])[0] < 1e-4
+    seen = set()
+    for method in ("linear-int8", "palettize-6bit"):
+        path = compress_coreml(fp32, tmp_path / f"{method}.mlpackage", method=method)
+        for op in load_program(path).functions["main"].operations:
+            if op.op_type.startswith("constexpr_"):
+                ours = OPS[op.op_type](**{k: v.val for k, v in op.inputs.items()})
+                np.testing.assert_allclose(ours, op.materialized_val_inference(), rtol=1e-6, atol=0)
+                seen.add(op.op_type)
+        diff, mean_tau, _ = compare(ref, coreml_scores(path, x), x["cand_mask"])
+        assert 0 < diff < 1.0 and mean_tau > 0.9, (method, diff, mean_tau)
+    assert seen == {"constexpr_blockwise_shift_scale", "constexpr_lut_to_dense"}

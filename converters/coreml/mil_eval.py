@@ -167,6 +167,9 @@ OPS = {
     "squeeze": lambda x, axes=None: np.squeeze(x, None if axes is None else tuple(int(a) for a in np.atleast_1d(axes))),
     "layer_norm": _layer_norm,
     "cast": lambda x, dtype: np.asarray(x).astype(_CAST[str(dtype)]),
+    # iOS18 conversions of the same model add these two (seen while checking the iOS18 constexpr ops)
+    "greater_equal": lambda x, y: np.greater_equal(x, y),
+    "select": lambda cond, a, b: np.where(cond, a, b),
     "constexpr_affine_dequantize": constexpr_affine_dequantize,
     "constexpr_lut_to_dense": constexpr_lut_to_dense,
     "constexpr_blockwise_shift_scale": constexpr_blockwise_shift_scale,
