@@ -4,6 +4,11 @@ Core ML prediction needs macOS. This interpreter runs the *converted program* op
 semantics of the ops the device reranker lowers to, so a conversion error (a wrong transpose, a mask
 inverted, a dropped op) shows up as a numeric difference on Linux too. It does not exercise Core ML's own
 kernels: the macOS parity test does. An op it does not know raises ``UnsupportedOp``, never a guess.
+
+Compressed programs (``coremltools.optimize.coreml``) store weights in ``constexpr_*`` ops that Core ML
+decompresses at load time; they are evaluated here with the formulas of coremltools' op definitions:
+``constexpr_affine_dequantize`` (iOS16 linear int8), ``constexpr_lut_to_dense`` (iOS16 packed-bit palette and
+iOS18 unpacked per-group palette), ``constexpr_blockwise_shift_scale`` (iOS18 linear, block-wise).
 """
 
 from __future__ import annotations
@@ -74,6 +79,72 @@ def _gather(x, indices, axis=0, batch_dims=0, validate_indices=False):
     return np.take(x, idx, axis=int(axis))
 
 
+def _per_axis(v: np.ndarray, rank: int, axis: int) -> np.ndarray:
+    """A scalar or a vector along `axis`, reshaped to broadcast against a rank-`rank` tensor."""
+    v = np.asarray(v)
+    if v.ndim == 0:
+        return v
+    shape = [1] * rank
+    shape[_axis(axis, rank)] = v.shape[0]
+    return v.reshape(shape)
+
+
+def constexpr_affine_dequantize(quantized_data, zero_point, scale, axis):
+    """iOS16: ``scale * (quantized_data - zero_point)``, scale/zero_point scalars or vectors along `axis`;
+    the output has the scale's dtype."""
+    q = np.asarray(quantized_data)
+    scale = np.asarray(scale)
+    zp = _per_axis(np.asarray(zero_point).astype(np.float64), q.ndim, int(axis))
+    out = (q.astype(np.float64) - zp) * _per_axis(scale.astype(np.float64), q.ndim, int(axis))
+    return out.astype(scale.dtype)
+
+
+def unpack_lsb_first(packed: np.ndarray, nbits: int, count: int) -> np.ndarray:
+    """`count` unsigned `nbits`-bit values packed into bytes starting at the least significant bit (an index may
+    straddle two bytes: its low bits fill the high bits of one byte, the rest the low bits of the next)."""
+    bits = np.unpackbits(np.asarray(packed, dtype=np.uint8), bitorder="little")[: nbits * count]
+    weights = (1 << np.arange(nbits)).astype(np.int64)
+    return (bits.reshape(count, nbits).astype(np.int64) * weights).sum(axis=1)
+
+
+def constexpr_lut_to_dense(indices, lut, shape=None, vector_axis=None):
+    """iOS16 (with `shape`): `indices` is a byte vector of packed log2(len(lut))-bit keys, output
+    ``lut[keys].reshape(shape)``. iOS18 (no `shape`): `indices` has the output's shape (unpacked), `lut` has
+    rank ``rank(indices) + 2`` ``[g_0, ..., g_{r-1}, NUM_PALETTES, VECTOR_SIZE]``: element ``i`` reads palette
+    ``i // (indices.shape / lut.shape[:r])`` (vector palettes, VECTOR_SIZE > 1, are not supported here)."""
+    lut = np.asarray(lut)
+    if shape is not None:
+        shape = tuple(int(d) for d in np.asarray(shape))
+        nbits = int(np.log2(lut.size))
+        keys = unpack_lsb_first(indices, nbits, int(np.prod(shape)))
+        return lut[keys].reshape(shape)
+    idx = np.asarray(indices).astype(np.int64)
+    r = idx.ndim
+    if lut.ndim != r + 2:
+        raise UnsupportedOp(f"constexpr_lut_to_dense: lut rank {lut.ndim} != indices rank {r} + 2")
+    if lut.shape[-1] != 1:
+        raise UnsupportedOp("constexpr_lut_to_dense with vector palettes (VECTOR_SIZE > 1)")
+    groups = lut.shape[:r]
+    block = [d // g for d, g in zip(idx.shape, groups, strict=True)]
+    grid = np.meshgrid(*[np.arange(d) // b for d, b in zip(idx.shape, block, strict=True)], indexing="ij")
+    return lut[(*grid, idx, np.zeros_like(idx))]
+
+
+def constexpr_blockwise_shift_scale(data, scale, offset=None):
+    """iOS18: ``scale[i // block] * (data[i] - offset[i // block])`` per dimension, block = data.shape /
+    scale.shape; the output has the scale's dtype."""
+    scale = np.asarray(scale)
+    d = np.asarray(data).astype(np.float64)
+    s = scale.astype(np.float64)
+    o = None if offset is None else np.asarray(offset).astype(np.float64)
+    for ax, (n, m) in enumerate(zip(d.shape, s.shape, strict=True)):
+        if n % m:
+            raise ValueError(f"constexpr_blockwise_shift_scale: dim {ax}: {n} not a multiple of {m} scales")
+        s = np.repeat(s, n // m, axis=ax)
+        o = None if o is None else np.repeat(o, n // m, axis=ax)
+    return ((d if o is None else d - o) * s).astype(scale.dtype)
+
+
 _CAST = {"fp32": np.float32, "fp16": np.float16, "int32": np.int32, "bool": np.bool_, "int16": np.int16}
 
 OPS = {
@@ -96,6 +167,12 @@ OPS = {
     "squeeze": lambda x, axes=None: np.squeeze(x, None if axes is None else tuple(int(a) for a in np.atleast_1d(axes))),
     "layer_norm": _layer_norm,
     "cast": lambda x, dtype: np.asarray(x).astype(_CAST[str(dtype)]),
+    # iOS18 conversions of the same model add these two (seen while checking the iOS18 constexpr ops)
+    "greater_equal": lambda x, y: np.greater_equal(x, y),
+    "select": lambda cond, a, b: np.where(cond, a, b),
+    "constexpr_affine_dequantize": constexpr_affine_dequantize,
+    "constexpr_lut_to_dense": constexpr_lut_to_dense,
+    "constexpr_blockwise_shift_scale": constexpr_blockwise_shift_scale,
 }
 
 
@@ -104,13 +181,25 @@ def _f32(a):
     return a.astype(np.float32) if a.dtype == np.float64 else a
 
 
+def load_program(mlpackage):
+    """The MIL program of a saved ``.mlpackage`` (read from its protobuf and weight file; no Core ML runtime)."""
+    import coremltools as ct
+    from coremltools.converters.mil.frontend.milproto import load as milproto
+    from coremltools.models.utils import _convert_model_spec_to_pymil_prog
+
+    mlmodel = ct.models.MLModel(str(mlpackage), skip_model_load=True)
+    return _convert_model_spec_to_pymil_prog(mlmodel, mlmodel.get_spec().specificationVersion, milproto.load)
+
+
 class MILEvaluator:
-    """Runs ``mlmodel._mil_program``'s main function on numpy inputs (batch-1, the spec's shapes)."""
+    """Runs the main function of ``mlmodel._mil_program`` (or of a MIL ``Program`` given directly) on numpy
+    inputs (batch-1, the spec's shapes)."""
 
     def __init__(self, mlmodel):
-        prog = getattr(mlmodel, "_mil_program", None)
+        prog = mlmodel if hasattr(mlmodel, "functions") else getattr(mlmodel, "_mil_program", None)
         if prog is None:
-            raise ValueError("the model carries no MIL program (use the object returned by the converter)")
+            raise ValueError("the model carries no MIL program (use the object returned by the converter, "
+                             "or mil_eval.load_program on a saved .mlpackage)")
         self._fn = prog.functions["main"]
         unknown = sorted({op.op_type for op in self._fn.operations} - set(OPS) - {"const"})
         if unknown:
