@@ -158,7 +158,7 @@ def run_benchmark(model, train, valid, out: str | Path, *, methods: list[str] | 
                 ref_scores = s
                 ref_ndcg = float(evaluate(s, s, sub.labels, sub.mask).ndcg10)
             ev = evaluate(s, ref_scores, sub.labels, sub.mask)
-            r.file_kb, r.gzip_kb = file_size(path) / 1024, gzip_size(path) / 1024
+            r.file_kb, r.gzip_kb = (m.size or file_size)(path) / 1024, gzip_size(path) / 1024
             r.max_abs_diff, r.min_kendall_tau, r.mean_kendall_tau = ev.max_abs_diff, ev.min_kendall_tau, \
                 ev.mean_kendall_tau
             r.ndcg10, r.ndcg10_delta = ev.ndcg10, ev.ndcg10 - ref_ndcg

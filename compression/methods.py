@@ -32,6 +32,7 @@ class Context:
     progress: bool = False
     _cache: dict = field(default_factory=dict)
     reports: dict[str, dict] = field(default_factory=dict)  # method name -> what building it measured
+    missing: dict[str, str] = field(default_factory=dict)  # compression.formats' interface: format -> why absent
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -70,6 +71,10 @@ class Context:
         spec = get_spec("device-reranker", self.model.fcfg)
         return self.once("tflite", lambda: export_tflite(self.model, self.example, self.out / "fp32" / "model.tflite",
                                                          spec))
+
+    @property
+    def mlpackage_fp32(self) -> Path:  # the name compression.formats uses
+        return self.coreml_fp32
 
     @property
     def coreml_fp32(self) -> Path:
@@ -115,6 +120,7 @@ class Method:
     scorer: Callable[[Path], Callable[[dict[str, np.ndarray]], np.ndarray]] | None = None
     evaluated_by: str = ""
     simulate: bool = True  # run it as a simulator arm (needs a runtime that runs here at simulator speed)
+    size: Callable[[Path], int] | None = None  # shipped bytes when not the plain file size (zipped packages)
 
     def available(self) -> str | None:
         """None when it can run here, else why not."""
@@ -211,14 +217,26 @@ ONNX_METHODS = [
 ]
 
 
+def _from_format(fm) -> Method:
+    """A ``compression.formats.FormatMethod`` (LiteRT / Core ML / MNN) as a benchmark method; the Context here
+    offers the FormatContext interface (fp32 files, calibration, ``missing``)."""
+    import sys
+
+    def scorer(path: Path, fm=fm) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+        return lambda x: fm.scores(path, x)
+
+    off_runtime = fm.format == "coreml" and sys.platform != "darwin"  # the MIL program in numpy, not Core ML
+    return Method(fm.name, fm.format, "reference" if fm.reference is None else "quantization", fm.runtime,
+                  fm.build, f"{fm.format}: {fm.name.split('-', 1)[1]}", fm.modules,
+                  scorer=scorer if off_runtime else None, evaluated_by=fm.evaluated_by, simulate=not off_runtime,
+                  size=fm.size_bytes)
+
+
 def all_methods() -> list[Method]:
-    """ONNX methods, then the other formats' (``compression.formats``) when that module is present."""
-    methods = list(ONNX_METHODS)
-    try:
-        from compression.formats import format_methods
-    except ImportError:
-        return methods
-    return methods + list(format_methods())
+    """The ONNX methods, then LiteRT / Core ML / MNN (``compression.formats``)."""
+    from compression.formats import METHODS
+
+    return list(ONNX_METHODS) + [_from_format(fm) for fm in METHODS]
 
 
 def get_method(name: str) -> Method:
