@@ -2,6 +2,7 @@
 presets with budgets, embedding-row quantization on the wire, the dense/sparse split report."""
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from device_sdk.contracts import EmbeddingEncoding
 
 ONNX_QUANT = ["onnx-fp32", "onnx-fp16", "onnx-int8-dynamic-quint8", "onnx-int8-dynamic-qint8",
               "onnx-int8-dynamic-qint8-rr", "onnx-int8-static"]
+OTHER_FORMATS = ["mnn-int8-weight", "coreml-int8-linear"]
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +29,7 @@ def bench(trained, samples, tmp_path_factory):
     model, _, valid = trained
     train, _ = split_by_session(samples)
     out = tmp_path_factory.mktemp("compress")
-    rows = run_benchmark(model, train, valid, out, methods=ONNX_QUANT, n_lists=60, latency_runs=20,
+    rows = run_benchmark(model, train, valid, out, methods=ONNX_QUANT + OTHER_FORMATS, n_lists=60, latency_runs=20,
                          simulation=SimulationSetup(WCFG, sessions=60), progress=False, calibration_lists=60)
     return {r.method: r for r in rows}, out
 
@@ -59,6 +61,15 @@ def test_benchmark_outputs_and_simulator_arms(bench):
         lo, hi = results[name].qv_ctr_ci_pp
         assert lo <= results[name].qv_ctr_delta_pp <= hi
     assert "| onnx-int8-static | onnx |" in (out / "compression.md").read_text()
+    # another runtime: the MNN file ran as a simulator arm; Core ML off macOS is scored by its MIL program in
+    # numpy (no latency, no simulator arm) and says so
+    mnn, coreml = results["mnn-int8-weight"], results["coreml-int8-linear"]
+    assert mnn.status == "ok" and mnn.qv_ctr_ci_pp is not None and mnn.latency_p50_ms > 0
+    assert mnn.mean_kendall_tau > 0.9 and mnn.file_kb < results["onnx-fp32"].file_kb
+    assert coreml.status == "ok" and coreml.mean_kendall_tau > 0.9
+    if sys.platform != "darwin":
+        assert coreml.evaluated_by == "MIL program in numpy" and coreml.latency_p50_ms is None
+        assert coreml.qv_ctr_delta_pp is None and "coreml-int8-linear" not in sim["qv_ctr"]
     assert (out / "pareto.png").stat().st_size > 10_000
 
 
