@@ -72,12 +72,9 @@ def compress_coreml(fp32_mlpackage: str | Path, out_mlpackage: str | Path, *, me
         with warnings.catch_warnings():  # "Number of distinct clusters (1) found smaller than n_clusters"
             warnings.simplefilter("ignore")
             compressed = cto.palettize_weights(mlmodel, config)
-    out = Path(out_mlpackage)
-    if out.exists():
-        shutil.rmtree(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    compressed.save(str(out))
-    return out
+    from converters.coreml.convert import save_package
+
+    return save_package(compressed, out_mlpackage)
 
 
 def package_size(mlpackage: str | Path) -> int:

@@ -167,23 +167,13 @@ def _fp16(ctx: Context, out: Path) -> Path:
     return fp16(ctx.onnx_fp32, out / "model.onnx")
 
 
-def _pruned(sparsity: float, then_int8: bool = False) -> Callable[[Context, Path], Path]:
+def _derived(kind: str, arg, then_int8: bool = False) -> Callable[[Context, Path], Path]:
+    """A model trained from the reference (``pruned`` at sparsity `arg`, or a ``student`` of preset `arg`),
+    exported to ONNX, optionally then dynamic int8; what training measured goes to ``ctx.reports``."""
+
     def build(ctx: Context, out: Path) -> Path:
-        model, ctx.reports[out.name] = ctx.pruned(sparsity)
-        path = ctx.onnx_of(f"pruned{int(100 * sparsity)}", model)
-        if not then_int8:
-            return path
-        from compression.quantize import dynamic_int8
-
-        return dynamic_int8(path, out / "model.onnx")
-
-    return build
-
-
-def _student(preset: str, then_int8: bool = False) -> Callable[[Context, Path], Path]:
-    def build(ctx: Context, out: Path) -> Path:
-        model, ctx.reports[out.name] = ctx.student(preset)
-        path = ctx.onnx_of(f"student-{preset}", model)
+        model, ctx.reports[out.name] = getattr(ctx, kind)(arg)
+        path = ctx.onnx_of(f"{kind}-{arg}", model)
         if not then_int8:
             return path
         from compression.quantize import dynamic_int8
@@ -207,12 +197,12 @@ ONNX_METHODS = [
           "dynamic int8, QInt8 weights, reduce_range (7-bit)"),
     _onnx("onnx-int8-static", "quantization", _static,
           "static int8 (QDQ, per-channel weights), MatMul/Gemm activations calibrated on logged training lists"),
-    _onnx("onnx-pruned50", "pruning", _pruned(0.5), "50 % magnitude pruning + fine-tuning", TRAIN),
-    _onnx("onnx-pruned80", "pruning", _pruned(0.8), "80 % magnitude pruning + fine-tuning", TRAIN),
-    _onnx("onnx-pruned80-int8", "pruning", _pruned(0.8, True), "80 % pruned, then dynamic int8", TRAIN),
-    _onnx("onnx-student-small", "distillation", _student("small"), "distilled student, small preset", TRAIN),
-    _onnx("onnx-student-tiny", "distillation", _student("tiny"), "distilled student, tiny preset", TRAIN),
-    _onnx("onnx-student-small-int8", "distillation", _student("small", True),
+    _onnx("onnx-pruned50", "pruning", _derived("pruned", 0.5), "50 % magnitude pruning + fine-tuning", TRAIN),
+    _onnx("onnx-pruned80", "pruning", _derived("pruned", 0.8), "80 % magnitude pruning + fine-tuning", TRAIN),
+    _onnx("onnx-pruned80-int8", "pruning", _derived("pruned", 0.8, True), "80 % pruned, then dynamic int8", TRAIN),
+    _onnx("onnx-student-small", "distillation", _derived("student", "small"), "distilled student, small preset", TRAIN),
+    _onnx("onnx-student-tiny", "distillation", _derived("student", "tiny"), "distilled student, tiny preset", TRAIN),
+    _onnx("onnx-student-small-int8", "distillation", _derived("student", "small", True),
           "distilled small student, then dynamic int8", TRAIN),
 ]
 

@@ -54,12 +54,18 @@ def export_coreml(model, example: dict[str, np.ndarray], path: str | Path, spec:
     mlmodel = ct.convert(traced, inputs=inputs, outputs=[ct.TensorType(name=o.name) for o in spec.outputs],
                          convert_to="mlprogram", compute_precision=ct.precision.FLOAT32,
                          minimum_deployment_target=getattr(ct.target, MIN_TARGET))
+    save_package(mlmodel, path)
+    return mlmodel
+
+
+def save_package(mlmodel, path: str | Path) -> Path:
+    """Save an ML program as `path` (.mlpackage), replacing what is there."""
     path = Path(path)
     if path.exists():
         shutil.rmtree(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     mlmodel.save(str(path))
-    return mlmodel
+    return path
 
 
 def zip_package(package: str | Path, zip_path: str | Path) -> Path:
