@@ -90,20 +90,32 @@ class Context:
 
         return self.once("coreml", make)
 
+    @property
+    def fit_and_tune(self) -> tuple[object, object]:
+        """Training lists split by session into (fit, tune): pruning's fine-tuning and distillation pick their
+        best epoch on `tune`, so the held-out lists every method is measured on stay unseen by that choice."""
+        from cloud.training.data import split_by_session
+
+        if self.train is None:
+            raise ValueError("this method needs training lists (fine-tuning / distillation), none were given")
+        return self.once("fit_and_tune", lambda: split_by_session(self.train, valid_share=0.15, seed=1))
+
     def pruned(self, sparsity: float):
         from cloud.training.train import TrainConfig
         from compression.prune import magnitude_prune
 
+        fit, tune = self.fit_and_tune
         return self.once(f"pruned:{sparsity}", lambda: magnitude_prune(
-            self.model, self.train, self.valid, sparsity=sparsity, finetune_epochs=self.finetune_epochs,
+            self.model, fit, tune, sparsity=sparsity, finetune_epochs=self.finetune_epochs,
             tcfg=TrainConfig(epochs=self.finetune_epochs), progress=self.progress))
 
     def student(self, preset: str):
         from cloud.training.train import TrainConfig
         from compression.distill import STUDENT_PRESETS, distill
 
+        fit, tune = self.fit_and_tune
         return self.once(f"student:{preset}", lambda: distill(
-            self.model, self.train, self.valid, student_cfg=STUDENT_PRESETS[preset],
+            self.model, fit, tune, student_cfg=STUDENT_PRESETS[preset],
             tcfg=TrainConfig(epochs=self.distill_epochs), compare_label_only=False, progress=self.progress))
 
 

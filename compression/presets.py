@@ -29,9 +29,11 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("lossless", "onnx-fp32", Budget(0.0, 0.9999, 1024), "the fp32 export, no compression"),
     Preset("default", "onnx-fp16", Budget(0.1, 0.99, 1024),
            "what ships by default: fp16, within 0.1 % NDCG@10 and τ ≥ 0.99 of fp32, under 1 MB"),
-    Preset("small", "onnx-int8-dynamic-qint8-rr", Budget(1.0, 0.95, 200),
+    Preset("small", "onnx-int8-dynamic-qint8-rr", Budget(1.0, 0.95, 100),
            "dynamic int8 (QInt8 + reduce_range): about 60 % of the fp32 size"),
-    Preset("tiny", "onnx-student-small-int8", Budget(5.0, 0.80, 100),
+    # a student is a different model: its order agrees with the teacher's far less (τ ~0.75) even when its
+    # NDCG@10 is as good, so its budget is on NDCG@10 and size first
+    Preset("tiny", "onnx-student-small-int8", Budget(2.0, 0.6, 64),
            "distilled small student, int8: for the strictest app-size budgets"),
 )}
 
