@@ -224,37 +224,53 @@ def pareto_front(rows: list[MethodResult]) -> list[MethodResult]:
 
 
 def pareto_plot(rows: list[MethodResult], path: Path) -> None:
+    """Left: size vs NDCG@10 with the Pareto front; right: size vs mean Kendall τ against fp32 (how faithful
+    a method is to the model it compresses; students and pruned models are different models by design)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
 
     ok = [r for r in rows if r.status == OK]
     if not ok:
         return
-    fig, ax = plt.subplots(figsize=(9, 5.5))
     markers = {"onnx": "o", "tflite": "s", "coreml": "^", "mnn": "D"}
     colors = {"reference": "black", "quantization": "tab:blue", "pruning": "tab:orange", "distillation": "tab:green"}
-    for r in ok:
-        ax.scatter(r.file_kb, r.ndcg10, marker=markers.get(r.format, "x"), color=colors.get(r.family, "gray"), s=45,
-                   zorder=3)
-        ax.annotate(r.method, (r.file_kb, r.ndcg10), fontsize=6.5, xytext=(4, 3), textcoords="offset points")
+    fig, axes = plt.subplots(1, 2, figsize=(14, 6))
+    for ax, key, label in ((axes[0], "ndcg10", "NDCG@10 on held-out lists"),
+                           (axes[1], "mean_kendall_tau", "mean Kendall τ vs the fp32 model")):
+        for r in ok:
+            y = getattr(r, key)
+            ax.scatter(r.file_kb, y, marker=markers.get(r.format, "x"), color=colors.get(r.family, "gray"), s=45,
+                       zorder=3)
+            ax.annotate(r.method, (r.file_kb, y), fontsize=6.5, xytext=(4, 3), textcoords="offset points")
+        ax.set_xscale("log")
+        ticks = [t for t in (25, 35, 50, 75, 100, 150, 200, 300, 500, 1000)
+                 if min(r.file_kb for r in ok) / 1.3 <= t <= max(r.file_kb for r in ok) * 1.3]
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xticklabels([str(t) for t in ticks])
+        ax.set_xlabel("model file size (KB, log scale; Core ML: zipped package)")
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.3)
     front = pareto_front(ok)
-    ax.plot([r.file_kb for r in front], [r.ndcg10 for r in front], "--", color="gray", lw=1, zorder=2,
-            label="Pareto front")
+    axes[0].plot([r.file_kb for r in front], [r.ndcg10 for r in front], "--", color="gray", lw=1, zorder=2,
+                 label="Pareto front")
     ref = next((r for r in ok if r.method == REFERENCE), None)
     if ref is not None:
-        ax.axhline(ref.ndcg10 * 0.999, color="tab:red", lw=0.8, ls=":", label="fp32 NDCG@10 − 0.1 %")
+        axes[0].axhline(ref.ndcg10 * 0.999, color="tab:red", lw=0.8, ls=":", label="fp32 NDCG@10 − 0.1 %")
+    axes[1].axhline(0.99, color="tab:red", lw=0.8, ls=":", label="τ = 0.99")
+    axes[0].set_title("size vs ranking quality")
+    axes[1].set_title("size vs faithfulness to fp32")
     for fmt, mk in markers.items():
-        ax.scatter([], [], marker=mk, color="gray", label=fmt)
+        axes[1].scatter([], [], marker=mk, color="gray", label=fmt)
     for fam, c in colors.items():
-        ax.scatter([], [], marker="o", color=c, label=fam)
-    ax.set_xscale("log")
-    ax.set_xlabel("model file size (KB, log scale)")
-    ax.set_ylabel("NDCG@10 on held-out lists")
-    ax.set_title("Compression: size vs ranking quality (one trained model)")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right", ncol=2)
+        axes[1].scatter([], [], marker="o", color=c, label=fam)
+    axes[0].legend(fontsize=7, loc="upper right")
+    axes[1].legend(fontsize=7, loc="center right", ncol=2)
+    fig.suptitle("Compression of one trained reranker: every method x format")
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
