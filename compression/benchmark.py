@@ -42,6 +42,7 @@ class MethodResult:
     qv_ctr_delta_pp: float | None = None  # vs the fp32 model's arm, same sessions
     qv_ctr_ci_pp: tuple[float, float] | None = None
     latency_p50_ms: float | None = None
+    params: int | None = None  # of the model behind the file (students: the student's); sets modelled cost
     extra: dict = field(default_factory=dict)
 
 
@@ -100,7 +101,8 @@ def _simulate(results: dict[str, MethodResult], files: dict[str, Path], methods:
         if not m.simulate or results[name].status != OK:
             continue
         bundle = write_bundle(ctx.out / "bundles" / name, model_file=path, fmt=m.format, name="device-reranker",
-                              version=f"compress-{name}", feature_config=ctx.model.fcfg)
+                              version=f"compress-{name}", feature_config=ctx.model.fcfg,
+                              metrics={"params": float(results[name].params or 0)})
         try:
             arms.append(build_arm(ArmSpec(name, "device", bundle=str(bundle), backend=m.runtime), um))
             names.append(name)
@@ -167,6 +169,7 @@ def run_benchmark(model, train, valid, out: str | Path, *, methods: list[str] | 
             files[m.name] = path
             if m.name in ctx.reports:  # what pruning / distillation measured while building
                 r.extra["training"] = _jsonable(ctx.reports[m.name])
+            r.params = ctx.params_of(m.name)
         except Exception as exc:  # noqa: BLE001 - one failing method is a result, not the end of the run
             r.status, r.reason = FAILED, f"{type(exc).__name__}: {exc}"
             r.extra["traceback"] = traceback.format_exc(limit=4)

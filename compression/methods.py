@@ -54,6 +54,12 @@ class Context:
         n = min(self.calibration_lists, len(self.train))
         return {k: v[:n] for k, v in self.train.inputs.items()}
 
+    def params_of(self, method: str) -> int:
+        """Parameters of the model behind `method`'s file: a student's own, else the reference's (pruning and
+        quantization keep the dense shape: zeros and int8 still cost their multiply-adds here)."""
+        student = self.reports.get(method, {}).get("student_params")
+        return int(student) if student else int(sum(p.numel() for p in self.model.parameters()))
+
     def onnx_of(self, key: str, model) -> Path:
         from converters.onnx.convert import export_onnx
 

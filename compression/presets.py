@@ -116,5 +116,6 @@ def run_preset(name: str | Preset, model, train, valid, out: str | Path, *, n_li
                           validation={"preset_lists": float(len(sub)), "max_abs_diff_vs_fp32": ev.max_abs_diff,
                                       "mean_kendall_tau_vs_fp32": ev.mean_kendall_tau,
                                       "rel_ndcg10_loss_pct": check.rel_ndcg10_loss_pct},
-                          metrics=(metrics or {}) | {"ndcg@10_compressed": ev.ndcg10})
+                          metrics=(metrics or {}) | {"ndcg@10_compressed": ev.ndcg10,
+                                                     "params": float(ctx.params_of(method.name))})
     return check, bundle

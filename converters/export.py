@@ -331,4 +331,5 @@ def _bundle(res: FormatResult, out: Path, model, spec: ExportSpec, name: str, ve
     return write_bundle(target, model_file=res.model_file, fmt=res.format, name=bundle_name(name, res.format),
                         version=version,
                         feature_config=model.fcfg, tolerance=tol.to_dict(), validation=res.manifest_validation(),
-                        metrics=metrics, spec=spec)
+                        metrics=(metrics or {}) | {"params": float(sum(p.numel() for p in model.parameters()))},
+                        spec=spec)

@@ -30,9 +30,12 @@ class Arm:
         if self.cost_model is None:
             model = getattr(self.reranker, "model", None)  # a RerankService with a bundle
             if model is not None and hasattr(model, "bundle"):
-                fc = model.bundle.feature_config
-                self.cost_model = CostModel.for_dense_model(model.bundle.manifest.model_bytes // 4,
-                                                            feature_ops=fc.n_candidate_features)
+                fc, manifest = model.bundle.feature_config, model.bundle.manifest
+                # the work is set by the parameter count (the manifest's metrics say it; quantization shrinks
+                # the bytes, not the FLOPs); older bundles without it: fp32, params ~ bytes / 4
+                params = int(manifest.metrics.get("params", 0)) or manifest.model_bytes // 4
+                self.cost_model = CostModel.for_dense_model(params, feature_ops=fc.n_candidate_features,
+                                                            bytes_per_param=manifest.model_bytes / max(params, 1))
                 self.window = fc.n_max
             else:
                 self.cost_model = CostModel()

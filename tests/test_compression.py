@@ -146,3 +146,18 @@ def test_split_report_counts_the_table_that_stays_in_the_cloud(trained):
     assert rep.table_params == 1_000_000 * model.fcfg.emb_dim
     assert rep.share_moved == pytest.approx(rep.table_params / (rep.table_params + rep.device_params))
     assert "id_proj" in rep.part_params and rep.monolithic_kb_fp32 > rep.device_kb_fp32
+
+
+def test_simulated_cost_follows_parameters_not_file_bytes(bench):
+    """A quantized file holds the same multiply-adds as fp32: the simulator's modelled latency must not drop
+    just because the file is smaller (it did when params were inferred as bytes / 4)."""
+    from device_sdk.model_manager import load_model
+    from device_sdk.reranker import RerankService
+    from simulator.ab import Arm
+
+    _, out = bench
+    arms = {n: Arm(n, RerankService(load_model(out / "bundles" / n, backend="onnxruntime")))
+            for n in ("onnx-fp32", "onnx-int8-dynamic-quint8")}
+    fp32, int8 = arms["onnx-fp32"].cost_model, arms["onnx-int8-dynamic-quint8"].cost_model
+    assert fp32.fixed_flops == int8.fixed_flops and fp32.per_candidate_flops == int8.per_candidate_flops
+    assert int8.weight_bytes < 0.6 * fp32.weight_bytes
