@@ -53,7 +53,8 @@ def page_bytes(inputs: dict[str, np.ndarray], n_items: int = 25) -> list[PageByt
     for enc in (EmbeddingEncoding.FP16, EmbeddingEncoding.INT8):
         body = encode_items(emb=emb, encoding=enc, **common)
         row = PackedEmbedding.pack(emb[0], enc)
-        out.append(PageBytes(enc.name.lower(), len(body), len(row.data) + (8 if enc == EmbeddingEncoding.INT8 else 0)))
+        scale = 4 if enc == EmbeddingEncoding.INT8 else 0  # proto `float scale`, unused by fp16
+        out.append(PageBytes(enc.name.lower(), len(body), len(row.data) + scale))
     return out
 
 
