@@ -27,15 +27,14 @@ from __future__ import annotations
 import copy
 from dataclasses import replace
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 from cloud.training.data import Samples
 from cloud.training.losses import LOSSES
-from cloud.training.model import DeviceReranker, to_tensors
-from cloud.training.train import TrainConfig, evaluate, fit_loop, predict
+from cloud.training.model import DeviceReranker
+from cloud.training.train import TrainConfig, evaluate, fit_loop, label_step, predict
 
 SCOPES = ("global", "layer")
 
@@ -179,14 +178,7 @@ def magnitude_prune(model: DeviceReranker, train: Samples, valid: Samples, *, sp
     loop, kept = None, "pruned"
     if finetune_epochs > 0:
         after_prune = copy.deepcopy(pruned.state_dict())
-        loss_fn = LOSSES[tcfg.loss]()
-        names = pruned.input_names
-
-        def step(idx: np.ndarray) -> torch.Tensor:
-            batch = {k: v[idx] for k, v in train.inputs.items()}
-            scores = pruned(*to_tensors(batch, names))
-            return loss_fn(scores, torch.from_numpy(train.labels[idx]), torch.from_numpy(batch["cand_mask"]))
-
+        step = label_step(pruned, train, LOSSES[tcfg.loss]())
         loop = fit_loop(pruned, step, lambda: evaluate(predict(pruned, valid), valid), len(train),
                         replace(tcfg, epochs=finetune_epochs), desc=f"prune {sparsity:.0%} fine-tune",
                         progress=progress)

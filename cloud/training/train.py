@@ -100,14 +100,8 @@ def fit_loop(model: torch.nn.Module, step: Callable[[np.ndarray], torch.Tensor],
             "history": history}
 
 
-def fit(train: Samples, valid: Samples, fcfg: FeatureConfig, mcfg: ModelConfig | None = None,
-        tcfg: TrainConfig | None = None, *, progress: bool = True) -> tuple[DeviceReranker, dict]:
-    tcfg = tcfg or TrainConfig()
-    torch.manual_seed(tcfg.seed)
-    torch.set_num_threads(tcfg.threads)
-    model = DeviceReranker(fcfg, mcfg)
-    model.fit_input_stats(train.inputs)
-    loss_fn = LOSSES[tcfg.loss]()
+def label_step(model: DeviceReranker, train: Samples, loss_fn) -> Callable[[np.ndarray], torch.Tensor]:
+    """The plain training step for ``fit_loop``: the ranking loss of `model`'s scores on the lists `idx`."""
     names = model.input_names
 
     def step(idx: np.ndarray) -> torch.Tensor:
@@ -115,6 +109,17 @@ def fit(train: Samples, valid: Samples, fcfg: FeatureConfig, mcfg: ModelConfig |
         scores = model(*to_tensors(batch, names))
         return loss_fn(scores, torch.from_numpy(train.labels[idx]), torch.from_numpy(batch["cand_mask"]))
 
+    return step
+
+
+def fit(train: Samples, valid: Samples, fcfg: FeatureConfig, mcfg: ModelConfig | None = None,
+        tcfg: TrainConfig | None = None, *, progress: bool = True) -> tuple[DeviceReranker, dict]:
+    tcfg = tcfg or TrainConfig()
+    torch.manual_seed(tcfg.seed)
+    torch.set_num_threads(tcfg.threads)
+    model = DeviceReranker(fcfg, mcfg)
+    model.fit_input_stats(train.inputs)
+    step = label_step(model, train, LOSSES[tcfg.loss]())
     loop = fit_loop(model, step, lambda: evaluate(predict(model, valid), valid), len(train), tcfg,
                     progress=progress)
     summary = {
