@@ -12,7 +12,7 @@ from hypothesis.extra.numpy import arrays
 
 from compression.benchmark import MethodResult, SimulationSetup, pareto_front, run_benchmark
 from compression.embedding_rows import page_bytes, roundtrip_rows, row_quant_report
-from compression.presets import Budget, BudgetExceeded, Preset, check_budget, run_preset
+from compression.presets import PRESETS, Budget, BudgetExceeded, Preset, check_budget, run_preset
 from compression.split import split_report
 from device_sdk.contracts import EmbeddingEncoding
 
@@ -161,3 +161,30 @@ def test_simulated_cost_follows_parameters_not_file_bytes(bench):
     fp32, int8 = arms["onnx-fp32"].cost_model, arms["onnx-int8-dynamic-quint8"].cost_model
     assert fp32.fixed_flops == int8.fixed_flops and fp32.per_candidate_flops == int8.per_candidate_flops
     assert int8.weight_bytes < 0.6 * fp32.weight_bytes
+
+
+def test_compress_cli_preset_passes_or_fails_with_reasons(trained, logged_rows, tmp_path, capsys, monkeypatch):
+    import pyarrow.parquet as pq
+
+    from cloud.logs import rows_to_table
+    from cloud.training.train import save_checkpoint
+    from edge_rerank.cli import main
+
+    model, summary, _ = trained
+    pq.write_table(rows_to_table(logged_rows), tmp_path / "logs.parquet")
+    save_checkpoint(model, tmp_path / "ckpt.pt", summary)
+    common = ["--checkpoint", str(tmp_path / "ckpt.pt"), "--logs", str(tmp_path / "logs.parquet"), "--lists", "40"]
+    assert main(["--no-progress", "compress", "--preset", "default", "--out", str(tmp_path / "ok"), *common]) == 0
+    out = capsys.readouterr().out
+    assert "within budget" in out and (tmp_path / "ok" / "bundle" / "manifest.json").is_file()
+    assert json.loads((tmp_path / "ok" / "preset.json").read_text())["ok"]
+    monkeypatch.setitem(PRESETS, "strict", Preset("strict", "onnx-int8-dynamic-qint8", Budget(0.0, 0.99999, 10), ""))
+    rc = main(["--no-progress", "compress", "--preset", "strict", "--out", str(tmp_path / "strict"), *common])
+    err = capsys.readouterr().err
+    assert rc == 1 and "broke its budget" in err and "KB > 10 KB" in err
+    assert not (tmp_path / "strict" / "bundle").exists()
+    assert main(["--no-progress", "compress", "--preset", "huge", *common, "--out", str(tmp_path / "x")]) == 1
+    assert "unknown preset 'huge'" in capsys.readouterr().err
+    assert main(["--no-progress", "compress", "--list"]) == 0
+    listed = capsys.readouterr().out
+    assert "default" in listed and "onnx-int8-static" in listed and "coreml-int8-linear" in listed
