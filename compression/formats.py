@@ -184,10 +184,14 @@ def _mnn_fp32(ctx: FormatContext, out: Path) -> Path:
     return export_mnn(_need(ctx, "onnx_fp32", "mnn"), out / "mnn-fp32.mnn")
 
 
-def _mnn_int8(ctx: FormatContext, out: Path) -> Path:
-    from compression.mnn_quant import quantize_mnn_weights
+def _mnn_weights(bits: int) -> Callable[[FormatContext, Path], Path]:
+    def build(ctx: FormatContext, out: Path) -> Path:
+        from compression.mnn_quant import quantize_mnn_weights
 
-    return quantize_mnn_weights(_need(ctx, "onnx_fp32", "mnn"), out / "mnn-int8-weight.mnn")
+        name = "mnn-fp16" if bits == 16 else f"mnn-int{bits}-weight"
+        return quantize_mnn_weights(_need(ctx, "onnx_fp32", "mnn"), out / f"{name}.mnn", bits=bits)
+
+    return build
 
 
 _COREML_BY = CORE_ML if sys.platform == "darwin" else MIL_NUMPY
@@ -199,6 +203,8 @@ _MNN = ("MNN", "_tools")
 METHODS: tuple[FormatMethod, ...] = (
     FormatMethod("tflite-fp32", "tflite", "litert", _tflite_fp32, _litert_scores, "litert", None, _LITERT,
                  "tflite", shrinks=False),
+    FormatMethod("tflite-fp16", "tflite", "litert", _tflite_quant("weight-only-fp16"), _litert_scores,
+                 "litert", "tflite-fp32", _AEQ, "tflite"),
     FormatMethod("tflite-int8-weight-only", "tflite", "litert", _tflite_quant("weight-only-int8"), _litert_scores,
                  "litert", "tflite-fp32", _AEQ, "tflite"),
     FormatMethod("tflite-int8-dynamic", "tflite", "litert", _tflite_quant("dynamic-int8"), _litert_scores,
@@ -214,7 +220,8 @@ METHODS: tuple[FormatMethod, ...] = (
     FormatMethod("coreml-palettize-4bit", "coreml", "coreml", _coreml_compress("palettize-4bit"), _coreml_scores,
                  _COREML_BY, "coreml-fp32", (*_CT, "sklearn"), "coreml"),
     FormatMethod("mnn-fp32", "mnn", "mnn", _mnn_fp32, _mnn_scores, "mnn", None, _MNN, "mnn", shrinks=False),
-    FormatMethod("mnn-int8-weight", "mnn", "mnn", _mnn_int8, _mnn_scores, "mnn", "mnn-fp32", _MNN, "mnn"),
+    FormatMethod("mnn-fp16", "mnn", "mnn", _mnn_weights(16), _mnn_scores, "mnn", "mnn-fp32", _MNN, "mnn"),
+    FormatMethod("mnn-int8-weight", "mnn", "mnn", _mnn_weights(8), _mnn_scores, "mnn", "mnn-fp32", _MNN, "mnn"),
 )
 
 

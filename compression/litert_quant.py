@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-MODES = ("weight-only-int8", "dynamic-int8", "full-int8")
+MODES = ("weight-only-fp16", "weight-only-int8", "dynamic-int8", "full-int8")
 SIGNATURE = "serving_default"
 EXTRA = "pip install 'edge-rerank[tflite]'"
 
@@ -90,7 +90,12 @@ def quantize_tflite(fp32_tflite: str | Path, out_path: str | Path, *, mode: str,
     logging.getLogger().setLevel(logging.ERROR)
     try:
         with quiet:
-            if mode == "weight-only-int8":
+            if mode == "weight-only-fp16":  # fp16 weights of the matmuls and lookups, float compute
+                q = quantizer.Quantizer(str(fp32_tflite))
+                for op in (qtyping.TFLOperationName.FULLY_CONNECTED, qtyping.TFLOperationName.EMBEDDING_LOOKUP):
+                    q.add_weight_only_config(".*", op, 16, algorithm_key=AlgorithmName.FLOAT_CASTING)
+                result = q.quantize(enable_progress_bar=False, enable_progress_report=False)
+            elif mode == "weight-only-int8":
                 q = quantizer.Quantizer(str(fp32_tflite), recipe.weight_only_wi8_afp32())
                 result = q.quantize(enable_progress_bar=False, enable_progress_report=False)
             elif mode == "dynamic-int8":

@@ -14,15 +14,16 @@ EXTRA = "pip install 'edge-rerank[mnn]'"
 
 def quantize_mnn_weights(onnx_fp32: str | Path, out_path: str | Path, *, bits: int = 8,
                          verify: bool = True) -> Path:
-    """Convert `onnx_fp32` to a weight-int`bits` ``.mnn`` at `out_path`; with `verify`, load it in the ``mnn``
-    backend and run one all-zero list (RuntimeError if it does not load, run, or give finite [1, N] scores)."""
+    """Convert `onnx_fp32` to a weight-int`bits` ``.mnn`` at `out_path` (``bits=16``: half-float weights, the
+    converter's ``--fp16``); with `verify`, load it in the ``mnn`` backend and run one all-zero list
+    (RuntimeError if it does not load, run, or give finite [1, N] scores)."""
     from converters.mnn.convert import export_mnn, mnn_available
 
     if not mnn_available():
         raise RuntimeError(f"MNN quantization needs the mnn package (the [mnn] extra): {EXTRA}")
-    if bits not in (2, 3, 4, 5, 6, 7, 8):
-        raise ValueError(f"MNN weight quantization supports 2..8 bits, got {bits}")
-    path = export_mnn(onnx_fp32, out_path, weight_quant_bits=bits)
+    if bits not in (2, 3, 4, 5, 6, 7, 8, 16):
+        raise ValueError(f"MNN weight quantization supports 2..8 bits (int) or 16 (fp16), got {bits}")
+    path = export_mnn(onnx_fp32, out_path, weight_quant_bits=None if bits == 16 else bits, fp16=bits == 16)
     if verify:
         verify_mnn(path)
     return path

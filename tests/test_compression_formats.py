@@ -59,7 +59,7 @@ def test_registry_names_and_references():
     assert len(set(names)) == len(names)
     assert set(names) >= {"tflite-fp32", "tflite-int8-weight-only", "tflite-int8-dynamic", "tflite-int8-full",
                           "coreml-fp32", "coreml-int8-linear", "coreml-palettize-6bit", "coreml-palettize-4bit",
-                          "mnn-fp32", "mnn-int8-weight"}
+                          "mnn-fp32", "mnn-int8-weight", "tflite-fp16", "mnn-fp16"}
     for m in METHODS:
         if m.reference is not None:
             ref = get_method(m.reference)
@@ -88,6 +88,13 @@ def test_compressed_method_is_smaller_quantized_and_keeps_the_ranking(rows, list
         assert r.size_kb < 0.8 * ref.size_kb, (name, r.size_kb, ref.size_kb)
     assert r.max_abs_diff > 0, f"{name} gives the fp32 scores exactly: nothing was quantized"
     assert r.max_abs_diff < 1.0 and r.mean_kendall_tau > 0.9, (name, r.max_abs_diff, r.mean_kendall_tau)
+
+
+@pytest.mark.parametrize("fmt", ["tflite", "mnn"])
+def test_fp16_weights_are_closer_to_fp32_than_int8(rows, fmt):
+    fp16, int8 = _row(rows, f"{fmt}-fp16"), _row(rows, f"{fmt}-int8-weight" if fmt == "mnn" else
+                                                   f"{fmt}-int8-weight-only")
+    assert 0 < fp16.max_abs_diff < int8.max_abs_diff and fp16.mean_kendall_tau > 0.99
 
 
 def test_markdown_has_every_method(rows):

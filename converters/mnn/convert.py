@@ -28,8 +28,9 @@ def mnn_available() -> bool:
 
 
 def export_mnn(onnx_path: str | Path, path: str | Path, *, weight_quant_bits: int | None = None,
-               timeout_s: float = 300.0) -> Path:
-    """Convert the ONNX file at `onnx_path` to MNN at `path` (fp32 unless `weight_quant_bits` is 8)."""
+               fp16: bool = False, timeout_s: float = 300.0) -> Path:
+    """Convert the ONNX file at `onnx_path` to MNN at `path` (fp32 weights unless `weight_quant_bits` (int
+    weights) or `fp16` (half-float weights, ``--fp16``); the math stays fp32 either way)."""
     if not mnn_available():
         raise ToolchainMissing("MNN export needs the mnn package: pip install 'edge-rerank[mnn]'")
     path = Path(path)
@@ -37,6 +38,8 @@ def export_mnn(onnx_path: str | Path, path: str | Path, *, weight_quant_bits: in
     argv = ["-f", "ONNX", "--modelFile", str(onnx_path), "--MNNModel", str(path), "--bizCode", "edge-rerank"]
     if weight_quant_bits:
         argv += ["--weightQuantBits", str(int(weight_quant_bits))]
+    if fp16:
+        argv += ["--fp16"]
     r = subprocess.run([sys.executable, "-c", _CONVERT, *argv], capture_output=True, text=True, timeout=timeout_s)
     if r.returncode != 0 or "Converted Success" not in r.stdout or not path.is_file():
         raise RuntimeError(f"mnnconvert failed (exit {r.returncode}): {(r.stdout + r.stderr)[-2000:]}")
