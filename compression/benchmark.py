@@ -7,6 +7,8 @@ bootstrap CI), and latency p50 in the method's runtime. Writes ``compression.jso
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -100,10 +102,10 @@ def _simulate(results: dict[str, MethodResult], files: dict[str, Path], methods:
         m = methods[name]
         if not m.simulate or results[name].status != OK:
             continue
-        bundle = write_bundle(ctx.out / "bundles" / name, model_file=path, fmt=m.format, name="device-reranker",
-                              version=f"compress-{name}", feature_config=ctx.model.fcfg,
-                              metrics={"params": float(results[name].params or 0)})
         try:
+            bundle = write_bundle(ctx.out / "bundles" / name, model_file=path, fmt=m.format,
+                                  name="device-reranker", version=f"compress-{name}", feature_config=ctx.model.fcfg,
+                                  metrics={"params": float(results[name].params or 0)})
             arms.append(build_arm(ArmSpec(name, "device", bundle=str(bundle), backend=m.runtime), um))
             names.append(name)
         except Exception as exc:  # noqa: BLE001 - a method the simulator cannot load is reported, not fatal
@@ -153,9 +155,12 @@ def run_benchmark(model, train, valid, out: str | Path, *, methods: list[str] | 
             r.status, r.reason = UNAVAILABLE, why
             continue
         try:
-            path = m.build(ctx, out / "methods" / m.name)
+            with contextlib.redirect_stdout(io.StringIO()):  # converters print their passes
+                path = m.build(ctx, out / "methods" / m.name)
             run = m.runner(path)
             s = score_lists(run, sub.inputs)
+            if ref_scores is None and m.name != REFERENCE:
+                raise RuntimeError(f"no reference scores: {REFERENCE} did not build ({results[REFERENCE].reason})")
             if ref_scores is None:
                 ref_scores = s
                 ref_ndcg = float(evaluate(s, s, sub.labels, sub.mask).ndcg10)
