@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch import nn
 
 from cloud.training.data import Samples
 from cloud.training.losses import LOSSES, PAD
-from cloud.training.model import DeviceReranker, ModelConfig, to_tensors
+from cloud.training.model import DeviceReranker, ModelConfig, n_params, to_tensors
 from cloud.training.train import TrainConfig, evaluate, fit, fit_loop, predict
 
 STUDENT_PRESETS: dict[str, ModelConfig] = {
@@ -60,10 +59,6 @@ def kendall_tau_lists(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> np.ndar
 
     real = mask > 0
     return np.array([kendall_tau(a[i][real[i]], b[i][real[i]]) for i in range(len(a))])
-
-
-def n_params(model: nn.Module) -> int:
-    return int(sum(p.numel() for p in model.parameters()))
 
 
 def distill(teacher: DeviceReranker, train: Samples, valid: Samples, *, student_cfg: ModelConfig,

@@ -57,8 +57,10 @@ class Context:
     def params_of(self, method: str) -> int:
         """Parameters of the model behind `method`'s file: a student's own, else the reference's (pruning and
         quantization keep the dense shape: zeros and int8 still cost their multiply-adds here)."""
+        from cloud.training.model import n_params
+
         student = self.reports.get(method, {}).get("student_params")
-        return int(student) if student else int(sum(p.numel() for p in self.model.parameters()))
+        return int(student) if student else n_params(self.model)
 
     def onnx_of(self, key: str, model) -> Path:
         from converters.onnx.convert import export_onnx

@@ -33,7 +33,7 @@ from torch.nn.utils import parametrize
 
 from cloud.training.data import Samples
 from cloud.training.losses import LOSSES
-from cloud.training.model import DeviceReranker
+from cloud.training.model import DeviceReranker, n_params
 from cloud.training.train import TrainConfig, evaluate, fit_loop, label_step, predict
 
 SCOPES = ("global", "layer")
@@ -125,7 +125,7 @@ def sparsity_report(model: nn.Module) -> dict:
         n, z = m.weight.numel(), int((m.weight == 0).sum())
         per[f"{name}.weight"] = {"numel": n, "zeros": z, "sparsity": z / n}
     n_pr, z_pr = sum(v["numel"] for v in per.values()), sum(v["zeros"] for v in per.values())
-    total = sum(p.numel() for p in model.parameters())
+    total = n_params(model)
     nonzero = sum(int((p != 0).sum()) for p in model.parameters())
     return {"per_tensor": per, "pruned_params": n_pr, "pruned_zeros": z_pr, "sparsity": z_pr / max(n_pr, 1),
             "params_total": total, "params_nonzero": nonzero, "model_sparsity": 1.0 - nonzero / max(total, 1)}
@@ -139,7 +139,7 @@ def nonzero_bytes(model: nn.Module, value_bytes: int = 4) -> dict[str, int]:
     stores ``dense``, whatever the sparsity."""
     layers = prunable_layers(model)
     pruned_ids = {id(m.weight) for m in layers.values()}
-    dense = sum(p.numel() for p in model.parameters()) * value_bytes
+    dense = n_params(model) * value_bytes
     nz = sum(int((p != 0).sum()) for p in model.parameters()) * value_bytes
     bitmap = 0
     for p in model.parameters():

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from cloud.training.losses import LambdaLoss
-from cloud.training.model import DeviceReranker, ModelConfig
+from cloud.training.model import DeviceReranker, ModelConfig, n_params
 from cloud.training.train import TrainConfig, evaluate, fit, predict
-from compression.distill import STUDENT_PRESETS, distill, list_distill_loss, n_params, score_distill_loss
+from compression.distill import STUDENT_PRESETS, distill, list_distill_loss, score_distill_loss
 from compression.prune import magnitude_prune, nonzero_bytes, prunable_layers, prune_masks
 from compression.sizes import gzip_size
 

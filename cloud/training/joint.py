@@ -32,7 +32,7 @@ from cloud.training.cloud_ranker import (
 )
 from cloud.training.data import Samples
 from cloud.training.losses import LOSSES
-from cloud.training.model import DeviceReranker, ModelConfig, to_tensors
+from cloud.training.model import DeviceReranker, ModelConfig, n_params, to_tensors
 from cloud.training.train import TrainConfig, cloud_order_scores, evaluate, fit, fit_loop, save_checkpoint
 from device_sdk.contracts import ImpressionRow
 from device_sdk.features import FeatureConfig
@@ -152,8 +152,7 @@ def train_joint(rows: Sequence[ImpressionRow], cloud_data: str | Path, train: Sa
         "finetune": {k: v for k, v in stage3.items() if k != "history"},
         "train_lists": len(train), "valid_lists": len(valid), "lists_per_s": stage2["lists_per_s"],
         "joint_config": jcfg.to_dict(), "train_config": asdict(tcfg), "model_config": device.mcfg.to_dict(),
-        "params": int(sum(p.numel() for p in device.parameters())),
-        "cloud_params": int(sum(p.numel() for p in cloud.parameters())),
+        "params": n_params(device), "cloud_params": n_params(cloud),
     }
     return joint.cloud, joint.device, summary
 

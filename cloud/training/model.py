@@ -179,5 +179,9 @@ class DeviceReranker(nn.Module):
         return score + self.wide(num).squeeze(2) if self.mcfg.wide else score
 
 
+def n_params(model: nn.Module) -> int:
+    return int(sum(p.numel() for p in model.parameters()))
+
+
 def to_tensors(inputs: dict, names: list[str]) -> list[torch.Tensor]:
     return [torch.from_numpy(inputs[n]) for n in names]

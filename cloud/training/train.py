@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from cloud.training.data import Samples
 from cloud.training.losses import LOSSES
 from cloud.training.metrics import auc, mrr, ndcg_at_k
-from cloud.training.model import DeviceReranker, ModelConfig, to_tensors
+from cloud.training.model import DeviceReranker, ModelConfig, n_params, to_tensors
 from device_sdk.features import FeatureConfig
 
 
@@ -127,7 +127,7 @@ def fit(train: Samples, valid: Samples, fcfg: FeatureConfig, mcfg: ModelConfig |
         "valid_model": evaluate(predict(model, valid), valid),
         "valid_cloud_order": evaluate(cloud_order_scores(valid), valid),
         "train_config": asdict(tcfg), "model_config": model.mcfg.to_dict(),
-        "params": int(sum(p.numel() for p in model.parameters())),
+        "params": n_params(model),
     }
     return model, summary
 
