@@ -30,6 +30,7 @@ class Context:
     finetune_epochs: int = 3
     distill_epochs: int = 12
     progress: bool = False
+    onnx_fp32_file: Path | None = None  # an fp32 ONNX export of `model` already on disk (else exported here)
     _cache: dict = field(default_factory=dict)
     reports: dict[str, dict] = field(default_factory=dict)  # method name -> what building it measured
     missing: dict[str, str] = field(default_factory=dict)  # compression.formats' interface: format -> why absent
@@ -69,7 +70,7 @@ class Context:
 
     @property
     def onnx_fp32(self) -> Path:
-        return self.onnx_of("model", self.model)
+        return Path(self.onnx_fp32_file) if self.onnx_fp32_file else self.onnx_of("model", self.model)
 
     @property
     def tflite_fp32(self) -> Path:

@@ -152,7 +152,8 @@ def run_demo(cfg: DemoConfig, *, progress: bool = True) -> dict:
 
         t = time.perf_counter()
         shipped, shipped_dir = run_preset("default", model, None, valid, out / "shipped", n_lists=cfg.validate_lists,
-                                          version=f"demo-{cfg.seed}", metrics=summary["valid_model"])
+                                          version=f"demo-{cfg.seed}", metrics=summary["valid_model"],
+                                          fp32_onnx=Path(bundle_dir) / MODEL_FILES["onnx"])
         stages["compress_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
