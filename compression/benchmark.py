@@ -58,14 +58,20 @@ class Evaluation:
     ndcg10: float
 
 
-def evaluate(scores: np.ndarray, ref: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> Evaluation:
-    from cloud.training.metrics import ndcg_at_k
+def fidelity(scores: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> tuple[float, float, float]:
+    """(max abs diff, min Kendall τ, mean Kendall τ) of `scores` against `ref` over each list's real candidates."""
     from converters.validate import kendall_tau
 
-    real = mask > 0
-    taus = [kendall_tau(ref[i][real[i]], scores[i][real[i]]) for i in range(len(scores))]
-    return Evaluation(float(np.abs(scores - ref)[real].max()), float(np.nanmin(taus)), float(np.nanmean(taus)),
-                      float(np.nanmean(ndcg_at_k(scores, labels, mask, 10))))
+    real = np.asarray(mask) > 0
+    taus = [kendall_tau(ref[i][real[i]], scores[i][real[i]]) for i in range(len(scores)) if real[i].any()]
+    diff = np.abs(np.asarray(scores, np.float64) - np.asarray(ref, np.float64))[real]
+    return float(diff.max()), float(np.nanmin(taus)), float(np.nanmean(taus))
+
+
+def evaluate(scores: np.ndarray, ref: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> Evaluation:
+    from cloud.training.metrics import ndcg_at_k
+
+    return Evaluation(*fidelity(scores, ref, mask), float(np.nanmean(ndcg_at_k(scores, labels, mask, 10))))
 
 
 def score_lists(run, inputs: dict[str, np.ndarray]) -> np.ndarray:

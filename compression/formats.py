@@ -274,16 +274,10 @@ class FormatMeasurement:
 
 def compare(reference: np.ndarray, scores: np.ndarray, cand_mask: np.ndarray) -> tuple[float, float, float]:
     """(max abs diff, mean Kendall τ, min Kendall τ) over lists, on the real candidates of each list."""
-    from converters.validate import kendall_tau
+    from compression.benchmark import fidelity
 
-    real = np.asarray(cand_mask) > 0
-    diffs, taus = [], []
-    for i in range(real.shape[0]):
-        r, s = np.asarray(reference[i], np.float64)[real[i]], np.asarray(scores[i], np.float64)[real[i]]
-        if r.size:
-            diffs.append(float(np.max(np.abs(r - s))))
-            taus.append(kendall_tau(r, s))
-    return max(diffs), float(np.mean(taus)), float(np.min(taus))
+    diff, tau_min, tau_mean = fidelity(scores, reference, cand_mask)
+    return diff, tau_mean, tau_min
 
 
 def measure(ctx: FormatContext, out_dir: str | Path, inputs: dict[str, np.ndarray],
