@@ -48,20 +48,13 @@ class FormatContext:
         """Export the fp32 files the methods start from (ONNX always, it is MNN's source) under `out_dir`,
         with the converters' own exporters; `example` is one real batch-1 input. A failed export is recorded
         in ``missing``, not raised."""
-        from converters.specs import get_spec
-
-        out = Path(out_dir)
-        spec = get_spec("device-reranker", model.fcfg)
         ctx = cls(model=model, calibration=calibration)
-        steps: list[tuple[str, str, Callable[[], Path]]] = [("onnx", "onnx_fp32", lambda: _onnx(model, example, out))]
-        if "tflite" in formats:
-            steps.append(("tflite", "tflite_fp32", lambda: _tflite(model, example, out, spec)))
-        if "coreml" in formats:
-            steps.append(("coreml", "mlpackage_fp32", lambda: _coreml(model, example, out, spec)))
-        for fmt, attr, build in steps:
+        steps = [("onnx", "onnx_fp32")] + [(f, a) for f, a in (("tflite", "tflite_fp32"), ("coreml", "mlpackage_fp32"))
+                                           if f in formats]
+        for fmt, attr in steps:
             try:
                 with contextlib.redirect_stdout(io.StringIO()):
-                    setattr(ctx, attr, build())
+                    setattr(ctx, attr, export_fp32(fmt, model, example, out_dir))
             except Exception as exc:  # ToolchainMissing or a converter failure: that format's methods are out
                 ctx.missing[fmt] = f"fp32 {fmt} export failed: {type(exc).__name__}: {str(exc)[:500]}"
         if "mnn" in formats and ctx.onnx_fp32 is None:
@@ -69,24 +62,27 @@ class FormatContext:
         return ctx
 
 
-def _onnx(model, example, out: Path) -> Path:
-    from converters.onnx.convert import export_onnx
+def export_fp32(fmt: str, model, example: dict[str, np.ndarray], out: str | Path) -> Path:
+    """The fp32 file of `fmt` (onnx | tflite | coreml) the compressed methods start from, under ``out/fp32/``,
+    through the converters' own exporters."""
+    from converters.specs import get_spec
 
-    return export_onnx(model, example, out / "fp32" / "reranker.onnx")
+    fp32 = Path(out) / "fp32"
+    if fmt == "onnx":
+        from converters.onnx.convert import export_onnx
 
+        return export_onnx(model, example, fp32 / "reranker.onnx")
+    spec = get_spec("device-reranker", model.fcfg)
+    if fmt == "tflite":
+        from converters.tflite.convert import export_tflite
 
-def _tflite(model, example, out: Path, spec) -> Path:
-    from converters.tflite.convert import export_tflite
+        return export_tflite(model, example, fp32 / "reranker.tflite", spec)
+    if fmt == "coreml":
+        from converters.coreml.convert import export_coreml
 
-    return export_tflite(model, example, out / "fp32" / "reranker.tflite", spec)
-
-
-def _coreml(model, example, out: Path, spec) -> Path:
-    from converters.coreml.convert import export_coreml
-
-    path = out / "fp32" / "reranker.mlpackage"
-    export_coreml(model, example, path, spec)
-    return path
+        export_coreml(model, example, fp32 / "reranker.mlpackage", spec)
+        return fp32 / "reranker.mlpackage"
+    raise ValueError(f"no fp32 export for format {fmt!r}")
 
 
 @dataclass(frozen=True)

@@ -74,30 +74,15 @@ class Context:
 
     @property
     def tflite_fp32(self) -> Path:
-        from converters.specs import get_spec
-        from converters.tflite.convert import export_tflite
+        from compression.formats import export_fp32
 
-        spec = get_spec("device-reranker", self.model.fcfg)
-        return self.once("tflite", lambda: export_tflite(self.model, self.example, self.out / "fp32" / "model.tflite",
-                                                         spec))
+        return self.once("tflite", lambda: export_fp32("tflite", self.model, self.example, self.out))
 
     @property
-    def mlpackage_fp32(self) -> Path:  # the name compression.formats uses
-        return self.coreml_fp32
+    def mlpackage_fp32(self) -> Path:
+        from compression.formats import export_fp32
 
-    @property
-    def coreml_fp32(self) -> Path:
-        from converters.coreml.convert import export_coreml
-        from converters.specs import get_spec
-
-        spec = get_spec("device-reranker", self.model.fcfg)
-
-        def make() -> Path:
-            path = self.out / "fp32" / "model.mlpackage"
-            export_coreml(self.model, self.example, path, spec)
-            return path
-
-        return self.once("coreml", make)
+        return self.once("coreml", lambda: export_fp32("coreml", self.model, self.example, self.out))
 
     @property
     def fit_and_tune(self) -> tuple[object, object]:
