@@ -36,13 +36,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from edge_rerank.cloud.app import CloudConfig  # noqa: E402
+from edge_rerank.cloud.embedding_store import FileEmbeddingStore  # noqa: E402
+from edge_rerank.cloud.serve import server_process  # noqa: E402
+from edge_rerank.device_sdk import wire  # noqa: E402
+from edge_rerank.device_sdk.contracts import Context, SearchRequest  # noqa: E402
 from loadgen import run_load, run_wrk, write_bodies  # noqa: E402
-
-from cloud.app import CloudConfig  # noqa: E402
-from cloud.embedding_store import FileEmbeddingStore  # noqa: E402
-from cloud.serve import server_process  # noqa: E402
-from device_sdk import wire  # noqa: E402
-from device_sdk.contracts import Context, SearchRequest  # noqa: E402
 
 PB = "application/x-protobuf"
 
@@ -87,7 +86,7 @@ def _publish_versions(url: str, admin: str, tmp: Path, fcfg, n: int = 3) -> list
     import io
     import tarfile
 
-    from converters.bundle import write_bundle
+    from edge_rerank.converters.bundle import write_bundle
 
     versions = []
     rng = np.random.default_rng(0)
@@ -123,8 +122,9 @@ def _churn(url: str, admin: str, versions: list[str], stop: threading.Event, per
 
 
 def bench_http(args, tmp: Path) -> dict:
+    from edge_rerank.simulator.world import World, WorldConfig
+
     from edge_rerank.pipeline import feature_config_for
-    from simulator.world import World, WorldConfig
 
     wcfg = WorldConfig(seed=0)
     world = World(wcfg)
@@ -225,7 +225,7 @@ def _store_rates(store, ids: np.ndarray, batches: list[int], min_s: float) -> di
 
 
 def bench_stores(args, tmp: Path) -> dict:
-    from cloud.embedding_store.redis_server import redis_server_binary, running_redis
+    from edge_rerank.cloud.embedding_store.redis_server import redis_server_binary, running_redis
 
     rng = np.random.default_rng(0)
     n, dim = args.store_rows, 16
@@ -241,7 +241,7 @@ def bench_stores(args, tmp: Path) -> dict:
     if redis_server_binary() is None:
         out["redis"] = {"skipped": "redis-server not installed"}
         return out
-    from cloud.embedding_store import RedisEmbeddingStore
+    from edge_rerank.cloud.embedding_store import RedisEmbeddingStore
 
     rn = min(n, args.redis_rows)
     with running_redis() as url:

@@ -33,14 +33,13 @@ def main(argv: list[str] | None = None) -> int:
     if rc:
         return rc
     import numpy as np
-
-    from cloud.logs import read_logs
-    from cloud.training.data import build_samples, split_by_session
-    from cloud.training.train import load_checkpoint
-    from compression.embedding_rows import row_quant_report
-    from compression.split import split_report
-    from converters.export import torch_reference
-    from simulator.world import WorldConfig
+    from edge_rerank.cloud.logs import read_logs
+    from edge_rerank.cloud.training.data import build_samples, split_by_session
+    from edge_rerank.cloud.training.train import load_checkpoint
+    from edge_rerank.compression.embedding_rows import row_quant_report
+    from edge_rerank.compression.split import split_report
+    from edge_rerank.converters.export import torch_reference
+    from edge_rerank.simulator.world import WorldConfig
 
     model, _ = load_checkpoint(a.checkpoint)
     _, valid = split_by_session(build_samples(read_logs(a.logs), model.fcfg, progress=False))

@@ -18,26 +18,26 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from edge_rerank.cloud.training.data import build_samples, split_by_session
+from edge_rerank.cloud.training.train import TrainConfig, fit, load_checkpoint
+from edge_rerank.converters.export import export_formats
+from edge_rerank.converters.specs import FORMATS
+from edge_rerank.device_sdk.model_manager import load_model
 from tqdm import tqdm
-
-from cloud.training.data import build_samples, split_by_session
-from cloud.training.train import TrainConfig, fit, load_checkpoint
-from converters.export import export_formats
-from converters.specs import FORMATS
-from device_sdk.model_manager import load_model
 
 
 def _data(a):
     if a.checkpoint:
-        from cloud.logs import read_logs
+        from edge_rerank.cloud.logs import read_logs
 
         model, summary = load_checkpoint(a.checkpoint)
         samples = build_samples(read_logs(a.logs), model.fcfg, progress=True)
         return model, summary, split_by_session(samples)[1]
+    from edge_rerank.simulator.transport import InProcessCloud
+    from edge_rerank.simulator.world import World, WorldConfig
+
     from edge_rerank.ablation import _simulate_rows
     from edge_rerank.pipeline import feature_config_for
-    from simulator.transport import InProcessCloud
-    from simulator.world import World, WorldConfig
 
     wcfg = WorldConfig(seed=0)
     world = World(wcfg)

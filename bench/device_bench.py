@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 
 def _page(world, fcfg, n: int, seed: int):
     """n real catalog items as a page (cloud fields filled like the server would) and L feedback events."""
-    from device_sdk.contracts import Context, EventKind, FeedbackEvent, PageItem
+    from edge_rerank.device_sdk.contracts import Context, EventKind, FeedbackEvent, PageItem
 
     rng = np.random.default_rng(seed)
     rows = rng.choice(len(world.item_id), size=n + fcfg.l_max, replace=False)
@@ -101,16 +101,16 @@ def main() -> None:
     a = p.parse_args()
 
     import torch
+    from edge_rerank.cloud.training.model import DeviceReranker, ModelConfig
+    from edge_rerank.converters.export import convert
+    from edge_rerank.converters.numpy_ref.convert import export_numpy
+    from edge_rerank.converters.specs import get_spec
+    from edge_rerank.device_sdk import backends
+    from edge_rerank.device_sdk.features import FeatureBuilder, stack_batch
+    from edge_rerank.device_sdk.reranker import reinsert
+    from edge_rerank.simulator.world import World, WorldConfig
 
-    from cloud.training.model import DeviceReranker, ModelConfig
-    from converters.export import convert
-    from converters.numpy_ref.convert import export_numpy
-    from converters.specs import get_spec
-    from device_sdk import backends
-    from device_sdk.features import FeatureBuilder, stack_batch
-    from device_sdk.reranker import reinsert
     from edge_rerank.pipeline import feature_config_for
-    from simulator.world import World, WorldConfig
 
     torch.set_num_threads(1)
     wcfg = WorldConfig(seed=0)

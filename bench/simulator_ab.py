@@ -18,18 +18,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from simulator.ab import run_ab  # noqa: E402
-from simulator.arms import ArmSpec, build_arm  # noqa: E402
-from simulator.phone import Phone, PhoneConfig  # noqa: E402
-from simulator.report import write_report  # noqa: E402
-from simulator.transport import InProcessCloud  # noqa: E402
-from simulator.user_model import UserModel  # noqa: E402
-from simulator.world import World, WorldConfig  # noqa: E402
+from edge_rerank.simulator.ab import run_ab  # noqa: E402
+from edge_rerank.simulator.arms import ArmSpec, build_arm  # noqa: E402
+from edge_rerank.simulator.phone import Phone, PhoneConfig  # noqa: E402
+from edge_rerank.simulator.report import write_report  # noqa: E402
+from edge_rerank.simulator.transport import InProcessCloud  # noqa: E402
+from edge_rerank.simulator.user_model import UserModel  # noqa: E402
+from edge_rerank.simulator.world import World, WorldConfig  # noqa: E402
 
 
 def train_bundle(world: World, cloud, out: Path, n_sessions: int, epochs: int, seed: int) -> tuple[Path, dict]:
-    from cloud.training.data import build_samples, split_by_session
-    from cloud.training.train import TrainConfig, fit
+    from edge_rerank.cloud.training.data import build_samples, split_by_session
+    from edge_rerank.cloud.training.train import TrainConfig, fit
+
     from edge_rerank.pipeline import export_bundle, feature_config_for
 
     fcfg = feature_config_for(world.cfg)
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                      config=PhoneConfig(device=a.device))
     extra["ab_s"] = time.perf_counter() - t0
     # the device arm on each device profile: modelled latency, late/dropped reranks, energy, battery
-    from device_sdk.budgets import PROFILES
+    from edge_rerank.device_sdk.budgets import PROFILES
 
     lines = ["## The device arm on each device profile", "",
              "| profile | QV_CTR | device latency p50 / p99 (ms) | applied (late) | dropped | superseded | "

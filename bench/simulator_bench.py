@@ -22,11 +22,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from simulator.ab import Arm  # noqa: E402
-from simulator.arms import ArmSpec, build_arm  # noqa: E402
-from simulator.transport import InProcessCloud  # noqa: E402
-from simulator.user_model import UserModel  # noqa: E402
-from simulator.world import World, WorldConfig  # noqa: E402
+from edge_rerank.simulator.ab import Arm  # noqa: E402
+from edge_rerank.simulator.arms import ArmSpec, build_arm  # noqa: E402
+from edge_rerank.simulator.transport import InProcessCloud  # noqa: E402
+from edge_rerank.simulator.user_model import UserModel  # noqa: E402
+from edge_rerank.simulator.world import World, WorldConfig  # noqa: E402
 
 
 def rate(arm: Arm, um: UserModel, cloud, n: int, seed: int, warmup: int = 200) -> dict:
@@ -43,10 +43,11 @@ def rate(arm: Arm, um: UserModel, cloud, n: int, seed: int, warmup: int = 200) -
 
 def small_bundle(world: World, cloud, out: Path) -> Path:
     """Train a small device model on cloud-only logs (2 epochs) and export its ONNX bundle."""
-    from cloud.training.data import build_samples, split_by_session
-    from cloud.training.train import TrainConfig, fit
+    from edge_rerank.cloud.training.data import build_samples, split_by_session
+    from edge_rerank.cloud.training.train import TrainConfig, fit
+    from edge_rerank.simulator.phone import Phone
+
     from edge_rerank.pipeline import export_bundle, feature_config_for
-    from simulator.phone import Phone
 
     fcfg = feature_config_for(world.cfg)
     phone = Phone(UserModel(world), cloud, arm="cloud")
@@ -59,8 +60,7 @@ def small_bundle(world: World, cloud, out: Path) -> Path:
 
 def ray_scaling(world_cfg: WorldConfig, data_dir: str, n: int, workers: list[int], seed: int) -> dict:
     import ray
-
-    from simulator.distributed import TransportSpec, run_ab_ray
+    from edge_rerank.simulator.distributed import TransportSpec, run_ab_ray
 
     ray.init(num_cpus=max(workers), include_dashboard=False, log_to_driver=False)
     spec = [ArmSpec("cloud", "cloud")]

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from edge_rerank.cloud.training.data import build_samples
+from edge_rerank.cloud.training.losses import LOSSES
+from edge_rerank.cloud.training.model import DeviceReranker, ModelConfig, to_tensors
+from edge_rerank.simulator.transport import InProcessCloud
+from edge_rerank.simulator.world import World, WorldConfig
 
-from cloud.training.data import build_samples
-from cloud.training.losses import LOSSES
-from cloud.training.model import DeviceReranker, ModelConfig, to_tensors
 from edge_rerank.ablation import BASE_OPS, _simulate_rows
 from edge_rerank.pipeline import feature_config_for
-from simulator.transport import InProcessCloud
-from simulator.world import World, WorldConfig
 
 
 def lists_per_s(model: DeviceReranker, samples, batch: int, steps: int, loss: str) -> float:

@@ -13,20 +13,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge_rerank.cloud import metrics
+from edge_rerank.cloud.catalog import load_catalog
+from edge_rerank.cloud.embedding_store import open_store
+from edge_rerank.cloud.logs import LogSink
+from edge_rerank.cloud.ranking.fine import load_ranker
+from edge_rerank.cloud.ranking.pipeline import SearchPipeline
+from edge_rerank.cloud.registry import Registry, RegistryError, user_bucket
+from edge_rerank.device_sdk import wire
+from edge_rerank.device_sdk.bundle import BundleError
+from edge_rerank.device_sdk.contracts import ContractError, EmbeddingEncoding
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, send_file
 from google.protobuf import json_format
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
-
-from cloud import metrics
-from cloud.catalog import load_catalog
-from cloud.embedding_store import open_store
-from cloud.logs import LogSink
-from cloud.ranking.fine import load_ranker
-from cloud.ranking.pipeline import SearchPipeline
-from cloud.registry import Registry, RegistryError, user_bucket
-from device_sdk import wire
-from device_sdk.bundle import BundleError
-from device_sdk.contracts import ContractError, EmbeddingEncoding
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-from device_sdk.contracts import (
+from edge_rerank.device_sdk.contracts import (
     Context,
     EventKind,
     FeedbackEvent,
@@ -225,7 +224,7 @@ def read_logs(path: str | Path) -> list[ImpressionRow]:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m cloud.logs",
+    p = argparse.ArgumentParser(prog="python -m edge_rerank.cloud.logs",
                                 description="Impression-log maintenance: merge the per-batch Parquet parts that "
                                             "/v1/logs writes into one compacted file (crash-safe).")
     sub = p.add_subparsers(dest="command", required=True)

@@ -5,9 +5,8 @@ page at once with numpy instead of item by item."""
 from __future__ import annotations
 
 import numpy as np
-
-from device_sdk import wire
-from device_sdk.contracts import ContractError, EmbeddingEncoding
+from edge_rerank.device_sdk import wire
+from edge_rerank.device_sdk.contracts import ContractError, EmbeddingEncoding
 
 
 def pack_rows(emb: np.ndarray, encoding: EmbeddingEncoding) -> tuple[list[bytes], np.ndarray]:

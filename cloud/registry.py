@@ -29,9 +29,9 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 
-from cloud.logs import fsync_dir
-from device_sdk.bundle import MANIFEST, BundleError, Manifest, read_bundle
-from device_sdk.signing import SIGNATURE
+from edge_rerank.cloud.logs import fsync_dir
+from edge_rerank.device_sdk.bundle import MANIFEST, BundleError, Manifest, read_bundle
+from edge_rerank.device_sdk.signing import SIGNATURE
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 

@@ -21,9 +21,9 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cloud.app import CloudConfig
-from cloud.metrics import MULTIPROC_ENV
-from cloud.wsgi import ENV
+from edge_rerank.cloud.app import CloudConfig
+from edge_rerank.cloud.metrics import MULTIPROC_ENV
+from edge_rerank.cloud.wsgi import ENV
 
 
 def free_port() -> int:
@@ -34,9 +34,9 @@ def free_port() -> int:
 
 def gunicorn_command(host: str, port: int, workers: int, threads: int = 1) -> list[str]:
     """sync workers for threads == 1; gthread workers (keep-alive connections) for threads > 1."""
-    return [sys.executable, "-m", "gunicorn", "-c", "python:cloud.gunicorn_conf", "--workers", str(workers),
+    return [sys.executable, "-m", "gunicorn", "-c", "python:edge_rerank.cloud.gunicorn_conf", "--workers", str(workers),
             "--threads", str(threads), "--bind", f"{host}:{port}", "--log-level", "warning",
-            "--graceful-timeout", "5", "--backlog", "2048", "cloud.wsgi:app_from_env()"]
+            "--graceful-timeout", "5", "--backlog", "2048", "edge_rerank.cloud.wsgi:app_from_env()"]
 
 
 def _server_env(config: CloudConfig, metrics_dir: str) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""WSGI entry for gunicorn: ``gunicorn 'cloud.wsgi:app_from_env()'``. Reads the config from the
+"""WSGI entry for gunicorn: ``gunicorn 'edge_rerank.cloud.wsgi:app_from_env()'``. Reads the config from the
 environment variable EDGE_RERANK_CLOUD_CONFIG (JSON of CloudConfig's fields)."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 
-from cloud.app import CloudConfig, create_app
+from edge_rerank.cloud.app import CloudConfig, create_app
 
 ENV = "EDGE_RERANK_CLOUD_CONFIG"
 

@@ -15,10 +15,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from edge_rerank.compression.methods import Context, Method, all_methods
+from edge_rerank.compression.sizes import file_size, gzip_size
 from tqdm import tqdm
-
-from compression.methods import Context, Method, all_methods
-from compression.sizes import file_size, gzip_size
 
 OK, UNAVAILABLE, FAILED = "ok", "unavailable", "failed"
 REFERENCE = "onnx-fp32"
@@ -60,7 +59,7 @@ class Evaluation:
 
 def fidelity(scores: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> tuple[float, float, float]:
     """(max abs diff, min Kendall τ, mean Kendall τ) of `scores` against `ref` over each list's real candidates."""
-    from converters.validate import kendall_tau
+    from edge_rerank.converters.validate import kendall_tau
 
     real = np.asarray(mask) > 0
     taus = [kendall_tau(ref[i][real[i]], scores[i][real[i]]) for i in range(len(scores)) if real[i].any()]
@@ -69,7 +68,7 @@ def fidelity(scores: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> tuple[flo
 
 
 def evaluate(scores: np.ndarray, ref: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> Evaluation:
-    from cloud.training.metrics import ndcg_at_k
+    from edge_rerank.cloud.training.metrics import ndcg_at_k
 
     return Evaluation(*fidelity(scores, ref, mask), float(np.nanmean(ndcg_at_k(scores, labels, mask, 10))))
 
@@ -92,13 +91,13 @@ class SimulationSetup:
 
 def _simulate(results: dict[str, MethodResult], files: dict[str, Path], methods: dict[str, Method], ctx: Context,
               setup: SimulationSetup, progress: bool) -> dict:
-    from converters.bundle import write_bundle
-    from simulator.ab import paired_delta, run_ab
-    from simulator.arms import ArmSpec, build_arm
-    from simulator.phone import PhoneConfig
-    from simulator.transport import InProcessCloud
-    from simulator.user_model import UserModel
-    from simulator.world import World
+    from edge_rerank.converters.bundle import write_bundle
+    from edge_rerank.simulator.ab import paired_delta, run_ab
+    from edge_rerank.simulator.arms import ArmSpec, build_arm
+    from edge_rerank.simulator.phone import PhoneConfig
+    from edge_rerank.simulator.transport import InProcessCloud
+    from edge_rerank.simulator.user_model import UserModel
+    from edge_rerank.simulator.world import World
 
     world = World(setup.world)
     cloud = InProcessCloud(str(world.provision_cloud(ctx.out / "sim_cloud_data")), wire=False)
@@ -193,7 +192,7 @@ def run_benchmark(model, train, valid, out: str | Path, *, methods: list[str] | 
 
 
 def _latency(run, x1, runs: int) -> float:
-    from converters.export import median_latency_ms
+    from edge_rerank.converters.export import median_latency_ms
 
     return median_latency_ms(run, x1, runs)
 

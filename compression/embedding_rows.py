@@ -10,8 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-
-from device_sdk.contracts import EmbeddingEncoding, PackedEmbedding
+from edge_rerank.device_sdk.contracts import EmbeddingEncoding, PackedEmbedding
 
 EMB_INPUTS = ("cand_emb", "seq_emb")
 
@@ -38,7 +37,7 @@ class PageBytes:
 
 def page_bytes(inputs: dict[str, np.ndarray], n_items: int = 25) -> list[PageBytes]:
     """Serialized size of one page of `n_items` real candidates (rows taken from `inputs`) in each encoding."""
-    from cloud.page_codec import encode_items
+    from edge_rerank.cloud.page_codec import encode_items
 
     real = inputs["cand_mask"] > 0
     emb = inputs["cand_emb"][real][:n_items].astype(np.float32)
@@ -75,8 +74,8 @@ class RowQuantReport:
 def row_quant_report(score, sub) -> RowQuantReport:
     """`score(inputs) -> [B, N]` (the fp32 model in any runtime); `sub`: held-out Samples. The logged rows
     already crossed the wire as fp16 (the default), so fp16 is the baseline and int8 is applied to them."""
-    from cloud.training.metrics import ndcg_at_k
-    from converters.validate import kendall_tau
+    from edge_rerank.cloud.training.metrics import ndcg_at_k
+    from edge_rerank.converters.validate import kendall_tau
 
     base = score(sub.inputs)
     q_inputs = with_wire_rows(sub.inputs, EmbeddingEncoding.INT8)

@@ -24,8 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from compression.coreml_compress import CORE_ML, MIL_NUMPY
+from edge_rerank.compression.coreml_compress import CORE_ML, MIL_NUMPY
 
 FORMAT_RUNTIME = {"tflite": "litert", "coreml": "coreml", "mnn": "mnn"}
 
@@ -65,20 +64,20 @@ class FormatContext:
 def export_fp32(fmt: str, model, example: dict[str, np.ndarray], out: str | Path) -> Path:
     """The fp32 file of `fmt` (onnx | tflite | coreml) the compressed methods start from, under ``out/fp32/``,
     through the converters' own exporters."""
-    from converters.specs import get_spec
+    from edge_rerank.converters.specs import get_spec
 
     fp32 = Path(out) / "fp32"
     if fmt == "onnx":
-        from converters.onnx.convert import export_onnx
+        from edge_rerank.converters.onnx.convert import export_onnx
 
         return export_onnx(model, example, fp32 / "reranker.onnx")
     spec = get_spec("device-reranker", model.fcfg)
     if fmt == "tflite":
-        from converters.tflite.convert import export_tflite
+        from edge_rerank.converters.tflite.convert import export_tflite
 
         return export_tflite(model, example, fp32 / "reranker.tflite", spec)
     if fmt == "coreml":
-        from converters.coreml.convert import export_coreml
+        from edge_rerank.converters.coreml.convert import export_coreml
 
         export_coreml(model, example, fp32 / "reranker.mlpackage", spec)
         return fp32 / "reranker.mlpackage"
@@ -101,26 +100,26 @@ class FormatMethod:
     def size_bytes(self, path: Path) -> int:
         """Shipped size: the file, or for Core ML the zipped package (as in a bundle)."""
         if self.format == "coreml":
-            from compression.coreml_compress import package_size
+            from edge_rerank.compression.coreml_compress import package_size
 
             return package_size(path)
         return Path(path).stat().st_size
 
 
 def _litert_scores(path: Path, inputs: dict[str, np.ndarray]) -> np.ndarray:
-    from device_sdk import backends
+    from edge_rerank.device_sdk import backends
 
     return backends.create("litert", path, threads=1).run(inputs)
 
 
 def _mnn_scores(path: Path, inputs: dict[str, np.ndarray]) -> np.ndarray:
-    from device_sdk import backends
+    from edge_rerank.device_sdk import backends
 
     return backends.create("mnn", path, threads=1).run(inputs)
 
 
 def _coreml_scores(path: Path, inputs: dict[str, np.ndarray]) -> np.ndarray:
-    from compression.coreml_compress import coreml_scores
+    from edge_rerank.compression.coreml_compress import coreml_scores
 
     return coreml_scores(path, inputs)
 
@@ -149,7 +148,7 @@ def _tflite_fp32(ctx: FormatContext, out: Path) -> Path:
 
 def _tflite_quant(mode: str) -> Callable[[FormatContext, Path], Path]:
     def build(ctx: FormatContext, out: Path) -> Path:
-        from compression.litert_quant import quantize_tflite
+        from edge_rerank.compression.litert_quant import quantize_tflite
 
         cal = ctx.calibration if mode == "full-int8" else None
         if mode == "full-int8" and not cal:
@@ -166,7 +165,7 @@ def _coreml_fp32(ctx: FormatContext, out: Path) -> Path:
 
 def _coreml_compress(method: str) -> Callable[[FormatContext, Path], Path]:
     def build(ctx: FormatContext, out: Path) -> Path:
-        from compression.coreml_compress import compress_coreml
+        from edge_rerank.compression.coreml_compress import compress_coreml
 
         return compress_coreml(_need(ctx, "mlpackage_fp32", "coreml"), out / f"coreml-{method}.mlpackage",
                                method=method)
@@ -175,14 +174,14 @@ def _coreml_compress(method: str) -> Callable[[FormatContext, Path], Path]:
 
 
 def _mnn_fp32(ctx: FormatContext, out: Path) -> Path:
-    from converters.mnn.convert import export_mnn
+    from edge_rerank.converters.mnn.convert import export_mnn
 
     return export_mnn(_need(ctx, "onnx_fp32", "mnn"), out / "mnn-fp32.mnn")
 
 
 def _mnn_weights(bits: int) -> Callable[[FormatContext, Path], Path]:
     def build(ctx: FormatContext, out: Path) -> Path:
-        from compression.mnn_quant import quantize_mnn_weights
+        from edge_rerank.compression.mnn_quant import quantize_mnn_weights
 
         name = "mnn-fp16" if bits == 16 else f"mnn-int{bits}-weight"
         return quantize_mnn_weights(_need(ctx, "onnx_fp32", "mnn"), out / f"{name}.mnn", bits=bits)
@@ -270,7 +269,7 @@ class FormatMeasurement:
 
 def compare(reference: np.ndarray, scores: np.ndarray, cand_mask: np.ndarray) -> tuple[float, float, float]:
     """(max abs diff, mean Kendall τ, min Kendall τ) over lists, on the real candidates of each list."""
-    from compression.benchmark import fidelity
+    from edge_rerank.compression.benchmark import fidelity
 
     diff, tau_min, tau_mean = fidelity(scores, reference, cand_mask)
     return diff, tau_mean, tau_min

@@ -58,13 +58,13 @@ class Context:
     def params_of(self, method: str) -> int:
         """Parameters of the model behind `method`'s file: a student's own, else the reference's (pruning and
         quantization keep the dense shape: zeros and int8 still cost their multiply-adds here)."""
-        from cloud.training.model import n_params
+        from edge_rerank.cloud.training.model import n_params
 
         student = self.reports.get(method, {}).get("student_params")
         return int(student) if student else n_params(self.model)
 
     def onnx_of(self, key: str, model) -> Path:
-        from converters.onnx.convert import export_onnx
+        from edge_rerank.converters.onnx.convert import export_onnx
 
         return self.once(f"onnx:{key}", lambda: export_onnx(model, self.example, self.out / "fp32" / f"{key}.onnx"))
 
@@ -74,13 +74,13 @@ class Context:
 
     @property
     def tflite_fp32(self) -> Path:
-        from compression.formats import export_fp32
+        from edge_rerank.compression.formats import export_fp32
 
         return self.once("tflite", lambda: export_fp32("tflite", self.model, self.example, self.out))
 
     @property
     def mlpackage_fp32(self) -> Path:
-        from compression.formats import export_fp32
+        from edge_rerank.compression.formats import export_fp32
 
         return self.once("coreml", lambda: export_fp32("coreml", self.model, self.example, self.out))
 
@@ -88,15 +88,15 @@ class Context:
     def fit_and_tune(self) -> tuple[object, object]:
         """Training lists split by session into (fit, tune): pruning's fine-tuning and distillation pick their
         best epoch on `tune`, so the held-out lists every method is measured on stay unseen by that choice."""
-        from cloud.training.data import split_by_session
+        from edge_rerank.cloud.training.data import split_by_session
 
         if self.train is None:
             raise ValueError("this method needs training lists (fine-tuning / distillation), none were given")
         return self.once("fit_and_tune", lambda: split_by_session(self.train, valid_share=0.15, seed=1))
 
     def pruned(self, sparsity: float):
-        from cloud.training.train import TrainConfig
-        from compression.prune import magnitude_prune
+        from edge_rerank.cloud.training.train import TrainConfig
+        from edge_rerank.compression.prune import magnitude_prune
 
         fit, tune = self.fit_and_tune
         return self.once(f"pruned:{sparsity}", lambda: magnitude_prune(
@@ -104,8 +104,8 @@ class Context:
             tcfg=TrainConfig(epochs=self.finetune_epochs), progress=self.progress))
 
     def student(self, preset: str):
-        from cloud.training.train import TrainConfig
-        from compression.distill import STUDENT_PRESETS, distill
+        from edge_rerank.cloud.training.train import TrainConfig
+        from edge_rerank.compression.distill import STUDENT_PRESETS, distill
 
         fit, tune = self.fit_and_tune
         return self.once(f"student:{preset}", lambda: distill(
@@ -142,7 +142,7 @@ class Method:
     def runner(self, path: Path) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
         if self.scorer is not None:
             return self.scorer(path)
-        from device_sdk import backends
+        from edge_rerank.device_sdk import backends
 
         return backends.create(self.runtime, path).run
 
@@ -154,7 +154,7 @@ def _onnx(name: str, family: str, build: Callable[[Context, Path], Path], descri
 
 def _dynamic(weight_type: str, reduce_range: bool = False) -> Callable[[Context, Path], Path]:
     def build(ctx: Context, out: Path) -> Path:
-        from compression.quantize import dynamic_int8
+        from edge_rerank.compression.quantize import dynamic_int8
 
         return dynamic_int8(ctx.onnx_fp32, out / "model.onnx", weight_type=weight_type, reduce_range=reduce_range)
 
@@ -162,13 +162,13 @@ def _dynamic(weight_type: str, reduce_range: bool = False) -> Callable[[Context,
 
 
 def _static(ctx: Context, out: Path) -> Path:
-    from compression.quantize import static_int8
+    from edge_rerank.compression.quantize import static_int8
 
     return static_int8(ctx.onnx_fp32, out / "model.onnx", ctx.calibration, n_lists=ctx.calibration_lists)
 
 
 def _fp16(ctx: Context, out: Path) -> Path:
-    from compression.quantize import fp16
+    from edge_rerank.compression.quantize import fp16
 
     return fp16(ctx.onnx_fp32, out / "model.onnx")
 
@@ -182,7 +182,7 @@ def _derived(kind: str, arg, then_int8: bool = False) -> Callable[[Context, Path
         path = ctx.onnx_of(f"{kind}-{arg}", model)
         if not then_int8:
             return path
-        from compression.quantize import dynamic_int8
+        from edge_rerank.compression.quantize import dynamic_int8
 
         return dynamic_int8(path, out / "model.onnx")
 
@@ -230,7 +230,7 @@ def _from_format(fm) -> Method:
 
 def all_methods() -> list[Method]:
     """The ONNX methods, then LiteRT / Core ML / MNN (``compression.formats``)."""
-    from compression.formats import METHODS
+    from edge_rerank.compression.formats import METHODS
 
     return list(ONNX_METHODS) + [_from_format(fm) for fm in METHODS]
 

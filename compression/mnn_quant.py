@@ -17,7 +17,7 @@ def quantize_mnn_weights(onnx_fp32: str | Path, out_path: str | Path, *, bits: i
     """Convert `onnx_fp32` to a weight-int`bits` ``.mnn`` at `out_path` (``bits=16``: half-float weights, the
     converter's ``--fp16``); with `verify`, load it in the ``mnn`` backend and run one all-zero list
     (RuntimeError if it does not load, run, or give finite [1, N] scores)."""
-    from converters.mnn.convert import export_mnn, mnn_available
+    from edge_rerank.converters.mnn.convert import export_mnn, mnn_available
 
     if not mnn_available():
         raise RuntimeError(f"MNN quantization needs the mnn package (the [mnn] extra): {EXTRA}")
@@ -32,8 +32,7 @@ def quantize_mnn_weights(onnx_fp32: str | Path, out_path: str | Path, *, bits: i
 def verify_mnn(path: str | Path) -> None:
     """Load `path` in the ``mnn`` backend and score one zero-filled list of the file's own input shapes."""
     import numpy as np
-
-    from device_sdk import backends
+    from edge_rerank.device_sdk import backends
 
     try:
         be = backends.create("mnn", path, threads=1)

@@ -6,11 +6,11 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from device_sdk.bundle import MANIFEST, Manifest, TensorSpec, read_bundle, sha256_file
-from device_sdk.features import FeatureConfig, input_specs
+from edge_rerank.device_sdk.bundle import MANIFEST, Manifest, TensorSpec, read_bundle, sha256_file
+from edge_rerank.device_sdk.features import FeatureConfig, input_specs
 
 if TYPE_CHECKING:
-    from converters.specs import ExportSpec
+    from edge_rerank.converters.specs import ExportSpec
 
 FEATURE_CONFIG_FILE = "feature_config.json"
 

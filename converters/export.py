@@ -23,10 +23,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-from converters.bundle import write_bundle
-from converters.specs import FORMATS, MODEL_FILES, ExportSpec, ToolchainMissing, get_spec
-from converters.validate import ValidationReport, validate, validation_inputs
+from edge_rerank.converters.bundle import write_bundle
+from edge_rerank.converters.specs import FORMATS, MODEL_FILES, ExportSpec, ToolchainMissing, get_spec
+from edge_rerank.converters.validate import ValidationReport, validate, validation_inputs
 
 # status of one format
 PASSED, FAILED, UNAVAILABLE = "passed", "failed", "unavailable"
@@ -173,22 +172,22 @@ def convert(fmt: str, model, example: dict[str, np.ndarray], build: Path, spec: 
     of the converted program or None)."""
     build.mkdir(parents=True, exist_ok=True)
     if fmt == "onnx":
-        from converters.onnx.convert import export_onnx
+        from edge_rerank.converters.onnx.convert import export_onnx
 
         return export_onnx(model, example, build / MODEL_FILES["onnx"]), None, None
     if fmt == "tflite":
-        from converters.tflite.convert import export_tflite
+        from edge_rerank.converters.tflite.convert import export_tflite
 
         return export_tflite(model, example, build / MODEL_FILES["tflite"], spec), None, None
     if fmt == "mnn":
-        from converters.mnn.convert import export_mnn
+        from edge_rerank.converters.mnn.convert import export_mnn
 
         if onnx_path is None:
             raise RuntimeError("MNN converts from the ONNX export, which failed")
         return export_mnn(onnx_path, build / MODEL_FILES["mnn"]), None, None
     if fmt == "coreml":
-        from converters.coreml.convert import check_structure, export_coreml, zip_package
-        from converters.coreml.mil_eval import MILEvaluator, UnsupportedOp
+        from edge_rerank.converters.coreml.convert import check_structure, export_coreml, zip_package
+        from edge_rerank.converters.coreml.mil_eval import MILEvaluator, UnsupportedOp
 
         package = build / "reranker.mlpackage"
         mlmodel = export_coreml(model, example, package, spec)
@@ -210,8 +209,8 @@ def export_formats(model, valid_inputs: dict[str, np.ndarray], out: str | Path, 
                    progress: bool = True) -> ExportReport:
     """Export `model` to each of `formats` under `out/<format>/` (bundle) with build files in `out/build/`.
     `valid_inputs` are real model inputs (``Samples.inputs``) never seen in training."""
-    from device_sdk import backends
-    from device_sdk.backends import BackendError
+    from edge_rerank.device_sdk import backends
+    from edge_rerank.device_sdk.backends import BackendError
 
     bad = [f for f in formats if f not in FORMATS]
     if bad:
@@ -304,8 +303,8 @@ def export_formats(model, valid_inputs: dict[str, np.ndarray], out: str | Path, 
 
 
 def _secondary(runtime: str, path: Path, ref, inputs, tol) -> RuntimeCheck:
-    from device_sdk import backends
-    from device_sdk.backends import BackendError
+    from edge_rerank.device_sdk import backends
+    from edge_rerank.device_sdk.backends import BackendError
 
     try:
         be = backends.create(runtime, path, threads=1)

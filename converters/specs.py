@@ -11,8 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from device_sdk.features import FeatureConfig, input_specs
+from edge_rerank.device_sdk.features import FeatureConfig, input_specs
 
 FORMATS = ("onnx", "tflite", "coreml", "mnn")
 # model file name per format (Core ML's .mlpackage is a directory: the bundle ships it zipped)

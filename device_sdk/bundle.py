@@ -10,7 +10,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from device_sdk.features.config import FeatureConfig
+from edge_rerank.device_sdk.features.config import FeatureConfig
 
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
@@ -92,7 +92,7 @@ def read_bundle(root: str | Path, *, expected_fingerprint: str | None = None,
     if not mpath.is_file():
         raise BundleError(f"{root}: no {MANIFEST}")
     if public_key is not None:
-        from device_sdk.signing import SIGNATURE, verify_manifest
+        from edge_rerank.device_sdk.signing import SIGNATURE, verify_manifest
 
         if not (root / SIGNATURE).is_file():
             raise BundleError(f"{root}: no {SIGNATURE}, and this app only loads signed bundles")

@@ -19,8 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
-
-from device_sdk.contracts import EventKind, FeedbackEvent
+from edge_rerank.device_sdk.contracts import EventKind, FeedbackEvent
 
 
 class FeedbackStore:

@@ -20,9 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-
-from device_sdk.contracts import Context, EventKind, FeedbackEvent, PageItem
-from device_sdk.reranker import RerankResult, reinsert
+from edge_rerank.device_sdk.contracts import Context, EventKind, FeedbackEvent, PageItem
+from edge_rerank.device_sdk.reranker import RerankResult, reinsert
 
 
 @dataclass(frozen=True)

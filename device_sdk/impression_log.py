@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from device_sdk.contracts import (
+from edge_rerank.device_sdk.contracts import (
     Context,
     EventKind,
     FeedbackEvent,

@@ -24,11 +24,10 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-
-from device_sdk import backends
-from device_sdk.backends import Backend, BackendError
-from device_sdk.bundle import MANIFEST, Bundle, BundleError, Manifest, read_bundle
-from device_sdk.features.operators import input_specs
+from edge_rerank.device_sdk import backends
+from edge_rerank.device_sdk.backends import Backend, BackendError
+from edge_rerank.device_sdk.bundle import MANIFEST, Bundle, BundleError, Manifest, read_bundle
+from edge_rerank.device_sdk.features.operators import input_specs
 
 log = logging.getLogger(__name__)
 

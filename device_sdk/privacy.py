@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from device_sdk.contracts import ImpressionRow
+from edge_rerank.device_sdk.contracts import ImpressionRow
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from device_sdk.contracts import Context, FeedbackEvent, PageItem
-from device_sdk.features.operators import FeatureBuilder
-from device_sdk.model_manager import LoadedModel
+from edge_rerank.device_sdk.contracts import Context, FeedbackEvent, PageItem
+from edge_rerank.device_sdk.features.operators import FeatureBuilder
+from edge_rerank.device_sdk.model_manager import LoadedModel
 
 log = logging.getLogger(__name__)
 

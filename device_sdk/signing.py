@@ -5,7 +5,7 @@ only when a key is configured."""
 
 from __future__ import annotations
 
-from device_sdk.bundle import BundleError
+from edge_rerank.device_sdk.bundle import BundleError
 
 SIGNATURE = "manifest.sig"
 

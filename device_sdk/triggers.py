@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from device_sdk.contracts import EventKind, FeedbackEvent
+from edge_rerank.device_sdk.contracts import EventKind, FeedbackEvent
 
 
 @dataclass(frozen=True)

@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from device_sdk.features import FeatureConfig
+from edge_rerank.device_sdk.features import FeatureConfig
 from edge_rerank.pipeline import export_bundle, feature_config_for
-from simulator.world import World, WorldConfig
+from edge_rerank.simulator.world import World, WorldConfig
 
 BASE_OPS = ("cloud_score", "cloud_position", "dist:context")
 
@@ -60,8 +60,8 @@ class Row:
 
 
 def _simulate_rows(world: World, cloud, n: int, seed: int, progress: bool) -> list:
-    from simulator.phone import Phone
-    from simulator.user_model import UserModel
+    from edge_rerank.simulator.phone import Phone
+    from edge_rerank.simulator.user_model import UserModel
 
     phone = Phone(UserModel(world), cloud, arm="cloud")
     rows = []
@@ -72,7 +72,7 @@ def _simulate_rows(world: World, cloud, n: int, seed: int, progress: bool) -> li
 
 def three_way(samples, seed: int):
     """Train 70 % / valid 15 % (early stopping) / test 15 % (reported), by session."""
-    from cloud.training.data import split_by_session
+    from edge_rerank.cloud.training.data import split_by_session
 
     train, rest = split_by_session(samples, valid_share=0.3, seed=seed)
     valid, test = split_by_session(rest, valid_share=0.5, seed=seed + 1)
@@ -82,9 +82,9 @@ def three_way(samples, seed: int):
 def _heuristic_samples(rows, fcfg: FeatureConfig):
     """The on-device heuristic's scores for every rerank list, in the same order and with the same filtering as
     ``build_samples`` (so the same session split applies): stored as the input ``heuristic`` of a Samples."""
-    from cloud.training.data import Samples, samples_from_row
-    from device_sdk.features import FeatureBuilder
-    from device_sdk.heuristic import HeuristicReranker
+    from edge_rerank.cloud.training.data import Samples, samples_from_row
+    from edge_rerank.device_sdk.features import FeatureBuilder
+    from edge_rerank.device_sdk.heuristic import HeuristicReranker
 
     h = HeuristicReranker()
     b = FeatureBuilder(fcfg)
@@ -104,14 +104,14 @@ def _heuristic_samples(rows, fcfg: FeatureConfig):
 
 
 def run_ablation(cfg: AblationConfig, *, progress: bool = True) -> dict:
-    from cloud.training.cloud_ranker import CloudFeaturizer
-    from cloud.training.data import build_samples
-    from cloud.training.gbdt import fit_gbdt, predict_gbdt, save_gbdt
-    from cloud.training.joint import JointConfig, predict_cloud, served_samples, train_joint
-    from cloud.training.model import ModelConfig
-    from cloud.training.train import TrainConfig, cloud_order_scores, evaluate, fit, predict
-    from converters.bundle import write_bundle
-    from simulator.transport import InProcessCloud
+    from edge_rerank.cloud.training.cloud_ranker import CloudFeaturizer
+    from edge_rerank.cloud.training.data import build_samples
+    from edge_rerank.cloud.training.gbdt import fit_gbdt, predict_gbdt, save_gbdt
+    from edge_rerank.cloud.training.joint import JointConfig, predict_cloud, served_samples, train_joint
+    from edge_rerank.cloud.training.model import ModelConfig
+    from edge_rerank.cloud.training.train import TrainConfig, cloud_order_scores, evaluate, fit, predict
+    from edge_rerank.converters.bundle import write_bundle
+    from edge_rerank.simulator.transport import InProcessCloud
 
     t0 = time.perf_counter()
     out = Path(cfg.out)
@@ -201,12 +201,12 @@ def run_ablation(cfg: AblationConfig, *, progress: bool = True) -> dict:
 
 def _online(cfg: AblationConfig, world: World, data_dir: Path, results: list[Row], bundles: dict[str, Path],
             jcloud, fcfg: FeatureConfig, progress: bool) -> dict:
-    from cloud.training.cloud_ranker import export_cloud_ranker_onnx
-    from device_sdk.bundle import read_bundle
-    from simulator.ab import Arm, paired_delta, run_ab
-    from simulator.arms import ArmSpec, build_arm
-    from simulator.transport import InProcessCloud
-    from simulator.user_model import UserModel
+    from edge_rerank.cloud.training.cloud_ranker import export_cloud_ranker_onnx
+    from edge_rerank.device_sdk.bundle import read_bundle
+    from edge_rerank.simulator.ab import Arm, paired_delta, run_ab
+    from edge_rerank.simulator.arms import ArmSpec, build_arm
+    from edge_rerank.simulator.transport import InProcessCloud
+    from edge_rerank.simulator.user_model import UserModel
 
     def read_manifest_format(bundle: Path) -> str:
         return read_bundle(bundle).manifest.format

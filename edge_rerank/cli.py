@@ -27,16 +27,16 @@ def _cmd_demo(a: argparse.Namespace) -> int:
 def _cmd_simulate(a: argparse.Namespace) -> int:
     import secrets
 
-    from cloud.app import CloudConfig
-    from cloud.serve import running_server
+    from edge_rerank.cloud.app import CloudConfig
+    from edge_rerank.cloud.serve import running_server
     from edge_rerank.pipeline import simulate_logs
-    from simulator.ab import run_ab
-    from simulator.arms import build_arm, parse_arms
-    from simulator.phone import PhoneConfig
-    from simulator.report import write_report
-    from simulator.transport import HttpCloud, InProcessCloud
-    from simulator.user_model import UserModel
-    from simulator.world import World, WorldConfig
+    from edge_rerank.simulator.ab import run_ab
+    from edge_rerank.simulator.arms import build_arm, parse_arms
+    from edge_rerank.simulator.phone import PhoneConfig
+    from edge_rerank.simulator.report import write_report
+    from edge_rerank.simulator.transport import HttpCloud, InProcessCloud
+    from edge_rerank.simulator.user_model import UserModel
+    from edge_rerank.simulator.world import World, WorldConfig
 
     out = Path(a.out)
     arms_text = a.arms or ("cloud,device" if a.bundle else None)
@@ -61,7 +61,7 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
             print(f"{a.sessions} cloud-only sessions -> {n} impression-log rows in {out / 'logs'}")
             return 0
         if a.ray:
-            from simulator.distributed import TransportSpec, run_ab_ray
+            from edge_rerank.simulator.distributed import TransportSpec, run_ab_ray
 
             transport = (TransportSpec("http", url=url, api_key=key) if a.transport == "http"
                          else TransportSpec("inproc", data_dir=str(data_dir), wire=False))
@@ -83,10 +83,10 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
 
 
 def _cmd_train(a: argparse.Namespace) -> int:
-    from cloud.training.model import ModelConfig
-    from device_sdk.features import FeatureConfig
+    from edge_rerank.cloud.training.model import ModelConfig
+    from edge_rerank.device_sdk.features import FeatureConfig
     from edge_rerank.pipeline import feature_config_for, train_from_logs
-    from simulator.world import WorldConfig
+    from edge_rerank.simulator.world import WorldConfig
 
     fcfg = FeatureConfig.load(a.feature_config) if a.feature_config else feature_config_for(WorldConfig())
     mcfg = ModelConfig(use_feedback=not a.no_mvfan, cross=not a.no_cross, views=tuple(a.views.split(",")))
@@ -129,9 +129,9 @@ def _checkpoint_and_held_out(a: argparse.Namespace, *, with_train: bool = False)
         if not Path(p).exists():
             print(f"--{what} {p}: no such file or directory", file=sys.stderr)
             return None
-    from cloud.logs import read_logs
-    from cloud.training.data import build_samples, split_by_session
-    from cloud.training.train import load_checkpoint
+    from edge_rerank.cloud.logs import read_logs
+    from edge_rerank.cloud.training.data import build_samples, split_by_session
+    from edge_rerank.cloud.training.train import load_checkpoint
 
     model, summary = load_checkpoint(a.checkpoint)
     train, valid = split_by_session(build_samples(read_logs(a.logs), model.fcfg, progress=not a.no_progress))
@@ -141,10 +141,10 @@ def _checkpoint_and_held_out(a: argparse.Namespace, *, with_train: bool = False)
 def _cmd_compress(a: argparse.Namespace) -> int:
     import json
 
-    from compression.presets import PRESETS, BudgetExceeded, run_preset
+    from edge_rerank.compression.presets import PRESETS, BudgetExceeded, run_preset
 
     if a.list:
-        from compression.methods import all_methods
+        from edge_rerank.compression.methods import all_methods
 
         print("presets (--preset NAME):")
         for p in PRESETS.values():
@@ -179,10 +179,10 @@ def _cmd_compress(a: argparse.Namespace) -> int:
               f"{check.rel_ndcg10_loss_pct:.3f} %, mean Kendall tau {check.mean_kendall_tau:.4f} — within budget")
         print(f"bundle: {bundle}")
         return 0
-    from compression.benchmark import SimulationSetup, run_benchmark, to_markdown
+    from edge_rerank.compression.benchmark import SimulationSetup, run_benchmark, to_markdown
 
     methods = [m.strip() for m in a.methods.split(",") if m.strip()] if a.methods else None
-    from simulator.world import WorldConfig
+    from edge_rerank.simulator.world import WorldConfig
 
     sim = SimulationSetup(WorldConfig(seed=a.world_seed), a.sim_sessions) if a.sim_sessions > 0 else None
     try:
@@ -199,12 +199,12 @@ def _cmd_compress(a: argparse.Namespace) -> int:
 def _cmd_export(a: argparse.Namespace) -> int:
     import json
 
-    from converters.specs import FORMATS
+    from edge_rerank.converters.specs import FORMATS
 
     loaded = _checkpoint_and_held_out(a)
     if loaded is None:
         return 2
-    from converters.export import export_formats
+    from edge_rerank.converters.export import export_formats
 
     formats = list(FORMATS) if a.format == "all" else [a.format]
     model, summary, valid = loaded
@@ -232,8 +232,8 @@ def _cmd_export(a: argparse.Namespace) -> int:
 def _cmd_serve(a: argparse.Namespace) -> int:
     import numpy as np
 
-    from cloud.app import CloudConfig
-    from cloud.serve import serve_forever
+    from edge_rerank.cloud.app import CloudConfig
+    from edge_rerank.cloud.serve import serve_forever
 
     data = Path(a.data_dir)
     if not (data / "items.npz").exists():
@@ -241,7 +241,7 @@ def _cmd_serve(a: argparse.Namespace) -> int:
             print(f"{data} holds no cloud data; pass --world-seed N to provision a simulated world there",
                   file=sys.stderr)
             return 2
-        from simulator.world import World, WorldConfig
+        from edge_rerank.simulator.world import World, WorldConfig
 
         World(WorldConfig(seed=a.world_seed)).provision_cloud(data)
     if a.embedding_store == "redis":
@@ -249,7 +249,7 @@ def _cmd_serve(a: argparse.Namespace) -> int:
             print("--embedding-store redis needs --redis-url (e.g. redis://127.0.0.1:6379/0)", file=sys.stderr)
             return 2
         if a.load_redis:
-            from cloud.embedding_store import FileEmbeddingStore, RedisEmbeddingStore
+            from edge_rerank.cloud.embedding_store import FileEmbeddingStore, RedisEmbeddingStore
 
             ids, rows = FileEmbeddingStore(data / "embeddings").table()
             n = RedisEmbeddingStore.write(a.redis_url, ids, np.asarray(rows), prefix=a.redis_prefix)

@@ -12,18 +12,18 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from cloud.app import CloudConfig
-from cloud.serve import running_server
-from converters.specs import MODEL_FILES
-from device_sdk.features import FeatureConfig
-from device_sdk.model_manager import load_model
-from device_sdk.privacy import PrivacyConfig
-from device_sdk.reranker import RerankService
-from simulator.ab import Arm, run_ab, run_sessions
-from simulator.phone import Phone
-from simulator.transport import HttpCloud
-from simulator.user_model import UserModel
-from simulator.world import World, WorldConfig
+from edge_rerank.cloud.app import CloudConfig
+from edge_rerank.cloud.serve import running_server
+from edge_rerank.converters.specs import MODEL_FILES
+from edge_rerank.device_sdk.features import FeatureConfig
+from edge_rerank.device_sdk.model_manager import load_model
+from edge_rerank.device_sdk.privacy import PrivacyConfig
+from edge_rerank.device_sdk.reranker import RerankService
+from edge_rerank.simulator.ab import Arm, run_ab, run_sessions
+from edge_rerank.simulator.phone import Phone
+from edge_rerank.simulator.transport import HttpCloud
+from edge_rerank.simulator.user_model import UserModel
+from edge_rerank.simulator.world import World, WorldConfig
 
 
 @dataclass(frozen=True)
@@ -74,9 +74,9 @@ def train_from_logs(logs: str | Path, out: str | Path, fcfg: FeatureConfig, *, e
     """Train the device reranker from impression logs; with `cloud_data` (the cloud's data directory), run the
     three-stage cloud-device joint training and also write the cloud ranker (``cloud_ranker.pt``, ``ranker.onnx``
     for the server). Returns (device model, summary, validation samples as the device will see them)."""
-    from cloud.logs import read_logs
-    from cloud.training.data import build_samples, split_by_session
-    from cloud.training.train import TrainConfig, fit, save_checkpoint
+    from edge_rerank.cloud.logs import read_logs
+    from edge_rerank.cloud.training.data import build_samples, split_by_session
+    from edge_rerank.cloud.training.train import TrainConfig, fit, save_checkpoint
 
     rows = read_logs(logs)
     samples = build_samples(rows, fcfg, progress=progress)
@@ -87,8 +87,8 @@ def train_from_logs(logs: str | Path, out: str | Path, fcfg: FeatureConfig, *, e
         model, summary = fit(train, valid, fcfg, model_config, tcfg, progress=progress)
         save_checkpoint(model, out / "checkpoint.pt", summary)
     else:
-        from cloud.training.cloud_ranker import CloudFeaturizer, export_cloud_ranker_onnx
-        from cloud.training.joint import save_joint, served_samples, train_joint
+        from edge_rerank.cloud.training.cloud_ranker import CloudFeaturizer, export_cloud_ranker_onnx
+        from edge_rerank.cloud.training.joint import save_joint, served_samples, train_joint
 
         train, valid = split_by_session(samples, seed=seed)
         cloud, model, summary = train_joint(rows, cloud_data, train, valid, fcfg, model_config, tcfg,
@@ -103,7 +103,7 @@ def train_from_logs(logs: str | Path, out: str | Path, fcfg: FeatureConfig, *, e
 def export_bundle(model, valid, out: str | Path, *, version: str, n_validate: int, metrics: dict) -> tuple[Path, dict]:
     """The ONNX bundle (``OUT/onnx/``) through the converters' one export path, validated against torch on real
     held-out lists (edge cases included); (bundle directory, parity report vs torch). Raises if it fails."""
-    from converters.export import export_formats
+    from edge_rerank.converters.export import export_formats
 
     report = export_formats(model, valid.inputs, out, formats=["onnx"], version=version, metrics=metrics,
                             n_validate=n_validate, latency_runs=50, progress=False)
@@ -114,7 +114,7 @@ def export_bundle(model, valid, out: str | Path, *, version: str, n_validate: in
 
 
 def run_demo(cfg: DemoConfig, *, progress: bool = True) -> dict:
-    from simulator.report import write_report
+    from edge_rerank.simulator.report import write_report
 
     t0 = time.perf_counter()
     out = Path(cfg.out)
@@ -148,7 +148,7 @@ def run_demo(cfg: DemoConfig, *, progress: bool = True) -> dict:
 
         # what ships: the default compression preset (fp16 ONNX), checked against its accuracy budget on
         # held-out lists; the A/B's device arm runs this bundle
-        from compression.presets import run_preset
+        from edge_rerank.compression.presets import run_preset
 
         t = time.perf_counter()
         shipped, shipped_dir = run_preset("default", model, None, valid, out / "shipped", n_lists=cfg.validate_lists,

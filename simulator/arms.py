@@ -17,14 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from device_sdk.budgets import CostModel
-from device_sdk.contracts import Context, FeedbackEvent, PageItem
-from device_sdk.heuristic import HeuristicReranker
-from device_sdk.reranker import RerankResult, reinsert
-from device_sdk.triggers import TriggerConfig
-from simulator.user_model import SHUFFLE, UserModel, crn_uniform_array
-from simulator.world import SessionSpec
+from edge_rerank.device_sdk.budgets import CostModel
+from edge_rerank.device_sdk.contracts import Context, FeedbackEvent, PageItem
+from edge_rerank.device_sdk.heuristic import HeuristicReranker
+from edge_rerank.device_sdk.reranker import RerankResult, reinsert
+from edge_rerank.device_sdk.triggers import TriggerConfig
+from edge_rerank.simulator.user_model import SHUFFLE, UserModel, crn_uniform_array
+from edge_rerank.simulator.world import SessionSpec
 
 ARM_KINDS = ("cloud", "random", "heuristic", "oracle", "device")
 PAGE_ONLY = TriggerConfig(click_return=False, skip_run=0, page_arrival=True)
@@ -126,7 +125,7 @@ def parse_arms(text: str, bundle: str | None = None, backend: str = "onnxruntime
 
 def build_arm(spec: ArmSpec, user_model: UserModel):
     """ArmSpec -> simulator.ab.Arm (loads the bundle for a device arm)."""
-    from simulator.ab import Arm
+    from edge_rerank.simulator.ab import Arm
 
     if spec.kind == "cloud":
         return Arm(spec.name)
@@ -138,8 +137,8 @@ def build_arm(spec: ArmSpec, user_model: UserModel):
                    cost_model=CostModel.for_heuristic())
     if spec.kind == "heuristic":
         return Arm(spec.name, HeuristicReranker(), cost_model=CostModel.for_heuristic())
-    from device_sdk.model_manager import load_model
-    from device_sdk.reranker import RerankService
+    from edge_rerank.device_sdk.model_manager import load_model
+    from edge_rerank.device_sdk.reranker import RerankService
 
     model = load_model(spec.bundle, backend=spec.backend)
     # cost model derived from the bundle (fp32 weights dominate the file: params ~ bytes / 4), see ab.Arm

@@ -16,11 +16,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from simulator.ab import ArmResult, summarize
-from simulator.arms import ArmSpec, build_arm
-from simulator.phone import PhoneConfig, SessionOutcome
-from simulator.user_model import UserModel, UserModelConfig
-from simulator.world import World, WorldConfig
+from edge_rerank.simulator.ab import ArmResult, summarize
+from edge_rerank.simulator.arms import ArmSpec, build_arm
+from edge_rerank.simulator.phone import PhoneConfig, SessionOutcome
+from edge_rerank.simulator.user_model import UserModel, UserModelConfig
+from edge_rerank.simulator.world import World, WorldConfig
 
 
 def _ray():
@@ -42,7 +42,7 @@ class TransportSpec:
     wire: bool = True
 
     def build(self):
-        from simulator.transport import HttpCloud, InProcessCloud
+        from edge_rerank.simulator.transport import HttpCloud, InProcessCloud
 
         if self.kind == "inproc":
             return InProcessCloud(self.data_dir, wire=self.wire)

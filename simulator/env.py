@@ -16,12 +16,11 @@ Needs the ``[sim]`` extra (gymnasium).
 from __future__ import annotations
 
 import numpy as np
-
-from device_sdk.contracts import EventKind
-from simulator.phone import Phone, PhoneConfig, PhoneSession
-from simulator.transport import CloudTransport
-from simulator.user_model import UserModel
-from simulator.world import World
+from edge_rerank.device_sdk.contracts import EventKind
+from edge_rerank.simulator.phone import Phone, PhoneConfig, PhoneSession
+from edge_rerank.simulator.transport import CloudTransport
+from edge_rerank.simulator.user_model import UserModel
+from edge_rerank.simulator.world import World
 
 try:
     import gymnasium as gym

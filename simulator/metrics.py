@@ -6,8 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-
-from simulator.phone import SessionOutcome
+from edge_rerank.simulator.phone import SessionOutcome
 
 
 @dataclass(frozen=True)

@@ -26,17 +26,23 @@ from statistics import NormalDist
 from typing import NamedTuple
 
 import numpy as np
-
-from device_sdk.budgets import CostModel, DeviceClock, get_profile
-from device_sdk.contracts import EventKind, FeedbackEvent, ImpressionRow, PageItem, SearchPage, SearchRequest
-from device_sdk.feedback_store import FeedbackStore
-from device_sdk.impression_log import SessionLogger
-from device_sdk.privacy import PrivacyConfig, outgoing_log_rows
-from device_sdk.reranker import reinsert
-from device_sdk.triggers import TriggerConfig, TriggerPolicy
-from simulator.transport import CloudTransport
-from simulator.user_model import BUSY, NETWORK, UserModel, crn_uniform
-from simulator.world import SessionSpec
+from edge_rerank.device_sdk.budgets import CostModel, DeviceClock, get_profile
+from edge_rerank.device_sdk.contracts import (
+    EventKind,
+    FeedbackEvent,
+    ImpressionRow,
+    PageItem,
+    SearchPage,
+    SearchRequest,
+)
+from edge_rerank.device_sdk.feedback_store import FeedbackStore
+from edge_rerank.device_sdk.impression_log import SessionLogger
+from edge_rerank.device_sdk.privacy import PrivacyConfig, outgoing_log_rows
+from edge_rerank.device_sdk.reranker import reinsert
+from edge_rerank.device_sdk.triggers import TriggerConfig, TriggerPolicy
+from edge_rerank.simulator.transport import CloudTransport
+from edge_rerank.simulator.user_model import BUSY, NETWORK, UserModel, crn_uniform
+from edge_rerank.simulator.world import SessionSpec
 
 LATE_POLICIES = ("remaining", "drop")
 _STD_NORMAL = NormalDist()

@@ -6,9 +6,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-
-from simulator.ab import ArmResult, paired_delta, position_curves
-from simulator.metrics import position_ctr
+from edge_rerank.simulator.ab import ArmResult, paired_delta, position_curves
+from edge_rerank.simulator.metrics import position_ctr
 
 METRICS = (("qv_ctr", "QV_CTR (sessions with ≥1 click)", True), ("clicks", "clicks / query", False),
            ("orders", "orders / query", False), ("screens", "screens viewed / query", False),

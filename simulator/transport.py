@@ -6,9 +6,8 @@ from typing import Protocol
 
 import numpy as np
 import requests
-
-from device_sdk import wire
-from device_sdk.contracts import ImpressionRow, SearchPage, SearchRequest
+from edge_rerank.device_sdk import wire
+from edge_rerank.device_sdk.contracts import ImpressionRow, SearchPage, SearchRequest
 
 PROTOBUF = "application/x-protobuf"
 
@@ -63,10 +62,10 @@ class InProcessCloud:
     checks it) at a fraction of the cost."""
 
     def __init__(self, data_dir: str, *, model_version: str = "", wire: bool = True):
-        from cloud.catalog import load_catalog
-        from cloud.embedding_store import FileEmbeddingStore
-        from cloud.ranking.fine import load_ranker
-        from cloud.ranking.pipeline import SearchPipeline
+        from edge_rerank.cloud.catalog import load_catalog
+        from edge_rerank.cloud.embedding_store import FileEmbeddingStore
+        from edge_rerank.cloud.ranking.fine import load_ranker
+        from edge_rerank.cloud.ranking.pipeline import SearchPipeline
 
         ranker = load_ranker(data_dir)  # ranker.onnx (trained) when present, like the server
         self._pipeline = SearchPipeline(load_catalog(data_dir), FileEmbeddingStore(f"{data_dir}/embeddings"), ranker,

@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from device_sdk.contracts import Context
+from edge_rerank.device_sdk.contracts import Context
 
 CATEGORY_QUERIES = ("hotpot", "noodles", "sushi", "bbq", "cafe", "bakery", "pizza", "burger", "dim sum",
                     "salad", "ramen", "dessert")
@@ -120,7 +119,7 @@ class World:
 
         Draws are counter-based (splitmix64 of (world seed, run seed, index, k)), so any session can be made
         on its own, in any order, on any worker, cheaply."""
-        from simulator.user_model import crn_uniform_array
+        from edge_rerank.simulator.user_model import crn_uniform_array
 
         cfg = self.cfg
         K = cfg.latent_dim
@@ -154,8 +153,8 @@ class World:
 
     def provision_cloud(self, root: str | Path) -> Path:
         """Write the cloud's data directory for this world (catalog, profiles, queries, embeddings, ranker)."""
-        from cloud.catalog import save_cloud_data  # provisioning the cloud's database, not a runtime call
-        from cloud.ranking.fine import default_ranker_weights
+        from edge_rerank.cloud.catalog import save_cloud_data  # provisioning the cloud's database, not a runtime call
+        from edge_rerank.cloud.ranking.fine import default_ranker_weights
 
         items = {"item_id": self.item_id, "category": self.category, "brand": self.brand,
                  "price_level": self.price_level, "lat": self.loc[:, 0], "lon": self.loc[:, 1],

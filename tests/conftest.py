@@ -6,11 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from edge_rerank.device_sdk.contracts import Context, EventKind, FeedbackEvent, PageItem
+from edge_rerank.device_sdk.features import FeatureConfig
+from edge_rerank.simulator.world import World, WorldConfig
 from hypothesis import settings
-
-from device_sdk.contracts import Context, EventKind, FeedbackEvent, PageItem
-from device_sdk.features import FeatureConfig
-from simulator.world import World, WorldConfig
 
 # deterministic property tests: the same examples on every run and machine
 settings.register_profile("edge-rerank", derandomize=True, deadline=None, print_blob=True)
@@ -37,7 +36,7 @@ def cloud_data(world, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def inproc_cloud(cloud_data):
-    from simulator.transport import InProcessCloud
+    from edge_rerank.simulator.transport import InProcessCloud
 
     return InProcessCloud(str(cloud_data))
 
@@ -45,8 +44,8 @@ def inproc_cloud(cloud_data):
 @pytest.fixture(scope="session")
 def logged_rows(world, inproc_cloud):
     """Impression rows from 600 cloud-only sessions (through the device SDK's logger)."""
-    from simulator.phone import Phone
-    from simulator.user_model import UserModel
+    from edge_rerank.simulator.phone import Phone
+    from edge_rerank.simulator.user_model import UserModel
 
     phone = Phone(UserModel(world), inproc_cloud, arm="cloud")
     rows = []
@@ -57,15 +56,15 @@ def logged_rows(world, inproc_cloud):
 
 @pytest.fixture(scope="session")
 def samples(logged_rows, fcfg):
-    from cloud.training.data import build_samples
+    from edge_rerank.cloud.training.data import build_samples
 
     return build_samples(logged_rows, fcfg, progress=False)
 
 
 @pytest.fixture(scope="session")
 def trained(samples, fcfg):
-    from cloud.training.data import split_by_session
-    from cloud.training.train import TrainConfig, fit
+    from edge_rerank.cloud.training.data import split_by_session
+    from edge_rerank.cloud.training.train import TrainConfig, fit
 
     train, valid = split_by_session(samples)
     model, summary = fit(train, valid, fcfg, tcfg=TrainConfig(epochs=4, threads=1), progress=False)

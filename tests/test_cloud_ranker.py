@@ -5,11 +5,10 @@ import shutil
 
 import numpy as np
 import pytest
-
-from cloud.app import CloudConfig, create_app
-from cloud.ranking.fine import FEATURES, FineRanker, OnnxFineRanker, Ranker, RankerError, load_ranker
-from device_sdk import wire
-from device_sdk.contracts import Context, SearchRequest
+from edge_rerank.cloud.app import CloudConfig, create_app
+from edge_rerank.cloud.ranking.fine import FEATURES, FineRanker, OnnxFineRanker, Ranker, RankerError, load_ranker
+from edge_rerank.device_sdk import wire
+from edge_rerank.device_sdk.contracts import Context, SearchRequest
 
 torch = pytest.importorskip("torch")
 F, D = len(FEATURES), 12

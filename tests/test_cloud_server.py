@@ -7,12 +7,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import requests
+from edge_rerank.cloud.app import CloudConfig
+from edge_rerank.cloud.serve import server_process
+from edge_rerank.device_sdk import wire
+from edge_rerank.device_sdk.contracts import Context, SearchRequest
 from prometheus_client.parser import text_string_to_metric_families
-
-from cloud.app import CloudConfig
-from cloud.serve import server_process
-from device_sdk import wire
-from device_sdk.contracts import Context, SearchRequest
 
 PB = {"Content-Type": "application/x-protobuf", "Accept": "application/x-protobuf"}
 

@@ -6,15 +6,14 @@ import sys
 
 import numpy as np
 import pytest
+from edge_rerank.compression.benchmark import MethodResult, SimulationSetup, pareto_front, run_benchmark
+from edge_rerank.compression.embedding_rows import page_bytes, roundtrip_rows, row_quant_report
+from edge_rerank.compression.presets import PRESETS, Budget, BudgetExceeded, Preset, check_budget, run_preset
+from edge_rerank.compression.split import split_report
+from edge_rerank.device_sdk.contracts import EmbeddingEncoding
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
-
-from compression.benchmark import MethodResult, SimulationSetup, pareto_front, run_benchmark
-from compression.embedding_rows import page_bytes, roundtrip_rows, row_quant_report
-from compression.presets import PRESETS, Budget, BudgetExceeded, Preset, check_budget, run_preset
-from compression.split import split_report
-from device_sdk.contracts import EmbeddingEncoding
 
 ONNX_QUANT = ["onnx-fp32", "onnx-fp16", "onnx-int8-dynamic-quint8", "onnx-int8-dynamic-qint8",
               "onnx-int8-dynamic-qint8-rr", "onnx-int8-static"]
@@ -23,7 +22,8 @@ OTHER_FORMATS = ["mnn-int8-weight", "coreml-int8-linear"]
 
 @pytest.fixture(scope="module")
 def bench(trained, samples, tmp_path_factory):
-    from cloud.training.data import split_by_session
+    from edge_rerank.cloud.training.data import split_by_session
+
     from tests.conftest import WCFG
 
     model, _, valid = trained
@@ -101,8 +101,8 @@ def test_budget_check_names_every_broken_limit():
 
 
 def test_default_preset_writes_a_loadable_bundle(trained, samples, fcfg, tmp_path):
-    from cloud.training.data import split_by_session
-    from device_sdk.model_manager import load_model
+    from edge_rerank.cloud.training.data import split_by_session
+    from edge_rerank.device_sdk.model_manager import load_model
 
     model, _, valid = trained
     train, _ = split_by_session(samples)
@@ -127,7 +127,7 @@ def test_int8_rows_roundtrip_within_half_a_step(emb):
 
 
 def test_int8_rows_cost_little_ranking_and_save_page_bytes(trained):
-    from converters.export import torch_reference
+    from edge_rerank.converters.export import torch_reference
 
     model, _, valid = trained
     sub = valid.subset(np.arange(80))
@@ -151,9 +151,9 @@ def test_split_report_counts_the_table_that_stays_in_the_cloud(trained):
 def test_simulated_cost_follows_parameters_not_file_bytes(bench):
     """A quantized file holds the same multiply-adds as fp32: the simulator's modelled latency must not drop
     just because the file is smaller (it did when params were inferred as bytes / 4)."""
-    from device_sdk.model_manager import load_model
-    from device_sdk.reranker import RerankService
-    from simulator.ab import Arm
+    from edge_rerank.device_sdk.model_manager import load_model
+    from edge_rerank.device_sdk.reranker import RerankService
+    from edge_rerank.simulator.ab import Arm
 
     _, out = bench
     arms = {n: Arm(n, RerankService(load_model(out / "bundles" / n, backend="onnxruntime")))
@@ -165,9 +165,9 @@ def test_simulated_cost_follows_parameters_not_file_bytes(bench):
 
 def test_compress_cli_preset_passes_or_fails_with_reasons(trained, logged_rows, tmp_path, capsys, monkeypatch):
     import pyarrow.parquet as pq
+    from edge_rerank.cloud.logs import rows_to_table
+    from edge_rerank.cloud.training.train import save_checkpoint
 
-    from cloud.logs import rows_to_table
-    from cloud.training.train import save_checkpoint
     from edge_rerank.cli import main
 
     model, summary, _ = trained

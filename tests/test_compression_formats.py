@@ -10,9 +10,8 @@ import sys
 
 import numpy as np
 import pytest
-
-from compression.formats import METHODS, FormatContext, get_method, measure, to_markdown, unavailable_reason
-from converters.validate import validation_inputs
+from edge_rerank.compression.formats import METHODS, FormatContext, get_method, measure, to_markdown, unavailable_reason
+from edge_rerank.converters.validate import validation_inputs
 
 COMPRESSED = [m.name for m in METHODS if m.reference is not None]
 N_LISTS = 40
@@ -20,7 +19,7 @@ N_LISTS = 40
 
 @pytest.fixture(scope="module")
 def calibration(samples):
-    from cloud.training.data import split_by_session
+    from edge_rerank.cloud.training.data import split_by_session
 
     train, _ = split_by_session(samples)  # the training lists of the `trained` model (same split)
     return train.inputs
@@ -103,8 +102,8 @@ def test_markdown_has_every_method(rows):
 
 
 def test_full_int8_keeps_the_float_interface(ctx, calibration, tmp_path):
-    from compression.litert_quant import quantize_tflite
-    from device_sdk import backends
+    from edge_rerank.compression.litert_quant import quantize_tflite
+    from edge_rerank.device_sdk import backends
 
     if unavailable_reason(get_method("tflite-int8-full"), ctx):
         pytest.skip(unavailable_reason(get_method("tflite-int8-full"), ctx))
@@ -125,9 +124,8 @@ def test_full_int8_keeps_the_float_interface(ctx, calibration, tmp_path):
 
 def test_coreml_fp32_program_from_disk_matches_torch(trained, ctx, lists, tmp_path):
     import torch
-
-    from compression.coreml_compress import coreml_scores, package_size
-    from converters.coreml.convert import zip_package
+    from edge_rerank.compression.coreml_compress import coreml_scores, package_size
+    from edge_rerank.converters.coreml.convert import zip_package
 
     if ctx.mlpackage_fp32 is None:
         pytest.skip(ctx.missing.get("coreml", "no Core ML export"))
@@ -147,7 +145,7 @@ def test_coreml_fp32_program_from_disk_matches_torch(trained, ctx, lists, tmp_pa
 def test_compressed_programs_constexpr_ops_match_coremltools(rows):
     """Every constexpr op of the compressed programs, evaluated by mil_eval, equals coremltools' own
     materialization of that op."""
-    from converters.coreml.mil_eval import OPS, load_program
+    from edge_rerank.converters.coreml.mil_eval import OPS, load_program
 
     seen = set()
     for name in ("coreml-int8-linear", "coreml-palettize-6bit", "coreml-palettize-4bit"):
@@ -169,8 +167,7 @@ def test_constexpr_formulas_against_numpy_and_coremltools():
     from coremltools.converters.mil.mil.ops.defs.iOS18.compression import constexpr_blockwise_shift_scale as ct_bss
     from coremltools.converters.mil.mil.ops.defs.iOS18.compression import constexpr_lut_to_dense as ct_lut18
     from coremltools.optimize._utils import pack_elements_into_bits
-
-    from converters.coreml.mil_eval import (
+    from edge_rerank.converters.coreml.mil_eval import (
         constexpr_affine_dequantize,
         constexpr_blockwise_shift_scale,
         constexpr_lut_to_dense,
@@ -227,7 +224,7 @@ def test_missing_toolchain_or_export_is_reported_not_raised(ctx, lists, tmp_path
 
 
 def test_mnn_verify_rejects_a_broken_file(tmp_path):
-    from compression.mnn_quant import verify_mnn
+    from edge_rerank.compression.mnn_quant import verify_mnn
 
     bad = tmp_path / "bad.mnn"
     bad.write_bytes(b"not a model")
@@ -236,10 +233,10 @@ def test_mnn_verify_rejects_a_broken_file(tmp_path):
 
 
 def test_missing_toolchains_raise_runtime_errors_naming_the_extra(monkeypatch, tmp_path):
-    import converters.mnn.convert as mnn_convert
-    from compression.coreml_compress import compress_coreml
-    from compression.litert_quant import quantize_tflite
-    from compression.mnn_quant import quantize_mnn_weights
+    import edge_rerank.converters.mnn.convert as mnn_convert
+    from edge_rerank.compression.coreml_compress import compress_coreml
+    from edge_rerank.compression.litert_quant import quantize_tflite
+    from edge_rerank.compression.mnn_quant import quantize_mnn_weights
 
     monkeypatch.setitem(sys.modules, "ai_edge_quantizer", None)
     with pytest.raises(RuntimeError, match=r"\[tflite\]"):
@@ -257,13 +254,12 @@ def test_ios18_compressed_programs_evaluate_like_coremltools(trained, lists, tmp
     """An iOS18 target turns linear int8 into constexpr_blockwise_shift_scale and palettes into the iOS18
     constexpr_lut_to_dense: mil_eval must agree with coremltools' materialization there too."""
     pytest.importorskip("coremltools")
+    import edge_rerank.converters.coreml.convert as cc
     import torch
-
-    import converters.coreml.convert as cc
-    from compression.coreml_compress import compress_coreml, coreml_scores
-    from compression.formats import compare
-    from converters.coreml.mil_eval import OPS, load_program
-    from converters.specs import get_spec
+    from edge_rerank.compression.coreml_compress import compress_coreml, coreml_scores
+    from edge_rerank.compression.formats import compare
+    from edge_rerank.converters.coreml.mil_eval import OPS, load_program
+    from edge_rerank.converters.specs import get_spec
 
     torch.set_num_threads(1)
     model, (xs, _) = trained[0], lists

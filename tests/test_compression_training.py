@@ -9,18 +9,17 @@ import copy
 import numpy as np
 import pytest
 import torch
-
-from cloud.training.losses import LambdaLoss
-from cloud.training.model import DeviceReranker, ModelConfig, n_params
-from cloud.training.train import TrainConfig, evaluate, fit, predict
-from compression.distill import STUDENT_PRESETS, distill, list_distill_loss, score_distill_loss
-from compression.prune import magnitude_prune, nonzero_bytes, prunable_layers, prune_masks
-from compression.sizes import gzip_size
+from edge_rerank.cloud.training.losses import LambdaLoss
+from edge_rerank.cloud.training.model import DeviceReranker, ModelConfig, n_params
+from edge_rerank.cloud.training.train import TrainConfig, evaluate, fit, predict
+from edge_rerank.compression.distill import STUDENT_PRESETS, distill, list_distill_loss, score_distill_loss
+from edge_rerank.compression.prune import magnitude_prune, nonzero_bytes, prunable_layers, prune_masks
+from edge_rerank.compression.sizes import gzip_size
 
 
 @pytest.fixture(scope="module")
 def split(samples):
-    from cloud.training.data import split_by_session
+    from edge_rerank.cloud.training.data import split_by_session
 
     return split_by_session(samples)
 
@@ -61,9 +60,9 @@ def test_pruning_hits_target_and_pruned_weights_stay_zero(pruned70):
 
 def test_masks_hold_after_every_optimizer_step(trained, split):
     """Checked before each step (so after every AdamW update, weight decay included), not only at the end."""
-    from cloud.training.model import to_tensors
-    from cloud.training.train import fit_loop
-    from compression.prune import _apply_masks
+    from edge_rerank.cloud.training.model import to_tensors
+    from edge_rerank.cloud.training.train import fit_loop
+    from edge_rerank.compression.prune import _apply_masks
 
     model = copy.deepcopy(trained[0])
     train, _ = split
@@ -124,8 +123,8 @@ def test_global_scope_caps_each_tensor(trained):
 
 
 def test_pruned_model_exports_to_onnx_and_matches_torch(trained, pruned70, tmp_path):
-    from converters.onnx.convert import export_onnx
-    from device_sdk import backends
+    from edge_rerank.converters.onnx.convert import export_onnx
+    from edge_rerank.device_sdk import backends
 
     model, _, valid = trained
     _, _, pm, _ = pruned70

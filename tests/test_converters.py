@@ -9,17 +9,16 @@ import sys
 
 import numpy as np
 import pytest
-
-from converters.specs import FORMATS, ExportSpec, ToolchainMissing, get_spec
-from converters.validate import validate, validation_inputs
-from device_sdk.backends import BackendError
+from edge_rerank.converters.specs import FORMATS, ExportSpec, ToolchainMissing, get_spec
+from edge_rerank.converters.validate import validate, validation_inputs
+from edge_rerank.device_sdk.backends import BackendError
 
 NUMERIC = ("onnx", "tflite", "mnn")  # formats with a runtime on Linux
 
 
 @pytest.fixture(scope="module")
 def exported(trained, tmp_path_factory):
-    from converters.export import export_formats
+    from edge_rerank.converters.export import export_formats
 
     model, summary, valid = trained
     out = tmp_path_factory.mktemp("export_all")
@@ -104,7 +103,7 @@ def test_format_matches_torch_and_onnxruntime_in_its_runtime(exported, spec, fmt
 
 @pytest.mark.parametrize("fmt", NUMERIC)
 def test_bundle_loads_with_its_runtime_and_reproduces_torch(exported, trained, spec, fmt):
-    from device_sdk.model_manager import _DEFAULT_BACKEND, load_model
+    from edge_rerank.device_sdk.model_manager import _DEFAULT_BACKEND, load_model
 
     model, _, valid = trained
     report, out = exported
@@ -126,8 +125,8 @@ def test_bundle_loads_with_its_runtime_and_reproduces_torch(exported, trained, s
 
 
 def test_tampered_bundle_is_rejected(exported, tmp_path):
-    from device_sdk.bundle import BundleError
-    from device_sdk.model_manager import ModelManager, load_model
+    from edge_rerank.device_sdk.bundle import BundleError
+    from edge_rerank.device_sdk.model_manager import ModelManager, load_model
 
     _, out = exported
     bad = tmp_path / "tflite"
@@ -144,7 +143,7 @@ def test_tampered_bundle_is_rejected(exported, tmp_path):
 
 @pytest.mark.parametrize("runtime", ["litert", "mnn"])
 def test_backends_reject_a_file_that_is_not_a_model(tmp_path, runtime):
-    from device_sdk import backends
+    from edge_rerank.device_sdk import backends
 
     junk = tmp_path / "junk.bin"
     junk.write_bytes(b"not a model" * 100)
@@ -162,7 +161,7 @@ def test_legacy_tflite_runtime_is_checked_or_says_why_not(exported):
 
 
 def test_coreml_program_structure(exported, spec):
-    from converters.coreml.convert import EXPECTED_OPS
+    from edge_rerank.converters.coreml.convert import EXPECTED_OPS
 
     r = exported[0].by_format("coreml")
     assert r.structure is not None and r.structure["problems"] == [], r.errors
@@ -188,10 +187,9 @@ def test_coreml_converted_program_matches_torch_off_macos(exported, spec):
 def test_mil_evaluation_detects_a_wrong_program(trained, spec, tmp_path):
     """A program converted from a different (untrained) model must fail against the trained model."""
     import torch
-
-    from cloud.training.model import DeviceReranker
-    from converters.coreml.convert import export_coreml
-    from converters.coreml.mil_eval import MILEvaluator
+    from edge_rerank.cloud.training.model import DeviceReranker
+    from edge_rerank.converters.coreml.convert import export_coreml
+    from edge_rerank.converters.coreml.mil_eval import MILEvaluator
 
     model, _, valid = trained
     xs = validation_inputs(valid.inputs, 6)
@@ -205,8 +203,8 @@ def test_mil_evaluation_detects_a_wrong_program(trained, spec, tmp_path):
 
 
 def test_coreml_bundle_is_marked_and_refused_where_it_cannot_run(exported):
-    from device_sdk.bundle import read_bundle
-    from device_sdk.model_manager import ModelManager, load_model
+    from edge_rerank.device_sdk.bundle import read_bundle
+    from edge_rerank.device_sdk.model_manager import ModelManager, load_model
 
     _, out = exported
     m = read_bundle(out / "coreml").manifest
@@ -231,9 +229,9 @@ def test_coreml_numeric_parity_on_macos(exported, spec):  # pragma: no cover - m
 
 
 def test_missing_toolchains_give_clear_errors(trained, spec, tmp_path, monkeypatch):
-    from converters.coreml.convert import export_coreml
-    from converters.mnn.convert import export_mnn
-    from converters.tflite.convert import export_tflite
+    from edge_rerank.converters.coreml.convert import export_coreml
+    from edge_rerank.converters.mnn.convert import export_mnn
+    from edge_rerank.converters.tflite.convert import export_tflite
 
     model, _, valid = trained
     x = validation_inputs(valid.inputs, 1)[0]
@@ -249,10 +247,10 @@ def test_missing_toolchains_give_clear_errors(trained, spec, tmp_path, monkeypat
 
 def test_export_cli_writes_bundle_and_parity_table(trained, logged_rows, tmp_path, capsys):
     import pyarrow.parquet as pq
+    from edge_rerank.cloud.logs import rows_to_table
+    from edge_rerank.cloud.training.train import save_checkpoint
+    from edge_rerank.device_sdk.model_manager import load_model
 
-    from cloud.logs import rows_to_table
-    from cloud.training.train import save_checkpoint
-    from device_sdk.model_manager import load_model
     from edge_rerank.cli import main
 
     model, summary, _ = trained
@@ -269,7 +267,7 @@ def test_export_cli_writes_bundle_and_parity_table(trained, logged_rows, tmp_pat
 
 
 def test_every_formats_bundle_publishes_to_the_registry_under_one_version(exported, tmp_path):
-    from cloud.registry import Registry
+    from edge_rerank.cloud.registry import Registry
 
     report, out = exported
     reg = Registry(tmp_path / "registry")
@@ -280,10 +278,10 @@ def test_every_formats_bundle_publishes_to_the_registry_under_one_version(export
 @pytest.mark.parametrize("fmt", NUMERIC)
 def test_every_runtime_matches_the_numpy_reference_on_real_lists(exported, trained, tmp_path, fmt):
     """ARCHITECTURE's rule: device_sdk's numpy backend is the reference every exported format is checked against."""
-    from converters.numpy_ref.convert import export_numpy
-    from converters.validate import validate
-    from device_sdk import backends
-    from device_sdk.model_manager import load_model
+    from edge_rerank.converters.numpy_ref.convert import export_numpy
+    from edge_rerank.converters.validate import validate
+    from edge_rerank.device_sdk import backends
+    from edge_rerank.device_sdk.model_manager import load_model
 
     model, _, valid = trained
     _, out = exported

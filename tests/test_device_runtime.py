@@ -2,15 +2,15 @@ import time
 
 import numpy as np
 import pytest
+from edge_rerank.device_sdk import backends
+from edge_rerank.device_sdk.backends import BackendError
+from edge_rerank.device_sdk.bundle import BundleError, read_bundle
+from edge_rerank.device_sdk.contracts import EventKind, FeedbackEvent
+from edge_rerank.device_sdk.feedback_store import FeedbackStore
+from edge_rerank.device_sdk.model_manager import LoadedModel, ModelManager, load_model
+from edge_rerank.device_sdk.reranker import RerankService, reinsert
+from edge_rerank.device_sdk.triggers import TriggerConfig, TriggerPolicy
 
-from device_sdk import backends
-from device_sdk.backends import BackendError
-from device_sdk.bundle import BundleError, read_bundle
-from device_sdk.contracts import EventKind, FeedbackEvent
-from device_sdk.feedback_store import FeedbackStore
-from device_sdk.model_manager import LoadedModel, ModelManager, load_model
-from device_sdk.reranker import RerankService, reinsert
-from device_sdk.triggers import TriggerConfig, TriggerPolicy
 from tests.conftest import CTX, make_events, make_item
 
 
@@ -25,7 +25,7 @@ def test_reinsert_moves_only_unseen_items_within_the_window():
 
 def test_trigger_policy_click_return_skip_run_page_arrival_and_debounce():
     rng = np.random.default_rng(0)
-    from device_sdk.features import FeatureConfig
+    from edge_rerank.device_sdk.features import FeatureConfig
 
     cfg = FeatureConfig(n_categories=12, n_brands=48)
     items = [make_item(k, rng, cfg, k) for k in range(6)]
@@ -151,8 +151,8 @@ def test_unknown_backend_is_a_clear_error(bundle_dir):
 
 
 def test_budget_gate_skips_triggers_while_reranks_are_slow_or_energy_is_spent():
-    from device_sdk.contracts import EventKind, FeedbackEvent
-    from device_sdk.triggers import TriggerConfig, TriggerPolicy
+    from edge_rerank.device_sdk.contracts import EventKind, FeedbackEvent
+    from edge_rerank.device_sdk.triggers import TriggerConfig, TriggerPolicy
 
     ret = FeedbackEvent(ts_ms=0, request_id="r", item_id=1, kind=EventKind.DETAIL_RETURN, dwell_ms=5000)
     p = TriggerPolicy(TriggerConfig(latency_budget_ms=50, budget_window=3, over_budget_max=2))
@@ -169,7 +169,7 @@ def test_budget_gate_skips_triggers_while_reranks_are_slow_or_energy_is_spent():
 
 
 def test_scroll_idle_and_page_boundary_triggers():
-    from device_sdk.triggers import TriggerConfig, TriggerPolicy
+    from edge_rerank.device_sdk.triggers import TriggerConfig, TriggerPolicy
 
     p = TriggerPolicy(TriggerConfig(scroll_idle_ms=800, page_boundary_items=4, min_events_between=0))
     assert p.on_scroll_idle(500, has_feedback=True) is None
@@ -185,9 +185,9 @@ def test_scroll_idle_and_page_boundary_triggers():
 def test_simulated_phone_fires_page_boundary_and_scroll_idle_triggers(world, inproc_cloud):
     from collections import Counter
 
-    from device_sdk.triggers import TriggerConfig
-    from simulator.phone import Phone
-    from simulator.user_model import UserModel
+    from edge_rerank.device_sdk.triggers import TriggerConfig
+    from edge_rerank.simulator.phone import Phone
+    from edge_rerank.simulator.user_model import UserModel
 
     cfg = TriggerConfig(page_boundary_items=6, scroll_idle_ms=4000)
     phone = Phone(UserModel(world), inproc_cloud, arm="cloud", triggers=cfg)

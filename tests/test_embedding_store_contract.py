@@ -3,11 +3,10 @@ Redis (a real redis-server on loopback, started here; skipped only if the binary
 
 import numpy as np
 import pytest
+from edge_rerank.cloud.embedding_store import EmbeddingStore, FileEmbeddingStore, open_store
+from edge_rerank.cloud.embedding_store.redis_server import redis_server_binary, running_redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from cloud.embedding_store import EmbeddingStore, FileEmbeddingStore, open_store
-from cloud.embedding_store.redis_server import redis_server_binary, running_redis
 
 DIM = 8
 RNG = np.random.default_rng(3)
@@ -32,7 +31,7 @@ def store(request, tmp_path_factory) -> EmbeddingStore:
         FileEmbeddingStore.write(data_dir / "embeddings", IDS, ROWS)
         return open_store("file", data_dir=data_dir)
     url = request.getfixturevalue("redis_url")
-    from cloud.embedding_store import RedisEmbeddingStore
+    from edge_rerank.cloud.embedding_store import RedisEmbeddingStore
 
     RedisEmbeddingStore.write(url, IDS, ROWS, prefix="contract")
     return open_store("redis", data_dir="unused", redis_url=url, redis_prefix="contract")
@@ -123,8 +122,8 @@ def test_unknown_store_kind_and_missing_redis_table_are_clear_errors(redis_url):
 
 
 def test_the_app_serves_identical_pages_from_redis(cloud_data, redis_url):
-    from cloud.app import CloudConfig, create_app
-    from cloud.embedding_store import RedisEmbeddingStore
+    from edge_rerank.cloud.app import CloudConfig, create_app
+    from edge_rerank.cloud.embedding_store import RedisEmbeddingStore
 
     ids, rows = FileEmbeddingStore(cloud_data / "embeddings").table()
     RedisEmbeddingStore.write(redis_url, ids, np.asarray(rows), prefix="app")

@@ -8,11 +8,10 @@ import sys
 import time
 
 import numpy as np
+from edge_rerank.device_sdk.contracts import EventKind, FeedbackEvent
+from edge_rerank.device_sdk.feedback_store import FeedbackStore, SQLiteFeedbackStore
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from device_sdk.contracts import EventKind, FeedbackEvent
-from device_sdk.feedback_store import FeedbackStore, SQLiteFeedbackStore
 
 
 def _event(k: int, ts: int | None = None, emb: bool = True) -> FeedbackEvent:
@@ -69,7 +68,7 @@ def test_age_eviction(tmp_path):
 _WRITER = """
 import sys
 from tests.test_feedback_store import _event
-from device_sdk.feedback_store import SQLiteFeedbackStore
+from edge_rerank.device_sdk.feedback_store import SQLiteFeedbackStore
 s = SQLiteFeedbackStore(sys.argv[1], max_events_per_session=100000, max_age_ms=None)
 for k in range(100000):
     s.add("s", _event(k))

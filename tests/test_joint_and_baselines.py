@@ -5,11 +5,10 @@ import json
 import numpy as np
 import pytest
 import torch
-
-from cloud.training.cloud_ranker import CloudFeaturizer, CloudRanker, export_cloud_ranker_onnx, page_lists
-from cloud.training.data import split_by_session
-from cloud.training.joint import JointModel, cloud_features_for, with_cloud_outputs
-from cloud.training.model import DeviceReranker, to_tensors
+from edge_rerank.cloud.training.cloud_ranker import CloudFeaturizer, CloudRanker, export_cloud_ranker_onnx, page_lists
+from edge_rerank.cloud.training.data import split_by_session
+from edge_rerank.cloud.training.joint import JointModel, cloud_features_for, with_cloud_outputs
+from edge_rerank.cloud.training.model import DeviceReranker, to_tensors
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +19,8 @@ def featurizer(cloud_data):
 def test_cloud_features_match_what_the_search_pipeline_computes(cloud_data, featurizer, inproc_cloud):
     """The featurizer recomputes, for logged items, the features the server ranked them with: the fixed
     ranker's score on them must equal the score the page carried."""
-    from cloud.ranking.fine import load_ranker
-    from device_sdk.contracts import Context, SearchRequest
+    from edge_rerank.cloud.ranking.fine import load_ranker
+    from edge_rerank.device_sdk.contracts import Context, SearchRequest
 
     req = SearchRequest(request_id="r", session_id="s", user_id="u3", query=next(iter(featurizer.catalog.queries)),
                         context=Context(lat=3.0, lon=4.0, hour=12), page_index=0, page_size=25)
@@ -71,9 +70,9 @@ def test_joint_graph_equals_materialised_cloud_outputs_and_trains_the_cloud(samp
 
 def test_lightgbm_baseline_runs_through_the_device_rerank_path(samples, fcfg, tmp_path):
     pytest.importorskip("lightgbm")
-    from cloud.training.gbdt import GBDTConfig, fit_gbdt, predict_gbdt, save_gbdt
-    from converters.bundle import write_bundle
-    from device_sdk.model_manager import load_model
+    from edge_rerank.cloud.training.gbdt import GBDTConfig, fit_gbdt, predict_gbdt, save_gbdt
+    from edge_rerank.converters.bundle import write_bundle
+    from edge_rerank.device_sdk.model_manager import load_model
 
     train, valid = split_by_session(samples)
     model, info = fit_gbdt(train, valid, GBDTConfig(n_estimators=20, threads=1))
@@ -88,9 +87,9 @@ def test_lightgbm_baseline_runs_through_the_device_rerank_path(samples, fcfg, tm
 
 def test_train_cli_joint_from_parquet_logs(logged_rows, fcfg, cloud_data, tmp_path):
     import pyarrow.parquet as pq
+    from edge_rerank.cloud.logs import rows_to_table
+    from edge_rerank.cloud.training.train import load_checkpoint
 
-    from cloud.logs import rows_to_table
-    from cloud.training.train import load_checkpoint
     from edge_rerank.cli import main
 
     pq.write_table(rows_to_table(logged_rows), tmp_path / "logs.parquet")

@@ -9,11 +9,10 @@ import time
 
 import pyarrow.parquet as pq
 import requests
-
-from cloud.app import CloudConfig
-from cloud.logs import IMPRESSION_SCHEMA, LogSink, compact_logs, live_log_files, read_logs
-from cloud.serve import server_process
-from device_sdk import wire
+from edge_rerank.cloud.app import CloudConfig
+from edge_rerank.cloud.logs import IMPRESSION_SCHEMA, LogSink, compact_logs, live_log_files, read_logs
+from edge_rerank.cloud.serve import server_process
+from edge_rerank.device_sdk import wire
 
 PB = {"Content-Type": "application/x-protobuf", "X-API-Key": "k"}
 
@@ -122,10 +121,11 @@ def test_compaction_command(logged_rows, tmp_path):
     sink = LogSink(tmp_path)
     for k in range(3):
         sink.append(_batch_rows(logged_rows, k))
-    r = subprocess.run([sys.executable, "-m", "cloud.logs", "compact", "--log-dir", str(tmp_path)],
+    r = subprocess.run([sys.executable, "-m", "edge_rerank.cloud.logs", "compact", "--log-dir", str(tmp_path)],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["parts"] == 3 and res["rows"] == 9 and len(read_logs(tmp_path)) == 9
-    assert json.loads(subprocess.run([sys.executable, "-m", "cloud.logs", "compact", "--log-dir", str(tmp_path)],
-                                     capture_output=True, text=True).stdout)["output"] is None  # nothing to merge
+    again = subprocess.run([sys.executable, "-m", "edge_rerank.cloud.logs", "compact", "--log-dir", str(tmp_path)],
+                           capture_output=True, text=True)
+    assert json.loads(again.stdout)["output"] is None  # nothing to merge

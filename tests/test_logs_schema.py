@@ -3,8 +3,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-
-from cloud.logs import CANDIDATE, EVENT, IMPRESSION_SCHEMA, LogSink, read_logs, rows_to_table, table_to_rows
+from edge_rerank.cloud.logs import CANDIDATE, EVENT, IMPRESSION_SCHEMA, LogSink, read_logs, rows_to_table, table_to_rows
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "impression_log_schema.md"
 
@@ -29,7 +28,7 @@ def test_roundtrip_through_parquet(logged_rows, tmp_path):
 
 def test_rows_are_self_consistent(logged_rows):
     """first_exposure_step / click_step point at that item's events; rerank points index into events."""
-    from device_sdk.contracts import EventKind
+    from edge_rerank.device_sdk.contracts import EventKind
 
     for row in logged_rows:
         assert all(0 <= p <= len(row.events) for p in row.rerank_points)

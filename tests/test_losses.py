@@ -3,9 +3,8 @@
 import numpy as np
 import pytest
 import torch
-
-from cloud.training.losses import LOSSES, LambdaLoss, ListNetLoss, PairwiseLogisticLoss
-from cloud.training.metrics import auc
+from edge_rerank.cloud.training.losses import LOSSES, LambdaLoss, ListNetLoss, PairwiseLogisticLoss
+from edge_rerank.cloud.training.metrics import auc
 
 
 def _softplus(x):

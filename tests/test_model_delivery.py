@@ -6,15 +6,14 @@ import shutil
 
 import numpy as np
 import pytest
-
-from cloud.app import CloudConfig
-from cloud.registry import Registry
-from cloud.serve import running_server
-from converters.bundle import write_bundle
-from device_sdk.bundle import MANIFEST, read_bundle
-from device_sdk.features import input_specs
-from device_sdk.model_manager import HttpBundleSource, ModelManager
-from device_sdk.signing import SIGNATURE, generate_keypair, sign_manifest
+from edge_rerank.cloud.app import CloudConfig
+from edge_rerank.cloud.registry import Registry
+from edge_rerank.cloud.serve import running_server
+from edge_rerank.converters.bundle import write_bundle
+from edge_rerank.device_sdk.bundle import MANIFEST, read_bundle
+from edge_rerank.device_sdk.features import input_specs
+from edge_rerank.device_sdk.model_manager import HttpBundleSource, ModelManager
+from edge_rerank.device_sdk.signing import SIGNATURE, generate_keypair, sign_manifest
 
 pytest.importorskip("cryptography")
 

@@ -4,12 +4,11 @@ inputs from simulated logs (max abs diff, Kendall tau, top-5 overlap), for every
 import numpy as np
 import pytest
 import torch
-
-from cloud.training.model import DeviceReranker, ModelConfig, to_tensors
-from converters.numpy_ref.convert import export_numpy
-from converters.validate import validate
-from device_sdk import backends
-from device_sdk.backends import BackendError
+from edge_rerank.cloud.training.model import DeviceReranker, ModelConfig, to_tensors
+from edge_rerank.converters.numpy_ref.convert import export_numpy
+from edge_rerank.converters.validate import validate
+from edge_rerank.device_sdk import backends
+from edge_rerank.device_sdk.backends import BackendError
 
 
 def _torch_scores(model, batch):

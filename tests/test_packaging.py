@@ -10,14 +10,22 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _top(module: str) -> str:
+    """'edge_rerank.cloud.app' -> 'cloud' (the project's package), 'torch.nn' -> 'torch'."""
+    parts = module.split(".")
+    return parts[1] if parts[0] == "edge_rerank" and len(parts) > 1 else parts[0]
+
+
 def _imports(pkg: str) -> set[str]:
     names = set()
     for f in (ROOT / pkg).rglob("*.py"):
         for node in ast.walk(ast.parse(f.read_text())):
             if isinstance(node, ast.Import):
-                names.update(a.name.split(".")[0] for a in node.names)
+                names.update(_top(a.name) for a in node.names)
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names.add(node.module.split(".")[0])
+                names.add(_top(node.module))
+                if node.module == "edge_rerank":
+                    names.update(a.name for a in node.names)
     return names
 
 
@@ -26,16 +34,19 @@ def test_device_sdk_imports_no_torch_cloud_or_simulator():
 
 
 def test_device_sdk_loads_without_torch_in_the_process():
-    code = ("import sys, device_sdk.reranker, device_sdk.model_manager, device_sdk.wire, device_sdk.impression_log;"
-            "bad = [m for m in ('torch', 'cloud', 'simulator', 'pyarrow', 'flask') if m in sys.modules];"
+    code = ("import sys, edge_rerank.device_sdk.reranker, edge_rerank.device_sdk.model_manager, "
+            "edge_rerank.device_sdk.wire, edge_rerank.device_sdk.impression_log;"
+            "bad = [m for m in ('torch', 'edge_rerank.cloud', 'edge_rerank.simulator', 'pyarrow', 'flask') "
+            "if m in sys.modules];"
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_cloud_serving_does_not_import_torch_or_simulator():
-    code = ("import sys, cloud.app, cloud.serve;"
-            "bad = [m for m in ('torch', 'simulator') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    code = ("import sys, edge_rerank.cloud.app, edge_rerank.cloud.serve;"
+            "bad = [m for m in ('torch', 'edge_rerank.simulator') if m in sys.modules]; print(bad);"
+            "sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stdout + r.stderr
 
@@ -59,3 +70,40 @@ def test_ruff_clean():
         pytest.skip("ruff ([dev] extra) not installed")
     r = subprocess.run([str(ruff), "check", "."], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stdout[-3000:]
+
+
+def test_packages_list_covers_every_package_folder():
+    """pyproject lists the packages explicitly (the folders map into the edge_rerank namespace): none forgotten."""
+    import tomllib
+
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(cfg["packages"])
+    found = set()
+    for top in ("edge_rerank", "device_sdk", "cloud", "converters", "compression", "simulator"):
+        for init in (ROOT / top).rglob("__init__.py"):
+            mod = ".".join(init.parent.relative_to(ROOT).parts)
+            found.add(mod if top == "edge_rerank" else f"edge_rerank.{mod}")
+    assert found == listed
+
+
+_SHADOW = """
+import sys, pathlib, tempfile
+d = pathlib.Path(tempfile.mkdtemp())
+for name in ("compression", "cloud", "simulator", "converters", "device_sdk"):
+    (d / name).mkdir()
+    (d / name / "__init__.py").write_text("SHADOW = True")
+sys.path.insert(0, str(d))  # ahead of everything, as the standard library's own `compression` is on 3.14
+import compression  # the shadow (stdlib's on 3.14)
+assert getattr(compression, "SHADOW", False)
+from edge_rerank.compression.presets import PRESETS
+from edge_rerank.device_sdk.reranker import RerankService
+from edge_rerank.simulator.world import World
+print("ok", len(PRESETS))
+"""
+
+
+def test_imports_survive_top_level_names_taken_by_others(tmp_path):
+    """On Python 3.14 the standard library has a top-level `compression` package (PEP 784), and any other
+    distribution may ship `cloud` or `simulator`: ours live under `edge_rerank.` and are not shadowed."""
+    r = subprocess.run([sys.executable, "-c", _SHADOW], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.startswith("ok"), r.stdout + r.stderr

@@ -1,8 +1,8 @@
 """Nothing leaves the device without opt-in: search requests cannot carry feedback, and without opt-in no
 impression log (which holds the session's feedback) is uploaded."""
 
-from device_sdk import wire
-from device_sdk.privacy import PrivacyConfig, outgoing_log_rows
+from edge_rerank.device_sdk import wire
+from edge_rerank.device_sdk.privacy import PrivacyConfig, outgoing_log_rows
 
 
 class RecordingCloud:
@@ -26,9 +26,10 @@ def test_search_requests_have_no_field_that_could_carry_feedback():
 
 
 def test_without_opt_in_a_session_produces_nothing_to_upload(world, inproc_cloud):
+    from edge_rerank.simulator.phone import Phone
+    from edge_rerank.simulator.user_model import UserModel
+
     from edge_rerank.pipeline import simulate_sessions_with_uploads
-    from simulator.phone import Phone
-    from simulator.user_model import UserModel
 
     cloud = RecordingCloud(inproc_cloud)
     off = Phone(UserModel(world), cloud, arm="cloud", privacy=PrivacyConfig())

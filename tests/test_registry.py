@@ -8,13 +8,12 @@ import shutil
 import tarfile
 
 import pytest
-
-from cloud.app import CloudConfig, create_app
-from cloud.registry import Registry, RegistryError, user_bucket
-from converters.bundle import write_bundle
-from device_sdk import wire
-from device_sdk.bundle import read_bundle
-from device_sdk.contracts import Context, SearchRequest
+from edge_rerank.cloud.app import CloudConfig, create_app
+from edge_rerank.cloud.registry import Registry, RegistryError, user_bucket
+from edge_rerank.converters.bundle import write_bundle
+from edge_rerank.device_sdk import wire
+from edge_rerank.device_sdk.bundle import read_bundle
+from edge_rerank.device_sdk.contracts import Context, SearchRequest
 
 PB = "application/x-protobuf"
 ADMIN = {"X-Admin-Key": "adm1n"}

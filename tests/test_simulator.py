@@ -1,12 +1,11 @@
 import numpy as np
-
-from cloud.app import CloudConfig
-from cloud.serve import running_server
-from device_sdk.contracts import SearchRequest
-from simulator.metrics import bootstrap_mean, position_ctr
-from simulator.phone import Phone
-from simulator.transport import HttpCloud
-from simulator.user_model import UserModel, crn_uniform
+from edge_rerank.cloud.app import CloudConfig
+from edge_rerank.cloud.serve import running_server
+from edge_rerank.device_sdk.contracts import SearchRequest
+from edge_rerank.simulator.metrics import bootstrap_mean, position_ctr
+from edge_rerank.simulator.phone import Phone
+from edge_rerank.simulator.transport import HttpCloud
+from edge_rerank.simulator.user_model import UserModel, crn_uniform
 
 
 def test_sessions_are_deterministic_and_independent_of_order(world):
@@ -55,8 +54,8 @@ def test_http_and_in_process_transports_return_identical_pages(cloud_data, inpro
 
 
 def test_device_arm_reranks_only_unseen_items(world, inproc_cloud, bundle_dir):
-    from device_sdk.model_manager import load_model
-    from device_sdk.reranker import RerankService
+    from edge_rerank.device_sdk.model_manager import load_model
+    from edge_rerank.device_sdk.reranker import RerankService
 
     svc = RerankService(load_model(bundle_dir))
     phone = Phone(UserModel(world), inproc_cloud, arm="device", reranker=svc)

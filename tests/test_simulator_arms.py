@@ -3,16 +3,15 @@ position-CTR decay by position and by screen, and identical results across trans
 
 import numpy as np
 import pytest
-
-from cloud.app import CloudConfig
-from cloud.serve import running_server
-from device_sdk.contracts import SearchRequest
-from simulator.ab import paired_delta, run_ab
-from simulator.arms import ArmSpec, build_arm, parse_arms
-from simulator.metrics import position_ctr, session_table
-from simulator.phone import Phone
-from simulator.transport import HttpCloud, InProcessCloud
-from simulator.user_model import UserModel
+from edge_rerank.cloud.app import CloudConfig
+from edge_rerank.cloud.serve import running_server
+from edge_rerank.device_sdk.contracts import SearchRequest
+from edge_rerank.simulator.ab import paired_delta, run_ab
+from edge_rerank.simulator.arms import ArmSpec, build_arm, parse_arms
+from edge_rerank.simulator.metrics import position_ctr, session_table
+from edge_rerank.simulator.phone import Phone
+from edge_rerank.simulator.transport import HttpCloud, InProcessCloud
+from edge_rerank.simulator.user_model import UserModel
 
 
 @pytest.fixture(scope="module")

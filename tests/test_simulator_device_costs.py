@@ -4,10 +4,18 @@ import dataclasses
 
 import numpy as np
 import pytest
+from edge_rerank.device_sdk.budgets import (
+    PROFILES,
+    CostModel,
+    DeviceClock,
+    InferenceCost,
+    compute_ms,
+    energy_mj,
+    get_profile,
+)
+from edge_rerank.device_sdk.contracts import EventKind, FeedbackEvent
+from edge_rerank.device_sdk.heuristic import HeuristicReranker
 
-from device_sdk.budgets import PROFILES, CostModel, DeviceClock, InferenceCost, compute_ms, energy_mj, get_profile
-from device_sdk.contracts import EventKind, FeedbackEvent
-from device_sdk.heuristic import HeuristicReranker
 from tests.conftest import CTX, make_item
 
 

@@ -5,12 +5,11 @@ import dataclasses
 
 import numpy as np
 import pytest
-
-from device_sdk.budgets import PROFILES, DeviceProfile
-from device_sdk.heuristic import HeuristicReranker
-from simulator.ab import Arm, run_ab
-from simulator.phone import Phone, PhoneConfig
-from simulator.user_model import UserModel, UserModelConfig, UserState
+from edge_rerank.device_sdk.budgets import PROFILES, DeviceProfile
+from edge_rerank.device_sdk.heuristic import HeuristicReranker
+from edge_rerank.simulator.ab import Arm, run_ab
+from edge_rerank.simulator.phone import Phone, PhoneConfig
+from edge_rerank.simulator.user_model import UserModel, UserModelConfig, UserState
 
 
 def test_brand_saturation_and_satiation_lower_click_probability(world):
@@ -94,7 +93,7 @@ def test_late_reranks_are_applied_to_unseen_items_or_dropped(world, inproc_cloud
                                                              latency_budget_ms=1e9))
     um = UserModel(world)
     fast = run_ab(um, inproc_cloud, [Arm("h", HeuristicReranker())], 150, seed=9, progress=False)[0]
-    from device_sdk.budgets import CostModel
+    from edge_rerank.device_sdk.budgets import CostModel
 
     arm = Arm("h", HeuristicReranker(), cost_model=CostModel.for_heuristic())
     slow = run_ab(um, inproc_cloud, [arm], 150, seed=9, progress=False,
@@ -110,7 +109,7 @@ def test_late_reranks_are_applied_to_unseen_items_or_dropped(world, inproc_cloud
 
 
 def test_budget_gate_and_busy_time(world, inproc_cloud, monkeypatch):
-    from device_sdk.budgets import CostModel
+    from edge_rerank.device_sdk.budgets import CostModel
 
     monkeypatch.setitem(PROFILES, "test_slow", _slow_profile(flops_per_s=2e4, busy_prob=0.0,
                                                              latency_budget_ms=50.0))
@@ -124,7 +123,7 @@ def test_budget_gate_and_busy_time(world, inproc_cloud, monkeypatch):
 
 
 def test_energy_per_session_follows_the_device_profile(world, inproc_cloud):
-    from device_sdk.budgets import CostModel
+    from edge_rerank.device_sdk.budgets import CostModel
 
     um = UserModel(world)
     arm = Arm("dense", HeuristicReranker(), cost_model=CostModel.for_dense_model(30_000))

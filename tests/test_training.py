@@ -1,8 +1,7 @@
 import numpy as np
 import pytest
 import torch
-
-from cloud.training.metrics import mrr, ndcg_at_k
+from edge_rerank.cloud.training.metrics import mrr, ndcg_at_k
 
 
 def test_ndcg_and_mrr_agree_with_ranx():
@@ -30,8 +29,8 @@ def test_training_beats_cloud_order_offline(trained):
 
 
 def test_training_is_deterministic(samples, fcfg):
-    from cloud.training.data import split_by_session
-    from cloud.training.train import TrainConfig, fit, predict
+    from edge_rerank.cloud.training.data import split_by_session
+    from edge_rerank.cloud.training.train import TrainConfig, fit, predict
 
     train, valid = split_by_session(samples)
     a, _ = fit(train, valid, fcfg, tcfg=TrainConfig(epochs=1, threads=1), progress=False)
@@ -41,8 +40,8 @@ def test_training_is_deterministic(samples, fcfg):
 
 def test_onnx_export_matches_torch_on_real_inputs(trained, bundle_dir):
     """Parity of the ONNX file (onnxruntime) with the torch model on real logged lists."""
-    from converters.validate import validate
-    from device_sdk.model_manager import load_model
+    from edge_rerank.converters.validate import validate
+    from edge_rerank.device_sdk.model_manager import load_model
 
     model, _, valid = trained
     be = load_model(bundle_dir).backend
@@ -62,7 +61,7 @@ def test_onnx_export_matches_torch_on_real_inputs(trained, bundle_dir):
 
 
 def test_checkpoint_roundtrip(trained, tmp_path):
-    from cloud.training.train import load_checkpoint, predict, save_checkpoint
+    from edge_rerank.cloud.training.train import load_checkpoint, predict, save_checkpoint
 
     model, summary, valid = trained
     save_checkpoint(model, tmp_path / "c.pt", summary)
@@ -72,7 +71,7 @@ def test_checkpoint_roundtrip(trained, tmp_path):
 
 
 def test_samples_do_not_depend_on_the_order_logs_were_read(logged_rows, fcfg, samples):
-    from cloud.training.data import build_samples
+    from edge_rerank.cloud.training.data import build_samples
 
     again = build_samples(list(reversed(logged_rows)), fcfg, progress=False)
     assert again.session_ids == samples.session_ids

@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
-
-from cloud.embedding_store.file_store import FileEmbeddingStore
+from edge_rerank.cloud.embedding_store.file_store import FileEmbeddingStore
 
 __all__ = ["EmbeddingStore", "FileEmbeddingStore", "RedisEmbeddingStore", "open_store"]
 
@@ -28,7 +27,7 @@ class EmbeddingStore(Protocol):
 
 def __getattr__(name: str):  # lazy: the redis client is only needed when the Redis store is used
     if name == "RedisEmbeddingStore":
-        from cloud.embedding_store.redis_store import RedisEmbeddingStore
+        from edge_rerank.cloud.embedding_store.redis_store import RedisEmbeddingStore
 
         return RedisEmbeddingStore
     raise AttributeError(name)
@@ -43,7 +42,7 @@ def open_store(kind: str, *, data_dir: str | Path, redis_url: str | None = None,
     if kind == "redis":
         if not redis_url:
             raise ValueError("the redis embedding store needs redis_url (e.g. redis://127.0.0.1:6379/0)")
-        from cloud.embedding_store.redis_store import RedisEmbeddingStore
+        from edge_rerank.cloud.embedding_store.redis_store import RedisEmbeddingStore
 
         return RedisEmbeddingStore(redis_url, prefix=redis_prefix)
     raise ValueError(f"unknown embedding store {kind!r}: 'file' or 'redis'")

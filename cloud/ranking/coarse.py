@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
-
-from device_sdk.contracts import SearchRequest
+from edge_rerank.device_sdk.contracts import SearchRequest
 
 
 @runtime_checkable

@@ -13,14 +13,13 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from cloud.catalog import Catalog
-from cloud.embedding_store import EmbeddingStore
-from cloud.page_codec import encode_items
-from cloud.ranking.coarse import CoarseRanker, PassThroughCoarse
-from cloud.ranking.fine import Ranker
-from cloud.ranking.fusion import FusionPolicy, SingleHead
-from device_sdk.contracts import Context, EmbeddingEncoding, PageItem, SearchPage, SearchRequest
+from edge_rerank.cloud.catalog import Catalog
+from edge_rerank.cloud.embedding_store import EmbeddingStore
+from edge_rerank.cloud.page_codec import encode_items
+from edge_rerank.cloud.ranking.coarse import CoarseRanker, PassThroughCoarse
+from edge_rerank.cloud.ranking.fine import Ranker
+from edge_rerank.cloud.ranking.fusion import FusionPolicy, SingleHead
+from edge_rerank.device_sdk.contracts import Context, EmbeddingEncoding, PageItem, SearchPage, SearchRequest
 
 _MAX_ENCODED_PAGES = 16  # encoded pages kept per cached ranking (page index x size x encoding)
 

@@ -17,16 +17,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from edge_rerank.cloud.catalog import load_catalog
+from edge_rerank.cloud.embedding_store import FileEmbeddingStore
+from edge_rerank.cloud.ranking.fine import FEATURES, FineRanker, default_ranker_weights
+from edge_rerank.cloud.ranking.pipeline import SearchPipeline
+from edge_rerank.cloud.training.losses import LOSSES
+from edge_rerank.cloud.training.metrics import ndcg_at_k
+from edge_rerank.device_sdk.contracts import Context, ImpressionRow
 from torch import nn
 from tqdm.auto import tqdm
-
-from cloud.catalog import load_catalog
-from cloud.embedding_store import FileEmbeddingStore
-from cloud.ranking.fine import FEATURES, FineRanker, default_ranker_weights
-from cloud.ranking.pipeline import SearchPipeline
-from cloud.training.losses import LOSSES
-from cloud.training.metrics import ndcg_at_k
-from device_sdk.contracts import Context, ImpressionRow
 
 
 class CloudFeaturizer:

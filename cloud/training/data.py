@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import numpy as np
+from edge_rerank.device_sdk.contracts import Context, ImpressionRow
+from edge_rerank.device_sdk.features import FeatureBuilder, FeatureConfig, stack_batch
 from tqdm.auto import tqdm
-
-from device_sdk.contracts import Context, ImpressionRow
-from device_sdk.features import FeatureBuilder, FeatureConfig, stack_batch
 
 S = TypeVar("S")
 

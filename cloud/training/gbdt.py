@@ -8,9 +8,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-
-from cloud.training.data import Samples
-from device_sdk.features.operators import N_CATEGORICAL_TABLE_COLUMNS, candidate_table
+from edge_rerank.cloud.training.data import Samples
+from edge_rerank.device_sdk.features.operators import N_CATEGORICAL_TABLE_COLUMNS, candidate_table
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
-
-from cloud.training.cloud_ranker import (
+from edge_rerank.cloud.training.cloud_ranker import (
     CloudFeaturizer,
     CloudRanker,
     CloudRankerConfig,
@@ -30,12 +28,13 @@ from cloud.training.cloud_ranker import (
     page_lists,
     save_cloud_ranker,
 )
-from cloud.training.data import Samples
-from cloud.training.losses import LOSSES
-from cloud.training.model import DeviceReranker, ModelConfig, n_params, to_tensors
-from cloud.training.train import TrainConfig, cloud_order_scores, evaluate, fit, fit_loop, save_checkpoint
-from device_sdk.contracts import ImpressionRow
-from device_sdk.features import FeatureConfig
+from edge_rerank.cloud.training.data import Samples
+from edge_rerank.cloud.training.losses import LOSSES
+from edge_rerank.cloud.training.model import DeviceReranker, ModelConfig, n_params, to_tensors
+from edge_rerank.cloud.training.train import TrainConfig, cloud_order_scores, evaluate, fit, fit_loop, save_checkpoint
+from edge_rerank.device_sdk.contracts import ImpressionRow
+from edge_rerank.device_sdk.features import FeatureConfig
+from torch import nn
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-from converters.specs import ExportSpec, ToolchainMissing
+from edge_rerank.converters.specs import ExportSpec, ToolchainMissing
 
 # MIL ops the device reranker lowers to (coremltools 9, torch.jit.trace frontend). Anything else means the
 # model or the toolchain changed: review it (e.g. an op without Neural Engine support) before shipping.

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from converters.specs import ToolchainMissing
+from edge_rerank.converters.specs import ToolchainMissing
 
 # the extension returns a truthy value on success: success is read from its output and the written file
 _CONVERT = "import sys, _tools; _tools.mnnconvert(sys.argv)"

@@ -7,8 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-
-from device_sdk.backends.numpy_backend import CONFIG_KEY
+from edge_rerank.device_sdk.backends.numpy_backend import CONFIG_KEY
 
 
 def export_numpy(model, path: str | Path) -> Path:

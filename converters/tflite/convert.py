@@ -10,8 +10,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-
-from converters.specs import ExportSpec, ToolchainMissing
+from edge_rerank.converters.specs import ExportSpec, ToolchainMissing
 
 SIGNATURE = "serving_default"
 

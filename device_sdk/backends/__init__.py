@@ -59,9 +59,9 @@ def create(name: str, model_path: str | Path, *, threads: int = 1) -> Backend:
 
 
 # Registration is cheap: each module imports its runtime only when a backend is created.
-from device_sdk.backends import coreml_backend as _coreml  # noqa: E402,F401
-from device_sdk.backends import lightgbm_backend as _lgbm  # noqa: E402,F401
-from device_sdk.backends import litert_backend as _litert  # noqa: E402,F401
-from device_sdk.backends import mnn_backend as _mnn  # noqa: E402,F401
-from device_sdk.backends import numpy_backend as _numpy  # noqa: E402,F401
-from device_sdk.backends import onnxruntime_backend as _ort  # noqa: E402,F401
+from edge_rerank.device_sdk.backends import coreml_backend as _coreml  # noqa: E402,F401
+from edge_rerank.device_sdk.backends import lightgbm_backend as _lgbm  # noqa: E402,F401
+from edge_rerank.device_sdk.backends import litert_backend as _litert  # noqa: E402,F401
+from edge_rerank.device_sdk.backends import mnn_backend as _mnn  # noqa: E402,F401
+from edge_rerank.device_sdk.backends import numpy_backend as _numpy  # noqa: E402,F401
+from edge_rerank.device_sdk.backends import onnxruntime_backend as _ort  # noqa: E402,F401

@@ -12,8 +12,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-
-from device_sdk.backends import BackendError, batch_size, register
+from edge_rerank.device_sdk.backends import BackendError, batch_size, register
 
 
 def _extract(zip_path: Path, into: Path) -> Path:

@@ -7,9 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
-from device_sdk.backends import BackendError, register
-from device_sdk.features.operators import candidate_table
+from edge_rerank.device_sdk.backends import BackendError, register
+from edge_rerank.device_sdk.features.operators import candidate_table
 
 
 @register("lightgbm", "lightgbm")

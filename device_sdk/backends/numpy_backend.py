@@ -13,8 +13,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-
-from device_sdk.backends import BackendError, register
+from edge_rerank.device_sdk.backends import BackendError, register
 
 NEG = -1e4
 CONFIG_KEY = "__model_config__"

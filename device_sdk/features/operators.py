@@ -10,9 +10,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from device_sdk.contracts import Context, ContractError, EventKind, FeedbackEvent, PageItem
-from device_sdk.features.config import FeatureConfig
+from edge_rerank.device_sdk.contracts import Context, ContractError, EventKind, FeedbackEvent, PageItem
+from edge_rerank.device_sdk.features.config import FeatureConfig
 
 FIELDS = ("category", "brand", "price_level")
 SEQUENCES = ("click", "skip")
