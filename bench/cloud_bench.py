@@ -36,12 +36,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from loadgen import run_load, run_wrk, write_bodies  # noqa: E402
+
 from edge_rerank.cloud.app import CloudConfig  # noqa: E402
 from edge_rerank.cloud.embedding_store import FileEmbeddingStore  # noqa: E402
 from edge_rerank.cloud.serve import server_process  # noqa: E402
 from edge_rerank.device_sdk import wire  # noqa: E402
 from edge_rerank.device_sdk.contracts import Context, SearchRequest  # noqa: E402
-from loadgen import run_load, run_wrk, write_bodies  # noqa: E402
 
 PB = "application/x-protobuf"
 
@@ -122,9 +123,8 @@ def _churn(url: str, admin: str, versions: list[str], stop: threading.Event, per
 
 
 def bench_http(args, tmp: Path) -> dict:
-    from edge_rerank.simulator.world import World, WorldConfig
-
     from edge_rerank.pipeline import feature_config_for
+    from edge_rerank.simulator.world import World, WorldConfig
 
     wcfg = WorldConfig(seed=0)
     world = World(wcfg)

@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     if rc:
         return rc
     import numpy as np
+
     from edge_rerank.cloud.logs import read_logs
     from edge_rerank.cloud.training.data import build_samples, split_by_session
     from edge_rerank.cloud.training.train import load_checkpoint

@@ -19,17 +19,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from edge_rerank.ablation import _simulate_rows
 from edge_rerank.cloud.training.data import build_samples, split_by_session
 from edge_rerank.cloud.training.train import TrainConfig, evaluate, fit, predict
 from edge_rerank.compression.distill import STUDENT_PRESETS, distill, kendall_tau_lists
 from edge_rerank.compression.prune import magnitude_prune
 from edge_rerank.compression.sizes import gzip_size
 from edge_rerank.converters.onnx.convert import export_onnx
+from edge_rerank.pipeline import feature_config_for
 from edge_rerank.simulator.transport import InProcessCloud
 from edge_rerank.simulator.world import World, WorldConfig
-
-from edge_rerank.ablation import _simulate_rows
-from edge_rerank.pipeline import feature_config_for
 
 PRUNE = (("global", 0.5), ("global", 0.7), ("global", 0.9), ("layer", 0.7), ("layer", 0.9))
 

@@ -18,12 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
+
 from edge_rerank.cloud.training.data import build_samples, split_by_session
 from edge_rerank.cloud.training.train import TrainConfig, fit, load_checkpoint
 from edge_rerank.converters.export import export_formats
 from edge_rerank.converters.specs import FORMATS
 from edge_rerank.device_sdk.model_manager import load_model
-from tqdm import tqdm
 
 
 def _data(a):
@@ -33,11 +34,10 @@ def _data(a):
         model, summary = load_checkpoint(a.checkpoint)
         samples = build_samples(read_logs(a.logs), model.fcfg, progress=True)
         return model, summary, split_by_session(samples)[1]
-    from edge_rerank.simulator.transport import InProcessCloud
-    from edge_rerank.simulator.world import World, WorldConfig
-
     from edge_rerank.ablation import _simulate_rows
     from edge_rerank.pipeline import feature_config_for
+    from edge_rerank.simulator.transport import InProcessCloud
+    from edge_rerank.simulator.world import World, WorldConfig
 
     wcfg = WorldConfig(seed=0)
     world = World(wcfg)

@@ -101,6 +101,7 @@ def main() -> None:
     a = p.parse_args()
 
     import torch
+
     from edge_rerank.cloud.training.model import DeviceReranker, ModelConfig
     from edge_rerank.converters.export import convert
     from edge_rerank.converters.numpy_ref.convert import export_numpy
@@ -108,9 +109,8 @@ def main() -> None:
     from edge_rerank.device_sdk import backends
     from edge_rerank.device_sdk.features import FeatureBuilder, stack_batch
     from edge_rerank.device_sdk.reranker import reinsert
-    from edge_rerank.simulator.world import World, WorldConfig
-
     from edge_rerank.pipeline import feature_config_for
+    from edge_rerank.simulator.world import World, WorldConfig
 
     torch.set_num_threads(1)
     wcfg = WorldConfig(seed=0)

@@ -30,7 +30,6 @@ from edge_rerank.simulator.world import World, WorldConfig  # noqa: E402
 def train_bundle(world: World, cloud, out: Path, n_sessions: int, epochs: int, seed: int) -> tuple[Path, dict]:
     from edge_rerank.cloud.training.data import build_samples, split_by_session
     from edge_rerank.cloud.training.train import TrainConfig, fit
-
     from edge_rerank.pipeline import export_bundle, feature_config_for
 
     fcfg = feature_config_for(world.cfg)

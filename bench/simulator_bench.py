@@ -45,9 +45,8 @@ def small_bundle(world: World, cloud, out: Path) -> Path:
     """Train a small device model on cloud-only logs (2 epochs) and export its ONNX bundle."""
     from edge_rerank.cloud.training.data import build_samples, split_by_session
     from edge_rerank.cloud.training.train import TrainConfig, fit
-    from edge_rerank.simulator.phone import Phone
-
     from edge_rerank.pipeline import export_bundle, feature_config_for
+    from edge_rerank.simulator.phone import Phone
 
     fcfg = feature_config_for(world.cfg)
     phone = Phone(UserModel(world), cloud, arm="cloud")
@@ -60,6 +59,7 @@ def small_bundle(world: World, cloud, out: Path) -> Path:
 
 def ray_scaling(world_cfg: WorldConfig, data_dir: str, n: int, workers: list[int], seed: int) -> dict:
     import ray
+
     from edge_rerank.simulator.distributed import TransportSpec, run_ab_ray
 
     ray.init(num_cpus=max(workers), include_dashboard=False, log_to_driver=False)

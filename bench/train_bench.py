@@ -15,14 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from edge_rerank.ablation import BASE_OPS, _simulate_rows
 from edge_rerank.cloud.training.data import build_samples
 from edge_rerank.cloud.training.losses import LOSSES
 from edge_rerank.cloud.training.model import DeviceReranker, ModelConfig, to_tensors
+from edge_rerank.pipeline import feature_config_for
 from edge_rerank.simulator.transport import InProcessCloud
 from edge_rerank.simulator.world import World, WorldConfig
-
-from edge_rerank.ablation import BASE_OPS, _simulate_rows
-from edge_rerank.pipeline import feature_config_for
 
 
 def lists_per_s(model: DeviceReranker, samples, batch: int, steps: int, loss: str) -> float:

@@ -13,6 +13,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, send_file
+from google.protobuf import json_format
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
 from edge_rerank.cloud import metrics
 from edge_rerank.cloud.catalog import load_catalog
 from edge_rerank.cloud.embedding_store import open_store
@@ -23,9 +27,6 @@ from edge_rerank.cloud.registry import Registry, RegistryError, user_bucket
 from edge_rerank.device_sdk import wire
 from edge_rerank.device_sdk.bundle import BundleError
 from edge_rerank.device_sdk.contracts import ContractError, EmbeddingEncoding
-from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, send_file
-from google.protobuf import json_format
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 log = logging.getLogger(__name__)
 

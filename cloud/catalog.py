@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from edge_rerank.cloud.embedding_store import FileEmbeddingStore
 
 ITEM_FIELDS = ("item_id", "category", "brand", "price_level", "lat", "lon", "quality", "popularity")

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
 from edge_rerank.device_sdk.contracts import (
     Context,
     EventKind,

@@ -5,6 +5,7 @@ page at once with numpy instead of item by item."""
 from __future__ import annotations
 
 import numpy as np
+
 from edge_rerank.device_sdk import wire
 from edge_rerank.device_sdk.contracts import ContractError, EmbeddingEncoding
 

@@ -15,9 +15,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
+
 from edge_rerank.compression.methods import Context, Method, all_methods
 from edge_rerank.compression.sizes import file_size, gzip_size
-from tqdm import tqdm
 
 OK, UNAVAILABLE, FAILED = "ok", "unavailable", "failed"
 REFERENCE = "onnx-fp32"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
 from edge_rerank.cloud.training.data import Samples
 from edge_rerank.cloud.training.losses import LOSSES, PAD
 from edge_rerank.cloud.training.model import DeviceReranker, ModelConfig, n_params, to_tensors

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
 from edge_rerank.device_sdk.contracts import EmbeddingEncoding, PackedEmbedding
 
 EMB_INPUTS = ("cand_emb", "seq_emb")

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from edge_rerank.compression.coreml_compress import CORE_ML, MIL_NUMPY
 
 FORMAT_RUNTIME = {"tflite": "litert", "coreml": "coreml", "mnn": "mnn"}

@@ -32,6 +32,7 @@ def quantize_mnn_weights(onnx_fp32: str | Path, out_path: str | Path, *, bits: i
 def verify_mnn(path: str | Path) -> None:
     """Load `path` in the ``mnn`` backend and score one zero-filled list of the file's own input shapes."""
     import numpy as np
+
     from edge_rerank.device_sdk import backends
 
     try:

@@ -87,6 +87,7 @@ def run_preset(name: str | Preset, model, train, valid, out: str | Path, *, n_li
     `fp32_onnx`: the model's fp32 ONNX export when the caller already has one (else it is exported here).
     Raises :class:`BudgetExceeded` (and writes no bundle) when a limit is broken."""
     import numpy as np
+
     from edge_rerank.compression.benchmark import REFERENCE, evaluate, score_lists
     from edge_rerank.compression.methods import Context, get_method
     from edge_rerank.compression.sizes import file_size

@@ -28,12 +28,13 @@ import copy
 from dataclasses import replace
 
 import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
 from edge_rerank.cloud.training.data import Samples
 from edge_rerank.cloud.training.losses import LOSSES
 from edge_rerank.cloud.training.model import DeviceReranker, n_params
 from edge_rerank.cloud.training.train import TrainConfig, evaluate, fit_loop, label_step, predict
-from torch import nn
-from torch.nn.utils import parametrize
 
 SCOPES = ("global", "layer")
 

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from edge_rerank.converters.bundle import write_bundle
 from edge_rerank.converters.specs import FORMATS, MODEL_FILES, ExportSpec, ToolchainMissing, get_spec
 from edge_rerank.converters.validate import ValidationReport, validate, validation_inputs

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from edge_rerank.device_sdk.features import FeatureConfig, input_specs
 
 FORMATS = ("onnx", "tflite", "coreml", "mnn")

@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+
 from edge_rerank.device_sdk.contracts import EventKind, FeedbackEvent
 
 

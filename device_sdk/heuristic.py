@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
 from edge_rerank.device_sdk.contracts import Context, EventKind, FeedbackEvent, PageItem
 from edge_rerank.device_sdk.reranker import RerankResult, reinsert
 

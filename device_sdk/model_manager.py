@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+
 from edge_rerank.device_sdk import backends
 from edge_rerank.device_sdk.backends import Backend, BackendError
 from edge_rerank.device_sdk.bundle import MANIFEST, Bundle, BundleError, Manifest, read_bundle

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from edge_rerank.device_sdk.contracts import Context, FeedbackEvent, PageItem
 from edge_rerank.device_sdk.features.operators import FeatureBuilder
 from edge_rerank.device_sdk.model_manager import LoadedModel

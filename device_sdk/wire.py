@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+from google.protobuf.message import DecodeError, Message
+
 from edge_rerank.device_sdk._proto import edge_rerank_pb2 as pb
 from edge_rerank.device_sdk.contracts import (
     Context,
@@ -17,7 +19,6 @@ from edge_rerank.device_sdk.contracts import (
     SearchPage,
     SearchRequest,
 )
-from google.protobuf.message import DecodeError, Message
 
 __all__ = ["pb", "parse", "request_to_proto", "request_from_proto", "page_to_proto", "page_from_proto",
            "event_to_proto", "event_from_proto", "impression_to_proto", "impression_from_proto",

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from edge_rerank.device_sdk.budgets import CostModel
 from edge_rerank.device_sdk.contracts import Context, FeedbackEvent, PageItem
 from edge_rerank.device_sdk.heuristic import HeuristicReranker

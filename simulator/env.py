@@ -16,6 +16,7 @@ Needs the ``[sim]`` extra (gymnasium).
 from __future__ import annotations
 
 import numpy as np
+
 from edge_rerank.device_sdk.contracts import EventKind
 from edge_rerank.simulator.phone import Phone, PhoneConfig, PhoneSession
 from edge_rerank.simulator.transport import CloudTransport

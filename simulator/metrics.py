@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
 from edge_rerank.simulator.phone import SessionOutcome
 
 

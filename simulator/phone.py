@@ -26,6 +26,7 @@ from statistics import NormalDist
 from typing import NamedTuple
 
 import numpy as np
+
 from edge_rerank.device_sdk.budgets import CostModel, DeviceClock, get_profile
 from edge_rerank.device_sdk.contracts import (
     EventKind,

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+
 from edge_rerank.simulator.ab import ArmResult, paired_delta, position_curves
 from edge_rerank.simulator.metrics import position_ctr
 

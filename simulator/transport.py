@@ -6,6 +6,7 @@ from typing import Protocol
 
 import numpy as np
 import requests
+
 from edge_rerank.device_sdk import wire
 from edge_rerank.device_sdk.contracts import ImpressionRow, SearchPage, SearchRequest
 

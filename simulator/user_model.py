@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from statistics import NormalDist
 
 import numpy as np
+
 from edge_rerank.simulator.world import SessionSpec, World
 
 _MASK = (1 << 64) - 1

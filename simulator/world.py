@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from edge_rerank.device_sdk.contracts import Context
 
 CATEGORY_QUERIES = ("hotpot", "noodles", "sushi", "bbq", "cafe", "bakery", "pizza", "burger", "dim sum",

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings
+
 from edge_rerank.device_sdk.contracts import Context, EventKind, FeedbackEvent, PageItem
 from edge_rerank.device_sdk.features import FeatureConfig
 from edge_rerank.simulator.world import World, WorldConfig
-from hypothesis import settings
 
 # deterministic property tests: the same examples on every run and machine
 settings.register_profile("edge-rerank", derandomize=True, deadline=None, print_blob=True)

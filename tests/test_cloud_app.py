@@ -2,12 +2,13 @@ import os
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from edge_rerank.cloud.app import CloudConfig, create_app
 from edge_rerank.cloud.logs import read_logs
 from edge_rerank.device_sdk import wire
 from edge_rerank.device_sdk.contracts import Context, SearchRequest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 PB = "application/x-protobuf"
 

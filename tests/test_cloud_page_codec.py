@@ -3,13 +3,14 @@ same message as the reference ``device_sdk.wire.page_to_proto``."""
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
 from edge_rerank.cloud.app import CloudConfig, create_app
 from edge_rerank.cloud.page_codec import pack_rows
 from edge_rerank.device_sdk import wire
 from edge_rerank.device_sdk.contracts import Context, EmbeddingEncoding, PackedEmbedding, SearchRequest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from hypothesis.extra.numpy import arrays
 
 
 @pytest.mark.parametrize("encoding", ["fp16", "int8"])

@@ -5,6 +5,7 @@ import shutil
 
 import numpy as np
 import pytest
+
 from edge_rerank.cloud.app import CloudConfig, create_app
 from edge_rerank.cloud.ranking.fine import FEATURES, FineRanker, OnnxFineRanker, Ranker, RankerError, load_ranker
 from edge_rerank.device_sdk import wire

@@ -7,11 +7,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import requests
+from prometheus_client.parser import text_string_to_metric_families
+
 from edge_rerank.cloud.app import CloudConfig
 from edge_rerank.cloud.serve import server_process
 from edge_rerank.device_sdk import wire
 from edge_rerank.device_sdk.contracts import Context, SearchRequest
-from prometheus_client.parser import text_string_to_metric_families
 
 PB = {"Content-Type": "application/x-protobuf", "Accept": "application/x-protobuf"}
 

@@ -6,14 +6,15 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
 from edge_rerank.compression.benchmark import MethodResult, SimulationSetup, pareto_front, run_benchmark
 from edge_rerank.compression.embedding_rows import page_bytes, roundtrip_rows, row_quant_report
 from edge_rerank.compression.presets import PRESETS, Budget, BudgetExceeded, Preset, check_budget, run_preset
 from edge_rerank.compression.split import split_report
 from edge_rerank.device_sdk.contracts import EmbeddingEncoding
-from hypothesis import given
-from hypothesis import strategies as st
-from hypothesis.extra.numpy import arrays
 
 ONNX_QUANT = ["onnx-fp32", "onnx-fp16", "onnx-int8-dynamic-quint8", "onnx-int8-dynamic-qint8",
               "onnx-int8-dynamic-qint8-rr", "onnx-int8-static"]
@@ -23,7 +24,6 @@ OTHER_FORMATS = ["mnn-int8-weight", "coreml-int8-linear"]
 @pytest.fixture(scope="module")
 def bench(trained, samples, tmp_path_factory):
     from edge_rerank.cloud.training.data import split_by_session
-
     from tests.conftest import WCFG
 
     model, _, valid = trained
@@ -165,10 +165,10 @@ def test_simulated_cost_follows_parameters_not_file_bytes(bench):
 
 def test_compress_cli_preset_passes_or_fails_with_reasons(trained, logged_rows, tmp_path, capsys, monkeypatch):
     import pyarrow.parquet as pq
-    from edge_rerank.cloud.logs import rows_to_table
-    from edge_rerank.cloud.training.train import save_checkpoint
 
     from edge_rerank.cli import main
+    from edge_rerank.cloud.logs import rows_to_table
+    from edge_rerank.cloud.training.train import save_checkpoint
 
     model, summary, _ = trained
     pq.write_table(rows_to_table(logged_rows), tmp_path / "logs.parquet")

@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+
 from edge_rerank.compression.formats import METHODS, FormatContext, get_method, measure, to_markdown, unavailable_reason
 from edge_rerank.converters.validate import validation_inputs
 
@@ -124,6 +125,7 @@ def test_full_int8_keeps_the_float_interface(ctx, calibration, tmp_path):
 
 def test_coreml_fp32_program_from_disk_matches_torch(trained, ctx, lists, tmp_path):
     import torch
+
     from edge_rerank.compression.coreml_compress import coreml_scores, package_size
     from edge_rerank.converters.coreml.convert import zip_package
 
@@ -167,6 +169,7 @@ def test_constexpr_formulas_against_numpy_and_coremltools():
     from coremltools.converters.mil.mil.ops.defs.iOS18.compression import constexpr_blockwise_shift_scale as ct_bss
     from coremltools.converters.mil.mil.ops.defs.iOS18.compression import constexpr_lut_to_dense as ct_lut18
     from coremltools.optimize._utils import pack_elements_into_bits
+
     from edge_rerank.converters.coreml.mil_eval import (
         constexpr_affine_dequantize,
         constexpr_blockwise_shift_scale,
@@ -254,8 +257,9 @@ def test_ios18_compressed_programs_evaluate_like_coremltools(trained, lists, tmp
     """An iOS18 target turns linear int8 into constexpr_blockwise_shift_scale and palettes into the iOS18
     constexpr_lut_to_dense: mil_eval must agree with coremltools' materialization there too."""
     pytest.importorskip("coremltools")
-    import edge_rerank.converters.coreml.convert as cc
     import torch
+
+    import edge_rerank.converters.coreml.convert as cc
     from edge_rerank.compression.coreml_compress import compress_coreml, coreml_scores
     from edge_rerank.compression.formats import compare
     from edge_rerank.converters.coreml.mil_eval import OPS, load_program

@@ -9,6 +9,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+
 from edge_rerank.cloud.training.losses import LambdaLoss
 from edge_rerank.cloud.training.model import DeviceReranker, ModelConfig, n_params
 from edge_rerank.cloud.training.train import TrainConfig, evaluate, fit, predict

@@ -1,5 +1,9 @@
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
 from edge_rerank.device_sdk import wire
 from edge_rerank.device_sdk.contracts import (
     Context,
@@ -13,10 +17,6 @@ from edge_rerank.device_sdk.contracts import (
     SearchPage,
     SearchRequest,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from hypothesis.extra.numpy import arrays
-
 from tests.conftest import make_item
 
 finite = st.floats(-60000, 60000, allow_nan=False, allow_infinity=False, width=32)

@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+
 from edge_rerank.converters.specs import FORMATS, ExportSpec, ToolchainMissing, get_spec
 from edge_rerank.converters.validate import validate, validation_inputs
 from edge_rerank.device_sdk.backends import BackendError
@@ -187,6 +188,7 @@ def test_coreml_converted_program_matches_torch_off_macos(exported, spec):
 def test_mil_evaluation_detects_a_wrong_program(trained, spec, tmp_path):
     """A program converted from a different (untrained) model must fail against the trained model."""
     import torch
+
     from edge_rerank.cloud.training.model import DeviceReranker
     from edge_rerank.converters.coreml.convert import export_coreml
     from edge_rerank.converters.coreml.mil_eval import MILEvaluator
@@ -247,11 +249,11 @@ def test_missing_toolchains_give_clear_errors(trained, spec, tmp_path, monkeypat
 
 def test_export_cli_writes_bundle_and_parity_table(trained, logged_rows, tmp_path, capsys):
     import pyarrow.parquet as pq
+
+    from edge_rerank.cli import main
     from edge_rerank.cloud.logs import rows_to_table
     from edge_rerank.cloud.training.train import save_checkpoint
     from edge_rerank.device_sdk.model_manager import load_model
-
-    from edge_rerank.cli import main
 
     model, summary, _ = trained
     pq.write_table(rows_to_table(logged_rows), tmp_path / "logs.parquet")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from edge_rerank.converters.coreml.mil_eval import OPS, UnsupportedOp, _gather
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+
+from edge_rerank.converters.coreml.mil_eval import OPS, UnsupportedOp, _gather
 
 floats = st.floats(-1e3, 1e3, width=32, allow_nan=False)
 

@@ -2,6 +2,7 @@ import time
 
 import numpy as np
 import pytest
+
 from edge_rerank.device_sdk import backends
 from edge_rerank.device_sdk.backends import BackendError
 from edge_rerank.device_sdk.bundle import BundleError, read_bundle
@@ -10,7 +11,6 @@ from edge_rerank.device_sdk.feedback_store import FeedbackStore
 from edge_rerank.device_sdk.model_manager import LoadedModel, ModelManager, load_model
 from edge_rerank.device_sdk.reranker import RerankService, reinsert
 from edge_rerank.device_sdk.triggers import TriggerConfig, TriggerPolicy
-
 from tests.conftest import CTX, make_events, make_item
 
 

@@ -3,10 +3,11 @@ Redis (a real redis-server on loopback, started here; skipped only if the binary
 
 import numpy as np
 import pytest
-from edge_rerank.cloud.embedding_store import EmbeddingStore, FileEmbeddingStore, open_store
-from edge_rerank.cloud.embedding_store.redis_server import redis_server_binary, running_redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from edge_rerank.cloud.embedding_store import EmbeddingStore, FileEmbeddingStore, open_store
+from edge_rerank.cloud.embedding_store.redis_server import redis_server_binary, running_redis
 
 DIM = 8
 RNG = np.random.default_rng(3)

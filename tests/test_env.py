@@ -6,8 +6,9 @@ import pytest
 
 gym = pytest.importorskip("gymnasium")
 
-from edge_rerank.simulator.env import PhoneSessionEnv  # noqa: E402
 from gymnasium.utils.env_checker import check_env  # noqa: E402
+
+from edge_rerank.simulator.env import PhoneSessionEnv  # noqa: E402
 
 
 @pytest.fixture(scope="module")

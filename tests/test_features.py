@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
-from edge_rerank.device_sdk.contracts import Context, EventKind, FeedbackEvent
-from edge_rerank.device_sdk.features import FeatureBuilder, FeatureConfig, FeatureError, input_specs
-from edge_rerank.device_sdk.features.operators import compile_op, split_feedback
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from edge_rerank.device_sdk.contracts import Context, EventKind, FeedbackEvent
+from edge_rerank.device_sdk.features import FeatureBuilder, FeatureConfig, FeatureError, input_specs
+from edge_rerank.device_sdk.features.operators import compile_op, split_feedback
 from tests.conftest import CTX, make_events, make_item
 
 
@@ -161,6 +161,7 @@ def test_training_and_device_features_are_bit_identical(logged_rows, fcfg, tmp_p
     """Training builds features from logs after a Parquet round trip; the device builds them from its live
     page and events. Same operators, same inputs -> identical bytes."""
     import pyarrow.parquet as pq
+
     from edge_rerank.cloud.logs import read_logs, rows_to_table
     from edge_rerank.cloud.training.data import samples_from_row
 

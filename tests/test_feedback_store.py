@@ -8,10 +8,11 @@ import sys
 import time
 
 import numpy as np
-from edge_rerank.device_sdk.contracts import EventKind, FeedbackEvent
-from edge_rerank.device_sdk.feedback_store import FeedbackStore, SQLiteFeedbackStore
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from edge_rerank.device_sdk.contracts import EventKind, FeedbackEvent
+from edge_rerank.device_sdk.feedback_store import FeedbackStore, SQLiteFeedbackStore
 
 
 def _event(k: int, ts: int | None = None, emb: bool = True) -> FeedbackEvent:

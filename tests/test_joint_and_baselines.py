@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+
 from edge_rerank.cloud.training.cloud_ranker import CloudFeaturizer, CloudRanker, export_cloud_ranker_onnx, page_lists
 from edge_rerank.cloud.training.data import split_by_session
 from edge_rerank.cloud.training.joint import JointModel, cloud_features_for, with_cloud_outputs
@@ -87,10 +88,10 @@ def test_lightgbm_baseline_runs_through_the_device_rerank_path(samples, fcfg, tm
 
 def test_train_cli_joint_from_parquet_logs(logged_rows, fcfg, cloud_data, tmp_path):
     import pyarrow.parquet as pq
-    from edge_rerank.cloud.logs import rows_to_table
-    from edge_rerank.cloud.training.train import load_checkpoint
 
     from edge_rerank.cli import main
+    from edge_rerank.cloud.logs import rows_to_table
+    from edge_rerank.cloud.training.train import load_checkpoint
 
     pq.write_table(rows_to_table(logged_rows), tmp_path / "logs.parquet")
     fcfg.save(tmp_path / "features.json")

@@ -9,6 +9,7 @@ import time
 
 import pyarrow.parquet as pq
 import requests
+
 from edge_rerank.cloud.app import CloudConfig
 from edge_rerank.cloud.logs import IMPRESSION_SCHEMA, LogSink, compact_logs, live_log_files, read_logs
 from edge_rerank.cloud.serve import server_process

@@ -3,6 +3,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+
 from edge_rerank.cloud.logs import CANDIDATE, EVENT, IMPRESSION_SCHEMA, LogSink, read_logs, rows_to_table, table_to_rows
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "impression_log_schema.md"

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+
 from edge_rerank.cloud.training.losses import LOSSES, LambdaLoss, ListNetLoss, PairwiseLogisticLoss
 from edge_rerank.cloud.training.metrics import auc
 

@@ -6,6 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
+
 from edge_rerank.cloud.app import CloudConfig
 from edge_rerank.cloud.registry import Registry
 from edge_rerank.cloud.serve import running_server

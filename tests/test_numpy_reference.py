@@ -4,6 +4,7 @@ inputs from simulated logs (max abs diff, Kendall tau, top-5 overlap), for every
 import numpy as np
 import pytest
 import torch
+
 from edge_rerank.cloud.training.model import DeviceReranker, ModelConfig, to_tensors
 from edge_rerank.converters.numpy_ref.convert import export_numpy
 from edge_rerank.converters.validate import validate

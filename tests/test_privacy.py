@@ -26,10 +26,9 @@ def test_search_requests_have_no_field_that_could_carry_feedback():
 
 
 def test_without_opt_in_a_session_produces_nothing_to_upload(world, inproc_cloud):
+    from edge_rerank.pipeline import simulate_sessions_with_uploads
     from edge_rerank.simulator.phone import Phone
     from edge_rerank.simulator.user_model import UserModel
-
-    from edge_rerank.pipeline import simulate_sessions_with_uploads
 
     cloud = RecordingCloud(inproc_cloud)
     off = Phone(UserModel(world), cloud, arm="cloud", privacy=PrivacyConfig())

@@ -8,6 +8,7 @@ import shutil
 import tarfile
 
 import pytest
+
 from edge_rerank.cloud.app import CloudConfig, create_app
 from edge_rerank.cloud.registry import Registry, RegistryError, user_bucket
 from edge_rerank.converters.bundle import write_bundle

@@ -1,4 +1,5 @@
 import numpy as np
+
 from edge_rerank.cloud.app import CloudConfig
 from edge_rerank.cloud.serve import running_server
 from edge_rerank.device_sdk.contracts import SearchRequest

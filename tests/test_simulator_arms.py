@@ -3,6 +3,7 @@ position-CTR decay by position and by screen, and identical results across trans
 
 import numpy as np
 import pytest
+
 from edge_rerank.cloud.app import CloudConfig
 from edge_rerank.cloud.serve import running_server
 from edge_rerank.device_sdk.contracts import SearchRequest

@@ -4,6 +4,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+
 from edge_rerank.device_sdk.budgets import (
     PROFILES,
     CostModel,
@@ -15,7 +16,6 @@ from edge_rerank.device_sdk.budgets import (
 )
 from edge_rerank.device_sdk.contracts import EventKind, FeedbackEvent
 from edge_rerank.device_sdk.heuristic import HeuristicReranker
-
 from tests.conftest import CTX, make_item
 
 

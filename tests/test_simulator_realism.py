@@ -5,6 +5,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+
 from edge_rerank.device_sdk.budgets import PROFILES, DeviceProfile
 from edge_rerank.device_sdk.heuristic import HeuristicReranker
 from edge_rerank.simulator.ab import Arm, run_ab

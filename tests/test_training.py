@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+
 from edge_rerank.cloud.training.metrics import mrr, ndcg_at_k
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+
 from edge_rerank.cloud.embedding_store.file_store import FileEmbeddingStore
 
 __all__ = ["EmbeddingStore", "FileEmbeddingStore", "RedisEmbeddingStore", "open_store"]

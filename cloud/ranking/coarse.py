@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+
 from edge_rerank.device_sdk.contracts import SearchRequest
 
 

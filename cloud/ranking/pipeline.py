@@ -13,6 +13,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from edge_rerank.cloud.catalog import Catalog
 from edge_rerank.cloud.embedding_store import EmbeddingStore
 from edge_rerank.cloud.page_codec import encode_items

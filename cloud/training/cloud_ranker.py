@@ -17,6 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
+from tqdm.auto import tqdm
+
 from edge_rerank.cloud.catalog import load_catalog
 from edge_rerank.cloud.embedding_store import FileEmbeddingStore
 from edge_rerank.cloud.ranking.fine import FEATURES, FineRanker, default_ranker_weights
@@ -24,8 +27,6 @@ from edge_rerank.cloud.ranking.pipeline import SearchPipeline
 from edge_rerank.cloud.training.losses import LOSSES
 from edge_rerank.cloud.training.metrics import ndcg_at_k
 from edge_rerank.device_sdk.contracts import Context, ImpressionRow
-from torch import nn
-from tqdm.auto import tqdm
 
 
 class CloudFeaturizer:

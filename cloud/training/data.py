@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import numpy as np
+from tqdm.auto import tqdm
+
 from edge_rerank.device_sdk.contracts import Context, ImpressionRow
 from edge_rerank.device_sdk.features import FeatureBuilder, FeatureConfig, stack_batch
-from tqdm.auto import tqdm
 
 S = TypeVar("S")
 

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
 from edge_rerank.cloud.training.data import Samples
 from edge_rerank.device_sdk.features.operators import N_CATEGORICAL_TABLE_COLUMNS, candidate_table
 

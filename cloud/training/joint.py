@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
+
 from edge_rerank.cloud.training.cloud_ranker import (
     CloudFeaturizer,
     CloudRanker,
@@ -34,7 +36,6 @@ from edge_rerank.cloud.training.model import DeviceReranker, ModelConfig, n_para
 from edge_rerank.cloud.training.train import TrainConfig, cloud_order_scores, evaluate, fit, fit_loop, save_checkpoint
 from edge_rerank.device_sdk.contracts import ImpressionRow
 from edge_rerank.device_sdk.features import FeatureConfig
-from torch import nn
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,9 @@ import math
 from dataclasses import asdict, dataclass
 
 import torch
-from edge_rerank.device_sdk.features import FeatureConfig, input_names
 from torch import nn
+
+from edge_rerank.device_sdk.features import FeatureConfig, input_names
 
 NEG = -1e4
 

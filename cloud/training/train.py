@@ -11,12 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
+
 from edge_rerank.cloud.training.data import Samples
 from edge_rerank.cloud.training.losses import LOSSES
 from edge_rerank.cloud.training.metrics import auc, mrr, ndcg_at_k
 from edge_rerank.cloud.training.model import DeviceReranker, ModelConfig, n_params, to_tensors
 from edge_rerank.device_sdk.features import FeatureConfig
-from tqdm.auto import tqdm
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from edge_rerank.converters.specs import ExportSpec, ToolchainMissing
 
 # MIL ops the device reranker lowers to (coremltools 9, torch.jit.trace frontend). Anything else means the

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+
 from edge_rerank.device_sdk.backends.numpy_backend import CONFIG_KEY
 
 

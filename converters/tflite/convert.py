@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+
 from edge_rerank.converters.specs import ExportSpec, ToolchainMissing
 
 SIGNATURE = "serving_default"

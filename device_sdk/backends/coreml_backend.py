@@ -12,6 +12,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+
 from edge_rerank.device_sdk.backends import BackendError, batch_size, register
 
 

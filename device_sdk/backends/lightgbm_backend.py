@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
 from edge_rerank.device_sdk.backends import BackendError, register
 from edge_rerank.device_sdk.features.operators import candidate_table
 

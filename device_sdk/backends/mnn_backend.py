@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
 from edge_rerank.device_sdk.backends import BackendError, batch_size, register
 
 

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+
 from edge_rerank.device_sdk.backends import BackendError, register
 
 NEG = -1e4

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from edge_rerank.device_sdk.contracts import Context, ContractError, EventKind, FeedbackEvent, PageItem
 from edge_rerank.device_sdk.features.config import FeatureConfig
 
