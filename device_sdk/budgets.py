@@ -39,7 +39,6 @@ class DeviceProfile:
     battery_wh: float
     busy_prob: float = 0.1  # chance the main thread is busy (UI work, GC) when a rerank is requested
     busy_ms: float = 40.0  # upper bound of that busy wait (uniform)
-    latency_budget_ms: float = 50.0  # the SDK's budget gate on this device
 
     def __post_init__(self) -> None:
         for k in ("flops_per_s", "bytes_per_s", "battery_wh"):
@@ -67,6 +66,29 @@ def get_profile(name: str) -> DeviceProfile:
     if name not in PROFILES:
         raise ValueError(f"unknown device profile {name!r}; available: {sorted(PROFILES)}")
     return PROFILES[name]
+
+
+@dataclass(frozen=True)
+class LatencyBudget:
+    """The one latency / energy budget of the device loop (``device_sdk.session`` applies it; the trigger gate
+    reads it).
+
+    - a rerank whose result took longer than ``ms`` (request -> new order, measured on the host or modelled by
+      the simulator) is not applied: the cloud order stays (fallback reason ``latency_budget``);
+    - the trigger gate skips triggers while ``over_max`` of the last ``window`` reranks were over ``ms``
+      (0 turns the gate off), and once a session's reranks used ``energy_mj`` (0: unlimited).
+    """
+
+    ms: float = 50.0
+    window: int = 3
+    over_max: int = 2
+    energy_mj: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.ms > 0:  # also refuses NaN; inf is allowed (no budget)
+            raise ValueError(f"LatencyBudget.ms must be > 0, got {self.ms}")
+        if self.window < 1 or self.over_max < 0 or not self.energy_mj >= 0:
+            raise ValueError("LatencyBudget needs window >= 1, over_max >= 0, energy_mj >= 0")
 
 
 @dataclass(frozen=True)

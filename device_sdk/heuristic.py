@@ -8,9 +8,9 @@ Score of an unseen candidate::
 
     prior(cloud position) + w_click * sum_c decay^age(c) * sim(cand, c) - w_skip * sum_s decay^age(s) * sim(cand, s)
 
-over clicked items ``c`` and *long* skips ``s`` (exposures at least ``dwell_threshold_ms`` on screen without a
-click: short exposures are noise, see SPEC §1), where ``sim`` mixes same brand, same category, price-level
-closeness, nearness in km and the cosine of the ID embeddings.
+over clicked items ``c`` and *long* skips ``s`` (exposures at least the feature config's ``dwell_threshold_ms`` on
+screen without a click: short exposures are noise, see SPEC §1), where ``sim`` mixes same brand, same category,
+price-level closeness, nearness in km and the cosine of the ID embeddings.
 """
 
 from __future__ import annotations
@@ -22,17 +22,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge_rerank.device_sdk.contracts import Context, EventKind, FeedbackEvent, PageItem
+from edge_rerank.device_sdk.features.config import FeatureConfig
 from edge_rerank.device_sdk.reranker import RerankResult, reinsert
 
 
 @dataclass(frozen=True)
 class HeuristicConfig:
-    window: int = 25  # unseen items reranked per call
     w_prior: float = 1.0  # weight of the cloud order (prior = -position / window)
     w_click: float = 0.8
     w_skip: float = 0.25
     decay: float = 0.8  # per newer feedback item of the same kind
-    dwell_threshold_ms: float = 1200.0
     brand: float = 1.0  # similarity weights
     category: float = 0.3
     price: float = 0.15  # per price level of closeness (max 4 levels apart)
@@ -44,8 +43,9 @@ class HeuristicConfig:
 class HeuristicReranker:
     name = "heuristic"
 
-    def __init__(self, cfg: HeuristicConfig | None = None):
+    def __init__(self, cfg: HeuristicConfig | None = None, *, features: FeatureConfig | None = None):
         self.cfg = cfg or HeuristicConfig()
+        self.features = features or FeatureConfig()  # N_max (the window) and the dwell threshold
         self.calls = 0
 
     def _sim(self, cand: dict[str, np.ndarray], ev: Sequence[FeedbackEvent]) -> np.ndarray:
@@ -70,11 +70,11 @@ class HeuristicReranker:
     def scores(self, window: Sequence[PageItem], events: Sequence[FeedbackEvent]) -> np.ndarray:
         c = self.cfg
         n = len(window)
-        prior = -np.arange(n, dtype=np.float64) / max(c.window, 1)
+        prior = -np.arange(n, dtype=np.float64) / max(self.features.n_max, 1)
         clicked = {e.item_id for e in events if e.kind == EventKind.CLICK}
         pos = [e for e in events if e.kind == EventKind.CLICK]
         neg = [e for e in events if e.kind == EventKind.EXPOSURE and e.item_id not in clicked
-               and e.dwell_ms >= c.dwell_threshold_ms]
+               and e.dwell_ms >= self.features.dwell_threshold_ms]
         if not pos and not neg:
             return prior
         emb = np.stack([it.id_embedding for it in window]).astype(np.float64)
@@ -94,7 +94,7 @@ class HeuristicReranker:
         self.calls += 1
         t0 = time.perf_counter()
         n = len(items)
-        window = list(items[n_fixed: n_fixed + self.cfg.window])
+        window = list(items[n_fixed: n_fixed + self.features.n_max])
         if len(window) < 2:
             return RerankResult(order=list(range(n)), applied=False, fallback_reason="nothing_to_rerank")
         try:
@@ -103,7 +103,7 @@ class HeuristicReranker:
             return RerankResult(order=list(range(n)), applied=False, fallback_reason=f"features: {exc}")
         if not np.all(np.isfinite(s)):
             return RerankResult(order=list(range(n)), applied=False, fallback_reason="non_finite_scores")
-        order = reinsert(n, n_fixed, self.cfg.window, s)
+        order = reinsert(n, n_fixed, self.features.n_max, s)
         moved = sum(1 for p, i in enumerate(order) if p != i)
         ms = (time.perf_counter() - t0) * 1e3
         return RerankResult(order=order, applied=True, moved=moved, timings_ms={"total": ms})

@@ -1,7 +1,12 @@
 """The rerank service: feedback + page -> features -> backend -> reinsertion of unseen items only.
 
-It never raises into the app: any failure (no model, bad feature, backend error, NaN, wrong shape,
-blown latency budget) keeps the cloud order and records why.
+It never raises into the app: any failure (no model, bad arguments, bad feature, backend error, NaN, wrong shape)
+keeps the cloud order and records why (``device_sdk.faults``: each reason kind is logged once at WARNING;
+``strict=True`` raises :class:`~edge_rerank.device_sdk.faults.DeviceFault` instead). The latency budget is the
+session's (``device_sdk.session``), which knows whether time is measured here or modelled.
+
+The service reads its model from a :class:`~edge_rerank.device_sdk.model_manager.ModelManager` at every call
+(one reference, taken once per call), so a model swap reaches the next rerank and never a half-finished one.
 """
 
 from __future__ import annotations
@@ -11,12 +16,15 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
 from edge_rerank.device_sdk.contracts import Context, FeedbackEvent, PageItem
+from edge_rerank.device_sdk.faults import FaultLog
+from edge_rerank.device_sdk.features.config import FeatureConfig
 from edge_rerank.device_sdk.features.operators import FeatureBuilder
-from edge_rerank.device_sdk.model_manager import LoadedModel
+from edge_rerank.device_sdk.model_manager import LoadedModel, ModelManager
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +38,18 @@ class RerankResult:
     timings_ms: dict[str, float] = field(default_factory=dict)  # features / inference / reinsertion / total
 
 
+class Reranker(Protocol):
+    """What the session drives: the model service, the heuristic, or an experiment's own scorer."""
+
+    @property
+    def features(self) -> FeatureConfig | None:
+        """The feature config whose N_max / dwell threshold the session follows (None: the defaults)."""
+        ...
+
+    def rerank(self, items: Sequence[PageItem], n_fixed: int, events: Sequence[FeedbackEvent],
+               context: Context) -> RerankResult: ...
+
+
 def reinsert(n_items: int, n_fixed: int, window: int, scores: np.ndarray) -> list[int]:
     """New order: positions < n_fixed (already seen) stay; the next `window` unseen items are sorted by
     score (stable, so ties keep the cloud order); anything after the window keeps its place."""
@@ -39,42 +59,90 @@ def reinsert(n_items: int, n_fixed: int, window: int, scores: np.ndarray) -> lis
     return list(range(n_fixed)) + [n_fixed + int(i) for i in ranked] + list(range(end, n_items))
 
 
+def check_rerank_args(items: object, n_fixed: object, events: object, context: object) -> str | None:
+    """Why these arguments cannot be reranked (a reason for the fallback), or None."""
+    if not isinstance(items, Sequence) or isinstance(items, str | bytes):
+        return f"bad_arguments: items must be a sequence of PageItem, got {type(items).__name__}"
+    if isinstance(n_fixed, bool) or not isinstance(n_fixed, int | np.integer):
+        return f"bad_arguments: n_fixed must be an int, got {type(n_fixed).__name__}"
+    if not 0 <= int(n_fixed) <= len(items):
+        return f"bad_arguments: n_fixed={int(n_fixed)} is outside [0, {len(items)}]"
+    if not all(isinstance(it, PageItem) for it in items):
+        return "bad_arguments: items must all be PageItem"
+    if not isinstance(events, Sequence) or not all(isinstance(e, FeedbackEvent) for e in events):
+        return "bad_arguments: events must be a sequence of FeedbackEvent"
+    if not isinstance(context, Context):
+        return f"bad_arguments: context must be a Context, got {type(context).__name__}"
+    return None
+
+
 class RerankService:
-    def __init__(self, model: LoadedModel | None, *, latency_budget_ms: float = 50.0,
+    """``model``: a loaded model (fixed), a :class:`ModelManager` (followed: the model serving at each call), or
+    None (every call keeps the cloud order, reason ``no_model``)."""
+
+    def __init__(self, model: LoadedModel | ModelManager | None, *, strict: bool = False,
                  clock: Callable[[], float] = time.perf_counter):
-        self.model = model
-        self.latency_budget_ms = latency_budget_ms
+        self._source = model
         self._clock = clock
-        self._builder = FeatureBuilder(model.bundle.feature_config) if model else None
-        self.fallbacks: Counter[str] = Counter()
+        self._builder: FeatureBuilder | None = None
+        self._builder_for: LoadedModel | None = None
+        self.faults = FaultLog(log, strict=strict)
         self.calls = 0
 
+    @property
+    def model(self) -> LoadedModel | None:
+        """The model the next call will use."""
+        src = self._source
+        return src.current if isinstance(src, ModelManager) else src
+
+    @property
+    def features(self) -> FeatureConfig | None:
+        m = self.model
+        return m.bundle.feature_config if m is not None else None
+
+    @property
+    def fallbacks(self) -> Counter[str]:
+        return self.faults.counts
+
     def _fallback(self, n: int, reason: str, timings: dict[str, float]) -> RerankResult:
-        self.fallbacks[reason.split(":")[0]] += 1
-        log.debug("rerank fell back to cloud order: %s", reason)
+        self.faults.record(reason)
         return RerankResult(order=list(range(n)), applied=False, fallback_reason=reason, timings_ms=timings)
+
+    def _builder_of(self, model: LoadedModel) -> FeatureBuilder:
+        if self._builder_for is not model:  # a swapped-in model brings its own feature config
+            self._builder, self._builder_for = FeatureBuilder(model.bundle.feature_config), model
+        assert self._builder is not None
+        return self._builder
 
     def rerank(self, items: Sequence[PageItem], n_fixed: int, events: Sequence[FeedbackEvent],
                context: Context) -> RerankResult:
         """Rerank the unseen items `items[n_fixed:]` (up to n_max of them) given the session's feedback."""
         self.calls += 1
-        n = len(items)
+        n = len(items) if isinstance(items, Sequence) else 0
         t0 = self._clock()
         timings: dict[str, float] = {}
-        if self.model is None or self._builder is None:
+        bad = check_rerank_args(items, n_fixed, events, context)
+        if bad is not None:
+            return self._fallback(n, bad, timings)
+        model = self.model  # one reference for the whole call: a concurrent swap cannot mix two models
+        if model is None:
             return self._fallback(n, "no_model", timings)
-        cfg = self._builder.cfg
+        try:
+            builder = self._builder_of(model)
+        except Exception as exc:  # noqa: BLE001 - a model whose config cannot build features falls back
+            return self._fallback(n, f"features: {exc}", timings)
+        cfg = builder.cfg
         window = items[n_fixed: n_fixed + cfg.n_max]
         if len(window) < 2:
             return self._fallback(n, "nothing_to_rerank", timings)
         try:
-            feats = self._builder.build(window, events, context)
+            feats = builder.build(window, events, context)
         except Exception as exc:  # noqa: BLE001 - the app must never crash on a bad feature
             return self._fallback(n, f"features: {exc}", timings)
         t1 = self._clock()
         timings["features"] = (t1 - t0) * 1e3
         try:
-            out = np.asarray(self.model.backend.run({k: v[None] for k, v in feats.items()}))
+            out = np.asarray(model.backend.run({k: v[None] for k, v in feats.items()}))
         except Exception as exc:  # noqa: BLE001
             return self._fallback(n, f"inference: {exc}", timings)
         t2 = self._clock()
@@ -88,8 +156,5 @@ class RerankService:
         t3 = self._clock()
         timings["reinsertion"] = (t3 - t2) * 1e3
         timings["total"] = (t3 - t0) * 1e3
-        if timings["total"] > self.latency_budget_ms:
-            return self._fallback(n, f"latency_budget: {timings['total']:.2f} ms > {self.latency_budget_ms} ms",
-                                  timings)
         moved = sum(1 for pos, idx in enumerate(order) if pos != idx)
         return RerankResult(order=order, applied=True, moved=moved, timings_ms=timings)

@@ -1,14 +1,19 @@
 """When to rerank. The policy sees every feedback event, page arrival, scroll pause and viewport move and answers
 with a reason (or None). Debounced: at least `min_events_between` events between two triggers. A budget gate
-skips triggers while reranks are too slow (``over_budget_max`` of the last ``budget_window`` blew the latency
-budget) or the session's rerank energy budget is spent; the app reports each rerank's cost with
-``record_cost``."""
+(``device_sdk.budgets.LatencyBudget``) skips triggers while reranks are too slow (``over_max`` of the last
+``window`` blew ``ms``) or the session's rerank energy budget is spent; each rerank's cost is reported with
+``record_cost`` (``device_sdk.session.RerankSession`` does it).
+
+What counts as a long (real) skip is the model's: the dwell threshold comes from the bundle's feature config
+(``FeatureConfig.dwell_threshold_ms``), the same value the features were trained with."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from edge_rerank.device_sdk.budgets import LatencyBudget
 from edge_rerank.device_sdk.contracts import EventKind, FeedbackEvent
+from edge_rerank.device_sdk.features.config import FeatureConfig
 
 
 @dataclass(frozen=True)
@@ -16,20 +21,20 @@ class TriggerConfig:
     click_return: bool = True  # the user came back from a detail page
     skip_run: int = 3  # this many long-dwell exposures in a row without a click; 0 disables
     page_arrival: bool = True  # a new page arrived and there is feedback to use
-    dwell_threshold_ms: float = 1200.0  # what counts as a long (real) skip
+    page_arrival_always: bool = False  # fire on every page arrival, even without feedback (oracle / random arms)
     min_events_between: int = 1
     scroll_idle_ms: float = 0.0  # fire when the list rests this long with feedback to use; 0 disables
     page_boundary_items: int = 0  # fire when the viewport is this close to the next page boundary; 0 disables
-    # budget gate
-    latency_budget_ms: float = 50.0
-    budget_window: int = 3
-    over_budget_max: int = 2  # skip while this many of the last `budget_window` reranks were over budget; 0: off
-    energy_budget_mj: float = 0.0  # rerank energy per session; 0 = unlimited
+    budget: LatencyBudget = LatencyBudget()  # the gate (and, in the session, whether a result may be applied)
 
 
 class TriggerPolicy:
-    def __init__(self, cfg: TriggerConfig | None = None):
+    """``dwell_threshold_ms``: what counts as a long skip; the session passes its model's feature config value."""
+
+    def __init__(self, cfg: TriggerConfig | None = None, *, dwell_threshold_ms: float | None = None):
         self.cfg = cfg or TriggerConfig()
+        self.dwell_threshold_ms = (FeatureConfig.dwell_threshold_ms if dwell_threshold_ms is None
+                                   else float(dwell_threshold_ms))
         self.reset()
 
     def reset(self) -> None:
@@ -44,14 +49,15 @@ class TriggerPolicy:
 
     def record_cost(self, latency_ms: float, energy_mj: float = 0.0) -> None:
         """Report a finished rerank's latency and energy (feeds the budget gate)."""
-        self._recent_over = (self._recent_over + [latency_ms > self.cfg.latency_budget_ms])[-self.cfg.budget_window:]
+        b = self.cfg.budget
+        self._recent_over = (self._recent_over + [latency_ms > b.ms])[-b.window:]
         self._energy_mj += energy_mj
 
     def gate_open(self) -> bool:
-        c = self.cfg
-        if c.over_budget_max > 0 and sum(self._recent_over) >= c.over_budget_max:
+        b = self.cfg.budget
+        if b.over_max > 0 and sum(self._recent_over) >= b.over_max:
             return False
-        return not (c.energy_budget_mj > 0 and self._energy_mj >= c.energy_budget_mj)
+        return not (b.energy_mj > 0 and self._energy_mj >= b.energy_mj)
 
     def _fire(self, reason: str) -> str | None:
         if self._events - self._last_trigger_at < self.cfg.min_events_between:
@@ -88,7 +94,7 @@ class TriggerPolicy:
         if event.kind == EventKind.DETAIL_RETURN and self.cfg.click_return:
             return self._fire("click_return")
         if (event.kind == EventKind.EXPOSURE and self.cfg.skip_run > 0
-                and event.item_id not in self._clicked and event.dwell_ms >= self.cfg.dwell_threshold_ms):
+                and event.item_id not in self._clicked and event.dwell_ms >= self.dwell_threshold_ms):
             self._skips += 1
             if self._skips >= self.cfg.skip_run:
                 self._skips = 0
@@ -96,6 +102,6 @@ class TriggerPolicy:
         return None
 
     def on_page_arrival(self, has_feedback: bool) -> str | None:
-        if self.cfg.page_arrival and has_feedback:
+        if self.cfg.page_arrival and (has_feedback or self.cfg.page_arrival_always):
             return self._fire("page_arrival")
         return None

@@ -23,8 +23,6 @@ class Arm:
     reranker: object | None = None  # anything with RerankService.rerank's signature; None keeps the cloud order
     triggers: TriggerConfig = field(default_factory=TriggerConfig)
     cost_model: CostModel | None = None  # the reranker's work (device latency/energy); None: derived or zero
-    force_page_rerank: bool = False  # rerank on every page arrival, even without feedback (oracle, random)
-    window: int = 25
 
     def __post_init__(self) -> None:
         if self.cost_model is None:
@@ -36,15 +34,13 @@ class Arm:
                 params = int(manifest.metrics.get("params", 0)) or manifest.model_bytes // 4
                 self.cost_model = CostModel.for_dense_model(params, feature_ops=fc.n_candidate_features,
                                                             bytes_per_param=manifest.model_bytes / max(params, 1))
-                self.window = fc.n_max
             else:
                 self.cost_model = CostModel()
 
     def phone(self, user_model: UserModel, cloud: CloudTransport, *, config: PhoneConfig | None = None,
               keep_logs: bool = False) -> Phone:
         return Phone(user_model, cloud, arm=self.name, reranker=self.reranker, triggers=self.triggers,
-                     keep_logs=keep_logs, config=config, cost_model=self.cost_model,
-                     force_page_rerank=self.force_page_rerank, window=self.window)
+                     keep_logs=keep_logs, config=config, cost_model=self.cost_model)
 
 
 @dataclass

@@ -20,6 +20,7 @@ import numpy as np
 
 from edge_rerank.device_sdk.budgets import CostModel
 from edge_rerank.device_sdk.contracts import Context, FeedbackEvent, PageItem
+from edge_rerank.device_sdk.features.config import FeatureConfig
 from edge_rerank.device_sdk.heuristic import HeuristicReranker
 from edge_rerank.device_sdk.reranker import RerankResult, reinsert
 from edge_rerank.device_sdk.triggers import TriggerConfig
@@ -27,7 +28,7 @@ from edge_rerank.simulator.user_model import SHUFFLE, UserModel, crn_uniform_arr
 from edge_rerank.simulator.world import SessionSpec
 
 ARM_KINDS = ("cloud", "random", "heuristic", "oracle", "device")
-PAGE_ONLY = TriggerConfig(click_return=False, skip_run=0, page_arrival=True)
+PAGE_ONLY = TriggerConfig(click_return=False, skip_run=0, page_arrival=True, page_arrival_always=True)
 
 
 class OracleReranker:
@@ -35,8 +36,9 @@ class OracleReranker:
 
     name = "oracle"
 
-    def __init__(self, user_model: UserModel, window: int = 25):
-        self.um, self.window = user_model, window
+    def __init__(self, user_model: UserModel, features: FeatureConfig | None = None):
+        self.um = user_model
+        self.features = features or FeatureConfig()  # its window is the device model's N_max
         self._spec: SessionSpec | None = None
 
     def begin_session(self, spec: SessionSpec) -> None:
@@ -47,11 +49,11 @@ class OracleReranker:
         if self._spec is None:
             raise RuntimeError("OracleReranker.begin_session(spec) must be called first")
         n = len(items)
-        window = items[n_fixed: n_fixed + self.window]
+        window = items[n_fixed: n_fixed + self.features.n_max]
         if len(window) < 2:
             return RerankResult(order=list(range(n)), applied=False, fallback_reason="nothing_to_rerank")
         rows = np.array([it.item_id for it in window], dtype=np.int64) - self.um.world.item_id[0]
-        order = reinsert(n, n_fixed, self.window, self.um.utility(self._spec, rows))
+        order = reinsert(n, n_fixed, self.features.n_max, self.um.utility(self._spec, rows))
         return RerankResult(order=order, applied=True, moved=sum(p != i for p, i in enumerate(order)))
 
 
@@ -60,8 +62,8 @@ class RandomReranker:
 
     name = "random"
 
-    def __init__(self, window: int = 25):
-        self.window = window
+    def __init__(self, features: FeatureConfig | None = None):
+        self.features = features or FeatureConfig()
         self._seed, self._calls = 0, 0
 
     def begin_session(self, spec: SessionSpec) -> None:
@@ -70,12 +72,12 @@ class RandomReranker:
     def rerank(self, items: Sequence[PageItem], n_fixed: int, events: Sequence[FeedbackEvent],
                context: Context) -> RerankResult:
         n = len(items)
-        w = min(self.window, n - n_fixed)
+        w = min(self.features.n_max, n - n_fixed)
         self._calls += 1
         if w < 2:
             return RerankResult(order=list(range(n)), applied=False, fallback_reason="nothing_to_rerank")
         scores = crn_uniform_array(self._seed, SHUFFLE, self._calls, np.arange(w))
-        order = reinsert(n, n_fixed, self.window, scores)
+        order = reinsert(n, n_fixed, self.features.n_max, scores)
         return RerankResult(order=order, applied=True, moved=sum(p != i for p, i in enumerate(order)))
 
 
@@ -87,9 +89,6 @@ class ArmSpec:
     kind: str
     bundle: str | None = None
     backend: str = "onnxruntime"
-    # The SDK's gate on *host* wall-clock time is off in the simulator (it would make results depend on this
-    # machine's load); the phone gates on the *modelled* device latency (DeviceProfile.latency_budget_ms).
-    host_latency_budget_ms: float = float("inf")
 
     def __post_init__(self) -> None:
         if self.kind not in ARM_KINDS:
@@ -131,19 +130,18 @@ def build_arm(spec: ArmSpec, user_model: UserModel):
     if spec.kind == "cloud":
         return Arm(spec.name)
     if spec.kind == "random":
-        return Arm(spec.name, RandomReranker(), triggers=PAGE_ONLY, force_page_rerank=True,
-                   cost_model=CostModel.for_heuristic())
+        return Arm(spec.name, RandomReranker(), triggers=PAGE_ONLY, cost_model=CostModel.for_heuristic())
     if spec.kind == "oracle":
-        return Arm(spec.name, OracleReranker(user_model), triggers=PAGE_ONLY, force_page_rerank=True,
-                   cost_model=CostModel.for_heuristic())
+        return Arm(spec.name, OracleReranker(user_model), triggers=PAGE_ONLY, cost_model=CostModel.for_heuristic())
     if spec.kind == "heuristic":
         return Arm(spec.name, HeuristicReranker(), cost_model=CostModel.for_heuristic())
     from edge_rerank.device_sdk.model_manager import load_model
     from edge_rerank.device_sdk.reranker import RerankService
 
     model = load_model(spec.bundle, backend=spec.backend)
-    # cost model derived from the bundle (fp32 weights dominate the file: params ~ bytes / 4), see ab.Arm
-    return Arm(spec.name, RerankService(model, latency_budget_ms=spec.host_latency_budget_ms))
+    # cost model derived from the bundle's parameter count, see ab.Arm; the latency budget is the session's, on the
+    # *modelled* device latency (a gate on this machine's wall clock would make results depend on its load)
+    return Arm(spec.name, RerankService(model))
 
 
 def bundle_exists(path: str | None) -> bool:

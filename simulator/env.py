@@ -40,13 +40,13 @@ class PhoneSessionEnv(gym.Env):
 
     def __init__(self, world: World, cloud: CloudTransport, *, user_model: UserModel | None = None,
                  window: int = 8, session_seed: int = 0, phone_config: PhoneConfig | None = None,
-                 order_weight: float = 1.0, leave_penalty: float = 0.5, dwell_threshold_ms: float = 1200.0):
+                 order_weight: float = 1.0, leave_penalty: float = 0.5):
         super().__init__()
         self.world, self.window, self.session_seed = world, window, session_seed
         self.um = user_model or UserModel(world)
-        self.phone = Phone(self.um, cloud, arm="agent", keep_logs=False, config=phone_config)
+        # the agent's observation reads the session's feedback events: the phone keeps them
+        self.phone = Phone(self.um, cloud, arm="agent", keep_logs=False, config=phone_config, keep_events=True)
         self.order_weight, self.leave_penalty = order_weight, leave_penalty
-        self.dwell_threshold_ms = dwell_threshold_ms
         n_obs = window * len(CANDIDATE_FEATURES) + len(SESSION_FEATURES)
         self.observation_space = spaces.Box(-_BOUND, _BOUND, shape=(n_obs,), dtype=np.float32)
         self.action_space = spaces.Box(-1.0, 1.0, shape=(window,), dtype=np.float32)
@@ -57,11 +57,12 @@ class PhoneSessionEnv(gym.Env):
         s = self.session
         assert s is not None
         cand = np.zeros((self.window, len(CANDIDATE_FEATURES)), dtype=np.float64)
-        events = s.store.events(s.spec.session_id)
+        ds = s.device_session
+        events = ds.events()
         clicked = [e for e in events if e.kind == EventKind.CLICK]
         clicked_ids = {e.item_id for e in clicked}
         long_skips = [e for e in events if e.kind == EventKind.EXPOSURE and e.item_id not in clicked_ids
-                      and e.dwell_ms >= self.dwell_threshold_ms]
+                      and e.dwell_ms >= ds.features.dwell_threshold_ms]
         if not s.done:
             ctx = s.spec.context
             last = clicked[-1] if clicked else None
@@ -71,7 +72,7 @@ class PhoneSessionEnv(gym.Env):
                 if last is not None and last.id_embedding is not None:
                     a, b = it.id_embedding, last.id_embedding
                     sim = float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-9))
-                cand[k] = (1.0, it.cloud_score, it.cloud_position / 25.0,
+                cand[k] = (1.0, it.cloud_score, it.cloud_position / ds.features.n_max,
                            sum(e.brand == it.brand for e in clicked), sum(e.category == it.category for e in clicked),
                            sum(e.brand == it.brand for e in long_skips),
                            np.hypot(it.lat - ctx.lat, it.lon - ctx.lon) / 10.0, d_last, it.price_level / 4.0, sim)

@@ -8,13 +8,14 @@ Timeline of one screen (ms on the session clock ``t``)::
     -> screen dwell (the items' exposure dwell) -> exposures emitted (skip-run trigger) -> leave?
     -> scroll (scroll_ms / speed) -> next reveal
 
-A rerank requested at ``t`` is scheduled on the device (``device_sdk.budgets.DeviceClock``: waits for the core
-and for seeded busy time, wakes it if idle, computes for FLOPs / FLOP rate) and finishes at ``t_done``; a
-rerank still running is superseded by the newer one (it has more feedback). At every reveal the phone first
-applies finished reranks. A rerank that finishes after the user has already
-revealed some of the positions it would move is **late**: with ``late_policy="remaining"`` only the items
-still unseen are reordered (among themselves), with ``"drop"`` it is discarded; if nothing it would move is
-still unseen it is dropped either way. Positions on screen or above never move.
+The device side is the SDK's own session object (``device_sdk.session.RerankSession``, ``timing="external"``):
+the phone only tells it what arrived, what was revealed and what the user did, exactly as an app would. What the
+phone adds is time: a rerank the session starts at ``t`` is scheduled on the modelled device
+(``device_sdk.budgets.DeviceClock``: waits for the core and for seeded busy time, wakes it if idle, computes for
+FLOPs / FLOP rate) and its result is ready at ``t_done``; the session applies it at the first reveal after that
+(a rerank still running is superseded by the newer one; one that finishes after the user revealed some of the
+positions it would move is **late**: with ``late_policy="remaining"`` only the still-unseen items are reordered,
+with ``"drop"`` it is discarded). Positions on screen or above never move.
 """
 
 from __future__ import annotations
@@ -36,16 +37,14 @@ from edge_rerank.device_sdk.contracts import (
     SearchPage,
     SearchRequest,
 )
-from edge_rerank.device_sdk.feedback_store import FeedbackStore
 from edge_rerank.device_sdk.impression_log import SessionLogger
-from edge_rerank.device_sdk.privacy import PrivacyConfig, outgoing_log_rows
-from edge_rerank.device_sdk.reranker import reinsert
-from edge_rerank.device_sdk.triggers import TriggerConfig, TriggerPolicy
+from edge_rerank.device_sdk.privacy import PrivacyConfig
+from edge_rerank.device_sdk.session import LATE_POLICIES, Rerank, RerankSession
+from edge_rerank.device_sdk.triggers import TriggerConfig
 from edge_rerank.simulator.transport import CloudTransport
 from edge_rerank.simulator.user_model import BUSY, NETWORK, UserModel, crn_uniform
 from edge_rerank.simulator.world import SessionSpec
 
-LATE_POLICIES = ("remaining", "drop")
 _STD_NORMAL = NormalDist()
 
 
@@ -105,15 +104,9 @@ class SessionOutcome:
         return self.rerank_mj + self.radio_mj
 
 
-@dataclass
-class _Pending:
-    done_ms: float
-    n_fixed: int  # positions that were fixed when the rerank was requested
-    ids: list[int]  # the new order of the items from n_fixed on
-
-
 class _LeanEvent(NamedTuple):
-    """What the trigger policy reads of an event (used when no reranker or logger needs full events)."""
+    """What the trigger policy reads of an event (the session stores no events when no reranker or logger reads
+    them, so the cloud-only arm skips building full ones)."""
 
     kind: EventKind
     item_id: int
@@ -145,29 +138,37 @@ class PhoneSession:
         draws = self.um.screen_draws(spec, n_screens)
         self.draws = {k: v.tolist() for k, v in draws.items()}  # plain floats: cheap to index in the loop
         self.info: dict[int, _ItemInfo] = {}
-        self.store = FeedbackStore()
-        self.policy = TriggerPolicy(phone.trigger_cfg)
-        self.logger = (SessionLogger(spec.session_id, self.world.user_ids[spec.user], spec.query, spec.context,
-                                     phone.arm) if phone.keep_logs else None)
+        logger = (SessionLogger(spec.session_id, self.world.user_ids[spec.user], spec.query, spec.context,
+                                phone.arm) if phone.keep_logs else None)
+        self.t = 0.0
+        self.device_session = RerankSession(spec.session_id, spec.context, phone.reranker,
+                                            triggers=phone.trigger_cfg, logger=logger, privacy=phone.privacy,
+                                            timing="external", late_policy=phone.cfg.late_policy,
+                                            clock=lambda: self.t, strict=phone.strict,
+                                            keep_events=phone.keep_events or None)
         self.profile = get_profile(phone.cfg.device)
         self.device = DeviceClock(self.profile)
-        self.display: list[PageItem] = []
-        self.t = 0.0
         self.page_index = 0
         self.has_more = True
         self.request_id = ""
         self.inflight: tuple[float, SearchPage] | None = None
-        self.pending: _Pending | None = None
-        self.shown_upto = 0
         self.screen = 0
         self.done = False
         self._n_reranks = 0
-        self._lean = phone.reranker is None and self.logger is None
-        self._has_feedback = False
+        self._lean = not self.device_session.keeps_events
         if phone.reranker is not None and hasattr(phone.reranker, "begin_session"):
             phone.reranker.begin_session(spec)
         self._request_page()
         self._wait_for_page()
+
+    @property
+    def display(self) -> list[PageItem]:
+        """The order on the phone (the session's)."""
+        return self.device_session.items
+
+    @property
+    def shown_upto(self) -> int:
+        return self.device_session.n_revealed
 
     # ---- pages ----
     def _request_page(self) -> None:
@@ -204,112 +205,45 @@ class PhoneSession:
             for it, u, uc, uo, ud, ul in zip(new, util, d["click"].tolist(), d["order"].tolist(),
                                              d["detail"].tolist(), d["leave_after_order"].tolist(), strict=True):
                 self.info[it.item_id] = _ItemInfo(u, it.brand, uc, uo, ud, ul)
-        self.display.extend(page.items)
-        if self.logger is not None:
-            self.logger.start_list(page)
-        has_feedback = (self.phone.force_page_rerank or self._has_feedback
-                        or bool(self.store.events(self.spec.session_id)))
-        reason = self.policy.on_page_arrival(has_feedback=has_feedback)
-        if reason:
-            self._trigger(reason, arrival_ms)
+        self._schedule(self.device_session.add_page(page), arrival_ms)
 
     def _poll(self) -> None:
         """Deliver a page that has arrived by now and apply a rerank that has finished by now."""
         if self.inflight is not None and self.inflight[0] <= self.t:
             self._receive(*self.inflight)
-        self._settle()
+        self.device_session.poll()
 
-    # ---- reranks ----
-    def _settle(self) -> None:
-        p = self.pending
-        if p is None or p.done_ms > self.t:
+    # ---- reranks: the session computes them, the phone models when their result is ready ----
+    def _schedule(self, r: Rerank | None, t_ms: float) -> None:
+        if r is None:
             return
-        self.pending = None
-        fixed = max(p.n_fixed, self.shown_upto)
-        late = self.shown_upto > p.n_fixed
-        if late and self.phone.cfg.late_policy == "drop":
-            self.out.reranks_dropped += 1
-            return
-        rank = {iid: k for k, iid in enumerate(p.ids)}
-        tail = self.display[fixed:]
-        slots = [k for k, it in enumerate(tail) if it.item_id in rank]
-        if len(slots) < 2:
-            self.out.reranks_dropped += 1
-            return
-        chosen = sorted((tail[k] for k in slots), key=lambda it: rank[it.item_id])
-        moved = 0
-        for k, it in zip(slots, chosen, strict=True):
-            moved += tail[k].item_id != it.item_id
-            tail[k] = it
-        self.display[fixed:] = tail
-        self.out.reranks_applied += 1
-        self.out.reranks_late += int(late)
-        self.out.moved += moved
-
-    def _trigger(self, reason: str, t_ms: float) -> None:
-        self.out.triggers[reason] += 1
-        if self.logger is not None:
-            self.logger.mark_rerank_point()
-        rr = self.phone.reranker
-        if rr is None:
-            return
-        self._settle()
-        events = self.store.events(self.spec.session_id)
-        n_fixed = self.shown_upto
-        res = rr.rerank(self.display, n_fixed, events, self.spec.context)
-        if "total" in res.timings_ms:
-            self.out.rerank_ms.append(res.timings_ms["total"])
+        if "total" in r.result.timings_ms:
+            self.out.rerank_ms.append(r.result.timings_ms["total"])
         k = self._n_reranks
         self._n_reranks += 1
         busy = 0.0
         if crn_uniform(self.spec.seed, BUSY, 0, k) < self.profile.busy_prob:
             busy = self.profile.busy_ms * crn_uniform(self.spec.seed, BUSY, 1, k)
-        n_window = max(min(len(self.display) - n_fixed, self.phone.window), 0)
-        _, done, latency, energy = self.device.schedule(t_ms, self.phone.cost_model.cost(n_window, len(events)), busy)
+        _, done, latency, energy = self.device.schedule(t_ms, self.phone.cost_model.cost(r.n_window, r.n_events),
+                                                        busy)
         self.out.device_ms.append(latency)
         self.out.rerank_mj += energy
-        self.policy.record_cost(latency, energy)  # the SDK's budget gate sees what each rerank cost
-        if not res.applied:
-            self.out.fallbacks[(res.fallback_reason or "").split(":")[0]] += 1
-            return
-        if latency > self.profile.latency_budget_ms:
-            self.out.fallbacks["latency_budget"] += 1  # the SDK's budget gate on the device
-            return
-        if self.pending is not None:  # the previous rerank has not finished: this one (more feedback) wins
-            self.out.fallbacks["superseded"] += 1
-        self.pending = _Pending(done_ms=done, n_fixed=n_fixed,
-                                ids=[self.display[i].item_id for i in res.order[n_fixed:]])
-        self._settle()  # finished at once only if the clock already passed it (never: latency > 0)
+        self.device_session.finish(r, latency, energy, ready_at_ms=done)
 
     def apply_scores(self, scores: np.ndarray) -> int:
         """Reorder the next ``len(scores)`` unseen items now (for agents stepping the session); returns moved."""
-        n = len(self.display)
-        order = reinsert(n, self.shown_upto, len(scores), np.asarray(scores, dtype=np.float64))
-        moved = sum(1 for p, i in enumerate(order) if p != i)
-        self.display = [self.display[i] for i in order]
-        return moved
+        return self.device_session.reorder_unseen(scores)
 
     # ---- events ----
     def _emit(self, item: PageItem | None, kind: EventKind, position: int, dwell_ms: float = 0.0) -> None:
-        if self._lean:  # nobody reads the events but the trigger policy: skip building and storing them
-            self._has_feedback = True
+        if self._lean:  # nobody reads the events but the trigger policy: skip building full ones
             # (dwell values reaching here are float32-exact already, as FeedbackEvent would make them)
-            reason = self.policy.observe(_LeanEvent(kind, -1 if item is None else item.item_id, dwell_ms))
-            if reason:
-                self._trigger(reason, self.t)
-            return
-        ts = int(self.t)
-        if item is None:
-            ev = FeedbackEvent(ts_ms=ts, request_id=self.request_id, item_id=-1, kind=kind)
+            ev = _LeanEvent(kind, -1 if item is None else item.item_id, dwell_ms)
+        elif item is None:
+            ev = FeedbackEvent(ts_ms=int(self.t), request_id=self.request_id, item_id=-1, kind=kind)
         else:
-            ev = FeedbackEvent.for_item(item, kind, ts, self.request_id, position, dwell_ms)
-        self.store.add(self.spec.session_id, ev)
-        self._has_feedback = True
-        if self.logger is not None:
-            self.logger.record(ev)
-        reason = self.policy.observe(ev)
-        if reason:
-            self._trigger(reason, self.t)
+            ev = FeedbackEvent.for_item(item, kind, int(self.t), self.request_id, position, dwell_ms)
+        self._schedule(self.device_session.record(ev), self.t)  # type: ignore[arg-type]
 
     # ---- the user ----
     def next_items_available(self) -> bool:
@@ -334,14 +268,12 @@ class PhoneSession:
             return {"clicks": 0, "orders": 0, "exposed": 0, "left": 1}
         start = self.screen * V
         slots = self.display[start: start + V]
-        self.shown_upto = start + len(slots)  # revealed: these positions never move again
+        n_revealed = start + len(slots)  # revealed: these positions never move again
         out.screens += 1
-        if self.inflight is None and self.has_more and self.shown_upto + self.phone.cfg.prefetch_items >= len(
+        if self.inflight is None and self.has_more and n_revealed + self.phone.cfg.prefetch_items >= len(
                 self.display):
             self._request_page()
-        reason = self.policy.on_viewport(self.shown_upto - 1, self.phone.cfg.page_size, self._has_feedback)
-        if reason:
-            self._trigger(reason, self.t)
+        self._schedule(self.device_session.reveal(n_revealed), self.t)
         screen = self.screen
         skim = self.draws["skim"][screen] < um.p_skim(screen, user.speed)
         p_exam = um.p_examine(screen, skim)
@@ -382,9 +314,7 @@ class PhoneSession:
         for slot, item in enumerate(slots):
             out.exposed_positions.append(start + slot)
             self._emit(item, EventKind.EXPOSURE, start + slot, dwell)
-        reason = self.policy.on_scroll_idle(dwell, self._has_feedback)  # the list rested for `dwell` ms
-        if reason:
-            self._trigger(reason, self.t)
+        self._schedule(self.device_session.scroll_idle(dwell), self.t)  # the list rested for `dwell` ms
         user.frustrated = 0 if clicks_here else user.frustrated + 1
         if not leave:
             leave = self.draws["leave"][screen] < um.p_leave(screen, user.frustrated, user.patience)
@@ -398,26 +328,28 @@ class PhoneSession:
 
     def _end(self) -> None:
         self._emit(None, EventKind.LEAVE, -1)
-        if self.pending is not None:
-            self.out.reranks_unfinished += 1
-            self.pending = None
+        ds = self.device_session
+        rows = ds.close()
         self.done = True
-        if self.policy.budget_skips:
-            self.out.fallbacks["budget_gate"] += self.policy.budget_skips
-        self.out.duration_ms = self.t
-        self.out.screen_mj = self.profile.screen_mw * self.t / 1e3
-        if self.logger is not None:
-            self.out.rows = outgoing_log_rows(self.logger.finish(self.display), self.phone.privacy)
+        st, out = ds.stats, self.out
+        out.triggers, out.fallbacks = st.triggers, st.fallbacks
+        out.reranks_applied, out.reranks_late, out.reranks_dropped = st.applied, st.late, st.dropped
+        out.reranks_unfinished, out.moved = st.unfinished, st.moved
+        out.duration_ms = self.t
+        out.screen_mj = self.profile.screen_mw * self.t / 1e3
+        if ds.logger is not None:
+            out.rows = rows
 
 
 class Phone:
-    """Runs sessions for one A/B arm. ``reranker`` is anything with the RerankService ``rerank`` method
-    (optionally ``begin_session(spec)``); None keeps the cloud order."""
+    """Runs sessions for one A/B arm. ``reranker`` is anything the device session drives (``RerankService``,
+    ``HeuristicReranker``, or a simulator arm with ``rerank``/``features`` and optionally ``begin_session(spec)``);
+    None keeps the cloud order. ``strict`` makes the device session raise instead of falling back (tests)."""
 
     def __init__(self, user_model: UserModel, cloud: CloudTransport, *, arm: str, reranker=None,
                  triggers: TriggerConfig | None = None, page_size: int | None = None, keep_logs: bool = True,
                  config: PhoneConfig | None = None, cost_model: CostModel | None = None,
-                 force_page_rerank: bool = False, window: int = 25, privacy: PrivacyConfig | None = None):
+                 privacy: PrivacyConfig | None = None, strict: bool = False, keep_events: bool = False):
         self.um = user_model
         # The simulated app's users opted in to sharing impression logs (that is how training data exists);
         # the SDK's own default is off (device_sdk.privacy).
@@ -430,8 +362,8 @@ class Phone:
         self.cfg = cfg if page_size is None else PhoneConfig(**{**cfg.__dict__, "page_size": page_size})
         self.keep_logs = keep_logs
         self.cost_model = cost_model or CostModel()
-        self.force_page_rerank = force_page_rerank
-        self.window = window
+        self.strict = strict
+        self.keep_events = keep_events  # keep feedback events even without a reranker or logger (agents read them)
 
     def session(self, spec: SessionSpec) -> PhoneSession:
         return PhoneSession(self, spec)

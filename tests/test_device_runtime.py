@@ -5,11 +5,13 @@ import pytest
 
 from edge_rerank.device_sdk import backends
 from edge_rerank.device_sdk.backends import BackendError
+from edge_rerank.device_sdk.budgets import LatencyBudget
 from edge_rerank.device_sdk.bundle import BundleError, read_bundle
-from edge_rerank.device_sdk.contracts import EventKind, FeedbackEvent
+from edge_rerank.device_sdk.contracts import EventKind, FeedbackEvent, SearchPage
 from edge_rerank.device_sdk.feedback_store import FeedbackStore
 from edge_rerank.device_sdk.model_manager import LoadedModel, ModelManager, load_model
 from edge_rerank.device_sdk.reranker import RerankService, reinsert
+from edge_rerank.device_sdk.session import RerankSession
 from edge_rerank.device_sdk.triggers import TriggerConfig, TriggerPolicy
 from tests.conftest import CTX, make_events, make_item
 
@@ -29,7 +31,7 @@ def test_trigger_policy_click_return_skip_run_page_arrival_and_debounce():
 
     cfg = FeatureConfig(n_categories=12, n_brands=48)
     items = [make_item(k, rng, cfg, k) for k in range(6)]
-    p = TriggerPolicy(TriggerConfig(skip_run=3, dwell_threshold_ms=1000))
+    p = TriggerPolicy(TriggerConfig(skip_run=3), dwell_threshold_ms=1000)
     assert p.on_page_arrival(has_feedback=False) is None
     reasons = [p.observe(e) for e in make_events(items[:1], {items[0].item_id})]
     assert "click_return" in reasons
@@ -108,8 +110,12 @@ def test_bad_features_and_no_model_and_latency_budget_keep_the_cloud_order(bundl
         return np.zeros((1, 25), np.float32)
 
     items, ev = _page(fcfg)
-    res = _service(bundle_dir, slow, latency_budget_ms=5.0).rerank(items, 4, ev, CTX)
-    assert not res.applied and res.fallback_reason.startswith("latency_budget")
+    session = RerankSession("s", CTX, _service(bundle_dir, slow), triggers=TriggerConfig(budget=LatencyBudget(ms=5.0)))
+    session.add_page(SearchPage(request_id="r", session_id="s", page_index=0, model_version="", items=items))
+    session.reveal(4)
+    r = session.rerank_now()
+    assert r.status == "fallback" and r.fallback_reason.startswith("latency_budget") and r.latency_ms >= 20
+    assert [it.item_id for it in session.items] == [it.item_id for it in items]  # the cloud order stays
 
 
 def test_bundle_verification_failures(bundle_dir, tmp_path, fcfg):
@@ -155,7 +161,7 @@ def test_budget_gate_skips_triggers_while_reranks_are_slow_or_energy_is_spent():
     from edge_rerank.device_sdk.triggers import TriggerConfig, TriggerPolicy
 
     ret = FeedbackEvent(ts_ms=0, request_id="r", item_id=1, kind=EventKind.DETAIL_RETURN, dwell_ms=5000)
-    p = TriggerPolicy(TriggerConfig(latency_budget_ms=50, budget_window=3, over_budget_max=2))
+    p = TriggerPolicy(TriggerConfig(budget=LatencyBudget(ms=50, window=3, over_max=2)))
     assert p.observe(ret) == "click_return"
     p.record_cost(80.0)
     assert p.observe(ret) == "click_return"  # one slow rerank of the last three: still allowed
@@ -163,7 +169,7 @@ def test_budget_gate_skips_triggers_while_reranks_are_slow_or_energy_is_spent():
     assert p.observe(ret) is None and p.budget_skips == 1  # two of the last three over budget: skipped
     p.record_cost(10.0), p.record_cost(10.0)
     assert p.observe(ret) == "click_return"  # fast again
-    e = TriggerPolicy(TriggerConfig(energy_budget_mj=5.0))
+    e = TriggerPolicy(TriggerConfig(budget=LatencyBudget(energy_mj=5.0)))
     e.record_cost(1.0, energy_mj=5.0)
     assert e.observe(ret) is None and e.budget_skips == 1
 

@@ -90,13 +90,14 @@ def _slow_profile(**kw) -> DeviceProfile:
 
 def test_late_reranks_are_applied_to_unseen_items_or_dropped(world, inproc_cloud, monkeypatch):
     # a device so slow that a rerank takes ~0.2-1.5 s: many finish after the user scrolled on
-    monkeypatch.setitem(PROFILES, "test_slow", _slow_profile(flops_per_s=2e4, busy_prob=0.0,
-                                                             latency_budget_ms=1e9))
+    monkeypatch.setitem(PROFILES, "test_slow", _slow_profile(flops_per_s=2e4, busy_prob=0.0))
     um = UserModel(world)
     fast = run_ab(um, inproc_cloud, [Arm("h", HeuristicReranker())], 150, seed=9, progress=False)[0]
-    from edge_rerank.device_sdk.budgets import CostModel
+    from edge_rerank.device_sdk.budgets import CostModel, LatencyBudget
+    from edge_rerank.device_sdk.triggers import TriggerConfig
 
-    arm = Arm("h", HeuristicReranker(), cost_model=CostModel.for_heuristic())
+    no_budget = TriggerConfig(budget=LatencyBudget(ms=1e9))  # slow results are applied (late), not refused
+    arm = Arm("h", HeuristicReranker(), cost_model=CostModel.for_heuristic(), triggers=no_budget)
     slow = run_ab(um, inproc_cloud, [arm], 150, seed=9, progress=False,
                   config=PhoneConfig(device="test_slow"))[0]
     drop = run_ab(um, inproc_cloud, [arm], 150, seed=9, progress=False,
@@ -112,8 +113,7 @@ def test_late_reranks_are_applied_to_unseen_items_or_dropped(world, inproc_cloud
 def test_budget_gate_and_busy_time(world, inproc_cloud, monkeypatch):
     from edge_rerank.device_sdk.budgets import CostModel
 
-    monkeypatch.setitem(PROFILES, "test_slow", _slow_profile(flops_per_s=2e4, busy_prob=0.0,
-                                                             latency_budget_ms=50.0))
+    monkeypatch.setitem(PROFILES, "test_slow", _slow_profile(flops_per_s=2e4, busy_prob=0.0))  # budget: 50 ms
     monkeypatch.setitem(PROFILES, "test_busy", _slow_profile(name="test_busy", busy_prob=1.0, busy_ms=500.0))
     um = UserModel(world)
     arm = Arm("h", HeuristicReranker(), cost_model=CostModel.for_heuristic())
