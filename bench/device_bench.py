@@ -137,7 +137,7 @@ def main() -> None:
             path, _, _ = convert(fmt, model, x, build / fmt, spec, onnx_path=onnx_path)
             if fmt == "onnx":
                 onnx_path = path
-            files[fmt] = ({"onnx": "onnxruntime", "tflite": "litert", "mnn": "mnn"}[fmt], path)
+            files[fmt] = (backends.DEFAULT_BACKEND[fmt], path)
         except Exception as exc:  # a missing toolchain: report it, bench the rest
             print(f"{fmt}: not benchmarked ({type(exc).__name__}: {exc})")
 

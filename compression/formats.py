@@ -26,8 +26,9 @@ from typing import Any
 import numpy as np
 
 from edge_rerank.compression.coreml_compress import CORE_ML, MIL_NUMPY
+from edge_rerank.device_sdk import backends
 
-FORMAT_RUNTIME = {"tflite": "litert", "coreml": "coreml", "mnn": "mnn"}
+FORMAT_RUNTIME = {f: backends.DEFAULT_BACKEND[f] for f in ("tflite", "coreml", "mnn")}
 
 
 @dataclass

@@ -27,11 +27,12 @@ import numpy as np
 from edge_rerank.converters.bundle import write_bundle
 from edge_rerank.converters.specs import FORMATS, MODEL_FILES, ExportSpec, ToolchainMissing, get_spec
 from edge_rerank.converters.validate import ValidationReport, validate, validation_inputs
+from edge_rerank.device_sdk.backends import DEFAULT_BACKEND
 
 # status of one format
 PASSED, FAILED, UNAVAILABLE = "passed", "failed", "unavailable"
 PROGRAM_VERIFIED = "program-verified"  # Core ML off macOS: structure + MIL program numerics, runtime not run
-RUNTIME = {"onnx": "onnxruntime", "tflite": "litert", "coreml": "coreml", "mnn": "mnn"}
+RUNTIME = {f: DEFAULT_BACKEND[f] for f in ("onnx", "tflite", "coreml", "mnn")}  # the device SDK's table
 # runtimes checked besides the default one (recorded, never blocking the bundle)
 EXTRA_RUNTIMES = {"tflite": ["tflite-runtime"]}
 

@@ -32,8 +32,7 @@ from edge_rerank.device_sdk.features.operators import input_specs
 
 log = logging.getLogger(__name__)
 
-_DEFAULT_BACKEND = {"onnx": "onnxruntime", "lightgbm": "lightgbm", "tflite": "litert", "mnn": "mnn", "coreml": "coreml",
-                    "numpy": "numpy"}
+_DEFAULT_BACKEND = backends.DEFAULT_BACKEND
 
 
 @dataclass

@@ -177,3 +177,41 @@ def test_training_and_device_features_are_bit_identical(logged_rows, fcfg, tmp_p
                 assert a.features[k].tobytes() == c.features[k].tobytes(), k
             n += 1
     assert n > 50
+
+
+# sha256 of the operators' output on the fixed input below, per OPERATORS_VERSION. If this test fails, the
+# operators now compute something else: bump OPERATORS_VERSION in device_sdk/features/config.py (old bundles are
+# then refused by their fingerprint, as they must be) and add the new digest here.
+OPERATOR_OUTPUT_DIGESTS = {"ops-3": "c0a9fc7320ef170cb8e1c690c2e7aefcad28c13a16da3cb8a4134fe1d05d183d"}
+
+
+def _operator_output_digest() -> str:
+    import hashlib
+
+    cfg = FeatureConfig(n_categories=12, n_brands=48)
+    rng = np.random.default_rng(1234)
+    items = [make_item(k, rng, cfg, k) for k in range(cfg.n_max)]
+    events = make_events(items[:9], {items[2].item_id, items[5].item_id})
+    feats = FeatureBuilder(cfg).build(items[9:], events, CTX)
+    h = hashlib.sha256()
+    for name in sorted(feats):
+        a = feats[name]
+        a = np.ascontiguousarray(np.round(a, 4) if a.dtype.kind == "f" else a)  # robust to last-ulp SIMD differences
+        h.update(name.encode() + str(a.dtype).encode() + str(a.shape).encode() + a.tobytes())
+    return h.hexdigest()
+
+
+def test_operator_code_changes_change_the_fingerprint():
+    from edge_rerank.device_sdk.features.config import OPERATORS_VERSION
+
+    expected = OPERATOR_OUTPUT_DIGESTS.get(OPERATORS_VERSION)
+    assert expected is not None, f"no digest pinned for {OPERATORS_VERSION}: {_operator_output_digest()}"
+    assert _operator_output_digest() == expected, "operators' output changed: bump OPERATORS_VERSION"
+
+
+def test_fingerprint_covers_the_operators_version(monkeypatch):
+    import edge_rerank.device_sdk.features.config as config
+
+    before = FeatureConfig().fingerprint()
+    monkeypatch.setattr(config, "OPERATORS_VERSION", "ops-next")
+    assert FeatureConfig().fingerprint() != before

@@ -25,6 +25,11 @@ class Backend(Protocol):
 _REGISTRY: dict[str, Callable[..., Backend]] = {}
 _FORMATS: dict[str, str] = {}
 
+# The one format -> runtime table: which backend runs a bundle of each model format by default (the model
+# manager, the converters' validation, the compression benchmark and the device benchmark all read it).
+DEFAULT_BACKEND: dict[str, str] = {"onnx": "onnxruntime", "tflite": "litert", "coreml": "coreml", "mnn": "mnn",
+                                   "lightgbm": "lightgbm", "numpy": "numpy"}
+
 
 def register(name: str, model_format: str) -> Callable[[Callable[..., Backend]], Callable[..., Backend]]:
     def deco(factory: Callable[..., Backend]) -> Callable[..., Backend]:

@@ -46,6 +46,12 @@ DEFAULT_CANDIDATE_OPS: tuple[str, ...] = (
     "sim_max:click@2",
 )
 
+# The version of the operators' *code* (device_sdk/features/operators.py). Part of every fingerprint, so a bundle
+# built before an operator changed what it computes is refused instead of being fed different features.
+# tests/test_features.py pins a digest of the operators' output on a fixed input to this version: change the
+# operators' output and that test fails until this is bumped (and the digest updated).
+OPERATORS_VERSION = "ops-3"
+
 EVENT_NUMERIC = ("log_dwell_s", "steps_ago", "position", "log_dist_context")
 CONTEXT_NUMERIC = ("hour_sin", "hour_cos", "n_clicks", "n_skips", "has_click")
 
@@ -118,8 +124,9 @@ class FeatureConfig:
         return cls(**d)
 
     def fingerprint(self) -> str:
-        """A short hash of everything that changes the features: the device checks it against a bundle."""
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        """A short hash of everything that changes the features — the config's values and the operators' code
+        version (``OPERATORS_VERSION``): the device checks it against a bundle."""
+        blob = json.dumps({**self.to_dict(), "operators_version": OPERATORS_VERSION}, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def save(self, path: str | Path) -> None:
