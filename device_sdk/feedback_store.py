@@ -24,6 +24,8 @@ from edge_rerank.device_sdk.contracts import EventKind, FeedbackEvent
 
 
 class FeedbackStore:
+    """In memory, bounded per session and in sessions kept (the simulator's default)."""
+
     def __init__(self, max_events_per_session: int = 512, max_sessions: int = 8):
         self.max_events = max_events_per_session
         self.max_sessions = max_sessions
@@ -77,6 +79,8 @@ _COLUMNS = ("ts_ms", "request_id", "item_id", "kind", "position", "dwell_ms", "c
 
 
 class SQLiteFeedbackStore:
+    """A SQLite file in WAL mode (for the app): events survive the app being killed."""
+
     def __init__(self, path: str | Path, *, max_events_per_session: int = 512, max_sessions: int = 8,
                  max_age_ms: int | None = 7 * 24 * 3600 * 1000, synchronous: str = "NORMAL"):
         if synchronous not in ("NORMAL", "FULL"):

@@ -41,6 +41,8 @@ class HeuristicConfig:
 
 
 class HeuristicReranker:
+    """The model-free baseline (see the module docstring); a drop-in ``Reranker`` for :class:`RerankSession`."""
+
     name = "heuristic"
 
     def __init__(self, cfg: HeuristicConfig | None = None, *, features: FeatureConfig | None = None):

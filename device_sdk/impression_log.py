@@ -20,6 +20,8 @@ from edge_rerank.device_sdk.contracts import (
 
 
 class SessionLogger:
+    """Builds one session's impression-log rows (one per shown list) from its pages, events and rerank points."""
+
     def __init__(self, session_id: str, user_id: str, query: str, context: Context, arm: str):
         self.session_id, self.user_id, self.query, self.context, self.arm = session_id, user_id, query, context, arm
         self.events: list[FeedbackEvent] = []

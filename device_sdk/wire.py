@@ -22,7 +22,7 @@ from edge_rerank.device_sdk.contracts import (
 
 __all__ = ["pb", "parse", "request_to_proto", "request_from_proto", "page_to_proto", "page_from_proto",
            "event_to_proto", "event_from_proto", "impression_to_proto", "impression_from_proto",
-           "log_batch_to_bytes", "log_batch_from_bytes"]
+           "log_batch_to_bytes", "log_batch_from_bytes", "page_from_bytes", "page_to_bytes"]
 
 
 def parse(message_cls: type[Message], data: bytes) -> Message:
@@ -94,6 +94,15 @@ def page_from_proto(m: pb.SearchPage) -> SearchPage:
     return SearchPage(request_id=m.request_id, session_id=m.session_id, page_index=m.page_index,
                       model_version=m.model_version, items=[_item_from_proto(i) for i in m.items],
                       has_more=m.has_more)
+
+
+def page_from_bytes(data: bytes) -> SearchPage:
+    """A ``/v1/search`` response body -> SearchPage (ContractError if malformed)."""
+    return page_from_proto(parse(pb.SearchPage, data))
+
+
+def page_to_bytes(p: SearchPage, encoding: EmbeddingEncoding = EmbeddingEncoding.FP16) -> bytes:
+    return page_to_proto(p, encoding).SerializeToString()
 
 
 def event_to_proto(e: FeedbackEvent, encoding: EmbeddingEncoding = EmbeddingEncoding.FP16) -> pb.FeedbackEvent:

@@ -96,7 +96,7 @@ sys.path.insert(0, str(d))  # ahead of everything, as the standard library's own
 import compression  # the shadow (stdlib's on 3.14)
 assert getattr(compression, "SHADOW", False)
 from edge_rerank.compression.presets import PRESETS
-from edge_rerank.device_sdk.reranker import RerankService
+from edge_rerank.device_sdk import RerankSession
 from edge_rerank.simulator.world import World
 print("ok", len(PRESETS))
 """
