@@ -36,6 +36,7 @@ class RerankResult:
     moved: int = 0  # how many positions changed
     fallback_reason: str | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)  # features / inference / reinsertion / total
+    model_version: str | None = None  # the model that scored (None: none did)
 
 
 class Reranker(Protocol):
@@ -118,7 +119,7 @@ class RerankService:
                context: Context) -> RerankResult:
         """Rerank the unseen items `items[n_fixed:]` (up to n_max of them) given the session's feedback."""
         self.calls += 1
-        n = len(items) if isinstance(items, Sequence) else 0
+        n = len(items) if isinstance(items, Sequence) and not isinstance(items, str | bytes) else 0
         t0 = self._clock()
         timings: dict[str, float] = {}
         bad = check_rerank_args(items, n_fixed, events, context)
@@ -157,4 +158,4 @@ class RerankService:
         timings["reinsertion"] = (t3 - t2) * 1e3
         timings["total"] = (t3 - t0) * 1e3
         moved = sum(1 for pos, idx in enumerate(order) if pos != idx)
-        return RerankResult(order=order, applied=True, moved=moved, timings_ms=timings)
+        return RerankResult(order=order, applied=True, moved=moved, timings_ms=timings, model_version=model.version)
