@@ -166,17 +166,18 @@ class SQLiteFeedbackStore:
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=self._timeout_s)
         try:
-            if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                db.execute("PRAGMA journal_mode=WAL")
-            db.execute(f"PRAGMA synchronous={self._synchronous}")
-            problems = [r[0] for r in db.execute("PRAGMA quick_check").fetchall()]
+            # read-only checks first: a file that is moved aside is moved aside unchanged
+            problems = [r[0] for r in db.execute("PRAGMA quick_check").fetchall()]  # bounded store: a few ms
             if problems != ["ok"]:
                 raise _Corrupt(f"integrity check failed: {'; '.join(problems)[:200]}")
             cols = tuple(r[1] for r in db.execute("PRAGMA table_info(events)").fetchall())
+            if cols and cols != _EXPECTED_COLUMNS:
+                raise _Corrupt(f"events table has columns {cols}, expected {_EXPECTED_COLUMNS}")
+            if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={self._synchronous}")
             if not cols:
                 db.executescript(_SCHEMA)
-            elif cols != _EXPECTED_COLUMNS:
-                raise _Corrupt(f"events table has columns {cols}, expected {_EXPECTED_COLUMNS}")
         except BaseException:
             db.close()
             raise
@@ -278,13 +279,12 @@ class SQLiteFeedbackStore:
         rows = [self._row(session_id, e) for e in _valid_events(self.faults, session_id, events, self.emb_dim)]
         with self._lock:
             self._pending.extend(rows)
+            self._flush_locked()
             if len(self._pending) > self._max_pending:
                 n = len(self._pending) - self._max_pending
                 for _ in range(n):
                     self._pending.popleft()
                 self.faults.record(f"queue_full: {n} queued events dropped (database locked too long)")
-            if self._pending:
-                self._flush_locked()
         return len(rows)
 
     def flush(self) -> bool:
