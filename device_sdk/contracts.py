@@ -220,3 +220,59 @@ class ImpressionRow:
     candidates: list[LoggedCandidate]
     events: list[FeedbackEvent]
     rerank_points: list[int]
+
+
+_INT64_MAX = (1 << 63) - 1
+_EVENT_INT_FIELDS = {"ts_ms": (0, _INT64_MAX), "item_id": (-1, _INT64_MAX), "position": (-1, (1 << 31) - 1),
+                     "category": (-1, (1 << 31) - 1), "brand": (-1, (1 << 31) - 1),
+                     "price_level": (-1, (1 << 31) - 1)}
+MAX_EMBEDDING_DIM = 4096
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int | np.integer) and not isinstance(v, bool | np.bool_)
+
+
+def _is_finite_real(v: object) -> bool:
+    if not isinstance(v, int | float | np.integer | np.floating) or isinstance(v, bool | np.bool_):
+        return False
+    try:
+        return bool(np.isfinite(float(v)))
+    except OverflowError:  # an int beyond float range
+        return False
+
+
+def validate_feedback_event(event: object, emb_dim: int | None = None) -> FeedbackEvent:
+    """Return `event` if every field has its type and range (what the stores and the feature operators assume);
+    raise ContractError naming the first bad field otherwise. Ints are real ints (not bool) within their column's
+    range (ts_ms >= 0 and < 2^63; ids and positions >= -1, the "none" value); floats are finite (dwell_ms >= 0);
+    the embedding is None or a 1-D finite float32 vector (of `emb_dim` values if given)."""
+    if not isinstance(event, FeedbackEvent):
+        raise ContractError(f"not a FeedbackEvent: {type(event).__name__}")
+    for name, (lo, hi) in _EVENT_INT_FIELDS.items():
+        v = getattr(event, name)
+        if not _is_int(v):
+            raise ContractError(f"{name} must be an int, got {type(v).__name__}")
+        if not lo <= int(v) <= hi:
+            raise ContractError(f"{name}={int(v)} is outside {lo}..{hi}")
+    if not isinstance(event.request_id, str) or len(event.request_id) > 128:
+        raise ContractError("request_id must be a string of at most 128 characters")
+    kind = event.kind
+    if not _is_int(kind) or int(kind) not in EventKind._value2member_map_:
+        raise ContractError(f"kind must be an EventKind, got {kind!r:.40}")
+    for name in ("dwell_ms", "lat", "lon"):
+        v = getattr(event, name)
+        if not _is_finite_real(v):
+            raise ContractError(f"{name} must be a finite number, got {v!r:.40}")
+    if event.dwell_ms < 0:
+        raise ContractError(f"dwell_ms must be >= 0, got {event.dwell_ms}")
+    emb = event.id_embedding
+    if emb is not None:
+        if not isinstance(emb, np.ndarray) or emb.dtype != np.float32 or emb.ndim != 1:
+            raise ContractError("id_embedding must be None or a 1-D float32 array")
+        size = emb.shape[0]
+        if (emb_dim is not None and size != emb_dim) or not 1 <= size <= MAX_EMBEDDING_DIM:
+            raise ContractError(f"id_embedding has {size} values, expected {emb_dim or f'1..{MAX_EMBEDDING_DIM}'}")
+        if not np.all(np.isfinite(emb)):
+            raise ContractError("id_embedding has non-finite values")
+    return event

@@ -26,7 +26,6 @@ model's feature config (``FeatureConfig``), the latency budget from ``TriggerCon
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -34,7 +33,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge_rerank.device_sdk.contracts import Context, EventKind, FeedbackEvent, PageItem, SearchPage
+from edge_rerank.device_sdk.contracts import (
+    Context,
+    ContractError,
+    EventKind,
+    FeedbackEvent,
+    PageItem,
+    SearchPage,
+    validate_feedback_event,
+)
 from edge_rerank.device_sdk.faults import FaultLog, reason_kind
 from edge_rerank.device_sdk.features.config import FeatureConfig
 from edge_rerank.device_sdk.feedback_store import FeedbackStore
@@ -202,10 +209,10 @@ class RerankSession:
         if self.closed:
             return self._refuse("closed: the session has ended")
         if self._keep_events:
-            if not isinstance(event, FeedbackEvent):
-                return self._refuse(f"bad_event: expected a FeedbackEvent, got {type(event).__name__}")
-            if not (math.isfinite(event.dwell_ms) and event.dwell_ms >= 0):
-                return self._refuse(f"bad_event: dwell_ms={event.dwell_ms!r}")
+            try:
+                validate_feedback_event(event)  # the stores' own rules: a bad event is refused alone
+            except ContractError as exc:
+                return self._refuse(f"bad_event: {exc}")
             self.store.add(self.session_id, event)
             if self.logger is not None:
                 self.logger.record(event)

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import numbers
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -56,6 +58,36 @@ EVENT_NUMERIC = ("log_dwell_s", "steps_ago", "position", "log_dist_context")
 CONTEXT_NUMERIC = ("hour_sin", "hour_cos", "n_clicks", "n_skips", "has_click")
 
 
+_INT_RANGES = {"n_max": (1, 4096), "l_max": (1, 4096), "max_positives": (0, 4096), "emb_dim": (1, 4096),
+               "dense_dim": (1, 4096), "n_categories": (1, 1 << 20), "n_brands": (1, 1 << 20),
+               "n_price_levels": (1, 1 << 20)}
+
+
+def _is_real(v: object) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _check_types_and_ranges(cfg: FeatureConfig) -> None:
+    """ValueError unless every field has its type and range (a config read from a bundle is untrusted);
+    lists become tuples."""
+    for name, (lo, hi) in _INT_RANGES.items():
+        v = getattr(cfg, name)
+        if not isinstance(v, numbers.Integral) or isinstance(v, bool) or not lo <= v <= hi:
+            raise ValueError(f"{name} must be an int in {lo}..{hi}, got {v!r:.40}")
+    v = cfg.dwell_threshold_ms
+    if not _is_real(v) or not math.isfinite(v) or v < 0:
+        raise ValueError(f"dwell_threshold_ms must be a finite number >= 0, got {v!r:.40}")
+    if not isinstance(cfg.version, str) or len(cfg.version) > 64 or not isinstance(cfg.geo, str):
+        raise ValueError("version and geo must be strings (version at most 64 characters)")
+    finite = (lambda e: _is_real(e) and math.isfinite(e), "finite numbers")
+    for name, (ok, what) in (("distance_buckets_km", finite), ("position_buckets", finite),
+                             ("candidate_ops", (lambda e: isinstance(e, str) and len(e) <= 128, "operators"))):
+        v = getattr(cfg, name)
+        if not isinstance(v, tuple | list) or len(v) > 256 or not all(ok(e) for e in v):
+            raise ValueError(f"{name} must be a list of at most 256 {what}, got {v!r:.60}")
+        object.__setattr__(cfg, name, tuple(v))
+
+
 @dataclass(frozen=True)
 class FeatureConfig:
     version: str = "features-v2"
@@ -75,6 +107,7 @@ class FeatureConfig:
     candidate_ops: tuple[str, ...] = field(default=DEFAULT_CANDIDATE_OPS)
 
     def __post_init__(self) -> None:
+        _check_types_and_ranges(self)
         if self.geo not in ("planar", "haversine"):
             raise ValueError(f"geo must be 'planar' or 'haversine', got {self.geo!r}")
         if self.max_positives > self.l_max:
@@ -113,15 +146,22 @@ class FeatureConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> FeatureConfig:
+        if not isinstance(d, dict):
+            raise ValueError(f"a feature config is a JSON object, got {type(d).__name__}")
         d = dict(d)
-        d["candidate_ops"] = tuple(d.get("candidate_ops", DEFAULT_CANDIDATE_OPS))
+        d.setdefault("candidate_ops", DEFAULT_CANDIDATE_OPS)
         for name in ("distance_buckets_km", "position_buckets"):
-            if name in d:
-                d[name] = tuple(float(v) for v in d[name])
+            if isinstance(d.get(name), list | tuple):  # other shapes are refused by __post_init__
+                d[name] = tuple(float(v) if _is_real(v) else v for v in d[name])
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
-            raise ValueError(f"unknown feature config keys: {sorted(unknown)}")
-        return cls(**d)
+            raise ValueError(f"unknown feature config keys: {sorted(map(str, unknown))[:10]}")
+        cfg = cls(**d)
+        from edge_rerank.device_sdk.features.operators import compile_op  # (imports this module)
+
+        for expr in cfg.candidate_ops:
+            compile_op(expr)  # FeatureError (a ValueError) for an operator this version does not know
+        return cfg
 
     def fingerprint(self) -> str:
         """A short hash of everything that changes the features — the config's values and the operators' code
@@ -135,6 +175,8 @@ class FeatureConfig:
     @classmethod
     def load(cls, path: str | Path) -> FeatureConfig:
         d = json.loads(Path(path).read_text())
+        if not isinstance(d, dict):
+            raise ValueError(f"feature config {path} is not a JSON object")
         fp = d.pop("fingerprint", None)
         cfg = cls.from_dict(d)
         if fp is not None and fp != cfg.fingerprint():
