@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo demo-quick test lint proto bench bench-device bench-train bench-simulator bench-cloud bench-compression redis-server clean
+.PHONY: demo demo-quick test lint proto bench bench-session bench-device bench-train bench-simulator bench-cloud bench-compression redis-server clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,13 +30,16 @@ redis-server:
 	  echo "redis-server is not installed and cannot be installed here: the Redis store tests will skip"
 
 # All benchmarks (JSON under runs/bench/); run them on a quiet machine.
-bench: bench-device bench-train bench-simulator bench-cloud
+bench: bench-device bench-session bench-train bench-simulator bench-cloud
 
 bench-device: $(STAMP)
 	$(PY) bench/device_bench.py --out runs/bench/device.json
 
 bench-train: $(STAMP)
 	$(PY) bench/train_bench.py --out runs/bench/train.json
+
+bench-session: $(STAMP)
+	$(PY) bench/session_bench.py --out runs/bench/session.json
 
 bench-simulator: $(STAMP)
 	$(PY) bench/simulator_bench.py --out runs/bench/simulator_bench.json

@@ -101,9 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     for store in ("memory", "sqlite"):
         res["stores"][store] = r = run(a.bundle, a.runs, a.events, store)
         bare = r["bare_rerank_call"]
-        print(f"{store:>6}: bare rerank p50/p99 {bare['p50_ms']:.3f}/{bare['p99_ms']:.3f} ms | session event (no trigger) {r['session_event_no_trigger']['p50_ms']:.3f}/"
-              f"{r['session_event_no_trigger']['p99_ms']:.3f} ms | session event with rerank "
-              f"{r['session_event_with_rerank']['p50_ms']:.3f}/{r['session_event_with_rerank']['p99_ms']:.3f} ms")
+        ev, rr = r["session_event_no_trigger"], r["session_event_with_rerank"]
+        print(f"{store:>6}: bare rerank p50/p99 {bare['p50_ms']:.3f}/{bare['p99_ms']:.3f} ms | session event "
+              f"(no trigger) {ev['p50_ms']:.3f}/{ev['p99_ms']:.3f} ms | session event with rerank "
+              f"{rr['p50_ms']:.3f}/{rr['p99_ms']:.3f} ms")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res, indent=2))
     print(f"wrote {a.out}")
