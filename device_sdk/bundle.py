@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from edge_rerank.device_sdk.features.config import FeatureConfig
+from edge_rerank.device_sdk.features.operators import compile_op
+from edge_rerank.device_sdk.signing import SIGNATURE, SignatureError, verify_manifest
 
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
@@ -183,11 +185,12 @@ def read_bundle(root: str | Path, *, expected_fingerprint: str | None = None,
     if not mpath.is_file():
         raise BundleError(f"{root}: no {MANIFEST}")
     if public_key is not None:
-        from edge_rerank.device_sdk.signing import SIGNATURE, verify_manifest
-
         if not (root / SIGNATURE).is_file():
-            raise BundleError(f"{root}: no {SIGNATURE}, and this app only loads signed bundles")
-        verify_manifest(mpath.read_bytes(), (root / SIGNATURE).read_bytes(), public_key)
+            raise BundleError(f"{root}: no {SIGNATURE}, and this app only loads signed bundles", kind="bad_signature")
+        try:
+            verify_manifest(mpath.read_bytes(), (root / SIGNATURE).read_bytes(), public_key)
+        except SignatureError as exc:
+            raise BundleError(str(exc), kind="bad_signature") from exc
     if mpath.stat().st_size > MAX_MANIFEST_BYTES:
         raise BundleError(f"{mpath} is larger than {MAX_MANIFEST_BYTES} bytes", kind="bad_manifest")
     manifest = Manifest.from_dict(parse_json(mpath.read_bytes(), str(mpath), "bad_manifest"))
@@ -215,6 +218,11 @@ def read_bundle(root: str | Path, *, expected_fingerprint: str | None = None,
     except (ValueError, TypeError, AttributeError, RecursionError, UnicodeDecodeError) as exc:
         raise BundleError(f"feature config unreadable: {type(exc).__name__}: {str(exc)[:200]}",
                           kind="bad_feature_config") from exc
+    for expr in cfg.candidate_ops:  # an operator this version does not know: refused before any model is loaded
+        try:
+            compile_op(expr)
+        except ValueError as exc:
+            raise BundleError(f"feature config: {exc}", kind="bad_feature_config") from exc
     if cfg.fingerprint() != manifest.feature_config_fingerprint:
         raise BundleError("feature config does not match the manifest's fingerprint", kind="bad_feature_config")
     if expected_fingerprint is not None and cfg.fingerprint() != expected_fingerprint:

@@ -5,9 +5,11 @@ only when a key is configured."""
 
 from __future__ import annotations
 
-from edge_rerank.device_sdk.bundle import BundleError
-
 SIGNATURE = "manifest.sig"
+
+
+class SignatureError(RuntimeError):
+    """A signature cannot be checked or made (``read_bundle`` turns it into a BundleError of kind bad_signature)."""
 
 
 def _ed25519():
@@ -15,7 +17,7 @@ def _ed25519():
         from cryptography.exceptions import InvalidSignature
         from cryptography.hazmat.primitives.asymmetric import ed25519
     except ImportError as exc:
-        raise BundleError("signature checks need the [sign] extra: pip install 'edge-rerank[sign]'") from exc
+        raise SignatureError("signature checks need the [sign] extra: pip install 'edge-rerank[sign]'") from exc
     return ed25519, InvalidSignature
 
 
@@ -25,7 +27,7 @@ def verify_manifest(manifest: bytes, signature: bytes, public_key: bytes) -> Non
     try:
         ed25519.Ed25519PublicKey.from_public_bytes(public_key).verify(signature, manifest)
     except (invalid, ValueError) as exc:
-        raise BundleError("bundle signature does not verify with the pinned key") from exc
+        raise SignatureError("bundle signature does not verify with the pinned key") from exc
 
 
 def sign_manifest(manifest: bytes, private_key: bytes) -> bytes:

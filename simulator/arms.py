@@ -24,7 +24,8 @@ from edge_rerank.device_sdk.features.config import FeatureConfig
 from edge_rerank.device_sdk.heuristic import HeuristicReranker
 from edge_rerank.device_sdk.reranker import RerankResult, reinsert
 from edge_rerank.device_sdk.triggers import TriggerConfig
-from edge_rerank.simulator.user_model import SHUFFLE, UserModel, crn_uniform_array
+from edge_rerank.simulator.randomness import SHUFFLE, crn_uniform_array
+from edge_rerank.simulator.user_model import UserModel
 from edge_rerank.simulator.world import SessionSpec
 
 ARM_KINDS = ("cloud", "random", "heuristic", "oracle", "device")

@@ -41,8 +41,9 @@ from edge_rerank.device_sdk.impression_log import SessionLogger
 from edge_rerank.device_sdk.privacy import PrivacyConfig
 from edge_rerank.device_sdk.session import LATE_POLICIES, Rerank, RerankSession
 from edge_rerank.device_sdk.triggers import TriggerConfig
+from edge_rerank.simulator.randomness import BUSY, NETWORK, crn_uniform
 from edge_rerank.simulator.transport import CloudTransport
-from edge_rerank.simulator.user_model import BUSY, NETWORK, UserModel, crn_uniform
+from edge_rerank.simulator.user_model import UserModel
 from edge_rerank.simulator.world import SessionSpec
 
 _STD_NORMAL = NormalDist()

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_rerank.device_sdk.contracts import Context
+from edge_rerank.simulator.randomness import crn_uniform_array
 
 CATEGORY_QUERIES = ("hotpot", "noodles", "sushi", "bbq", "cafe", "bakery", "pizza", "burger", "dim sum",
                     "salad", "ramen", "dessert")
@@ -120,7 +121,6 @@ class World:
 
         Draws are counter-based (splitmix64 of (world seed, run seed, index, k)), so any session can be made
         on its own, in any order, on any worker, cheaply."""
-        from edge_rerank.simulator.user_model import crn_uniform_array
 
         cfg = self.cfg
         K = cfg.latent_dim

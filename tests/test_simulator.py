@@ -5,8 +5,9 @@ from edge_rerank.cloud.serve import running_server
 from edge_rerank.device_sdk.contracts import SearchRequest
 from edge_rerank.simulator.metrics import bootstrap_mean, position_ctr
 from edge_rerank.simulator.phone import Phone
+from edge_rerank.simulator.randomness import crn_uniform
 from edge_rerank.simulator.transport import HttpCloud
-from edge_rerank.simulator.user_model import UserModel, crn_uniform
+from edge_rerank.simulator.user_model import UserModel
 
 
 def test_sessions_are_deterministic_and_independent_of_order(world):

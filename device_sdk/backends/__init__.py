@@ -1,72 +1,22 @@
 """Inference backends behind one protocol, registered by name, each importing its runtime lazily."""
 
-from __future__ import annotations
-
-from collections.abc import Callable
-from pathlib import Path
-from typing import Protocol, runtime_checkable
-
-import numpy as np
-
-
-class BackendError(RuntimeError):
-    """A backend cannot be created or cannot run (missing runtime, bad model file, bad output)."""
-
-
-@runtime_checkable
-class Backend(Protocol):
-    name: str
-
-    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        """Scores [batch, n_max] for inputs with a leading batch dimension."""
-        ...
-
-
-_REGISTRY: dict[str, Callable[..., Backend]] = {}
-_FORMATS: dict[str, str] = {}
-
-# The one format -> runtime table: which backend runs a bundle of each model format by default (the model
-# manager, the converters' validation, the compression benchmark and the device benchmark all read it).
-DEFAULT_BACKEND: dict[str, str] = {"onnx": "onnxruntime", "tflite": "litert", "coreml": "coreml", "mnn": "mnn",
-                                   "lightgbm": "lightgbm", "numpy": "numpy"}
-
-
-def register(name: str, model_format: str) -> Callable[[Callable[..., Backend]], Callable[..., Backend]]:
-    def deco(factory: Callable[..., Backend]) -> Callable[..., Backend]:
-        _REGISTRY[name] = factory
-        _FORMATS[name] = model_format
-        return factory
-
-    return deco
-
-
-def available() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def model_format(name: str) -> str:
-    return _FORMATS[name]
-
-
-def batch_size(input_names: list[str], inputs: dict[str, np.ndarray]) -> int:
-    """Check every model input is given (BackendError naming the missing ones); the leading dimension."""
-    missing = set(input_names) - set(inputs)
-    if missing:
-        raise BackendError(f"missing model inputs: {sorted(missing)}")
-    return int(np.asarray(inputs[input_names[0]]).shape[0])
-
-
-def create(name: str, model_path: str | Path, *, threads: int = 1) -> Backend:
-    """Create backend `name` for the model file at `model_path`."""
-    if name not in _REGISTRY:
-        raise BackendError(f"unknown backend {name!r}; available: {available()}")
-    return _REGISTRY[name](Path(model_path), threads=threads)
-
-
 # Registration is cheap: each module imports its runtime only when a backend is created.
-from edge_rerank.device_sdk.backends import coreml_backend as _coreml  # noqa: E402,F401
-from edge_rerank.device_sdk.backends import lightgbm_backend as _lgbm  # noqa: E402,F401
-from edge_rerank.device_sdk.backends import litert_backend as _litert  # noqa: E402,F401
-from edge_rerank.device_sdk.backends import mnn_backend as _mnn  # noqa: E402,F401
-from edge_rerank.device_sdk.backends import numpy_backend as _numpy  # noqa: E402,F401
-from edge_rerank.device_sdk.backends import onnxruntime_backend as _ort  # noqa: E402,F401
+from edge_rerank.device_sdk.backends import coreml_backend as _coreml  # noqa: F401
+from edge_rerank.device_sdk.backends import lightgbm_backend as _lgbm  # noqa: F401
+from edge_rerank.device_sdk.backends import litert_backend as _litert  # noqa: F401
+from edge_rerank.device_sdk.backends import mnn_backend as _mnn  # noqa: F401
+from edge_rerank.device_sdk.backends import numpy_backend as _numpy  # noqa: F401
+from edge_rerank.device_sdk.backends import onnxruntime_backend as _ort  # noqa: F401
+from edge_rerank.device_sdk.backends.base import (
+    DEFAULT_BACKEND,
+    Backend,
+    BackendError,
+    available,
+    batch_size,
+    create,
+    model_format,
+    register,
+)
+
+__all__ = ["DEFAULT_BACKEND", "Backend", "BackendError", "available", "batch_size", "create", "model_format",
+           "register"]

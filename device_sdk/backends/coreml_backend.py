@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_rerank.device_sdk.backends import BackendError, batch_size, register
+from edge_rerank.device_sdk.backends.base import BackendError, batch_size, register
 
 
 def _extract(zip_path: Path, into: Path) -> Path:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_rerank.device_sdk.backends import BackendError, register
+from edge_rerank.device_sdk.backends.base import BackendError, register
 from edge_rerank.device_sdk.features.operators import candidate_table
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_rerank.device_sdk.backends import BackendError, batch_size, register
+from edge_rerank.device_sdk.backends.base import BackendError, batch_size, register
 
 SIGNATURE = "serving_default"
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_rerank.device_sdk.backends import BackendError, register
+from edge_rerank.device_sdk.backends.base import BackendError, register
 
 NEG = -1e4
 CONFIG_KEY = "__model_config__"
