@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from edge_rerank.device_sdk.contracts import EmbeddingEncoding, PackedEmbedding
+from edge_rerank.device_sdk.contracts import DEFAULT_PAGE_SIZE, EmbeddingEncoding, PackedEmbedding
 
 EMB_INPUTS = ("cand_emb", "seq_emb")
 
@@ -36,7 +36,7 @@ class PageBytes:
     embedding_bytes_per_item: int  # row payload + scale
 
 
-def page_bytes(inputs: dict[str, np.ndarray], n_items: int = 25) -> list[PageBytes]:
+def page_bytes(inputs: dict[str, np.ndarray], n_items: int = DEFAULT_PAGE_SIZE) -> list[PageBytes]:
     """Serialized size of one page of `n_items` real candidates (rows taken from `inputs`) in each encoding."""
     from edge_rerank.cloud.page_codec import encode_items
 

@@ -26,7 +26,7 @@ from edge_rerank.cloud.ranking.fine import FEATURES, FineRanker, default_ranker_
 from edge_rerank.cloud.ranking.pipeline import SearchPipeline
 from edge_rerank.cloud.training.losses import LOSSES
 from edge_rerank.cloud.training.metrics import ndcg_at_k
-from edge_rerank.device_sdk.contracts import Context, ImpressionRow
+from edge_rerank.device_sdk.contracts import DEFAULT_PAGE_SIZE, Context, ImpressionRow
 
 
 class CloudFeaturizer:
@@ -96,7 +96,7 @@ class PageLists:
         return PageLists(self.features[idx], self.labels[idx], self.mask[idx], [self.session_ids[i] for i in idx])
 
 
-def page_lists(rows: Sequence[ImpressionRow], featurizer: CloudFeaturizer, n_max: int = 25) -> PageLists:
+def page_lists(rows: Sequence[ImpressionRow], featurizer: CloudFeaturizer, n_max: int = DEFAULT_PAGE_SIZE) -> PageLists:
     """Every shown page with at least one click, its exposed items in cloud order, labelled order 2 / click 1."""
     rows = sorted(rows, key=lambda r: (r.session_id, r.page_index, r.request_id))
     feats, labels, masks, sids = [], [], [], []
