@@ -107,3 +107,20 @@ def test_imports_survive_top_level_names_taken_by_others(tmp_path):
     distribution may ship `cloud` or `simulator`: ours live under `edge_rerank.` and are not shadowed."""
     r = subprocess.run([sys.executable, "-c", _SHADOW], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0 and r.stdout.startswith("ok"), r.stdout + r.stderr
+
+
+def test_the_wheel_installs_one_top_level_package(tmp_path):
+    """The built wheel holds `edge_rerank/` only (no top-level `compression`, `cloud`, ...) and ships py.typed."""
+    import zipfile
+
+    pytest.importorskip("setuptools")
+    pytest.importorskip("wheel")
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                        str(tmp_path), str(ROOT)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (whl,) = tmp_path.glob("edge_rerank-*.whl")
+    names = zipfile.ZipFile(whl).namelist()
+    assert {n.split("/")[0] for n in names} == {"edge_rerank", whl.name.split("-py3")[0] + ".dist-info"}
+    for pkg in ("device_sdk", "cloud", "converters", "compression", "simulator"):
+        assert f"edge_rerank/{pkg}/__init__.py" in names
+    assert "edge_rerank/device_sdk/py.typed" in names and "edge_rerank/device_sdk/_proto/edge_rerank_pb2.py" in names
