@@ -115,8 +115,15 @@ def test_the_wheel_installs_one_top_level_package(tmp_path):
 
     pytest.importorskip("setuptools")
     pytest.importorskip("wheel")
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
-                        str(tmp_path), str(ROOT)], capture_output=True, text=True)
+    import shutil
+
+    had_build = (ROOT / "build").exists()
+    try:
+        r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                            str(tmp_path), str(ROOT)], capture_output=True, text=True)
+    finally:
+        if not had_build:  # setuptools builds in the source tree: leave it as it was
+            shutil.rmtree(ROOT / "build", ignore_errors=True)
     assert r.returncode == 0, r.stderr[-2000:]
     (whl,) = tmp_path.glob("edge_rerank-*.whl")
     names = zipfile.ZipFile(whl).namelist()
