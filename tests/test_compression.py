@@ -22,15 +22,15 @@ OTHER_FORMATS = ["mnn-int8-weight", "coreml-int8-linear"]
 
 
 @pytest.fixture(scope="module")
-def bench(trained, samples, tmp_path_factory):
-    from edge_rerank.cloud.training.data import split_by_session
+def bench(trained, split_parts, tmp_path_factory):
     from tests.conftest import WCFG
 
-    model, _, valid = trained
-    train, _ = split_by_session(samples)
+    model, _, test = trained
+    _, train, valid, _ = split_parts
     out = tmp_path_factory.mktemp("compress")
-    rows = run_benchmark(model, train, valid, out, methods=ONNX_QUANT + OTHER_FORMATS, n_lists=60, latency_runs=20,
-                         simulation=SimulationSetup(WCFG, sessions=60), progress=False, calibration_lists=60)
+    rows = run_benchmark(model, train, test, out, tune=valid, methods=ONNX_QUANT + OTHER_FORMATS, n_lists=60,
+                         latency_runs=20, simulation=SimulationSetup(WCFG, sessions=60), progress=False,
+                         calibration_lists=60)
     return {r.method: r for r in rows}, out
 
 
@@ -100,19 +100,18 @@ def test_budget_check_names_every_broken_limit():
     assert len(c.broken) == 3 and "2.000 %" in c.broken[0] and "0.9800" in c.broken[1] and "120.0 KB" in c.broken[2]
 
 
-def test_default_preset_writes_a_loadable_bundle(trained, samples, fcfg, tmp_path):
-    from edge_rerank.cloud.training.data import split_by_session
+def test_default_preset_writes_a_loadable_bundle(trained, split_parts, fcfg, tmp_path):
     from edge_rerank.device_sdk.model_manager import load_model
 
-    model, _, valid = trained
-    train, _ = split_by_session(samples)
-    check, bundle = run_preset("default", model, train, valid, tmp_path, n_lists=40)
+    model, _, test = trained
+    train = split_parts[1]
+    check, bundle = run_preset("default", model, train, test, tmp_path, n_lists=40)
     assert check.ok and check.method == "onnx-fp16"
     loaded = load_model(bundle, backend="onnxruntime", expected_fingerprint=fcfg.fingerprint())
     assert loaded.bundle.manifest.validation["mean_kendall_tau_vs_fp32"] >= 0.99
     strict = Preset("strict", "onnx-int8-dynamic-qint8", Budget(0.0, 0.99999, 10), "impossible on purpose")
     with pytest.raises(BudgetExceeded, match="broke its budget.*KB"):
-        run_preset(strict, model, train, valid, tmp_path / "strict", n_lists=40)
+        run_preset(strict, model, train, test, tmp_path / "strict", n_lists=40)
     assert not (tmp_path / "strict" / "bundle").exists()
 
 

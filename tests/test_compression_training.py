@@ -19,10 +19,9 @@ from edge_rerank.compression.sizes import gzip_size
 
 
 @pytest.fixture(scope="module")
-def split(samples):
-    from edge_rerank.cloud.training.data import split_by_session
-
-    return split_by_session(samples)
+def split(split_parts):
+    """(train, valid) of the `trained` model's recorded split: fine-tuning picks epochs on its validation lists."""
+    return split_parts[1], split_parts[2]
 
 
 @pytest.fixture(scope="module")

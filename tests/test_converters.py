@@ -21,10 +21,10 @@ NUMERIC = ("onnx", "tflite", "mnn")  # formats with a runtime on Linux
 def exported(trained, tmp_path_factory):
     from edge_rerank.converters.export import export_formats
 
-    model, summary, valid = trained
+    model, summary, test = trained
     out = tmp_path_factory.mktemp("export_all")
-    report = export_formats(model, valid.inputs, out, formats=list(FORMATS), version="t", n_validate=40,
-                            metrics=summary["valid_model"], latency_runs=20, progress=False)
+    report = export_formats(model, test.inputs, out, formats=list(FORMATS), version="t", n_validate=40,
+                            metrics=summary["test_model"], latency_runs=20, progress=False)
     return report, out
 
 
