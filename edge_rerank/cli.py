@@ -153,6 +153,10 @@ def _held_out(a: argparse.Namespace):
     (missing files, no recorded split, logs that are not the ones the split was made from)."""
     from edge_rerank.api import load_held_out
 
+    for what, p in (("checkpoint", a.checkpoint), ("logs", a.logs)):
+        if not Path(p).exists():
+            print(f"--{what} {p}: no such file or directory", file=sys.stderr)
+            return None
     try:
         return load_held_out(a.checkpoint, a.logs, progress=not a.no_progress)
     except (FileNotFoundError, ValueError) as exc:

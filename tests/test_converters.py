@@ -247,7 +247,7 @@ def test_missing_toolchains_give_clear_errors(trained, spec, tmp_path, monkeypat
         export_mnn(tmp_path / "m.onnx", tmp_path / "m.mnn")
 
 
-def test_export_cli_writes_bundle_and_parity_table(trained, logged_rows, tmp_path, capsys):
+def test_export_cli_writes_bundle_and_parity_table(trained, split_parts, logged_rows, tmp_path, capsys):
     import pyarrow.parquet as pq
 
     from edge_rerank.cli import main
@@ -257,7 +257,7 @@ def test_export_cli_writes_bundle_and_parity_table(trained, logged_rows, tmp_pat
 
     model, summary, _ = trained
     pq.write_table(rows_to_table(logged_rows), tmp_path / "logs.parquet")
-    save_checkpoint(model, tmp_path / "ckpt.pt", summary)
+    save_checkpoint(model, tmp_path / "ckpt.pt", summary, split_parts[0])  # the split `trained` used
     rc = main(["--no-progress", "export", "--checkpoint", str(tmp_path / "ckpt.pt"), "--logs",
                str(tmp_path / "logs.parquet"), "--format", "mnn", "--validate-lists", "20", "--out",
                str(tmp_path / "out")])
