@@ -128,8 +128,8 @@ def test_int8_rows_roundtrip_within_half_a_step(emb):
 def test_int8_rows_cost_little_ranking_and_save_page_bytes(trained):
     from edge_rerank.converters.export import torch_reference
 
-    model, _, valid = trained
-    sub = valid.subset(np.arange(80))
+    model, _, test = trained
+    sub = test.subset(np.arange(min(80, len(test))))
     rep = row_quant_report(torch_reference(model), sub)
     assert 0 < rep.max_abs_row_error < 0.1 and rep.mean_kendall_tau > 0.95
     assert abs(rep.ndcg10_int8 - rep.ndcg10_fp16) < 0.02
@@ -162,7 +162,8 @@ def test_simulated_cost_follows_parameters_not_file_bytes(bench):
     assert int8.weight_bytes < 0.6 * fp32.weight_bytes
 
 
-def test_compress_cli_preset_passes_or_fails_with_reasons(trained, logged_rows, tmp_path, capsys, monkeypatch):
+def test_compress_cli_preset_passes_or_fails_with_reasons(trained, split_parts, logged_rows, tmp_path, capsys,
+                                                         monkeypatch):
     import pyarrow.parquet as pq
 
     from edge_rerank.cli import main
@@ -171,7 +172,7 @@ def test_compress_cli_preset_passes_or_fails_with_reasons(trained, logged_rows, 
 
     model, summary, _ = trained
     pq.write_table(rows_to_table(logged_rows), tmp_path / "logs.parquet")
-    save_checkpoint(model, tmp_path / "ckpt.pt", summary)
+    save_checkpoint(model, tmp_path / "ckpt.pt", summary, split_parts[0])  # the split `trained` used
     common = ["--checkpoint", str(tmp_path / "ckpt.pt"), "--logs", str(tmp_path / "logs.parquet"), "--lists", "40"]
     assert main(["--no-progress", "compress", "--preset", "default", "--out", str(tmp_path / "ok"), *common]) == 0
     out = capsys.readouterr().out
