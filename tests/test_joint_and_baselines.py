@@ -107,6 +107,13 @@ def test_train_cli_joint_from_parquet_logs(logged_rows, fcfg, cloud_data, tmp_pa
     assert model.fcfg == fcfg
     split = read_checkpoint(out / "checkpoint.pt").require_split()  # joint training records its split too
     assert split.sessions_sha256 == summary["split"]["sessions_sha256"] and len(split.test) > 0
+    # export / compress / evaluate see its test lists as the cloud serving the joint ranker would send them
+    from edge_rerank.api import evaluate, load_held_out
+
+    held = load_held_out(out / "checkpoint.pt", tmp_path / "logs.parquet")
+    assert set(held.test.session_ids) == set(split.test) and len(held.test) == summary["test_lists"]
+    ev = evaluate(out / "checkpoint.pt", tmp_path / "logs.parquet")
+    assert ev.model["ndcg@10"] == pytest.approx(summary["test_model"]["ndcg@10"], abs=1e-6)
     assert (out / "ranker.onnx").stat().st_size > 0 and (out / "cloud_ranker.pt").exists()
 
 
