@@ -34,17 +34,15 @@ def main(argv: list[str] | None = None) -> int:
         return rc
     import numpy as np
 
-    from edge_rerank.cloud.logs import read_logs
-    from edge_rerank.cloud.training.data import build_samples, split_by_session
-    from edge_rerank.cloud.training.train import load_checkpoint
+    from edge_rerank.api import load_held_out
     from edge_rerank.compression.embedding_rows import row_quant_report
     from edge_rerank.compression.split import split_report
     from edge_rerank.converters.export import torch_reference
     from edge_rerank.simulator.world import WorldConfig
 
-    model, _ = load_checkpoint(a.checkpoint)
-    _, valid = split_by_session(build_samples(read_logs(a.logs), model.fcfg, progress=False))
-    sub = valid.subset(np.arange(min(a.lists, len(valid))))
+    held = load_held_out(a.checkpoint, a.logs)  # the checkpoint's recorded test split (other logs are refused)
+    model = held.model
+    sub = held.test.subset(np.arange(min(a.lists, len(held.test))))
     extras = {"split_demo_catalog": split_report(model, WorldConfig().n_items).to_dict(),
               "split_production_catalog": split_report(model, a.catalog_items).to_dict(),
               "embedding_rows_int8": row_quant_report(torch_reference(model), sub).to_dict()}

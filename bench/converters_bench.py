@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from edge_rerank.cloud.training.data import build_samples, split_by_session
-from edge_rerank.cloud.training.train import TrainConfig, fit, load_checkpoint
+from edge_rerank.cloud.training.data import build_samples, split_sessions
+from edge_rerank.cloud.training.train import TrainConfig, fit
 from edge_rerank.converters.export import export_formats
 from edge_rerank.converters.specs import FORMATS
 from edge_rerank.device_sdk.model_manager import load_model
@@ -29,11 +29,10 @@ from edge_rerank.device_sdk.model_manager import load_model
 
 def _data(a):
     if a.checkpoint:
-        from edge_rerank.cloud.logs import read_logs
+        from edge_rerank.api import load_held_out
 
-        model, summary = load_checkpoint(a.checkpoint)
-        samples = build_samples(read_logs(a.logs), model.fcfg, progress=True)
-        return model, summary, split_by_session(samples)[1]
+        held = load_held_out(a.checkpoint, a.logs, progress=True)  # its recorded test split
+        return held.model, held.summary, held.test
     from edge_rerank.ablation import _simulate_rows
     from edge_rerank.pipeline import feature_config_for
     from edge_rerank.simulator.transport import InProcessCloud
@@ -44,9 +43,9 @@ def _data(a):
     data = world.provision_cloud(Path(a.work) / "cloud_data")
     rows = _simulate_rows(world, InProcessCloud(str(data)), a.sessions, 1000, progress=True)
     fcfg = feature_config_for(wcfg)
-    train, valid = split_by_session(build_samples(rows, fcfg, progress=True))
-    model, summary = fit(train, valid, fcfg, tcfg=TrainConfig(epochs=a.epochs, threads=1), progress=True)
-    return model, summary, valid
+    _, train, valid, test = split_sessions(build_samples(rows, fcfg, progress=True))
+    model, summary = fit(train, valid, fcfg, tcfg=TrainConfig(epochs=a.epochs, threads=1), test=test, progress=True)
+    return model, summary, test
 
 
 def interleaved_latency_ms(runners: dict, x: dict, rounds: int, per_round: int) -> dict[str, dict[str, float]]:
@@ -81,7 +80,7 @@ def main() -> None:
     torch.set_num_threads(1)
     model, summary, valid = _data(a)
     report = export_formats(model, valid.inputs, a.work, formats=list(FORMATS), version="bench",
-                            metrics=summary.get("valid_model", {}), n_validate=a.validate_lists)
+                            metrics=summary.get("test_model", {}), n_validate=a.validate_lists)
     x = {k: v[:1] for k, v in valid.inputs.items()}
     full = np.flatnonzero(valid.inputs["cand_mask"].sum(axis=1) == model.fcfg.n_max)
     if len(full):

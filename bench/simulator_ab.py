@@ -28,17 +28,18 @@ from edge_rerank.simulator.world import World, WorldConfig  # noqa: E402
 
 
 def train_bundle(world: World, cloud, out: Path, n_sessions: int, epochs: int, seed: int) -> tuple[Path, dict]:
-    from edge_rerank.cloud.training.data import build_samples, split_by_session
+    from edge_rerank.cloud.training.data import SplitConfig, build_samples, split_sessions
     from edge_rerank.cloud.training.train import TrainConfig, fit
     from edge_rerank.pipeline import export_bundle, feature_config_for
 
     fcfg = feature_config_for(world.cfg)
     phone = Phone(UserModel(world), cloud, arm="cloud")
     rows = [r for i in range(n_sessions) for r in phone.run(world.session(i, 1000 + seed)).rows]
-    train, valid = split_by_session(build_samples(rows, fcfg, progress=True), seed=seed)
-    model, summary = fit(train, valid, fcfg, tcfg=TrainConfig(epochs=epochs, seed=seed), progress=True)
-    bundle, _ = export_bundle(model, valid, out, version=f"simulator-ab-{seed}", n_validate=50,
-                              metrics=summary["valid_model"])
+    split, train, valid, test = split_sessions(build_samples(rows, fcfg, progress=True), SplitConfig(seed=seed))
+    model, summary = fit(train, valid, fcfg, tcfg=TrainConfig(epochs=epochs, seed=seed), test=test, progress=True)
+    summary["split"] = split.describe()
+    bundle, _ = export_bundle(model, test, out, version=f"simulator-ab-{seed}", n_validate=50,
+                              metrics=summary["test_model"])
     return bundle, {k: v for k, v in summary.items() if k != "history"}
 
 

@@ -133,20 +133,21 @@ def _simulate(results: dict[str, MethodResult], files: dict[str, Path], methods:
     return summary
 
 
-def run_benchmark(model, train, valid, out: str | Path, *, methods: list[str] | None = None, n_lists: int = 300,
+def run_benchmark(model, train, test, out: str | Path, *, methods: list[str] | None = None, n_lists: int = 300,
                   latency_runs: int = 200, simulation: SimulationSetup | None = None,
                   progress: bool = True, **ctx_kw) -> list[MethodResult]:
     """Build and measure each method (all known ones by default). `train`: lists for calibration, fine-tuning
-    and distillation; `valid`: held-out lists for every number reported."""
+    and distillation (``tune=`` the model's validation lists, where those pick their epochs); `test`: the
+    model's recorded test lists, for every number reported."""
     out = Path(out)
-    ctx = Context(model, train, valid, out, progress=progress, **ctx_kw)
+    ctx = Context(model, train, test, out, progress=progress, **ctx_kw)
     chosen = all_methods() if methods is None else [m for m in all_methods() if m.name in set(methods)]
     unknown = set(methods or ()) - {m.name for m in chosen}
     if unknown:
         raise KeyError(f"unknown compression methods {sorted(unknown)}; known: {[m.name for m in all_methods()]}")
     if REFERENCE not in {m.name for m in chosen}:
         chosen.insert(0, next(m for m in all_methods() if m.name == REFERENCE))
-    sub = valid.subset(np.arange(min(n_lists, len(valid))))
+    sub = test.subset(np.arange(min(n_lists, len(test))))
     x1 = {k: v[:1] for k, v in sub.inputs.items()}
     results: dict[str, MethodResult] = {}
     files: dict[str, Path] = {}

@@ -24,8 +24,11 @@ class Context:
 
     model: object  # the trained fp32 DeviceReranker (the teacher, the reference)
     train: object  # Samples: calibration, fine-tuning and distillation data (None: methods that need it fail)
-    valid: object  # Samples: held-out lists (never used to build a method)
+    test: object  # Samples: the model's recorded test lists, for every reported number (never used to build)
     out: Path
+    # Samples: the model's recorded validation lists — pruning's fine-tuning and distillation pick their best epoch
+    # on them, as training did (None: a share of the training sessions is split off for that instead)
+    tune: object = None
     calibration_lists: int = 200
     finetune_epochs: int = 3
     distill_epochs: int = 12
@@ -46,7 +49,7 @@ class Context:
 
     @property
     def example(self) -> dict[str, np.ndarray]:
-        return {k: v[:1] for k, v in self.valid.inputs.items()}
+        return {k: v[:1] for k, v in self.test.inputs.items()}
 
     @property
     def calibration(self) -> dict[str, np.ndarray]:
@@ -86,12 +89,15 @@ class Context:
 
     @property
     def fit_and_tune(self) -> tuple[object, object]:
-        """Training lists split by session into (fit, tune): pruning's fine-tuning and distillation pick their
-        best epoch on `tune`, so the held-out lists every method is measured on stay unseen by that choice."""
+        """(fit, tune): pruning's fine-tuning and distillation train on `fit` and pick their best epoch on `tune`
+        — the model's own training and validation lists when `tune` was given (the rule training followed), else
+        the training lists split by session — so the test lists every method is measured on stay unseen."""
         from edge_rerank.cloud.training.data import split_by_session
 
         if self.train is None:
             raise ValueError("this method needs training lists (fine-tuning / distillation), none were given")
+        if self.tune is not None:
+            return self.train, self.tune
         return self.once("fit_and_tune", lambda: split_by_session(self.train, valid_share=0.15, seed=1))
 
     def pruned(self, sparsity: float):

@@ -79,12 +79,14 @@ def get_preset(name: str) -> Preset:
     return PRESETS[name]
 
 
-def run_preset(name: str | Preset, model, train, valid, out: str | Path, *, n_lists: int = 300,
+def run_preset(name: str | Preset, model, train, test, out: str | Path, *, n_lists: int = 300,
                version: str = "compressed", metrics: dict | None = None, fp32_onnx: str | Path | None = None,
-               progress: bool = False) -> tuple[PresetCheck, Path]:
-    """Build the preset's method, check its budget on held-out lists, and write the bundle (``OUT/bundle``).
-    `train` (Samples) is needed only by methods that calibrate or train (static int8, pruning, students);
-    `fp32_onnx`: the model's fp32 ONNX export when the caller already has one (else it is exported here).
+               tune=None, progress: bool = False) -> tuple[PresetCheck, Path]:
+    """Build the preset's method, check its budget on the model's held-out `test` lists (its recorded test
+    split: ``edge_rerank.api.compress`` loads it from the checkpoint), and write the bundle (``OUT/bundle``).
+    `train` (Samples) is needed only by methods that calibrate or train (static int8, pruning, students), which
+    pick their best epoch on `tune` (the model's validation lists); `fp32_onnx`: the model's fp32 ONNX export
+    when the caller already has one (else it is exported here).
     Raises :class:`BudgetExceeded` (and writes no bundle) when a limit is broken."""
     import numpy as np
 
@@ -100,8 +102,8 @@ def run_preset(name: str | Preset, model, train, valid, out: str | Path, *, n_li
     why = method.available()
     if why:
         raise RuntimeError(f"preset {name!r} ({preset.method}) cannot run here: {why}")
-    ctx = Context(model, train, valid, out / "work", progress=progress, onnx_fp32_file=fp32_onnx)
-    sub = valid.subset(np.arange(min(n_lists, len(valid))))
+    ctx = Context(model, train, test, out / "work", tune=tune, progress=progress, onnx_fp32_file=fp32_onnx)
+    sub = test.subset(np.arange(min(n_lists, len(test))))
     fp32 = get_method(REFERENCE)
     ref = score_lists(fp32.runner(fp32.build(ctx, out / "work" / REFERENCE)), sub.inputs)
     path = method.build(ctx, out / "work" / method.name)

@@ -205,12 +205,13 @@ def convert(fmt: str, model, example: dict[str, np.ndarray], build: Path, spec: 
     raise ValueError(f"unknown format {fmt!r}; known: {FORMATS}")
 
 
-def export_formats(model, valid_inputs: dict[str, np.ndarray], out: str | Path, *, formats: list[str] | tuple[str, ...],
+def export_formats(model, test_inputs: dict[str, np.ndarray], out: str | Path, *, formats: list[str] | tuple[str, ...],
                    version: str, metrics: dict | None = None, n_validate: int = 300,
                    family: str = "device-reranker", name: str = "device-reranker", latency_runs: int = 200,
                    progress: bool = True) -> ExportReport:
     """Export `model` to each of `formats` under `out/<format>/` (bundle) with build files in `out/build/`.
-    `valid_inputs` are real model inputs (``Samples.inputs``) never seen in training."""
+    `test_inputs` are real model inputs (``Samples.inputs``) never seen in training or epoch selection: the
+    model's recorded test split (``edge_rerank.api.export`` loads it from the checkpoint and refuses other logs)."""
     from edge_rerank.device_sdk import backends
     from edge_rerank.device_sdk.backends import BackendError
 
@@ -220,7 +221,7 @@ def export_formats(model, valid_inputs: dict[str, np.ndarray], out: str | Path, 
     spec = get_spec(family, model.fcfg)
     if list(model.input_names) != spec.input_names:
         raise ValueError(f"the model's inputs {model.input_names} differ from the {family} spec {spec.input_names}")
-    inputs = validation_inputs(valid_inputs, n_validate)
+    inputs = validation_inputs(test_inputs, n_validate)
     if not inputs:
         raise ValueError("no validation inputs: the logs gave no lists")
     for x in inputs:

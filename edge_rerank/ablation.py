@@ -70,13 +70,6 @@ def _simulate_rows(world: World, cloud, n: int, seed: int, progress: bool) -> li
     return rows
 
 
-def three_way(samples, seed: int):
-    """Train 70 % / valid 15 % (early stopping) / test 15 % (reported), by session."""
-    from edge_rerank.cloud.training.data import split_by_session
-
-    train, rest = split_by_session(samples, valid_share=0.3, seed=seed)
-    valid, test = split_by_session(rest, valid_share=0.5, seed=seed + 1)
-    return train, valid, test
 
 
 def _heuristic_samples(rows, fcfg: FeatureConfig):
@@ -105,7 +98,7 @@ def _heuristic_samples(rows, fcfg: FeatureConfig):
 
 def run_ablation(cfg: AblationConfig, *, progress: bool = True) -> dict:
     from edge_rerank.cloud.training.cloud_ranker import CloudFeaturizer
-    from edge_rerank.cloud.training.data import build_samples
+    from edge_rerank.cloud.training.data import SplitConfig, build_samples, split_sessions
     from edge_rerank.cloud.training.gbdt import fit_gbdt, predict_gbdt, save_gbdt
     from edge_rerank.cloud.training.joint import JointConfig, predict_cloud, served_samples, train_joint
     from edge_rerank.cloud.training.model import ModelConfig
@@ -127,15 +120,16 @@ def run_ablation(cfg: AblationConfig, *, progress: bool = True) -> dict:
     tcfg = TrainConfig(epochs=cfg.epochs, loss=cfg.loss, seed=cfg.seed)
     s_full = build_samples(rows, full, progress=progress)
     s_base = build_samples(rows, base, progress=progress)
-    # train / valid (early stopping) / test (reported): split by session, the same sessions for every variant
-    tr_full, va_full, te_full = three_way(s_full, cfg.seed)
-    tr_base, va_base, te_base = three_way(s_base, cfg.seed)
+    # train / valid (early stopping) / test (reported): the training pipeline's split by session (the same config
+    # `edge-rerank train` uses), one record applied to every variant's samples — the same sessions everywhere
+    split, tr_full, va_full, te_full = split_sessions(s_full, SplitConfig(seed=cfg.seed))
+    tr_base, va_base, te_base = split.apply(s_base, source="the base variant's samples")
 
     results: list[Row] = [Row("cloud order", evaluate(cloud_order_scores(te_full), te_full))]
     bundles: dict[str, Path] = {}
     timings: dict[str, float] = {}
 
-    te_h = three_way(_heuristic_samples(rows, full), cfg.seed)[2]
+    te_h = split.apply(_heuristic_samples(rows, full), source="the heuristic's samples")[2]
     results.append(Row("heuristic", evaluate(te_h.inputs["heuristic"], te_h), note="no model"))
 
     t = time.perf_counter()
@@ -172,7 +166,7 @@ def run_ablation(cfg: AblationConfig, *, progress: bool = True) -> dict:
     t = time.perf_counter()
     jcloud, jdevice, jsum = train_joint(rows, data_dir, tr_full, va_full, full,
                                         replace(ModelConfig(), **cfg.model_overrides), tcfg, JointConfig(),
-                                        progress=progress)
+                                        test=te_full, progress=progress)
     timings["joint_s"] = time.perf_counter() - t
     featurizer = CloudFeaturizer(data_dir)
     te_served = served_samples(te_full, jcloud, featurizer, full)
@@ -192,6 +186,7 @@ def run_ablation(cfg: AblationConfig, *, progress: bool = True) -> dict:
             "joint": {k: v for k, v in jsum.items() if k not in ("history",)}, "online": online_meta,
             "samples": {"train_lists": len(tr_full), "valid_lists": len(va_full), "test_lists": len(te_full),
                         "log_rows": len(rows)},
+            "split": split.describe(),
             "total_s": time.perf_counter() - t0}
     (out / "ablation.json").write_text(json.dumps(data, indent=2, default=float))
     (out / "ablation.md").write_text(to_markdown(data))

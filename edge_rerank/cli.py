@@ -1,4 +1,5 @@
-"""``edge-rerank`` command line: demo, simulate, train, ablate, export, serve."""
+"""``edge-rerank`` command line: demo, simulate, train, eval, ablate, export, compress, serve. Train, eval,
+export and compress call ``edge_rerank.api``; this module only parses and prints."""
 
 from __future__ import annotations
 
@@ -83,27 +84,52 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
 
 
 def _cmd_train(a: argparse.Namespace) -> int:
+    from edge_rerank.api import train
+    from edge_rerank.cloud.training.data import SplitConfig
     from edge_rerank.cloud.training.model import ModelConfig
-    from edge_rerank.device_sdk.features import FeatureConfig
-    from edge_rerank.pipeline import feature_config_for, train_from_logs
-    from edge_rerank.simulator.world import WorldConfig
 
-    fcfg = FeatureConfig.load(a.feature_config) if a.feature_config else feature_config_for(WorldConfig())
     mcfg = ModelConfig(use_feedback=not a.no_mvfan, cross=not a.no_cross, views=tuple(a.views.split(",")))
-    _, summary, _ = train_from_logs(a.logs, a.out, fcfg, epochs=a.epochs, loss=a.loss, seed=a.seed,
-                                    progress=not a.no_progress, model_config=mcfg, cloud_data=a.joint)
-    (Path(a.out) / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
-    print(f"{summary['train_lists']} training / {summary['valid_lists']} held-out lists, "
-          f"{summary['params']:,} parameters, {summary['lists_per_s']:.0f} lists/s")
-    print(f"{'held-out':<22}" + "".join(f"{m:>10}" for m in ("ndcg@5", "ndcg@10", "mrr", "auc")))
-    rows = [("device reranker", summary["valid_model"]), ("cloud order (logged)", summary["valid_cloud_order"])]
-    if "valid_new_cloud_ranker" in summary:
-        rows.append(("new cloud ranker", summary["valid_new_cloud_ranker"]))
-    for name, m in rows:
-        print(f"{name:<22}" + "".join(f"{m[k]:>10.4f}" for k in ("ndcg@5", "ndcg@10", "mrr", "auc")))
-    print(f"checkpoint: {Path(a.out) / 'checkpoint.pt'}")
+    try:
+        split = SplitConfig(valid_share=a.valid_share, test_share=a.test_share, seed=a.seed)
+        r = train(a.logs, a.out, feature_config=a.feature_config, epochs=a.epochs, loss=a.loss, seed=a.seed,
+                  split=split, model_config=mcfg, joint_cloud_data=a.joint, progress=not a.no_progress)
+    except ValueError as exc:
+        print(f"train: {exc}", file=sys.stderr)
+        return 2
+    (Path(a.out) / "summary.json").write_text(json.dumps(r.summary, indent=2, default=float))
+    n = r.split["sessions"]
+    print(f"sessions split (seed {r.split['seed']}): {n['train']} train / {n['valid']} validation (epoch choice) / "
+          f"{n['test']} test (reported)")
+    print(f"{r.train_lists} training / {r.valid_lists} validation / {r.test_lists} test lists, "
+          f"{r.params:,} parameters, {r.summary['lists_per_s']:.0f} lists/s")
+    _print_metrics("test split", [("device reranker", r.test), ("cloud order (logged)", r.test_cloud_order)]
+                   + ([("new cloud ranker", r.summary["test_new_cloud_ranker"])]
+                      if "test_new_cloud_ranker" in r.summary else [])
+                   + [("device, validation", r.valid)])
+    print(f"checkpoint: {r.checkpoint} (records its split)")
     if a.joint:
         print(f"cloud ranker for the server: {Path(a.out) / 'ranker.onnx'} (serve it with the device model)")
+    return 0
+
+
+def _print_metrics(title: str, rows: list[tuple[str, dict]]) -> None:
+    keys = ("ndcg@5", "ndcg@10", "mrr", "auc")
+    print(f"{title:<22}" + "".join(f"{m:>10}" for m in keys))
+    for name, m in rows:
+        print(f"{name:<22}" + "".join(f"{m[k]:>10.4f}" for k in keys))
+
+
+def _cmd_eval(a: argparse.Namespace) -> int:
+    from edge_rerank.api import evaluate
+
+    try:
+        r = evaluate(a.model, a.logs, backend=a.backend, progress=not a.no_progress)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"eval: {exc}", file=sys.stderr)
+        return 2
+    print(f"{r.source}: recorded test split (seed {r.split['seed']}, {r.split['sessions']['test']} sessions, "
+          f"{r.test_lists} lists)")
+    _print_metrics("test split", [("model", r.model), ("cloud order (logged)", r.cloud_order)])
     return 0
 
 
@@ -122,26 +148,24 @@ def _cmd_ablate(a: argparse.Namespace) -> int:
     return 0
 
 
-def _checkpoint_and_held_out(a: argparse.Namespace, *, with_train: bool = False):
-    """(model, training summary, held-out samples from --logs) — plus the training samples first with
-    `with_train` — or None after saying what is missing. The split is the one training used (seed 0)."""
+def _held_out(a: argparse.Namespace):
+    """The checkpoint with its recorded train / validation / test parts of --logs, or None after saying why not
+    (missing files, no recorded split, logs that are not the ones the split was made from)."""
+    from edge_rerank.api import load_held_out
+
     for what, p in (("checkpoint", a.checkpoint), ("logs", a.logs)):
         if not Path(p).exists():
             print(f"--{what} {p}: no such file or directory", file=sys.stderr)
             return None
-    from edge_rerank.cloud.logs import read_logs
-    from edge_rerank.cloud.training.data import build_samples, split_by_session
-    from edge_rerank.cloud.training.train import load_checkpoint
-
-    model, summary = load_checkpoint(a.checkpoint)
-    train, valid = split_by_session(build_samples(read_logs(a.logs), model.fcfg, progress=not a.no_progress))
-    return (model, summary, train, valid) if with_train else (model, summary, valid)
+    try:
+        return load_held_out(a.checkpoint, a.logs, progress=not a.no_progress)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"{a.command}: {exc}", file=sys.stderr)
+        return None
 
 
 def _cmd_compress(a: argparse.Namespace) -> int:
-    import json
-
-    from edge_rerank.compression.presets import PRESETS, BudgetExceeded, run_preset
+    from edge_rerank.compression.presets import PRESETS, BudgetExceeded
 
     if a.list:
         from edge_rerank.compression.methods import all_methods
@@ -161,33 +185,32 @@ def _cmd_compress(a: argparse.Namespace) -> int:
         print("choose --benchmark (measure every method) or --preset NAME (build one bundle within its budget); "
               "--list shows both", file=sys.stderr)
         return 2
-    loaded = _checkpoint_and_held_out(a, with_train=True)
-    if loaded is None:
+    held = _held_out(a)
+    if held is None:
         return 2
-    model, summary, train, valid = loaded
     out = Path(a.out)
     if a.preset:
+        from edge_rerank.api import compress
+
         try:
-            check, bundle = run_preset(a.preset, model, train, valid, out, n_lists=a.lists,
-                                       version=a.version or f"{a.preset}", metrics=summary.get("valid_model", {}),
-                                       progress=not a.no_progress)
+            r = compress(held, out, a.preset, n_lists=a.lists, version=a.version, progress=not a.no_progress)
         except (BudgetExceeded, KeyError, RuntimeError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
-        (out / "preset.json").write_text(json.dumps(check.to_dict(), indent=2))
-        print(f"preset {check.preset} ({check.method}): {check.file_kb:.1f} KB, NDCG@10 loss "
-              f"{check.rel_ndcg10_loss_pct:.3f} %, mean Kendall tau {check.mean_kendall_tau:.4f} — within budget")
-        print(f"bundle: {bundle}")
+        print(f"preset {r.preset} ({r.method}): {r.file_kb:.1f} KB, NDCG@10 loss {r.rel_ndcg10_loss_pct:.3f} %, "
+              f"mean Kendall tau {r.mean_kendall_tau:.4f} on {r.n_lists} test lists — within budget")
+        print(f"bundle: {r.bundle}")
         return 0
-    from edge_rerank.compression.benchmark import SimulationSetup, run_benchmark, to_markdown
+    from edge_rerank.api import compress_benchmark
+    from edge_rerank.compression.benchmark import SimulationSetup, to_markdown
 
     methods = [m.strip() for m in a.methods.split(",") if m.strip()] if a.methods else None
     from edge_rerank.simulator.world import WorldConfig
 
     sim = SimulationSetup(WorldConfig(seed=a.world_seed), a.sim_sessions) if a.sim_sessions > 0 else None
     try:
-        rows = run_benchmark(model, train, valid, out, methods=methods, n_lists=a.lists, simulation=sim,
-                             progress=not a.no_progress)
+        rows = compress_benchmark(held, out, methods=methods, n_lists=a.lists, simulation=sim,
+                                  progress=not a.no_progress)
     except KeyError as exc:
         print(f"error: {exc.args[0]}", file=sys.stderr)
         return 2
@@ -197,36 +220,30 @@ def _cmd_compress(a: argparse.Namespace) -> int:
 
 
 def _cmd_export(a: argparse.Namespace) -> int:
-    import json
-
     from edge_rerank.converters.specs import FORMATS
 
-    loaded = _checkpoint_and_held_out(a)
-    if loaded is None:
+    held = _held_out(a)
+    if held is None:
         return 2
-    from edge_rerank.converters.export import export_formats
+    from edge_rerank.api import export
 
     formats = list(FORMATS) if a.format == "all" else [a.format]
-    model, summary, valid = loaded
-    report = export_formats(model, valid.inputs, a.out, formats=formats, version=a.version,
-                            metrics=summary.get("valid_model", {}), n_validate=a.validate_lists,
-                            progress=not a.no_progress)
-    Path(a.out).mkdir(parents=True, exist_ok=True)
-    (Path(a.out) / "export_report.json").write_text(json.dumps(report.to_dict(), indent=2, default=str))
-    for r in report.results:
-        for e in r.errors:
-            print(f"{r.format}: {e}", file=sys.stderr)
-        for n in r.notes:
-            print(f"{r.format} (note): {n}", file=sys.stderr)
-        for rc in r.other_runtimes:
-            print(f"{r.format} on {rc.runtime}: " + (f"agrees={rc.agrees}, max abs diff {rc.max_abs_diff:.2e}"
-                                                      if rc.ran else f"not run: {rc.reason}"), file=sys.stderr)
-    print(report.table())
-    for r in report.results:
-        if r.bundle:
-            print(f"bundle ({r.format}): {r.bundle}")
+    r = export(held, a.out, formats=formats, version=a.version, n_validate=a.validate_lists,
+               progress=not a.no_progress)
+    for res in r.report.results:
+        for e in res.errors:
+            print(f"{res.format}: {e}", file=sys.stderr)
+        for n in res.notes:
+            print(f"{res.format} (note): {n}", file=sys.stderr)
+        for rc in res.other_runtimes:
+            print(f"{res.format} on {rc.runtime}: " + (f"agrees={rc.agrees}, max abs diff {rc.max_abs_diff:.2e}"
+                                                        if rc.ran else f"not run: {rc.reason}"), file=sys.stderr)
+    print(f"validated on {r.test_lists} lists of the checkpoint's recorded test split")
+    print(r.table())
+    for fmt, b in r.bundles.items():
+        print(f"bundle ({fmt}): {b}")
     print(f"report: {Path(a.out) / 'export_report.json'}")
-    return 0 if report.ok else 1
+    return 0 if r.ok else 1
 
 
 def _cmd_serve(a: argparse.Namespace) -> int:
@@ -320,10 +337,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--logs", required=True, help="a .parquet file or a directory of them")
     t.add_argument("--out", default="runs/train")
     t.add_argument("--feature-config", help="feature config JSON (default: the simulator world's)")
-    t.add_argument("--epochs", type=int, default=15, help="maximum epochs (early stopping on held-out NDCG@10)")
+    t.add_argument("--epochs", type=int, default=15, help="maximum epochs (early stopping on validation NDCG@10)")
     t.add_argument("--loss", choices=["lambda", "listnet", "pairwise"], default="lambda",
                    help="LambdaLoss (|ΔNDCG|-weighted pairs), ListNet, or pairwise logistic")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0, help="training and session-split seed")
+    t.add_argument("--valid-share", dest="valid_share", type=float, default=0.15,
+                   help="share of sessions for validation (early stopping, best epoch)")
+    t.add_argument("--test-share", dest="test_share", type=float, default=0.15,
+                   help="share of sessions for test (reported numbers only; recorded in the checkpoint)")
     t.add_argument("--no-mvfan", action="store_true", help="PRM without the feedback attention network")
     t.add_argument("--no-cross", action="store_true", help="MVFAN without negatives<->positives cross attention")
     t.add_argument("--views", default="id,attr,context", help="MVFAN query views (comma-separated)")
@@ -331,6 +352,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cloud data directory: train the cloud ranker too (three-stage joint training); writes "
                         "ranker.onnx for the server next to the device checkpoint")
     t.set_defaults(func=_cmd_train)
+
+    ev = sub.add_parser("eval", formatter_class=fmt, help="evaluate a checkpoint or bundle on its recorded test split",
+                        description="NDCG@5/10, MRR and AUC of a checkpoint (torch) or a bundle written by export / "
+                                    "compress (its device backend) against the logged cloud order, on the test "
+                                    "sessions recorded at training. Logs whose sessions differ from the recorded "
+                                    "split are refused.")
+    ev.add_argument("model", help="checkpoint.pt, or a bundle directory with split.json")
+    ev.add_argument("--logs", required=True, help="the log directory the model was trained on")
+    ev.add_argument("--backend", help="backend for a bundle (default: its format's)")
+    ev.set_defaults(func=_cmd_eval)
 
     b = sub.add_parser("ablate", formatter_class=fmt, help="model ablation table, offline and online",
                        description="Train every variant (cloud order, heuristic, LightGBM, PRM without feedback, "
@@ -353,7 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "toolchain is missing. Core ML numerics need macOS: elsewhere the program's "
                                    "structure is checked and the bundle is marked structure-only.")
     e.add_argument("--checkpoint", required=True)
-    e.add_argument("--logs", required=True, help="logs to draw real validation inputs from")
+    e.add_argument("--logs", required=True, help="the logs the checkpoint was trained on: its recorded test "
+                                                  "sessions are the validation inputs")
     e.add_argument("--format", default="onnx", choices=["onnx", "tflite", "coreml", "mnn", "all"],
                    help="target format, or all of them")
     e.add_argument("--out", default="runs/export")
@@ -376,9 +408,10 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--preset", help="build one preset's bundle within its budget (see --list)")
     mode.add_argument("--list", action="store_true", help="list presets and methods, then exit")
     c.add_argument("--checkpoint", default="runs/demo/checkpoint.pt", help="trained model (make demo writes one)")
-    c.add_argument("--logs", default="runs/demo/logs", help="impression logs: training and held-out lists")
+    c.add_argument("--logs", default="runs/demo/logs",
+                   help="the logs the checkpoint was trained on (its recorded train / validation / test split)")
     c.add_argument("--out", default="runs/compression")
-    c.add_argument("--lists", type=int, default=300, help="held-out lists to evaluate")
+    c.add_argument("--lists", type=int, default=300, help="test lists to evaluate")
     c.add_argument("--methods", help="comma-separated method names (default: all)")
     c.add_argument("--sim-sessions", type=int, default=1000,
                    help="simulated sessions per method arm (0: skip the simulator)")

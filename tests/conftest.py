@@ -63,22 +63,30 @@ def samples(logged_rows, fcfg):
 
 
 @pytest.fixture(scope="session")
-def trained(samples, fcfg):
-    from edge_rerank.cloud.training.data import split_by_session
+def split_parts(samples):
+    """(recorded split, train, valid, test): the seed-0 three-way split by session the `trained` model used."""
+    from edge_rerank.cloud.training.data import split_sessions
+
+    return split_sessions(samples)
+
+
+@pytest.fixture(scope="session")
+def trained(split_parts, fcfg):
+    """(model, summary, test lists): epochs chosen on the validation lists, the test lists never seen."""
     from edge_rerank.cloud.training.train import TrainConfig, fit
 
-    train, valid = split_by_session(samples)
-    model, summary = fit(train, valid, fcfg, tcfg=TrainConfig(epochs=4, threads=1), progress=False)
-    return model, summary, valid
+    _, train, valid, test = split_parts
+    model, summary = fit(train, valid, fcfg, tcfg=TrainConfig(epochs=4, threads=1), test=test, progress=False)
+    return model, summary, test
 
 
 @pytest.fixture(scope="session")
 def bundle_dir(trained, tmp_path_factory) -> Path:
     from edge_rerank.pipeline import export_bundle
 
-    model, summary, valid = trained
+    model, summary, test = trained
     out = tmp_path_factory.mktemp("export")
-    bundle, _ = export_bundle(model, valid, out, version="test", n_validate=20, metrics=summary["valid_model"])
+    bundle, _ = export_bundle(model, test, out, version="test", n_validate=20, metrics=summary["test_model"])
     return bundle
 
 

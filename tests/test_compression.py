@@ -22,15 +22,15 @@ OTHER_FORMATS = ["mnn-int8-weight", "coreml-int8-linear"]
 
 
 @pytest.fixture(scope="module")
-def bench(trained, samples, tmp_path_factory):
-    from edge_rerank.cloud.training.data import split_by_session
+def bench(trained, split_parts, tmp_path_factory):
     from tests.conftest import WCFG
 
-    model, _, valid = trained
-    train, _ = split_by_session(samples)
+    model, _, test = trained
+    _, train, valid, _ = split_parts
     out = tmp_path_factory.mktemp("compress")
-    rows = run_benchmark(model, train, valid, out, methods=ONNX_QUANT + OTHER_FORMATS, n_lists=60, latency_runs=20,
-                         simulation=SimulationSetup(WCFG, sessions=60), progress=False, calibration_lists=60)
+    rows = run_benchmark(model, train, test, out, tune=valid, methods=ONNX_QUANT + OTHER_FORMATS, n_lists=60,
+                         latency_runs=20, simulation=SimulationSetup(WCFG, sessions=60), progress=False,
+                         calibration_lists=60)
     return {r.method: r for r in rows}, out
 
 
@@ -100,19 +100,18 @@ def test_budget_check_names_every_broken_limit():
     assert len(c.broken) == 3 and "2.000 %" in c.broken[0] and "0.9800" in c.broken[1] and "120.0 KB" in c.broken[2]
 
 
-def test_default_preset_writes_a_loadable_bundle(trained, samples, fcfg, tmp_path):
-    from edge_rerank.cloud.training.data import split_by_session
+def test_default_preset_writes_a_loadable_bundle(trained, split_parts, fcfg, tmp_path):
     from edge_rerank.device_sdk.model_manager import load_model
 
-    model, _, valid = trained
-    train, _ = split_by_session(samples)
-    check, bundle = run_preset("default", model, train, valid, tmp_path, n_lists=40)
+    model, _, test = trained
+    train = split_parts[1]
+    check, bundle = run_preset("default", model, train, test, tmp_path, n_lists=40)
     assert check.ok and check.method == "onnx-fp16"
     loaded = load_model(bundle, backend="onnxruntime", expected_fingerprint=fcfg.fingerprint())
     assert loaded.bundle.manifest.validation["mean_kendall_tau_vs_fp32"] >= 0.99
     strict = Preset("strict", "onnx-int8-dynamic-qint8", Budget(0.0, 0.99999, 10), "impossible on purpose")
     with pytest.raises(BudgetExceeded, match="broke its budget.*KB"):
-        run_preset(strict, model, train, valid, tmp_path / "strict", n_lists=40)
+        run_preset(strict, model, train, test, tmp_path / "strict", n_lists=40)
     assert not (tmp_path / "strict" / "bundle").exists()
 
 
@@ -129,8 +128,8 @@ def test_int8_rows_roundtrip_within_half_a_step(emb):
 def test_int8_rows_cost_little_ranking_and_save_page_bytes(trained):
     from edge_rerank.converters.export import torch_reference
 
-    model, _, valid = trained
-    sub = valid.subset(np.arange(80))
+    model, _, test = trained
+    sub = test.subset(np.arange(min(80, len(test))))
     rep = row_quant_report(torch_reference(model), sub)
     assert 0 < rep.max_abs_row_error < 0.1 and rep.mean_kendall_tau > 0.95
     assert abs(rep.ndcg10_int8 - rep.ndcg10_fp16) < 0.02
@@ -163,7 +162,8 @@ def test_simulated_cost_follows_parameters_not_file_bytes(bench):
     assert int8.weight_bytes < 0.6 * fp32.weight_bytes
 
 
-def test_compress_cli_preset_passes_or_fails_with_reasons(trained, logged_rows, tmp_path, capsys, monkeypatch):
+def test_compress_cli_preset_passes_or_fails_with_reasons(trained, split_parts, logged_rows, tmp_path, capsys,
+                                                         monkeypatch):
     import pyarrow.parquet as pq
 
     from edge_rerank.cli import main
@@ -172,7 +172,7 @@ def test_compress_cli_preset_passes_or_fails_with_reasons(trained, logged_rows, 
 
     model, summary, _ = trained
     pq.write_table(rows_to_table(logged_rows), tmp_path / "logs.parquet")
-    save_checkpoint(model, tmp_path / "ckpt.pt", summary)
+    save_checkpoint(model, tmp_path / "ckpt.pt", summary, split_parts[0])  # the split `trained` used
     common = ["--checkpoint", str(tmp_path / "ckpt.pt"), "--logs", str(tmp_path / "logs.parquet"), "--lists", "40"]
     assert main(["--no-progress", "compress", "--preset", "default", "--out", str(tmp_path / "ok"), *common]) == 0
     out = capsys.readouterr().out

@@ -19,11 +19,8 @@ N_LISTS = 40
 
 
 @pytest.fixture(scope="module")
-def calibration(samples):
-    from edge_rerank.cloud.training.data import split_by_session
-
-    train, _ = split_by_session(samples)  # the training lists of the `trained` model (same split)
-    return train.inputs
+def calibration(split_parts):
+    return split_parts[1].inputs  # the training lists of the `trained` model (its recorded split)
 
 
 @pytest.fixture(scope="module")

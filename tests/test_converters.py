@@ -21,10 +21,10 @@ NUMERIC = ("onnx", "tflite", "mnn")  # formats with a runtime on Linux
 def exported(trained, tmp_path_factory):
     from edge_rerank.converters.export import export_formats
 
-    model, summary, valid = trained
+    model, summary, test = trained
     out = tmp_path_factory.mktemp("export_all")
-    report = export_formats(model, valid.inputs, out, formats=list(FORMATS), version="t", n_validate=40,
-                            metrics=summary["valid_model"], latency_runs=20, progress=False)
+    report = export_formats(model, test.inputs, out, formats=list(FORMATS), version="t", n_validate=40,
+                            metrics=summary["test_model"], latency_runs=20, progress=False)
     return report, out
 
 
@@ -247,7 +247,7 @@ def test_missing_toolchains_give_clear_errors(trained, spec, tmp_path, monkeypat
         export_mnn(tmp_path / "m.onnx", tmp_path / "m.mnn")
 
 
-def test_export_cli_writes_bundle_and_parity_table(trained, logged_rows, tmp_path, capsys):
+def test_export_cli_writes_bundle_and_parity_table(trained, split_parts, logged_rows, tmp_path, capsys):
     import pyarrow.parquet as pq
 
     from edge_rerank.cli import main
@@ -257,7 +257,7 @@ def test_export_cli_writes_bundle_and_parity_table(trained, logged_rows, tmp_pat
 
     model, summary, _ = trained
     pq.write_table(rows_to_table(logged_rows), tmp_path / "logs.parquet")
-    save_checkpoint(model, tmp_path / "ckpt.pt", summary)
+    save_checkpoint(model, tmp_path / "ckpt.pt", summary, split_parts[0])  # the split `trained` used
     rc = main(["--no-progress", "export", "--checkpoint", str(tmp_path / "ckpt.pt"), "--logs",
                str(tmp_path / "logs.parquet"), "--format", "mnn", "--validate-lists", "20", "--out",
                str(tmp_path / "out")])

@@ -25,9 +25,17 @@ def test_quick_demo_end_to_end(tmp_path):
     assert len(list((out / "logs").glob("*.parquet"))) > 0
     manifest = json.loads((out / "onnx" / "manifest.json").read_text())
     assert manifest["format"] == "onnx" and len(manifest["files"]) == 2
-    # the A/B ran the shipped bundle: the default compression preset, within its budget
+    # the A/B ran the shipped bundle: the default compression preset within its budget (checked on the model's
+    # recorded test lists) — or, when fp16 reorders the quick model's near-ties beyond it, the lossless one, saying so
     shipped = data["shipped"]
-    assert shipped["ok"] and shipped["method"] == "onnx-fp16" and shipped["mean_kendall_tau"] >= 0.99
     shipped_manifest = json.loads((out / "shipped" / "bundle" / "manifest.json").read_text())
-    assert data["model_bytes"] == shipped_manifest["sizes"][shipped_manifest["model_file"]] < manifest["sizes"][
-        manifest["model_file"]]
+    shipped_bytes = shipped_manifest["sizes"][shipped_manifest["model_file"]]
+    assert shipped["ok"] and data["model_bytes"] == shipped_bytes
+    if shipped["fallback_from_default"]:
+        assert shipped["preset"] == "lossless" and "broke its budget" in shipped["fallback_from_default"]
+        assert "default preset was not shipped" in report
+    else:
+        assert shipped["method"] == "onnx-fp16" and shipped["mean_kendall_tau"] >= 0.99
+        assert shipped_bytes < manifest["sizes"][manifest["model_file"]]
+    assert data["train"]["split"]["sessions"]["test"] > 0 and data["train"]["test_lists"] > 0
+    assert "test sessions" in report

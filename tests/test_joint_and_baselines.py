@@ -91,7 +91,7 @@ def test_train_cli_joint_from_parquet_logs(logged_rows, fcfg, cloud_data, tmp_pa
 
     from edge_rerank.cli import main
     from edge_rerank.cloud.logs import rows_to_table
-    from edge_rerank.cloud.training.train import load_checkpoint
+    from edge_rerank.cloud.training.train import load_checkpoint, read_checkpoint
 
     pq.write_table(rows_to_table(logged_rows), tmp_path / "logs.parquet")
     fcfg.save(tmp_path / "features.json")
@@ -100,10 +100,20 @@ def test_train_cli_joint_from_parquet_logs(logged_rows, fcfg, cloud_data, tmp_pa
                "--feature-config", str(tmp_path / "features.json"), "--epochs", "1", "--joint", str(cloud_data)])
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
-    for key in ("valid_model", "valid_cloud_order", "valid_new_cloud_ranker", "cloud_ranker"):
+    for key in ("valid_model", "valid_cloud_order", "valid_new_cloud_ranker", "cloud_ranker", "test_model",
+                "test_cloud_order", "test_new_cloud_ranker", "split"):
         assert key in summary
     model, _ = load_checkpoint(out / "checkpoint.pt")
     assert model.fcfg == fcfg
+    split = read_checkpoint(out / "checkpoint.pt").require_split()  # joint training records its split too
+    assert split.sessions_sha256 == summary["split"]["sessions_sha256"] and len(split.test) > 0
+    # export / compress / evaluate see its test lists as the cloud serving the joint ranker would send them
+    from edge_rerank.api import evaluate, load_held_out
+
+    held = load_held_out(out / "checkpoint.pt", tmp_path / "logs.parquet")
+    assert set(held.test.session_ids) == set(split.test) and len(held.test) == summary["test_lists"]
+    ev = evaluate(out / "checkpoint.pt", tmp_path / "logs.parquet")
+    assert ev.model["ndcg@10"] == pytest.approx(summary["test_model"]["ndcg@10"], abs=1e-6)
     assert (out / "ranker.onnx").stat().st_size > 0 and (out / "cloud_ranker.pt").exists()
 
 

@@ -26,14 +26,14 @@ def test_ndcg_and_mrr_agree_with_ranx():
 
 def test_training_beats_cloud_order_offline(trained):
     _, summary, _ = trained
+    assert summary["test_model"]["ndcg@10"] > summary["test_cloud_order"]["ndcg@10"]
     assert summary["valid_model"]["ndcg@10"] > summary["valid_cloud_order"]["ndcg@10"]
 
 
-def test_training_is_deterministic(samples, fcfg):
-    from edge_rerank.cloud.training.data import split_by_session
+def test_training_is_deterministic(split_parts, fcfg):
     from edge_rerank.cloud.training.train import TrainConfig, fit, predict
 
-    train, valid = split_by_session(samples)
+    _, train, valid, _ = split_parts
     a, _ = fit(train, valid, fcfg, tcfg=TrainConfig(epochs=1, threads=1), progress=False)
     b, _ = fit(train, valid, fcfg, tcfg=TrainConfig(epochs=1, threads=1), progress=False)
     assert np.array_equal(predict(a, valid), predict(b, valid))
@@ -68,7 +68,7 @@ def test_checkpoint_roundtrip(trained, tmp_path):
     save_checkpoint(model, tmp_path / "c.pt", summary)
     back, s2 = load_checkpoint(tmp_path / "c.pt")
     assert np.array_equal(predict(model, valid), predict(back, valid))
-    assert s2["valid_model"] == summary["valid_model"]
+    assert s2["valid_model"] == summary["valid_model"] and s2["test_model"] == summary["test_model"]
 
 
 def test_samples_do_not_depend_on_the_order_logs_were_read(logged_rows, fcfg, samples):

@@ -7,8 +7,9 @@ skipped (no list-wise signal)."""
 
 from __future__ import annotations
 
+import hashlib
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -91,9 +92,154 @@ def build_samples(rows: Sequence[ImpressionRow], cfg: FeatureConfig, *, progress
     return Samples(stack_batch(feats), np.stack(labels), sids, np.stack(ids), users, ctxs)
 
 
+def _bucket(session_id: str, seed: int) -> int:
+    return zlib.crc32(f"{seed}:{session_id}".encode()) % 10_000
+
+
 def split_by_session(samples: S, valid_share: float = 0.2, seed: int = 0) -> tuple[S, S]:
-    """Deterministic split by session id hash, so one session never feeds both sides. Works for anything with
-    ``session_ids`` and ``subset`` (device samples, the cloud ranker's page lists)."""
-    h = np.array([zlib.crc32(f"{seed}:{s}".encode()) % 10_000 for s in samples.session_ids])
-    valid = h < valid_share * 10_000
+    """Deterministic two-way split by session id hash, so one session never feeds both sides. Works for anything
+    with ``session_ids`` and ``subset`` (device samples, the cloud ranker's page lists). For a trained model's
+    train / validation / test split use :func:`split_sessions` and the :class:`SessionSplit` it records."""
+    valid = np.array([_bucket(s, seed) < valid_share * 10_000 for s in samples.session_ids], dtype=bool)
     return samples.subset(np.flatnonzero(~valid)), samples.subset(np.flatnonzero(valid))
+
+
+PARTS = ("train", "valid", "test")
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Shares of the *sessions* in validation (early stopping, best epoch) and test (reported numbers only);
+    the rest train. A session's part depends only on its id and `seed` (a hash), not on the other sessions."""
+
+    valid_share: float = 0.15
+    test_share: float = 0.15
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not (0 < self.valid_share < 1 and 0 < self.test_share < 1 and self.valid_share + self.test_share < 1):
+            raise ValueError(f"split shares must be in (0, 1) and sum below 1, got valid {self.valid_share}, "
+                             f"test {self.test_share}")
+
+    def part_of(self, session_id: str) -> str:
+        b = _bucket(session_id, self.seed)
+        if b < self.test_share * 10_000:
+            return "test"
+        return "valid" if b < (self.test_share + self.valid_share) * 10_000 else "train"
+
+
+class SplitMismatch(ValueError):
+    """Logs whose sessions are not the ones a model's recorded split was made from."""
+
+
+def sessions_hash(session_ids: Iterable[str]) -> str:
+    """sha256 of the sorted unique session ids (one per line)."""
+    return hashlib.sha256("\n".join(sorted(set(session_ids))).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class SessionSplit:
+    """A model's train / validation / test split by session, as recorded in its checkpoint: the config that
+    made it, the session ids of each part, and the hash of all of them. Any later step recomputes the split
+    from the config and checks it against the recorded parts (:meth:`verify`) before reporting held-out numbers
+    on ``test``; logs with other sessions are refused (:class:`SplitMismatch`), never silently re-split."""
+
+    config: SplitConfig
+    train: tuple[str, ...]
+    valid: tuple[str, ...]
+    test: tuple[str, ...]
+    sessions_sha256: str
+
+    @classmethod
+    def make(cls, session_ids: Iterable[str], config: SplitConfig) -> SessionSplit:
+        ids = sorted(set(session_ids))
+        parts: dict[str, list[str]] = {p: [] for p in PARTS}
+        for s in ids:
+            parts[config.part_of(s)].append(s)
+        return cls(config, tuple(parts["train"]), tuple(parts["valid"]), tuple(parts["test"]), sessions_hash(ids))
+
+    def part(self, name: str) -> tuple[str, ...]:
+        if name not in PARTS:
+            raise KeyError(f"no split part {name!r}; parts: {PARTS}")
+        return getattr(self, name)
+
+    def counts(self) -> dict[str, int]:
+        return {p: len(self.part(p)) for p in PARTS}
+
+    def describe(self) -> dict:
+        """The compact record (no session lists) for summaries and reports."""
+        return {"seed": self.config.seed, "valid_share": self.config.valid_share,
+                "test_share": self.config.test_share, "sessions": self.counts(),
+                "sessions_sha256": self.sessions_sha256}
+
+    def to_dict(self) -> dict:
+        return {"config": {"valid_share": self.config.valid_share, "test_share": self.config.test_share,
+                           "seed": self.config.seed},
+                "train": list(self.train), "valid": list(self.valid), "test": list(self.test),
+                "sessions_sha256": self.sessions_sha256}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SessionSplit:
+        split = cls(SplitConfig(**d["config"]), tuple(d["train"]), tuple(d["valid"]), tuple(d["test"]),
+                    d["sessions_sha256"])
+        split.check_consistent()
+        return split
+
+    def check_consistent(self) -> None:
+        """The recorded parts are disjoint, hash to the recorded hash and are what the recorded config makes."""
+        every = [*self.train, *self.valid, *self.test]
+        if len(set(every)) != len(every):
+            raise SplitMismatch("the recorded split puts a session in more than one part")
+        if sessions_hash(every) != self.sessions_sha256:
+            raise SplitMismatch("the recorded split's session lists do not match its recorded hash")
+        again = SessionSplit.make(every, self.config)
+        if again != self:
+            raise SplitMismatch(f"the recorded split is not what its config {self.config} makes from its sessions")
+
+    def verify(self, session_ids: Iterable[str], *, source: str = "the logs") -> None:
+        """Raise :class:`SplitMismatch` unless `session_ids` (e.g. the sessions of samples built from a log
+        directory) are exactly the sessions this split was made from."""
+        have = set(session_ids)
+        if sessions_hash(have) == self.sessions_sha256:
+            return
+        recorded = set(self.train) | set(self.valid) | set(self.test)
+        missing, extra = recorded - have, have - recorded
+        extra_test = sum(self.config.part_of(s) == "test" for s in extra)
+        raise SplitMismatch(
+            f"{source} do not hold the sessions this model's split was recorded from: {len(have)} sessions, "
+            f"{len(recorded)} recorded ({len(missing)} recorded sessions missing, {len(extra)} sessions not in the "
+            f"split{f', e.g. {sorted(extra)[0]!r}' if extra else ''}; {extra_test} of them would hash to test). "
+            "Use the log directory the model was trained on; refusing to re-split, since held-out numbers on "
+            "other sessions would not be held out from this model's training and validation")
+
+    def apply(self, samples: S, *, source: str = "the logs") -> tuple[S, S, S]:
+        """(train, valid, test) parts of `samples` (anything with ``session_ids`` and ``subset``), after
+        :meth:`verify` of their sessions."""
+        self.verify(samples.session_ids, source=source)
+        return self.parts_of(samples)
+
+    def parts_of(self, samples: S) -> tuple[S, S, S]:
+        """(train, valid, test) of `samples` by the recorded sessions, without requiring all of them (e.g. a
+        subset of the logs' rows); a session outside the split goes nowhere."""
+        where = {s: p for p in PARTS for s in self.part(p)}
+        idx = {p: np.flatnonzero([where.get(s) == p for s in samples.session_ids]) for p in PARTS}
+        return samples.subset(idx["train"]), samples.subset(idx["valid"]), samples.subset(idx["test"])
+
+
+def split_from_record(record: dict, session_ids: Iterable[str], *, source: str = "the logs") -> SessionSplit:
+    """Recompute a split from its compact record (:meth:`SessionSplit.describe`: seed, shares, hash) over
+    `session_ids`, refusing (:class:`SplitMismatch`) sessions whose hash differs from the recorded one."""
+    ids = set(session_ids)
+    cfg = SplitConfig(valid_share=record["valid_share"], test_share=record["test_share"], seed=record["seed"])
+    split = SessionSplit.make(ids, cfg)
+    if split.sessions_sha256 != record["sessions_sha256"]:
+        raise SplitMismatch(f"{source} do not hold the sessions this model's split was recorded from: "
+                            f"{len(ids)} sessions here, {sum(record['sessions'].values())} recorded, and their hash "
+                            "differs. Use the log directory the model was trained on; refusing to re-split")
+    return split
+
+
+def split_sessions(samples: S, config: SplitConfig | None = None) -> tuple[SessionSplit, S, S, S]:
+    """The seeded three-way split of `samples` by session: (record, train, valid, test)."""
+    split = SessionSplit.make(samples.session_ids, config or SplitConfig())
+    return (split, *split.parts_of(samples))

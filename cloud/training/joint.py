@@ -30,10 +30,17 @@ from edge_rerank.cloud.training.cloud_ranker import (
     page_lists,
     save_cloud_ranker,
 )
-from edge_rerank.cloud.training.data import Samples
+from edge_rerank.cloud.training.data import Samples, SessionSplit
 from edge_rerank.cloud.training.losses import LOSSES
 from edge_rerank.cloud.training.model import DeviceReranker, ModelConfig, n_params, to_tensors
-from edge_rerank.cloud.training.train import TrainConfig, cloud_order_scores, evaluate, fit, fit_loop, save_checkpoint
+from edge_rerank.cloud.training.train import (
+    TrainConfig,
+    evaluate,
+    fit,
+    fit_loop,
+    held_out_metrics,
+    save_checkpoint,
+)
 from edge_rerank.device_sdk.contracts import ImpressionRow
 from edge_rerank.device_sdk.features import FeatureConfig
 
@@ -103,10 +110,12 @@ def with_cloud_outputs(samples: Samples, cloud: CloudRanker, cloud_x: np.ndarray
 
 def train_joint(rows: Sequence[ImpressionRow], cloud_data: str | Path, train: Samples, valid: Samples,
                 fcfg: FeatureConfig, mcfg: ModelConfig | None = None, tcfg: TrainConfig | None = None,
-                jcfg: JointConfig | None = None, *, progress: bool = True
+                jcfg: JointConfig | None = None, *, test: Samples | None = None, progress: bool = True
                 ) -> tuple[CloudRanker, DeviceReranker, dict]:
     """The three stages on logs `rows` (the cloud ranker's pages) and their device samples, split by session into
-    `train` and `valid`; the cloud ranker trains on the pages of the training sessions only."""
+    `train` and `valid`; the cloud ranker trains on the pages of the training sessions only, and every stage picks
+    its best epoch on the validation sessions. `test` (other sessions, as logged) is scored once at the end —
+    device model, logged cloud order and the new cloud ranker — and never seen by a stage."""
     tcfg, jcfg = tcfg or TrainConfig(), jcfg or JointConfig()
     torch.manual_seed(tcfg.seed)
     torch.set_num_threads(tcfg.threads)
@@ -143,14 +152,17 @@ def train_joint(rows: Sequence[ImpressionRow], cloud_data: str | Path, train: Sa
                       desc="joint fine-tune", progress=progress)
     joint.eval()
     dev_scores, cloud_scores = predict_joint(joint, valid, x_valid)
+    held_out = {**held_out_metrics(dev_scores, valid, "valid"),
+                "valid_new_cloud_ranker": evaluate(cloud_scores, valid)}
+    if test is not None:
+        t_dev, t_cloud = predict_joint(joint, test, cloud_features_for(test, featurizer))
+        held_out |= {**held_out_metrics(t_dev, test, "test"), "test_new_cloud_ranker": evaluate(t_cloud, test)}
     summary = {
         "cloud_ranker": {k: v for k, v in cloud_summary.items() if k != "history"},
         "stage2_valid_model": stage2["valid_model"],
-        "valid_model": evaluate(dev_scores, valid),
-        "valid_cloud_order": evaluate(cloud_order_scores(valid), valid),
-        "valid_new_cloud_ranker": evaluate(cloud_scores, valid),
+        **held_out,
         "finetune": {k: v for k, v in stage3.items() if k != "history"},
-        "train_lists": len(train), "valid_lists": len(valid), "lists_per_s": stage2["lists_per_s"],
+        "train_lists": len(train), "lists_per_s": stage2["lists_per_s"],
         "joint_config": jcfg.to_dict(), "train_config": asdict(tcfg), "model_config": device.mcfg.to_dict(),
         "params": n_params(device), "cloud_params": n_params(cloud),
     }
@@ -184,7 +196,8 @@ def served_samples(samples: Samples, cloud: CloudRanker, featurizer: CloudFeatur
     return with_cloud_outputs(samples, cloud, cloud_features_for(samples, featurizer), fcfg)
 
 
-def save_joint(cloud: CloudRanker, device: DeviceReranker, out: str | Path, summary: dict) -> tuple[Path, Path]:
+def save_joint(cloud: CloudRanker, device: DeviceReranker, out: str | Path, summary: dict,
+               split: SessionSplit | None = None) -> tuple[Path, Path]:
     out = Path(out)
     return (save_cloud_ranker(cloud, out / "cloud_ranker.pt", summary.get("cloud_ranker")),
-            save_checkpoint(device, out / "checkpoint.pt", summary))
+            save_checkpoint(device, out / "checkpoint.pt", summary, split))

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from edge_rerank.cloud.training.data import Samples
+from edge_rerank.cloud.training.data import Samples, SessionSplit
 from edge_rerank.cloud.training.losses import LOSSES
 from edge_rerank.cloud.training.metrics import auc, mrr, ndcg_at_k
 from edge_rerank.cloud.training.model import DeviceReranker, ModelConfig, n_params, to_tensors
@@ -112,8 +112,18 @@ def label_step(model: DeviceReranker, train: Samples, loss_fn) -> Callable[[np.n
     return step
 
 
+def held_out_metrics(scores: np.ndarray, samples: Samples, prefix: str) -> dict:
+    """``{prefix}_model``, ``{prefix}_cloud_order`` and ``{prefix}_lists`` of `scores` on `samples`."""
+    return {f"{prefix}_model": evaluate(scores, samples),
+            f"{prefix}_cloud_order": evaluate(cloud_order_scores(samples), samples), f"{prefix}_lists": len(samples)}
+
+
 def fit(train: Samples, valid: Samples, fcfg: FeatureConfig, mcfg: ModelConfig | None = None,
-        tcfg: TrainConfig | None = None, *, progress: bool = True) -> tuple[DeviceReranker, dict]:
+        tcfg: TrainConfig | None = None, *, test: Samples | None = None, progress: bool = True
+        ) -> tuple[DeviceReranker, dict]:
+    """Train on `train`; every epoch is scored on `valid` (early stopping, best epoch). `test`, if given, is
+    scored once at the end (``test_model``, ``test_cloud_order``): the numbers to report, never seen by the
+    loop."""
     tcfg = tcfg or TrainConfig()
     torch.manual_seed(tcfg.seed)
     torch.set_num_threads(tcfg.threads)
@@ -123,26 +133,58 @@ def fit(train: Samples, valid: Samples, fcfg: FeatureConfig, mcfg: ModelConfig |
     loop = fit_loop(model, step, lambda: evaluate(predict(model, valid), valid), len(train), tcfg,
                     progress=progress)
     summary = {
-        "train_lists": len(train), "valid_lists": len(valid), **loop,
-        "valid_model": evaluate(predict(model, valid), valid),
-        "valid_cloud_order": evaluate(cloud_order_scores(valid), valid),
+        "train_lists": len(train), **loop,
+        **held_out_metrics(predict(model, valid), valid, "valid"),
+        **(held_out_metrics(predict(model, test), test, "test") if test is not None else {}),
         "train_config": asdict(tcfg), "model_config": model.mcfg.to_dict(),
         "params": n_params(model),
     }
     return model, summary
 
 
-def save_checkpoint(model: DeviceReranker, path: str | Path, summary: dict | None = None) -> Path:
+class NoRecordedSplit(ValueError):
+    """A checkpoint saved without its train / validation / test split: its held-out sessions are unknown."""
+
+
+@dataclass
+class Checkpoint:
+    model: DeviceReranker
+    summary: dict
+    split: SessionSplit | None  # None only for checkpoints saved before splits were recorded
+    path: Path
+
+    def require_split(self) -> SessionSplit:
+        if self.split is None:
+            raise NoRecordedSplit(f"{self.path} records no train / validation / test split, so its held-out "
+                                  "sessions are unknown: retrain it (edge-rerank train) to get one that does")
+        return self.split
+
+
+def save_checkpoint(model: DeviceReranker, path: str | Path, summary: dict | None = None,
+                    split: SessionSplit | None = None) -> Path:
+    """Weights, configs, the training summary and — for a model whose numbers are reported — its split (the
+    session ids of each part, the config and seed that made it, their hash)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    summary = dict(summary or {})
+    if split is not None:
+        summary["split"] = split.describe()
     torch.save({"state_dict": model.state_dict(), "feature_config": model.fcfg.to_dict(),
-                "model_config": model.mcfg.to_dict(), "summary": json.loads(json.dumps(summary or {}))}, path)
+                "model_config": model.mcfg.to_dict(), "summary": json.loads(json.dumps(summary)),
+                "split": split.to_dict() if split is not None else None}, path)
     return path
 
 
-def load_checkpoint(path: str | Path) -> tuple[DeviceReranker, dict]:
+def read_checkpoint(path: str | Path) -> Checkpoint:
+    """The model (eval mode), its training summary and its recorded split (verified consistent)."""
     ck = torch.load(path, map_location="cpu", weights_only=True)
     model = DeviceReranker(FeatureConfig.from_dict(ck["feature_config"]), ModelConfig.from_dict(ck["model_config"]))
     model.load_state_dict(ck["state_dict"])
     model.eval()
-    return model, ck.get("summary", {})
+    split = SessionSplit.from_dict(ck["split"]) if ck.get("split") else None
+    return Checkpoint(model, ck.get("summary", {}), split, Path(path))
+
+
+def load_checkpoint(path: str | Path) -> tuple[DeviceReranker, dict]:
+    ck = read_checkpoint(path)
+    return ck.model, ck.summary
