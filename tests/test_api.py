@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLE = ROOT / "docs" / "python_api_train.py"
+EXAMPLE = ROOT / "docs" / "examples" / "train_export_compress.py"
 
 
 def test_api_imports_no_flask_gunicorn_or_torch():
@@ -27,6 +27,7 @@ def test_python_api_example_runs_as_written(logged_rows, tmp_path, monkeypatch, 
 
     lines = EXAMPLE.read_text().splitlines()
     assert len(lines) <= 15
+    assert EXAMPLE.read_text().strip() in (ROOT / "README.md").read_text(), "README's example drifted from the file"
     (tmp_path / "logs").mkdir()
     pq.write_table(rows_to_table(logged_rows), tmp_path / "logs" / "part-0.parquet")
     monkeypatch.chdir(tmp_path)

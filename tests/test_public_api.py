@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 SNAPSHOT = Path(__file__).with_name("public_api.json")
-PUBLIC_MODULES = ("edge_rerank.device_sdk",)
+PUBLIC_MODULES = ("edge_rerank.device_sdk", "edge_rerank.api")
 
 
 def _sig(obj) -> str:
