@@ -39,3 +39,24 @@ def auc(scores: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
     n = pairs.sum(axis=(1, 2))
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(n > 0, wins.sum(axis=(1, 2)) / np.where(n > 0, n, 1), np.nan)
+
+
+def gain_with_ci(model: np.ndarray, baseline: np.ndarray, groups: list[str], *, n_boot: int = 2000, seed: int = 0,
+                 level: float = 0.95) -> dict[str, float]:
+    """Mean per-list gain ``model - baseline`` (lists where either is NaN dropped) with a percentile bootstrap CI
+    that resamples whole *sessions* (`groups`): lists of one session are not independent, so resampling lists
+    would make the interval too narrow. Returns ``{"gain", "lo", "hi", "lists", "sessions"}``."""
+    d = np.asarray(model, np.float64) - np.asarray(baseline, np.float64)
+    ok = ~np.isnan(d)
+    g = np.asarray(groups, dtype=object)[ok]
+    d = d[ok]
+    if not len(d):
+        return {"gain": float("nan"), "lo": float("nan"), "hi": float("nan"), "lists": 0, "sessions": 0}
+    _, inv = np.unique(g.astype(str), return_inverse=True)
+    sums, counts = np.bincount(inv, weights=d), np.bincount(inv).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(sums), size=(n_boot, len(sums)))
+    boot = sums[draws].sum(axis=1) / counts[draws].sum(axis=1)
+    a = (1.0 - level) / 2
+    return {"gain": float(d.mean()), "lo": float(np.quantile(boot, a)), "hi": float(np.quantile(boot, 1 - a)),
+            "lists": int(len(d)), "sessions": int(len(sums))}

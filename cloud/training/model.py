@@ -12,6 +12,12 @@ MVFAN (SPEC §1), each part switchable in ``ModelConfig`` for the ablation:
   the negative sequence (zero slot again); the results are concatenated with the candidate's own vectors.
 With ``use_feedback=False`` the model is a plain PRM over the candidates (Match&Aggregate features, if the
 feature config has them, still come in through ``cand_num``).
+
+``residual`` (issue 14, "never below the cloud"): the score is ``w * z(cloud_score) + has_feedback * g(x)``,
+where ``z`` is the standardised cloud score, ``w`` starts at 1 and ``g``'s last layer starts at zero. So the
+untrained model *is* the cloud order, training only learns what to add to it, and a list whose session has no
+feedback yet keeps the cloud order exactly (``has_feedback`` is 1 if any feedback slot is filled, computed from
+the masks with float ops only: export-friendly).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ class ModelConfig:
     views: tuple[str, ...] = ("id", "attr", "context")  # queries over the feedback sequences
     wide: bool = False  # add a linear read-out of the (standardised) candidate features to the score
     dropout: float = 0.2  # after fusing the candidate parts (training only; export runs in eval mode)
+    residual: bool = False  # score = w * cloud_score + has_feedback * model (needs the `cloud_score` operator)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "views", tuple(self.views))
@@ -116,6 +123,13 @@ class DeviceReranker(nn.Module):
         self.blocks = nn.ModuleList([SelfAttentionBlock(d, self.mcfg.n_heads, self.mcfg.ffn)
                                      for _ in range(self.mcfg.n_layers)])
         self.head = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, 1))
+        if self.mcfg.residual:
+            if "cloud_score" not in fcfg.candidate_ops:
+                raise ValueError("ModelConfig(residual=True) needs the 'cloud_score' operator in the feature config")
+            self.cloud_index = fcfg.candidate_ops.index("cloud_score")
+            self.cloud_weight = nn.Parameter(torch.ones(1))
+            nn.init.zeros_(self.head[2].weight)  # g starts at 0: the untrained model is the cloud order
+            nn.init.zeros_(self.head[2].bias)
         # standardisation of the numeric inputs, fitted on the training data (``fit_input_stats``)
         self.register_buffer("num_mean", torch.zeros(fcfg.n_candidate_features))
         self.register_buffer("num_std", torch.ones(fcfg.n_candidate_features))
@@ -176,7 +190,12 @@ class DeviceReranker(nn.Module):
         for block in self.blocks:
             x = block(x, cand_mask)
         score = self.head(x).squeeze(2)
-        return score + self.wide(num).squeeze(2) if self.mcfg.wide else score
+        if self.mcfg.wide:
+            score = score + self.wide(num).squeeze(2)
+        if self.mcfg.residual:
+            has_feedback = torch.clamp((seq_pos_mask + seq_neg_mask).sum(dim=1, keepdim=True), 0.0, 1.0)  # [B, 1]
+            score = self.cloud_weight * num[:, :, self.cloud_index] + has_feedback * score
+        return score
 
 
 def n_params(model: nn.Module) -> int:

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from edge_rerank.cloud.training.data import Samples, SessionSplit
 from edge_rerank.cloud.training.losses import LOSSES
-from edge_rerank.cloud.training.metrics import auc, mrr, ndcg_at_k
+from edge_rerank.cloud.training.metrics import auc, gain_with_ci, mrr, ndcg_at_k
 from edge_rerank.cloud.training.model import DeviceReranker, ModelConfig, n_params, to_tensors
 from edge_rerank.device_sdk.features import FeatureConfig
 
@@ -113,9 +113,14 @@ def label_step(model: DeviceReranker, train: Samples, loss_fn) -> Callable[[np.n
 
 
 def held_out_metrics(scores: np.ndarray, samples: Samples, prefix: str) -> dict:
-    """``{prefix}_model``, ``{prefix}_cloud_order`` and ``{prefix}_lists`` of `scores` on `samples`."""
-    return {f"{prefix}_model": evaluate(scores, samples),
-            f"{prefix}_cloud_order": evaluate(cloud_order_scores(samples), samples), f"{prefix}_lists": len(samples)}
+    """``{prefix}_model``, ``{prefix}_cloud_order``, ``{prefix}_lists`` and ``{prefix}_gain_over_cloud`` (NDCG@10
+    model minus cloud order per list, with a session-resampled 95 % CI: the headline offline number) on
+    `samples`."""
+    cloud = cloud_order_scores(samples)
+    gain = gain_with_ci(ndcg_at_k(scores, samples.labels, samples.mask, 10),
+                        ndcg_at_k(cloud, samples.labels, samples.mask, 10), samples.session_ids)
+    return {f"{prefix}_model": evaluate(scores, samples), f"{prefix}_cloud_order": evaluate(cloud, samples),
+            f"{prefix}_lists": len(samples), f"{prefix}_gain_over_cloud": gain}
 
 
 def fit(train: Samples, valid: Samples, fcfg: FeatureConfig, mcfg: ModelConfig | None = None,

@@ -17,7 +17,10 @@ def export_numpy(model, path: str | Path) -> Path:
     arrays = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in model.state_dict().items()}
     if CONFIG_KEY in arrays:
         raise ValueError(f"a parameter is named {CONFIG_KEY}")
-    arrays[CONFIG_KEY] = np.array(json.dumps(model.mcfg.to_dict()))
+    config = model.mcfg.to_dict()
+    if model.mcfg.residual:
+        config["cloud_index"] = model.cloud_index  # where the cloud score sits in cand_num
+    arrays[CONFIG_KEY] = np.array(json.dumps(config))
     with open(path, "wb") as f:
         np.savez(f, **arrays)
     return path

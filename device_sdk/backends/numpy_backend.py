@@ -106,6 +106,9 @@ class NumpyReranker:
         score = self._lin("head.2", np.maximum(self._lin("head.0", h), 0.0))[:, :, 0]
         if self.cfg.get("wide", False):
             score = score + self._lin("wide", num)[:, :, 0]
+        if self.cfg.get("residual", False):  # w * cloud score + (any feedback) * model, as in the torch model
+            has_feedback = np.clip((f32["seq_pos_mask"] + f32["seq_neg_mask"]).sum(axis=1, keepdims=True), 0.0, 1.0)
+            score = self.w["cloud_weight"][0] * num[:, :, int(self.cfg["cloud_index"])] + has_feedback * score
         return score.astype(np.float32)
 
 
