@@ -172,13 +172,15 @@ def _write_split_record(bundle: Path, held: HeldOut) -> None:
 def train(logs: str | Path, out: str | Path, *, feature_config: FeatureConfig | str | Path | None = None,
           epochs: int = 15, loss: str = "lambda", seed: int = 0, split: SplitConfig | None = None,
           model_config: ModelConfig | None = None, joint_cloud_data: str | Path | None = None,
-          progress: bool = True) -> TrainResult:
+          tune: int = 0, progress: bool = True) -> TrainResult:
     """Train the device reranker on impression logs (a Parquet file or directory) into ``OUT/checkpoint.pt``.
 
     Sessions split three ways by `split` (default: 15 % validation, 15 % test, seeded by `seed`); early stopping
     and the best epoch on validation; test scored once at the end. The checkpoint records the split (each part's
     session ids, config, hash). With `joint_cloud_data` (the cloud's data directory) the cloud ranker is trained
-    jointly too (``OUT/cloud_ranker.pt`` and ``OUT/ranker.onnx`` for the server)."""
+    jointly too (``OUT/cloud_ranker.pt`` and ``OUT/ranker.onnx`` for the server). With ``tune=N`` an Optuna
+    search of N trials (``cloud.training.tune``, scored on the validation sessions only) picks the model and
+    training configuration first; the search is recorded in the summary (``tune``)."""
     from edge_rerank.cloud.logs import read_logs
     from edge_rerank.cloud.training.data import SplitConfig, build_samples, split_sessions
     from edge_rerank.cloud.training.train import TrainConfig, fit, save_checkpoint
@@ -198,6 +200,12 @@ def train(logs: str | Path, out: str | Path, *, feature_config: FeatureConfig | 
         raise ValueError(f"the logs' {len(set(samples.session_ids))} sessions leave a split part empty "
                          f"({record.counts()}): log more sessions")
     tcfg = TrainConfig(epochs=epochs, loss=loss, seed=seed)
+    searched = None
+    if tune:
+        from edge_rerank.cloud.training.tune import tune as search
+
+        searched = search(tr, va, fcfg, tune, mcfg=model_config, tcfg=tcfg, progress=progress)
+        model_config, tcfg = searched.model_config, searched.train_config
     if joint_cloud_data is None:
         model, summary = fit(tr, va, fcfg, model_config, tcfg, test=te, progress=progress)
         checkpoint = save_checkpoint(model, out / "checkpoint.pt", summary | {"log_rows": len(rows)}, record)
@@ -214,6 +222,8 @@ def train(logs: str | Path, out: str | Path, *, feature_config: FeatureConfig | 
         featurizer = CloudFeaturizer(joint_cloud_data)
         tr, va, te = (served_samples(p, cloud, featurizer, fcfg) for p in (tr, va, te))
     summary = summary | {"log_rows": len(rows), "split": record.describe()}
+    if searched is not None:
+        summary["tune"] = searched.to_dict()
     held = HeldOut(model, summary, record, tr, va, te, checkpoint)
     return TrainResult(checkpoint=checkpoint, train_lists=len(tr), valid_lists=len(va), test_lists=len(te),
                        valid=summary["valid_model"], test=summary["test_model"],

@@ -92,7 +92,8 @@ def _cmd_train(a: argparse.Namespace) -> int:
     try:
         split = SplitConfig(valid_share=a.valid_share, test_share=a.test_share, seed=a.seed)
         r = train(a.logs, a.out, feature_config=a.feature_config, epochs=a.epochs, loss=a.loss, seed=a.seed,
-                  split=split, model_config=mcfg, joint_cloud_data=a.joint, progress=not a.no_progress)
+                  split=split, model_config=mcfg, joint_cloud_data=a.joint, tune=a.tune,
+                  progress=not a.no_progress)
     except ValueError as exc:
         print(f"train: {exc}", file=sys.stderr)
         return 2
@@ -106,6 +107,14 @@ def _cmd_train(a: argparse.Namespace) -> int:
                    + ([("new cloud ranker", r.summary["test_new_cloud_ranker"])]
                       if "test_new_cloud_ranker" in r.summary else [])
                    + [("device, validation", r.valid)])
+    g = r.summary.get("test_gain_over_cloud")
+    if g:
+        print(f"NDCG@10 gain over the cloud order (test): {g['gain']:+.4f} [{g['lo']:+.4f}, {g['hi']:+.4f}] "
+              f"(95 % CI, {g['sessions']} sessions resampled)")
+    if "tune" in r.summary:
+        best = r.summary["tune"]
+        print(f"tuned over {len(best['trials'])} trials (validation NDCG@10 {best['best_valid_ndcg10']:.4f}): "
+              f"{best['model_config']}")
     print(f"checkpoint: {r.checkpoint} (records its split)")
     if a.joint:
         print(f"cloud ranker for the server: {Path(a.out) / 'ranker.onnx'} (serve it with the device model)")
@@ -345,6 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of sessions for validation (early stopping, best epoch)")
     t.add_argument("--test-share", dest="test_share", type=float, default=0.15,
                    help="share of sessions for test (reported numbers only; recorded in the checkpoint)")
+    t.add_argument("--tune", type=int, default=0, metavar="N",
+                   help="search N model/training configurations first (Optuna, scored on validation only)")
     t.add_argument("--no-mvfan", action="store_true", help="PRM without the feedback attention network")
     t.add_argument("--no-cross", action="store_true", help="MVFAN without negatives<->positives cross attention")
     t.add_argument("--views", default="id,attr,context", help="MVFAN query views (comma-separated)")
