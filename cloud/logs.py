@@ -499,7 +499,8 @@ def row_to_record_v2(row: ImpressionRow, decl: LogDeclaration) -> dict:
             "cloud_dense": vec(c.item.cloud_dense), "vector": vec(c.item.id_embedding),
             "fields": _item_fields(c.item, decl), **geo(c.item),
             "shown_position": c.shown_position if c.shown_position >= 0 else None, "exposed": c.exposed,
-            "grade": c.label_grade if c.click_step >= 0 else 0, "label_step": c.click_step if c.click_step >= 0 else None,
+            "grade": c.label_grade if c.click_step >= 0 else 0,
+            "label_step": c.click_step if c.click_step >= 0 else None,
             "first_exposure_step": c.first_exposure_step if c.first_exposure_step >= 0 else None,
             "exposure_dwell_ms": c.exposure_dwell_ms} for c in row.candidates],
         "events": [{
