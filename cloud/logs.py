@@ -307,6 +307,13 @@ class LogDeclaration:
                    d.get("geo", False))
 
 
+# every key a v2 row / candidate / event may carry (docs/impression_log_schema.md documents each)
+V2_ROW_KEYS = ("request_id", "session_id", "user_id", "query", "ctx_lat", "ctx_lon", "ctx_hour", "ctx_device",
+               "page_index", "model_version", "arm", "candidates", "events", "rerank_points")
+V2_CANDIDATE_KEYS = ("item_id", "cloud_score", "cloud_position", "cloud_dense", "vector", "fields", "lat", "lon",
+                     "shown_position", "exposed", "grade", "label_step", "first_exposure_step", "exposure_dwell_ms")
+V2_EVENT_KEYS = ("item_id", "kind", "ts_ms", "request_id", "position", "dwell_ms", "fields", "vector", "lat", "lon")
+
 # v1 -> v2: the shop world's attributes are three declared categorical fields and a location
 V1_DECLARATION = LogDeclaration(categorical=("category", "brand", "price_level"), geo=True)
 
