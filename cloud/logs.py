@@ -1,15 +1,21 @@
 """Impression logs: the Parquet schema (docs/impression_log_schema.md), conversion to/from the
-``ImpressionRow`` contract, and a durable sink that writes one Parquet part per accepted batch."""
+``ImpressionRow`` contract, and a durable sink that writes one Parquet part per accepted batch.
+
+Two formats read: version 1 (the shop world's fixed columns, what the cloud's ``/v1/logs`` writes) and version 2
+(domain-neutral: item attributes are fields declared in the file's metadata, see :class:`LogDeclaration`; every
+row is checked by :func:`parse_row_v2`, which names the bad field)."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
 import json
+import math
 import os
 import time
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +32,9 @@ from edge_rerank.device_sdk.contracts import (
 )
 
 SCHEMA_VERSION = "1"
+SCHEMA_VERSION_V2 = "2"
+SCHEMA_KEY = b"edge_rerank.impression_schema"
+DECLARATION_KEY = b"edge_rerank.declaration"
 
 CANDIDATE = pa.struct([
     ("item_id", pa.int64()), ("cloud_position", pa.int32()), ("cloud_score", pa.float32()),
@@ -210,16 +219,316 @@ def compact_logs(root: str | Path, *, min_parts: int = 2) -> dict:
         return {"parts": len(parts), "rows": table.num_rows, "output": out}
 
 
-def read_logs(path: str | Path) -> list[ImpressionRow]:
-    """Read every live Parquet file under `path` (a file or a directory) into contracts."""
+def log_files(path: str | Path) -> list[Path]:
     path = Path(path)
     files = live_log_files(path) if path.is_dir() else [path]
     if not files:
         raise FileNotFoundError(f"no .parquet impression logs under {path}")
+    return files
+
+
+def read_logs(path: str | Path) -> list[ImpressionRow]:
+    """Read every live Parquet file under `path` (a file or a directory) into contracts: v1 and v2 files alike.
+    Raises :class:`LogFormatError` (file, row, field) on a malformed v2 row."""
     rows: list[ImpressionRow] = []
-    for f in files:
-        rows.extend(table_to_rows(pq.read_table(f)))
+    for f in log_files(path):
+        table = pq.read_table(f)
+        decl = declaration_of(table.schema, f)
+        if decl is None:
+            rows.extend(table_to_rows(table))
+            continue
+        for i, rec in enumerate(table.to_pylist()):
+            try:
+                rows.append(parse_row_v2(rec, decl))
+            except LogRowError as exc:
+                raise LogFormatError(f"{f.name} row {i}: {exc}") from None
     return rows
+
+
+# ---- log format v2 (domain-neutral) ---------------------------------------------------------------------------
+
+class LogRowError(ValueError):
+    """One v2 row is malformed: the message names the field (``candidates[3].fields.topic``) and the reason."""
+
+
+class LogFormatError(ValueError):
+    """A log file cannot be read (bad metadata, or a malformed row: file and row in the message)."""
+
+
+_FIELD_NAME = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
+MAX_CANDIDATES = 4096
+MAX_EVENTS = 100_000
+MAX_VECTOR = 4096
+MAX_STR = 256
+
+
+@dataclass(frozen=True)
+class LogDeclaration:
+    """What a v2 log file's items carry, stored as JSON under the schema metadata key ``edge_rerank.declaration``:
+    categorical fields (str or int values), numeric fields (numbers), an item vector of `vector_dim` values
+    (0: none) and whether items have a location (`geo`: ``lat`` / ``lon``)."""
+
+    categorical: tuple[str, ...] = ()
+    numeric: tuple[str, ...] = ()
+    vector_dim: int = 0
+    geo: bool = False
+
+    def __post_init__(self) -> None:
+        names = [*self.categorical, *self.numeric]
+        if not all(isinstance(n, str) and 1 <= len(n) <= 64 and set(n) <= _FIELD_NAME for n in names):
+            raise LogFormatError(f"declared field names must be 1..64 characters of a-z, 0-9, _; got {names!r:.80}")
+        if len(set(names)) != len(names) or len(names) > 64 or "item" in names:
+            raise LogFormatError(f"declared field names must be unique (at most 64, not 'item'), got {names!r:.80}")
+        if not isinstance(self.vector_dim, int) or isinstance(self.vector_dim, bool) \
+                or not 0 <= self.vector_dim <= MAX_VECTOR:
+            raise LogFormatError(f"vector_dim must be an int in 0..{MAX_VECTOR}, got {self.vector_dim!r:.40}")
+        if not isinstance(self.geo, bool):
+            raise LogFormatError("geo must be true or false")
+        object.__setattr__(self, "categorical", tuple(self.categorical))
+        object.__setattr__(self, "numeric", tuple(self.numeric))
+
+    def to_json(self) -> str:
+        return json.dumps({"categorical": list(self.categorical), "numeric": list(self.numeric),
+                           "vector_dim": self.vector_dim, "geo": self.geo})
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> LogDeclaration:
+        try:
+            d = json.loads(text)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise LogFormatError(f"declaration is not JSON: {exc}") from None
+        if not isinstance(d, dict) or set(d) - {"categorical", "numeric", "vector_dim", "geo"}:
+            raise LogFormatError(f"declaration must be an object with categorical, numeric, vector_dim, geo: "
+                                 f"{str(d)[:80]}")
+        for k in ("categorical", "numeric"):
+            if not isinstance(d.get(k, []), list):
+                raise LogFormatError(f"declaration {k} must be a list")
+        return cls(tuple(d.get("categorical", ())), tuple(d.get("numeric", ())), d.get("vector_dim", 0),
+                   d.get("geo", False))
+
+
+# every key a v2 row / candidate / event may carry (docs/impression_log_schema.md documents each)
+V2_ROW_KEYS = ("request_id", "session_id", "user_id", "query", "ctx_lat", "ctx_lon", "ctx_hour", "ctx_device",
+               "page_index", "model_version", "arm", "candidates", "events", "rerank_points")
+V2_CANDIDATE_KEYS = ("item_id", "cloud_score", "cloud_position", "cloud_dense", "vector", "fields", "lat", "lon",
+                     "shown_position", "exposed", "grade", "label_step", "first_exposure_step", "exposure_dwell_ms")
+V2_EVENT_KEYS = ("item_id", "kind", "ts_ms", "request_id", "position", "dwell_ms", "fields", "vector", "lat", "lon")
+
+# v1 -> v2: the shop world's attributes are three declared categorical fields and a location
+V1_DECLARATION = LogDeclaration(categorical=("category", "brand", "price_level"), geo=True)
+
+
+def declaration_of(schema: pa.Schema, source: object = "log") -> LogDeclaration | None:
+    """The v2 declaration of a file's schema; None for a v1 file. LogFormatError for an unknown version."""
+    meta = schema.metadata or {}
+    version = meta.get(SCHEMA_KEY, SCHEMA_VERSION.encode()).decode(errors="replace")
+    if version == SCHEMA_VERSION:
+        return None
+    if version != SCHEMA_VERSION_V2:
+        raise LogFormatError(f"{source}: impression schema version {version!r:.20} (this code reads 1 and 2)")
+    if DECLARATION_KEY not in meta:
+        raise LogFormatError(f"{source}: a v2 log needs the schema metadata key {DECLARATION_KEY.decode()} "
+                             "(see docs/impression_log_schema.md)")
+    return LogDeclaration.from_json(meta[DECLARATION_KEY])
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _get(d: dict, key: str, where: str, check, default, required: bool = False):
+    v = d.get(key)
+    if v is None:
+        if required:
+            raise LogRowError(f"{where}{key}: missing (required)")
+        return default
+    ok, why = check(v)
+    if not ok:
+        raise LogRowError(f"{where}{key}: {why}, got {type(v).__name__} {repr(v)[:40]}")
+    return v
+
+
+def _int_in(lo: int, hi: int):
+    return lambda v: (_is_int(v) and lo <= v <= hi, f"must be an int in {lo}..{hi}")
+
+
+def _finite(lo: float = -math.inf):
+    def check(v):
+        ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(float(v)) and v >= lo
+        return ok, "must be a finite number" + (f" >= {lo:g}" if lo > -math.inf else "")
+    return check
+
+
+def _str(limit: int = MAX_STR):
+    return lambda v: (isinstance(v, str) and len(v) <= limit, f"must be a string of at most {limit} characters")
+
+
+def _bool(v):
+    return isinstance(v, bool), "must be true or false"
+
+
+def _vector(dim: int | None):
+    def check(v):
+        if not isinstance(v, list) or not 1 <= len(v) <= MAX_VECTOR:
+            return False, f"must be a list of 1..{MAX_VECTOR} numbers"
+        if dim and len(v) != dim:
+            return False, f"must have {dim} values (declared vector_dim)"
+        if not all(isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) for x in v):
+            return False, "must hold finite numbers only"
+        return True, ""
+    return check
+
+
+def _fields(d: dict, decl: LogDeclaration, where: str) -> dict:
+    f = d.get("fields")
+    if f is None:
+        return {}
+    if not isinstance(f, dict):
+        raise LogRowError(f"{where}fields: must be a struct of the declared fields, got {type(f).__name__}")
+    out: dict = {}
+    for name, v in f.items():
+        if name in decl.categorical:
+            if v is not None and not ((isinstance(v, str) and len(v) <= MAX_STR) or _is_int(v)):
+                raise LogRowError(f"{where}fields.{name}: a categorical value must be a string (at most {MAX_STR} "
+                                  f"characters) or an int, got {type(v).__name__} {repr(v)[:40]}")
+        elif name in decl.numeric:
+            if v is not None and not _finite()(v)[0]:
+                raise LogRowError(f"{where}fields.{name}: a numeric value must be a finite number, got "
+                                  f"{type(v).__name__} {repr(v)[:40]}")
+        else:
+            raise LogRowError(f"{where}fields.{name}: not a declared field (declared: "
+                              f"{[*decl.categorical, *decl.numeric]})")
+        out[str(name)] = v
+    return out
+
+
+def _geo(d: dict, decl: LogDeclaration, where: str) -> tuple[float, float]:
+    if not decl.geo:
+        return 0.0, 0.0
+    return (float(_get(d, "lat", where, _finite(), 0.0)), float(_get(d, "lon", where, _finite(), 0.0)))
+
+
+def parse_row_v2(rec: object, decl: LogDeclaration) -> ImpressionRow:
+    """One v2 row (a dict, as ``pyarrow.Table.to_pylist`` gives it) -> ImpressionRow. Raises LogRowError naming
+    the first bad field. Optional fields get their documented defaults."""
+    if not isinstance(rec, dict):
+        raise LogRowError(f"a row must be a struct, got {type(rec).__name__}")
+    g = _get
+    request_id = g(rec, "request_id", "", _str(128), None, True)
+    session_id = g(rec, "session_id", "", _str(128), None, True)
+    raw_events = g(rec, "events", "", lambda v: (isinstance(v, list) and len(v) <= MAX_EVENTS,
+                                                 f"must be a list of at most {MAX_EVENTS} events"), [])
+    n_ev = len(raw_events)
+    events = []
+    for k, e in enumerate(raw_events):
+        w = f"events[{k}]."
+        if not isinstance(e, dict):
+            raise LogRowError(f"events[{k}]: must be a struct, got {type(e).__name__}")
+        kind = g(e, "kind", w, lambda v: (isinstance(v, str) and 1 <= len(v) <= 64,
+                                          "must be a string of 1..64 characters"), None, True)
+        std = EventKind.__members__.get(kind.upper())
+        vec = g(e, "vector", w, _vector(decl.vector_dim or None), None)
+        lat, lon = _geo(e, decl, w)
+        events.append(FeedbackEvent(
+            ts_ms=g(e, "ts_ms", w, _int_in(0, (1 << 63) - 1), k), request_id=g(e, "request_id", w, _str(128), ""),
+            item_id=g(e, "item_id", w, _int_in(-1, (1 << 63) - 1), None, True),
+            kind=std if std is not None and kind == kind.lower() else EventKind.EXPOSURE,
+            position=g(e, "position", w, _int_in(-1, (1 << 31) - 1), -1),
+            dwell_ms=float(g(e, "dwell_ms", w, _finite(0.0), 0.0)), lat=lat, lon=lon,
+            id_embedding=None if vec is None else np.asarray(vec, dtype=np.float32),
+            attrs=_fields(e, decl, w), kind_name=kind))
+    raw_cands = g(rec, "candidates", "", lambda v: (isinstance(v, list) and 1 <= len(v) <= MAX_CANDIDATES,
+                                                    f"must be a list of 1..{MAX_CANDIDATES} candidates"), None, True)
+    cands = []
+    positions = set()
+    for k, c in enumerate(raw_cands):
+        w = f"candidates[{k}]."
+        if not isinstance(c, dict):
+            raise LogRowError(f"candidates[{k}]: must be a struct, got {type(c).__name__}")
+        vec = g(c, "vector", w, _vector(decl.vector_dim or None), None)
+        dense = g(c, "cloud_dense", w, _vector(None), [])
+        lat, lon = _geo(c, decl, w)
+        shown = g(c, "shown_position", w, _int_in(0, (1 << 31) - 1), -1)
+        positions.add(shown >= 0)
+        grade = g(c, "grade", w, _int_in(0, 63), 0)
+        item = PageItem(item_id=g(c, "item_id", w, _int_in(0, (1 << 63) - 1), None, True),
+                        cloud_position=g(c, "cloud_position", w, _int_in(0, (1 << 31) - 1), k),
+                        cloud_score=float(g(c, "cloud_score", w, _finite(), 0.0)),
+                        cloud_dense=np.asarray(dense, dtype=np.float32),
+                        id_embedding=np.asarray(vec if vec is not None else [], dtype=np.float32),
+                        embedding_found=vec is not None, category=-1, brand=-1, price_level=-1, lat=lat, lon=lon,
+                        attrs=_fields(c, decl, w))
+        label_step = g(c, "label_step", w, _int_in(0, n_ev), n_ev)
+        cands.append(LoggedCandidate(
+            item=item, shown_position=shown, exposed=g(c, "exposed", w, _bool, True), clicked=grade > 0,
+            first_exposure_step=g(c, "first_exposure_step", w, _int_in(0, n_ev), n_ev),
+            click_step=label_step if grade > 0 else -1,
+            exposure_dwell_ms=float(g(c, "exposure_dwell_ms", w, _finite(0.0), 0.0)), grade=grade))
+    if len(positions) > 1:
+        raise LogRowError("candidates[].shown_position: set for some candidates and null for others (a list is "
+                          "either ordered or unordered)")
+    points = g(rec, "rerank_points", "", lambda v: (isinstance(v, list) and len(v) <= 4096,
+                                                    "must be a list of at most 4096 ints"), [n_ev])
+    for k, p in enumerate(points):
+        if not _is_int(p) or not 0 <= p <= n_ev:
+            raise LogRowError(f"rerank_points[{k}]: must be an int in 0..{n_ev} (an index into events), "
+                              f"got {repr(p)[:40]}")
+    ctx = Context(lat=float(g(rec, "ctx_lat", "", _finite(), 0.0)), lon=float(g(rec, "ctx_lon", "", _finite(), 0.0)),
+                  hour=g(rec, "ctx_hour", "", _int_in(0, 23), 12), device=g(rec, "ctx_device", "", _str(), "unknown"))
+    return ImpressionRow(
+        request_id=request_id, session_id=session_id, user_id=g(rec, "user_id", "", _str(128), ""),
+        query=g(rec, "query", "", _str(), ""), context=ctx, page_index=g(rec, "page_index", "", _int_in(0, 1 << 20), 0),
+        model_version=g(rec, "model_version", "", _str(), ""), arm=g(rec, "arm", "", _str(), "logged"),
+        candidates=cands, events=events, rerank_points=list(points))
+
+
+def _item_fields(obj: PageItem | FeedbackEvent, decl: LogDeclaration) -> dict:
+    from edge_rerank.device_sdk.features.operators import field_value
+
+    return {f: field_value(obj, f) for f in (*decl.categorical, *decl.numeric)}
+
+
+def row_to_record_v2(row: ImpressionRow, decl: LogDeclaration) -> dict:
+    """An ImpressionRow as a v2 record (the v1 -> v2 mapping with :data:`V1_DECLARATION`)."""
+    def geo(o):
+        return {"lat": o.lat, "lon": o.lon} if decl.geo else {}
+
+    def vec(v):
+        return None if v is None or not np.asarray(v).size else np.asarray(v, dtype=np.float32).tolist()
+
+    return {
+        "request_id": row.request_id, "session_id": row.session_id, "user_id": row.user_id, "query": row.query,
+        "ctx_lat": row.context.lat, "ctx_lon": row.context.lon, "ctx_hour": row.context.hour,
+        "ctx_device": row.context.device, "page_index": row.page_index, "model_version": row.model_version,
+        "arm": row.arm, "rerank_points": list(row.rerank_points),
+        "candidates": [{
+            "item_id": c.item.item_id, "cloud_position": c.item.cloud_position, "cloud_score": c.item.cloud_score,
+            "cloud_dense": vec(c.item.cloud_dense), "vector": vec(c.item.id_embedding),
+            "fields": _item_fields(c.item, decl), **geo(c.item),
+            "shown_position": c.shown_position if c.shown_position >= 0 else None, "exposed": c.exposed,
+            "grade": c.label_grade if c.click_step >= 0 else 0,
+            "label_step": c.click_step if c.click_step >= 0 else None,
+            "first_exposure_step": c.first_exposure_step if c.first_exposure_step >= 0 else None,
+            "exposure_dwell_ms": c.exposure_dwell_ms} for c in row.candidates],
+        "events": [{
+            "ts_ms": e.ts_ms, "request_id": e.request_id, "item_id": e.item_id, "kind": e.name,
+            "position": e.position, "dwell_ms": e.dwell_ms, "fields": _item_fields(e, decl), **geo(e),
+            "vector": vec(e.id_embedding)} for e in row.events],
+    }
+
+
+def records_to_table_v2(records: list[dict], decl: LogDeclaration) -> pa.Table:
+    """v2 records (dicts as documented) -> a pyarrow Table carrying the v2 schema metadata."""
+    table = pa.Table.from_pylist(records)
+    meta = dict(table.schema.metadata or {})
+    meta.update({SCHEMA_KEY: SCHEMA_VERSION_V2.encode(), DECLARATION_KEY: decl.to_json().encode()})
+    return table.replace_schema_metadata(meta)
+
+
+def write_logs_v2(records: list[dict], decl: LogDeclaration, path: str | Path) -> Path:
+    path = Path(path)
+    pq.write_table(records_to_table_v2(records, decl), path, compression="zstd")
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,6 +31,9 @@ class EventKind(IntEnum):
     LEAVE = 5  # the user left the list; item_id = -1
 
 
+_KIND_NAMES = {k.value: k.name.lower() for k in EventKind}
+
+
 class EmbeddingEncoding(IntEnum):
     FP16 = 0
     INT8 = 1
@@ -143,6 +146,9 @@ class PageItem:
     lat: float
     lon: float
     embedding_found: bool = True
+    # declared item fields beyond the shop's (log format v2): name -> str / int (categorical) or float (numeric);
+    # the operators read a declared field from here first, then from the attribute of that name (category, ...)
+    attrs: dict[str, str | int | float | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # wire precision is canonical: float32 scores, so live and logged features agree bit for bit
@@ -178,6 +184,14 @@ class FeedbackEvent:
     lat: float = 0.0
     lon: float = 0.0
     id_embedding: np.ndarray | None = None
+    attrs: dict[str, str | int | float | None] = field(default_factory=dict)  # the item's declared fields
+    # the kind's name in an open set (log format v2: its role comes from the feature config's event_kinds);
+    # empty: the name of `kind`. A v2 kind outside EventKind is carried with kind=EXPOSURE and this name.
+    kind_name: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.kind_name or _KIND_NAMES.get(int(self.kind), "")
 
     def __post_init__(self) -> None:
         self.dwell_ms = float(np.float32(self.dwell_ms))  # float32 on the wire and in the logs
@@ -190,7 +204,7 @@ class FeedbackEvent:
         return FeedbackEvent(ts_ms=ts_ms, request_id=request_id, item_id=item.item_id, kind=kind,
                              position=position, dwell_ms=float(dwell_ms), category=item.category,
                              brand=item.brand, price_level=item.price_level, lat=item.lat, lon=item.lon,
-                             id_embedding=item.id_embedding)
+                             id_embedding=item.id_embedding, attrs=dict(item.attrs))
 
 
 @dataclass
@@ -201,8 +215,15 @@ class LoggedCandidate:
     clicked: bool = False
     ordered: bool = False
     first_exposure_step: int = -1
-    click_step: int = -1
+    click_step: int = -1  # index into events where the label was earned (v2: label_step)
     exposure_dwell_ms: float = 0.0
+    grade: int = -1  # graded label (v2 logs); -1: derived from clicked / ordered (v1: 2 ordered, 1 clicked, 0)
+
+    @property
+    def label_grade(self) -> int:
+        if self.grade >= 0:
+            return self.grade
+        return 2 if self.ordered else (1 if self.clicked else 0)
 
 
 @dataclass
@@ -266,6 +287,14 @@ def validate_feedback_event(event: object, emb_dim: int | None = None) -> Feedba
             raise ContractError(f"{name} must be a finite number, got {v!r:.40}")
     if event.dwell_ms < 0:
         raise ContractError(f"dwell_ms must be >= 0, got {event.dwell_ms}")
+    if not isinstance(event.kind_name, str) or len(event.kind_name) > 64:
+        raise ContractError("kind_name must be a string of at most 64 characters")
+    attrs = event.attrs
+    if not isinstance(attrs, dict) or len(attrs) > 64 or not all(
+            isinstance(k, str) and len(k) <= 64 and (v is None or (isinstance(v, str) and len(v) <= 256)
+                                                     or _is_int(v) or _is_finite_real(v))
+            for k, v in attrs.items()):
+        raise ContractError("attrs must map at most 64 names to None, a string (<= 256 characters) or a finite number")
     emb = event.id_embedding
     if emb is not None:
         if not isinstance(emb, np.ndarray) or emb.dtype != np.float32 or emb.ndim != 1:

@@ -178,16 +178,21 @@ def train(logs: str | Path, out: str | Path, *, feature_config: FeatureConfig | 
     Sessions split three ways by `split` (default: 15 % validation, 15 % test, seeded by `seed`); early stopping
     and the best epoch on validation; test scored once at the end. The checkpoint records the split (each part's
     session ids, config, hash). With `joint_cloud_data` (the cloud's data directory) the cloud ranker is trained
-    jointly too (``OUT/cloud_ranker.pt`` and ``OUT/ranker.onnx`` for the server). With ``tune=N`` an Optuna
-    search of N trials (``cloud.training.tune``, scored on the validation sessions only) picks the model and
-    training configuration first; the search is recorded in the summary (``tune``)."""
+    jointly too (``OUT/cloud_ranker.pt`` and ``OUT/ranker.onnx`` for the server). Without `feature_config`,
+    v1 logs get the simulator world's config and v2 logs a config fitted to them (``edge-rerank logs
+    infer-config``). With ``tune=N`` an Optuna search of N trials (``cloud.training.tune``, scored on the
+    validation sessions only) picks the model and training configuration first; the search is recorded in the
+    summary (``tune``)."""
     from edge_rerank.cloud.logs import read_logs
     from edge_rerank.cloud.training.data import SplitConfig, build_samples, split_sessions
     from edge_rerank.cloud.training.train import TrainConfig, fit, save_checkpoint
     from edge_rerank.device_sdk.features import FeatureConfig
 
     if feature_config is None:
-        fcfg = feature_config_for()
+        from edge_rerank.cloud.log_tools import infer_config, logs_are_v2
+
+        # v1 logs: the simulator world's config; v2 logs declare their fields: a config fitted to them
+        fcfg = infer_config(logs)[0] if logs_are_v2(logs) else feature_config_for()
     elif isinstance(feature_config, FeatureConfig):
         fcfg = feature_config
     else:

@@ -451,7 +451,57 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--model-name", default="device-reranker", help="registry model whose rollout pages advertise")
     v.add_argument("--ranking-cache", type=int, default=4096, help="rankings cached per worker for later pages")
     v.set_defaults(func=_cmd_serve)
+    _add_logs_parser(sub)
     return p
+
+
+# ------------------------------------------------------------------ logs (self-contained: parser + handler)
+
+def _add_logs_parser(sub) -> None:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    lg = sub.add_parser("logs", formatter_class=fmt, help="check impression logs, fit a feature config to them",
+                        description="Impression logs in the documented schema (docs/impression_log_schema.md, "
+                                    "v1 or v2).")
+    lsub = lg.add_subparsers(dest="logs_command", required=True)
+    va = lsub.add_parser("validate", formatter_class=fmt, help="types, ranges, lists without positives, all-null "
+                         "fields, unknown-bucket rates per field; exit 1 on malformed logs")
+    va.add_argument("dir", help="a .parquet file or a directory of them")
+    va.add_argument("--feature-config", help="feature config JSON to measure unknown buckets and event kinds against")
+    va.add_argument("--json", action="store_true", help="print the report as JSON")
+    ic = lsub.add_parser("infer-config", formatter_class=fmt, help="a feature config fitted to the logs")
+    ic.add_argument("dir", help="a .parquet file or a directory of them")
+    ic.add_argument("--out", help="write the config JSON here (default: print it)")
+    ic.add_argument("--max-vocab", type=int, default=1000, help="larger categorical fields are hashed")
+    ic.add_argument("--event-kind", action="append", default=[], metavar="KIND=ROLE",
+                    help="role of an event kind: positive, positive_dwell, negative, negative_dwell, neutral "
+                         "(repeatable; kinds named nowhere become neutral)")
+    lg.set_defaults(func=_cmd_logs)
+
+
+def _cmd_logs(a: argparse.Namespace) -> int:
+    from edge_rerank.cloud.log_tools import infer_config, validate_logs
+    from edge_rerank.device_sdk.features import FeatureConfig
+
+    try:
+        if a.logs_command == "validate":
+            cfg = FeatureConfig.load(a.feature_config) if a.feature_config else None
+            rep = validate_logs(a.dir, cfg)
+            print(json.dumps(rep.to_dict(), indent=2, default=str) if a.json else rep.text())
+            return 0 if rep.ok else 1
+        kinds = dict(k.split("=", 1) for k in a.event_kind if "=" in k)
+        if len(kinds) != len(a.event_kind):
+            raise ValueError("--event-kind takes KIND=ROLE")
+        cfg, summary = infer_config(a.dir, max_vocab=a.max_vocab, event_kinds=kinds)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"logs {a.logs_command}: {exc}", file=sys.stderr)
+        return 2
+    if a.out:
+        cfg.save(a.out)
+        print(json.dumps(summary, indent=2, default=str))
+        print(f"feature config: {a.out} (fingerprint {cfg.fingerprint()})")
+    else:
+        print(json.dumps(cfg.to_dict(), indent=2))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

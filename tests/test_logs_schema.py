@@ -46,7 +46,10 @@ def test_doc_lists_every_column():
     """docs/impression_log_schema.md documents exactly the columns the code writes."""
     text = DOC.read_text()
     documented = set(re.findall(r"^\| `([a-z_]+)` \|", text, flags=re.M))
+    from edge_rerank.cloud.logs import V2_CANDIDATE_KEYS, V2_EVENT_KEYS, V2_ROW_KEYS
+
     expected = set(IMPRESSION_SCHEMA.names) | {f.name for f in CANDIDATE} | {f.name for f in EVENT}
+    expected |= set(V2_ROW_KEYS) | set(V2_CANDIDATE_KEYS) | set(V2_EVENT_KEYS)
     assert documented == expected, (expected - documented, documented - expected)
 
 

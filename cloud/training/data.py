@@ -2,12 +2,15 @@
 
 A sample is one rerank point of one shown list: the feedback the device had (``events[:p]``), and as
 candidates the items not yet exposed at ``p`` that the user went on to see, labelled by what the user did
-with them (order = 2, click = 1, else 0). Lists without a positive or with fewer than two candidates are
-skipped (no list-wise signal)."""
+with them: the gain (``FeatureConfig.label_gain``) of the candidate's grade if it was earned after ``p``
+(v1 logs: order = 2, click = 1, else 0). Lists without a positive or with fewer than two candidates are
+skipped (no list-wise signal). A list logged without display positions is unordered: its candidates come in a
+fixed pseudo-random order (a hash of the request and item ids), so the log's order carries no signal."""
 
 from __future__ import annotations
 
 import hashlib
+import warnings
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -60,11 +63,14 @@ def samples_from_row(row: ImpressionRow, builder: FeatureBuilder) -> list[RowSam
     out = []
     for p in sorted(set(row.rerank_points)):
         cands = [c for c in row.candidates if c.exposed and c.first_exposure_step >= p]
-        cands.sort(key=lambda c: c.shown_position)
+        if cands and all(c.shown_position < 0 for c in cands):  # unordered list: no display positions
+            cands.sort(key=lambda c: zlib.crc32(f"{row.request_id}:{c.item.item_id}".encode()))
+        else:
+            cands.sort(key=lambda c: c.shown_position)
         cands = cands[: cfg.n_max]
         labels = np.zeros(cfg.n_max, dtype=np.float32)
         for k, c in enumerate(cands):
-            labels[k] = 2.0 if (c.ordered and c.click_step >= p) else (1.0 if c.clicked and c.click_step >= p else 0.0)
+            labels[k] = cfg.gain(c.label_grade) if c.click_step >= p and c.label_grade > 0 else 0.0
         if len(cands) < 2 or labels.sum() == 0:
             continue
         feats = builder.build([c.item for c in cands], row.events[:p], row.context)
@@ -72,6 +78,22 @@ def samples_from_row(row: ImpressionRow, builder: FeatureBuilder) -> list[RowSam
         ids[: len(cands)] = [c.item.item_id for c in cands]
         out.append(RowSample(feats, labels, ids, p))
     return out
+
+
+UNKNOWN_WARN_RATE = 0.05
+
+
+def warn_unknown_buckets(builder: FeatureBuilder, *, limit: float = UNKNOWN_WARN_RATE) -> dict[str, float]:
+    """Warn (UserWarning) for every declared field with more than `limit` of its values in the unknown bucket;
+    return the rates of all fields."""
+    rates = builder.unknown_rates()
+    for name, rate in rates.items():
+        if rate > limit:
+            u, t = builder.unknown_counts[name]
+            warnings.warn(f"field {name!r}: {u} of {t} candidate values ({rate:.1%}) fall in the unknown bucket "
+                          f"(out of the feature config's range or vocabulary, or null); fit the config to the logs "
+                          "with `edge-rerank logs infer-config`", UserWarning, stacklevel=2)
+    return rates
 
 
 def build_samples(rows: Sequence[ImpressionRow], cfg: FeatureConfig, *, progress: bool = True) -> Samples:
@@ -87,6 +109,7 @@ def build_samples(rows: Sequence[ImpressionRow], cfg: FeatureConfig, *, progress
             sids.append(row.session_id)
             users.append(row.user_id)
             ctxs.append(row.context)
+    warn_unknown_buckets(builder)
     if not feats:
         raise ValueError("the logs hold no usable rerank samples (need rerank points followed by clicks)")
     return Samples(stack_batch(feats), np.stack(labels), sids, np.stack(ids), users, ctxs)

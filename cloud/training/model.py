@@ -98,9 +98,10 @@ class DeviceReranker(nn.Module):
         super().__init__()
         self.fcfg, self.mcfg = fcfg, mcfg or ModelConfig()
         d = self.mcfg.d_model
-        self.cat = nn.Embedding(fcfg.n_categories + 1, d)
-        self.brand = nn.Embedding(fcfg.n_brands + 1, d)
-        self.price = nn.Embedding(fcfg.n_price_levels + 1, d)
+        n_cat, n_brand, n_price = fcfg.slot_sizes  # the declared fields in the 3 categorical slots (+1: unknown)
+        self.cat = nn.Embedding(n_cat + 1, d)
+        self.brand = nn.Embedding(n_brand + 1, d)
+        self.price = nn.Embedding(n_price + 1, d)
         self.dist = nn.Embedding(fcfg.n_distance_buckets, d)
         self.pos = nn.Embedding(fcfg.n_position_buckets, d)
         self.id_proj = nn.Linear(fcfg.emb_dim, d)

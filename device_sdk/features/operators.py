@@ -6,16 +6,53 @@ device at rerank time, so training and serving features agree bit for bit.
 
 from __future__ import annotations
 
+import math
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge_rerank.device_sdk.contracts import Context, ContractError, EventKind, FeedbackEvent, PageItem
-from edge_rerank.device_sdk.features.config import FeatureConfig
+from edge_rerank.device_sdk.contracts import Context, ContractError, FeedbackEvent, PageItem
+from edge_rerank.device_sdk.features.config import FeatureConfig, FieldSpec
 
-FIELDS = ("category", "brand", "price_level")
-SEQUENCES = ("click", "skip")
+FIELDS = ("category", "brand", "price_level")  # the shop world's declared fields (FeatureConfig without `fields`)
+SEQUENCES = ("click", "skip", "seen")
+IDENTITY = "item"  # the pseudo-field "this very item" in Match&Aggregate operators
+_DEFAULT_CFG: FeatureConfig | None = None
+
+
+def field_value(obj: PageItem | FeedbackEvent, name: str) -> object:
+    """A declared field's raw value on an item or event: from ``attrs``, else the attribute of that name."""
+    attrs = obj.attrs
+    if name in attrs:
+        return attrs[name]
+    return getattr(obj, name, None)
+
+
+def encode_value(spec: FieldSpec, v: object) -> int:
+    """Bucket id of one categorical value: 0..spec.n-1, or spec.n (unknown)."""
+    n = spec.n
+    if v is None or isinstance(v, bool):
+        return n
+    if spec.mode == "ids":
+        return int(v) if isinstance(v, int | np.integer) and 0 <= v < n else n
+    if spec.mode == "vocab":
+        index = spec.__dict__.get("_index")
+        if index is None:
+            index = {x: i for i, x in enumerate(spec.vocab)}
+            object.__setattr__(spec, "_index", index)  # a cache, not a field (not in eq / to_dict)
+        return index.get(v if isinstance(v, str) else int(v) if isinstance(v, int | np.integer) else None, n)
+    if isinstance(v, float | np.floating):
+        return n
+    return zlib.crc32(str(v).encode("utf-8")) % n
+
+
+def numeric_value(v: object) -> float | None:
+    if v is None or isinstance(v, bool) or not isinstance(v, int | float | np.integer | np.floating):
+        return None
+    f = float(v)
+    return f if math.isfinite(f) else None
 
 
 class FeatureError(ContractError):
@@ -57,7 +94,7 @@ def input_names(cfg: FeatureConfig) -> list[str]:
 class _Seq:
     """A feedback sequence as column arrays, oldest first."""
 
-    fields: dict[str, np.ndarray]  # category / brand / price_level -> int64 [S]
+    fields: dict[str, np.ndarray]  # declared categorical field (and "item") -> int64 match keys [S], -1 = null
     lat: np.ndarray
     lon: np.ndarray
     emb: np.ndarray  # float32 [S, E]
@@ -79,21 +116,34 @@ class _Seq:
                     position=self.position[sl])
 
 
-def _to_seq(indexed: list[tuple[int, FeedbackEvent]], n_events: int, emb_dim: int) -> _Seq:
+class _Keys:
+    """Match keys of one build: equal raw values of a field get equal keys (>= 0); null gets -1."""
+
+    def __init__(self) -> None:
+        self.tables: dict[str, dict] = {}
+
+    def __call__(self, name: str, values: list) -> np.ndarray:
+        if name == IDENTITY:
+            return np.array(values, dtype=np.int64)
+        table = self.tables.setdefault(name, {})
+        return np.array([-1 if v is None or isinstance(v, float) else table.setdefault(v, len(table))
+                         for v in values], dtype=np.int64)
+
+
+def _to_seq(indexed: list[tuple[int, FeedbackEvent]], n_events: int, emb_dim: int, cats: Sequence[str],
+            keys: _Keys) -> _Seq:
     ev = [e for _, e in indexed]
     emb = np.zeros((len(ev), emb_dim), dtype=np.float32)
     for k, e in enumerate(ev):
-        if e.id_embedding is not None:
+        if e.id_embedding is not None and e.id_embedding.size:
             row = np.asarray(e.id_embedding, dtype=np.float32)
             if row.shape != (emb_dim,):
                 raise FeatureError(f"event embedding has shape {row.shape}, expected ({emb_dim},)")
             emb[k] = row
+    fields = {f: keys(f, [field_value(e, f) for e in ev]) for f in cats}
+    fields[IDENTITY] = np.array([e.item_id for e in ev], dtype=np.int64)
     return _Seq(
-        fields={
-            "category": np.array([e.category for e in ev], dtype=np.int64),
-            "brand": np.array([e.brand for e in ev], dtype=np.int64),
-            "price_level": np.array([e.price_level for e in ev], dtype=np.int64),
-        },
+        fields=fields,
         lat=np.array([e.lat for e in ev], dtype=np.float64),
         lon=np.array([e.lon for e in ev], dtype=np.float64),
         emb=emb,
@@ -103,15 +153,33 @@ def _to_seq(indexed: list[tuple[int, FeedbackEvent]], n_events: int, emb_dim: in
     )
 
 
-def split_feedback(events: Sequence[FeedbackEvent], cfg: FeatureConfig
+def event_roles(events: Sequence[FeedbackEvent], cfg: FeatureConfig) -> list[tuple[str, bool]]:
+    """Per event: its effective role (``positive`` / ``negative`` / ``neutral``, after the dwell threshold of
+    ``_dwell`` roles) and whether it is an exposure (a negative kind, whatever its dwell)."""
+    kinds = dict(cfg.event_kinds)
+    thr = cfg.dwell_threshold_ms
+    out = []
+    for e in events:
+        role = kinds.get(e.name, "neutral")
+        shown = role.startswith("negative")
+        if role.endswith("_dwell"):
+            role = role[:-6] if e.dwell_ms >= thr else "neutral"
+        out.append((role, shown))
+    return out
+
+
+def split_feedback(events: Sequence[FeedbackEvent], cfg: FeatureConfig,
+                   roles: list[tuple[str, bool]] | None = None
                    ) -> tuple[list[tuple[int, FeedbackEvent]], list[tuple[int, FeedbackEvent]]]:
-    """Positive sequence (clicks) and negative sequence (exposures visible >= the dwell threshold and
-    never clicked), each as (event index, event), oldest first. A short exposure is not a negative:
-    its click may simply not have happened yet."""
-    clicked = {e.item_id for e in events if e.kind == EventKind.CLICK}
-    pos = [(i, e) for i, e in enumerate(events) if e.kind == EventKind.CLICK]
-    neg = [(i, e) for i, e in enumerate(events)
-           if e.kind == EventKind.EXPOSURE and e.dwell_ms >= cfg.dwell_threshold_ms and e.item_id not in clicked]
+    """Positive sequence (events of a positive kind: clicks) and negative sequence (events of a negative kind:
+    exposures visible >= the dwell threshold, of items never positive), each as (event index, event), oldest
+    first. A short exposure is not a negative: its click may simply not have happened yet. Kinds and their roles
+    come from ``cfg.event_kinds``."""
+    roles = event_roles(events, cfg) if roles is None else roles
+    positive = {e.item_id for e, (r, _) in zip(events, roles, strict=True) if r == "positive"}
+    pos = [(i, e) for i, (e, (r, _)) in enumerate(zip(events, roles, strict=True)) if r == "positive"]
+    neg = [(i, e) for i, (e, (r, _)) in enumerate(zip(events, roles, strict=True))
+           if r == "negative" and e.item_id not in positive]
     return pos, neg
 
 
@@ -138,6 +206,9 @@ class _OpInputs:
     cloud_position: np.ndarray
     context: Context
     seqs: dict[str, _Seq]
+    cand_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    identity: dict[str, np.ndarray] = field(default_factory=dict)  # per-candidate history of this very item
+    numeric: dict[str, np.ndarray] = field(default_factory=dict)  # numeric field -> [N] bucket / n_buckets
     cache: dict = field(default_factory=dict)  # shared by operators of one build (same match / similarity)
 
 
@@ -150,9 +221,10 @@ def _match(x: _OpInputs, fields: str, seq: _Seq, seq_key: tuple) -> np.ndarray:
         return hit
     out = np.ones((x.cand_lat.shape[0], seq.size), dtype=bool)
     for f in fields.split("+"):
-        if f not in FIELDS:
-            raise FeatureError(f"unknown field {f!r} in Match&Aggregate operator (fields: {FIELDS})")
-        out &= x.cand_fields[f][:, None] == seq.fields[f][None, :]
+        if f not in x.cand_fields:
+            raise FeatureError(f"unknown field {f!r} in Match&Aggregate operator (fields: {sorted(x.cand_fields)})")
+        a = x.cand_fields[f][:, None]
+        out &= (a == seq.fields[f][None, :]) & (a >= 0)
     x.cache[key] = out
     return out
 
@@ -210,8 +282,20 @@ def _op_sim(agg: str, seq_name: str, window: int | None) -> Callable[[_OpInputs]
     return op
 
 
-def compile_op(expr: str) -> Callable[[_OpInputs], np.ndarray]:
-    """Turn one operator expression of the config into a function. Raises FeatureError if unknown."""
+def _op_identity(kind: str) -> Callable[[_OpInputs], np.ndarray]:
+    return lambda x: x.identity[kind]
+
+
+def _op_numeric(name: str) -> Callable[[_OpInputs], np.ndarray]:
+    return lambda x: x.numeric[name]
+
+
+def compile_op(expr: str, cfg: FeatureConfig | None = None) -> Callable[[_OpInputs], np.ndarray]:
+    """Turn one operator expression of the config into a function. Raises FeatureError if unknown or if it names
+    a field `cfg` (default: the shop world's config) does not declare."""
+    global _DEFAULT_CFG
+    if cfg is None:
+        cfg = _DEFAULT_CFG = _DEFAULT_CFG or FeatureConfig()
     if expr == "cloud_score":
         return lambda x: np.clip(x.cloud_score, -10.0, 10.0)
     if expr == "cloud_position":
@@ -220,6 +304,15 @@ def compile_op(expr: str) -> Callable[[_OpInputs], np.ndarray]:
         return _op_dist("context")
     if expr in ("dist_last:click", "dist_min:click"):
         return _op_dist("last" if expr.startswith("dist_last") else "min")
+    if expr in ("seen:item", "skipped:item", "clicked:item", "dwell_max:item"):
+        return _op_identity(expr.split(":")[0])
+    cats = [f.name for f in cfg.declared_fields if f.kind == "categorical"]
+    if expr.startswith("num:"):
+        spec = cfg.field_spec(expr[4:])
+        if spec is None or spec.kind != "numeric":
+            nums = [f.name for f in cfg.declared_fields if f.kind == "numeric"]
+            raise FeatureError(f"unknown numeric field in operator {expr!r} (numeric fields: {nums})")
+        return _op_numeric(spec.name)
     body, window = expr, None
     if "@" in expr:
         body, _, k = expr.partition("@")
@@ -228,9 +321,12 @@ def compile_op(expr: str) -> Callable[[_OpInputs], np.ndarray]:
         window = int(k)
     parts = body.split(":")
     if len(parts) == 3 and parts[0] in ("hit", "freq", "step") and parts[2] in SEQUENCES:
-        for f in parts[1].split("+"):
-            if f not in FIELDS:
-                raise FeatureError(f"unknown field {f!r} in operator {expr!r} (fields: {FIELDS})")
+        names = parts[1].split("+")
+        for f in names:
+            if f not in cats and f != IDENTITY:
+                raise FeatureError(f"unknown field {f!r} in operator {expr!r} (fields: {[*cats, IDENTITY]})")
+        if len(set(names)) != len(names):
+            raise FeatureError(f"operator {expr!r} names a field twice")
         return _op_match(parts[0], parts[1], parts[2], window)
     if len(parts) == 2 and parts[0] in ("sim_max", "sim_mean") and parts[1] in SEQUENCES:
         return _op_sim(parts[0][4:], parts[1], window)
@@ -238,15 +334,30 @@ def compile_op(expr: str) -> Callable[[_OpInputs], np.ndarray]:
 
 
 class FeatureBuilder:
-    """Compiles a FeatureConfig once; `build` is then called per rerank (device) or per sample (training)."""
+    """Compiles a FeatureConfig once; `build` is then called per rerank (device) or per sample (training).
+
+    ``unknown_counts`` counts, per declared field, the candidate values that fell in the unknown bucket (out of
+    range, not in the vocabulary, null) against all values seen: training warns when a field's rate is high."""
 
     def __init__(self, cfg: FeatureConfig):
         self.cfg = cfg
-        self._ops = [compile_op(e) for e in cfg.candidate_ops]
+        self._ops = [compile_op(e, cfg) for e in cfg.candidate_ops]
         self.specs = input_specs(cfg)
+        self._cats = [f for f in cfg.declared_fields if f.kind == "categorical"]
+        self._nums = [f for f in cfg.declared_fields if f.kind == "numeric"]
+        self._slots = [cfg.field_spec(n) if n else None for n in cfg.slot_fields]
+        self._identity = any(op.endswith(":item") for op in cfg.candidate_ops)
+        self._seen = any(op.split("@")[0].endswith(":seen") for op in cfg.candidate_ops)
+        self.unknown_counts: dict[str, list[int]] = {f.name: [0, 0] for f in cfg.declared_fields}
 
-    def _bucket(self, values: np.ndarray, n: int) -> np.ndarray:
-        return np.where((values >= 0) & (values < n), values, n).astype(np.int32)
+    def _encode(self, spec: FieldSpec | None, values: list) -> np.ndarray:
+        if spec is None:
+            return np.zeros(len(values), np.int32)
+        return np.array([encode_value(spec, v) for v in values], dtype=np.int32)
+
+    def unknown_rates(self) -> dict[str, float]:
+        """Share of candidate values in each field's unknown bucket so far (fields with values only)."""
+        return {f: u / t for f, (u, t) in self.unknown_counts.items() if t}
 
     @staticmethod
     def bucketise(values: np.ndarray, edges: Sequence[float]) -> np.ndarray:
@@ -256,6 +367,28 @@ class FeatureBuilder:
     def _dist_to_context(self, lat: np.ndarray, lon: np.ndarray, context: Context) -> np.ndarray:
         return _distance(lat, lon, np.array([context.lat]), np.array([context.lon]), self.cfg.geo)[:, 0]
 
+    def _identity_features(self, cand_ids: np.ndarray, events: Sequence[FeedbackEvent],
+                           roles: list[tuple[str, bool]]) -> dict[str, np.ndarray]:
+        seen: dict[int, int] = {}
+        skipped: dict[int, int] = {}
+        clicked: dict[int, int] = {}
+        dwell: dict[int, float] = {}
+        positive = {e.item_id for e, (r, _) in zip(events, roles, strict=True) if r == "positive"}
+        for e, (role, shown) in zip(events, roles, strict=True):
+            i = e.item_id
+            if shown:
+                seen[i] = seen.get(i, 0) + 1
+            if role == "positive":
+                clicked[i] = clicked.get(i, 0) + 1
+            elif role == "negative" and i not in positive:
+                skipped[i] = skipped.get(i, 0) + 1
+            dwell[i] = max(dwell.get(i, 0.0), e.dwell_ms)
+        ids = cand_ids.tolist()
+        return {"seen": np.log1p([seen.get(i, 0) for i in ids]),
+                "skipped": np.log1p([skipped.get(i, 0) for i in ids]),
+                "clicked": np.log1p([clicked.get(i, 0) for i in ids]),
+                "dwell_max": np.log1p(np.maximum([dwell.get(i, 0.0) for i in ids], 0.0) / 1000.0)}
+
     def build(self, candidates: Sequence[PageItem], events: Sequence[FeedbackEvent],
               context: Context) -> dict[str, np.ndarray]:
         """Model inputs (no batch dimension) for reranking `candidates` given the feedback `events`."""
@@ -263,23 +396,51 @@ class FeatureBuilder:
         n = len(candidates)
         if n > cfg.n_max:
             raise FeatureError(f"{n} candidates exceed n_max={cfg.n_max}")
-        pos_idx, neg_idx = split_feedback(events, cfg)
+        roles = event_roles(events, cfg)
+        pos_idx, neg_idx = split_feedback(events, cfg, roles)
         pos_idx = pos_idx[-cfg.max_positives:]
         neg_idx = neg_idx[-(cfg.l_max - len(pos_idx)):] if cfg.l_max > len(pos_idx) else []
-        seqs = {"click": _to_seq(pos_idx, len(events), cfg.emb_dim),
-                "skip": _to_seq(neg_idx, len(events), cfg.emb_dim)}
+        keys = _Keys()
+        cat_names = [f.name for f in self._cats]
+        cand_fields = {f: keys(f, [field_value(c, f) for c in candidates]) for f in cat_names}
+        cand_ids = np.array([c.item_id for c in candidates], dtype=np.int64)
+        cand_fields[IDENTITY] = cand_ids
+        seqs = {"click": _to_seq(pos_idx, len(events), cfg.emb_dim, cat_names, keys),
+                "skip": _to_seq(neg_idx, len(events), cfg.emb_dim, cat_names, keys)}
+        if self._seen:
+            seen_idx = [(i, e) for i, (e, (_, shown)) in enumerate(zip(events, roles, strict=True)) if shown]
+            seqs["seen"] = _to_seq(seen_idx, len(events), cfg.emb_dim, cat_names, keys)
 
         cand_emb = np.zeros((n, cfg.emb_dim), dtype=np.float32)
         cand_dense = np.zeros((n, cfg.dense_dim), dtype=np.float32)
         for k, c in enumerate(candidates):
-            if c.id_embedding.shape != (cfg.emb_dim,) or c.cloud_dense.shape != (cfg.dense_dim,):
-                raise FeatureError(f"item {c.item_id}: embedding {c.id_embedding.shape} / dense "
-                                   f"{c.cloud_dense.shape}, expected ({cfg.emb_dim},) / ({cfg.dense_dim},)")
-            cand_emb[k] = c.id_embedding
-            cand_dense[k] = c.cloud_dense
+            emb, dense = c.id_embedding, c.cloud_dense
+            if (emb.size and emb.shape != (cfg.emb_dim,)) or (dense.size and dense.shape != (cfg.dense_dim,)):
+                raise FeatureError(f"item {c.item_id}: embedding {emb.shape} / dense "
+                                   f"{dense.shape}, expected ({cfg.emb_dim},) / ({cfg.dense_dim},)")
+            if emb.size:  # an item without a vector (v2 logs) keeps zeros
+                cand_emb[k] = emb
+            if dense.size:
+                cand_dense[k] = dense
+        encoded: dict[str, np.ndarray] = {}
+        for spec in self._cats:
+            ids = self._encode(spec, [field_value(c, spec.name) for c in candidates])
+            encoded[spec.name] = ids
+            counts = self.unknown_counts[spec.name]
+            counts[0] += int(np.count_nonzero(ids == spec.n))
+            counts[1] += n
+        numeric: dict[str, np.ndarray] = {}
+        for spec in self._nums:
+            vals = [numeric_value(field_value(c, spec.name)) for c in candidates]
+            missing = np.array([v is None for v in vals], dtype=bool)
+            b = self.bucketise(np.array([0.0 if v is None else v for v in vals], dtype=np.float64), spec.edges)
+            numeric[spec.name] = np.where(missing, 0.0, b / max(1, len(spec.edges)))
+            counts = self.unknown_counts[spec.name]
+            counts[0] += int(missing.sum())
+            counts[1] += n
         x = _OpInputs(
             cfg=cfg,
-            cand_fields={f: np.array([getattr(c, f) for c in candidates], dtype=np.int64) for f in FIELDS},
+            cand_fields=cand_fields,
             cand_lat=np.array([c.lat for c in candidates], dtype=np.float64),
             cand_lon=np.array([c.lon for c in candidates], dtype=np.float64),
             cand_emb=cand_emb,
@@ -287,15 +448,16 @@ class FeatureBuilder:
             cloud_position=np.array([c.cloud_position for c in candidates], dtype=np.float64),
             context=context,
             seqs=seqs,
+            cand_ids=cand_ids,
+            identity=self._identity_features(cand_ids, events, roles) if self._identity else {},
+            numeric=numeric,
         )
         N, L = cfg.n_max, cfg.l_max
         out: dict[str, np.ndarray] = {}
-        out["cand_cat"] = np.zeros(N, np.int32)
-        out["cand_brand"] = np.zeros(N, np.int32)
-        out["cand_price"] = np.zeros(N, np.int32)
-        out["cand_cat"][:n] = self._bucket(x.cand_fields["category"], cfg.n_categories)
-        out["cand_brand"][:n] = self._bucket(x.cand_fields["brand"], cfg.n_brands)
-        out["cand_price"][:n] = self._bucket(x.cand_fields["price_level"], cfg.n_price_levels)
+        for name, spec in zip(("cand_cat", "cand_brand", "cand_price"), self._slots, strict=True):
+            out[name] = np.zeros(N, np.int32)
+            if spec is not None:
+                out[name][:n] = encoded[spec.name]
         out["cand_emb"] = np.zeros((N, cfg.emb_dim), np.float32)
         out["cand_emb"][:n] = cand_emb
         out["cand_dense"] = np.zeros((N, cfg.dense_dim), np.float32)
@@ -315,10 +477,11 @@ class FeatureBuilder:
         # MVFAN input: positives first, then negatives; kind 1 = click, 2 = skip, 0 = padding.
         p, q = seqs["click"], seqs["skip"]
         s = p.size + q.size
-        for name, f, nb in (("seq_cat", "category", cfg.n_categories), ("seq_brand", "brand", cfg.n_brands),
-                            ("seq_price", "price_level", cfg.n_price_levels)):
+        seq_events = [e for _, e in pos_idx] + [e for _, e in neg_idx]
+        for name, spec in zip(("seq_cat", "seq_brand", "seq_price"), self._slots, strict=True):
             arr = np.zeros(L, np.int32)
-            arr[:s] = self._bucket(np.concatenate([p.fields[f], q.fields[f]]), nb)
+            if spec is not None:
+                arr[:s] = self._encode(spec, [field_value(e, spec.name) for e in seq_events])
             out[name] = arr
         kind = np.zeros(L, np.int32)
         kind[:p.size] = 1
