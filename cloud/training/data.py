@@ -266,3 +266,40 @@ def split_sessions(samples: S, config: SplitConfig | None = None) -> tuple[Sessi
     """The seeded three-way split of `samples` by session: (record, train, valid, test)."""
     split = SessionSplit.make(samples.session_ids, config or SplitConfig())
     return (split, *split.parts_of(samples))
+
+
+def list_lengths(inputs: dict[str, np.ndarray]) -> np.ndarray:
+    """Real candidates per list (the last filled slot + 1): what length bucketing sorts by."""
+    m = inputs["cand_mask"] > 0
+    return np.where(m.any(axis=1), m.shape[1] - np.argmax(m[:, ::-1], axis=1), 0)
+
+
+def trim_padding(batch: dict[str, np.ndarray], labels: np.ndarray | None = None
+                 ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """Cut a batch's candidate and feedback dimensions to its longest real list / sequence (at least one slot).
+    Padding is masked everywhere in the model (additive -1e4 in attention, masked losses), so the scores of real
+    candidates do not change; the work shrinks from N_max x L_max to what the batch holds."""
+    def last(m: np.ndarray) -> int:
+        cols = np.flatnonzero(m.any(axis=0))
+        return int(cols[-1]) + 1 if len(cols) else 1
+
+    n = last(batch["cand_mask"] > 0)
+    n_ev = last((batch["seq_pos_mask"] + batch["seq_neg_mask"]) > 0)
+    out = {k: v[:, :n] if k.startswith("cand_") else v[:, :n_ev] if k.startswith("seq_") else v
+           for k, v in batch.items()}
+    return out, None if labels is None else labels[:, :n]
+
+
+def length_bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator,
+                            pool: int = 50) -> list[np.ndarray]:
+    """Shuffled mini-batches of similar lengths: shuffle, sort each pool of `pool` batches by length, cut into
+    batches, shuffle the batches. Every list once per epoch; little padding when lengths vary (long logs)."""
+    perm = rng.permutation(len(lengths))
+    batches = []
+    step = batch_size * pool
+    for i in range(0, len(perm), step):
+        chunk = perm[i: i + step]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches.extend(chunk[j: j + batch_size] for j in range(0, len(chunk), batch_size))
+    order = rng.permutation(len(batches))
+    return [batches[k] for k in order]

@@ -13,7 +13,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from edge_rerank.cloud.training.data import Samples, SessionSplit
+from edge_rerank.cloud.training.data import (
+    Samples,
+    SessionSplit,
+    length_bucketed_batches,
+    list_lengths,
+    trim_padding,
+)
 from edge_rerank.cloud.training.losses import LOSSES
 from edge_rerank.cloud.training.metrics import auc, gain_with_ci, mrr, ndcg_at_k
 from edge_rerank.cloud.training.model import DeviceReranker, ModelConfig, n_params, to_tensors
@@ -31,6 +37,7 @@ class TrainConfig:
     # one intra-op thread: these models are small, and on a busy 2-core machine two threads were ~20x slower
     threads: int = 1
     patience: int = 4  # epochs without a better validation NDCG@10 before stopping
+    bucket_by_length: bool = True  # batches of similar list lengths (padding trimmed per batch either way)
 
 
 def predict(model: DeviceReranker, samples: Samples, batch_size: int = 512) -> np.ndarray:
@@ -38,9 +45,11 @@ def predict(model: DeviceReranker, samples: Samples, batch_size: int = 512) -> n
     out = []
     names = model.input_names
     with torch.no_grad():
+        n_max = samples.inputs["cand_mask"].shape[1]
         for i in range(0, len(samples), batch_size):
-            batch = {k: v[i: i + batch_size] for k, v in samples.inputs.items()}
-            out.append(model(*to_tensors(batch, names)).numpy())
+            batch, _ = trim_padding({k: v[i: i + batch_size] for k, v in samples.inputs.items()})
+            s = model(*to_tensors(batch, names)).numpy()
+            out.append(np.pad(s, ((0, 0), (0, n_max - s.shape[1]))))  # padding slots: masked by every metric
     return np.concatenate(out)
 
 
@@ -60,9 +69,11 @@ def cloud_order_scores(samples: Samples) -> np.ndarray:
 
 def fit_loop(model: torch.nn.Module, step: Callable[[np.ndarray], torch.Tensor],
              validate: Callable[[], dict[str, float]], n_train: int, tcfg: TrainConfig, *, lr: float | None = None,
-             desc: str = "train", progress: bool = True) -> dict:
+             desc: str = "train", progress: bool = True, lengths: np.ndarray | None = None) -> dict:
     """Shared epoch loop: shuffled mini-batches (``step(idx)`` returns the loss), AdamW, gradient clipping,
-    validation NDCG@10 after each epoch, early stopping, best weights restored. Returns the loop's summary."""
+    validation NDCG@10 after each epoch, early stopping, best weights restored. Returns the loop's summary.
+    With `lengths` (real candidates per list) the batches group lists of similar length
+    (``length_bucketed_batches``), so a step that trims padding does little wasted work on long, varied lists."""
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr or tcfg.lr,
                             weight_decay=tcfg.weight_decay)
     rng = np.random.default_rng(tcfg.seed)
@@ -71,10 +82,13 @@ def fit_loop(model: torch.nn.Module, step: Callable[[np.ndarray], torch.Tensor],
     bar = tqdm(range(tcfg.epochs), desc=desc, unit="epoch", disable=not progress, leave=False)
     for epoch in bar:
         model.train()
-        perm = rng.permutation(n_train)
+        if lengths is not None:
+            batches = length_bucketed_batches(lengths, tcfg.batch_size, rng)
+        else:
+            perm = rng.permutation(n_train)
+            batches = [perm[i: i + tcfg.batch_size] for i in range(0, len(perm), tcfg.batch_size)]
         losses = []
-        for i in range(0, len(perm), tcfg.batch_size):
-            idx = perm[i: i + tcfg.batch_size]
+        for idx in batches:
             loss = step(idx)
             opt.zero_grad()
             loss.backward()
@@ -105,9 +119,9 @@ def label_step(model: DeviceReranker, train: Samples, loss_fn) -> Callable[[np.n
     names = model.input_names
 
     def step(idx: np.ndarray) -> torch.Tensor:
-        batch = {k: v[idx] for k, v in train.inputs.items()}
+        batch, labels = trim_padding({k: v[idx] for k, v in train.inputs.items()}, train.labels[idx])
         scores = model(*to_tensors(batch, names))
-        return loss_fn(scores, torch.from_numpy(train.labels[idx]), torch.from_numpy(batch["cand_mask"]))
+        return loss_fn(scores, torch.from_numpy(labels), torch.from_numpy(batch["cand_mask"]))
 
     return step
 
@@ -136,6 +150,7 @@ def fit(train: Samples, valid: Samples, fcfg: FeatureConfig, mcfg: ModelConfig |
     model.fit_input_stats(train.inputs)
     step = label_step(model, train, LOSSES[tcfg.loss]())
     loop = fit_loop(model, step, lambda: evaluate(predict(model, valid), valid), len(train), tcfg,
+                    lengths=list_lengths(train.inputs) if tcfg.bucket_by_length else None,
                     progress=progress)
     summary = {
         "train_lists": len(train), **loop,
