@@ -116,11 +116,11 @@ class FeedUserConfig(UserModelConfig):
     """The feed user's parameters: UserModelConfig's (examination, skims, dwell, leaving) plus these; the defaults
     that differ were calibrated once on the cloud order (docs/simulator.md, "The feed world")."""
 
-    w_quality: float = 0.6
-    w_longterm: float = 0.8
+    w_quality: float = 1.0
+    w_longterm: float = 1.4
     w_intent: float = 1.6  # <z, v>: the hidden (topic, story) direction
     w_topic: float = 0.6  # the item is on the intent's topic
-    click_threshold: float = 2.0
+    click_threshold: float = 2.4
     topic_saturation: float = 0.08  # utility lost per earlier examined item of the same topic, counted up to the cap
     topic_saturation_cap: int = 6
     reshow_penalty: float = 0.3  # per earlier examination of this very item (seen it, not interested enough)
