@@ -2,8 +2,11 @@
 vs the oracle, on the default world, in-process, with bootstrap CIs; report.md, report.json and plots.
 
     python bench/simulator_ab.py [--sessions 4000] [--bundle DIR] [--device recent_iphone] [--out DIR]
+                                 [--world {shop,feed}] [--no-device]
 
-Without --bundle a device model is trained first on cloud-only logs (needs the [train] extra). The README's
+Without --bundle a device model is trained first on cloud-only logs (needs the [train] extra); --no-device runs
+only the model-free arms (cloud, random, heuristic, informed oracle, oracle). The informed oracle runs in every
+A/B, and the report gives each arm's share of the cloud -> informed-oracle gap. The README's
 simulator table and position-CTR plot come from this script's report.json / position_ctr.png.
 """
 
@@ -52,20 +55,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="recent_iphone")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/simulator_ab")
+    p.add_argument("--world", choices=["shop", "feed"], default="shop", help="simulated domain")
+    p.add_argument("--no-device", action="store_true", help="skip training and the device arm")
     a = p.parse_args(argv)
 
     out = Path(a.out)
-    world = World(WorldConfig(seed=a.seed))
+    world = World(WorldConfig(seed=a.seed, domain=a.world))
     cloud = InProcessCloud(str(world.provision_cloud(out / "cloud_data")), wire=False)
     um = UserModel(world)
     extra: dict = {"config": vars(a)}
     bundle = a.bundle
     t0 = time.perf_counter()
-    if bundle is None:
+    if bundle is None and not a.no_device:
         bundle, extra["train"] = train_bundle(world, cloud, out / "model", a.train_sessions, a.epochs, a.seed)
     extra["train_s"] = time.perf_counter() - t0
     specs = [ArmSpec("cloud", "cloud"), ArmSpec("random", "random"), ArmSpec("heuristic", "heuristic"),
-             ArmSpec("device", "device", bundle=str(bundle)), ArmSpec("oracle", "oracle")]
+             ArmSpec("device", "device", bundle=str(bundle)), ArmSpec("informed", "informed"),
+             ArmSpec("oracle", "oracle")]
+    if a.no_device:
+        specs = [s for s in specs if s.kind != "device"]
     t0 = time.perf_counter()
     results = run_ab(um, cloud, [build_arm(s, um) for s in specs], a.sessions, seed=2000 + a.seed,
                      config=PhoneConfig(device=a.device))
@@ -79,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
              "|---|---|---|---|---|---|---|---|---|"]
     extra["profiles"] = {}
     dev_spec = [s for s in specs if s.kind == "device"]
-    for name, prof in PROFILES.items():
+    for name, prof in PROFILES.items() if dev_spec else ():
         r = run_ab(um, cloud, [build_arm(s, um) for s in dev_spec], a.sessions, seed=2000 + a.seed,
                    config=PhoneConfig(device=name), progress=False)[0]
         b, lat = r.budget, r.latency
@@ -91,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
                      f"{lat['device_p99_ms']:.2f} | {r.reranks_applied} ({b['late']}) | {b['dropped']} | "
                      f"{r.fallbacks.get('superseded', 0)} | {b['rerank_mj_per_session']:.2f} | "
                      f"{b['rerank_mj_per_session'] + b['radio_mj_per_session']:.1f} | {100 * battery:.3f} % |")
-    data = write_report(out, results, title=f"Simulator A/B ({a.device}, seed {a.seed})", seed=a.seed,
-                        extra_json=extra, extra_md="\n".join(lines))
+    data = write_report(out, results, title=f"Simulator A/B ({a.world} world, {a.device}, seed {a.seed})",
+                        seed=a.seed, extra_json=extra, extra_md="\n".join(lines) if dev_spec else "")
     print((out / "report.md").read_text())
     print(json.dumps({k: data["arms"][k]["qv_ctr"] for k in data["arms"]}, indent=1))
     return 0

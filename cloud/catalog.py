@@ -8,6 +8,8 @@ Layout of a data directory (written by ``save_cloud_data``; the simulator provis
   queries.json   {"query text": [category, ...]}
   embeddings/    the sparse ID embedding table (see cloud.embedding_store)
   ranker.npz     cloud ranker weights (see cloud.ranking.fine)
+  serving.json   optional page-serving settings: {"reshow_share": 0.2} (a feed re-shows items of the previous
+                 page in later pages: cloud.ranking.pipeline.SearchPipeline.page_slots)
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class Catalog:
     user_pref: np.ndarray  # [U, E]
     user_price_pref: np.ndarray  # [U]
     queries: dict[str, list[int]]
+    reshow_share: float = 0.0  # share of page k >= 1 filled with items of page k - 1 (serving.json; feeds)
 
     @property
     def n_items(self) -> int:
@@ -53,6 +56,13 @@ def save_cloud_data(root: str | Path, *, items: dict[str, np.ndarray], user_ids:
     return root
 
 
+def save_serving(root: str | Path, *, reshow_share: float = 0.0) -> None:
+    """Write the data directory's page-serving settings (serving.json)."""
+    if not 0.0 <= reshow_share < 1.0:
+        raise ValueError(f"reshow_share must be in [0, 1), got {reshow_share}")
+    (Path(root) / "serving.json").write_text(json.dumps({"reshow_share": float(reshow_share)}, indent=1))
+
+
 def load_catalog(root: str | Path) -> Catalog:
     root = Path(root)
     with np.load(root / "items.npz") as z:
@@ -61,5 +71,6 @@ def load_catalog(root: str | Path) -> Catalog:
         ids = [str(u) for u in z["user_id"]]
         pref, price = z["pref_vec"], z["price_pref"]
     queries = {q: [int(c) for c in cats] for q, cats in json.loads((root / "queries.json").read_text()).items()}
+    serving = json.loads((root / "serving.json").read_text()) if (root / "serving.json").exists() else {}
     return Catalog(items=items, user_index={u: i for i, u in enumerate(ids)}, user_pref=pref,
-                   user_price_pref=price, queries=queries)
+                   user_price_pref=price, queries=queries, reshow_share=float(serving.get("reshow_share", 0.0)))

@@ -60,10 +60,13 @@ class SessionLogger:
     def finish(self, display: Sequence[PageItem]) -> list[ImpressionRow]:
         """Close the session; `display` is the final shown order of all loaded items."""
         shown = {it.item_id: pos for pos, it in enumerate(display)}
+        # an item a feed shows again is in the display twice: each list's candidate is placed where that list's
+        # own copy is (the same PageItem object), else where the item is (a copy the session did not double)
+        shown_obj = {id(it): pos for pos, it in enumerate(display)}
         rows = []
         for k, (page, cands, points, _) in enumerate(self._lists):
             for iid, c in cands.items():
-                c.shown_position = shown.get(iid, -1)
+                c.shown_position = shown_obj.get(id(c.item), shown.get(iid, -1))
             # events up to the end of this list's life: until the next page arrived, or the session ended
             # (or through the last event that touched one of its items, for a screen spanning two pages)
             end = self._lists[k + 1][3] if k + 1 < len(self._lists) else len(self.events)

@@ -110,7 +110,7 @@ class RerankSession:
                  triggers: TriggerConfig | None = None, store: FeedbackStore | None = None,
                  logger: SessionLogger | None = None, privacy: PrivacyConfig | None = None,
                  timing: str = "host", late_policy: str = "remaining", clock: Callable[[], float] | None = None,
-                 strict: bool = False, keep_events: bool | None = None):
+                 strict: bool = False, keep_events: bool | None = None, reshow: bool = False):
         if timing not in TIMINGS:
             raise ValueError(f"timing must be one of {TIMINGS}, got {timing!r}")
         if late_policy not in LATE_POLICIES:
@@ -118,6 +118,7 @@ class RerankSession:
         if not isinstance(session_id, str) or not session_id:
             raise ValueError("session_id must be a non-empty string")
         self.session_id, self.context = session_id, context
+        self.reshow = reshow
         self.reranker = reranker
         self.triggers = triggers or TriggerConfig()
         self.logger = logger
@@ -180,12 +181,21 @@ class RerankSession:
     # ---- what the app tells it ----
     def add_page(self, page: SearchPage) -> Rerank | None:
         """A page of results arrived; its items are appended in the cloud's order (items already loaded are
-        skipped). May trigger a page-arrival rerank."""
+        skipped; with ``reshow=True``, a feed's, only those still unseen: an item already shown is shown again).
+        May trigger a page-arrival rerank."""
         if self.closed:
             return self._refuse("closed: the session has ended")
         if not isinstance(page, SearchPage) or not all(isinstance(it, PageItem) for it in page.items):
             return self._refuse("bad_page: not a SearchPage of PageItems")
-        new = [it for it in page.items if it.item_id not in self._ids]
+        if self.reshow:  # an item already revealed may come again; one still unseen is not doubled
+            loaded = {it.item_id for it in self._items[self._n_revealed:]}
+            new = []
+            for it in page.items:
+                if it.item_id not in loaded:
+                    loaded.add(it.item_id)
+                    new.append(it)
+        else:
+            new = [it for it in page.items if it.item_id not in self._ids]
         self._items.extend(new)
         self._ids.update(it.item_id for it in new)
         self._page_size = self._page_size or len(page.items)

@@ -50,7 +50,7 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"simulate: {exc}", file=sys.stderr)
         return 2
-    wcfg = WorldConfig(seed=a.world_seed)
+    wcfg = WorldConfig(seed=a.world_seed, domain=a.world)
     world = World(wcfg)
     data_dir = world.provision_cloud(out / "cloud_data")
     key = secrets.token_hex(16)
@@ -312,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quick", action="store_true", help="small preset (about a minute; what the tests run)")
     _add_run_sizes(d)
     d.add_argument("--loss", choices=["lambda", "listnet", "pairwise"], help="ranking loss")
+    d.add_argument("--world", choices=["shop", "feed"], help="simulated domain (default shop; docs/simulator.md)")
     d.set_defaults(func=_cmd_demo)
 
     s = sub.add_parser("simulate", formatter_class=fmt, help="simulate phone sessions against a local cloud",
@@ -323,10 +324,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sessions", type=int, default=1000)
     s.add_argument("--seed", type=int, default=1000, help="session seed")
     s.add_argument("--world-seed", type=int, default=0)
+    s.add_argument("--world", choices=["shop", "feed"], default="shop", help="simulated domain (docs/simulator.md)")
     s.add_argument("--bundle", help="bundle directory for the device arm (runs an A/B)")
     s.add_argument("--backend", default="onnxruntime")
     s.add_argument("--workers", type=int, default=1, help="gunicorn workers")
-    s.add_argument("--arms", help="comma-separated A/B arms from cloud,random,heuristic,oracle,device "
+    s.add_argument("--arms", help="comma-separated A/B arms from cloud,random,heuristic,oracle,informed,device "
                                   "(default with --bundle: cloud,device); the first is the baseline; "
                                   "device=DIR adds a device reranker variant from another bundle")
     s.add_argument("--device", default="recent_iphone", help="device profile for modelled rerank latency and "

@@ -41,6 +41,7 @@ class DemoConfig:
     loss: str = "lambda"
     server_workers: int = 1
     validate_lists: int = 300
+    world: str = "shop"  # simulated domain: "shop" or "feed" (WorldConfig.domain)
 
 
 QUICK = {"log_sessions": 700, "ab_sessions": 500, "epochs": 4, "validate_lists": 60}
@@ -88,7 +89,7 @@ def run_demo(cfg: DemoConfig, *, progress: bool = True) -> dict:
     t0 = time.perf_counter()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    wcfg = WorldConfig(seed=cfg.seed)
+    wcfg = WorldConfig(seed=cfg.seed, domain=cfg.world)
     world = World(wcfg)
     fcfg = feature_config_for(wcfg)
     data_dir = world.provision_cloud(out / "cloud_data")

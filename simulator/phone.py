@@ -139,6 +139,8 @@ class PhoneSession:
         draws = self.um.screen_draws(spec, n_screens)
         self.draws = {k: v.tolist() for k, v in draws.items()}  # plain floats: cheap to index in the loop
         self.info: dict[int, _ItemInfo] = {}
+        self.showings: Counter[int] = Counter()  # reveals per item id (the feed re-shows items)
+        self._reshown: dict[tuple[int, int], _ItemInfo] = {}
         logger = (SessionLogger(spec.session_id, self.world.user_ids[spec.user], spec.query, spec.context,
                                 phone.arm) if phone.keep_logs else None)
         self.t = 0.0
@@ -146,7 +148,8 @@ class PhoneSession:
                                             triggers=phone.trigger_cfg, logger=logger, privacy=phone.privacy,
                                             timing="external", late_policy=phone.cfg.late_policy,
                                             clock=lambda: self.t, strict=phone.strict,
-                                            keep_events=phone.keep_events or None)
+                                            keep_events=phone.keep_events or None,
+                                            reshow=self.world.reshows_items)
         self.profile = get_profile(phone.cfg.device)
         self.device = DeviceClock(self.profile)
         self.page_index = 0
@@ -205,7 +208,7 @@ class PhoneSession:
             d = self.um.item_draws(self.spec, ids)
             for it, u, uc, uo, ud, ul in zip(new, util, d["click"].tolist(), d["order"].tolist(),
                                              d["detail"].tolist(), d["leave_after_order"].tolist(), strict=True):
-                self.info[it.item_id] = _ItemInfo(u, it.brand, uc, uo, ud, ul)
+                self.info[it.item_id] = _ItemInfo(u, self.um.saturation_key(it), uc, uo, ud, ul)
         self._schedule(self.device_session.add_page(page), arrival_ms)
 
     def _poll(self) -> None:
@@ -246,6 +249,21 @@ class PhoneSession:
             ev = FeedbackEvent.for_item(item, kind, int(self.t), self.request_id, position, dwell_ms)
         self._schedule(self.device_session.record(ev), self.t)  # type: ignore[arg-type]
 
+    def _info_for(self, item_id: int, showing: int) -> _ItemInfo:
+        """The item's utility and draws for its `showing`-th reveal in this session (0: the first; later showings of
+        a re-shown item draw new luck, keyed by the showing)."""
+        info = self.info[item_id]
+        if showing == 0:
+            return info
+        key = (item_id, showing)
+        hit = self._reshown.get(key)
+        if hit is None:
+            d = self.um.item_draws(self.spec, np.array([item_id], dtype=np.int64), showing=showing)
+            hit = self._reshown[key] = info._replace(u_click=float(d["click"][0]), u_order=float(d["order"][0]),
+                                                     u_detail=float(d["detail"][0]),
+                                                     u_leave=float(d["leave_after_order"][0]))
+        return hit
+
     # ---- the user ----
     def next_items_available(self) -> bool:
         """Make sure the next screen's items are loaded (waiting for the network if needed)."""
@@ -280,19 +298,23 @@ class PhoneSession:
         p_exam = um.p_examine(screen, skim)
         examine = self.draws["examine"][screen]
         n_examined, clicks_here, orders_here, leave = 0, 0, 0, False
+        showings = [self.showings[it.item_id] for it in slots]
+        self.showings.update(it.item_id for it in slots)
         for slot, item in enumerate(slots):
             if not examine[slot] < p_exam:
                 continue
             n_examined += 1
             out.examined_positions.append(start + slot)
-            info = self.info[item.item_id]
-            util = um.effective_utility(info.utility, info.brand, user)
+            info = self._info_for(item.item_id, showings[slot])
+            util = um.effective_utility(info.utility, info.brand, user, item.item_id)
             user.brand_seen[info.brand] += 1
+            user.item_seen[item.item_id] += 1
             if not info.u_click < um.p_click(util, user):
                 continue
             pos = start + slot
             clicks_here += 1
             user.clicks += 1
+            user.clicked_items.add(item.item_id)
             out.clicks += 1
             out.click_positions.append(pos)
             self._emit(item, EventKind.CLICK, pos)

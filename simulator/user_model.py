@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from statistics import NormalDist
 
 import numpy as np
 
+from edge_rerank.device_sdk.contracts import PageItem
 from edge_rerank.simulator.randomness import (
     CLICK,
     DETAIL,
@@ -38,6 +40,10 @@ from edge_rerank.simulator.randomness import (
 from edge_rerank.simulator.world import SessionSpec, World
 
 _STD_NORMAL = NormalDist()
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-9)
 _SCREEN_PURPOSES = np.array([SKIM, DWELL, LEAVE, EXAMINE], dtype=np.int64)
 _ITEM_PURPOSES = np.array([CLICK, ORDER, DETAIL, LEAVE_AFTER_ORDER], dtype=np.int64)
 
@@ -86,10 +92,32 @@ class UserState:
     clicks: int = 0
     orders: int = 0
     frustrated: int = 0  # consecutive screens without a click
-    brand_seen: Counter[int] = field(default_factory=Counter)  # examined exposures per brand
+    brand_seen: Counter[int] = field(default_factory=Counter)  # examined exposures per saturation key (brand)
+    item_seen: Counter[int] = field(default_factory=Counter)  # examinations per item id (re-shown items)
+    clicked_items: set[int] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class IntentHypotheses:
+    """A finite (or discretised) set of hidden intents a session may have, what the informed oracle reasons over:
+    the prior (log, normalised), the utility [H, n] of catalog rows under each hypothesis, and (for tests and
+    reports only) the index of the hypothesis nearest the true intent."""
+
+    log_prior: np.ndarray
+    utility: Callable[[np.ndarray], np.ndarray]
+    truth: int = -1
 
 
 class UserModel:
+    """The shop user; ``UserModel(world)`` on a feed world builds a :class:`simulator.feed.FeedUserModel`."""
+
+    def __new__(cls, world: World | None = None, cfg: UserModelConfig | None = None):
+        if cls is UserModel and world is not None and world.cfg.domain == "feed":
+            from edge_rerank.simulator.feed import FeedUserModel
+
+            return super().__new__(FeedUserModel)
+        return super().__new__(cls)
+
     def __init__(self, world: World, cfg: UserModelConfig | None = None):
         self.world = world
         self.cfg = cfg or UserModelConfig()
@@ -109,10 +137,58 @@ class UserModel:
         x = -c.click_slope * (utility - thr)
         return 1.0 / (1.0 + math.exp(min(x, 700.0)))
 
-    def effective_utility(self, utility: float, brand: int, state: UserState) -> float:
+    def effective_utility(self, utility: float, brand: int, state: UserState, item_id: int = -1) -> float:
         """Utility after brand saturation: each earlier examined item of this brand makes it less attractive."""
         c = self.cfg
         return utility - c.brand_saturation * min(state.brand_seen[brand], c.brand_saturation_cap)
+
+    def saturation_key(self, item: PageItem) -> int:
+        """What saturates (the brand here; the feed's topic)."""
+        return item.brand
+
+    def saturation(self, n_seen: float) -> float:
+        """Utility lost after `n_seen` earlier examined items with the same saturation key."""
+        c = self.cfg
+        return c.brand_saturation * min(n_seen, c.brand_saturation_cap)
+
+    def reshow_penalty(self, n_examined: float, clicked: bool) -> float:
+        """Utility lost by an item shown again (shops never re-show an item)."""
+        return 0.0
+
+    def intent_hypotheses(self, spec: SessionSpec) -> IntentHypotheses:
+        """A discretised intent space for the informed oracle: the target brand (any of the query's), the intended
+        price on a half-level grid (prior: the user's price preference + N(0, 0.8), clipped to 0..4) and the area
+        (the user's home with the pre-decided share, else where the search is made: both known to the device). The
+        style noise of the true direction is left out (the hypotheses use the brand's mean direction)."""
+        w, c = self.world, self.cfg
+        bpc = w.cfg.brands_per_category
+        brands = np.array(w._query_brands[spec.query])
+        z = _unit_rows(w.centroids[brands // bpc] + 1.2 * w.brand_offsets[brands])  # [B, K]
+        grid = np.arange(0.0, 4.01, 0.5)
+        edges = np.concatenate([[-np.inf], (grid[:-1] + grid[1:]) / 2, [np.inf]])
+        cdf = np.array([_STD_NORMAL.cdf(float(np.clip((e - w.user_price[spec.user]) / 0.8, -50, 50)))
+                        for e in edges])
+        p_price = np.maximum(np.diff(cdf), 1e-12)
+        areas = np.array([w.user_home[spec.user], [spec.context.lat, spec.context.lon]])
+        p_area = np.array([w.cfg.predecided_share, 1 - w.cfg.predecided_share])
+        B, G, A = len(brands), len(grid), 2
+        log_prior = (np.log(np.full(B, 1 / B))[:, None, None] + np.log(p_price / p_price.sum())[None, :, None]
+                     + np.log(p_area)[None, None, :]).ravel()
+        user = spec.user
+
+        def utility(rows: np.ndarray) -> np.ndarray:
+            v = w.latent[rows]
+            base = c.w_quality * w.quality[rows] + c.w_longterm * v @ w.user_latent[user]  # [n]
+            dist = np.hypot(w.loc[rows, 0][None, :] - areas[:, 0:1], w.loc[rows, 1][None, :] - areas[:, 1:2])
+            price = np.abs(w.price_level[rows][None, :] - grid[:, None])  # [G, n]
+            u = (base[None, None, None, :] + c.w_intent * (z @ v.T)[:, None, None, :]
+                 - c.w_price * price[None, :, None, :] - w.user_dist_sens[user] * dist[None, None, :, :])
+            return u.reshape(B * G * A, len(rows))
+
+        tb = int(np.argmax(z @ spec.intent_z))
+        tg = int(np.argmin(np.abs(grid - spec.intent_price)))
+        truth = (tb * G + tg) * A + int(not spec.predecided)
+        return IntentHypotheses(log_prior=log_prior, utility=utility, truth=truth)
 
     def new_state(self, spec: SessionSpec) -> UserState:
         u = min(max(crn_uniform(spec.seed, SPEED), 1e-12), 1 - 1e-12)
@@ -133,11 +209,12 @@ class UserModel:
         n = n_screens
         return {"skim": u[:n], "dwell": u[n: 2 * n], "leave": u[2 * n: 3 * n], "examine": u[3 * n:].reshape(n, V)}
 
-    def item_draws(self, spec: SessionSpec, item_ids: np.ndarray) -> dict[str, np.ndarray]:
+    def item_draws(self, spec: SessionSpec, item_ids: np.ndarray, showing: int = 0) -> dict[str, np.ndarray]:
         """All per-item draws for a page's items at once (click, order, detail dwell, leave after order).
-        Key: (session seed, ITEM, purpose << 48 | item id): the same item meets the same luck in every arm."""
+        Key: (session seed, ITEM, purpose << 48 | showing << 40 | item id): the same item meets the same luck in
+        every arm; an item shown again (the feed's re-shows) draws new luck for each later showing."""
         ids = np.asarray(item_ids, dtype=np.int64)
-        d = crn_uniform_array(spec.seed, ITEM, (_ITEM_PURPOSES[:, None] << 48 | ids[None, :]))
+        d = crn_uniform_array(spec.seed, ITEM, (_ITEM_PURPOSES[:, None] << 48 | (showing << 40) | ids[None, :]))
         return {"click": d[0], "order": d[1], "detail": d[2], "leave_after_order": d[3]}
 
     def p_skim(self, screen: int, speed: float = 1.0) -> float:

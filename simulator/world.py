@@ -22,6 +22,7 @@ from edge_rerank.simulator.randomness import crn_uniform_array
 
 CATEGORY_QUERIES = ("hotpot", "noodles", "sushi", "bbq", "cafe", "bakery", "pizza", "burger", "dim sum",
                     "salad", "ramen", "dessert")
+DOMAINS = ("shop", "feed")
 BROAD_QUERIES = {"dinner": (0, 2, 3, 6), "lunch": (1, 7, 9, 10), "something sweet": (4, 5, 11)}
 
 
@@ -40,9 +41,20 @@ class WorldConfig:
     profile_noise: float = 0.3  # noise of the cloud's long-term user profile
     predecided_share: float = 0.25  # sessions whose intended area is the user's home
     patience_sigma: float = 0.35  # per-user patience: lognormal(0, sigma), median 1
+    # --- the world's domain: "shop" (the default, above) or "feed" (simulator/feed.py: a news / video feed) ---
+    domain: str = "shop"
+    feed_sources: int = 40  # feed: sources / creators (the contracts' `brand`)
+    feed_stories: int = 3  # feed: stories per topic; a session's hidden intent is one (topic, story)
+    reshow_share: float = 0.2  # feed: share of a later page's slots the cloud fills with earlier pages' items
+
+    def __post_init__(self) -> None:
+        if self.domain not in DOMAINS:
+            raise ValueError(f"domain must be one of {DOMAINS}, got {self.domain!r}")
 
     @property
     def n_brands(self) -> int:
+        if self.domain == "feed":
+            return self.feed_sources
         return self.n_categories * self.brands_per_category
 
 
@@ -60,6 +72,7 @@ class SessionSpec:
     intent_price: float
     intent_area: tuple[float, float]
     predecided: bool
+    intent: int = -1  # feed: index of the hidden (topic, story) intent (FeedWorld.intent_topic / intent_vectors)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -67,6 +80,17 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 class World:
+    """The shop world; ``World(WorldConfig(domain="feed"))`` builds a :class:`simulator.feed.FeedWorld`."""
+
+    reshows_items = False  # does the cloud re-show items of earlier pages in later ones (the feed does)
+
+    def __new__(cls, cfg: WorldConfig | None = None):
+        if cls is World and cfg is not None and cfg.domain == "feed":
+            from edge_rerank.simulator.feed import FeedWorld
+
+            return super().__new__(FeedWorld)
+        return super().__new__(cls)
+
     def __init__(self, cfg: WorldConfig):
         self.cfg = cfg
         rng = np.random.default_rng(cfg.seed)

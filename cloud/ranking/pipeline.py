@@ -32,7 +32,7 @@ class Ranking:
     rows: np.ndarray
     scores: np.ndarray
     hidden: np.ndarray
-    # encoded pages of this ranking: (start, page_size, encoding) -> (items bytes, n items)
+    # encoded pages of this ranking: (start, page_size, encoding) -> (items bytes, has_more)
     encoded: dict = field(default_factory=dict, compare=False, repr=False)
     created: float = field(default_factory=time.monotonic, compare=False)
 
@@ -154,6 +154,37 @@ class SearchPipeline:
         self._cache.put(key, ranking)
         return ranking, False
 
+    def page_slots(self, n_ranked: int, page_index: int, page_size: int) -> tuple[np.ndarray, bool]:
+        """Which entries of a ranking page `page_index` shows, and whether more follow. Without re-shows: the
+        slice [page_index·page_size, +page_size). With ``catalog.reshow_share`` r > 0 (a feed): page 0 is the top
+        `page_size`; page k >= 1 shows the next `page_size − round(r·page_size)` unserved entries with
+        `round(r·page_size)` of page k − 1's fresh entries (evenly spread over its ranks) re-shown at evenly
+        spread slots."""
+        start = page_index * page_size
+        share = self.catalog.reshow_share
+        if share <= 0.0:
+            idx = np.arange(start, min(start + page_size, n_ranked))
+            return idx, start + len(idx) < n_ranked
+        n_re = min(int(round(share * page_size)), page_size - 1)
+
+        def fresh(k: int) -> np.ndarray:
+            lo = 0 if k == 0 else page_size + (k - 1) * (page_size - n_re)
+            return np.arange(lo, min(lo + (page_size if k == 0 else page_size - n_re), n_ranked))
+
+        new = fresh(page_index)
+        more = bool(new.size) and int(new[-1]) + 1 < n_ranked
+        if page_index == 0 or new.size == 0 or n_re == 0:
+            return new, more
+        prev = fresh(page_index - 1)
+        again = prev[np.unique(((np.arange(n_re) + 0.5) * len(prev) / n_re).astype(int))]
+        n = new.size + again.size
+        at = np.unique(((np.arange(again.size) + 0.5) * n / again.size).astype(int))
+        out = np.empty(n, dtype=np.int64)
+        mask = np.zeros(n, dtype=bool)
+        mask[at] = True
+        out[mask], out[~mask] = again, new
+        return out, more
+
     def search_encoded(self, req: SearchRequest,
                        encoding: EmbeddingEncoding = EmbeddingEncoding.FP16) -> tuple[bytes, bool, SearchInfo]:
         """The page's ``items`` as serialized protobuf (a SearchPage fragment: concatenate it with the header
@@ -164,29 +195,29 @@ class SearchPipeline:
         ekey = (start, req.page_size, int(encoding))
         cached = ranking.encoded.get(ekey)
         if cached is None:
-            rows = ranking.rows[start: start + req.page_size]
+            sl, more = self.page_slots(len(ranking.rows), req.page_index, req.page_size)
+            rows = ranking.rows[sl]
             it = self.catalog.items
             ids = it["item_id"][rows]
             emb, found = self.store.get(ids)
-            data = encode_items(item_id=ids, start=start, scores=ranking.scores[start: start + req.page_size],
-                                dense=ranking.hidden[start: start + req.page_size], emb=emb, found=found,
+            data = encode_items(item_id=ids, start=start, scores=ranking.scores[sl],
+                                dense=ranking.hidden[sl], emb=emb, found=found,
                                 category=it["category"][rows], brand=it["brand"][rows],
                                 price_level=it["price_level"][rows], lat=it["lat"][rows], lon=it["lon"][rows],
                                 encoding=encoding)
             n_found = int(found.sum())
             if self.cache_size > 0 and len(ranking.encoded) < _MAX_ENCODED_PAGES:
-                ranking.encoded[ekey] = (data, len(rows))
+                ranking.encoded[ekey] = (data, more)
             info = SearchInfo(cache_hit=hit, emb_found=n_found, emb_missing=len(rows) - n_found)
-            return data, start + len(rows) < len(ranking.rows), info
-        data, n = cached  # served as bytes: no store lookup
-        return data, start + n < len(ranking.rows), SearchInfo(cache_hit=hit, emb_found=0, emb_missing=0)
+            return data, more, info
+        data, more = cached  # served as bytes: no store lookup
+        return data, more, SearchInfo(cache_hit=hit, emb_found=0, emb_missing=0)
 
     def search_with_info(self, req: SearchRequest) -> tuple[SearchPage, SearchInfo]:
         req.validate()
         ranking, hit = self._ranking(req)
-        total = len(ranking.rows)  # already cut to max_results
         start = req.page_index * req.page_size
-        sl = slice(start, start + req.page_size)
+        sl, more = self.page_slots(len(ranking.rows), req.page_index, req.page_size)  # rows: cut to max_results
         rows, scores, dense = ranking.rows[sl], ranking.scores[sl], ranking.hidden[sl]
         it = self.catalog.items
         emb, found = self.store.get(it["item_id"][rows])
@@ -196,7 +227,7 @@ class SearchPipeline:
                           lat=float(it["lat"][r]), lon=float(it["lon"][r]), embedding_found=bool(found[k]))
                  for k, r in enumerate(rows)]
         page = SearchPage(request_id=req.request_id, session_id=req.session_id, page_index=req.page_index,
-                          model_version=self.model_version, items=items, has_more=start + len(items) < total)
+                          model_version=self.model_version, items=items, has_more=more)
         n_found = int(found.sum())
         return page, SearchInfo(cache_hit=hit, emb_found=n_found, emb_missing=len(rows) - n_found)
 
