@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,8 +39,14 @@ def feature_config_for(world: WorldConfig | None = None) -> FeatureConfig:
     from edge_rerank.simulator.world import WorldConfig
 
     world = world or WorldConfig()
-    return FeatureConfig(emb_dim=world.emb_dim, dense_dim=world.dense_dim,
-                         n_categories=world.n_categories, n_brands=world.n_brands)
+    fc = FeatureConfig(emb_dim=world.emb_dim, dense_dim=world.dense_dim, n_categories=world.n_categories,
+                       n_brands=world.n_brands)
+    if getattr(world, "domain", "shop") == "feed":  # no price or geo; items come back within a session
+        from edge_rerank.device_sdk.features.config import DEFAULT_CANDIDATE_OPS, IDENTITY_OPS
+
+        ops = tuple(op for op in DEFAULT_CANDIDATE_OPS if not op.startswith("dist") and "price" not in op)
+        fc = replace(fc, candidate_ops=ops + IDENTITY_OPS)
+    return fc
 
 
 @dataclass
