@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from edge_rerank.compression.methods import Context, Method, all_methods
 from edge_rerank.compression.sizes import file_size, gzip_size
+from edge_rerank.converters.validate import fidelity
 
 OK, UNAVAILABLE, FAILED = "ok", "unavailable", "failed"
 REFERENCE = "onnx-fp32"
@@ -56,16 +57,6 @@ class Evaluation:
     min_kendall_tau: float
     mean_kendall_tau: float
     ndcg10: float
-
-
-def fidelity(scores: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> tuple[float, float, float]:
-    """(max abs diff, min Kendall τ, mean Kendall τ) of `scores` against `ref` over each list's real candidates."""
-    from edge_rerank.converters.validate import kendall_tau
-
-    real = np.asarray(mask) > 0
-    taus = [kendall_tau(ref[i][real[i]], scores[i][real[i]]) for i in range(len(scores)) if real[i].any()]
-    diff = np.abs(np.asarray(scores, np.float64) - np.asarray(ref, np.float64))[real]
-    return float(diff.max()), float(np.nanmin(taus)), float(np.nanmean(taus))
 
 
 def evaluate(scores: np.ndarray, ref: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> Evaluation:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from edge_rerank.compression.coreml_compress import CORE_ML, MIL_NUMPY
+from edge_rerank.converters.validate import fidelity
 from edge_rerank.device_sdk import backends
 
 FORMAT_RUNTIME = {f: backends.DEFAULT_BACKEND[f] for f in ("tflite", "coreml", "mnn")}
@@ -271,8 +272,6 @@ class FormatMeasurement:
 
 def compare(reference: np.ndarray, scores: np.ndarray, cand_mask: np.ndarray) -> tuple[float, float, float]:
     """(max abs diff, mean Kendall τ, min Kendall τ) over lists, on the real candidates of each list."""
-    from edge_rerank.compression.benchmark import fidelity
-
     diff, tau_min, tau_mean = fidelity(scores, reference, cand_mask)
     return diff, tau_mean, tau_min
 

@@ -37,6 +37,15 @@ def kendall_tau(a: np.ndarray, b: np.ndarray) -> float:
     return float((da[iu] * db[iu]).sum() / len(iu[0]))
 
 
+def fidelity(scores: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> tuple[float, float, float]:
+    """(max abs diff, min Kendall τ, mean Kendall τ) of `scores` against `ref` over each list's real candidates
+    (``mask > 0``); [S, N] arrays, lists without a real candidate skipped."""
+    real = np.asarray(mask) > 0
+    taus = [kendall_tau(ref[i][real[i]], scores[i][real[i]]) for i in range(len(scores)) if real[i].any()]
+    diff = np.abs(np.asarray(scores, np.float64) - np.asarray(ref, np.float64))[real]
+    return float(diff.max()), float(np.nanmin(taus)), float(np.nanmean(taus))
+
+
 def top_k_overlap(a: np.ndarray, b: np.ndarray, k: int = 5) -> float:
     k = min(k, a.shape[0])
     return len(set(np.argsort(-a)[:k]) & set(np.argsort(-b)[:k])) / max(k, 1)
