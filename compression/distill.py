@@ -21,6 +21,7 @@ from edge_rerank.cloud.training.data import Samples
 from edge_rerank.cloud.training.losses import LOSSES, PAD
 from edge_rerank.cloud.training.model import DeviceReranker, ModelConfig, n_params, to_tensors
 from edge_rerank.cloud.training.train import TrainConfig, evaluate, fit, fit_loop, predict
+from edge_rerank.converters.validate import kendall_tau
 
 STUDENT_PRESETS: dict[str, ModelConfig] = {
     # half the width of the default (d_model 32, ffn 64), every query view: ~29 % of its parameters
@@ -55,8 +56,6 @@ def list_distill_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.
 def kendall_tau_lists(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Per-list Kendall τ (converters.validate.kendall_tau, tau-a) between two [S, N] score arrays over each
     list's real candidates."""
-    from edge_rerank.converters.validate import kendall_tau
-
     real = mask > 0
     return np.array([kendall_tau(a[i][real[i]], b[i][real[i]]) for i in range(len(a))])
 
