@@ -13,7 +13,7 @@ import numpy as np
 
 from edge_rerank.cloud.page_codec import encode_items
 from edge_rerank.cloud.training.metrics import ndcg_at_k
-from edge_rerank.converters.validate import kendall_tau
+from edge_rerank.converters.validate import fidelity
 from edge_rerank.device_sdk.contracts import DEFAULT_PAGE_SIZE, EmbeddingEncoding, PackedEmbedding
 
 EMB_INPUTS = ("cand_emb", "seq_emb")
@@ -79,11 +79,10 @@ def row_quant_report(score, sub) -> RowQuantReport:
     base = score(sub.inputs)
     q_inputs = with_wire_rows(sub.inputs, EmbeddingEncoding.INT8)
     q = score(q_inputs)
-    real = sub.mask > 0
-    taus = [kendall_tau(base[i][real[i]], q[i][real[i]]) for i in range(len(base))]
+    max_diff, min_tau, mean_tau = fidelity(q, base, sub.mask)
     row_err = max(float(np.abs(q_inputs[k] - sub.inputs[k]).max()) for k in EMB_INPUTS)
     return RowQuantReport(
-        max_abs_row_error=row_err, max_abs_score_diff=float(np.abs(q - base)[real].max()),
-        mean_kendall_tau=float(np.nanmean(taus)), min_kendall_tau=float(np.nanmin(taus)),
+        max_abs_row_error=row_err, max_abs_score_diff=max_diff, mean_kendall_tau=mean_tau,
+        min_kendall_tau=min_tau,
         ndcg10_fp16=float(np.nanmean(ndcg_at_k(base, sub.labels, sub.mask, 10))),
         ndcg10_int8=float(np.nanmean(ndcg_at_k(q, sub.labels, sub.mask, 10))), pages=page_bytes(sub.inputs))
