@@ -23,10 +23,11 @@ import torch
 from edge_rerank.ablation import _simulate_rows
 from edge_rerank.cloud.training.data import build_samples, split_by_session
 from edge_rerank.cloud.training.train import TrainConfig, evaluate, fit, predict
-from edge_rerank.compression.distill import STUDENT_PRESETS, distill, kendall_tau_lists
+from edge_rerank.compression.distill import STUDENT_PRESETS, distill
 from edge_rerank.compression.prune import magnitude_prune
 from edge_rerank.compression.sizes import gzip_size
 from edge_rerank.converters.onnx.convert import export_onnx
+from edge_rerank.converters.validate import fidelity
 from edge_rerank.pipeline import feature_config_for
 from edge_rerank.simulator.transport import InProcessCloud
 from edge_rerank.simulator.world import World, WorldConfig
@@ -86,7 +87,7 @@ def main() -> None:
                                  "bytes")}
         r.update({"seconds": seconds, "max_tensor_sparsity": max(v["sparsity"] for v in rep["per_tensor"].values()),
                   "test_ndcg10_pruned": ndcg(predict(pm0, test)), "test_ndcg10_finetuned": ndcg(p_test),
-                  "test_tau_vs_teacher": float(np.nanmean(kendall_tau_lists(p_test, t_test, test.mask))),
+                  "test_tau_vs_teacher": fidelity(p_test, t_test, test.mask)[2],
                   **sizes(pm, f"pruned-{scope}-{round(sp * 100)}")})
         res["prune"].append(r)
         print("prune", r, flush=True)
@@ -109,8 +110,8 @@ def main() -> None:
                  "valid_ndcg10_label_only": base_summary["valid_model"]["ndcg@10"],
                  "test_ndcg10_teacher": ndcg(t_test), "test_ndcg10_student": ndcg(s_test),
                  "test_ndcg10_label_only": ndcg(b_test),
-                 "test_tau_student": float(np.nanmean(kendall_tau_lists(s_test, t_test, test.mask))),
-                 "test_tau_label_only": float(np.nanmean(kendall_tau_lists(b_test, t_test, test.mask)))}
+                 "test_tau_student": fidelity(s_test, t_test, test.mask)[2],
+                 "test_tau_label_only": fidelity(b_test, t_test, test.mask)[2]}
             if seed == a.seeds[0]:
                 r.update(sizes(student, f"student-{preset}"))
             res["distill"].append(r)

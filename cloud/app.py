@@ -17,7 +17,7 @@ from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, 
 from google.protobuf import json_format
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from edge_rerank.cloud import metrics
+from edge_rerank.cloud import prometheus
 from edge_rerank.cloud.catalog import load_catalog
 from edge_rerank.cloud.embedding_store import open_store
 from edge_rerank.cloud.logs import LogSink
@@ -135,7 +135,7 @@ def healthz():
 
 @health.get("/metrics")
 def metrics_view():
-    body, ctype = metrics.render()
+    body, ctype = prometheus.render()
     return Response(body, content_type=ctype)
 
 
@@ -163,11 +163,11 @@ def search():
             version = None
         if version is not None:
             model_version = f"{cfg.model_name}@{version}"
-    metrics.count_cache(info.cache_hit)
+    prometheus.count_cache(info.cache_hit)
     if info.emb_found:
-        metrics.EMBEDDING_LOOKUPS.labels(cfg.embedding_store, "hit").inc(info.emb_found)
+        prometheus.EMBEDDING_LOOKUPS.labels(cfg.embedding_store, "hit").inc(info.emb_found)
     if info.emb_missing:
-        metrics.EMBEDDING_LOOKUPS.labels(cfg.embedding_store, "miss").inc(info.emb_missing)
+        prometheus.EMBEDDING_LOOKUPS.labels(cfg.embedding_store, "miss").inc(info.emb_missing)
     # a SearchPage is its header fields followed by its (pre-encoded) items: protobuf concatenation
     head = wire.pb.SearchPage(request_id=req.request_id, session_id=req.session_id, page_index=req.page_index,
                               model_version=model_version, has_more=has_more).SerializeToString()
@@ -252,7 +252,7 @@ def publish(name: str, version: str):
     reg = _admin()
     request.max_content_length = _cfg().max_bundle_bytes
     m = reg.publish_archive(_read_body(), name=name, version=version)
-    metrics.MODEL_EVENTS.labels("publish").inc()
+    prometheus.MODEL_EVENTS.labels("publish").inc()
     return jsonify(name=m.name, version=m.version, files=m.files), 201
 
 
@@ -275,7 +275,7 @@ def promote(name: str):
     if not isinstance(version, str):
         raise BadRequest('body needs "version" (string)')
     s = reg.promote(name, version, body.get("rollout_percent", 100))
-    metrics.MODEL_EVENTS.labels("promote").inc()
+    prometheus.MODEL_EVENTS.labels("promote").inc()
     return jsonify(_model_json(reg, name) | {"stable": s.stable})
 
 
@@ -283,7 +283,7 @@ def promote(name: str):
 def rollback(name: str):
     reg = _admin()
     reg.rollback(name)
-    metrics.MODEL_EVENTS.labels("rollback").inc()
+    prometheus.MODEL_EVENTS.labels("rollback").inc()
     return jsonify(_model_json(reg, name))
 
 
@@ -306,7 +306,7 @@ def logs():
     if not rows:
         raise BadRequest("empty LogBatch")
     part = sink.append(rows)  # returns only after the part is fsynced and renamed into place
-    metrics.LOG_ROWS.inc(len(rows))
+    prometheus.LOG_ROWS.inc(len(rows))
     return _respond(wire.pb.LogAck(accepted=len(rows), part=part))
 
 
@@ -337,9 +337,9 @@ def create_app(config: CloudConfig) -> Flask:
     def _observe(resp: Response):
         rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
         if rule != "/metrics":
-            metrics.observe_latency(rule, time.perf_counter() - g.get("t0", time.perf_counter()))
+            prometheus.observe_latency(rule, time.perf_counter() - g.get("t0", time.perf_counter()))
         method = request.method if request.method in _METHODS else "other"
-        metrics.count_request(rule, method, resp.status_code)
+        prometheus.count_request(rule, method, resp.status_code)
         return resp
 
     @app.errorhandler(BadRequest)

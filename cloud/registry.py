@@ -31,7 +31,7 @@ from pathlib import Path, PurePosixPath
 
 from edge_rerank.cloud.logs import fsync_dir
 from edge_rerank.device_sdk.bundle import MANIFEST, BundleError, Manifest, read_bundle
-from edge_rerank.device_sdk.signing import SIGNATURE
+from edge_rerank.device_sdk.signing import SIGNATURE_FILE
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -140,7 +140,7 @@ class Registry:
         its signature)."""
         m = self.manifest(name, version)
         vdir = self._version_dir(name, version)
-        if rel in (MANIFEST, SIGNATURE):
+        if rel in (MANIFEST, SIGNATURE_FILE):
             path = vdir / rel
             if not path.is_file():
                 raise RegistryError(f"{name}@{version} is not signed", 404)
@@ -178,7 +178,7 @@ class Registry:
             (target.parent).mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".staging-"))
             try:
-                signed = [SIGNATURE] if (Path(bundle_dir) / SIGNATURE).is_file() else []
+                signed = [SIGNATURE_FILE] if (Path(bundle_dir) / SIGNATURE_FILE).is_file() else []
                 for rel in [MANIFEST, *signed, *m.files]:
                     dst = staging / rel
                     dst.parent.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from edge_rerank.cloud.app import CloudConfig
-from edge_rerank.cloud.metrics import MULTIPROC_ENV
+from edge_rerank.cloud.prometheus import MULTIPROC_ENV
 from edge_rerank.cloud.wsgi import ENV
 
 

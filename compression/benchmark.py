@@ -1,8 +1,8 @@
 """Compression–accuracy benchmark: one trained reranker, every method x format (``compression.methods``):
-file size (and its gzip download), max abs diff and Kendall τ against the fp32 model, NDCG@10 on held-out
-lists and its delta, the simulator's QV_CTR delta against the fp32 model as a device arm (paired sessions,
-bootstrap CI), and latency p50 in the method's runtime. Writes ``compression.json``, ``compression.md`` and
-``pareto.png`` (size vs NDCG@10).
+file size (and its gzip download), max abs diff and Kendall τ against the fp32 ONNX model (and against the fp32
+file of the method's own format), NDCG@10 on held-out lists and its delta, and latency p50 in the method's
+runtime — all offline. Writes ``compression.json``, ``compression.md`` and ``pareto.png`` (size vs NDCG@10).
+The simulator's QV_CTR column is added one floor up, by ``edge_rerank.compression_ab``.
 """
 
 from __future__ import annotations
@@ -17,11 +17,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from edge_rerank.compression.methods import Context, Method, all_methods
+from edge_rerank.cloud.training.metrics import ndcg_at_k
+from edge_rerank.compression.methods import METHODS, REFERENCE, Context, Method
 from edge_rerank.compression.sizes import file_size, gzip_size
+from edge_rerank.converters.export import median_latency_ms
+from edge_rerank.converters.validate import fidelity
 
 OK, UNAVAILABLE, FAILED = "ok", "unavailable", "failed"
-REFERENCE = "onnx-fp32"
 
 
 @dataclass
@@ -46,6 +48,18 @@ class MethodResult:
     latency_p50_ms: float | None = None
     params: int | None = None  # of the model behind the file (students: the student's); sets modelled cost
     extra: dict = field(default_factory=dict)
+    file: str | None = None  # the built model file
+    reference: str | None = None  # the fp32 method of the same format (None: this is one)
+    reference_kb: float | None = None  # its file size
+    # (max abs diff, min Kendall τ, mean Kendall τ) against that same-format fp32 file: what the format's own
+    # compression changed (the columns above compare with the ONNX fp32 reference)
+    vs_reference: tuple[float, float, float] | None = None
+    scores: np.ndarray | None = field(default=None, repr=False, compare=False)  # [S, N] on the measured lists
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("scores")
+        return d
 
 
 @dataclass
@@ -58,19 +72,7 @@ class Evaluation:
     ndcg10: float
 
 
-def fidelity(scores: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> tuple[float, float, float]:
-    """(max abs diff, min Kendall τ, mean Kendall τ) of `scores` against `ref` over each list's real candidates."""
-    from edge_rerank.converters.validate import kendall_tau
-
-    real = np.asarray(mask) > 0
-    taus = [kendall_tau(ref[i][real[i]], scores[i][real[i]]) for i in range(len(scores)) if real[i].any()]
-    diff = np.abs(np.asarray(scores, np.float64) - np.asarray(ref, np.float64))[real]
-    return float(diff.max()), float(np.nanmin(taus)), float(np.nanmean(taus))
-
-
-def evaluate(scores: np.ndarray, ref: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> Evaluation:
-    from edge_rerank.cloud.training.metrics import ndcg_at_k
-
+def evaluate_scores(scores: np.ndarray, ref: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> Evaluation:
     return Evaluation(*fidelity(scores, ref, mask), float(np.nanmean(ndcg_at_k(scores, labels, mask, 10))))
 
 
@@ -80,84 +82,24 @@ def score_lists(run, inputs: dict[str, np.ndarray]) -> np.ndarray:
     return np.concatenate([run({k: v[i: i + 1] for k, v in inputs.items()}) for i in range(n)])
 
 
-@dataclass
-class SimulationSetup:
-    """The world the logs came from: the simulator runs each method's file as a device arm there."""
-
-    world: object  # simulator.world.WorldConfig
-    sessions: int
-    device: str = "recent_iphone"
-    seed: int = 0
-
-
-def _simulate(results: dict[str, MethodResult], files: dict[str, Path], methods: dict[str, Method], ctx: Context,
-              setup: SimulationSetup, progress: bool) -> dict:
-    from edge_rerank.converters.bundle import write_bundle
-    from edge_rerank.simulator.ab import paired_delta, run_ab
-    from edge_rerank.simulator.arms import ArmSpec, build_arm
-    from edge_rerank.simulator.phone import PhoneConfig
-    from edge_rerank.simulator.transport import InProcessCloud
-    from edge_rerank.simulator.user_model import UserModel
-    from edge_rerank.simulator.world import World
-
-    world = World(setup.world)
-    cloud = InProcessCloud(str(world.provision_cloud(ctx.out / "sim_cloud_data")), wire=False)
-    um = UserModel(world)
-    arms, names = [build_arm(ArmSpec("cloud", "cloud"), um)], ["cloud"]
-    for name, path in files.items():
-        m = methods[name]
-        if not m.simulate or results[name].status != OK:
-            continue
-        try:
-            bundle = write_bundle(ctx.out / "bundles" / name, model_file=path, fmt=m.format,
-                                  name="device-reranker", version=f"compress-{name}", feature_config=ctx.model.fcfg,
-                                  metrics={"params": float(results[name].params or 0)})
-            arms.append(build_arm(ArmSpec(name, "device", bundle=str(bundle), backend=m.runtime), um))
-            names.append(name)
-        except Exception as exc:  # noqa: BLE001 - a method the simulator cannot load is reported, not fatal
-            results[name].extra["simulation_error"] = f"{type(exc).__name__}: {exc}"
-    out = run_ab(um, cloud, arms, setup.sessions, seed=2000 + setup.seed, progress=progress,
-                 config=PhoneConfig(device=setup.device))
-    by_name = dict(zip(names, out, strict=True))
-    ref = by_name.get(REFERENCE)
-    summary = {"sessions": setup.sessions, "world_seed": setup.world.seed, "device": setup.device,
-               "qv_ctr": {n: float(np.mean([o.clicks > 0 for o in r.outcomes])) for n, r in by_name.items()}}
-    if ref is not None:
-        for name, res in by_name.items():
-            if name in results:
-                est = paired_delta(ref, res, "qv_ctr", seed=setup.seed)
-                results[name].qv_ctr_delta_pp = 100 * est.mean
-                results[name].qv_ctr_ci_pp = (100 * est.lo, 100 * est.hi)
-        cloud_est = paired_delta(by_name["cloud"], ref, "qv_ctr", seed=setup.seed)
-        summary["fp32_vs_cloud_pp"] = [100 * cloud_est.mean, 100 * cloud_est.lo, 100 * cloud_est.hi]
-    return summary
-
-
-def run_benchmark(model, train, test, out: str | Path, *, methods: list[str] | None = None, n_lists: int = 300,
-                  latency_runs: int = 200, simulation: SimulationSetup | None = None,
-                  progress: bool = True, **ctx_kw) -> list[MethodResult]:
-    """Build and measure each method (all known ones by default). `train`: lists for calibration, fine-tuning
-    and distillation (``tune=`` the model's validation lists, where those pick their epochs); `test`: the
-    model's recorded test lists, for every number reported."""
+def run_benchmark(model, train, test, out: str | Path, *, methods: list[str | Method] | None = None,
+                  n_lists: int = 300, latency_runs: int = 200, progress: bool = True,
+                  **ctx_kw) -> list[MethodResult]:
+    """Build and measure each method offline (all known ones by default; names, or Method objects). `train`:
+    lists for calibration, fine-tuning and distillation (``tune=`` the model's validation lists, where those pick
+    their epochs); `test`: the model's recorded test lists, for every number reported. Writes the outputs
+    (``write_outputs``); the simulator's columns are added one floor up (``edge_rerank.compression_ab``)."""
     out = Path(out)
     ctx = Context(model, train, test, out, progress=progress, **ctx_kw)
-    chosen = all_methods() if methods is None else [m for m in all_methods() if m.name in set(methods)]
-    unknown = set(methods or ()) - {m.name for m in chosen}
-    if unknown:
-        raise KeyError(f"unknown compression methods {sorted(unknown)}; known: {[m.name for m in all_methods()]}")
-    if REFERENCE not in {m.name for m in chosen}:
-        chosen.insert(0, next(m for m in all_methods() if m.name == REFERENCE))
+    chosen = _choose(methods)
     sub = test.subset(np.arange(min(n_lists, len(test))))
     x1 = {k: v[:1] for k, v in sub.inputs.items()}
-    results: dict[str, MethodResult] = {}
-    files: dict[str, Path] = {}
-    ref_scores: np.ndarray | None = None
-    ref_ndcg = 0.0
+    results = {m.name: MethodResult(m.name, m.format, m.family, description=m.description,
+                                    evaluated_by=m.evaluated_by or m.runtime, reference=m.reference)
+               for m in chosen}
     for m in tqdm(chosen, desc="compression methods", unit="method", disable=not progress):
-        r = MethodResult(m.name, m.format, m.family, description=m.description,
-                         evaluated_by=m.evaluated_by or m.runtime)
-        results[m.name] = r
-        why = m.available()
+        r = results[m.name]
+        why = m.unavailable_reason(ctx)
         if why:
             r.status, r.reason = UNAVAILABLE, why
             continue
@@ -166,36 +108,47 @@ def run_benchmark(model, train, test, out: str | Path, *, methods: list[str] | N
                 path = m.build(ctx, out / "methods" / m.name)
             run = m.runner(path)
             s = score_lists(run, sub.inputs)
-            if ref_scores is None and m.name != REFERENCE:
-                raise RuntimeError(f"no reference scores: {REFERENCE} did not build ({results[REFERENCE].reason})")
-            if ref_scores is None:
-                ref_scores = s
-                ref_ndcg = float(evaluate(s, s, sub.labels, sub.mask).ndcg10)
-            ev = evaluate(s, ref_scores, sub.labels, sub.mask)
+            ref = results[REFERENCE]
+            if ref.scores is None and m.name != REFERENCE:
+                raise RuntimeError(f"no reference scores: {REFERENCE} did not build ({ref.reason})")
+            ev = evaluate_scores(s, s if ref.scores is None else ref.scores, sub.labels, sub.mask)
+            ref_ndcg = ev.ndcg10 if ref.scores is None else ref.ndcg10
+            r.file, r.scores = str(path), s
             r.file_kb, r.gzip_kb = (m.size or file_size)(path) / 1024, gzip_size(path) / 1024
             r.max_abs_diff, r.min_kendall_tau, r.mean_kendall_tau = ev.max_abs_diff, ev.min_kendall_tau, \
                 ev.mean_kendall_tau
             r.ndcg10, r.ndcg10_delta = ev.ndcg10, ev.ndcg10 - ref_ndcg
             r.ndcg10_rel_delta_pct = 100 * r.ndcg10_delta / ref_ndcg if ref_ndcg else None
-            r.latency_p50_ms = None if m.scorer is not None else _latency(run, x1, latency_runs)
-            files[m.name] = path
+            r.latency_p50_ms = None if m.scorer is not None or not latency_runs else _latency(run, x1, latency_runs)
             if m.name in ctx.reports:  # what pruning / distillation measured while building
                 r.extra["training"] = _jsonable(ctx.reports[m.name])
             r.params = ctx.params_of(m.name)
         except Exception as exc:  # noqa: BLE001 - one failing method is a result, not the end of the run
-            r.status, r.reason = FAILED, f"{type(exc).__name__}: {exc}"
+            r.status, r.reason = FAILED, f"{type(exc).__name__}: {str(exc)[:1000]}"
             r.extra["traceback"] = traceback.format_exc(limit=4)
-    summary: dict = {}
-    if simulation is not None and simulation.sessions > 0:
-        summary["simulation"] = _simulate(results, files, {m.name: m for m in chosen}, ctx, simulation, progress)
+    for r in results.values():  # each against the fp32 file of its own format, when that was measured too
+        fmt_ref = results.get(r.reference or r.method)
+        if r.scores is not None and fmt_ref is not None and fmt_ref.scores is not None:
+            r.reference_kb, r.vs_reference = fmt_ref.file_kb, fidelity(r.scores, fmt_ref.scores, sub.mask)
     rows = list(results.values())
-    write_outputs(rows, out, summary)
+    write_outputs(rows, out)
     return rows
 
 
-def _latency(run, x1, runs: int) -> float:
-    from edge_rerank.converters.export import median_latency_ms
+def _choose(methods: list[str | Method] | None) -> list[Method]:
+    """The methods to run, in the given order, the reference first when it was not asked for."""
+    if methods is None:
+        return list(METHODS)
+    by_name = {m.name: m for m in METHODS}
+    unknown = sorted(m for m in methods if isinstance(m, str) and m not in by_name)
+    if unknown:
+        raise KeyError(f"unknown compression methods {unknown}; known: {list(by_name)}")
+    chosen = [by_name[m] if isinstance(m, str) else m for m in methods]
+    return chosen if chosen and chosen[0].name == REFERENCE else [by_name[REFERENCE], *(m for m in chosen
+                                                                                        if m.name != REFERENCE)]
 
+
+def _latency(run, x1, runs: int) -> float:
     return median_latency_ms(run, x1, runs)
 
 
@@ -204,7 +157,7 @@ def _jsonable(d: dict) -> dict:
 
 
 def write_outputs(rows: list[MethodResult], out: Path, summary: dict | None = None) -> None:
-    (out / "compression.json").write_text(json.dumps({"results": [asdict(r) for r in rows], **(summary or {})},
+    (out / "compression.json").write_text(json.dumps({"results": [r.to_dict() for r in rows], **(summary or {})},
                                                      indent=2, default=str))
     (out / "compression.md").write_text(to_markdown(rows))
     pareto_plot(rows, out / "pareto.png")

@@ -24,6 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_rerank.converters.coreml.convert import save_package, zip_package
+from edge_rerank.converters.coreml.mil_eval import MILEvaluator, load_program
+from edge_rerank.device_sdk import backends
+from edge_rerank.device_sdk.backends import BackendError
+from edge_rerank.device_sdk.backends.coreml_backend import _extract
+
 METHODS = ("linear-int8", "palettize-6bit", "palettize-4bit")
 EXTRA = "pip install 'edge-rerank[coreml]'"
 MIL_NUMPY = "MIL program in numpy"
@@ -72,15 +78,11 @@ def compress_coreml(fp32_mlpackage: str | Path, out_mlpackage: str | Path, *, me
         with warnings.catch_warnings():  # "Number of distinct clusters (1) found smaller than n_clusters"
             warnings.simplefilter("ignore")
             compressed = cto.palettize_weights(mlmodel, config)
-    from edge_rerank.converters.coreml.convert import save_package
-
     return save_package(compressed, out_mlpackage)
 
 
 def package_size(mlpackage: str | Path) -> int:
     """Bytes of the package zipped the way the converters ship it in a bundle (``zip_package``)."""
-    from edge_rerank.converters.coreml.convert import zip_package
-
     with tempfile.TemporaryDirectory(prefix="coreml-size-") as tmp:
         return zip_package(mlpackage, Path(tmp) / "model.mlpackage.zip").stat().st_size
 
@@ -97,10 +99,6 @@ class Scores(np.ndarray):
 def coreml_runner(mlpackage_or_program) -> tuple[Callable[[dict[str, np.ndarray]], np.ndarray], str]:
     """(run, evaluated_by) for an ``.mlpackage`` (directory or zip) or a MIL ``Program`` / converted MLModel:
     the Core ML runtime on macOS for files, the MIL program in numpy otherwise."""
-    from edge_rerank.converters.coreml.mil_eval import MILEvaluator, load_program
-    from edge_rerank.device_sdk import backends
-    from edge_rerank.device_sdk.backends import BackendError
-
     if not isinstance(mlpackage_or_program, str | Path):
         return MILEvaluator(mlpackage_or_program).run, MIL_NUMPY
     path = Path(mlpackage_or_program)
@@ -109,8 +107,6 @@ def coreml_runner(mlpackage_or_program) -> tuple[Callable[[dict[str, np.ndarray]
     except BackendError:
         pass  # not macOS (or no runtime): evaluate the program itself
     if path.suffix == ".zip":
-        from edge_rerank.device_sdk.backends.coreml_backend import _extract
-
         tmp = tempfile.mkdtemp(prefix="coreml-mil-")
         path = _extract(path, Path(tmp))
         program = load_program(path)

@@ -21,6 +21,7 @@ from edge_rerank.cloud.training.data import Samples
 from edge_rerank.cloud.training.losses import LOSSES, PAD
 from edge_rerank.cloud.training.model import DeviceReranker, ModelConfig, n_params, to_tensors
 from edge_rerank.cloud.training.train import TrainConfig, evaluate, fit, fit_loop, predict
+from edge_rerank.converters.validate import fidelity
 
 STUDENT_PRESETS: dict[str, ModelConfig] = {
     # half the width of the default (d_model 32, ffn 64), every query view: ~29 % of its parameters
@@ -50,15 +51,6 @@ def list_distill_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.
     kl = torch.where(real, log_p_t.exp() * (log_p_t - log_p_s), torch.zeros_like(s)).sum(dim=1)
     has = real.any(dim=1).to(kl.dtype)
     return temperature ** 2 * (kl * has).sum() / has.sum().clamp_min(1.0)
-
-
-def kendall_tau_lists(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Per-list Kendall τ (converters.validate.kendall_tau, tau-a) between two [S, N] score arrays over each
-    list's real candidates."""
-    from edge_rerank.converters.validate import kendall_tau
-
-    real = mask > 0
-    return np.array([kendall_tau(a[i][real[i]], b[i][real[i]]) for i in range(len(a))])
 
 
 def distill(teacher: DeviceReranker, train: Samples, valid: Samples, *, student_cfg: ModelConfig,
@@ -105,7 +97,7 @@ def distill(teacher: DeviceReranker, train: Samples, valid: Samples, *, student_
                    "alpha_list": alpha_list, "temperature": temperature},
         "ndcg10_teacher": evaluate(t_valid, valid)["ndcg@10"],
         "ndcg10_student": evaluate(s_valid, valid)["ndcg@10"],
-        "tau_vs_teacher": float(np.nanmean(kendall_tau_lists(s_valid, t_valid, valid.mask))),
+        "tau_vs_teacher": fidelity(s_valid, t_valid, valid.mask)[2],
         "distill": loop,
     }
     if compare_label_only:
@@ -113,7 +105,7 @@ def distill(teacher: DeviceReranker, train: Samples, valid: Samples, *, student_
         b_valid = predict(base, valid)
         report["label_only"] = {
             "ndcg10": evaluate(b_valid, valid)["ndcg@10"],
-            "tau_vs_teacher": float(np.nanmean(kendall_tau_lists(b_valid, t_valid, valid.mask))),
+            "tau_vs_teacher": fidelity(b_valid, t_valid, valid.mask)[2],
             "epochs_run": summary["epochs_run"],
         }
     student.eval()

@@ -11,6 +11,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from edge_rerank.cloud.page_codec import encode_items
+from edge_rerank.cloud.training.metrics import ndcg_at_k
+from edge_rerank.converters.validate import fidelity
 from edge_rerank.device_sdk.contracts import DEFAULT_PAGE_SIZE, EmbeddingEncoding, PackedEmbedding
 
 EMB_INPUTS = ("cand_emb", "seq_emb")
@@ -38,8 +41,6 @@ class PageBytes:
 
 def page_bytes(inputs: dict[str, np.ndarray], n_items: int = DEFAULT_PAGE_SIZE) -> list[PageBytes]:
     """Serialized size of one page of `n_items` real candidates (rows taken from `inputs`) in each encoding."""
-    from edge_rerank.cloud.page_codec import encode_items
-
     real = inputs["cand_mask"] > 0
     emb = inputs["cand_emb"][real][:n_items].astype(np.float32)
     dense = inputs["cand_dense"][real][:n_items].astype(np.float32)
@@ -75,17 +76,13 @@ class RowQuantReport:
 def row_quant_report(score, sub) -> RowQuantReport:
     """`score(inputs) -> [B, N]` (the fp32 model in any runtime); `sub`: held-out Samples. The logged rows
     already crossed the wire as fp16 (the default), so fp16 is the baseline and int8 is applied to them."""
-    from edge_rerank.cloud.training.metrics import ndcg_at_k
-    from edge_rerank.converters.validate import kendall_tau
-
     base = score(sub.inputs)
     q_inputs = with_wire_rows(sub.inputs, EmbeddingEncoding.INT8)
     q = score(q_inputs)
-    real = sub.mask > 0
-    taus = [kendall_tau(base[i][real[i]], q[i][real[i]]) for i in range(len(base))]
+    max_diff, min_tau, mean_tau = fidelity(q, base, sub.mask)
     row_err = max(float(np.abs(q_inputs[k] - sub.inputs[k]).max()) for k in EMB_INPUTS)
     return RowQuantReport(
-        max_abs_row_error=row_err, max_abs_score_diff=float(np.abs(q - base)[real].max()),
-        mean_kendall_tau=float(np.nanmean(taus)), min_kendall_tau=float(np.nanmin(taus)),
+        max_abs_row_error=row_err, max_abs_score_diff=max_diff, mean_kendall_tau=mean_tau,
+        min_kendall_tau=min_tau,
         ndcg10_fp16=float(np.nanmean(ndcg_at_k(base, sub.labels, sub.mask, 10))),
         ndcg10_int8=float(np.nanmean(ndcg_at_k(q, sub.labels, sub.mask, 10))), pages=page_bytes(sub.inputs))

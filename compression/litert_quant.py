@@ -41,8 +41,9 @@ from typing import Any
 
 import numpy as np
 
+from edge_rerank.device_sdk.backends.litert_backend import SERVING_SIGNATURE
+
 MODES = ("weight-only-fp16", "weight-only-int8", "dynamic-int8", "full-int8")
-SIGNATURE = "serving_default"
 EXTRA = "pip install 'edge-rerank[tflite]'"
 
 
@@ -132,7 +133,7 @@ def _calibrate_min_max(q, lists: list[dict[str, np.ndarray]]) -> dict:
     feeds = [{k: np.ascontiguousarray(v, dtype=interp_inputs.get(k, v.dtype)) for k, v in x.items()
               if k in interp_inputs} for x in lists]
     cal = calibrator.Calibrator(q._float_model_buffer, num_threads=1, qsv_update_func=qsv_utils.min_max_update)
-    cal.calibrate({SIGNATURE: feeds}, q._recipe_manager)
+    cal.calibrate({SERVING_SIGNATURE: feeds}, q._recipe_manager)
     return cal.get_model_qsvs()
 
 
@@ -140,7 +141,7 @@ def _signature_dtypes(q) -> dict[str, np.dtype]:
     from ai_edge_litert import interpreter
 
     interp = interpreter.Interpreter(model_content=bytes(q._float_model_buffer))
-    details = interp.get_signature_runner(SIGNATURE).get_input_details()
+    details = interp.get_signature_runner(SERVING_SIGNATURE).get_input_details()
     return {n: np.dtype(d["dtype"]) for n, d in details.items()}
 
 

@@ -9,6 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
+from edge_rerank.converters.mnn import convert as mnn_convert
+from edge_rerank.device_sdk import backends
+
 EXTRA = "pip install 'edge-rerank[mnn]'"
 
 
@@ -17,13 +22,11 @@ def quantize_mnn_weights(onnx_fp32: str | Path, out_path: str | Path, *, bits: i
     """Convert `onnx_fp32` to a weight-int`bits` ``.mnn`` at `out_path` (``bits=16``: half-float weights, the
     converter's ``--fp16``); with `verify`, load it in the ``mnn`` backend and run one all-zero list
     (RuntimeError if it does not load, run, or give finite [1, N] scores)."""
-    from edge_rerank.converters.mnn.convert import export_mnn, mnn_available
-
-    if not mnn_available():
+    if not mnn_convert.mnn_available():
         raise RuntimeError(f"MNN quantization needs the mnn package (the [mnn] extra): {EXTRA}")
     if bits not in (2, 3, 4, 5, 6, 7, 8, 16):
         raise ValueError(f"MNN weight quantization supports 2..8 bits (int) or 16 (fp16), got {bits}")
-    path = export_mnn(onnx_fp32, out_path, weight_quant_bits=None if bits == 16 else bits, fp16=bits == 16)
+    path = mnn_convert.export_mnn(onnx_fp32, out_path, weight_quant_bits=None if bits == 16 else bits, fp16=bits == 16)
     if verify:
         verify_mnn(path)
     return path
@@ -31,10 +34,6 @@ def quantize_mnn_weights(onnx_fp32: str | Path, out_path: str | Path, *, bits: i
 
 def verify_mnn(path: str | Path) -> None:
     """Load `path` in the ``mnn`` backend and score one zero-filled list of the file's own input shapes."""
-    import numpy as np
-
-    from edge_rerank.device_sdk import backends
-
     try:
         be = backends.create("mnn", path, threads=1)
         x = {n: np.zeros(be._shapes[n], dtype=np.int32 if n in be._int else np.float32) for n in be.input_names}

@@ -9,6 +9,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+
+from edge_rerank.compression.benchmark import evaluate_scores, score_lists
+from edge_rerank.compression.methods import REFERENCE, Context, get_method
+from edge_rerank.compression.sizes import file_size
+from edge_rerank.converters.bundle import write_bundle
+
 
 @dataclass(frozen=True)
 class Budget:
@@ -88,18 +95,11 @@ def run_preset(name: str | Preset, model, train, test, out: str | Path, *, n_lis
     pick their best epoch on `tune` (the model's validation lists); `fp32_onnx`: the model's fp32 ONNX export
     when the caller already has one (else it is exported here).
     Raises :class:`BudgetExceeded` (and writes no bundle) when a limit is broken."""
-    import numpy as np
-
-    from edge_rerank.compression.benchmark import REFERENCE, evaluate, score_lists
-    from edge_rerank.compression.methods import Context, get_method
-    from edge_rerank.compression.sizes import file_size
-    from edge_rerank.converters.bundle import write_bundle
-
     preset = name if isinstance(name, Preset) else get_preset(name)
     name = preset.name
     out = Path(out)
     method = get_method(preset.method)
-    why = method.available()
+    why = method.unavailable_reason()
     if why:
         raise RuntimeError(f"preset {name!r} ({preset.method}) cannot run here: {why}")
     ctx = Context(model, train, test, out / "work", tune=tune, progress=progress, onnx_fp32_file=fp32_onnx)
@@ -107,8 +107,8 @@ def run_preset(name: str | Preset, model, train, test, out: str | Path, *, n_lis
     fp32 = get_method(REFERENCE)
     ref = score_lists(fp32.runner(fp32.build(ctx, out / "work" / REFERENCE)), sub.inputs)
     path = method.build(ctx, out / "work" / method.name)
-    ev = evaluate(score_lists(method.runner(path), sub.inputs), ref, sub.labels, sub.mask)
-    ev_ref = evaluate(ref, ref, sub.labels, sub.mask)
+    ev = evaluate_scores(score_lists(method.runner(path), sub.inputs), ref, sub.labels, sub.mask)
+    ev_ref = evaluate_scores(ref, ref, sub.labels, sub.mask)
     check = check_budget(preset, file_size(path) / 1024, ev.ndcg10, ev_ref.ndcg10, ev.mean_kendall_tau)
     check.n_lists = len(sub)
     if not check.ok:

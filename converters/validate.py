@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+from scipy.stats import kendalltau
 
 
 @dataclass
@@ -27,14 +28,37 @@ class ValidationReport:
 
 
 def kendall_tau(a: np.ndarray, b: np.ndarray) -> float:
-    """Kendall tau-a between two score vectors (ties count as discordant-neutral)."""
-    n = a.shape[0]
-    if n < 2:
+    """Kendall tau-b between two score vectors (``scipy.stats.kendalltau``).
+
+    Without ties it equals the tau-a this module used to compute by hand ((concordant - discordant) / all pairs).
+    With ties tau-b divides by the geometric mean of the untied pairs of each side instead of all pairs, so a
+    quantized model that rounds two near-equal scores onto the same value is no longer charged for that pair as
+    if it had reordered it: tau-b >= |tau-a| on tied inputs, and 1.0 for the same order with ties in both.
+    Edge cases, where tau-b is undefined: fewer than two candidates, or both sides constant, give 1.0; one
+    side constant and the other not gives 0.0 (the order is lost)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape[0] < 2:
         return 1.0
-    da = np.sign(a[:, None] - a[None, :])
-    db = np.sign(b[:, None] - b[None, :])
-    iu = np.triu_indices(n, 1)
-    return float((da[iu] * db[iu]).sum() / len(iu[0]))
+    const_a, const_b = bool(np.all(a == a[0])), bool(np.all(b == b[0]))
+    if const_a or const_b:
+        return 1.0 if const_a and const_b else 0.0
+    return float(kendalltau(a, b, variant="b").statistic)
+
+
+def list_taus(scores: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> list[float]:
+    """Kendall τ (tau-b) of `scores` against `ref` per list ([S, N] arrays), over each list's real candidates
+    (``mask > 0``); lists without a real candidate are skipped."""
+    real = np.asarray(mask) > 0
+    return [kendall_tau(ref[i][real[i]], scores[i][real[i]]) for i in range(len(scores)) if real[i].any()]
+
+
+def fidelity(scores: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> tuple[float, float, float]:
+    """(max abs diff, min Kendall τ, mean Kendall τ) of `scores` against `ref` over each list's real candidates
+    (``mask > 0``): how faithful a converted / compressed / distilled model is to the one it came from."""
+    real = np.asarray(mask) > 0
+    taus = list_taus(scores, ref, mask)
+    diff = np.abs(np.asarray(scores, np.float64) - np.asarray(ref, np.float64))[real]
+    return float(diff.max()), float(np.nanmin(taus)), float(np.nanmean(taus))
 
 
 def top_k_overlap(a: np.ndarray, b: np.ndarray, k: int = 5) -> float:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from edge_rerank.device_sdk.features.config import FeatureConfig
 from edge_rerank.device_sdk.features.operators import compile_op
-from edge_rerank.device_sdk.signing import SIGNATURE, SignatureError, verify_manifest
+from edge_rerank.device_sdk.signing import SIGNATURE_FILE, SignatureError, verify_manifest
 
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
@@ -185,10 +185,11 @@ def read_bundle(root: str | Path, *, expected_fingerprint: str | None = None,
     if not mpath.is_file():
         raise BundleError(f"{root}: no {MANIFEST}")
     if public_key is not None:
-        if not (root / SIGNATURE).is_file():
-            raise BundleError(f"{root}: no {SIGNATURE}, and this app only loads signed bundles", kind="bad_signature")
+        if not (root / SIGNATURE_FILE).is_file():
+            raise BundleError(f"{root}: no {SIGNATURE_FILE}, and this app only loads signed bundles",
+                              kind="bad_signature")
         try:
-            verify_manifest(mpath.read_bytes(), (root / SIGNATURE).read_bytes(), public_key)
+            verify_manifest(mpath.read_bytes(), (root / SIGNATURE_FILE).read_bytes(), public_key)
         except SignatureError as exc:
             raise BundleError(str(exc), kind="bad_signature") from exc
     if mpath.stat().st_size > MAX_MANIFEST_BYTES:

@@ -5,7 +5,7 @@ only when a key is configured."""
 
 from __future__ import annotations
 
-SIGNATURE = "manifest.sig"
+SIGNATURE_FILE = "manifest.sig"
 
 
 class SignatureError(RuntimeError):

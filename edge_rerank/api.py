@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from edge_rerank.cloud.training.data import Samples, SessionSplit, SplitConfig
     from edge_rerank.cloud.training.model import DeviceReranker, ModelConfig
-    from edge_rerank.compression.benchmark import MethodResult, SimulationSetup
+    from edge_rerank.compression.benchmark import MethodResult
     from edge_rerank.compression.presets import PresetCheck
+    from edge_rerank.compression_ab import SimulationSetup
     from edge_rerank.converters.export import ExportReport
     from edge_rerank.device_sdk.features import FeatureConfig
     from edge_rerank.simulator.world import WorldConfig
@@ -292,10 +293,10 @@ def compress_benchmark(checkpoint_or_model: str | Path | TrainResult | HeldOut, 
                        **ctx_kw: Any) -> list[MethodResult]:
     """Every compression method (or `methods`) measured on the recorded test lists: size, fidelity, NDCG@10,
     latency, and the simulator's QV_CTR with `simulation`; writes compression.json / .md and pareto.png."""
-    from edge_rerank.compression.benchmark import run_benchmark
+    from edge_rerank.compression_ab import benchmark
 
     held = _held_out(checkpoint_or_model, logs, progress)
-    return run_benchmark(held.model, held.train, held.test, out, methods=list(methods) if methods else None,
+    return benchmark(held.model, held.train, held.test, out, methods=list(methods) if methods else None,
                          n_lists=n_lists, simulation=simulation, progress=progress, tune=held.valid, **ctx_kw)
 
 

@@ -186,7 +186,7 @@ def _cmd_compress(a: argparse.Namespace) -> int:
                   f"tau >= {b.min_mean_kendall_tau}, <= {b.max_kb:g} KB — {p.description}")
         print("methods (--benchmark --methods A,B):")
         for m in all_methods():
-            why = m.available()
+            why = m.unavailable_reason()
             print(f"  {m.name:30s} {m.format:7s} {m.family:13s} {m.description}" + (f"  [unavailable: {why}]"
                                                                                      if why else ""))
         return 0
@@ -211,7 +211,8 @@ def _cmd_compress(a: argparse.Namespace) -> int:
         print(f"bundle: {r.bundle}")
         return 0
     from edge_rerank.api import compress_benchmark
-    from edge_rerank.compression.benchmark import SimulationSetup, to_markdown
+    from edge_rerank.compression.benchmark import to_markdown
+    from edge_rerank.compression_ab import SimulationSetup
 
     methods = [m.strip() for m in a.methods.split(",") if m.strip()] if a.methods else None
     from edge_rerank.simulator.world import WorldConfig

@@ -10,10 +10,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from edge_rerank.compression.benchmark import MethodResult, SimulationSetup, pareto_front, run_benchmark
+from edge_rerank.compression.benchmark import MethodResult, pareto_front, run_benchmark
 from edge_rerank.compression.embedding_rows import page_bytes, roundtrip_rows, row_quant_report
 from edge_rerank.compression.presets import PRESETS, Budget, BudgetExceeded, Preset, check_budget, run_preset
 from edge_rerank.compression.split import split_report
+from edge_rerank.compression_ab import SimulationSetup, benchmark
 from edge_rerank.device_sdk.contracts import EmbeddingEncoding
 
 ONNX_QUANT = ["onnx-fp32", "onnx-fp16", "onnx-int8-dynamic-quint8", "onnx-int8-dynamic-qint8",
@@ -28,8 +29,8 @@ def bench(trained, split_parts, tmp_path_factory):
     model, _, test = trained
     _, train, valid, _ = split_parts
     out = tmp_path_factory.mktemp("compress")
-    rows = run_benchmark(model, train, test, out, tune=valid, methods=ONNX_QUANT + OTHER_FORMATS, n_lists=60,
-                         latency_runs=20, simulation=SimulationSetup(WCFG, sessions=60), progress=False,
+    rows = benchmark(model, train, test, out, tune=valid, methods=ONNX_QUANT + OTHER_FORMATS, n_lists=60,
+                     latency_runs=20, simulation=SimulationSetup(WCFG, sessions=60), progress=False,
                          calibration_lists=60)
     return {r.method: r for r in rows}, out
 

@@ -11,10 +11,12 @@ import sys
 import numpy as np
 import pytest
 
-from edge_rerank.compression.formats import METHODS, FormatContext, get_method, measure, to_markdown, unavailable_reason
+from edge_rerank.compression.benchmark import run_benchmark
+from edge_rerank.compression.methods import METHODS, Context, get_method
 from edge_rerank.converters.validate import validation_inputs
 
-COMPRESSED = [m.name for m in METHODS if m.reference is not None]
+FORMAT_METHODS = [m for m in METHODS if m.format != "onnx"]
+COMPRESSED = [m.name for m in FORMAT_METHODS if m.reference is not None]
 N_LISTS = 40
 
 
@@ -30,17 +32,20 @@ def lists(trained):
 
 
 @pytest.fixture(scope="module")
-def ctx(trained, calibration, lists, tmp_path_factory):
+def ctx(trained, split_parts, tmp_path_factory):
     import torch
 
     torch.set_num_threads(1)
-    return FormatContext.export(trained[0], lists[0][0], tmp_path_factory.mktemp("fmt_fp32"), calibration=calibration)
+    return Context(trained[0], split_parts[1], trained[2], tmp_path_factory.mktemp("fmt_fp32"))
 
 
 @pytest.fixture(scope="module")
-def rows(ctx, lists, tmp_path_factory):
+def rows(trained, split_parts, tmp_path_factory):
+    """The one harness on the format methods (and the ONNX reference it adds), on N_LISTS test lists."""
     out = tmp_path_factory.mktemp("fmt_methods")
-    return {r.method: r for r in measure(ctx, out, lists[1])}
+    rows = run_benchmark(trained[0], split_parts[1], trained[2], out, methods=[m.name for m in FORMAT_METHODS],
+                         n_lists=N_LISTS, latency_runs=0, progress=False)
+    return {r.method: r for r in rows}
 
 
 def _row(rows, name):
@@ -52,26 +57,28 @@ def _row(rows, name):
 
 
 def test_registry_names_and_references():
-    names = [m.name for m in METHODS]
+    names = [m.name for m in FORMAT_METHODS]
     assert len(set(names)) == len(names)
     assert set(names) >= {"tflite-fp32", "tflite-int8-weight-only", "tflite-int8-dynamic", "tflite-int8-full",
                           "coreml-fp32", "coreml-int8-linear", "coreml-palettize-6bit", "coreml-palettize-4bit",
                           "mnn-fp32", "mnn-int8-weight", "tflite-fp16", "mnn-fp16"}
-    for m in METHODS:
+    for m in FORMAT_METHODS:
         if m.reference is not None:
             ref = get_method(m.reference)
             assert ref.reference is None and ref.format == m.format and ref.runtime == m.runtime
     assert get_method("coreml-fp32").evaluated_by == ("coreml" if sys.platform == "darwin" else
                                                       "MIL program in numpy")
-    with pytest.raises(KeyError, match="unknown format method"):
+    assert len({m.name for m in METHODS}) == len(METHODS)
+    assert all(get_method(m.reference).format == m.format for m in METHODS if m.reference)
+    with pytest.raises(KeyError, match="unknown compression method"):
         get_method("nope")
 
 
 @pytest.mark.parametrize("name", ["tflite-fp32", "coreml-fp32", "mnn-fp32"])
 def test_fp32_references(rows, lists, name):
     r = _row(rows, name)
-    assert r.max_abs_diff == 0.0 and r.min_kendall_tau == 1.0
-    assert r.scores.shape == lists[1]["cand_mask"].shape and np.all(np.isfinite(r.scores))
+    assert r.reference is None and r.vs_reference == (0.0, 1.0, 1.0)
+    assert r.scores.shape == (N_LISTS, lists[1]["cand_mask"].shape[1]) and np.all(np.isfinite(r.scores))
 
 
 @pytest.mark.parametrize("name", COMPRESSED)
@@ -80,31 +87,27 @@ def test_compressed_method_is_smaller_quantized_and_keeps_the_ranking(rows, list
     ref = _row(rows, r.reference)
     m = get_method(name)
     assert r.evaluated_by == m.evaluated_by
-    assert r.scores.shape == lists[1]["cand_mask"].shape and np.all(np.isfinite(r.scores)), name
+    assert r.scores.shape == (N_LISTS, lists[1]["cand_mask"].shape[1]) and np.all(np.isfinite(r.scores)), name
     if m.shrinks:
-        assert r.size_kb < 0.8 * ref.size_kb, (name, r.size_kb, ref.size_kb)
-    assert r.max_abs_diff > 0, f"{name} gives the fp32 scores exactly: nothing was quantized"
-    assert r.max_abs_diff < 1.0 and r.mean_kendall_tau > 0.9, (name, r.max_abs_diff, r.mean_kendall_tau)
+        assert r.file_kb < 0.8 * ref.file_kb == 0.8 * r.reference_kb, (name, r.file_kb, ref.file_kb)
+    diff, _, mean_tau = r.vs_reference
+    assert diff > 0, f"{name} gives the fp32 scores exactly: nothing was quantized"
+    assert diff < 1.0 and mean_tau > 0.9, (name, diff, mean_tau)
 
 
 @pytest.mark.parametrize("fmt", ["tflite", "mnn"])
 def test_fp16_weights_are_closer_to_fp32_than_int8(rows, fmt):
     fp16, int8 = _row(rows, f"{fmt}-fp16"), _row(rows, f"{fmt}-int8-weight" if fmt == "mnn" else
                                                    f"{fmt}-int8-weight-only")
-    assert 0 < fp16.max_abs_diff < int8.max_abs_diff and fp16.mean_kendall_tau > 0.99
-
-
-def test_markdown_has_every_method(rows):
-    md = to_markdown(list(rows.values()))
-    assert all(f"| {name} |" in md for name in rows)
+    assert 0 < fp16.vs_reference[0] < int8.vs_reference[0] and fp16.vs_reference[2] > 0.99
 
 
 def test_full_int8_keeps_the_float_interface(ctx, calibration, tmp_path):
     from edge_rerank.compression.litert_quant import quantize_tflite
     from edge_rerank.device_sdk import backends
 
-    if unavailable_reason(get_method("tflite-int8-full"), ctx):
-        pytest.skip(unavailable_reason(get_method("tflite-int8-full"), ctx))
+    if get_method("tflite-int8-full").unavailable_reason(ctx):
+        pytest.skip(get_method("tflite-int8-full").unavailable_reason(ctx))
     info: dict = {}
     path = quantize_tflite(ctx.tflite_fp32, tmp_path / "full.tflite", mode="full-int8", calibration=calibration,
                            n_calibration=50, info=info)
@@ -126,8 +129,8 @@ def test_coreml_fp32_program_from_disk_matches_torch(trained, ctx, lists, tmp_pa
     from edge_rerank.compression.coreml_compress import coreml_scores, package_size
     from edge_rerank.converters.coreml.convert import zip_package
 
-    if ctx.mlpackage_fp32 is None:
-        pytest.skip(ctx.missing.get("coreml", "no Core ML export"))
+    if get_method("coreml-fp32").unavailable_reason(ctx):
+        pytest.skip(get_method("coreml-fp32").unavailable_reason(ctx))
     model, xs = trained[0], lists[0][:8]
     x = {k: np.concatenate([x[k] for x in xs]) for k in xs[0]}
     with torch.no_grad():
@@ -211,14 +214,15 @@ def test_constexpr_formulas_against_numpy_and_coremltools():
                                rtol=1e-6)
 
 
-def test_missing_toolchain_or_export_is_reported_not_raised(ctx, lists, tmp_path):
-    ghost = dataclasses.replace(get_method("tflite-int8-dynamic"), name="ghost", modules=("no_such_toolchain_xyz",))
-    reason = unavailable_reason(ghost)
+def test_missing_toolchain_or_export_is_reported_not_raised(trained, tmp_path):
+    ghost = dataclasses.replace(get_method("tflite-int8-dynamic"), name="ghost", requires=("no_such_toolchain_xyz",))
+    reason = ghost.unavailable_reason()
     assert reason is not None and "no_such_toolchain_xyz" in reason and "edge-rerank[tflite]" in reason
-    no_coreml = FormatContext(model=None, missing={"coreml": "fp32 coreml export failed: boom"})
-    assert "boom" in unavailable_reason(get_method("coreml-int8-linear"), no_coreml)
-    x = {k: v[:2] for k, v in lists[1].items()}
-    rows = {r.method: r for r in measure(no_coreml, tmp_path, x, [get_method("coreml-fp32"), ghost])}
+    boom = {"coreml": "fp32 coreml export failed: boom"}
+    no_coreml = Context(None, None, trained[2], tmp_path / "ctx", missing=dict(boom))
+    assert "boom" in get_method("coreml-int8-linear").unavailable_reason(no_coreml)
+    rows = {r.method: r for r in run_benchmark(trained[0], None, trained[2], tmp_path, n_lists=2, latency_runs=0,
+                                               methods=["coreml-fp32", ghost], progress=False, missing=dict(boom))}
     assert rows["ghost"].status == "unavailable" and "no_such_toolchain_xyz" in rows["ghost"].reason
     assert rows["coreml-fp32"].status == "unavailable" and "boom" in rows["coreml-fp32"].reason
 
@@ -258,9 +262,9 @@ def test_ios18_compressed_programs_evaluate_like_coremltools(trained, lists, tmp
 
     import edge_rerank.converters.coreml.convert as cc
     from edge_rerank.compression.coreml_compress import compress_coreml, coreml_scores
-    from edge_rerank.compression.formats import compare
     from edge_rerank.converters.coreml.mil_eval import OPS, load_program
     from edge_rerank.converters.specs import get_spec
+    from edge_rerank.converters.validate import fidelity
 
     torch.set_num_threads(1)
     model, (xs, _) = trained[0], lists
@@ -271,7 +275,7 @@ def test_ios18_compressed_programs_evaluate_like_coremltools(trained, lists, tmp
     ref = coreml_scores(fp32, x)
     with torch.no_grad():
         t = model(*[torch.from_numpy(x[n]) for n in model.input_names]).numpy()
-    assert compare(t, ref, x["cand_mask"])[0] < 1e-4
+    assert fidelity(ref, t, x["cand_mask"])[0] < 1e-4
     seen = set()
     for method in ("linear-int8", "palettize-6bit"):
         path = compress_coreml(fp32, tmp_path / f"{method}.mlpackage", method=method)
@@ -280,6 +284,6 @@ def test_ios18_compressed_programs_evaluate_like_coremltools(trained, lists, tmp
                 ours = OPS[op.op_type](**{k: v.val for k, v in op.inputs.items()})
                 np.testing.assert_allclose(ours, op.materialized_val_inference(), rtol=1e-6, atol=0)
                 seen.add(op.op_type)
-        diff, mean_tau, _ = compare(ref, coreml_scores(path, x), x["cand_mask"])
+        diff, _, mean_tau = fidelity(coreml_scores(path, x), ref, x["cand_mask"])
         assert 0 < diff < 1.0 and mean_tau > 0.9, (method, diff, mean_tau)
     assert seen == {"constexpr_blockwise_shift_scale", "constexpr_lut_to_dense"}

@@ -14,7 +14,7 @@ from edge_rerank.converters.bundle import write_bundle
 from edge_rerank.device_sdk.bundle import MANIFEST, read_bundle
 from edge_rerank.device_sdk.features import input_specs
 from edge_rerank.device_sdk.model_manager import HttpBundleSource, ModelManager
-from edge_rerank.device_sdk.signing import SIGNATURE, generate_keypair, sign_manifest
+from edge_rerank.device_sdk.signing import SIGNATURE_FILE, generate_keypair, sign_manifest
 
 pytest.importorskip("cryptography")
 
@@ -24,7 +24,7 @@ def _signed_copy(bundle_dir, out, version, private_key, fcfg):
     b = read_bundle(bundle_dir)
     new = write_bundle(out, model_file=b.model_path, fmt=b.manifest.format, name="device-reranker",
                        version=version, feature_config=fcfg)
-    (new / SIGNATURE).write_bytes(sign_manifest((new / MANIFEST).read_bytes(), private_key))
+    (new / SIGNATURE_FILE).write_bytes(sign_manifest((new / MANIFEST).read_bytes(), private_key))
     return new
 
 
@@ -43,7 +43,7 @@ def cloud(cloud_data, bundle_dir, fcfg, keys, tmp_path_factory):
     reg.publish(_signed_copy(bundle_dir, root / "v2", "v2", priv, fcfg))
     reg.publish(_signed_copy(bundle_dir, root / "evil", "evil", other_priv, fcfg))  # signed by someone else
     unsigned = _signed_copy(bundle_dir, root / "unsigned", "unsigned", priv, fcfg)
-    (unsigned / SIGNATURE).unlink()
+    (unsigned / SIGNATURE_FILE).unlink()
     reg.publish(unsigned)
     reg.publish(_signed_copy(bundle_dir, root / "tampered", "tampered", priv, fcfg))
     model_file = read_bundle(root / "registry" / "device-reranker" / "versions" / "tampered").manifest.model_file
@@ -102,7 +102,7 @@ def test_truncated_download_and_wrong_feature_version_keep_the_serving_model(clo
     class Truncating(HttpBundleSource):
         def fetch(self, name, version, rel):
             data = super().fetch(name, version, rel)
-            return data[: len(data) // 2] if rel not in (MANIFEST, SIGNATURE) else data
+            return data[: len(data) // 2] if rel not in (MANIFEST, SIGNATURE_FILE) else data
 
     mm = _manager(tmp_path, fcfg, keys[1])
     assert mm.update(HttpBundleSource(url), "device-reranker", "u1")

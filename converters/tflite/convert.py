@@ -13,8 +13,6 @@ import numpy as np
 
 from edge_rerank.converters.specs import ExportSpec, ToolchainMissing
 
-SIGNATURE = "serving_default"
-
 
 def export_tflite(model, example: dict[str, np.ndarray], path: str | Path, spec: ExportSpec) -> Path:
     """Convert `model` (a DeviceReranker in eval mode) to `path`. `example` is one real batch-1 input."""

@@ -14,7 +14,7 @@ import numpy as np
 
 from edge_rerank.device_sdk.backends.base import BackendError, batch_size, register
 
-SIGNATURE = "serving_default"
+SERVING_SIGNATURE = "serving_default"  # the signature the LiteRT converter writes and every caller runs
 
 
 class _TFLiteSignatureBackend:
@@ -33,10 +33,10 @@ class _TFLiteSignatureBackend:
             raise BackendError(f"{self.name}: no model file at {model_path}")
         try:
             self._interp = mod.Interpreter(model_path=str(model_path), num_threads=threads)
-            self._runner = self._interp.get_signature_runner(SIGNATURE)
+            self._runner = self._interp.get_signature_runner(SERVING_SIGNATURE)
         except Exception as exc:  # the interpreters raise ValueError/RuntimeError/SystemError for bad files
             raise BackendError(f"{self.name} cannot load {model_path}: {type(exc).__name__}: {exc}") from exc
-        sig = self._interp.get_signature_list()[SIGNATURE]
+        sig = self._interp.get_signature_list()[SERVING_SIGNATURE]
         self.input_names, self.output_name = list(sig["inputs"]), sig["outputs"][0]
         details = self._runner.get_input_details()
         self._dtypes = {n: np.dtype(d["dtype"]) for n, d in details.items()}
