@@ -35,7 +35,7 @@ from edge_rerank.device_sdk.features.config import (
     FeatureConfig,
     FieldSpec,
 )
-from edge_rerank.device_sdk.features.operators import encode_value, field_value, numeric_value
+from edge_rerank.device_sdk.features.operators import check_operators, encode_value, field_value, numeric_value
 
 UNKNOWN_WARN_RATE = 0.05
 MAX_EXAMPLES = 20
@@ -303,7 +303,7 @@ def infer_config(path: str | Path, *, base: FeatureConfig | None = None, max_voc
     cfg = replace(base, version="features-v2-inferred", n_max=min(4096, n_max), emb_dim=emb_dim or base.emb_dim,
                   dense_dim=dense_dim or base.dense_dim, fields=fields, embedding_fields=(),
                   event_kinds=tuple(roles.items()), label_gain=gain, candidate_ops=tuple(ops))
-    cfg.check_operators()
+    check_operators(cfg)
     summary = {"rows": len(rows), "fields": {f.name: f.to_dict() | {"distinct": len(cat_values.get(f.name, ()))}
                                              if f.kind == "categorical" else f.to_dict() for f in fields},
                "event_kinds": {k: {"events": kinds_seen[k], "role": roles[k]} for k in sorted(kinds_seen)},

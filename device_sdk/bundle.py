@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from edge_rerank.device_sdk.features.config import FeatureConfig
-from edge_rerank.device_sdk.features.operators import compile_op
+from edge_rerank.device_sdk.features.operators import check_operators
 from edge_rerank.device_sdk.signing import SIGNATURE_FILE, SignatureError, verify_manifest
 
 MANIFEST = "manifest.json"
@@ -219,11 +219,10 @@ def read_bundle(root: str | Path, *, expected_fingerprint: str | None = None,
     except (ValueError, TypeError, AttributeError, RecursionError, UnicodeDecodeError) as exc:
         raise BundleError(f"feature config unreadable: {type(exc).__name__}: {str(exc)[:200]}",
                           kind="bad_feature_config") from exc
-    for expr in cfg.candidate_ops:  # an operator this version does not know: refused before any model is loaded
-        try:
-            compile_op(expr)
-        except ValueError as exc:
-            raise BundleError(f"feature config: {exc}", kind="bad_feature_config") from exc
+    try:  # an operator this version cannot compute: refused before any model is loaded
+        check_operators(cfg)
+    except ValueError as exc:
+        raise BundleError(str(exc), kind="bad_feature_config") from exc
     if cfg.fingerprint() != manifest.feature_config_fingerprint:
         raise BundleError("feature config does not match the manifest's fingerprint", kind="bad_feature_config")
     if expected_fingerprint is not None and cfg.fingerprint() != expected_fingerprint:

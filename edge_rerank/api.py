@@ -194,6 +194,7 @@ def train(logs: str | Path, out: str | Path, *, feature_config: FeatureConfig | 
     from edge_rerank.cloud.training.data import SplitConfig, build_samples, split_sessions
     from edge_rerank.cloud.training.train import TrainConfig, fit, save_checkpoint
     from edge_rerank.device_sdk.features import FeatureConfig
+    from edge_rerank.device_sdk.features.operators import load_feature_config
 
     if feature_config is None:
         from edge_rerank.cloud.log_tools import infer_config, logs_are_v2
@@ -203,7 +204,7 @@ def train(logs: str | Path, out: str | Path, *, feature_config: FeatureConfig | 
     elif isinstance(feature_config, FeatureConfig):
         fcfg = feature_config
     else:
-        fcfg = FeatureConfig.load(feature_config)
+        fcfg = load_feature_config(feature_config)
     out = Path(out)
     rows = read_logs(logs)
     samples = build_samples(rows, fcfg, progress=progress)

@@ -483,11 +483,11 @@ def _add_logs_parser(sub) -> None:
 
 def _cmd_logs(a: argparse.Namespace) -> int:
     from edge_rerank.cloud.log_tools import infer_config, validate_logs
-    from edge_rerank.device_sdk.features import FeatureConfig
+    from edge_rerank.device_sdk.features.operators import load_feature_config
 
     try:
         if a.logs_command == "validate":
-            cfg = FeatureConfig.load(a.feature_config) if a.feature_config else None
+            cfg = load_feature_config(a.feature_config) if a.feature_config else None
             rep = validate_logs(a.dir, cfg)
             print(json.dumps(rep.to_dict(), indent=2, default=str) if a.json else rep.text())
             return 0 if rep.ok else 1

@@ -26,8 +26,8 @@ import numpy as np
 
 from edge_rerank.device_sdk.contracts import Context, PageItem
 from edge_rerank.simulator.randomness import crn_uniform_array
-from edge_rerank.simulator.user_model import IntentHypotheses, UserModel, UserModelConfig, UserState
-from edge_rerank.simulator.world import SessionSpec, World, WorldConfig, _unit
+from edge_rerank.simulator.user_model import USER_MODELS, IntentHypotheses, UserModel, UserModelConfig, UserState
+from edge_rerank.simulator.world import WORLD_DOMAINS, SessionSpec, World, WorldConfig, _unit
 
 TOPICS = ("world", "politics", "business", "tech", "science", "health", "sports", "movies", "music", "gaming",
           "food", "travel")
@@ -169,3 +169,7 @@ class FeedUserModel(UserModel):
         return IntentHypotheses(log_prior=np.full(len(intents), -np.log(len(intents))),
                                 utility=lambda rows: self.utility_under(spec.user, intents, rows),
                                 truth=int(np.flatnonzero(intents == spec.intent)[0]))
+
+
+WORLD_DOMAINS["feed"] = FeedWorld
+USER_MODELS["feed"] = FeedUserModel

@@ -108,14 +108,17 @@ class IntentHypotheses:
     truth: int = -1
 
 
+# domain -> UserModel subclass, filled by each domain's module on import (as world.WORLD_DOMAINS)
+USER_MODELS: dict[str, type] = {}
+
+
 class UserModel:
-    """The shop user; ``UserModel(world)`` on a feed world builds a :class:`simulator.feed.FeedUserModel`."""
+    """The shop user; ``UserModel(world)`` on another domain's world builds that domain's user model
+    (:class:`simulator.feed.FeedUserModel`)."""
 
     def __new__(cls, world: World | None = None, cfg: UserModelConfig | None = None):
-        if cls is UserModel and world is not None and world.cfg.domain == "feed":
-            from edge_rerank.simulator.feed import FeedUserModel
-
-            return super().__new__(FeedUserModel)
+        if cls is UserModel and world is not None and world.cfg.domain != "shop":
+            return super().__new__(USER_MODELS[world.cfg.domain])
         return super().__new__(cls)
 
     def __init__(self, world: World, cfg: UserModelConfig | None = None):

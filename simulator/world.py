@@ -79,16 +79,22 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-9)
 
 
+# domain -> World subclass, filled by each domain's module on import (simulator/feed.py registers "feed";
+# the package imports it), so this module never imports its subclasses
+WORLD_DOMAINS: dict[str, type] = {}
+
+
 class World:
-    """The shop world; ``World(WorldConfig(domain="feed"))`` builds a :class:`simulator.feed.FeedWorld`."""
+    """The shop world; ``World(WorldConfig(domain="feed"))`` builds the domain's subclass
+    (:class:`simulator.feed.FeedWorld`)."""
 
     reshows_items = False  # does the cloud re-show items of earlier pages in later ones (the feed does)
 
     def __new__(cls, cfg: WorldConfig | None = None):
-        if cls is World and cfg is not None and cfg.domain == "feed":
-            from edge_rerank.simulator.feed import FeedWorld
-
-            return super().__new__(FeedWorld)
+        if cls is World and cfg is not None and cfg.domain != "shop":
+            if cfg.domain not in WORLD_DOMAINS:
+                raise ValueError(f"unknown world domain {cfg.domain!r}; known: {['shop', *WORLD_DOMAINS]}")
+            return super().__new__(WORLD_DOMAINS[cfg.domain])
         return super().__new__(cls)
 
     def __init__(self, cfg: WorldConfig):

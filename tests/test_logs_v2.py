@@ -28,6 +28,7 @@ from edge_rerank.cloud.logs import (
 from edge_rerank.device_sdk.contracts import Context, EventKind, FeedbackEvent, ImpressionRow, PageItem
 from edge_rerank.device_sdk.features import FeatureBuilder, FeatureConfig
 from edge_rerank.device_sdk.features.config import FieldSpec
+from edge_rerank.device_sdk.features.operators import load_feature_config
 
 NEWS = LogDeclaration(categorical=("topic", "publisher", "language"), numeric=("word_count",), vector_dim=8)
 KINDS = {"impression": "negative", "long_read": "positive"}
@@ -204,7 +205,7 @@ def test_old_configs_load_and_keep_their_fingerprint(tmp_path, fcfg):
                        ({"candidate_ops": ["hit:topic:click"]}, "unknown field")]:
         (tmp_path / "c.json").write_text(json.dumps({**d, **bad}))
         with pytest.raises(ValueError, match=match):
-            FeatureConfig.load(tmp_path / "c.json")
+            load_feature_config(tmp_path / "c.json")
 
 
 # ---- properties ------------------------------------------------------------------------------------------

@@ -369,16 +369,6 @@ class FeatureConfig:
             d["event_kinds"] = tuple(d["event_kinds"].items())
         return cls(**d)  # operator names are checked where they are compiled (FeatureBuilder, read_bundle)
 
-    def check_operators(self) -> None:
-        """ValueError unless every candidate operator compiles against this config's declared fields."""
-        from edge_rerank.device_sdk.features.operators import compile_op
-
-        for expr in self.candidate_ops:
-            try:
-                compile_op(expr, self)
-            except ValueError as exc:
-                raise ValueError(f"feature config: {exc}") from None
-
     def fingerprint(self) -> str:
         """A short hash of everything that changes the features — the config's values and the operators' code
         version (``OPERATORS_VERSION``): the device checks it against a bundle."""
@@ -395,8 +385,7 @@ class FeatureConfig:
             raise ValueError(f"feature config {path} is not a JSON object")
         fp = d.pop("fingerprint", None)
         try:
-            cfg = cls.from_dict(d)
-            cfg.check_operators()
+            cfg = cls.from_dict(d)  # values and structure; operators: operators.load_feature_config
         except (TypeError, ValueError) as exc:
             raise ValueError(f"feature config {path}: {exc}") from None
         if fp is not None and fp != cfg.fingerprint():

@@ -10,6 +10,7 @@ import math
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -533,3 +534,23 @@ def candidate_table(inputs: dict[str, np.ndarray]) -> np.ndarray:
 
 
 N_CATEGORICAL_TABLE_COLUMNS = 5
+
+
+def check_operators(cfg: FeatureConfig) -> None:
+    """ValueError unless every candidate operator of `cfg` compiles against its declared fields."""
+    for expr in cfg.candidate_ops:
+        try:
+            compile_op(expr, cfg)
+        except ValueError as exc:
+            raise ValueError(f"feature config: {exc}") from None
+
+
+def load_feature_config(path: str | Path) -> FeatureConfig:
+    """A feature config file, refused (ValueError naming the file) for malformed values *or* operators this
+    version cannot compute: what every loader of a user-supplied config calls."""
+    cfg = FeatureConfig.load(path)
+    try:
+        check_operators(cfg)
+    except ValueError as exc:
+        raise ValueError(f"feature config {path}: {exc}") from None
+    return cfg
