@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from edge_rerank.cloud.training.data import Samples
+from edge_rerank.cloud.training.data import Samples, list_lengths, trim_padding
 from edge_rerank.cloud.training.losses import LOSSES, PAD
 from edge_rerank.cloud.training.model import DeviceReranker, ModelConfig, n_params, to_tensors
 from edge_rerank.cloud.training.train import TrainConfig, evaluate, fit, fit_loop, predict
@@ -76,11 +76,11 @@ def distill(teacher: DeviceReranker, train: Samples, valid: Samples, *, student_
     label_loss = LOSSES[tcfg.loss]()
     names = student.input_names
 
-    def step(idx: np.ndarray) -> torch.Tensor:
-        batch = {k: v[idx] for k, v in train.inputs.items()}
+    def step(idx: np.ndarray) -> torch.Tensor:  # batches trimmed and bucketed as in plain training (train.fit)
+        batch, labels = trim_padding({k: v[idx] for k, v in train.inputs.items()}, train.labels[idx])
         s = student(*to_tensors(batch, names))
-        m, t = torch.from_numpy(batch["cand_mask"]), torch.from_numpy(t_train[idx])
-        loss = alpha_label * label_loss(s, torch.from_numpy(train.labels[idx]), m)
+        m, t = torch.from_numpy(batch["cand_mask"]), torch.from_numpy(t_train[idx][:, : s.shape[1]])
+        loss = alpha_label * label_loss(s, torch.from_numpy(labels), m)
         if alpha_score:
             loss = loss + alpha_score * score_distill_loss(s, t, m)
         if alpha_list:
@@ -88,7 +88,8 @@ def distill(teacher: DeviceReranker, train: Samples, valid: Samples, *, student_
         return loss
 
     loop = fit_loop(student, step, lambda: evaluate(predict(student, valid), valid), len(train), tcfg,
-                    desc="distill", progress=progress)
+                    lengths=list_lengths(train.inputs) if tcfg.bucket_by_length else None, desc="distill",
+                    progress=progress)
     s_valid = predict(student, valid)
     report = {
         "teacher_params": n_params(teacher), "student_params": n_params(student),

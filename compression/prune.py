@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from edge_rerank.cloud.training.data import Samples
+from edge_rerank.cloud.training.data import Samples, list_lengths
 from edge_rerank.cloud.training.losses import LOSSES
 from edge_rerank.cloud.training.model import DeviceReranker, n_params
 from edge_rerank.cloud.training.train import TrainConfig, evaluate, fit_loop, label_step, predict
@@ -181,7 +181,7 @@ def magnitude_prune(model: DeviceReranker, train: Samples, valid: Samples, *, sp
         step = label_step(pruned, train, LOSSES[tcfg.loss]())
         loop = fit_loop(pruned, step, lambda: evaluate(predict(pruned, valid), valid), len(train),
                         replace(tcfg, epochs=finetune_epochs), desc=f"prune {sparsity:.0%} fine-tune",
-                        progress=progress)
+                        lengths=list_lengths(train.inputs) if tcfg.bucket_by_length else None, progress=progress)
         if max(h["ndcg@10"] for h in loop["history"]) > ndcg_pruned:
             kept = "finetuned"  # fit_loop restored its best epoch
         else:

@@ -42,7 +42,9 @@ def kendall_tau(a: np.ndarray, b: np.ndarray) -> float:
     const_a, const_b = bool(np.all(a == a[0])), bool(np.all(b == b[0]))
     if const_a or const_b:
         return 1.0 if const_a and const_b else 0.0
-    return float(kendalltau(a, b, variant="b").statistic)
+    if np.array_equal(a, b):
+        return 1.0  # exactly (scipy's tau-b of identical vectors can be 1 - 1e-16)
+    return float(np.clip(kendalltau(a, b, variant="b").statistic, -1.0, 1.0))
 
 
 def list_taus(scores: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> list[float]:
