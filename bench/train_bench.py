@@ -70,9 +70,10 @@ def main() -> None:
     s_base = build_samples(rows, replace(full, candidate_ops=BASE_OPS), progress=False)
     results = []
     for name, fc, s, mc in [("PRM, no feedback", replace(full, candidate_ops=BASE_OPS), s_base,
-                             ModelConfig(use_feedback=False)),
-                            ("+ Match&Aggregate", full, s_full, ModelConfig(use_feedback=False)),
-                            ("+ MVFAN (full model)", full, s_full, ModelConfig())]:
+                             ModelConfig(residual=False)),
+                            ("+ Match&Aggregate", full, s_full, ModelConfig(residual=False)),
+                            ("+ MVFAN", full, s_full, ModelConfig(use_feedback=True, residual=False)),
+                            ("default (M&A + residual)", full, s_full, ModelConfig())]:
         for threads in (1, 2):
             torch.set_num_threads(threads)
             torch.manual_seed(0)

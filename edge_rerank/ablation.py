@@ -10,7 +10,8 @@ cloud order). Rows:
   LightGBM lambdarank        gradient-boosted trees on the same per-candidate features
   PRM, no feedback           transformer over the candidates, cloud features only
   + Match&Aggregate          ... plus the hit/frequency/step/distance features of the feedback
-  + MVFAN                    ... plus the feedback attention network (the full device model)
+  + MVFAN                    ... plus the feedback attention network (opt-in since issue 14)
+  M&A + residual (default)   Match&Aggregate, scores added to the cloud score (the shipped default)
   + joint training           ... with a trained cloud ranker whose hidden layer is tuned jointly (the cloud
                              then serves that ranker, so its own cloud-only arm is reported beside it)
 plus two MVFAN part rows (offline only): without the negatives<->positives cross attention, id view only.
@@ -143,11 +144,14 @@ def run_ablation(cfg: AblationConfig, *, progress: bool = True) -> dict:
                        note=f"{gsum['best_iteration']} trees"))
 
     variants = [
-        ("PRM, no feedback", base, (tr_base, va_base, te_base), ModelConfig(use_feedback=False), True),
-        ("+ Match&Aggregate", full, (tr_full, va_full, te_full), ModelConfig(use_feedback=False), True),
-        ("+ MVFAN", full, (tr_full, va_full, te_full), ModelConfig(), True),
-        ("MVFAN without cross attention", full, (tr_full, va_full, te_full), ModelConfig(cross=False), False),
-        ("MVFAN, id view only", full, (tr_full, va_full, te_full), ModelConfig(views=("id",)), False),
+        ("PRM, no feedback", base, (tr_base, va_base, te_base), ModelConfig(residual=False), True),
+        ("+ Match&Aggregate", full, (tr_full, va_full, te_full), ModelConfig(residual=False), True),
+        ("+ MVFAN", full, (tr_full, va_full, te_full), ModelConfig(use_feedback=True, residual=False), True),
+        ("M&A + residual on the cloud score (default)", full, (tr_full, va_full, te_full), ModelConfig(), True),
+        ("MVFAN without cross attention", full, (tr_full, va_full, te_full),
+         ModelConfig(use_feedback=True, residual=False, cross=False), False),
+        ("MVFAN, id view only", full, (tr_full, va_full, te_full),
+         ModelConfig(use_feedback=True, residual=False, views=("id",)), False),
     ]
     for name, fc, (tr, va, te), mc, online in tqdm(variants, desc="variants", disable=not progress, leave=False):
         t = time.perf_counter()

@@ -88,7 +88,8 @@ def _cmd_train(a: argparse.Namespace) -> int:
     from edge_rerank.cloud.training.data import SplitConfig
     from edge_rerank.cloud.training.model import ModelConfig
 
-    mcfg = ModelConfig(use_feedback=not a.no_mvfan, cross=not a.no_cross, views=tuple(a.views.split(",")))
+    mcfg = ModelConfig(use_feedback=a.mvfan, residual=not a.no_residual, cross=not a.no_cross,
+                       views=tuple(a.views.split(",")))
     try:
         split = SplitConfig(valid_share=a.valid_share, test_share=a.test_share, seed=a.seed)
         r = train(a.logs, a.out, feature_config=a.feature_config, epochs=a.epochs, loss=a.loss, seed=a.seed,
@@ -359,7 +360,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of sessions for test (reported numbers only; recorded in the checkpoint)")
     t.add_argument("--tune", type=int, default=0, metavar="N",
                    help="search N model/training configurations first (Optuna, scored on validation only)")
-    t.add_argument("--no-mvfan", action="store_true", help="PRM without the feedback attention network")
+    t.add_argument("--mvfan", action="store_true",
+                   help="add the MVFAN feedback attention network (off by default: it lost to Match&Aggregate-only "
+                        "on held-out sessions, see the README)")
+    t.add_argument("--no-residual", action="store_true",
+                   help="score from scratch instead of adding to the cloud score (the default keeps the cloud order "
+                        "on lists without feedback)")
     t.add_argument("--no-cross", action="store_true", help="MVFAN without negatives<->positives cross attention")
     t.add_argument("--views", default="id,attr,context", help="MVFAN query views (comma-separated)")
     t.add_argument("--joint", metavar="CLOUD_DATA",

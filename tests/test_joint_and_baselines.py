@@ -129,7 +129,7 @@ def test_ablation_runs_every_variant_offline_and_online(tmp_path):
         assert 0.0 < r["offline"]["ndcg@10"] <= 1.0, name
     online = {n for n, r in rows.items() if r["online"]}
     assert online == {"cloud order", "heuristic", "LightGBM lambdarank", "PRM, no feedback", "+ Match&Aggregate",
-                      "+ MVFAN", "+ joint training"}
+                      "+ MVFAN", "M&A + residual on the cloud score (default)", "+ joint training"}
     assert "delta_qv_ctr" in rows["+ MVFAN"]["online"] and "delta_qv_ctr" not in rows["cloud order"]["online"]
     md = (tmp_path / "ablation.md").read_text()
     assert all(f"| {n} |" in md for n in rows)

@@ -39,12 +39,14 @@ class ModelConfig:
     n_heads: int = 2
     n_layers: int = 1
     ffn: int = 64
-    use_feedback: bool = True  # False: a PRM over the candidates that ignores the feedback sequence
+    # The default is Match&Aggregate + PRM + the residual on the cloud score; MVFAN (use_feedback) is opt-in: on
+    # every seed and after an Optuna search it scored below M&A-only on held-out sessions (README, "Quality").
+    use_feedback: bool = False  # True: MVFAN attention over the feedback sequence; False: a PRM over the candidates
     cross: bool = True  # negatives <-> positives cross attention inside the feedback sequence
     views: tuple[str, ...] = ("id", "attr", "context")  # queries over the feedback sequences
     wide: bool = False  # add a linear read-out of the (standardised) candidate features to the score
     dropout: float = 0.2  # after fusing the candidate parts (training only; export runs in eval mode)
-    residual: bool = False  # score = w * cloud_score + has_feedback * model (needs the `cloud_score` operator)
+    residual: bool = True  # score = w * cloud_score + has_feedback * model (needs the `cloud_score` operator)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "views", tuple(self.views))

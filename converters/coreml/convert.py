@@ -21,7 +21,8 @@ from edge_rerank.converters.specs import ExportSpec, ToolchainMissing
 # model or the toolchain changed: review it (e.g. an op without Neural Engine support) before shipping.
 EXPECTED_OPS = frozenset({"const", "linear", "gather", "add", "expand_dims", "sub", "mul", "split", "matmul",
                           "concat", "softmax", "slice_by_index", "tile", "relu", "reshape", "transpose",
-                          "squeeze", "layer_norm", "real_div", "cast"})
+                          "squeeze", "layer_norm", "real_div", "cast",
+                          "reduce_sum", "clip", "identity"})  # (the residual on the cloud score)
 _DTYPES = {"int32": "INT32", "float32": "FLOAT32"}
 MIN_TARGET = "iOS16"
 

@@ -167,6 +167,11 @@ OPS = {
     "squeeze": lambda x, axes=None: np.squeeze(x, None if axes is None else tuple(int(a) for a in np.atleast_1d(axes))),
     "layer_norm": _layer_norm,
     "cast": lambda x, dtype: np.asarray(x).astype(_CAST[str(dtype)]),
+    # the residual on the cloud score (has_feedback = clamp(sum of the feedback masks, 0, 1))
+    "reduce_sum": lambda x, axes=None, keep_dims=False: np.sum(
+        x, axis=None if axes is None else tuple(int(a) for a in np.atleast_1d(axes)), keepdims=bool(keep_dims)),
+    "clip": lambda x, alpha, beta: np.clip(x, alpha, beta),
+    "identity": lambda x: np.asarray(x),
     # iOS18 conversions of the same model add these two (seen while checking the iOS18 constexpr ops)
     "greater_equal": lambda x, y: np.greater_equal(x, y),
     "select": lambda cond, a, b: np.where(cond, a, b),
