@@ -22,10 +22,10 @@ import torch
 from torch import nn
 
 from edge_rerank.cloud.training.cloud_ranker import (
+    CLOUD_TRAIN_CONFIG,
     CloudFeaturizer,
     CloudRanker,
     CloudRankerConfig,
-    CloudTrainConfig,
     fit_cloud_ranker,
     page_lists,
     save_cloud_ranker,
@@ -47,7 +47,7 @@ from edge_rerank.device_sdk.features import FeatureConfig
 
 @dataclass(frozen=True)
 class JointConfig:
-    cloud: CloudTrainConfig = CloudTrainConfig()
+    cloud: TrainConfig = CLOUD_TRAIN_CONFIG
     cloud_model: CloudRankerConfig = CloudRankerConfig()
     finetune_epochs: int = 4
     finetune_lr_scale: float = 0.3  # stage 3 runs at this share of the device learning rate
