@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from edge_rerank.cloud.training.data import build_samples, split_by_session
-from edge_rerank.cloud.training.train import TrainConfig, evaluate, fit, predict
+from edge_rerank.cloud.training.train import TrainConfig, evaluate_lists, fit, predict
 from edge_rerank.compression.distill import STUDENT_PRESETS, distill
 from edge_rerank.compression.prune import magnitude_prune
 from edge_rerank.compression.sizes import gzip_size
@@ -56,7 +56,7 @@ def main() -> None:
     res: dict = {"lists": {"train": len(train), "valid": len(valid), "test": len(test)}, "sessions": a.sessions}
 
     def ndcg(scores: np.ndarray) -> float:
-        return evaluate(scores, test)["ndcg@10"]
+        return evaluate_lists(scores, test)["ndcg@10"]
 
     def sizes(model, name: str) -> dict:
         f = export_onnx(model, {k: v[:1] for k, v in test.inputs.items()}, tmp / f"{name}.onnx")

@@ -31,8 +31,8 @@ from edge_rerank.ablation import BASE_OPS, _heuristic_samples
 from edge_rerank.api import feature_config_for
 from edge_rerank.cloud.training.data import SplitConfig
 from edge_rerank.cloud.training.gbdt import fit_gbdt, predict_gbdt
-from edge_rerank.cloud.training.metrics import gain_with_ci, ndcg_at_k
 from edge_rerank.cloud.training.model import ModelConfig
+from edge_rerank.cloud.training.ranking_metrics import gain_with_ci, ndcg_at_k
 from edge_rerank.cloud.training.train import TrainConfig, cloud_order_scores, fit, predict
 from edge_rerank.device_sdk.features.config import IDENTITY_OPS
 from edge_rerank.runs import logged_world, split_samples

@@ -23,7 +23,7 @@ from edge_rerank.cloud.embedding_store import FileEmbeddingStore
 from edge_rerank.cloud.ranking.fine import FEATURES, FineRanker, default_ranker_weights
 from edge_rerank.cloud.ranking.pipeline import SearchPipeline
 from edge_rerank.cloud.training.losses import LOSSES
-from edge_rerank.cloud.training.metrics import ndcg_at_k
+from edge_rerank.cloud.training.ranking_metrics import ndcg_at_k
 from edge_rerank.cloud.training.train import TrainConfig, fit_loop
 from edge_rerank.device_sdk.contracts import DEFAULT_PAGE_SIZE, Context, ImpressionRow
 
