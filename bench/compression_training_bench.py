@@ -20,16 +20,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edge_rerank.ablation import _simulate_rows
 from edge_rerank.cloud.training.data import build_samples, split_by_session
-from edge_rerank.cloud.training.train import TrainConfig, evaluate, fit, predict
+from edge_rerank.cloud.training.train import TrainConfig, evaluate_lists, fit, predict
 from edge_rerank.compression.distill import STUDENT_PRESETS, distill
 from edge_rerank.compression.prune import magnitude_prune
 from edge_rerank.compression.sizes import gzip_size
 from edge_rerank.converters.onnx.convert import export_onnx
 from edge_rerank.converters.validate import fidelity
 from edge_rerank.pipeline import feature_config_for
-from edge_rerank.simulator.transport import InProcessCloud
+from edge_rerank.runs import logged_world
 from edge_rerank.simulator.world import World, WorldConfig
 
 PRUNE = (("global", 0.5), ("global", 0.7), ("global", 0.9), ("layer", 0.7), ("layer", 0.9))
@@ -50,15 +49,14 @@ def main() -> None:
     wcfg = WorldConfig(seed=0)
     world = World(wcfg)
     fcfg = feature_config_for(wcfg)
-    rows = _simulate_rows(world, InProcessCloud(str(world.provision_cloud(tmp / "cloud_data"))), a.sessions, 1000,
-                          progress=False)
+    rows = logged_world(world, tmp / "cloud_data", a.sessions, 1000, progress=False).rows
     samples = build_samples(rows, fcfg, progress=False)
     trainval, test = split_by_session(samples, seed=0)
     train, valid = split_by_session(trainval, seed=1)
     res: dict = {"lists": {"train": len(train), "valid": len(valid), "test": len(test)}, "sessions": a.sessions}
 
     def ndcg(scores: np.ndarray) -> float:
-        return evaluate(scores, test)["ndcg@10"]
+        return evaluate_lists(scores, test)["ndcg@10"]
 
     def sizes(model, name: str) -> dict:
         f = export_onnx(model, {k: v[:1] for k, v in test.inputs.items()}, tmp / f"{name}.onnx")

@@ -20,7 +20,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from edge_rerank.cloud.training.data import build_samples, split_sessions
 from edge_rerank.cloud.training.train import TrainConfig, fit
 from edge_rerank.converters.export import export_formats
 from edge_rerank.converters.specs import FORMATS
@@ -33,17 +32,15 @@ def _data(a):
 
         held = load_held_out(a.checkpoint, a.logs, progress=True)  # its recorded test split
         return held.model, held.summary, held.test
-    from edge_rerank.ablation import _simulate_rows
     from edge_rerank.pipeline import feature_config_for
-    from edge_rerank.simulator.transport import InProcessCloud
+    from edge_rerank.runs import logged_world, split_samples
     from edge_rerank.simulator.world import World, WorldConfig
 
     wcfg = WorldConfig(seed=0)
     world = World(wcfg)
-    data = world.provision_cloud(Path(a.work) / "cloud_data")
-    rows = _simulate_rows(world, InProcessCloud(str(data)), a.sessions, 1000, progress=True)
+    rows = logged_world(world, Path(a.work) / "cloud_data", a.sessions, 1000).rows
     fcfg = feature_config_for(wcfg)
-    _, train, valid, test = split_sessions(build_samples(rows, fcfg, progress=True))
+    _, train, valid, test = split_samples(rows, fcfg)
     model, summary = fit(train, valid, fcfg, tcfg=TrainConfig(epochs=a.epochs, threads=1), test=test, progress=True)
     return model, summary, test
 

@@ -27,15 +27,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edge_rerank.ablation import BASE_OPS, _heuristic_samples, _simulate_rows
+from edge_rerank.ablation import BASE_OPS, _heuristic_samples
 from edge_rerank.api import feature_config_for
-from edge_rerank.cloud.training.data import SplitConfig, build_samples, split_sessions
+from edge_rerank.cloud.training.data import SplitConfig
 from edge_rerank.cloud.training.gbdt import fit_gbdt, predict_gbdt
-from edge_rerank.cloud.training.metrics import gain_with_ci, ndcg_at_k
 from edge_rerank.cloud.training.model import ModelConfig
+from edge_rerank.cloud.training.ranking_metrics import gain_with_ci, ndcg_at_k
 from edge_rerank.cloud.training.train import TrainConfig, cloud_order_scores, fit, predict
 from edge_rerank.device_sdk.features.config import IDENTITY_OPS
-from edge_rerank.simulator.transport import InProcessCloud
+from edge_rerank.runs import logged_world, split_samples
 from edge_rerank.simulator.world import World, WorldConfig
 
 VARIANTS = {
@@ -53,12 +53,11 @@ def _ndcg(scores, samples) -> np.ndarray:
 def run_world(domain: str, seed: int, n_sessions: int, epochs: int, out: Path) -> dict:
     wcfg = WorldConfig(seed=0, domain=domain)
     world = World(wcfg)
-    cloud = InProcessCloud(str(world.provision_cloud(out / f"cloud_data_{domain}")), wire=False)
-    t = time.perf_counter()
-    rows = _simulate_rows(world, cloud, n_sessions, seed=1000 + seed, progress=False)
+    t = time.perf_counter()  # provisioning included
+    rows = logged_world(world, out / f"cloud_data_{domain}", n_sessions, 1000 + seed, wire=False,
+                        progress=False).rows
     fcfg = feature_config_for(wcfg)
-    samples = build_samples(rows, fcfg, progress=False)
-    split, tr, va, te = split_sessions(samples, SplitConfig(seed=seed))
+    split, tr, va, te = split_samples(rows, fcfg, SplitConfig(seed=seed), progress=False)
     res: dict = {"world": domain, "seed": seed, "lists": {"train": len(tr), "valid": len(va), "test": len(te)},
                  "simulate_and_features_s": time.perf_counter() - t, "ndcg10": {}, "gains": {}}
     per_list = {"cloud order": _ndcg(cloud_order_scores(te), te)}
@@ -77,8 +76,7 @@ def run_world(domain: str, seed: int, n_sessions: int, epochs: int, out: Path) -
                          replace(fcfg, candidate_ops=tuple(op for op in fcfg.candidate_ops if op not in IDENTITY_OPS)),
                          ModelConfig()))
     for name, fc, mcfg in variants:
-        s = build_samples(rows, fc, progress=False)
-        _, tr2, va2, te2 = split_sessions(s, SplitConfig(seed=seed))
+        _, tr2, va2, te2 = split_samples(rows, fc, SplitConfig(seed=seed), progress=False)
         model, _ = fit(tr2, va2, fc, mcfg, tcfg, progress=False)
         per_list[name] = _ndcg(predict(model, te2), te2)
     sids = te.session_ids

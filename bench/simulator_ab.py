@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from edge_rerank.simulator.ab import run_ab  # noqa: E402
 from edge_rerank.simulator.arms import ArmSpec, build_arm  # noqa: E402
-from edge_rerank.simulator.phone import Phone, PhoneConfig  # noqa: E402
+from edge_rerank.simulator.phone import PhoneConfig  # noqa: E402
 from edge_rerank.simulator.report import write_report  # noqa: E402
 from edge_rerank.simulator.transport import InProcessCloud  # noqa: E402
 from edge_rerank.simulator.user_model import UserModel  # noqa: E402
@@ -31,14 +31,14 @@ from edge_rerank.simulator.world import World, WorldConfig  # noqa: E402
 
 
 def train_bundle(world: World, cloud, out: Path, n_sessions: int, epochs: int, seed: int) -> tuple[Path, dict]:
-    from edge_rerank.cloud.training.data import SplitConfig, build_samples, split_sessions
+    from edge_rerank.cloud.training.data import SplitConfig
     from edge_rerank.cloud.training.train import TrainConfig, fit
     from edge_rerank.pipeline import export_bundle, feature_config_for
+    from edge_rerank.runs import simulate_cloud_only, split_samples
 
     fcfg = feature_config_for(world.cfg)
-    phone = Phone(UserModel(world), cloud, arm="cloud")
-    rows = [r for i in range(n_sessions) for r in phone.run(world.session(i, 1000 + seed)).rows]
-    split, train, valid, test = split_sessions(build_samples(rows, fcfg, progress=True), SplitConfig(seed=seed))
+    rows = simulate_cloud_only(world, cloud, n_sessions, 1000 + seed, progress=False)
+    split, train, valid, test = split_samples(rows, fcfg, SplitConfig(seed=seed))
     model, summary = fit(train, valid, fcfg, tcfg=TrainConfig(epochs=epochs, seed=seed), test=test, progress=True)
     summary["split"] = split.describe()
     bundle, _ = export_bundle(model, test, out, version=f"simulator-ab-{seed}", n_validate=50,

@@ -43,15 +43,13 @@ def rate(arm: Arm, um: UserModel, cloud, n: int, seed: int, warmup: int = 200) -
 
 def small_bundle(world: World, cloud, out: Path) -> Path:
     """Train a small device model on cloud-only logs (2 epochs) and export its ONNX bundle."""
-    from edge_rerank.cloud.training.data import build_samples, split_sessions
     from edge_rerank.cloud.training.train import TrainConfig, fit
     from edge_rerank.pipeline import export_bundle, feature_config_for
-    from edge_rerank.simulator.phone import Phone
+    from edge_rerank.runs import simulate_cloud_only, split_samples
 
     fcfg = feature_config_for(world.cfg)
-    phone = Phone(UserModel(world), cloud, arm="cloud")
-    rows = [r for i in range(600) for r in phone.run(world.session(i, 99)).rows]
-    _, train, valid, test = split_sessions(build_samples(rows, fcfg, progress=False))
+    rows = simulate_cloud_only(world, cloud, 600, 99, progress=False)
+    _, train, valid, test = split_samples(rows, fcfg, progress=False)
     model, summary = fit(train, valid, fcfg, tcfg=TrainConfig(epochs=2, threads=1), test=test, progress=False)
     bundle, _ = export_bundle(model, test, out, version="bench", n_validate=20, metrics=summary["test_model"])
     return bundle

@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edge_rerank.ablation import BASE_OPS, _simulate_rows
+from edge_rerank.ablation import BASE_OPS
 from edge_rerank.cloud.training.data import build_samples
 from edge_rerank.cloud.training.losses import LOSSES
 from edge_rerank.cloud.training.model import DeviceReranker, ModelConfig, to_tensors
 from edge_rerank.pipeline import feature_config_for
-from edge_rerank.simulator.transport import InProcessCloud
+from edge_rerank.runs import logged_world
 from edge_rerank.simulator.world import World, WorldConfig
 
 
@@ -60,8 +60,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True) if out.suffix == "" else out.parent.mkdir(parents=True, exist_ok=True)
     wcfg = WorldConfig(seed=0)
     world = World(wcfg)
-    data = world.provision_cloud(Path("runs/bench/train_cloud_data"))
-    rows = _simulate_rows(world, InProcessCloud(str(data)), a.sessions, 1000, progress=False)
+    rows = logged_world(world, Path("runs/bench/train_cloud_data"), a.sessions, 1000, progress=False).rows
     full = feature_config_for(wcfg)
     t = time.perf_counter()
     s_full = build_samples(rows, full, progress=False)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from edge_rerank.cloud.training.metrics import ndcg_at_k
+from edge_rerank.cloud.training.ranking_metrics import ndcg_at_k
 from edge_rerank.compression.methods import METHODS, REFERENCE, Context, Method
 from edge_rerank.compression.sizes import file_size, gzip_size
 from edge_rerank.converters.export import median_latency_ms

@@ -20,7 +20,7 @@ import torch
 from edge_rerank.cloud.training.data import Samples, list_lengths, trim_padding
 from edge_rerank.cloud.training.losses import LOSSES, PAD
 from edge_rerank.cloud.training.model import DeviceReranker, ModelConfig, n_params, to_tensors
-from edge_rerank.cloud.training.train import TrainConfig, evaluate, fit, fit_loop, predict
+from edge_rerank.cloud.training.train import TrainConfig, evaluate_lists, fit, fit_loop, predict
 from edge_rerank.converters.validate import fidelity
 
 STUDENT_PRESETS: dict[str, ModelConfig] = {
@@ -87,7 +87,7 @@ def distill(teacher: DeviceReranker, train: Samples, valid: Samples, *, student_
             loss = loss + alpha_list * list_distill_loss(s, t, m, temperature)
         return loss
 
-    loop = fit_loop(student, step, lambda: evaluate(predict(student, valid), valid), len(train), tcfg,
+    loop = fit_loop(student, step, lambda: evaluate_lists(predict(student, valid), valid), len(train), tcfg,
                     lengths=list_lengths(train.inputs) if tcfg.bucket_by_length else None, desc="distill",
                     progress=progress)
     s_valid = predict(student, valid)
@@ -96,8 +96,8 @@ def distill(teacher: DeviceReranker, train: Samples, valid: Samples, *, student_
         "student_config": student.mcfg.to_dict(),
         "losses": {"label": tcfg.loss, "alpha_label": alpha_label, "alpha_score": alpha_score,
                    "alpha_list": alpha_list, "temperature": temperature},
-        "ndcg10_teacher": evaluate(t_valid, valid)["ndcg@10"],
-        "ndcg10_student": evaluate(s_valid, valid)["ndcg@10"],
+        "ndcg10_teacher": evaluate_lists(t_valid, valid)["ndcg@10"],
+        "ndcg10_student": evaluate_lists(s_valid, valid)["ndcg@10"],
         "tau_vs_teacher": fidelity(s_valid, t_valid, valid.mask)[2],
         "distill": loop,
     }
@@ -105,7 +105,7 @@ def distill(teacher: DeviceReranker, train: Samples, valid: Samples, *, student_
         base, summary = fit(train, valid, teacher.fcfg, student_cfg, tcfg, progress=progress)
         b_valid = predict(base, valid)
         report["label_only"] = {
-            "ndcg10": evaluate(b_valid, valid)["ndcg@10"],
+            "ndcg10": evaluate_lists(b_valid, valid)["ndcg@10"],
             "tau_vs_teacher": fidelity(b_valid, t_valid, valid.mask)[2],
             "epochs_run": summary["epochs_run"],
         }

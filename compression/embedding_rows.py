@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from edge_rerank.cloud.page_codec import encode_items
-from edge_rerank.cloud.training.metrics import ndcg_at_k
+from edge_rerank.cloud.training.ranking_metrics import ndcg_at_k
 from edge_rerank.converters.validate import fidelity
 from edge_rerank.device_sdk.contracts import DEFAULT_PAGE_SIZE, EmbeddingEncoding, PackedEmbedding
 

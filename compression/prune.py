@@ -34,7 +34,7 @@ from torch.nn.utils import parametrize
 from edge_rerank.cloud.training.data import Samples, list_lengths
 from edge_rerank.cloud.training.losses import LOSSES
 from edge_rerank.cloud.training.model import DeviceReranker, n_params
-from edge_rerank.cloud.training.train import TrainConfig, evaluate, fit_loop, label_step, predict
+from edge_rerank.cloud.training.train import TrainConfig, evaluate_lists, fit_loop, label_step, predict
 
 SCOPES = ("global", "layer")
 
@@ -151,7 +151,7 @@ def nonzero_bytes(model: nn.Module, value_bytes: int = 4) -> dict[str, int]:
 
 
 def _ndcg10(model: DeviceReranker, valid: Samples) -> float:
-    return evaluate(predict(model, valid), valid)["ndcg@10"]
+    return evaluate_lists(predict(model, valid), valid)["ndcg@10"]
 
 
 def magnitude_prune(model: DeviceReranker, train: Samples, valid: Samples, *, sparsity: float,
@@ -179,7 +179,7 @@ def magnitude_prune(model: DeviceReranker, train: Samples, valid: Samples, *, sp
     if finetune_epochs > 0:
         after_prune = copy.deepcopy(pruned.state_dict())
         step = label_step(pruned, train, LOSSES[tcfg.loss]())
-        loop = fit_loop(pruned, step, lambda: evaluate(predict(pruned, valid), valid), len(train),
+        loop = fit_loop(pruned, step, lambda: evaluate_lists(predict(pruned, valid), valid), len(train),
                         replace(tcfg, epochs=finetune_epochs), desc=f"prune {sparsity:.0%} fine-tune",
                         lengths=list_lengths(train.inputs) if tcfg.bucket_by_length else None, progress=progress)
         if max(h["ndcg@10"] for h in loop["history"]) > ndcg_pruned:

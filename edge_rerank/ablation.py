@@ -60,19 +60,6 @@ class Row:
     bundle: str | None = None
 
 
-def _simulate_rows(world: World, cloud, n: int, seed: int, progress: bool) -> list:
-    from edge_rerank.simulator.phone import Phone
-    from edge_rerank.simulator.user_model import UserModel
-
-    phone = Phone(UserModel(world), cloud, arm="cloud")
-    rows = []
-    for i in tqdm(range(n), desc="simulate logs", unit="session", disable=not progress, leave=False):
-        rows.extend(phone.run(world.session(i, seed)).rows)
-    return rows
-
-
-
-
 def _heuristic_samples(rows, fcfg: FeatureConfig):
     """The on-device heuristic's scores for every rerank list, in the same order and with the same filtering as
     ``build_samples`` (so the same session split applies): stored as the input ``heuristic`` of a Samples."""
@@ -99,39 +86,37 @@ def _heuristic_samples(rows, fcfg: FeatureConfig):
 
 def run_ablation(cfg: AblationConfig, *, progress: bool = True) -> dict:
     from edge_rerank.cloud.training.cloud_ranker import CloudFeaturizer
-    from edge_rerank.cloud.training.data import SplitConfig, build_samples, split_sessions
+    from edge_rerank.cloud.training.data import SplitConfig, build_samples
     from edge_rerank.cloud.training.gbdt import fit_gbdt, predict_gbdt, save_gbdt
     from edge_rerank.cloud.training.joint import JointConfig, predict_cloud, served_samples, train_joint
     from edge_rerank.cloud.training.model import ModelConfig
-    from edge_rerank.cloud.training.train import TrainConfig, cloud_order_scores, evaluate, fit, predict
+    from edge_rerank.cloud.training.train import TrainConfig, cloud_order_scores, evaluate_lists, fit, predict
     from edge_rerank.converters.bundle import write_bundle
-    from edge_rerank.simulator.transport import InProcessCloud
+    from edge_rerank.runs import logged_world, split_samples
 
     t0 = time.perf_counter()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     wcfg = WorldConfig(seed=cfg.seed)
     world = World(wcfg)
-    data_dir = world.provision_cloud(out / "cloud_data")
-    cloud = InProcessCloud(str(data_dir))
-    rows = _simulate_rows(world, cloud, cfg.log_sessions, 1000 + cfg.seed, progress)
+    logged = logged_world(world, out / "cloud_data", cfg.log_sessions, 1000 + cfg.seed, progress=progress)
+    data_dir, rows = logged.data_dir, logged.rows
 
     full = feature_config_for(wcfg)
     base = replace(full, candidate_ops=BASE_OPS)
     tcfg = TrainConfig(epochs=cfg.epochs, loss=cfg.loss, seed=cfg.seed)
-    s_full = build_samples(rows, full, progress=progress)
-    s_base = build_samples(rows, base, progress=progress)
     # train / valid (early stopping) / test (reported): the training pipeline's split by session (the same config
     # `edge-rerank train` uses), one record applied to every variant's samples — the same sessions everywhere
-    split, tr_full, va_full, te_full = split_sessions(s_full, SplitConfig(seed=cfg.seed))
+    split, tr_full, va_full, te_full = split_samples(rows, full, SplitConfig(seed=cfg.seed), progress=progress)
+    s_base = build_samples(rows, base, progress=progress)
     tr_base, va_base, te_base = split.apply(s_base, source="the base variant's samples")
 
-    results: list[Row] = [Row("cloud order", evaluate(cloud_order_scores(te_full), te_full))]
+    results: list[Row] = [Row("cloud order", evaluate_lists(cloud_order_scores(te_full), te_full))]
     bundles: dict[str, Path] = {}
     timings: dict[str, float] = {}
 
     te_h = split.apply(_heuristic_samples(rows, full), source="the heuristic's samples")[2]
-    results.append(Row("heuristic", evaluate(te_h.inputs["heuristic"], te_h), note="no model"))
+    results.append(Row("heuristic", evaluate_lists(te_h.inputs["heuristic"], te_h), note="no model"))
 
     t = time.perf_counter()
     gbdt, gsum = fit_gbdt(tr_full, va_full)
@@ -140,7 +125,7 @@ def run_ablation(cfg: AblationConfig, *, progress: bool = True) -> dict:
     bundles["LightGBM lambdarank"] = write_bundle(out / "lightgbm" / "bundle", model_file=gpath, fmt="lightgbm",
                                                   name="lightgbm-ranker", version=f"ablation-{cfg.seed}",
                                                   feature_config=full, metrics={})
-    results.append(Row("LightGBM lambdarank", evaluate(predict_gbdt(gbdt, te_full), te_full),
+    results.append(Row("LightGBM lambdarank", evaluate_lists(predict_gbdt(gbdt, te_full), te_full),
                        note=f"{gsum['best_iteration']} trees"))
 
     variants = [
@@ -157,7 +142,7 @@ def run_ablation(cfg: AblationConfig, *, progress: bool = True) -> dict:
         t = time.perf_counter()
         model, summary = fit(tr, va, fc, replace(mc, **cfg.model_overrides), tcfg, progress=progress)
         timings[f"{name}_s"] = time.perf_counter() - t
-        row = Row(name, evaluate(predict(model, te), te), params=summary["params"],
+        row = Row(name, evaluate_lists(predict(model, te), te), params=summary["params"],
                   note=f"{summary['epochs_run']} epochs, {summary['lists_per_s']:.0f} lists/s")
         if online:
             slug = name.strip("+ ").lower().replace(" ", "-").replace("&", "").replace(",", "")
@@ -174,8 +159,8 @@ def run_ablation(cfg: AblationConfig, *, progress: bool = True) -> dict:
     timings["joint_s"] = time.perf_counter() - t
     featurizer = CloudFeaturizer(data_dir)
     te_served = served_samples(te_full, jcloud, featurizer, full)
-    jrow = Row("+ joint training", evaluate(predict(jdevice, te_served), te_served), params=jsum["params"])
-    new_cloud = evaluate(predict_cloud(jcloud, te_full, featurizer), te_full)
+    jrow = Row("+ joint training", evaluate_lists(predict(jdevice, te_served), te_served), params=jsum["params"])
+    new_cloud = evaluate_lists(predict_cloud(jcloud, te_full, featurizer), te_full)
     jrow.note = f"new cloud ranker alone: NDCG@10 {new_cloud['ndcg@10']:.4f}"
     jbundle, _ = export_bundle(jdevice, te_served, out / "joint", version=f"ablation-{cfg.seed}", n_validate=50,
                                metrics=jrow.offline)

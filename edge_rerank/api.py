@@ -307,7 +307,7 @@ def evaluate(checkpoint_or_bundle: str | Path | TrainResult, logs: str | Path, *
     order, on the recorded test split of `logs`. A bundle carries the split's record (``split.json``, written by
     :func:`export` / :func:`compress`): seed, shares and the hash of the sessions, verified against `logs`."""
     from edge_rerank.cloud.training.train import cloud_order_scores
-    from edge_rerank.cloud.training.train import evaluate as metrics
+    from edge_rerank.cloud.training.train import evaluate_lists as metrics
 
     src = checkpoint_or_bundle
     if isinstance(src, TrainResult):

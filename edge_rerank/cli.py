@@ -290,6 +290,9 @@ def _cmd_serve(a: argparse.Namespace) -> int:
     return serve_forever(cfg, host=a.host, port=a.port, workers=a.workers, threads=a.threads)
 
 
+_FMT = argparse.ArgumentDefaultsHelpFormatter
+
+
 def _add_run_sizes(p: argparse.ArgumentParser) -> None:
     """Overrides of a preset's sizes (None keeps the preset's value)."""
     p.add_argument("--log-sessions", dest="log_sessions", type=int, help="cloud-only sessions to log for training")
@@ -297,14 +300,8 @@ def _add_run_sizes(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, help="maximum training epochs (early stopping on validation NDCG@10)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edge-rerank", description="On-device search reranking with a cloud companion.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    sub = p.add_subparsers(dest="command", required=True)
-    fmt = argparse.ArgumentDefaultsHelpFormatter
-
-    d = sub.add_parser("demo", formatter_class=fmt, help="the whole story on embedded defaults",
+def _add_demo_parser(sub) -> None:
+    d = sub.add_parser("demo", formatter_class=_FMT, help="the whole story on embedded defaults",
                        description="Build a seeded world, start the cloud under gunicorn, simulate cloud-only "
                                    "sessions and log them as Parquet, train the device reranker, export it to "
                                    "ONNX as a verified bundle, and A/B cloud order vs on-device reranking. "
@@ -317,7 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--world", choices=["shop", "feed"], help="simulated domain (default shop; docs/simulator.md)")
     d.set_defaults(func=_cmd_demo)
 
-    s = sub.add_parser("simulate", formatter_class=fmt, help="simulate phone sessions against a local cloud",
+
+def _add_simulate_parser(sub) -> None:
+    s = sub.add_parser("simulate", formatter_class=_FMT, help="simulate phone sessions against a local cloud",
                        description="Without --bundle/--arms: cloud-only sessions whose impression logs land in "
                                    "OUT/logs (Parquet). With --arms (and --bundle for the device arm): an A/B "
                                    "over the same sessions, report.md + plots in OUT; --ray runs it on Ray "
@@ -344,7 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ray-workers", dest="ray_workers", type=int, default=2, help="Ray workers (local Ray)")
     s.set_defaults(func=_cmd_simulate)
 
-    t = sub.add_parser("train", formatter_class=fmt, help="train the device reranker from impression logs",
+
+def _add_train_parser(sub) -> None:
+    t = sub.add_parser("train", formatter_class=_FMT, help="train the device reranker from impression logs",
                        description="Train from any logs in the documented impression-log schema "
                                    "(docs/impression_log_schema.md).")
     t.add_argument("--logs", required=True, help="a .parquet file or a directory of them")
@@ -373,7 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "ranker.onnx for the server next to the device checkpoint")
     t.set_defaults(func=_cmd_train)
 
-    ev = sub.add_parser("eval", formatter_class=fmt, help="evaluate a checkpoint or bundle on its recorded test split",
+
+def _add_eval_parser(sub) -> None:
+    ev = sub.add_parser("eval", formatter_class=_FMT, help="evaluate a checkpoint or bundle on its recorded test split",
                         description="NDCG@5/10, MRR and AUC of a checkpoint (torch) or a bundle written by export / "
                                     "compress (its device backend) against the logged cloud order, on the test "
                                     "sessions recorded at training. Logs whose sessions differ from the recorded "
@@ -383,7 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--backend", help="backend for a bundle (default: its format's)")
     ev.set_defaults(func=_cmd_eval)
 
-    b = sub.add_parser("ablate", formatter_class=fmt, help="model ablation table, offline and online",
+
+def _add_ablate_parser(sub) -> None:
+    b = sub.add_parser("ablate", formatter_class=_FMT, help="model ablation table, offline and online",
                        description="Train every variant (cloud order, heuristic, LightGBM, PRM without feedback, "
                                    "+ Match&Aggregate, + MVFAN, + joint training) on the same simulated logs; "
                                    "held-out NDCG@5/10 and simulator A/B QV_CTR with paired 95 %% CIs. Writes "
@@ -395,7 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_sizes(b)
     b.set_defaults(func=_cmd_ablate)
 
-    e = sub.add_parser("export", formatter_class=fmt, help="export a checkpoint to verified bundles",
+
+def _add_export_parser(sub) -> None:
+    e = sub.add_parser("export", formatter_class=_FMT, help="export a checkpoint to verified bundles",
                        description="Export to ONNX / TFLite (litert-torch, run by LiteRT) / Core ML (coremltools) / "
                                    "MNN, validate each file in its runtime against the torch model and onnxruntime "
                                    "on real inputs from --logs, write one bundle per passed format under "
@@ -414,7 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="real lists to validate on (edge cases always included)")
     e.set_defaults(func=_cmd_export)
 
-    c = sub.add_parser("compress", formatter_class=fmt, help="compress a checkpoint: benchmark or build a preset",
+
+def _add_compress_parser(sub) -> None:
+    c = sub.add_parser("compress", formatter_class=_FMT, help="compress a checkpoint: benchmark or build a preset",
                        description="--benchmark builds every compression method (ONNX fp16 / dynamic and static "
                                    "int8, pruning + fine-tuning, distilled students, and the LiteRT / Core ML / MNN "
                                    "variants whose toolchains are installed) from one trained model and measures "
@@ -439,7 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--version", help="bundle version for --preset")
     c.set_defaults(func=_cmd_compress)
 
-    v = sub.add_parser("serve", formatter_class=fmt, help="run the cloud companion under gunicorn")
+
+def _add_serve_parser(sub) -> None:
+    v = sub.add_parser("serve", formatter_class=_FMT, help="run the cloud companion under gunicorn")
     v.add_argument("--data-dir", required=True, help="cloud data directory (see cloud/catalog.py)")
     v.add_argument("--world-seed", type=int, help="provision a simulated world into --data-dir if it is empty")
     v.add_argument("--host", default="127.0.0.1")
@@ -460,6 +471,21 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--model-name", default="device-reranker", help="registry model whose rollout pages advertise")
     v.add_argument("--ranking-cache", type=int, default=4096, help="rankings cached per worker for later pages")
     v.set_defaults(func=_cmd_serve)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edge-rerank", description="On-device search reranking with a cloud companion.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    sub = p.add_subparsers(dest="command", required=True)
+    _add_demo_parser(sub)
+    _add_simulate_parser(sub)
+    _add_train_parser(sub)
+    _add_eval_parser(sub)
+    _add_ablate_parser(sub)
+    _add_export_parser(sub)
+    _add_compress_parser(sub)
+    _add_serve_parser(sub)
     _add_logs_parser(sub)
     return p
 
@@ -467,17 +493,16 @@ def build_parser() -> argparse.ArgumentParser:
 # ------------------------------------------------------------------ logs (self-contained: parser + handler)
 
 def _add_logs_parser(sub) -> None:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
-    lg = sub.add_parser("logs", formatter_class=fmt, help="check impression logs, fit a feature config to them",
+    lg = sub.add_parser("logs", formatter_class=_FMT, help="check impression logs, fit a feature config to them",
                         description="Impression logs in the documented schema (docs/impression_log_schema.md, "
                                     "v1 or v2).")
     lsub = lg.add_subparsers(dest="logs_command", required=True)
-    va = lsub.add_parser("validate", formatter_class=fmt, help="types, ranges, lists without positives, all-null "
+    va = lsub.add_parser("validate", formatter_class=_FMT, help="types, ranges, lists without positives, all-null "
                          "fields, unknown-bucket rates per field; exit 1 on malformed logs")
     va.add_argument("dir", help="a .parquet file or a directory of them")
     va.add_argument("--feature-config", help="feature config JSON to measure unknown buckets and event kinds against")
     va.add_argument("--json", action="store_true", help="print the report as JSON")
-    ic = lsub.add_parser("infer-config", formatter_class=fmt, help="a feature config fitted to the logs")
+    ic = lsub.add_parser("infer-config", formatter_class=_FMT, help="a feature config fitted to the logs")
     ic.add_argument("dir", help="a .parquet file or a directory of them")
     ic.add_argument("--out", help="write the config JSON here (default: print it)")
     ic.add_argument("--max-vocab", type=int, default=1000, help="larger categorical fields are hashed")

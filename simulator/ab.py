@@ -11,8 +11,14 @@ from tqdm.auto import tqdm
 
 from edge_rerank.device_sdk.budgets import CostModel
 from edge_rerank.device_sdk.triggers import TriggerConfig
-from edge_rerank.simulator.metrics import Estimate, bootstrap_mean, latency_percentiles, position_ctr, session_table
 from edge_rerank.simulator.phone import Phone, PhoneConfig, SessionOutcome
+from edge_rerank.simulator.session_metrics import (
+    Estimate,
+    bootstrap_mean,
+    latency_percentiles,
+    position_ctr,
+    session_table,
+)
 from edge_rerank.simulator.transport import CloudTransport
 from edge_rerank.simulator.user_model import UserModel
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_rerank.simulator.ab import ArmResult, paired_delta, position_curves
-from edge_rerank.simulator.metrics import Estimate, position_ctr, session_table
+from edge_rerank.simulator.session_metrics import Estimate, position_ctr, session_table
 
 METRICS = (("qv_ctr", "QV_CTR (sessions with ≥1 click)", True), ("clicks", "clicks / query", False),
            ("orders", "orders / query", False), ("screens", "screens viewed / query", False),

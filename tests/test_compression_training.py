@@ -12,7 +12,7 @@ import torch
 
 from edge_rerank.cloud.training.losses import LambdaLoss
 from edge_rerank.cloud.training.model import DeviceReranker, ModelConfig, n_params
-from edge_rerank.cloud.training.train import TrainConfig, evaluate, fit, predict
+from edge_rerank.cloud.training.train import TrainConfig, evaluate_lists, fit, predict
 from edge_rerank.compression.distill import STUDENT_PRESETS, distill, list_distill_loss, score_distill_loss
 from edge_rerank.compression.prune import magnitude_prune, nonzero_bytes, prunable_layers, prune_masks
 from edge_rerank.compression.sizes import gzip_size
@@ -98,7 +98,7 @@ def test_finetuning_is_not_worse_than_plain_pruning(pruned70, split):
     _, _, pm, rep = pruned70
     valid, _ = split  # the lists pruned70 picked its epoch on
     assert rep["ndcg10_finetuned"] >= rep["ndcg10_pruned"]
-    assert rep["ndcg10_finetuned"] == pytest.approx(evaluate(predict(pm, valid), valid)["ndcg@10"], abs=1e-12)
+    assert rep["ndcg10_finetuned"] == pytest.approx(evaluate_lists(predict(pm, valid), valid)["ndcg@10"], abs=1e-12)
     assert 0.0 < rep["ndcg10_original"] <= 1.0
 
 
@@ -229,8 +229,8 @@ def test_distill_trains_a_smaller_student(trained, split):
     assert student.fcfg == teacher.fcfg and not student.training
     assert torch.equal(student.num_mean, teacher.num_mean)  # input statistics fitted on the same training lists
     assert -1.0 <= rep["tau_vs_teacher"] <= 1.0 and -1.0 <= rep["label_only"]["tau_vs_teacher"] <= 1.0
-    assert rep["ndcg10_teacher"] == pytest.approx(evaluate(predict(teacher, valid), valid)["ndcg@10"])
-    assert rep["ndcg10_student"] == pytest.approx(evaluate(predict(student, valid), valid)["ndcg@10"])
+    assert rep["ndcg10_teacher"] == pytest.approx(evaluate_lists(predict(teacher, valid), valid)["ndcg@10"])
+    assert rep["ndcg10_student"] == pytest.approx(evaluate_lists(predict(student, valid), valid)["ndcg@10"])
     assert not np.allclose(predict(student, valid), 0.0)
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from edge_rerank.cloud.training.losses import LOSSES, LambdaLoss, ListNetLoss, PairwiseLogisticLoss
-from edge_rerank.cloud.training.metrics import auc
+from edge_rerank.cloud.training.ranking_metrics import auc
 
 
 def _softplus(x):

@@ -3,9 +3,9 @@ import numpy as np
 from edge_rerank.cloud.app import CloudConfig
 from edge_rerank.cloud.serve import running_server
 from edge_rerank.device_sdk.contracts import SearchRequest
-from edge_rerank.simulator.metrics import bootstrap_mean, position_ctr
 from edge_rerank.simulator.phone import Phone
 from edge_rerank.simulator.randomness import crn_uniform
+from edge_rerank.simulator.session_metrics import bootstrap_mean, position_ctr
 from edge_rerank.simulator.transport import HttpCloud
 from edge_rerank.simulator.user_model import UserModel
 

@@ -9,8 +9,8 @@ from edge_rerank.cloud.serve import running_server
 from edge_rerank.device_sdk.contracts import SearchRequest
 from edge_rerank.simulator.ab import paired_delta, run_ab
 from edge_rerank.simulator.arms import ArmSpec, build_arm, parse_arms
-from edge_rerank.simulator.metrics import position_ctr, session_table
 from edge_rerank.simulator.phone import Phone
+from edge_rerank.simulator.session_metrics import position_ctr, session_table
 from edge_rerank.simulator.transport import HttpCloud, InProcessCloud
 from edge_rerank.simulator.user_model import UserModel
 

@@ -1,10 +1,10 @@
-"""simulator.metrics.bootstrap_mean: scipy's BCa bootstrap against the hand-written percentile bootstrap it
+"""simulator.session_metrics.bootstrap_mean: scipy's BCa bootstrap against the hand-written percentile bootstrap it
 replaced — agreeing on a large sample, differing (as BCa should) on a small skewed one."""
 
 import numpy as np
 import pytest
 
-from edge_rerank.simulator.metrics import bootstrap_mean
+from edge_rerank.simulator.session_metrics import bootstrap_mean
 
 
 def percentile_bootstrap(v: np.ndarray, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:

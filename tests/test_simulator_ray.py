@@ -8,7 +8,7 @@ ray = pytest.importorskip("ray")
 from edge_rerank.simulator.ab import run_ab  # noqa: E402
 from edge_rerank.simulator.arms import build_arm, parse_arms  # noqa: E402
 from edge_rerank.simulator.distributed import TransportSpec, run_ab_ray  # noqa: E402
-from edge_rerank.simulator.metrics import session_table  # noqa: E402
+from edge_rerank.simulator.session_metrics import session_table  # noqa: E402
 from edge_rerank.simulator.user_model import UserModel  # noqa: E402
 from tests.conftest import WCFG  # noqa: E402
 

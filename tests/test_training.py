@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from edge_rerank.cloud.training.metrics import mrr, ndcg_at_k
+from edge_rerank.cloud.training.ranking_metrics import mrr, ndcg_at_k
 
 
 def test_ndcg_and_mrr_agree_with_ranx():

@@ -9,23 +9,22 @@ the contract the server's ONNX fine ranker loads from ``ranker.onnx``.
 
 from __future__ import annotations
 
-import copy
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from edge_rerank.cloud.catalog import load_catalog
 from edge_rerank.cloud.embedding_store import FileEmbeddingStore
 from edge_rerank.cloud.ranking.fine import FEATURES, FineRanker, default_ranker_weights
 from edge_rerank.cloud.ranking.pipeline import SearchPipeline
 from edge_rerank.cloud.training.losses import LOSSES
-from edge_rerank.cloud.training.metrics import ndcg_at_k
+from edge_rerank.cloud.training.ranking_metrics import ndcg_at_k
+from edge_rerank.cloud.training.train import TrainConfig, fit_loop
 from edge_rerank.device_sdk.contracts import DEFAULT_PAGE_SIZE, Context, ImpressionRow
 
 
@@ -118,14 +117,9 @@ def page_lists(rows: Sequence[ImpressionRow], featurizer: CloudFeaturizer, n_max
     return PageLists(np.stack(feats), np.stack(labels), np.stack(masks), sids)
 
 
-@dataclass(frozen=True)
-class CloudTrainConfig:
-    epochs: int = 20
-    batch_size: int = 128
-    lr: float = 3e-3
-    loss: str = "listnet"
-    seed: int = 0
-    patience: int = 4
+# the cloud ranker's training defaults, in the device reranker's config shape (it trains through the same loop)
+CLOUD_TRAIN_CONFIG = TrainConfig(epochs=20, batch_size=128, lr=3e-3, weight_decay=1e-5, loss="listnet", seed=0,
+                                 patience=4, bucket_by_length=False)
 
 
 def _ndcg10(model: CloudRanker, lists: PageLists) -> float:
@@ -134,41 +128,29 @@ def _ndcg10(model: CloudRanker, lists: PageLists) -> float:
     return float(np.nanmean(ndcg_at_k(s.numpy(), lists.labels, lists.mask, 10)))
 
 
+def page_step(model: CloudRanker, train: PageLists, loss_fn) -> Callable[[np.ndarray], torch.Tensor]:
+    """The training step for ``fit_loop``: the ranking loss of the cloud ranker's scores on the pages `idx`."""
+
+    def step(idx: np.ndarray) -> torch.Tensor:
+        s, _ = model(torch.from_numpy(train.features[idx]))
+        return loss_fn(s, torch.from_numpy(train.labels[idx]), torch.from_numpy(train.mask[idx]))
+
+    return step
+
+
 def fit_cloud_ranker(train: PageLists, valid: PageLists, cfg: CloudRankerConfig | None = None,
-                     tcfg: CloudTrainConfig | None = None, *, progress: bool = True) -> tuple[CloudRanker, dict]:
-    tcfg = tcfg or CloudTrainConfig()
+                     tcfg: TrainConfig | None = None, *, progress: bool = True) -> tuple[CloudRanker, dict]:
+    """Train on `train` pages through ``fit_loop`` (default config ``CLOUD_TRAIN_CONFIG``), best epoch on `valid`."""
+    tcfg = tcfg or CLOUD_TRAIN_CONFIG
     torch.manual_seed(tcfg.seed)
     model = CloudRanker(train.features.shape[2], cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=1e-5)
-    loss_fn = LOSSES[tcfg.loss]()
-    rng = np.random.default_rng(tcfg.seed)
-    best, best_state, bad, history = -1.0, None, 0, []
-    for epoch in tqdm(range(tcfg.epochs), desc="cloud ranker", unit="epoch", disable=not progress, leave=False):
-        model.train()
-        perm = rng.permutation(len(train))
-        for i in range(0, len(perm), tcfg.batch_size):
-            idx = perm[i: i + tcfg.batch_size]
-            s, _ = model(torch.from_numpy(train.features[idx]))
-            loss = loss_fn(s, torch.from_numpy(train.labels[idx]), torch.from_numpy(train.mask[idx]))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        model.eval()
-        v = _ndcg10(model, valid)
-        history.append({"epoch": epoch, "valid_ndcg@10": v})
-        if v > best + 1e-5:
-            best, best_state, bad = v, copy.deepcopy(model.state_dict()), 0
-        else:
-            bad += 1
-            if bad >= tcfg.patience:
-                break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    model.eval()
+    loop = fit_loop(model, page_step(model, train, LOSSES[tcfg.loss]()), lambda: {"ndcg@10": _ndcg10(model, valid)},
+                    len(train), tcfg, desc="cloud ranker", progress=progress)
     logged = -np.tile(np.arange(valid.labels.shape[1], dtype=np.float64), (len(valid), 1))
     return model, {"valid_ndcg@10": _ndcg10(model, valid),
                    "valid_ndcg@10_logged_order": float(np.nanmean(ndcg_at_k(logged, valid.labels, valid.mask, 10))),
-                   "train_pages": len(train), "valid_pages": len(valid), "history": history}
+                   "train_pages": len(train), "valid_pages": len(valid), "history": loop["history"],
+                   "epochs_run": loop["epochs_run"]}
 
 
 def export_cloud_ranker_onnx(model: CloudRanker, path: str | Path) -> Path:

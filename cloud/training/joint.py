@@ -22,10 +22,10 @@ import torch
 from torch import nn
 
 from edge_rerank.cloud.training.cloud_ranker import (
+    CLOUD_TRAIN_CONFIG,
     CloudFeaturizer,
     CloudRanker,
     CloudRankerConfig,
-    CloudTrainConfig,
     fit_cloud_ranker,
     page_lists,
     save_cloud_ranker,
@@ -35,7 +35,7 @@ from edge_rerank.cloud.training.losses import LOSSES
 from edge_rerank.cloud.training.model import DeviceReranker, ModelConfig, n_params, to_tensors
 from edge_rerank.cloud.training.train import (
     TrainConfig,
-    evaluate,
+    evaluate_lists,
     fit,
     fit_loop,
     held_out_metrics,
@@ -47,7 +47,7 @@ from edge_rerank.device_sdk.features import FeatureConfig
 
 @dataclass(frozen=True)
 class JointConfig:
-    cloud: CloudTrainConfig = CloudTrainConfig()
+    cloud: TrainConfig = CLOUD_TRAIN_CONFIG
     cloud_model: CloudRankerConfig = CloudRankerConfig()
     finetune_epochs: int = 4
     finetune_lr_scale: float = 0.3  # stage 3 runs at this share of the device learning rate
@@ -145,7 +145,7 @@ def train_joint(rows: Sequence[ImpressionRow], cloud_data: str | Path, train: Sa
         return loss_fn(s_dev, y, m) + jcfg.cloud_loss_weight * cloud_loss(s_cloud, y, m)
 
     def validate() -> dict[str, float]:
-        return evaluate(predict_joint(joint, valid, x_valid)[0], valid)
+        return evaluate_lists(predict_joint(joint, valid, x_valid)[0], valid)
 
     ft = TrainConfig(**{**asdict(tcfg), "epochs": jcfg.finetune_epochs})
     stage3 = fit_loop(joint, step, validate, len(train), ft, lr=tcfg.lr * jcfg.finetune_lr_scale,
@@ -153,10 +153,10 @@ def train_joint(rows: Sequence[ImpressionRow], cloud_data: str | Path, train: Sa
     joint.eval()
     dev_scores, cloud_scores = predict_joint(joint, valid, x_valid)
     held_out = {**held_out_metrics(dev_scores, valid, "valid"),
-                "valid_new_cloud_ranker": evaluate(cloud_scores, valid)}
+                "valid_new_cloud_ranker": evaluate_lists(cloud_scores, valid)}
     if test is not None:
         t_dev, t_cloud = predict_joint(joint, test, cloud_features_for(test, featurizer))
-        held_out |= {**held_out_metrics(t_dev, test, "test"), "test_new_cloud_ranker": evaluate(t_cloud, test)}
+        held_out |= {**held_out_metrics(t_dev, test, "test"), "test_new_cloud_ranker": evaluate_lists(t_cloud, test)}
     summary = {
         "cloud_ranker": {k: v for k, v in cloud_summary.items() if k != "history"},
         "stage2_valid_model": stage2["valid_model"],

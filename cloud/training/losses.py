@@ -45,7 +45,7 @@ class PairwiseLogisticLoss(nn.Module):
 class LambdaLoss(nn.Module):
     """Pairwise logistic loss on every pair with different labels, weighted by |ΔNDCG| of swapping the
     pair at the current ranking (LambdaRank's weighting), so the top of the list matters most. Gains are
-    linear in the label (as in ``metrics.ndcg_at_k``); padding always ranks last."""
+    linear in the label (as in ``ranking_metrics.ndcg_at_k``); padding always ranks last."""
 
     def forward(self, scores: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         y = labels * mask

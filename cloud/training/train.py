@@ -21,8 +21,8 @@ from edge_rerank.cloud.training.data import (
     trim_padding,
 )
 from edge_rerank.cloud.training.losses import LOSSES
-from edge_rerank.cloud.training.metrics import auc, gain_with_ci, mrr, ndcg_at_k
 from edge_rerank.cloud.training.model import DeviceReranker, ModelConfig, n_params, to_tensors
+from edge_rerank.cloud.training.ranking_metrics import auc, gain_with_ci, mrr, ndcg_at_k
 from edge_rerank.device_sdk.features import FeatureConfig
 
 
@@ -53,7 +53,8 @@ def predict(model: DeviceReranker, samples: Samples, batch_size: int = 512) -> n
     return np.concatenate(out)
 
 
-def evaluate(scores: np.ndarray, samples: Samples) -> dict[str, float]:
+def evaluate_lists(scores: np.ndarray, samples: Samples) -> dict[str, float]:
+    """NDCG@5/10, MRR and AUC of `scores` on `samples`, each the mean over lists (not ``edge_rerank.api.evaluate``)."""
     m = samples.mask
     return {"ndcg@5": float(np.nanmean(ndcg_at_k(scores, samples.labels, m, 5))),
             "ndcg@10": float(np.nanmean(ndcg_at_k(scores, samples.labels, m, 10))),
@@ -133,7 +134,7 @@ def held_out_metrics(scores: np.ndarray, samples: Samples, prefix: str) -> dict:
     cloud = cloud_order_scores(samples)
     gain = gain_with_ci(ndcg_at_k(scores, samples.labels, samples.mask, 10),
                         ndcg_at_k(cloud, samples.labels, samples.mask, 10), samples.session_ids)
-    return {f"{prefix}_model": evaluate(scores, samples), f"{prefix}_cloud_order": evaluate(cloud, samples),
+    return {f"{prefix}_model": evaluate_lists(scores, samples), f"{prefix}_cloud_order": evaluate_lists(cloud, samples),
             f"{prefix}_lists": len(samples), f"{prefix}_gain_over_cloud": gain}
 
 
@@ -149,7 +150,7 @@ def fit(train: Samples, valid: Samples, fcfg: FeatureConfig, mcfg: ModelConfig |
     model = DeviceReranker(fcfg, mcfg)
     model.fit_input_stats(train.inputs)
     step = label_step(model, train, LOSSES[tcfg.loss]())
-    loop = fit_loop(model, step, lambda: evaluate(predict(model, valid), valid), len(train), tcfg,
+    loop = fit_loop(model, step, lambda: evaluate_lists(predict(model, valid), valid), len(train), tcfg,
                     lengths=list_lengths(train.inputs) if tcfg.bucket_by_length else None,
                     progress=progress)
     summary = {
