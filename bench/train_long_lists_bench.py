@@ -28,7 +28,7 @@ def synthetic(fcfg: FeatureConfig, lengths: np.ndarray, rng: np.random.Generator
     x = {}
     for name, shape, dtype in input_specs(fcfg):
         if dtype == "int32":
-            x[name] = rng.integers(0, 5, size=(s, *shape)).astype(np.int32)
+            x[name] = rng.integers(0, 3, size=(s, *shape)).astype(np.int32)  # valid ids for every table
         else:
             x[name] = rng.normal(size=(s, *shape)).astype(np.float32)
     n_idx = np.arange(fcfg.n_max)
