@@ -51,7 +51,8 @@ def test_cloud_serving_does_not_import_torch_or_simulator():
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-@pytest.mark.parametrize("sub", ["", "demo", "simulate", "train", "eval", "export", "compress", "ablate", "serve", "logs"])
+@pytest.mark.parametrize("sub", ["", "demo", "simulate", "train", "eval", "export", "compress", "ablate", "serve",
+                                 "logs"])
 def test_every_subcommand_has_help(sub):
     r = subprocess.run([sys.executable, "-m", "edge_rerank.cli", *([sub] if sub else []), "--help"],
                        capture_output=True, text=True, cwd=ROOT)
