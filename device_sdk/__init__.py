@@ -14,6 +14,7 @@ one object an app adopts, :class:`RerankSession` (see the README's "Python API" 
 Everything listed in ``__all__`` is the public surface; its signatures are frozen by tests/test_public_api.py.
 """
 
+from edge_rerank import __version__ as __version__  # one version for the whole distribution
 from edge_rerank.device_sdk.backends import DEFAULT_BACKEND, Backend, BackendError
 from edge_rerank.device_sdk.budgets import LatencyBudget
 from edge_rerank.device_sdk.bundle import Bundle, BundleError, Manifest, read_bundle
@@ -38,8 +39,6 @@ from edge_rerank.device_sdk.reranker import Reranker, RerankResult, RerankServic
 from edge_rerank.device_sdk.session import Rerank, RerankSession, SessionStats, leave_event
 from edge_rerank.device_sdk.triggers import TriggerConfig, TriggerPolicy
 from edge_rerank.device_sdk.wire import page_from_bytes
-
-__version__ = "0.1.0"
 
 __all__ = [
     # the session an app adopts, and what it returns

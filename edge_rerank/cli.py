@@ -9,6 +9,8 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+from edge_rerank import __version__
+
 
 def _cmd_demo(a: argparse.Namespace) -> int:
     from edge_rerank.pipeline import DemoConfig, quick, run_demo
@@ -477,6 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-rerank", description="On-device search reranking with a cloud companion.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--version", action="version", version=f"edge-rerank {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     _add_demo_parser(sub)
     _add_simulate_parser(sub)
@@ -487,6 +490,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compress_parser(sub)
     _add_serve_parser(sub)
     _add_logs_parser(sub)
+    for sp in sub.choices.values():  # global flags also after the subcommand (`edge-rerank train ... --no-progress`)
+        sp.add_argument("--no-progress", action="store_true", default=argparse.SUPPRESS, help="hide progress bars")
     return p
 
 

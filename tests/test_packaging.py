@@ -132,3 +132,19 @@ def test_the_wheel_installs_one_top_level_package(tmp_path):
     for pkg in ("device_sdk", "cloud", "converters", "compression", "simulator"):
         assert f"edge_rerank/{pkg}/__init__.py" in names
     assert "edge_rerank/device_sdk/py.typed" in names and "edge_rerank/device_sdk/_proto/edge_rerank_pb2.py" in names
+
+
+def test_one_version_and_global_flags_after_the_subcommand():
+    import importlib.metadata
+
+    from edge_rerank import __version__
+    from edge_rerank.cli import build_parser
+    from edge_rerank.device_sdk import __version__ as sdk_version
+
+    assert importlib.metadata.version("edge-rerank") == __version__ == sdk_version
+    r = subprocess.run([sys.executable, "-m", "edge_rerank.cli", "--version"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == f"edge-rerank {__version__}"
+    p = build_parser()
+    assert p.parse_args(["eval", "m", "--logs", "l", "--no-progress"]).no_progress is True
+    assert p.parse_args(["--no-progress", "eval", "m", "--logs", "l"]).no_progress is True
+    assert p.parse_args(["eval", "m", "--logs", "l"]).no_progress is False
