@@ -27,6 +27,31 @@ def _cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
+def _existing_path(value: str) -> str:
+    """argparse type: a file or directory that exists (said at parse time, before any work starts)."""
+    if not Path(value).exists():
+        raise argparse.ArgumentTypeError(f"{value}: no such file or directory")
+    return value
+
+
+def _bundle_dir(value: str) -> str:
+    """argparse type: a bundle directory (one holding manifest.json)."""
+    if not (Path(value) / "manifest.json").is_file():
+        raise argparse.ArgumentTypeError(f"{value}: not a bundle directory (no manifest.json)")
+    return value
+
+
+def _positive_int(value: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
 def _cmd_simulate(a: argparse.Namespace) -> int:
     import secrets
 
@@ -197,6 +222,10 @@ def _cmd_compress(a: argparse.Namespace) -> int:
         print("choose --benchmark (measure every method) or --preset NAME (build one bundle within its budget); "
               "--list shows both", file=sys.stderr)
         return 2
+    if a.preset and a.preset not in PRESETS:  # said before the model and the logs are loaded
+        print(f"compress: unknown preset {a.preset!r}; choose from {sorted(PRESETS)} (--list describes them)",
+              file=sys.stderr)
+        return 2
     held = _held_out(a)
     if held is None:
         return 2
@@ -328,7 +357,7 @@ def _add_simulate_parser(sub) -> None:
     s.add_argument("--seed", type=int, default=1000, help="session seed")
     s.add_argument("--world-seed", type=int, default=0)
     s.add_argument("--world", choices=["shop", "feed"], default="shop", help="simulated domain (docs/simulator.md)")
-    s.add_argument("--bundle", help="bundle directory for the device arm (runs an A/B)")
+    s.add_argument("--bundle", type=_bundle_dir, help="bundle directory for the device arm (runs an A/B)")
     s.add_argument("--backend", default="onnxruntime")
     s.add_argument("--workers", type=int, default=1, help="gunicorn workers")
     s.add_argument("--arms", help="comma-separated A/B arms from cloud,random,heuristic,oracle,informed,device "
@@ -350,7 +379,7 @@ def _add_train_parser(sub) -> None:
     t = sub.add_parser("train", formatter_class=_FMT, help="train the device reranker from impression logs",
                        description="Train from any logs in the documented impression-log schema "
                                    "(docs/impression_log_schema.md).")
-    t.add_argument("--logs", required=True, help="a .parquet file or a directory of them")
+    t.add_argument("--logs", required=True, type=_existing_path, help="a .parquet file or a directory of them")
     t.add_argument("--out", default="runs/train")
     t.add_argument("--feature-config", help="feature config JSON (default: the simulator world's)")
     t.add_argument("--epochs", type=int, default=15, help="maximum epochs (early stopping on validation NDCG@10)")
@@ -383,8 +412,8 @@ def _add_eval_parser(sub) -> None:
                                     "compress (its device backend) against the logged cloud order, on the test "
                                     "sessions recorded at training. Logs whose sessions differ from the recorded "
                                     "split are refused.")
-    ev.add_argument("model", help="checkpoint.pt, or a bundle directory with split.json")
-    ev.add_argument("--logs", required=True, help="the log directory the model was trained on")
+    ev.add_argument("model", type=_existing_path, help="checkpoint.pt, or a bundle directory with split.json")
+    ev.add_argument("--logs", required=True, type=_existing_path, help="the log directory the model was trained on")
     ev.add_argument("--backend", help="backend for a bundle (default: its format's)")
     ev.set_defaults(func=_cmd_eval)
 
@@ -419,7 +448,7 @@ def _add_export_parser(sub) -> None:
                    help="target format, or all of them")
     e.add_argument("--out", default="runs/export")
     e.add_argument("--version", default="dev")
-    e.add_argument("--validate-lists", type=int, default=300,
+    e.add_argument("--validate-lists", type=_positive_int, default=300,
                    help="real lists to validate on (edge cases always included)")
     e.set_defaults(func=_cmd_export)
 
@@ -442,7 +471,7 @@ def _add_compress_parser(sub) -> None:
     c.add_argument("--logs", default="runs/demo/logs",
                    help="the logs the checkpoint was trained on (its recorded train / validation / test split)")
     c.add_argument("--out", default="runs/compression")
-    c.add_argument("--lists", type=int, default=300, help="test lists to evaluate")
+    c.add_argument("--lists", type=_positive_int, default=300, help="test lists to evaluate")
     c.add_argument("--methods", help="comma-separated method names (default: all)")
     c.add_argument("--sim-sessions", type=int, default=1000,
                    help="simulated sessions per method arm (0: skip the simulator)")

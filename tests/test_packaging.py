@@ -145,6 +145,22 @@ def test_one_version_and_global_flags_after_the_subcommand():
     r = subprocess.run([sys.executable, "-m", "edge_rerank.cli", "--version"], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.strip() == f"edge-rerank {__version__}"
     p = build_parser()
-    assert p.parse_args(["eval", "m", "--logs", "l", "--no-progress"]).no_progress is True
-    assert p.parse_args(["--no-progress", "eval", "m", "--logs", "l"]).no_progress is True
-    assert p.parse_args(["eval", "m", "--logs", "l"]).no_progress is False
+    logs = str(ROOT)  # any existing path: --logs is checked at parse time
+    assert p.parse_args(["train", "--logs", logs, "--no-progress"]).no_progress is True
+    assert p.parse_args(["--no-progress", "train", "--logs", logs]).no_progress is True
+    assert p.parse_args(["train", "--logs", logs]).no_progress is False
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "--logs", "{tmp}/none"], "no such file or directory"),
+    (["eval", "{tmp}/none", "--logs", "{tmp}"], "no such file or directory"),
+    (["simulate", "--bundle", "{tmp}", "--out", "{tmp}/o"], "not a bundle directory"),
+    (["export", "--checkpoint", "x", "--logs", "y", "--validate-lists", "0"], "must be at least 1"),
+    (["compress", "--preset", "nope", "--checkpoint", "{tmp}/none"], "unknown preset 'nope'"),
+])
+def test_bad_arguments_are_refused_before_any_work(tmp_path, args, message):
+    """Said at once with exit 2 (before a server starts or a model loads), never a traceback."""
+    r = subprocess.run([sys.executable, "-m", "edge_rerank.cli", *[a.format(tmp=tmp_path) for a in args]],
+                       capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path / "o").exists()
