@@ -184,7 +184,7 @@ def test_compress_cli_preset_passes_or_fails_with_reasons(trained, split_parts, 
     err = capsys.readouterr().err
     assert rc == 1 and "broke its budget" in err and "KB > 10 KB" in err
     assert not (tmp_path / "strict" / "bundle").exists()
-    assert main(["--no-progress", "compress", "--preset", "huge", *common, "--out", str(tmp_path / "x")]) == 1
+    assert main(["--no-progress", "compress", "--preset", "huge", *common, "--out", str(tmp_path / "x")]) == 2  # usage
     assert "unknown preset 'huge'" in capsys.readouterr().err
     assert main(["--no-progress", "compress", "--list"]) == 0
     listed = capsys.readouterr().out
