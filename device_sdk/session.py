@@ -35,12 +35,10 @@ import numpy as np
 
 from edge_rerank.device_sdk.contracts import (
     Context,
-    ContractError,
     EventKind,
     FeedbackEvent,
     PageItem,
     SearchPage,
-    validate_feedback_event,
 )
 from edge_rerank.device_sdk.faults import FaultLog, reason_kind
 from edge_rerank.device_sdk.features.config import FeatureConfig
@@ -129,7 +127,7 @@ class RerankSession:
         # by default events are kept only when something reads them (a reranker or the logger): the cloud-only
         # path stays lean
         self._keep_events = (reranker is not None or logger is not None) if keep_events is None else keep_events
-        self.store = store if store is not None else FeedbackStore()
+        self.store = store if store is not None else FeedbackStore(strict=strict)
         self._features = self._current_features()
         self.policy = TriggerPolicy(self.triggers, dwell_threshold_ms=self._features.dwell_threshold_ms)
         self.stats = SessionStats()
@@ -219,11 +217,9 @@ class RerankSession:
         if self.closed:
             return self._refuse("closed: the session has ended")
         if self._keep_events:
-            try:
-                validate_feedback_event(event)  # the stores' own rules: a bad event is refused alone
-            except ContractError as exc:
-                return self._refuse(f"bad_event: {exc}")
-            self.store.add(self.session_id, event)
+            if not self.store.add(self.session_id, event):  # the store validates (once) and says why it refused
+                self.stats.refused_events += 1
+                return None
             if self.logger is not None:
                 self.logger.record(event)
         self._has_feedback = True
@@ -254,8 +250,6 @@ class RerankSession:
     # ---- reranks ----
     def _refuse(self, reason: str) -> None:
         self.faults.record(reason)
-        if reason_kind(reason) == "bad_event":
-            self.stats.refused_events += 1
         return None
 
     def _maybe(self, reason: str | None) -> Rerank | None:
