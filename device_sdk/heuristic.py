@@ -10,7 +10,8 @@ Score of an unseen candidate::
 
 over clicked items ``c`` and *long* skips ``s`` (exposures at least the feature config's ``dwell_threshold_ms`` on
 screen without a click: short exposures are noise, see SPEC §1), where ``sim`` mixes same brand, same category,
-price-level closeness, nearness in km and the cosine of the ID embeddings.
+price-level closeness, nearness in km and the cosine of the ID embeddings -- the matches, distances and cosines
+being the feature operators' own (:func:`device_sdk.features.operators.pair_terms`), so "alike" means one thing.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 
 from edge_rerank.device_sdk.contracts import Context, EventKind, FeedbackEvent, PageItem
 from edge_rerank.device_sdk.features.config import FeatureConfig
+from edge_rerank.device_sdk.features.operators import pair_terms
 from edge_rerank.device_sdk.reranker import RerankResult, reinsert
 
 
@@ -50,24 +52,20 @@ class HeuristicReranker:
         self.features = features or FeatureConfig()  # N_max (the window) and the dwell threshold
         self.calls = 0
 
-    def _sim(self, cand: dict[str, np.ndarray], ev: Sequence[FeedbackEvent]) -> np.ndarray:
-        """[n_cand, n_events] similarity."""
+    def _sim(self, window: Sequence[PageItem], ev: Sequence[FeedbackEvent]) -> np.ndarray:
+        """[n_cand, n_events] similarity: a weighing of the feature operators' pairwise terms."""
         c = self.cfg
-        brand = np.array([e.brand for e in ev])
-        cat = np.array([e.category for e in ev])
-        price = np.array([e.price_level for e in ev], dtype=np.float64)
-        loc = np.array([[e.lat, e.lon] for e in ev], dtype=np.float64)
-        s = (c.brand * (cand["brand"][:, None] == brand[None])
-             + c.category * (cand["category"][:, None] == cat[None])
-             + c.price * (4.0 - np.abs(cand["price"][:, None] - price[None])) / 4.0)
-        d = np.hypot(cand["loc"][:, None, 0] - loc[None, :, 0], cand["loc"][:, None, 1] - loc[None, :, 1])
-        s = s + c.near * np.clip(1.0 - d / c.near_km, 0.0, 1.0)
-        embs = [e.id_embedding for e in ev]
-        if c.embedding and all(x is not None for x in embs) and cand["emb"] is not None:
-            e = np.stack(embs).astype(np.float64)
-            e /= np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-9)
-            s = s + c.embedding * (cand["emb"] @ e.T)
-        return s
+        t = pair_terms(window, ev, self.features)
+        s = np.zeros(t.km.shape)
+        for name, w in (("brand", c.brand), ("category", c.category)):
+            if w and name in t.match:
+                s += w * t.match[name]
+        if c.price:
+            a = np.array([it.price_level for it in window], dtype=np.float64)
+            b = np.array([e.price_level for e in ev], dtype=np.float64)
+            s += c.price * (4.0 - np.abs(a[:, None] - b[None, :])) / 4.0
+        s += c.near * np.clip(1.0 - t.km / c.near_km, 0.0, 1.0)
+        return s + c.embedding * t.cosine
 
     def scores(self, window: Sequence[PageItem], events: Sequence[FeedbackEvent]) -> np.ndarray:
         c = self.cfg
@@ -79,16 +77,11 @@ class HeuristicReranker:
                and e.dwell_ms >= self.features.dwell_threshold_ms]
         if not pos and not neg:
             return prior
-        emb = np.stack([it.id_embedding for it in window]).astype(np.float64)
-        emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-9)
-        cand = {"brand": np.array([it.brand for it in window]), "category": np.array([it.category for it in window]),
-                "price": np.array([it.price_level for it in window], dtype=np.float64),
-                "loc": np.array([[it.lat, it.lon] for it in window], dtype=np.float64), "emb": emb}
         s = c.w_prior * prior
         for seq, w in ((pos, c.w_click), (neg, -c.w_skip)):
             if seq:
                 recency = c.decay ** np.arange(len(seq) - 1, -1, -1, dtype=np.float64)  # newest weighs 1
-                s = s + w * (self._sim(cand, seq) @ recency)
+                s = s + w * (self._sim(window, seq) @ recency)
         return s
 
     def rerank(self, items: Sequence[PageItem], n_fixed: int, events: Sequence[FeedbackEvent],

@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from edge_rerank.device_sdk.contracts import EventKind
+from edge_rerank.device_sdk.features.operators import pair_terms
 from edge_rerank.simulator.phone import Phone, PhoneConfig, PhoneSession
 from edge_rerank.simulator.transport import CloudTransport
 from edge_rerank.simulator.user_model import UserModel
@@ -65,17 +66,22 @@ class PhoneSessionEnv(gym.Env):
                       and e.dwell_ms >= ds.features.dwell_threshold_ms]
         if not s.done:
             ctx = s.spec.context
-            last = clicked[-1] if clicked else None
-            for k, it in enumerate(s.display[s.shown_upto: s.shown_upto + self.window]):
-                d_last = np.hypot(it.lat - last.lat, it.lon - last.lon) / 10.0 if last else 0.0
-                sim = 0.0
-                if last is not None and last.id_embedding is not None:
-                    a, b = it.id_embedding, last.id_embedding
-                    sim = float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-9))
-                cand[k] = (1.0, it.cloud_score, it.cloud_position / ds.features.n_max,
-                           sum(e.brand == it.brand for e in clicked), sum(e.category == it.category for e in clicked),
-                           sum(e.brand == it.brand for e in long_skips),
-                           np.hypot(it.lat - ctx.lat, it.lon - ctx.lon) / 10.0, d_last, it.price_level / 4.0, sim)
+            window = s.display[s.shown_upto: s.shown_upto + self.window]
+            n = len(window)
+            if n:
+                zero = np.zeros(n)
+                clicks = pair_terms(window, clicked, ds.features) if clicked else None
+                skips = pair_terms(window, long_skips, ds.features) if long_skips else None
+                cand[:n] = np.stack([
+                    np.ones(n), [it.cloud_score for it in window],
+                    [it.cloud_position / ds.features.n_max for it in window],
+                    clicks.match["brand"].sum(axis=1) if clicks else zero,
+                    clicks.match["category"].sum(axis=1) if clicks else zero,
+                    skips.match["brand"].sum(axis=1) if skips else zero,
+                    [np.hypot(it.lat - ctx.lat, it.lon - ctx.lon) / 10.0 for it in window],
+                    clicks.km[:, -1] / 10.0 if clicks else zero,
+                    [it.price_level / 4.0 for it in window],
+                    clicks.cosine[:, -1] if clicks else zero], axis=1)
         o = s.out
         sess = np.array([s.screen / 20.0, o.clicks / 5.0, o.orders / 2.0, len(long_skips) / 20.0, s.t / 60000.0,
                          s.user.frustrated / 5.0])

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -5,7 +7,7 @@ from hypothesis import strategies as st
 
 from edge_rerank.device_sdk.contracts import Context, EventKind, FeedbackEvent
 from edge_rerank.device_sdk.features import FeatureBuilder, FeatureConfig, FeatureError, input_specs
-from edge_rerank.device_sdk.features.operators import compile_op, split_feedback
+from edge_rerank.device_sdk.features.operators import compile_op, pair_terms, split_feedback
 from tests.conftest import CTX, make_events, make_item
 
 
@@ -215,3 +217,28 @@ def test_fingerprint_covers_the_operators_version(monkeypatch):
     before = FeatureConfig().fingerprint()
     monkeypatch.setattr(config, "OPERATORS_VERSION", "ops-next")
     assert FeatureConfig().fingerprint() != before
+
+
+@settings(max_examples=40, deadline=None)
+@given(n_items=st.integers(1, 25), n_clicks=st.integers(1, 8), seed=st.integers(0, 2**16))
+def test_property_pair_terms_are_what_the_aggregate_operators_aggregate(fcfg, n_items, n_clicks, seed):
+    """One notion of "alike": the heuristic's and the env's pairwise terms (pair_terms) aggregate to exactly the
+    Match&Aggregate / similarity / distance operators over the same click sequence."""
+    rng = np.random.default_rng(seed)
+    items = [make_item(i, rng, fcfg, i) for i in range(n_items)]
+    clicked = [make_item(100 + i, rng, fcfg, i) for i in range(n_clicks)]
+    for k, it in enumerate(clicked):  # some clicked items share a brand / category with a candidate
+        if k % 2 and n_items:
+            src = items[k % n_items]
+            clicked[k] = replace(it, brand=src.brand, category=src.category)
+    events = [FeedbackEvent.for_item(it, EventKind.CLICK, 1000 * k, "r", k) for k, it in enumerate(clicked)]
+    ops = ("freq:brand:click", "hit:category:click", "freq:brand+category:click", "sim_max:click",
+           "sim_mean:click", "dist_min:click", "dist_last:click")
+    cfg = replace(fcfg, candidate_ops=ops, max_positives=8, l_max=max(fcfg.l_max, 8))
+    got = FeatureBuilder(cfg).build(items, events, CTX)["cand_num"][:n_items]
+    t = pair_terms(items, events, cfg)
+    both = t.match["brand"] & t.match["category"]
+    want = np.stack([t.match["brand"].mean(1), t.match["category"].any(1), both.mean(1), t.cosine.max(1),
+                     t.cosine.mean(1), np.log1p(t.km.min(1)), np.log1p(t.km[:, -1])], axis=1)
+    np.testing.assert_allclose(got, want.astype(np.float32), rtol=1e-6, atol=1e-6)
+    assert t.match["item"].shape == (n_items, n_clicks) and not t.match["item"].any()  # ids never collide here

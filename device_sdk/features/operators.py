@@ -196,6 +196,12 @@ def _distance(lat1: np.ndarray, lon1: np.ndarray, lat2: np.ndarray, lon2: np.nda
     return 2 * 6371.0 * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0)))
 
 
+def _unit_rows(a: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length in float64 (an all-zero row stays zero): cosine similarity is a product of these."""
+    a = np.asarray(a, dtype=np.float64)
+    return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-9)
+
+
 @dataclass
 class _OpInputs:
     cfg: FeatureConfig
@@ -273,11 +279,8 @@ def _op_sim(agg: str, seq_name: str, window: int | None) -> Callable[[_OpInputs]
         if s is None:
             a = x.cache.get("cand_unit")
             if a is None:
-                a = x.cand_emb.astype(np.float64)
-                a = x.cache["cand_unit"] = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-9)
-            b = seq.emb.astype(np.float64)
-            b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-9)
-            s = x.cache[key] = a @ b.T
+                a = x.cache["cand_unit"] = _unit_rows(x.cand_emb)
+            s = x.cache[key] = a @ _unit_rows(seq.emb).T
         return s.max(axis=1) if agg == "max" else s.mean(axis=1)
 
     return op
@@ -554,3 +557,42 @@ def load_feature_config(path: str | Path) -> FeatureConfig:
     except ValueError as exc:
         raise ValueError(f"feature config {path}: {exc}") from None
     return cfg
+
+
+@dataclass(frozen=True)
+class PairTerms:
+    """Pairwise terms between candidates and feedback events, each ``[n_candidates, n_events]``, computed exactly as
+    the Match&Aggregate and similarity operators compute them (one implementation of "how alike are these two
+    items"): ``match[field]`` for every declared categorical field and ``"item"`` (a null value never matches),
+    ``km`` (distance under the config's ``geo``) and ``cosine`` (of the ID embeddings; an event or candidate
+    without a vector has cosine 0). The model-free heuristic and the simulator's Gymnasium env weigh these."""
+
+    match: dict[str, np.ndarray]
+    km: np.ndarray
+    cosine: np.ndarray
+
+
+def pair_terms(candidates: Sequence[PageItem], events: Sequence[FeedbackEvent], cfg: FeatureConfig) -> PairTerms:
+    """:class:`PairTerms` of `candidates` x `events` (events in the order given). The vector width is the
+    candidates' (``cfg.emb_dim`` if none has one); a vector of another width raises :class:`FeatureError`."""
+    widths = [c.id_embedding.size for c in candidates if c.id_embedding is not None and c.id_embedding.size]
+    emb_dim = widths[0] if widths else cfg.emb_dim
+    keys = _Keys()
+    cats = [f.name for f in cfg.declared_fields if f.kind == "categorical"]
+    cand_fields = {f: keys(f, [field_value(c, f) for c in candidates]) for f in cats}
+    cand_fields[IDENTITY] = np.array([c.item_id for c in candidates], dtype=np.int64)
+    seq = _to_seq(list(enumerate(events)), len(events), emb_dim, cats, keys)
+    cand_emb = np.zeros((len(candidates), emb_dim), dtype=np.float32)
+    for k, c in enumerate(candidates):
+        if c.id_embedding is not None and c.id_embedding.size:
+            if c.id_embedding.shape != (emb_dim,):
+                raise FeatureError(f"item {c.item_id}: embedding {c.id_embedding.shape}, expected ({emb_dim},)")
+            cand_emb[k] = c.id_embedding
+    lat = np.array([c.lat for c in candidates], dtype=np.float64)
+    lon = np.array([c.lon for c in candidates], dtype=np.float64)
+    x = _OpInputs(cfg=cfg, cand_fields=cand_fields, cand_lat=lat, cand_lon=lon, cand_emb=cand_emb,
+                  cloud_score=np.zeros(len(candidates)), cloud_position=np.zeros(len(candidates)),
+                  context=Context(), seqs={"events": seq})
+    return PairTerms(match={f: _match(x, f, seq, ("events", None)) for f in cand_fields},
+                     km=_distance(lat, lon, seq.lat, seq.lon, cfg.geo),
+                     cosine=_unit_rows(cand_emb) @ _unit_rows(seq.emb).T)
