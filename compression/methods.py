@@ -13,7 +13,6 @@ lazily, through :func:`_training`; the other toolchains are loaded by the module
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -28,6 +27,7 @@ from edge_rerank.compression.coreml_compress import coreml_scores, package_size
 from edge_rerank.compression.quantize import dynamic_int8, fp16, static_int8
 from edge_rerank.converters.onnx.convert import export_onnx
 from edge_rerank.device_sdk import backends
+from edge_rerank.device_sdk.extras import importable, install_hint
 
 FAMILIES = ("reference", "quantization", "pruning", "distillation")
 REFERENCE = "onnx-fp32"  # what every method's table numbers are measured against
@@ -157,7 +157,7 @@ class Method:
     build: Callable[[Context, Path], Path]  # (context, output directory) -> model file
     description: str = ""
     requires: tuple[str, ...] = ()  # importable modules the method needs (its toolchain)
-    extra: str = "onnx"  # the pyproject extra that provides them
+    extra: str = "onnx"  # the extra to suggest for a required module edge_rerank.extras does not know
     reference: str | None = REFERENCE  # the fp32 method of the same format (None: this is that reference)
     # how scores are produced when not by `runtime` (Core ML off macOS: the MIL program in numpy)
     scorer: Callable[[Path], Callable[[dict[str, np.ndarray]], np.ndarray]] | None = None
@@ -171,9 +171,9 @@ class Method:
         the fp32 export it starts from having failed."""
         if self.format not in FORMAT_FP32:
             return f"unknown format {self.format!r}"
-        missing = [m for m in self.requires if not _importable(m)]
+        missing = [m for m in self.requires if not importable(m)]
         if missing:
-            return f"{self.name}: missing {', '.join(missing)}: pip install 'edge-rerank[{self.extra}]'"
+            return f"{self.name}: missing {', '.join(missing)}: {install_hint(missing, fallback=self.extra)}"
         fp32 = FORMAT_FP32[self.format]
         if ctx is not None and fp32 in ctx.missing:
             return f"{self.name}: {ctx.missing[fp32]}"
@@ -183,13 +183,6 @@ class Method:
         if self.scorer is not None:
             return self.scorer(path)
         return backends.create(self.runtime, path).run
-
-
-def _importable(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
 
 
 def _onnx(name: str, family: str, build: Callable[[Context, Path], Path], description: str,

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from edge_rerank.cloud.training.configs import TrainConfig
     from edge_rerank.cloud.training.data import Samples, SessionSplit, SplitConfig
     from edge_rerank.cloud.training.model import DeviceReranker, ModelConfig
     from edge_rerank.compression.benchmark import MethodResult
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
     from edge_rerank.converters.export import ExportReport
     from edge_rerank.device_sdk.features import FeatureConfig
     from edge_rerank.simulator.world import WorldConfig
+
+DEFAULT_EPOCHS = 15  # train()'s (and `edge-rerank train`'s) maximum epochs; early stopping usually ends sooner
 
 __all__ = ["CompressResult", "EvalResult", "ExportResult", "HeldOut", "TrainResult", "compress", "compress_benchmark",
            "evaluate", "export", "feature_config_for", "load_held_out", "train"]
@@ -177,9 +180,9 @@ def _write_split_record(bundle: Path, held: HeldOut) -> None:
 
 
 def train(logs: str | Path, out: str | Path, *, feature_config: FeatureConfig | str | Path | None = None,
-          epochs: int = 15, loss: str = "lambda", seed: int = 0, split: SplitConfig | None = None,
-          model_config: ModelConfig | None = None, joint_cloud_data: str | Path | None = None,
-          tune: int = 0, progress: bool = True) -> TrainResult:
+          epochs: int | None = None, loss: str | None = None, seed: int = 0, split: SplitConfig | None = None,
+          model_config: ModelConfig | None = None, train_config: TrainConfig | None = None,
+          joint_cloud_data: str | Path | None = None, tune: int = 0, progress: bool = True) -> TrainResult:
     """Train the device reranker on impression logs (a Parquet file or directory) into ``OUT/checkpoint.pt``.
 
     Sessions split three ways by `split` (default: 15 % validation, 15 % test, seeded by `seed`); early stopping
@@ -187,9 +190,10 @@ def train(logs: str | Path, out: str | Path, *, feature_config: FeatureConfig | 
     session ids, config, hash). With `joint_cloud_data` (the cloud's data directory) the cloud ranker is trained
     jointly too (``OUT/cloud_ranker.pt`` and ``OUT/ranker.onnx`` for the server). Without `feature_config`,
     v1 logs get the simulator world's config and v2 logs a config fitted to them (``edge-rerank logs
-    infer-config``). With ``tune=N`` an Optuna search of N trials (``cloud.training.tune``, scored on the
-    validation sessions only) picks the model and training configuration first; the search is recorded in the
-    summary (``tune``)."""
+    infer-config``). `train_config` sets the optimisation (learning rate, batch size, patience, ...; default
+    ``TrainConfig(epochs=15, seed=seed)``); `epochs` and `loss`, when given, override its fields. With ``tune=N``
+    an Optuna search of N trials (``cloud.training.tune``, scored on the validation sessions only) picks the model
+    and training configuration first; the search is recorded in the summary (``tune``)."""
     from edge_rerank.cloud.logs import read_logs
     from edge_rerank.cloud.training.data import SplitConfig, build_samples, split_sessions
     from edge_rerank.cloud.training.train import TrainConfig, fit, save_checkpoint
@@ -212,7 +216,8 @@ def train(logs: str | Path, out: str | Path, *, feature_config: FeatureConfig | 
     if min(len(tr), len(va), len(te)) == 0:
         raise ValueError(f"the logs' {len(set(samples.session_ids))} sessions leave a split part empty "
                          f"({record.counts()}): log more sessions")
-    tcfg = TrainConfig(epochs=epochs, loss=loss, seed=seed)
+    tcfg = train_config or TrainConfig(epochs=DEFAULT_EPOCHS, seed=seed)
+    tcfg = replace(tcfg, **{k: v for k, v in (("epochs", epochs), ("loss", loss)) if v is not None})
     searched = None
     if tune:
         from edge_rerank.cloud.training.tune import tune as search

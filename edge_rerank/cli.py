@@ -8,8 +8,14 @@ import json
 import sys
 from dataclasses import fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge_rerank import __version__
+from edge_rerank.cloud.training.configs import ModelConfig, TrainConfig
+from edge_rerank.console import configure_output
+
+if TYPE_CHECKING:
+    from edge_rerank.cloud.training.data import SplitConfig
 
 
 def _cmd_demo(a: argparse.Namespace) -> int:
@@ -110,17 +116,41 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
     return 0
 
 
+TRAIN_FLAGS = ("epochs", "loss", "lr", "batch_size", "weight_decay", "patience", "threads")
+MODEL_FLAGS = ("use_feedback", "residual", "cross", "dropout")
+
+
+def train_configs(a: argparse.Namespace) -> tuple[TrainConfig, ModelConfig, SplitConfig]:
+    """The configs `train` runs with: the defaults, then the --config file, then the flags given. ValueError
+    (naming the file, table and key) for anything invalid."""
+    from edge_rerank.api import DEFAULT_EPOCHS
+    from edge_rerank.cloud.training.configs import read_config_file
+    from edge_rerank.cloud.training.data import SplitConfig
+
+    file = read_config_file(a.config) if a.config else {}
+    flags = vars(a)
+    seed = a.seed if a.seed is not None else file.get("train", {}).get("seed", 0)
+    tkw = {"epochs": DEFAULT_EPOCHS, "seed": seed} | file.get("train", {})
+    tkw |= {k: flags[k] for k in TRAIN_FLAGS if flags.get(k) is not None}
+    if a.seed is not None:
+        tkw["seed"] = a.seed
+    mkw = file.get("model", {}) | {k: flags[k] for k in MODEL_FLAGS if flags.get(k) is not None}
+    if a.views is not None:
+        mkw["views"] = tuple(v.strip() for v in a.views.split(",") if v.strip())
+    skw = {"seed": seed} | file.get("split", {})
+    skw |= {k: flags[k] for k in ("valid_share", "test_share") if flags.get(k) is not None}
+    if a.seed is not None:
+        skw["seed"] = a.seed
+    return TrainConfig(**tkw), ModelConfig(**mkw), SplitConfig(**skw)
+
+
 def _cmd_train(a: argparse.Namespace) -> int:
     from edge_rerank.api import train
-    from edge_rerank.cloud.training.data import SplitConfig
-    from edge_rerank.cloud.training.model import ModelConfig
 
-    mcfg = ModelConfig(use_feedback=a.mvfan, residual=not a.no_residual, cross=not a.no_cross,
-                       views=tuple(a.views.split(",")))
     try:
-        split = SplitConfig(valid_share=a.valid_share, test_share=a.test_share, seed=a.seed)
-        r = train(a.logs, a.out, feature_config=a.feature_config, epochs=a.epochs, loss=a.loss, seed=a.seed,
-                  split=split, model_config=mcfg, joint_cloud_data=a.joint, tune=a.tune,
+        tcfg, mcfg, split = train_configs(a)
+        r = train(a.logs, a.out, feature_config=a.feature_config, seed=split.seed, split=split,
+                  model_config=mcfg, train_config=tcfg, joint_cloud_data=a.joint, tune=a.tune,
                   progress=not a.no_progress)
     except ValueError as exc:
         print(f"train: {exc}", file=sys.stderr)
@@ -321,7 +351,19 @@ def _cmd_serve(a: argparse.Namespace) -> int:
     return serve_forever(cfg, host=a.host, port=a.port, workers=a.workers, threads=a.threads)
 
 
-_FMT = argparse.ArgumentDefaultsHelpFormatter
+class _Fmt(argparse.HelpFormatter):
+    """Help that lists every default once: ``(default: X)`` is added unless the help already says its default,
+    the default is None (an unset override) or the option is an on/off flag."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("default" in text or action.default is None or action.default is argparse.SUPPRESS
+                or action.default is False or action.nargs == 0 or not action.option_strings):
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+
+_FMT = _Fmt
 
 
 def _add_run_sizes(p: argparse.ArgumentParser) -> None:
@@ -352,13 +394,13 @@ def _add_simulate_parser(sub) -> None:
                                    "OUT/logs (Parquet). With --arms (and --bundle for the device arm): an A/B "
                                    "over the same sessions, report.md + plots in OUT; --ray runs it on Ray "
                                    "workers with identical results.")
-    s.add_argument("--out", default="runs/simulate")
-    s.add_argument("--sessions", type=int, default=1000)
+    s.add_argument("--out", default="runs/simulate", help="output directory (logs, report.md, plots)")
+    s.add_argument("--sessions", type=_positive_int, default=1000, help="sessions (per arm in an A/B)")
     s.add_argument("--seed", type=int, default=1000, help="session seed")
-    s.add_argument("--world-seed", type=int, default=0)
+    s.add_argument("--world-seed", type=int, default=0, help="seed of the simulated world (catalog, users)")
     s.add_argument("--world", choices=["shop", "feed"], default="shop", help="simulated domain (docs/simulator.md)")
     s.add_argument("--bundle", type=_bundle_dir, help="bundle directory for the device arm (runs an A/B)")
-    s.add_argument("--backend", default="onnxruntime")
+    s.add_argument("--backend", default="onnxruntime", help="device backend that runs --bundle")
     s.add_argument("--workers", type=int, default=1, help="gunicorn workers")
     s.add_argument("--arms", help="comma-separated A/B arms from cloud,random,heuristic,oracle,informed,device "
                                   "(default with --bundle: cloud,device); the first is the baseline; "
@@ -380,26 +422,47 @@ def _add_train_parser(sub) -> None:
                        description="Train from any logs in the documented impression-log schema "
                                    "(docs/impression_log_schema.md).")
     t.add_argument("--logs", required=True, type=_existing_path, help="a .parquet file or a directory of them")
-    t.add_argument("--out", default="runs/train")
-    t.add_argument("--feature-config", help="feature config JSON (default: the simulator world's)")
-    t.add_argument("--epochs", type=int, default=15, help="maximum epochs (early stopping on validation NDCG@10)")
-    t.add_argument("--loss", choices=["lambda", "listnet", "pairwise"], default="lambda",
-                   help="LambdaLoss (|ΔNDCG|-weighted pairs), ListNet, or pairwise logistic")
-    t.add_argument("--seed", type=int, default=0, help="training and session-split seed")
-    t.add_argument("--valid-share", dest="valid_share", type=float, default=0.15,
-                   help="share of sessions for validation (early stopping, best epoch)")
-    t.add_argument("--test-share", dest="test_share", type=float, default=0.15,
-                   help="share of sessions for test (reported numbers only; recorded in the checkpoint)")
-    t.add_argument("--tune", type=int, default=0, metavar="N",
+    t.add_argument("--out", default="runs/train", help="output directory (checkpoint.pt, summary.json)")
+    t.add_argument("--feature-config", help="feature config JSON (default: the simulator world's for v1 logs, one "
+                                            "fitted to the logs for v2)")
+    t.add_argument("--config", type=_existing_path, metavar="TOML",
+                   help="training config file with [train], [model] and [split] tables (keys: the flags below "
+                        "with underscores, e.g. batch_size; docs/models.md); flags given here override it")
+    o = t.add_argument_group("optimisation (default: the config file's, else the value shown)")
+    o.add_argument("--epochs", type=_positive_int, help="maximum epochs, early stopping on validation NDCG@10 "
+                                                       "(default: 15)")
+    o.add_argument("--loss", choices=["lambda", "listnet", "pairwise"],
+                   help="LambdaLoss (|ΔNDCG|-weighted pairs), ListNet, or pairwise logistic (default: lambda)")
+    o.add_argument("--lr", type=float, help=f"AdamW learning rate (default: {TrainConfig.lr:g})")
+    o.add_argument("--batch-size", dest="batch_size", type=_positive_int,
+                   help=f"lists per batch (default: {TrainConfig.batch_size})")
+    o.add_argument("--weight-decay", dest="weight_decay", type=float,
+                   help=f"AdamW weight decay (default: {TrainConfig.weight_decay:g})")
+    o.add_argument("--patience", type=_positive_int,
+                   help=f"epochs without a better validation NDCG@10 before stopping (default: {TrainConfig.patience})")
+    o.add_argument("--threads", type=_positive_int,
+                   help=f"torch intra-op threads (default: {TrainConfig.threads}; small models train fastest on one)")
+    o.add_argument("--seed", type=int, help="training and session-split seed (default: 0)")
+    o.add_argument("--tune", type=int, default=0, metavar="N",
                    help="search N model/training configurations first (Optuna, scored on validation only)")
-    t.add_argument("--mvfan", action="store_true",
+    sp = t.add_argument_group("session split")
+    sp.add_argument("--valid-share", dest="valid_share", type=float,
+                    help="share of sessions for validation: early stopping, best epoch (default: 0.15)")
+    sp.add_argument("--test-share", dest="test_share", type=float,
+                    help="share of sessions for test: reported numbers only, recorded in the checkpoint "
+                         "(default: 0.15)")
+    m = t.add_argument_group("model")
+    m.add_argument("--mvfan", dest="use_feedback", action="store_const", const=True,
                    help="add the MVFAN feedback attention network (off by default: it lost to Match&Aggregate-only "
                         "on held-out sessions, see the README)")
-    t.add_argument("--no-residual", action="store_true",
+    m.add_argument("--no-residual", dest="residual", action="store_const", const=False,
                    help="score from scratch instead of adding to the cloud score (the default keeps the cloud order "
                         "on lists without feedback)")
-    t.add_argument("--no-cross", action="store_true", help="MVFAN without negatives<->positives cross attention")
-    t.add_argument("--views", default="id,attr,context", help="MVFAN query views (comma-separated)")
+    m.add_argument("--no-cross", dest="cross", action="store_const", const=False,
+                   help="MVFAN without negatives<->positives cross attention")
+    m.add_argument("--views", help="MVFAN query views, comma-separated (default: id,attr,context)")
+    m.add_argument("--dropout", type=float, help=f"dropout after fusing the candidate parts (default: "
+                                                 f"{ModelConfig.dropout:g})")
     t.add_argument("--joint", metavar="CLOUD_DATA",
                    help="cloud data directory: train the cloud ranker too (three-stage joint training); writes "
                         "ranker.onnx for the server next to the device checkpoint")
@@ -422,10 +485,10 @@ def _add_ablate_parser(sub) -> None:
     b = sub.add_parser("ablate", formatter_class=_FMT, help="model ablation table, offline and online",
                        description="Train every variant (cloud order, heuristic, LightGBM, PRM without feedback, "
                                    "+ Match&Aggregate, + MVFAN, + joint training) on the same simulated logs; "
-                                   "held-out NDCG@5/10 and simulator A/B QV_CTR with paired 95 %% CIs. Writes "
+                                   "held-out NDCG@5/10 and simulator A/B QV_CTR with paired 95 % CIs. Writes "
                                    "ablation.md, ablation.json and ablation.png to --out.")
-    b.add_argument("--out", default="runs/ablation")
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--out", default="runs/ablation", help="output directory")
+    b.add_argument("--seed", type=int, default=0, help="world and run seed")
     b.add_argument("--quick", action="store_true", help="small preset (about a minute)")
     b.add_argument("--offline-only", action="store_true", help="skip the simulator A/B")
     _add_run_sizes(b)
@@ -441,13 +504,13 @@ def _add_export_parser(sub) -> None:
                                    "measured parity) and print a parity table. Exit 1 if a format failed or its "
                                    "toolchain is missing. Core ML numerics need macOS: elsewhere the program's "
                                    "structure is checked and the bundle is marked structure-only.")
-    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--checkpoint", required=True, type=_existing_path, help="checkpoint.pt written by train")
     e.add_argument("--logs", required=True, help="the logs the checkpoint was trained on: its recorded test "
                                                   "sessions are the validation inputs")
     e.add_argument("--format", default="onnx", choices=["onnx", "tflite", "coreml", "mnn", "all"],
                    help="target format, or all of them")
-    e.add_argument("--out", default="runs/export")
-    e.add_argument("--version", default="dev")
+    e.add_argument("--out", default="runs/export", help="output directory (one bundle per format)")
+    e.add_argument("--version", default="dev", help="version written into the bundles' manifests")
     e.add_argument("--validate-lists", type=_positive_int, default=300,
                    help="real lists to validate on (edge cases always included)")
     e.set_defaults(func=_cmd_export)
@@ -470,7 +533,7 @@ def _add_compress_parser(sub) -> None:
     c.add_argument("--checkpoint", default="runs/demo/checkpoint.pt", help="trained model (make demo writes one)")
     c.add_argument("--logs", default="runs/demo/logs",
                    help="the logs the checkpoint was trained on (its recorded train / validation / test split)")
-    c.add_argument("--out", default="runs/compression")
+    c.add_argument("--out", default="runs/compression", help="output directory")
     c.add_argument("--lists", type=_positive_int, default=300, help="test lists to evaluate")
     c.add_argument("--methods", help="comma-separated method names (default: all)")
     c.add_argument("--sim-sessions", type=int, default=1000,
@@ -484,14 +547,15 @@ def _add_serve_parser(sub) -> None:
     v = sub.add_parser("serve", formatter_class=_FMT, help="run the cloud companion under gunicorn")
     v.add_argument("--data-dir", required=True, help="cloud data directory (see cloud/catalog.py)")
     v.add_argument("--world-seed", type=int, help="provision a simulated world into --data-dir if it is empty")
-    v.add_argument("--host", default="127.0.0.1")
-    v.add_argument("--port", type=int, default=8080)
+    v.add_argument("--host", default="127.0.0.1", help="address to bind")
+    v.add_argument("--port", type=int, default=8080, help="port to bind")
     v.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
     v.add_argument("--threads", type=int, default=1, help="threads per worker (>1: gthread workers, keep-alive)")
     v.add_argument("--log-dir", help="accept opt-in impression logs into this directory")
     v.add_argument("--api-key", help="key required on /v1/logs")
     v.add_argument("--model-version", default="", help="model version pages advertise when the registry has none")
-    v.add_argument("--embedding-encoding", choices=["fp16", "int8"], default="fp16")
+    v.add_argument("--embedding-encoding", choices=["fp16", "int8"], default="fp16",
+                   help="how pages carry the sparse ID embedding rows")
     v.add_argument("--embedding-store", choices=["file", "redis"], default="file",
                    help="file: DATA_DIR/embeddings (memmap); redis: a table loaded at --redis-url")
     v.add_argument("--redis-url", help="e.g. redis://127.0.0.1:6379/0")
@@ -506,8 +570,8 @@ def _add_serve_parser(sub) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-rerank", description="On-device search reranking with a cloud companion.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+                                formatter_class=_FMT)
+    _add_global_flags(p, default=False)
     p.add_argument("--version", action="version", version=f"edge-rerank {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     _add_demo_parser(sub)
@@ -519,9 +583,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compress_parser(sub)
     _add_serve_parser(sub)
     _add_logs_parser(sub)
-    for sp in sub.choices.values():  # global flags also after the subcommand (`edge-rerank train ... --no-progress`)
-        sp.add_argument("--no-progress", action="store_true", default=argparse.SUPPRESS, help="hide progress bars")
+    for sp in sub.choices.values():  # global flags also after the subcommand (`edge-rerank train ... -q`)
+        _add_global_flags(sp, default=argparse.SUPPRESS)
     return p
+
+
+def _add_global_flags(p: argparse.ArgumentParser, default: object) -> None:
+    """--no-progress, -q and -v; on the subcommands with a SUPPRESS default so they do not reset the main parser's."""
+    p.add_argument("--no-progress", action="store_true", default=default, help="hide progress bars")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("-q", "--quiet", action="store_true", default=default,
+                   help="warnings and errors only, no progress bars")
+    g.add_argument("-v", "--verbose", action="store_true", default=default,
+                   help="debug logging, and the third-party warnings that are hidden otherwise")
 
 
 # ------------------------------------------------------------------ logs (self-contained: parser + handler)
@@ -574,7 +648,22 @@ def _cmd_logs(a: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    if args.quiet and args.verbose:
+        print("edge-rerank: -q and -v contradict each other; pass one", file=sys.stderr)
+        return 2
+    args.no_progress = args.no_progress or args.quiet
+    configure_output(quiet=args.quiet, verbose=args.verbose)
+    try:
+        return int(args.func(args) or 0)
+    except ModuleNotFoundError as exc:  # an extra that is not installed: say which, not a traceback
+        from edge_rerank.device_sdk.extras import install_hint
+
+        if args.verbose or not exc.name:
+            raise
+        hint = install_hint([exc.name])
+        print(f"edge-rerank {args.command}: needs the Python module {exc.name!r}, which is not installed"
+              + (f": {hint}" if hint else ""), file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ def _ray():
     try:
         import ray
     except ImportError as exc:  # pragma: no cover - exercised only without the extra
-        raise ImportError("simulate --ray needs ray: pip install 'edge-rerank[sim]'") from exc
+        raise ImportError("simulate --ray needs ray: pip install 'edge-rerank[ray]'") from exc
     return ray
 
 

@@ -155,7 +155,7 @@ def test_one_version_and_global_flags_after_the_subcommand():
     (["train", "--logs", "{tmp}/none"], "no such file or directory"),
     (["eval", "{tmp}/none", "--logs", "{tmp}"], "no such file or directory"),
     (["simulate", "--bundle", "{tmp}", "--out", "{tmp}/o"], "not a bundle directory"),
-    (["export", "--checkpoint", "x", "--logs", "y", "--validate-lists", "0"], "must be at least 1"),
+    (["export", "--checkpoint", "{tmp}", "--logs", "y", "--validate-lists", "0"], "must be at least 1"),
     (["compress", "--preset", "nope", "--checkpoint", "{tmp}/none"], "unknown preset 'nope'"),
 ])
 def test_bad_arguments_are_refused_before_any_work(tmp_path, args, message):

@@ -23,50 +23,17 @@ the masks with float ops only: export-friendly).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
+from edge_rerank.cloud.training.configs import VIEWS, ModelConfig  # noqa: F401  (re-exported: configs live torch-free)
 from edge_rerank.device_sdk.features import FeatureConfig, input_names
 
 NEG = -1e4
 
 
-@dataclass(frozen=True)
-class ModelConfig:
-    d_model: int = 32
-    n_heads: int = 2
-    n_layers: int = 1
-    ffn: int = 64
-    # The default is Match&Aggregate + PRM + the residual on the cloud score; MVFAN (use_feedback) is opt-in: on
-    # every seed and after an Optuna search it scored below M&A-only on held-out sessions (README, "Quality").
-    use_feedback: bool = False  # True: MVFAN attention over the feedback sequence; False: a PRM over the candidates
-    cross: bool = True  # negatives <-> positives cross attention inside the feedback sequence
-    views: tuple[str, ...] = ("id", "attr", "context")  # queries over the feedback sequences
-    wide: bool = False  # add a linear read-out of the (standardised) candidate features to the score
-    dropout: float = 0.2  # after fusing the candidate parts (training only; export runs in eval mode)
-    residual: bool = True  # score = w * cloud_score + has_feedback * model (needs the `cloud_score` operator)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "views", tuple(self.views))
-        bad = set(self.views) - set(VIEWS)
-        if bad or not self.views:
-            raise ValueError(f"views must be a non-empty subset of {VIEWS}, got {self.views}")
-        if self.d_model % self.n_heads:
-            raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["views"] = list(self.views)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ModelConfig:
-        return cls(**d)
-
-
-VIEWS = ("id", "attr", "context")
 
 
 def attend_with_zero_slot(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from edge_rerank.cloud.training.configs import ModelConfig, TrainConfig
 from edge_rerank.cloud.training.data import (
     Samples,
     SessionSplit,
@@ -21,23 +22,9 @@ from edge_rerank.cloud.training.data import (
     trim_padding,
 )
 from edge_rerank.cloud.training.losses import LOSSES
-from edge_rerank.cloud.training.model import DeviceReranker, ModelConfig, n_params, to_tensors
+from edge_rerank.cloud.training.model import DeviceReranker, n_params, to_tensors
 from edge_rerank.cloud.training.ranking_metrics import auc, gain_with_ci, mrr, ndcg_at_k
 from edge_rerank.device_sdk.features import FeatureConfig
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 12
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    loss: str = "lambda"  # "lambda" | "listnet" | "pairwise" (cloud.training.losses.LOSSES)
-    seed: int = 0
-    # one intra-op thread: these models are small, and on a busy 2-core machine two threads were ~20x slower
-    threads: int = 1
-    patience: int = 4  # epochs without a better validation NDCG@10 before stopping
-    bucket_by_length: bool = True  # batches of similar list lengths (padding trimmed per batch either way)
 
 
 def predict(model: DeviceReranker, samples: Samples, batch_size: int = 512) -> np.ndarray:

@@ -20,7 +20,7 @@ SERVING_SIGNATURE = "serving_default"  # the signature the LiteRT converter writ
 class _TFLiteSignatureBackend:
     name = "litert"
     _module = "ai_edge_litert.interpreter"
-    _extra = "pip install 'edge-rerank[tflite]'"
+    _extra = "pip install 'edge-rerank[litert]'"
 
     def __init__(self, model_path: Path, *, threads: int = 1):
         try:
