@@ -427,7 +427,7 @@ def _add_train_parser(sub) -> None:
                                             "fitted to the logs for v2)")
     t.add_argument("--config", type=_existing_path, metavar="TOML",
                    help="training config file with [train], [model] and [split] tables (keys: the flags below "
-                        "with underscores, e.g. batch_size; docs/models.md); flags given here override it")
+                        "with underscores, e.g. batch_size; README, CLI); flags given here override it")
     o = t.add_argument_group("optimisation (default: the config file's, else the value shown)")
     o.add_argument("--epochs", type=_positive_int, help="maximum epochs, early stopping on validation NDCG@10 "
                                                        "(default: 15)")

@@ -18,7 +18,8 @@ THIRD_PARTY_WARNINGS = (r"(torch|torchvision|torchao|coremltools|onnx|onnxscript
 NOISY_MESSAGES = (r".*(torchvision|torchao|oneDNN|TensorFlow|coremltools|onnxscript|scikit-learn version|"
                   r"Torch version|torch\.export|TracerWarning|_register_pytree_node|pkg_resources).*")
 # logging settings the toolchains read from the environment when they load (TF / glog C++ logging, torch._logging)
-QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "GLOG_minloglevel": "2", "TORCH_LOGS": "-torch"}
+# (TQDM_DISABLE changes tqdm's *default*: coremltools' pass-pipeline bars go, ours pass `disable=` and stay)
+QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "GLOG_minloglevel": "2", "TORCH_LOGS": "-torch", "TQDM_DISABLE": "1"}
 
 
 def configure_output(*, quiet: bool = False, verbose: bool = False) -> None:
