@@ -173,4 +173,5 @@ def test_the_extras_table_matches_pyproject():
             continue  # not installed here: nothing to check against
         assert provided_by & _requirement_names(extras[extra]), (module, extra, provided_by)
     assert install_hint(["flask.json", "torch"]) == "pip install 'edge-rerank[cloud,train]'"
+    assert install_hint(["onnx"]).endswith("[train]'")  # the onnx *package* (export), not the [onnx] runtime extra
     assert install_hint(["no_such_module"]) == "" and install_hint(["x"], fallback="mnn").endswith("[mnn]'")

@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge_rerank.cloud.training.losses import LOSSES, LambdaLoss, ListNetLoss, PairwiseLogisticLoss
 from edge_rerank.cloud.training.ranking_metrics import auc
@@ -67,6 +69,25 @@ def test_loss_matches_numpy_reference(lists, cls, ref):
     got = cls()(torch.tensor(s, dtype=torch.float64), torch.tensor(y), torch.tensor(m)).item()
     assert np.isfinite(got)
     assert got == pytest.approx(ref(s, y, m), rel=1e-9)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**16), n=st.integers(1, 12), b=st.integers(1, 4),
+       labels=st.sampled_from(["clicks", "graded", "negative", "none"]))
+def test_property_pair_losses_over_relevant_rows_equal_all_pairs(seed, n, b, labels):
+    """The pairwise losses form pairs from each list's relevant items only ([B, P, N], not [B, N, N]): the same
+    value as the all-pairs reference for any labels (sparse clicks, graded, none; negative labels for the pairwise
+    loss: NDCG weights need gains >= 0, which FeatureConfig.label_gain enforces) and padding."""
+    rng = np.random.default_rng(seed)
+    s = rng.normal(size=(b, n)) * 5
+    y = {"clicks": rng.random((b, n)) < 0.1, "graded": rng.integers(0, 4, (b, n)),
+         "negative": rng.integers(-2, 2, (b, n)), "none": np.zeros((b, n))}[labels].astype(float)
+    m = (np.arange(n)[None] < rng.integers(0, n + 1, (b, 1))).astype(float)
+    for cls, ref in ((PairwiseLogisticLoss, _pairwise_numpy), (LambdaLoss, _lambda_numpy)):
+        if cls is LambdaLoss and labels == "negative":
+            continue
+        got = cls()(torch.tensor(s, dtype=torch.float64), torch.tensor(y), torch.tensor(m)).item()
+        assert got == pytest.approx(ref(s, y * m, m), rel=1e-9, abs=1e-12), cls.__name__
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))

@@ -12,15 +12,31 @@ from torch import nn
 PAD = -1e9
 
 
-def _pairs(labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """[B, N, N] float: 1 where item i is strictly more relevant than item j and both are real items."""
-    y = labels * mask
-    return (y.unsqueeze(2) > y.unsqueeze(1)).float() * mask.unsqueeze(2) * mask.unsqueeze(1)
+def _relevant_rows(y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[B, P] indices of each list's P most relevant real items, P = the most items above its list's least
+    relevant label that any list has.
+
+    Every pair a pairwise loss counts has a more relevant item i, above its list's minimum, so pairs are formed as
+    [B, P, N] (those items x every item) instead of [B, N, N]: the same sum, and with a few clicks in a list of
+    300 candidates about 100x less work and memory."""
+    if not y.numel():
+        return torch.zeros((y.shape[0], 0), dtype=torch.long)
+    big = torch.finfo(y.dtype).max
+    lowest = torch.where(mask > 0, y, torch.full_like(y, big)).min(dim=1, keepdim=True).values
+    p = max(int(((y > lowest) & (mask > 0)).sum(dim=1).max()), 1)
+    return torch.topk(torch.where(mask > 0, y, torch.full_like(y, -big)), min(p, y.shape[1]), dim=1).indices
 
 
-def _pair_logistic(scores: torch.Tensor) -> torch.Tensor:
-    """[B, N, N] log(1 + exp(-(s_i - s_j))), stable for any score magnitude."""
-    return nn.functional.softplus(-(scores.unsqueeze(2) - scores.unsqueeze(1)))
+def _pairs(y: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """[B, P, N] float: 1 where item rows[p] is strictly more relevant than item j and both are real items
+    (`y` already masked)."""
+    yi, mi = y.gather(1, rows), mask.gather(1, rows)
+    return (yi.unsqueeze(2) > y.unsqueeze(1)).float() * mi.unsqueeze(2) * mask.unsqueeze(1)
+
+
+def _pair_logistic(scores: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """[B, P, N] log(1 + exp(-(s_rows[p] - s_j))), stable for any score magnitude."""
+    return nn.functional.softplus(-(scores.gather(1, rows).unsqueeze(2) - scores.unsqueeze(1)))
 
 
 class ListNetLoss(nn.Module):
@@ -38,8 +54,10 @@ class PairwiseLogisticLoss(nn.Module):
     """RankNet: mean logistic loss over all pairs (i more relevant than j) within a list."""
 
     def forward(self, scores: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        valid = _pairs(labels, mask)
-        return (valid * _pair_logistic(scores)).sum() / valid.sum().clamp_min(1.0)
+        y = labels * mask
+        rows = _relevant_rows(y, mask)
+        valid = _pairs(y, mask, rows)
+        return (valid * _pair_logistic(scores, rows)).sum() / valid.sum().clamp_min(1.0)
 
 
 class LambdaLoss(nn.Module):
@@ -56,10 +74,11 @@ class LambdaLoss(nn.Module):
             ideal = torch.sort(y, dim=1, descending=True).values
             pos = torch.arange(y.shape[1], device=y.device, dtype=scores.dtype)
             idcg = (ideal / torch.log2(pos + 2.0)).sum(1, keepdim=True).clamp_min(1e-9)
-            gain_diff = (y.unsqueeze(2) - y.unsqueeze(1)).abs()
-            delta = gain_diff * (disc.unsqueeze(2) - disc.unsqueeze(1)).abs() / idcg.unsqueeze(2)
-        valid = _pairs(labels, mask)
-        return (delta * valid * _pair_logistic(scores)).sum() / valid.sum().clamp_min(1.0)
+            rows = _relevant_rows(y, mask)
+            gain_diff = (y.gather(1, rows).unsqueeze(2) - y.unsqueeze(1)).abs()
+            delta = gain_diff * (disc.gather(1, rows).unsqueeze(2) - disc.unsqueeze(1)).abs() / idcg.unsqueeze(2)
+            valid = _pairs(y, mask, rows)
+        return (delta * valid * _pair_logistic(scores, rows)).sum() / valid.sum().clamp_min(1.0)
 
 
 LOSSES: dict[str, type[nn.Module]] = {"listnet": ListNetLoss, "lambda": LambdaLoss, "pairwise": PairwiseLogisticLoss}
