@@ -6,6 +6,7 @@ writes it next to its report. The traces come from :mod:`edge_rerank.simulator.r
 
 from __future__ import annotations
 
+import functools
 import http.server
 import json
 import threading
@@ -20,6 +21,7 @@ PAGE_FILE = "replay.html"  # under a run directory
 _ASSETS = "replay_assets"
 
 
+@functools.cache
 def _asset(name: str) -> str:
     return resources.files("edge_rerank").joinpath(_ASSETS, name).read_text(encoding="utf-8")
 

@@ -126,7 +126,10 @@
             st.ids = st.ids.slice(0, e.start).concat(e.order);
             for (const m of e.moves) info.moves[m[0]] = {from: m[1], to: m[2]};
           }
-          if (e.status === "applied" || e.status === "late") st.lastRerank = info;
+          if (e.status === "applied" || e.status === "late") {
+            info.prevReq = st.lastRerank ? st.lastRerank.req : null;
+            st.lastRerank = info;
+          }
           else if (!st.lastRerank || st.lastRerank.t !== e.t) st.lastOther = info;
           break;
         }
@@ -180,6 +183,7 @@
     const list = col.querySelector(".list");
     const moves = st.lastRerank ? st.lastRerank.moves : {};
     const req = st.lastRerank ? st.lastRerank.req : null;
+    const prevReq = st.lastRerank ? st.lastRerank.prevReq : null;
     const fresh = st.lastRerank && st.lastRerank.t === T;
     list.textContent = "";
     const span = (st.screen >= 0 ? st.start : 0);
@@ -224,9 +228,7 @@
         (sc !== null ? ", score " + sc.toFixed(2) : ""));
       list.append(li);
     });
-    const cs = getComputedStyle(document.documentElement).getPropertyValue("--item-h");
-    const h = parseFloat(cs) || 62;
-    list.style.transform = "translateY(" + (-span * h) + "px)";
+    list.style.setProperty("--start", String(span));  // the CSS scrolls by --start items (any item height)
     col.querySelector(".statusbar .where").textContent = (st.screen >= 0 ? "screen " + (st.screen + 1) : "loading") +
       " · page " + Math.max(st.page, 1) + " · " + fmtS(T);
     col.querySelector(".phone").classList.toggle("left", st.left !== null);
@@ -236,7 +238,8 @@
     // banner: a rerank's outcome at this step
     const banner = col.querySelector(".banner");
     const outs = st.now.filter((e) => e.k === "outcome");
-    banner.textContent = outs.map((e) => describe(e, s)).join("; ");
+    banner.textContent = outs.length ? outs.map((e) => describe(e, s)).join("; ") :
+      (st.lastRerank ? "last rerank " + (st.lastRerank.ev.r + 1) + " at " + fmtS(st.lastRerank.t) : "cloud order");
     banner.classList.toggle("show", outs.length > 0);
     // up next: the unseen items in the order they would come
     const nl = col.querySelector(".next-list");
@@ -255,9 +258,12 @@
         li.classList.add("moved");
         txt = (mv.from > mv.to ? "↑" : "↓") + Math.abs(mv.from - mv.to);
       }
-      if (sc !== null && row) txt += " " + (sc - row[3] >= 0 ? "+" : "−") + Math.abs(sc - row[3]).toFixed(2);
+      const prev = scoreOf(prevReq, id);
+      if (sc !== null) txt += " " + sc.toFixed(2);
+      if (sc !== null && prev !== null) txt += " (" + (sc - prev >= 0 ? "+" : "−") + Math.abs(sc - prev).toFixed(2) + ")";
       const mvEl = el("span", "mv" + (mv && mv.from !== mv.to ? (mv.from > mv.to ? " up" : " down") : ""), txt);
-      if (sc !== null && row) mvEl.title = "score " + sc.toFixed(2) + " vs cloud " + row[3].toFixed(2);
+      if (sc !== null) mvEl.title = "reranker score " + sc.toFixed(2) + (prev !== null ? ", " + prev.toFixed(2) +
+        " at the rerank before" : "") + (row ? "; cloud score " + row[3].toFixed(2) : "");
       li.append(mvEl);
       nl.append(li);
     });
