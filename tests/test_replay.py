@@ -183,10 +183,10 @@ def _write_run(traces, run: Path) -> Path:
 
 
 def test_cli_writes_and_serves_the_page(traces, tmp_path):
+    from edge_rerank.cli import main
+
     run = _write_run(traces, tmp_path / "run")
-    r = subprocess.run([sys.executable, "-m", "edge_rerank.cli", "replay", str(run)], capture_output=True, text=True,
-                       cwd=ROOT, timeout=60)
-    assert r.returncode == 0, r.stderr
+    assert main(["replay", str(run)]) == 0
     page = run / "replay.html"
     assert extract_json(page.read_text())["sessions"] == read_traces(run)["sessions"]
     p = subprocess.Popen([sys.executable, "-m", "edge_rerank.cli", "replay", str(run), "--out",
@@ -210,18 +210,20 @@ def test_cli_writes_and_serves_the_page(traces, tmp_path):
         p.wait(timeout=10)
 
 
-def test_cli_refuses_what_it_cannot_replay(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "edge_rerank.cli", "replay", str(tmp_path)], capture_output=True,
-                       text=True, cwd=ROOT, timeout=60)
-    assert r.returncode == 2 and "no replay traces" in r.stderr and "Traceback" not in r.stderr
+def test_cli_refuses_what_it_cannot_replay(tmp_path, capsys):
+    from edge_rerank.cli import main
+
+    assert main(["replay", str(tmp_path)]) == 2
+    assert "no replay traces" in capsys.readouterr().err
     (tmp_path / "replay").mkdir()
     (tmp_path / TRACES_FILE).write_text(json.dumps({"format": "something else"}))
-    r = subprocess.run([sys.executable, "-m", "edge_rerank.cli", "replay", str(tmp_path)], capture_output=True,
-                       text=True, cwd=ROOT, timeout=60)
-    assert r.returncode == 2 and "not a replay traces file" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "edge_rerank.cli", "simulate", "--arms", "cloud", "--replay", "3",
-                        "--out", str(tmp_path / "sim")], capture_output=True, text=True, cwd=ROOT, timeout=60)
-    assert r.returncode == 2 and "two arms" in r.stderr
+    assert main(["replay", str(tmp_path)]) == 2
+    assert "not a replay traces file" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # argparse: a run directory that does not exist
+        main(["replay", str(tmp_path / "nope")])
+    assert exc.value.code == 2 and "no such file" in capsys.readouterr().err
+    assert main(["simulate", "--arms", "cloud", "--replay", "3", "--out", str(tmp_path / "sim")]) == 2
+    assert "two arms" in capsys.readouterr().err and not (tmp_path / "sim").exists()
 
 
 def test_write_page_default_location(traces, tmp_path):

@@ -165,10 +165,14 @@ def test_page_replays_the_first_applied_rerank_in_dom_order(driver, page_url):
         assert px >= 11
         path = IMG / f"replay_{width}.png"
         assert d.save_screenshot(str(path)) and path.stat().st_size > 10_000
-    # Space plays and pauses; Home goes back to the start
+    # Space plays (the steps advance on their own) and pauses; Home goes back to the start
+    Select(d.find_element("id", "speed")).select_by_value("32")
+    before = int(d.find_element("tag name", "body").get_attribute("data-step"))
     _press(d, " ")
     assert d.find_element("id", "b-play").get_attribute("aria-pressed") == "true"
+    time.sleep(1.0)
     _press(d, " ")
+    assert int(d.find_element("tag name", "body").get_attribute("data-step")) > before
     assert d.find_element("id", "b-play").get_attribute("aria-pressed") == "false"
     _press(d, "\ue011")
     assert d.find_element("tag name", "body").get_attribute("data-step") == "0"
