@@ -229,9 +229,11 @@ def _left_early(o: dict) -> bool:
 
 
 def _category_names(world) -> list[str]:
-    names = getattr(world, "category_names", None)
-    if names is None and world.cfg.domain == "shop":
-        names = CATEGORY_QUERIES
+    names = CATEGORY_QUERIES if world.cfg.domain == "shop" else None
+    if world.cfg.domain == "feed":
+        from edge_rerank.simulator.feed import TOPICS
+
+        names = TOPICS
     n = world.cfg.n_categories
     return [str(names[c]) if names is not None and c < len(names) else f"category {c}" for c in range(n)]
 

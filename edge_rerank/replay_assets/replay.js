@@ -49,8 +49,8 @@
   // ---- sessions and filters ----
   function sessionLabel(s) {
     const o = s.arms.map((a) => a.outcome);
-    const part = (x) => x.clicks + " cl/" + x.orders + " ord/" + x.screens + " scr";
-    return "#" + s.index + " " + s.query + " — A " + part(o[0]) + " · B " + part(o[1]);
+    const part = (x) => x.clicks + " clicks, " + x.orders + " orders, " + x.screens + " screens";
+    return "#" + s.index + " " + s.query + " — A: " + part(o[0]) + " | B: " + part(o[1]);
   }
   function applyFilters(keep) {
     const fd = $("f-differs").checked, fo = $("f-orders").checked, fe = $("f-early").checked;
@@ -130,7 +130,6 @@
             info.prevReq = st.lastRerank ? st.lastRerank.req : null;
             st.lastRerank = info;
           }
-          else if (!st.lastRerank || st.lastRerank.t !== e.t) st.lastOther = info;
           break;
         }
         case "leave": st.left = e.why; break;
@@ -177,7 +176,7 @@
     return b;
   }
 
-  function renderArm(j, col, s, T, current) {
+  function renderArm(j, col, s, T) {
     const arm = s.arms[j];
     const st = armState(arm, T);
     const list = col.querySelector(".list");
@@ -282,7 +281,7 @@
   function render() {
     const s = D.sessions[state.sel];
     const T = state.steps[state.step];
-    const sts = cols.map((c, j) => renderArm(j, c, s, T, state.step));
+    const sts = cols.map((c, j) => renderArm(j, c, s, T));
     $("scrub").value = String(state.step);
     $("clock").textContent = fmtS(T) + " (" + (state.step + 1) + "/" + state.steps.length + ")";
     $("scrub").setAttribute("aria-valuetext", "step " + (state.step + 1) + " of " + state.steps.length + ", " + fmtS(T));
