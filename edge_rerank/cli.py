@@ -623,10 +623,10 @@ def _add_replay_parser(sub) -> None:
 def _cmd_replay(a: argparse.Namespace) -> int:
     from edge_rerank.replay_page import make_server, write_page
 
-    run = Path(a.run_dir)
-    out = a.out or ((run.parent if run.is_file() else run) / "replay.html")
+    run = Path(a.run_dir)  # a run directory, or a traces file (the page then goes next to it)
+    out = a.out or (run / "replay.html" if run.is_dir() else run.with_suffix(".html"))
     try:
-        page = write_page(run if run.is_dir() else run, out, title=a.title)
+        page = write_page(run, out, title=a.title)
     except (FileNotFoundError, ValueError) as exc:
         print(f"replay: {exc}", file=sys.stderr)
         return 2

@@ -226,6 +226,10 @@ def test_cli_refuses_what_it_cannot_replay(tmp_path, capsys):
     assert "two arms" in capsys.readouterr().err and not (tmp_path / "sim").exists()
 
 
-def test_write_page_default_location(traces, tmp_path):
+def test_page_default_locations(traces, tmp_path):
+    from edge_rerank.cli import main
+
     run = _write_run(traces, tmp_path / "run")
     assert write_page(run) == run / "replay.html"
+    assert main(["replay", str(run / TRACES_FILE)]) == 0  # a traces file: the page goes next to it
+    assert extract_json((run / TRACES_FILE).with_suffix(".html").read_text())["sessions"] == traces["sessions"]
