@@ -13,6 +13,7 @@
     return e;
   };
   const fmtS = (ms) => (ms / 1000).toFixed(1) + " s";
+  const n = (k, word) => k + " " + word + (k === 1 ? "" : "s");
   const REASONS = {click_return: "back from a detail page", skip_run: "a run of long skips",
     page_arrival: "a page arrived", page_boundary: "near the page boundary", scroll_idle: "the list rested",
     manual: "manual"};
@@ -49,7 +50,7 @@
   // ---- sessions and filters ----
   function sessionLabel(s) {
     const o = s.arms.map((a) => a.outcome);
-    const part = (x) => x.clicks + " clicks, " + x.orders + " orders, " + x.screens + " screens";
+    const part = (x) => n(x.clicks, "click") + ", " + n(x.orders, "order") + ", " + n(x.screens, "screen");
     return "#" + s.index + " " + s.query + " — A: " + part(o[0]) + " | B: " + part(o[1]);
   }
   function applyFilters(keep) {
@@ -89,9 +90,9 @@
     cols.forEach((c, j) => {
       c.querySelector(".statusbar .q").textContent = "“" + s.query + "”";
       const o = s.arms[j].outcome;
-      c.querySelector(".arm-stats").textContent = "whole session: " + o.clicks + " clicks, " + o.orders +
-        " orders, " + o.screens + " screens, " + (o.exhausted ? "reached the end" : o.abandoned ? "left without a click" : "then left") +
-        (o.reranks_applied ? " · " + o.reranks_applied + " reranks applied, " + o.moved + " moves" : "") +
+      c.querySelector(".arm-stats").textContent = "whole session: " + n(o.clicks, "click") + ", " +
+        n(o.orders, "order") + ", " + n(o.screens, "screen") + ", " + (o.exhausted ? "reached the end" : o.abandoned ? "left without a click" : "then left") +
+        (o.reranks_applied ? " · " + n(o.reranks_applied, "rerank") + " applied, " + n(o.moved, "move") : "") +
         (s.arms[j].truncated ? " · trace truncated" : "");
     });
     if (history.replaceState) history.replaceState(null, "", "#session=" + encodeURIComponent(s.id));
