@@ -194,10 +194,12 @@ def _write_replay(out: Path, user_model: UserModel, cloud, arms: list[Arm], n: i
     write_traces(traces, out / TRACES_FILE)
     write_page(out, title="edge-rerank demo")
     ss = traces["sessions"]
+    differ = [s for s in ss if s["outcome_differs"]]
+    example = f" ([the first of them]({PAGE_FILE}#session={differ[0]['id']}))" if differ else ""
     return ["## Session replay", "",
             f"[Watch the first {n} A/B sessions]({PAGE_FILE}) (`{PAGE_FILE}`, self-contained; `edge-rerank replay "
             f"{out} --serve` serves it): A and B side by side, each trigger and rerank, what moved. "
-            f"{sum(s['outcome_differs'] for s in ss)} of them end differently in the two arms, "
+            f"{len(differ)} of them end differently in the two arms{example}, "
             f"{sum(s['has_orders'] for s in ss)} have orders.", ""]
 
 
