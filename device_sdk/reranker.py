@@ -37,7 +37,7 @@ class RerankResult:
     fallback_reason: str | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)  # features / inference / reinsertion / total
     model_version: str | None = None  # the model that scored (None: none did)
-    scores: list[float] | None = None  # the score of each window item (items[n_fixed:], input order), if scored
+    scores: list[float] | None = None  # per window item (items[n_fixed:n_fixed + len(scores)], input order), if scored
 
 
 class Reranker(Protocol):
