@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo demo-quick test lint proto bench bench-session bench-device bench-train bench-simulator bench-cloud bench-compression redis-server clean
+.PHONY: demo demo-quick test lint proto browser bench bench-session bench-device bench-train bench-simulator bench-cloud bench-compression redis-server clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,7 @@ demo: $(STAMP)
 demo-quick: $(STAMP)
 	$(VENV)/bin/edge-rerank demo --quick --out runs/demo-quick
 
-test: $(STAMP) redis-server
+test: $(STAMP) redis-server browser
 	$(PY) -m pytest -q
 
 # The Redis embedding-store tests start a real redis-server: install it when missing and possible (root + apt).
@@ -28,6 +28,13 @@ redis-server:
 	@command -v redis-server >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; } || \
 	  echo "redis-server is not installed and cannot be installed here: the Redis store tests will skip"
+
+# The replay page's browser test (tests/test_replay_browser.py) drives the distribution's headless Chromium through
+# chromedriver: install them when missing and possible (root + apt); without them that test skips.
+browser:
+	@command -v chromedriver >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
+	  echo "chromium + chromium-driver are not installed and cannot be installed here: the browser test will skip"
 
 # All benchmarks (JSON under runs/bench/); run them on a quiet machine.
 bench: bench-device bench-session bench-train bench-simulator bench-cloud

@@ -29,8 +29,14 @@ from edge_rerank.simulator.user_model import UserModel  # noqa: E402
 from edge_rerank.simulator.world import World, WorldConfig  # noqa: E402
 
 
-def rate(arm: Arm, um: UserModel, cloud, n: int, seed: int, warmup: int = 200) -> dict:
+def rate(arm: Arm, um: UserModel, cloud, n: int, seed: int, warmup: int = 200, replay: bool = False) -> dict:
+    """Sessions/s of `arm` (``replay``: on a phone recording replay traces, simulator/replay.py)."""
     phone = arm.phone(um, cloud)
+    if replay:
+        from edge_rerank.simulator.replay import ReplayPhone
+
+        phone = ReplayPhone(um, cloud, arm=arm.name, reranker=arm.reranker, triggers=arm.triggers, keep_logs=False,
+                            cost_model=arm.cost_model)
     for i in range(warmup):
         phone.run(um.world.session(i, seed + 1))
     t0, c0 = time.perf_counter(), time.process_time()
@@ -113,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
            rate(build_arm(ArmSpec("cloud", "cloud"), um), um, wire, a.sessions // 2, a.seed))
     record("heuristic_inproc", "heuristic reranker in the loop, 1 core",
            rate(build_arm(ArmSpec("heuristic", "heuristic"), um), um, fast, a.sessions // 2, a.seed))
+    record("cloud_only_replay", "cloud-only, recording replay traces, 1 core",
+           rate(build_arm(ArmSpec("cloud", "cloud"), um), um, fast, a.sessions // 2, a.seed, replay=True))
+    record("heuristic_replay", "heuristic reranker, recording replay traces, 1 core",
+           rate(build_arm(ArmSpec("heuristic", "heuristic"), um), um, fast, a.sessions // 2, a.seed, replay=True))
     record("oracle_inproc", "oracle arm, 1 core",
            rate(build_arm(ArmSpec("oracle", "oracle"), um), um, fast, a.sessions // 2, a.seed))
     bundle = a.bundle

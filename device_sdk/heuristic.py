@@ -101,4 +101,4 @@ class HeuristicReranker:
         order = reinsert(n, n_fixed, self.features.n_max, s)
         moved = sum(1 for p, i in enumerate(order) if p != i)
         ms = (time.perf_counter() - t0) * 1e3
-        return RerankResult(order=order, applied=True, moved=moved, timings_ms={"total": ms})
+        return RerankResult(order=order, applied=True, moved=moved, timings_ms={"total": ms}, scores=s.tolist())

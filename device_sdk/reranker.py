@@ -37,6 +37,7 @@ class RerankResult:
     fallback_reason: str | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)  # features / inference / reinsertion / total
     model_version: str | None = None  # the model that scored (None: none did)
+    scores: list[float] | None = None  # per window item (items[n_fixed:n_fixed + len(scores)], input order), if scored
 
 
 class Reranker(Protocol):
@@ -158,4 +159,5 @@ class RerankService:
         timings["reinsertion"] = (t3 - t2) * 1e3
         timings["total"] = (t3 - t0) * 1e3
         moved = sum(1 for pos, idx in enumerate(order) if pos != idx)
-        return RerankResult(order=order, applied=True, moved=moved, timings_ms=timings, model_version=model.version)
+        return RerankResult(order=order, applied=True, moved=moved, timings_ms=timings, model_version=model.version,
+                            scores=scores.tolist())

@@ -83,6 +83,10 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"simulate: {exc}", file=sys.stderr)
         return 2
+    if a.replay and len(specs) < 2:
+        print("simulate: --replay compares two arms: pass --arms with at least two (e.g. --arms cloud,heuristic)",
+              file=sys.stderr)
+        return 2
     wcfg = WorldConfig(seed=a.world_seed, domain=a.world)
     world = World(wcfg)
     data_dir = world.provision_cloud(out / "cloud_data")
@@ -107,6 +111,8 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
             um = UserModel(world)
             results = run_ab(um, cloud, [build_arm(s, um) for s in specs], a.sessions, seed=a.seed,
                              progress=not a.no_progress, config=phone_cfg)
+        if a.replay > 0:
+            _simulate_replay(a, world, specs, url, key, data_dir, phone_cfg)
     write_report(out, results, title="edge-rerank simulate: A/B", seed=a.seed,
                  extra_json={"config": {"arms": arms_text, "sessions": a.sessions, "seed": a.seed,
                                         "world_seed": a.world_seed, "device": a.device,
@@ -114,6 +120,24 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
                                         "ray_workers": a.ray_workers if a.ray else 0}})
     print((out / "report.md").read_text())
     return 0
+
+
+def _simulate_replay(a: argparse.Namespace, world, specs, url: str, key: str, data_dir: Path, phone_cfg) -> None:
+    """Record the first --replay A/B sessions of the first two arms (the A/B's own specs) and write the page."""
+    from edge_rerank.replay_page import write_page
+    from edge_rerank.simulator.arms import build_arm
+    from edge_rerank.simulator.replay import TRACES_FILE, record_replays, write_traces
+    from edge_rerank.simulator.transport import HttpCloud, InProcessCloud
+    from edge_rerank.simulator.user_model import UserModel
+
+    um = UserModel(world)
+    cloud = HttpCloud(url, api_key=key) if a.transport == "http" else InProcessCloud(str(data_dir), wire=False)
+    arms = [build_arm(s, um) for s in specs[:2]]
+    n = min(a.replay, a.sessions)
+    traces = record_replays(um, cloud, arms, [world.session(i, a.seed) for i in range(n)], config=phone_cfg)
+    write_traces(traces, Path(a.out) / TRACES_FILE)
+    page = write_page(a.out, title="edge-rerank simulate")
+    print(f"replay: {n} sessions -> {page}")
 
 
 TRAIN_FLAGS = ("epochs", "loss", "lr", "batch_size", "weight_decay", "patience", "threads")
@@ -385,6 +409,8 @@ def _add_demo_parser(sub) -> None:
     _add_run_sizes(d)
     d.add_argument("--loss", choices=["lambda", "listnet", "pairwise"], help="ranking loss")
     d.add_argument("--world", choices=["shop", "feed"], help="simulated domain (default shop; docs/simulator.md)")
+    d.add_argument("--replay-sessions", dest="replay_sessions", type=int,
+                   help="A/B sessions recorded for the replay page replay.html (default 40, quick 20; 0: none)")
     d.set_defaults(func=_cmd_demo)
 
 
@@ -414,6 +440,9 @@ def _add_simulate_parser(sub) -> None:
                    help="reach the cloud over HTTP (the gunicorn server) or in-process (identical pages)")
     s.add_argument("--ray", action="store_true", help="run the A/B on Ray workers (identical results)")
     s.add_argument("--ray-workers", dest="ray_workers", type=int, default=2, help="Ray workers (local Ray)")
+    s.add_argument("--replay", type=int, default=0, metavar="N",
+                   help="also record the first N A/B sessions of the first two arms for the replay page "
+                        "(OUT/replay/traces.json and OUT/replay.html; see `edge-rerank replay`)")
     s.set_defaults(func=_cmd_simulate)
 
 
@@ -583,6 +612,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compress_parser(sub)
     _add_serve_parser(sub)
     _add_logs_parser(sub)
+    _add_replay_parser(sub)
     for sp in sub.choices.values():  # global flags also after the subcommand (`edge-rerank train ... -q`)
         _add_global_flags(sp, default=argparse.SUPPRESS)
     return p
@@ -643,6 +673,48 @@ def _cmd_logs(a: argparse.Namespace) -> int:
         print(f"feature config: {a.out} (fingerprint {cfg.fingerprint()})")
     else:
         print(json.dumps(cfg.to_dict(), indent=2))
+    return 0
+
+
+# ------------------------------------------------------------------ replay (self-contained: parser + handler)
+
+def _add_replay_parser(sub) -> None:
+    r = sub.add_parser("replay", formatter_class=_FMT, help="write (or serve) the session replay page of a run",
+                       description="A self-contained page (HTML/CSS/JS, the traces embedded as JSON, no external "
+                                   "requests) that plays back the replay traces a run recorded (RUN_DIR/replay/"
+                                   "traces.json: `edge-rerank demo` writes them, `simulate --arms A,B --replay N` "
+                                   "too): the two arms side by side, step / play / jump to the next rerank, a "
+                                   "session picker with filters. Keys: Space play, arrows step, N next rerank.")
+    r.add_argument("run_dir", type=_existing_path, help="a run directory holding replay/traces.json (or the file)")
+    r.add_argument("--out", help="page to write (default: RUN_DIR/replay.html)")
+    r.add_argument("--title", default="", help="a line shown under the page's heading (default: none)")
+    r.add_argument("--serve", action="store_true", help="then serve the page over HTTP until interrupted")
+    r.add_argument("--host", default="127.0.0.1", help="address to bind for --serve")
+    r.add_argument("--port", type=int, default=8765, help="port for --serve (0: any free port)")
+    r.set_defaults(func=_cmd_replay)
+
+
+def _cmd_replay(a: argparse.Namespace) -> int:
+    from edge_rerank.replay_page import make_server, write_page
+
+    run = Path(a.run_dir)  # a run directory, or a traces file (the page then goes next to it)
+    out = a.out or (run / "replay.html" if run.is_dir() else run.with_suffix(".html"))
+    try:
+        page = write_page(run, out, title=a.title)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"replay: {exc}", file=sys.stderr)
+        return 2
+    print(f"replay page: {page} ({page.stat().st_size / 1024:.0f} KiB, self-contained)", flush=True)
+    if not a.serve:
+        return 0
+    srv = make_server(page, a.host, a.port)
+    print(f"serving it on http://{a.host}:{srv.server_port}/ (Ctrl-C stops)", flush=True)
+    try:
+        srv.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        srv.server_close()
     return 0
 
 

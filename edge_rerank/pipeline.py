@@ -42,9 +42,10 @@ class DemoConfig:
     server_workers: int = 1
     validate_lists: int = 300
     world: str = "shop"  # simulated domain: "shop" or "feed" (WorldConfig.domain)
+    replay_sessions: int = 40  # A/B sessions recorded for the replay page (replay.html; 0: none)
 
 
-QUICK = {"log_sessions": 700, "ab_sessions": 500, "epochs": 4, "validate_lists": 60}
+QUICK = {"log_sessions": 700, "ab_sessions": 500, "epochs": 4, "validate_lists": 60, "replay_sessions": 20}
 
 
 def simulate_sessions_with_uploads(phone: Phone, specs, cloud, *, progress: bool = True,
@@ -143,12 +144,15 @@ def run_demo(cfg: DemoConfig, *, progress: bool = True) -> dict:
         arms = [Arm("A_cloud"), Arm("B_device", RerankService(loaded))]
         results = run_ab(UserModel(world), cloud, arms, cfg.ab_sessions, seed=2000 + cfg.seed, progress=progress)
         stages["ab_s"] = time.perf_counter() - t
+        replay_md = _write_replay(out, UserModel(world), cloud, arms, min(cfg.replay_sessions, cfg.ab_sessions),
+                                  seed=2000 + cfg.seed)
         cloud.close()
 
     model_bytes = loaded.bundle.manifest.model_bytes
     st, sc, sv = trained.test, trained.test_cloud_order, trained.valid
     sp = trained.split
     extra_md = "\n".join([
+        *replay_md,
         "## Model", "",
         f"- trained on {trained.train_lists} rerank lists from {n_rows} logged lists "
         f"({cfg.log_sessions} cloud-only sessions; split by session {sp['sessions']['train']} train / "
@@ -177,6 +181,26 @@ def run_demo(cfg: DemoConfig, *, progress: bool = True) -> dict:
     data["total_s"] = time.perf_counter() - t0
     (out / "report.json").write_text(json.dumps(data, indent=2, default=float))
     return data
+
+
+def _write_replay(out: Path, user_model: UserModel, cloud, arms: list[Arm], n: int, *, seed: int) -> list[str]:
+    """Record the first `n` A/B sessions (the same specs the A/B ran) for the replay page; the report's lines."""
+    if n <= 0:
+        return []
+    from edge_rerank.replay_page import PAGE_FILE, write_page
+    from edge_rerank.simulator.replay import TRACES_FILE, record_replays, write_traces
+
+    traces = record_replays(user_model, cloud, arms, [user_model.world.session(i, seed) for i in range(n)])
+    write_traces(traces, out / TRACES_FILE)
+    write_page(out, title="edge-rerank demo")
+    ss = traces["sessions"]
+    differ = [s for s in ss if s["outcome_differs"]]
+    example = f" ([the first of them]({PAGE_FILE}#session={differ[0]['id']}))" if differ else ""
+    return ["## Session replay", "",
+            f"[Watch the first {n} A/B sessions]({PAGE_FILE}) (`{PAGE_FILE}`, self-contained; `edge-rerank replay "
+            f"{out} --serve` serves it): A and B side by side, each trigger and rerank, what moved. "
+            f"{len(differ)} of them end differently in the two arms{example}, "
+            f"{sum(s['has_orders'] for s in ss)} have orders.", ""]
 
 
 def quick(cfg: DemoConfig) -> DemoConfig:

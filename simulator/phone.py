@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import NamedTuple
@@ -128,6 +129,9 @@ class _ItemInfo(NamedTuple):
 class PhoneSession:
     """One session, advanced screen by screen (``Phone.run`` loops it; ``PhoneSessionEnv`` steps it)."""
 
+    # what drives the device side; simulator.replay substitutes a recording subclass (the normal run is untouched)
+    device_session_class: Callable[..., RerankSession] = RerankSession
+
     def __init__(self, phone: Phone, spec: SessionSpec):
         self.phone, self.spec = phone, spec
         self.um = phone.um
@@ -144,12 +148,13 @@ class PhoneSession:
         logger = (SessionLogger(spec.session_id, self.world.user_ids[spec.user], spec.query, spec.context,
                                 phone.arm) if phone.keep_logs else None)
         self.t = 0.0
-        self.device_session = RerankSession(spec.session_id, spec.context, phone.reranker,
-                                            triggers=phone.trigger_cfg, logger=logger, privacy=phone.privacy,
-                                            timing="external", late_policy=phone.cfg.late_policy,
-                                            clock=lambda: self.t, strict=phone.strict,
-                                            keep_events=phone.keep_events or None,
-                                            reshow=self.world.reshows_items)
+        self.device_session = self.device_session_class(spec.session_id, spec.context, phone.reranker,
+                                                        triggers=phone.trigger_cfg, logger=logger,
+                                                        privacy=phone.privacy, timing="external",
+                                                        late_policy=phone.cfg.late_policy,
+                                                        clock=lambda: self.t, strict=phone.strict,
+                                                        keep_events=phone.keep_events or None,
+                                                        reshow=self.world.reshows_items)
         self.profile = get_profile(phone.cfg.device)
         self.device = DeviceClock(self.profile)
         self.page_index = 0

@@ -39,3 +39,12 @@ def test_quick_demo_end_to_end(tmp_path):
         assert shipped_bytes < manifest["sizes"][manifest["model_file"]]
     assert data["train"]["split"]["sessions"]["test"] > 0 and data["train"]["test_lists"] > 0
     assert "test sessions" in report
+    # the session replay (issue 20): traces of the first A/B sessions, the page, and the report's link to it
+    from edge_rerank.replay_page import extract_json
+
+    assert "](replay.html)" in report
+    traces = extract_json((out / "replay.html").read_text())
+    assert traces["arms"] == ["A_cloud", "B_device"] and len(traces["sessions"]) == 20
+    device_reranks = [e for s in traces["sessions"] for e in s["arms"][1]["events"] if e["k"] == "rerank"]
+    assert device_reranks and all(e["scores"] is None or len(e["scores"]) == len(e["window"]) for e in device_reranks)
+    assert any(e["scores"] for e in device_reranks)  # the device model's scores, recorded per rerank

@@ -52,7 +52,7 @@ def test_cloud_serving_does_not_import_torch_or_simulator():
 
 
 @pytest.mark.parametrize("sub", ["", "demo", "simulate", "train", "eval", "export", "compress", "ablate", "serve",
-                                 "logs"])
+                                 "logs", "replay"])
 def test_every_subcommand_has_help(sub):
     r = subprocess.run([sys.executable, "-m", "edge_rerank.cli", *([sub] if sub else []), "--help"],
                        capture_output=True, text=True, cwd=ROOT)
