@@ -16,7 +16,8 @@ THIRD_PARTY_WARNINGS = (r"(torch|torchvision|torchao|coremltools|onnx|onnxscript
                         r"ai_edge_\w+|transformers|ray|optuna|sklearn|google\.protobuf|lightgbm|gymnasium)(\.|$)")
 # messages seen from them in `export` / `compress` runs, whatever module they are attributed to
 NOISY_MESSAGES = (r".*(torchvision|torchao|oneDNN|TensorFlow|coremltools|onnxscript|scikit-learn version|"
-                  r"Torch version|torch\.export|TracerWarning|_register_pytree_node|pkg_resources).*")
+                  r"Torch version|torch\.export|TracerWarning|_register_pytree_node|pkg_resources|LeafSpec|"
+                  r"Iterating over a tensor might cause the trace).*")
 # logging settings the toolchains read from the environment when they load (TF / glog C++ logging, torch._logging)
 # (TQDM_DISABLE changes tqdm's *default*: coremltools' pass-pipeline bars go, ours pass `disable=` and stay)
 QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "GLOG_minloglevel": "2", "TORCH_LOGS": "-torch", "TQDM_DISABLE": "1"}
