@@ -125,26 +125,59 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+STALE_TMP_S = 3600.0  # a temp part older than this belongs to an upload that died (uploads take seconds)
+
+
+def clean_stale_tmp(root: str | Path, older_than_s: float = STALE_TMP_S) -> list[str]:
+    """Delete the ``.*.tmp`` files a killed upload or compaction left in a log directory (only ones older than
+    `older_than_s`, so a live upload's temp file is never touched). Returns their names."""
+    root, gone = Path(root), []
+    now = time.time()
+    for p in root.glob(".*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            if now - p.stat().st_mtime > older_than_s:
+                p.unlink()
+                gone.append(p.name)
+    return gone
+
+
 class LogSink:
     """Appends each accepted batch as its own Parquet part: written to a temp file, fsynced, renamed, and the
     directory fsynced. A batch is acknowledged only after that, so an acknowledged batch survives kill -9
     (and power loss, as far as the file system honours fsync). Small parts are merged later by
-    :func:`compact_logs`."""
+    :func:`compact_logs`. Stale temp parts of killed uploads are removed when a sink opens the directory."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        clean_stale_tmp(self.root)
 
     def append(self, rows: list[ImpressionRow]) -> str:
-        table = rows_to_table(rows)
+        return self.append_slices([rows])[0]
+
+    def append_slices(self, slices: Iterable[list[ImpressionRow]]) -> tuple[str, int]:
+        """Write the rows of `slices` (an iterable, consumed one slice at a time so only one slice is in memory)
+        as one part; (part name, rows). If the iterable raises, nothing is written and the error propagates."""
         name = f"part-{uuid.uuid4().hex}.parquet"
         tmp = self.root / f".{name}.tmp"
-        pq.write_table(table, tmp, compression="zstd")
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, self.root / name)
+        n = 0
+        try:
+            with pq.ParquetWriter(tmp, IMPRESSION_SCHEMA, compression="zstd") as w:
+                for rows in slices:
+                    if rows:
+                        w.write_table(rows_to_table(rows))
+                        n += len(rows)
+            if n == 0:
+                raise ValueError("no rows to write")
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, self.root / name)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            raise
         fsync_dir(self.root)
-        return name
+        return name, n
 
 
 # ---- compaction ------------------------------------------------------------------------------------------
