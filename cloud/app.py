@@ -60,6 +60,7 @@ class CloudConfig:
     admin_key: str | None = None  # required to publish/promote/roll back; None disables those endpoints
     model_name: str = "device-reranker"  # the registry model whose assignment pages advertise
     ranking_cache_size: int = 4096  # rankings kept per worker for later pages of a search (0: off)
+    ranking_cache_bytes: int = 64 << 20  # and at most this many bytes of them per worker
     max_bundle_bytes: int = 256 * 1024 * 1024  # upload limit for publishing a bundle archive
     allow_anonymous_logs: bool = False  # accept /v1/logs without an api_key (serve --insecure; local runs only)
     max_log_rows: int = 4096  # rows per /v1/logs request (413 above)
@@ -422,7 +423,8 @@ def create_app(config: CloudConfig) -> Flask:
     ranker = load_ranker(root)
     app.extensions["edge_rerank.config"] = config
     app.extensions["edge_rerank.pipeline"] = SearchPipeline(catalog, store, ranker, model_version=config.model_version,
-                                                            cache_size=config.ranking_cache_size)
+                                                            cache_size=config.ranking_cache_size,
+                                                            cache_bytes=config.ranking_cache_bytes)
     app.extensions["edge_rerank.logs"] = LogSink(config.log_dir) if config.log_dir else None
     app.extensions["edge_rerank.ingest_limits"] = IngestLimits(
         max_rows=config.max_log_rows, emb_dim=store.dim, dense_dim=getattr(ranker, "dense_dim", None))
