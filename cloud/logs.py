@@ -10,12 +10,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import math
 import os
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,8 @@ from edge_rerank.device_sdk.contracts import (
     LoggedCandidate,
     PageItem,
 )
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = "1"
 SCHEMA_VERSION_V2 = "2"
@@ -312,11 +315,23 @@ def compact_logs(root: str | Path, *, min_parts: int = 2) -> dict:
     with open(root / ".compact.lock", "a+b") as lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
         _recover(root)
-        parts = sorted(root.glob("part-*.parquet"))
+        stale = clean_stale_tmp(root)
+        parts, tables, bad = [], [], []
+        for p in sorted(root.glob("part-*.parquet")):
+            try:
+                t, decl = _read_file(p)
+                if decl is not None:
+                    raise LogFormatError("a v2 part among the server's v1 parts")
+            except Exception as exc:  # anything a damaged file makes pyarrow raise
+                quarantine(root, p, f"{type(exc).__name__}: {str(exc)[:200]}")
+                bad.append(p.name)
+                continue
+            parts.append(p)
+            tables.append(t)
         if len(parts) < min_parts:
-            return {"parts": len(parts), "rows": 0, "output": None}
-        table = pa.concat_tables([pq.read_table(p).select(IMPRESSION_SCHEMA.names) for p in parts])
-        table = table.cast(IMPRESSION_SCHEMA)
+            return {"parts": len(parts), "rows": 0, "output": None, "quarantined": bad, "stale_tmp_removed": stale}
+        table = pa.concat_tables(tables)
+        del tables
         out = f"compacted-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet"
         tmp = root / f".{out}.tmp"
         pq.write_table(table, tmp, compression="zstd")
@@ -333,7 +348,8 @@ def compact_logs(root: str | Path, *, min_parts: int = 2) -> dict:
         os.replace(tmp, root / out)
         fsync_dir(root)
         _recover(root)  # deletes the inputs and the journal
-        return {"parts": len(parts), "rows": table.num_rows, "output": out}
+        return {"parts": len(parts), "rows": table.num_rows, "output": out, "quarantined": bad,
+                "stale_tmp_removed": stale}
 
 
 def log_files(path: str | Path) -> list[Path]:
@@ -344,22 +360,125 @@ def log_files(path: str | Path) -> list[Path]:
     return files
 
 
-def read_logs(path: str | Path) -> list[ImpressionRow]:
+QUARANTINE = "quarantine"
+
+
+@dataclass
+class LogReadReport:
+    """What a log read skipped: files moved to ``quarantine/`` (name -> reason) and rows left out (reason ->
+    count, with the first few examples as ``file row k: reason``)."""
+
+    files_read: int = 0
+    rows_read: int = 0
+    skipped_files: dict[str, str] = field(default_factory=dict)
+    skipped_rows: dict[str, int] = field(default_factory=dict)
+    examples: list[str] = field(default_factory=list)
+
+    def skip_row(self, where: str, reason: str) -> None:
+        key = reason.split(":")[0]
+        self.skipped_rows[key] = self.skipped_rows.get(key, 0) + 1
+        if len(self.examples) < 10:
+            self.examples.append(f"{where}: {reason}")
+
+    def summary(self) -> str:
+        n = sum(self.skipped_rows.values())
+        parts = [f"read {self.rows_read} rows from {self.files_read} files"]
+        if self.skipped_files:
+            parts.append(f"skipped {len(self.skipped_files)} unreadable files (moved to {QUARANTINE}/: "
+                         + "; ".join(f"{k}: {v}" for k, v in list(self.skipped_files.items())[:5]) + ")")
+        if n:
+            parts.append(f"skipped {n} invalid rows (" + ", ".join(f"{k}: {v}" for k, v in
+                                                                   self.skipped_rows.items()) + ")")
+        return "; ".join(parts)
+
+
+def quarantine(root: Path, f: Path, reason: str) -> Path:
+    """Move an unreadable log file out of the live set into ``root/quarantine/`` with ``<name>.reason.txt`` next
+    to it, and log one warning naming it."""
+    qdir = root / QUARANTINE
+    qdir.mkdir(exist_ok=True)
+    dst = qdir / f.name
+    if dst.exists():
+        dst = qdir / f"{f.stem}-{uuid.uuid4().hex[:8]}{f.suffix}"
+    (qdir / f"{dst.name}.reason.txt").write_text(reason + "\n")
+    os.replace(f, dst)
+    fsync_dir(root)
+    log.warning("impression log %s is unreadable (%s): moved to %s", f.name, reason, dst)
+    return dst
+
+
+def _read_file(f: Path) -> tuple[pa.Table, LogDeclaration | None]:
+    """One log file's table and v2 declaration, or an exception naming what is wrong with it."""
+    table = pq.read_table(f)
+    decl = declaration_of(table.schema, f.name)
+    if decl is None:
+        missing = set(IMPRESSION_SCHEMA.names) - set(table.schema.names)
+        if missing:
+            raise LogFormatError(f"lacks columns {sorted(missing)}")
+        try:
+            table = table.select(IMPRESSION_SCHEMA.names).cast(IMPRESSION_SCHEMA)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:
+            raise LogFormatError(f"columns do not match the impression schema: {str(exc)[:160]}") from None
+    return table, decl
+
+
+def read_logs(path: str | Path, *, report: LogReadReport | None = None) -> list[ImpressionRow]:
     """Read every live Parquet file under `path` (a file or a directory) into contracts: v1 and v2 files alike.
-    Raises :class:`LogFormatError` (file, row, field) on a malformed v2 row."""
+
+    In a directory, a file that cannot be read (empty, truncated, not Parquet, wrong schema) is moved to
+    ``quarantine/`` with a reason file and skipped with one warning; a single file given as `path` raises instead.
+    Without `report`, a malformed row raises :class:`LogFormatError` (file, row, field); with one, malformed rows
+    (v2: any field; v1: non-finite numbers, out-of-range values, vectors of another width than the file's first
+    row) are skipped and counted in it."""
+    path = Path(path)
     rows: list[ImpressionRow] = []
     for f in log_files(path):
-        table = pq.read_table(f)
-        decl = declaration_of(table.schema, f)
+        try:
+            table, decl = _read_file(f)
+        except Exception as exc:  # anything a damaged file makes pyarrow raise
+            reason = f"{type(exc).__name__}: {str(exc)[:200]}"
+            if not path.is_dir():
+                raise LogFormatError(f"{f.name}: {reason}") from exc
+            quarantine(path, f, reason)
+            if report is not None:
+                report.skipped_files[f.name] = reason
+            continue
+        if report is not None:
+            report.files_read += 1
         if decl is None:
-            rows.extend(table_to_rows(table))
+            got = table_to_rows(table)
+            if report is not None:
+                got = _valid_v1_rows(got, f.name, report)
+            rows.extend(got)
             continue
         for i, rec in enumerate(table.to_pylist()):
             try:
                 rows.append(parse_row_v2(rec, decl))
             except LogRowError as exc:
-                raise LogFormatError(f"{f.name} row {i}: {exc}") from None
+                if report is None:
+                    raise LogFormatError(f"{f.name} row {i}: {exc}") from None
+                report.skip_row(f"{f.name} row {i}", str(exc))
+    if report is not None:
+        report.rows_read = len(rows)
     return rows
+
+
+def _valid_v1_rows(rows: list[ImpressionRow], name: str, report: LogReadReport) -> list[ImpressionRow]:
+    from edge_rerank.cloud.log_ingest import IngestLimits, row_problem
+
+    limits = None
+    out = []
+    for i, r in enumerate(rows):
+        if limits is None and r.candidates:
+            it = r.candidates[0].item
+            limits = IngestLimits(dense_dim=int(np.asarray(it.cloud_dense).size),
+                                  emb_dim=int(np.asarray(it.id_embedding).size))
+        problem = row_problem(r, limits or IngestLimits())
+        if problem is None:
+            out.append(r)
+        else:
+            report.skip_row(f"{name} row {i}", problem)
+    return out
 
 
 # ---- log format v2 (domain-neutral) ---------------------------------------------------------------------------
