@@ -29,7 +29,7 @@ def raw_request(url: str, data: bytes, timeout_s: float = 10.0) -> tuple[int, by
                 if not chunk:
                     break
                 buf += chunk
-        except (ConnectionResetError, TimeoutError, socket.timeout):
+        except (ConnectionResetError, TimeoutError):
             pass
     if not buf.startswith(b"HTTP/1."):
         return 0, buf

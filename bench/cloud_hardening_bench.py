@@ -96,8 +96,12 @@ def bench_memory(url: str, master: int, limit: int, world) -> dict:
     out = {}
     headers = {"Content-Type": PB, "X-API-Key": KEY}
     real, n_real = real_rows_body(world, limit - 64)
-    for name, body in (("tiny_rows_2MB", tiny_rows_body(2 * 1024 * 1024)), ("tiny_rows_at_limit", tiny_rows_body(limit)),
-                       ("real_rows_at_limit", real)):
+    small, _ = real_rows_body(world, 64 * 1024)
+    for _ in range(8):  # every worker has taken a log upload before (its one-time start-up allocations)
+        raw_request(url, request_bytes("POST", "/v1/logs", small, headers), timeout_s=60)
+    cases = (("tiny_rows_2MB", tiny_rows_body(2 * 1024 * 1024)), ("tiny_rows_at_limit", tiny_rows_body(limit)),
+             ("real_rows_at_limit", real))
+    for name, body in cases:
         before = reset_peak(worker_pids(master))
         t0 = time.perf_counter()
         status, resp = raw_request(url, request_bytes("POST", "/v1/logs", body, headers), timeout_s=120)
@@ -128,7 +132,8 @@ def bench_attacks(url: str, limit: int) -> dict:
     out = {}
     for name, req in cases.items():
         status, body = raw_request(url, req, timeout_s=30)
-        out[name] = {"status": status, "answer": body[:160].decode("latin-1")}
+        out[name] = {"status": status, "answer": body[:160].decode("latin-1"),
+                     "expect_2xx": name == "bad_chunk_healthz"}  # a GET ignores its body
         print(name, out[name], flush=True)
     return out
 
@@ -195,12 +200,13 @@ def main() -> int:
             res["throughput"] = {k: h[k] for k in ("ratios", "capacity_ratios_from_server_cpu", "ratios_vs_post_ping",
                                                    "targets_met")}
             res["throughput"]["rps"] = {k: h[k]["rps"] for k in ("ping", "ping_post", "page", "search")}
-    mem = max(v["peak_worker_growth_mib"] for v in res["memory"].values() if v["body_bytes"] >= limit - 4096)
+    mem = max(v["peak_worker_growth_mib"] for v in res["memory"].values() if v["body_bytes"] >= limit - 65536)
     sc = res["slow_clients"]
     res["targets"] = {"peak_worker_mib_at_limit_le_64": mem <= 64,
-                      "healthz_p99_le_100ms_all_answered": sc["answered"] == sc["checks"] and (sc["p99_ms"] or 1e9) <= 100,
-                      "no_5xx_attacks": all(v["status"] < 500 and v["status"] != 0 or v["status"] == 0
-                                            and False for v in res["attacks"].values()),
+                      "healthz_p99_le_100ms_all_answered": sc["answered"] == sc["checks"]
+                      and (sc["p99_ms"] or 1e9) <= 100,
+                      "attacks_all_4xx": all(400 <= v["status"] < 500 for v in res["attacks"].values()
+                                             if not v.get("expect_2xx")),
                       "worker_restarts_0": res["worker_restarts"] == 0}
     res["machine"]["loadavg_end"] = os.getloadavg()
     out = Path(a.out)
