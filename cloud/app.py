@@ -362,12 +362,15 @@ _LOG_SLICE = 64  # rows converted and written at a time: bounds the Python objec
 
 
 def _slices(rows, n: int):
+    """Rows in lists of `n`. Between slices the worker yields (``time.sleep(0)`` is a cooperative switch under
+    gevent workers), so a large upload does not hold up the worker's other connections for its whole duration."""
     out = []
     for r in rows:
         out.append(r)
         if len(out) == n:
             yield out
             out = []
+            time.sleep(0)
     if out:
         yield out
 
