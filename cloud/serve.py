@@ -57,8 +57,10 @@ def gunicorn_command(host: str, port: int, workers: int, threads: int = 1, worke
         raise ValueError(f"worker_class must be one of {WORKER_CLASSES}, got {wc!r}")
     if wc == "gthread" and threads < 2:
         threads = 2
+    worker = {"gevent": "GeventWorker", "gthread": "ThreadWorker", "sync": "SyncWorker"}[wc]
     cmd = [sys.executable, "-m", "gunicorn", "-c", "python:edge_rerank.cloud.gunicorn_conf", "--workers", str(workers),
-           "--worker-class", wc, "--bind", f"{host}:{port}", "--log-level", "warning",
+           "--worker-class", f"edge_rerank.cloud.gunicorn_workers.{worker}", "--bind", f"{host}:{port}",
+           "--log-level", "warning",
            "--graceful-timeout", "5", "--backlog", "2048", "--timeout", str(timeout_s),
            "--keep-alive", str(keepalive_s),
            "--limit-request-line", "8190", "--limit-request-fields", "100", "--limit-request-field_size", "8190"]
