@@ -393,7 +393,7 @@ def test_malformed_framing_is_never_a_5xx_and_never_logs_a_traceback(server):
         for req in framing_attacks(rng, path, h):
             statuses.append(raw_request(srv.url, req)[0])
             reqs.append(req[:300])
-    assert statuses and all(s < 500 for s in statuses), [x for x in zip(statuses, reqs) if x[0] >= 500]
+    assert statuses and all(s < 500 for s in statuses), [x for x in zip(statuses, reqs, strict=True) if x[0] >= 500]
     assert set(worker_pids(srv.proc.pid)) == pids  # no worker died
     assert "Traceback" not in (d / "server.log").read_text(errors="replace")
 
