@@ -18,6 +18,7 @@ import argparse
 import inspect
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -164,6 +165,8 @@ def main() -> int:
     p.add_argument("--throughput", action="store_true", help="also run bench/cloud_bench.py's HTTP phases")
     p.add_argument("--duration", type=float, default=3.0, help="seconds per throughput phase and round")
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--client", choices=["wrk", "python"], default="wrk" if shutil.which("wrk") else "python")
+    p.add_argument("--only-throughput", action="store_true", help="skip the attack phases")
     a = p.parse_args()
     from edge_rerank.simulator.world import World, WorldConfig
 
@@ -179,40 +182,47 @@ def main() -> int:
         kw = _server_kwargs(workers=a.workers, threads=a.threads, worker_class=a.worker_class)
         if a.worker_class is None:
             kw.pop("worker_class", None)
-        with server_process(cfg, log_file=tmp / "server.log", **kw) as srv:
-            pids0 = sorted(worker_pids(srv.proc.pid))
-            res["server"] = {"workers": a.workers, "threads": a.threads, "worker_class": a.worker_class or "default",
-                             "log_body_limit": limit}
-            res["memory"] = bench_memory(srv.url, srv.proc.pid, limit, world)
-            res["attacks"] = bench_attacks(srv.url, limit)
-            res["slow_clients"] = bench_slow_clients(srv.url, a.checks, a.tricklers)
-            print("slow_clients", json.dumps(res["slow_clients"]), flush=True)
-            res["worker_restarts"] = len(set(worker_pids(srv.proc.pid)) - set(pids0))
-        log_text = (tmp / "server.log").read_text(errors="replace")
-        res["server_log_tracebacks"] = log_text.count("Traceback")
-        res["server_log_tail"] = log_text.splitlines()[-5:]
-        if a.throughput:
+        if not a.only_throughput:
+            with server_process(cfg, log_file=tmp / "server.log", **kw) as srv:
+                pids0 = sorted(worker_pids(srv.proc.pid))
+                res["server"] = {"workers": a.workers, "threads": a.threads,
+                                 "worker_class": a.worker_class or "default", "log_body_limit": limit}
+                res["memory"] = bench_memory(srv.url, srv.proc.pid, limit, world)
+                res["attacks"] = bench_attacks(srv.url, limit)
+                res["slow_clients"] = bench_slow_clients(srv.url, a.checks, a.tricklers)
+                print("slow_clients", json.dumps(res["slow_clients"]), flush=True)
+                res["worker_restarts"] = len(set(worker_pids(srv.proc.pid)) - set(pids0))
+            log_text = (tmp / "server.log").read_text(errors="replace")
+            res["server_log_tracebacks"] = log_text.count("Traceback")
+            res["server_log_tail"] = log_text.splitlines()[-5:]
+        if a.throughput or a.only_throughput:
             import cloud_bench
 
-            args = argparse.Namespace(workers=a.workers, threads=a.threads, client="python", procs=1, connections=8,
-                                      duration=a.duration, rounds=a.rounds, promote_period=0.25)
+            args = argparse.Namespace(workers=a.workers, threads=a.threads, client=a.client, procs=1, connections=8,
+                                      duration=a.duration, rounds=a.rounds, promote_period=0.25,
+                                      worker_class=a.worker_class)
             h = cloud_bench.bench_http(args, tmp)
             res["throughput"] = {k: h[k] for k in ("ratios", "capacity_ratios_from_server_cpu", "ratios_vs_post_ping",
                                                    "targets_met")}
-            res["throughput"]["rps"] = {k: h[k]["rps"] for k in ("ping", "ping_post", "page", "search")}
-    mem = max(v["peak_worker_growth_mib"] for v in res["memory"].values() if v["body_bytes"] >= limit - 65536)
-    sc = res["slow_clients"]
-    res["targets"] = {"peak_worker_mib_at_limit_le_64": mem <= 64,
-                      "healthz_p99_le_100ms_all_answered": sc["answered"] == sc["checks"]
-                      and (sc["p99_ms"] or 1e9) <= 100,
-                      "attacks_all_4xx": all(400 <= v["status"] < 500 for v in res["attacks"].values()
-                                             if not v.get("expect_2xx")),
-                      "worker_restarts_0": res["worker_restarts"] == 0}
+            res["throughput"]["phases"] = {k: {m: h[k][m] for m in ("rps", "p50_ms", "p99_ms", "errors", "non_200",
+                                                                   "server_cpu_us_per_request")}
+                                           for k in ("ping", "ping_post", "page", "search", "page_steady",
+                                                     "page_during_promotion")}
+            res["throughput"]["worker_class"] = a.worker_class or "default"
+    if not a.only_throughput:
+        mem = max(v["peak_worker_growth_mib"] for v in res["memory"].values() if v["body_bytes"] >= limit - 65536)
+        sc = res["slow_clients"]
+        res["targets"] = {"peak_worker_mib_at_limit_le_64": mem <= 64,
+                          "healthz_p99_le_100ms_all_answered": sc["answered"] == sc["checks"]
+                          and (sc["p99_ms"] or 1e9) <= 100,
+                          "attacks_all_4xx": all(400 <= v["status"] < 500 for v in res["attacks"].values()
+                                                 if not v.get("expect_2xx")),
+                          "worker_restarts_0": res["worker_restarts"] == 0}
     res["machine"]["loadavg_end"] = os.getloadavg()
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2))
-    print(json.dumps(res["targets"]), json.dumps(res.get("throughput", {}).get("ratios")))
+    print(json.dumps(res.get("targets")), json.dumps(res.get("throughput"), indent=1))
     print(f"wrote {out}")
     return 0
 
