@@ -194,12 +194,20 @@ def train(logs: str | Path, out: str | Path, *, feature_config: FeatureConfig | 
     infer-config``). With ``tune=N`` an Optuna search of N trials (``cloud.training.tune``, scored on the
     validation sessions only) picks the model and training configuration first; the search is recorded in the
     summary (``tune``)."""
-    from edge_rerank.cloud.logs import read_logs
+    from edge_rerank.cloud.logs import LogReadReport, read_logs
     from edge_rerank.cloud.training.data import SplitConfig, build_samples, split_sessions
     from edge_rerank.cloud.training.train import TrainConfig, fit, save_checkpoint
     from edge_rerank.device_sdk.features import FeatureConfig
     from edge_rerank.device_sdk.features.operators import load_feature_config
 
+    # first: unreadable files go to quarantine/ (so the config inference below sees readable files only), invalid
+    # rows are skipped and counted
+    log_report = LogReadReport()
+    rows = read_logs(logs, report=log_report)
+    if log_report.skipped_files or log_report.skipped_rows:
+        import sys
+
+        print(f"training logs: {log_report.summary()}", file=sys.stderr)
     if feature_config is None:
         from edge_rerank.cloud.log_tools import infer_config, logs_are_v2
 
@@ -210,14 +218,6 @@ def train(logs: str | Path, out: str | Path, *, feature_config: FeatureConfig | 
     else:
         fcfg = load_feature_config(feature_config)
     out = Path(out)
-    from edge_rerank.cloud.logs import LogReadReport
-
-    log_report = LogReadReport()
-    rows = read_logs(logs, report=log_report)  # unreadable files quarantined, invalid rows skipped and counted
-    if log_report.skipped_files or log_report.skipped_rows:
-        import sys
-
-        print(f"training logs: {log_report.summary()}", file=sys.stderr)
     samples = build_samples(rows, fcfg, progress=progress)
     record, tr, va, te = split_sessions(samples, split or SplitConfig(seed=seed))
     if min(len(tr), len(va), len(te)) == 0:
