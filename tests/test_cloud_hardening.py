@@ -419,6 +419,7 @@ def test_log_request_at_the_limit_stays_within_bounded_memory(server):
 
 
 def test_trickling_clients_do_not_starve_healthz(server):
+    pytest.importorskip("gevent", reason="serve's default gevent workers need the [cloud] extra")
     srv, _ = server
     with TrickleClients(srv.url, n=32, interval_s=0.5):
         time.sleep(1.0)
