@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,25 +111,45 @@ def _read_body(limit: int | None = None) -> bytes:
     limit = request.max_content_length if limit is None else limit
     n = request.content_length
     chunked = request.environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked"
-    stream = request.environ["wsgi.input"]
+    if n is not None and not chunked:
+        if limit is not None and n > limit:
+            raise BadRequest(f"body of {n} bytes is over this endpoint's limit of {limit} bytes", 413, close=True)
+        try:
+            data = request.environ["wsgi.input"].read(n) if n else b""
+        except _STREAM_ERRORS as exc:
+            raise BadRequest(f"malformed request body: {type(exc).__name__}: {str(exc)[:120]}", close=True) from None
+        if len(data) != n:
+            raise BadRequest(f"body ended after {len(data)} of {n} bytes", close=True)
+        return data
+    buf = bytearray()
+    _copy_body(buf, limit)
+    return bytes(buf)
+
+
+def _copy_body(out, limit: int | None) -> int:
+    """Copy the body into `out` (a bytearray or a binary file) piece by piece; 413 past `limit`, 400 when the
+    stream breaks. Returns the byte count."""
+    stream, n = request.environ["wsgi.input"], 0
+    declared = request.content_length
+    if declared is not None and limit is not None and declared > limit:
+        raise BadRequest(f"body of {declared} bytes is over this endpoint's limit of {limit} bytes", 413, close=True)
     try:
-        if n is not None and not chunked:
-            if limit is not None and n > limit:
-                raise BadRequest(f"body of {n} bytes is over this endpoint's limit of {limit} bytes", 413, close=True)
-            data = stream.read(n) if n else b""
-            if len(data) != n:
-                raise BadRequest(f"body ended after {len(data)} of {n} bytes", close=True)
-            return data
-        buf = bytearray()
         while True:
             piece = stream.read(_READ_CHUNK)
             if not piece:
-                return bytes(buf)
-            buf += piece
-            if limit is not None and len(buf) > limit:
+                break
+            n += len(piece)
+            if limit is not None and n > limit:
                 raise BadRequest(f"body over this endpoint's limit of {limit} bytes", 413, close=True)
+            if isinstance(out, bytearray):
+                out += piece
+            else:
+                out.write(piece)
     except _STREAM_ERRORS as exc:
         raise BadRequest(f"malformed request body: {type(exc).__name__}: {str(exc)[:120]}", close=True) from None
+    if declared is not None and n != declared:
+        raise BadRequest(f"body ended after {n} of {declared} bytes", close=True)
+    return n
 
 
 def _json_text(body: bytes) -> str:
@@ -315,7 +336,10 @@ def get_file(name: str, version: str, rel: str):
 @models.put("/<name>/<version>")
 def publish(name: str, version: str):
     reg = _admin()
-    m = reg.publish_archive(_read_body(_cfg().max_bundle_bytes), name=name, version=version)
+    with tempfile.SpooledTemporaryFile(max_size=8 << 20) as f:  # archives up to 256 MiB: spooled, not in memory
+        _copy_body(f, _cfg().max_bundle_bytes)
+        f.seek(0)
+        m = reg.publish_archive(f, name=name, version=version)
     prometheus.MODEL_EVENTS.labels("publish").inc()
     return jsonify(name=m.name, version=m.version, files=m.files), 201
 

@@ -28,6 +28,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from edge_rerank.cloud.logs import fsync_dir
 from edge_rerank.device_sdk.bundle import MANIFEST, BundleError, Manifest, read_bundle
@@ -212,7 +213,7 @@ class Registry:
                 raise
         return m
 
-    def publish_archive(self, data: bytes, *, name: str | None = None, version: str | None = None,
+    def publish_archive(self, data: bytes | BinaryIO, *, name: str | None = None, version: str | None = None,
                         max_unpacked_bytes: int = 512 << 20, max_members: int = 256) -> Manifest:
         """Publish a bundle sent as a tar archive (optionally gzip/xz): regular files only, relative paths
         without ``..``; if given, `name`/`version` must match the manifest. Members are checked and extracted one
@@ -220,7 +221,8 @@ class Registry:
         content is refused (413) before it is written: a small compressed archive cannot fill the disk."""
         with tempfile.TemporaryDirectory(prefix="edge-rerank-upload-") as tmp:
             try:
-                with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
+                fileobj = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
+                with tarfile.open(fileobj=fileobj, mode="r:*") as tar:
                     total = count = 0
                     for mem in tar:  # streaming: headers are read as the loop goes
                         count += 1
