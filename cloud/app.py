@@ -67,9 +67,9 @@ class CloudConfig:
     max_log_rows: int = 4096  # rows per /v1/logs request (413 above)
     max_json_body_bytes: int = 512 * 1024  # JSON bodies (debugging) are parsed into Python objects: kept small
     max_json_depth: int = 32  # nesting of JSON bodies, checked before parsing
-    quota_rows_per_s: float = 500.0  # per-key /v1/logs quota, shared by the workers (0: none)
-    quota_burst_rows: int = 8192
-    quota_bytes_per_day: int = 1 << 30  # (0: none)
+    quota_rows_per_s: float = 2000.0  # per-key /v1/logs quota, shared by the workers (0: none)
+    quota_burst_rows: int = 16384
+    quota_bytes_per_day: int = 8 << 30  # (0: none)
 
 
 class BadRequest(Exception):

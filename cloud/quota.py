@@ -16,9 +16,9 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class QuotaConfig:
-    rows_per_s: float = 500.0  # sustained rows per second per key (0: no row limit)
-    burst_rows: int = 8192  # bucket size: rows accepted at once after a pause
-    bytes_per_day: int = 1 << 30  # request-body bytes per key and UTC day (0: no byte limit)
+    rows_per_s: float = 2000.0  # sustained rows per second per key (0: no row limit)
+    burst_rows: int = 16384  # bucket size: rows accepted at once after a pause
+    bytes_per_day: int = 8 << 30  # request-body bytes per key and UTC day (0: no byte limit)
 
 
 class QuotaExceeded(Exception):

@@ -510,8 +510,8 @@ def _add_serve_parser(sub) -> None:
     v.add_argument("--api-key", help="key required on /v1/logs")
     v.add_argument("--insecure", action="store_true", help="accept /v1/logs uploads without --api-key (local runs)")
     v.add_argument("--max-log-rows", type=int, default=4096, help="rows per /v1/logs request (413 above)")
-    v.add_argument("--quota-rows-per-s", type=float, default=500.0, help="per-key /v1/logs row rate (0: none)")
-    v.add_argument("--quota-bytes-per-day", type=int, default=1 << 30, help="per-key /v1/logs bytes/day (0: none)")
+    v.add_argument("--quota-rows-per-s", type=float, default=2000.0, help="per-key /v1/logs row rate (0: none)")
+    v.add_argument("--quota-bytes-per-day", type=int, default=8 << 30, help="per-key /v1/logs bytes/day (0: none)")
     v.add_argument("--model-version", default="", help="model version pages advertise when the registry has none")
     v.add_argument("--embedding-encoding", choices=["fp16", "int8"], default="fp16")
     v.add_argument("--embedding-store", choices=["file", "redis"], default="file",
