@@ -428,7 +428,8 @@ def test_trickling_clients_do_not_starve_healthz(server):
     assert max(lat) < 1.0  # the benchmark measures p99 against 100 ms on a quiet machine
 
 
-def test_serve_stops_cleanly_on_sigterm(cloud_data, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_serve_stops_cleanly_on_sigterm_and_sigint(cloud_data, tmp_path, sig):
     from edge_rerank.cloud.serve import free_port
 
     port = free_port()
@@ -442,7 +443,7 @@ def test_serve_stops_cleanly_on_sigterm(cloud_data, tmp_path):
             time.sleep(0.2)
         master = worker_pids(p.pid)
         assert master
-        p.send_signal(signal.SIGTERM)  # to the CLI process only, as a process manager does
+        p.send_signal(sig)  # to the CLI process only, as a process manager does
         assert p.wait(timeout=20) == 0
         assert timed_get(f"http://127.0.0.1:{port}/healthz", 1.0) is None
         assert not any(os.path.exists(f"/proc/{pid}") and _alive(pid) for pid in master)
