@@ -1,6 +1,7 @@
 """Cloud service benchmark, one run, JSON out.
 
-1. HTTP under gunicorn, bounded closed-loop load from a second process (bench/loadgen.py) on loopback:
+1. HTTP under gunicorn (serve's default worker class, gevent; ``--worker-class``), bounded closed-loop load
+   from a second process (bench/loadgen.py) on loopback:
    - ping: GET /ping (the bare server: routing, metrics middleware, HTTP); ping_post: POST /ping with a
      search body (the same HTTP cost as a search request, none of its work)
    - page: POST /v1/search for searches whose ranking is precomputed (the per-worker ranking cache is
@@ -149,7 +150,8 @@ def bench_http(args, tmp: Path) -> dict:
         r["server_cpu_us_per_request"] = (server_cpu_s(pgid[0]) - c0) / max(r["ok"], 1) * 1e6
         return r
     out["client"]["tool"] = args.client
-    with server_process(cfg, workers=args.workers, threads=args.threads, log_file=tmp / "server.log") as srv:
+    with server_process(cfg, workers=args.workers, threads=args.threads, log_file=tmp / "server.log",
+                        worker_class=getattr(args, "worker_class", None)) as srv:
         url = srv.url
         pgid[0] = srv.proc.pid  # started in its own session: pgid == pid
         versions = _publish_versions(url, admin, tmp, feature_config_for(wcfg))
@@ -257,7 +259,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/bench/cloud.json")
     p.add_argument("--workers", type=int, default=2, help="gunicorn workers")
-    p.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker (>1: gthread, keep-alive)")
+    p.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker (gthread workers)")
+    p.add_argument("--worker-class", choices=["gevent", "gthread", "sync"], help="default: serve's (gevent)")
     p.add_argument("--client", choices=["wrk", "python"], default="wrk" if shutil.which("wrk") else "python",
                    help="load generator: wrk (apt) or bench/loadgen.py")
     p.add_argument("--procs", type=int, default=1, help="python load generator processes")

@@ -8,19 +8,30 @@ delivery under /v1/models), ``logs`` (/v1/logs). See docs/cloud.md for the API.
 from __future__ import annotations
 
 import hmac
+import json
 import logging
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, send_file
 from google.protobuf import json_format
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException
 
 from edge_rerank.cloud import prometheus
 from edge_rerank.cloud.catalog import load_catalog
 from edge_rerank.cloud.embedding_store import open_store
+from edge_rerank.cloud.log_ingest import (
+    IngestError,
+    IngestLimits,
+    json_depth_ok,
+    parse_rows,
+    row_from_message,
+    split_rows,
+)
 from edge_rerank.cloud.logs import LogSink
+from edge_rerank.cloud.quota import FileQuota, QuotaConfig, QuotaExceeded
 from edge_rerank.cloud.ranking.fine import load_ranker
 from edge_rerank.cloud.ranking.pipeline import SearchPipeline
 from edge_rerank.cloud.registry import Registry, RegistryError, user_bucket
@@ -50,49 +61,124 @@ class CloudConfig:
     admin_key: str | None = None  # required to publish/promote/roll back; None disables those endpoints
     model_name: str = "device-reranker"  # the registry model whose assignment pages advertise
     ranking_cache_size: int = 4096  # rankings kept per worker for later pages of a search (0: off)
+    ranking_cache_bytes: int = 64 << 20  # and at most this many bytes of them per worker
     max_bundle_bytes: int = 256 * 1024 * 1024  # upload limit for publishing a bundle archive
+    allow_anonymous_logs: bool = False  # accept /v1/logs without an api_key (serve --insecure; local runs only)
+    max_log_rows: int = 4096  # rows per /v1/logs request (413 above)
+    max_json_body_bytes: int = 512 * 1024  # JSON bodies (debugging) are parsed into Python objects: kept small
+    max_json_depth: int = 32  # nesting of JSON bodies, checked before parsing
+    quota_rows_per_s: float = 2000.0  # per-key /v1/logs quota, shared by the workers (0: none)
+    quota_burst_rows: int = 16384
+    quota_bytes_per_day: int = 8 << 30  # (0: none)
 
 
 class BadRequest(Exception):
-    def __init__(self, reason: str, status: int = 400):
+    """A 4xx with a reason; `close` closes the connection after the answer (the body was not read to its end),
+    `headers` are added to the answer (Retry-After)."""
+
+    def __init__(self, reason: str, status: int = 400, *, close: bool = False, headers: dict | None = None):
         super().__init__(reason)
-        self.reason, self.status = reason, status
+        self.reason, self.status, self.close, self.headers = reason, status, close, headers or {}
 
 
 def _cfg() -> CloudConfig:
     return current_app.extensions["edge_rerank.config"]
 
 
-def _read_body() -> bytes:
-    """The request body. With a Content-Length, one read of exactly that many bytes from the server's input
-    stream (werkzeug's generic stream wrapping costs ~100 µs a request under gunicorn); chunked or
-    length-less bodies go through werkzeug."""
+_READ_CHUNK = 64 * 1024
+
+
+def _stream_errors() -> tuple[type[BaseException], ...]:
+    """What a server's input stream raises for a broken body (bad chunked framing, early EOF)."""
+    errs: tuple[type[BaseException], ...] = (OSError, ValueError, EOFError)
+    try:
+        from gunicorn.http.errors import ParseException
+
+        errs += (ParseException,)
+    except ImportError:  # another WSGI server
+        pass
+    return errs
+
+
+_STREAM_ERRORS = _stream_errors()
+
+
+def _read_body(limit: int | None = None) -> bytes:
+    """The request body, at most `limit` bytes (default: the app's max_body_bytes). With a Content-Length, one
+    read of exactly that many bytes (413 first when it is over the limit); chunked or length-less bodies are read
+    in pieces and refused with 413 as soon as they pass the limit (never cut). A broken body (malformed chunked
+    framing, a client that stops early) is a 400; either way the connection is closed afterwards."""
+    limit = request.max_content_length if limit is None else limit
     n = request.content_length
-    limit = request.max_content_length
-    if n is None or request.environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked":
-        return request.get_data(cache=False)
-    if limit is not None and n > limit:
-        raise RequestEntityTooLarge()
-    data = request.environ["wsgi.input"].read(n)
-    if len(data) != n:
-        raise BadRequest(f"body ended after {len(data)} of {n} bytes")
-    return data
+    chunked = request.environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked"
+    if n is not None and not chunked:
+        if limit is not None and n > limit:
+            raise BadRequest(f"body of {n} bytes is over this endpoint's limit of {limit} bytes", 413, close=True)
+        try:
+            data = request.environ["wsgi.input"].read(n) if n else b""
+        except _STREAM_ERRORS as exc:
+            raise BadRequest(f"malformed request body: {type(exc).__name__}: {str(exc)[:120]}", close=True) from None
+        if len(data) != n:
+            raise BadRequest(f"body ended after {len(data)} of {n} bytes", close=True)
+        return data
+    buf = bytearray()
+    _copy_body(buf, limit)
+    return bytes(buf)
 
 
-def _read_message(msg_cls):
+def _copy_body(out, limit: int | None) -> int:
+    """Copy the body into `out` (a bytearray or a binary file) piece by piece; 413 past `limit`, 400 when the
+    stream breaks. Returns the byte count."""
+    stream, n = request.environ["wsgi.input"], 0
+    declared = request.content_length
+    if declared is not None and limit is not None and declared > limit:
+        raise BadRequest(f"body of {declared} bytes is over this endpoint's limit of {limit} bytes", 413, close=True)
+    try:
+        while True:
+            piece = stream.read(_READ_CHUNK)
+            if not piece:
+                break
+            n += len(piece)
+            if limit is not None and n > limit:
+                raise BadRequest(f"body over this endpoint's limit of {limit} bytes", 413, close=True)
+            if isinstance(out, bytearray):
+                out += piece
+            else:
+                out.write(piece)
+    except _STREAM_ERRORS as exc:
+        raise BadRequest(f"malformed request body: {type(exc).__name__}: {str(exc)[:120]}", close=True) from None
+    if declared is not None and n != declared:
+        raise BadRequest(f"body ended after {n} of {declared} bytes", close=True)
+    return n
+
+
+def _json_text(body: bytes) -> str:
+    cfg = _cfg()
+    if len(body) > cfg.max_json_body_bytes:
+        raise BadRequest(f"JSON body of {len(body)} bytes is over the JSON limit of {cfg.max_json_body_bytes} "
+                         f"bytes (send protobuf)", 413)
+    if not json_depth_ok(body, cfg.max_json_depth):
+        raise BadRequest(f"JSON nested deeper than {cfg.max_json_depth} levels")
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"JSON body is not UTF-8: {exc}") from None
+
+
+def _read_message(msg_cls, body: bytes | None = None):
     ctype = (request.mimetype or "").lower()
-    body = _read_body()
+    if ctype not in (PROTOBUF, JSON):
+        raise BadRequest(f"Content-Type must be {PROTOBUF} or {JSON}, got {ctype or 'none'!r}", 415)
+    body = _read_body() if body is None else body
     if ctype == PROTOBUF:
         try:
             return wire.parse(msg_cls, body)
         except ContractError as exc:
             raise BadRequest(str(exc)) from exc
-    if ctype == JSON:
-        try:
-            return json_format.Parse(body.decode("utf-8"), msg_cls())
-        except (json_format.ParseError, UnicodeDecodeError, RecursionError) as exc:
-            raise BadRequest(f"malformed JSON {msg_cls.__name__}: {exc}") from exc
-    raise BadRequest(f"Content-Type must be {PROTOBUF} or {JSON}, got {ctype or 'none'!r}", 415)
+    try:
+        return json_format.Parse(_json_text(body), msg_cls())
+    except (json_format.ParseError, RecursionError) as exc:
+        raise BadRequest(f"malformed JSON {msg_cls.__name__}: {exc}") from exc
 
 
 def _wants_json() -> bool:
@@ -250,21 +336,26 @@ def get_file(name: str, version: str, rel: str):
 @models.put("/<name>/<version>")
 def publish(name: str, version: str):
     reg = _admin()
-    request.max_content_length = _cfg().max_bundle_bytes
-    m = reg.publish_archive(_read_body(), name=name, version=version)
+    with tempfile.SpooledTemporaryFile(max_size=8 << 20) as f:  # archives up to 256 MiB: spooled, not in memory
+        _copy_body(f, _cfg().max_bundle_bytes)
+        f.seek(0)
+        m = reg.publish_archive(f, name=name, version=version)
     prometheus.MODEL_EVENTS.labels("publish").inc()
     return jsonify(name=m.name, version=m.version, files=m.files), 201
 
 
 def _json_body() -> dict:
-    body = request.get_json(silent=True)
-    if request.content_length and body is None:
+    """A small JSON object body (admin calls); empty body -> {}."""
+    body = _read_body(64 * 1024)
+    if not body.strip():
+        return {}
+    try:
+        obj = json.loads(_json_text(body))
+    except (ValueError, RecursionError) as exc:
+        raise BadRequest(f"body must be a JSON object: {str(exc)[:120]}") from None
+    if not isinstance(obj, dict):
         raise BadRequest("body must be a JSON object")
-    if body is None:
-        body = {}
-    if not isinstance(body, dict):
-        raise BadRequest("body must be a JSON object")
-    return body
+    return obj
 
 
 @models.post("/<name>/promote")
@@ -291,6 +382,23 @@ def rollback(name: str):
 logs_bp = Blueprint("logs", __name__)
 
 
+_LOG_SLICE = 64  # rows converted and written at a time: bounds the Python objects alive per request
+
+
+def _slices(rows, n: int):
+    """Rows in lists of `n`. Between slices the worker yields (``time.sleep(0)`` is a cooperative switch under
+    gevent workers), so a large upload does not hold up the worker's other connections for its whole duration."""
+    out = []
+    for r in rows:
+        out.append(r)
+        if len(out) == n:
+            yield out
+            out = []
+            time.sleep(0)
+    if out:
+        yield out
+
+
 @logs_bp.post("/v1/logs")
 def logs():
     cfg = _cfg()
@@ -298,16 +406,32 @@ def logs():
     if sink is None:
         raise BadRequest("log ingestion is not enabled on this server", 404)
     _check_key("X-API-Key", cfg.api_key, "logs")
-    msg = _read_message(wire.pb.LogBatch)
+    limits: IngestLimits = current_app.extensions["edge_rerank.ingest_limits"]
+    ctype = (request.mimetype or "").lower()
+    body = _read_body()
     try:
-        rows = [wire.impression_from_proto(r) for r in msg.rows]
-    except ContractError as exc:
-        raise BadRequest(str(exc)) from exc
-    if not rows:
-        raise BadRequest("empty LogBatch")
-    part = sink.append(rows)  # returns only after the part is fsynced and renamed into place
-    prometheus.LOG_ROWS.inc(len(rows))
-    return _respond(wire.pb.LogAck(accepted=len(rows), part=part))
+        if ctype == PROTOBUF:
+            encoded = split_rows(body, limits)  # no parse: 413 past the row limit
+            n_rows, rows = len(encoded), parse_rows(encoded, limits)
+        else:
+            msg = _read_message(wire.pb.LogBatch, body)
+            if len(msg.rows) > limits.max_rows:
+                raise IngestError(f"more than {limits.max_rows} rows in one request: split the batch", 413)
+            n_rows, rows = len(msg.rows), (row_from_message(k, m, limits) for k, m in enumerate(msg.rows))
+        if not n_rows:
+            raise BadRequest("empty LogBatch")
+        quota: FileQuota | None = current_app.extensions["edge_rerank.quota"]
+        if quota is not None:
+            who = request.headers.get("X-API-Key") if cfg.api_key else f"ip:{request.remote_addr}"
+            quota.charge(who or "", n_rows, len(body))
+        del body
+        part, accepted = sink.append_slices(_slices(rows, _LOG_SLICE))  # fsynced and renamed before the ack
+    except IngestError as exc:
+        raise BadRequest(exc.reason, exc.status) from None
+    except QuotaExceeded as exc:
+        raise BadRequest(exc.reason, 429, headers={"Retry-After": str(exc.retry_after_s)}) from None
+    prometheus.LOG_ROWS.inc(accepted)
+    return _respond(wire.pb.LogAck(accepted=accepted, part=part))
 
 
 def create_app(config: CloudConfig) -> Flask:
@@ -316,6 +440,9 @@ def create_app(config: CloudConfig) -> Flask:
     app.url_map.merge_slashes = False  # "files//etc/passwd" is a 404, not a redirect to a cleaned path
     if config.embedding_encoding not in ("fp16", "int8"):
         raise ValueError("embedding_encoding must be 'fp16' or 'int8'")
+    if config.log_dir and not config.api_key and not config.allow_anonymous_logs:
+        raise ValueError("log ingestion without an api_key accepts anyone's uploads: set api_key, or "
+                         "allow_anonymous_logs=True (serve --insecure) for a local run")
     root = Path(config.data_dir)
     catalog = load_catalog(root)
     store = open_store(config.embedding_store, data_dir=root, redis_url=config.redis_url,
@@ -323,8 +450,14 @@ def create_app(config: CloudConfig) -> Flask:
     ranker = load_ranker(root)
     app.extensions["edge_rerank.config"] = config
     app.extensions["edge_rerank.pipeline"] = SearchPipeline(catalog, store, ranker, model_version=config.model_version,
-                                                            cache_size=config.ranking_cache_size)
+                                                            cache_size=config.ranking_cache_size,
+                                                            cache_bytes=config.ranking_cache_bytes)
     app.extensions["edge_rerank.logs"] = LogSink(config.log_dir) if config.log_dir else None
+    app.extensions["edge_rerank.ingest_limits"] = IngestLimits(
+        max_rows=config.max_log_rows, emb_dim=store.dim, dense_dim=getattr(ranker, "dense_dim", None))
+    quota = QuotaConfig(config.quota_rows_per_s, config.quota_burst_rows, config.quota_bytes_per_day)
+    quota_on = config.log_dir and (quota.rows_per_s > 0 or quota.bytes_per_day > 0)
+    app.extensions["edge_rerank.quota"] = FileQuota(Path(config.log_dir) / ".quota", quota) if quota_on else None
     app.extensions["edge_rerank.registry"] = Registry(config.registry_dir) if config.registry_dir else None
     for bp in (health, search_bp, models, logs_bp):
         app.register_blueprint(bp)
@@ -344,7 +477,12 @@ def create_app(config: CloudConfig) -> Flask:
 
     @app.errorhandler(BadRequest)
     def _bad(exc: BadRequest):
-        return jsonify(error=exc.reason), exc.status
+        resp = jsonify(error=exc.reason)
+        resp.status_code = exc.status
+        resp.headers.update(exc.headers)
+        if exc.close:
+            resp.headers["Connection"] = "close"
+        return resp
 
     @app.errorhandler(RegistryError)
     def _reg(exc: RegistryError):

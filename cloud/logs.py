@@ -10,12 +10,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import math
 import os
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,8 @@ from edge_rerank.device_sdk.contracts import (
     LoggedCandidate,
     PageItem,
 )
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = "1"
 SCHEMA_VERSION_V2 = "2"
@@ -78,7 +81,66 @@ def _event_dict(e: FeedbackEvent) -> dict:
             "id_embedding": None if e.id_embedding is None else np.asarray(e.id_embedding).tolist()}
 
 
+def _vectors(vs: list, nullable: bool = False) -> pa.Array:
+    """A list<float32> array built from numpy vectors (no per-value Python objects); None entries are nulls."""
+    lengths = np.fromiter((0 if v is None else np.asarray(v).size for v in vs), dtype=np.int32, count=len(vs))
+    offsets = np.zeros(len(vs) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    present = [np.asarray(v, dtype=np.float32).reshape(-1) for v in vs if v is not None]
+    values = pa.array(np.concatenate(present) if present else np.empty(0, np.float32), type=pa.float32())
+    mask = pa.array([v is None for v in vs], type=pa.bool_()) if nullable and any(v is None for v in vs) else None
+    return pa.ListArray.from_arrays(pa.array(offsets), values, mask=mask)
+
+
+def _column(values: list, typ: pa.DataType) -> pa.Array:
+    return pa.array(values, type=typ)
+
+
+def _structs(fields: pa.StructType, columns: dict[str, pa.Array]) -> pa.StructArray:
+    return pa.StructArray.from_arrays([columns[f.name] for f in fields], fields=list(fields))
+
+
+def _lists(counts: list[int], values: pa.Array) -> pa.ListArray:
+    offsets = np.zeros(len(counts) + 1, dtype=np.int32)
+    np.cumsum(np.asarray(counts, dtype=np.int64), out=offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(offsets), values)
+
+
 def rows_to_table(rows: Iterable[ImpressionRow]) -> pa.Table:
+    """Rows -> a table of IMPRESSION_SCHEMA, built column by column (vectors go from numpy to Arrow directly:
+    memory stays a small multiple of the rows' size)."""
+    rows = list(rows)
+    cands = [c for r in rows for c in r.candidates]
+    events = [e for r in rows for e in r.events]
+    ctypes = {f.name: f.type for f in CANDIDATE}
+    ccols = {k: _column([getattr(c.item, k) for c in cands], ctypes[k]) for k in _ITEM_KEYS}
+    ccols.update({k: _column([getattr(c, k) for c in cands], ctypes[k]) for k in _LABEL_KEYS})
+    ccols["cloud_dense"] = _vectors([c.item.cloud_dense for c in cands])
+    ccols["id_embedding"] = _vectors([c.item.id_embedding for c in cands])
+    ccols["embedding_found"] = _column([c.item.embedding_found for c in cands], pa.bool_())
+    etypes = {f.name: f.type for f in EVENT}
+    ecols = {k: _column([getattr(e, k) for e in events], etypes[k])
+             for k in ("ts_ms", "request_id", "item_id", "position", "dwell_ms", "category", "brand", "price_level",
+                       "lat", "lon")}
+    ecols["kind"] = _column([e.kind.name.lower() for e in events], pa.string())
+    ecols["id_embedding"] = _vectors([e.id_embedding for e in events], nullable=True)
+    points = [p for r in rows for p in r.rerank_points]
+    cols = {
+        "request_id": [r.request_id for r in rows], "session_id": [r.session_id for r in rows],
+        "user_id": [r.user_id for r in rows], "query": [r.query for r in rows],
+        "ctx_lat": [r.context.lat for r in rows], "ctx_lon": [r.context.lon for r in rows],
+        "ctx_hour": [r.context.hour for r in rows], "ctx_device": [r.context.device for r in rows],
+        "page_index": [r.page_index for r in rows], "model_version": [r.model_version for r in rows],
+        "arm": [r.arm for r in rows]}
+    arrays = {k: _column(v, IMPRESSION_SCHEMA.field(k).type) for k, v in cols.items()}
+    arrays["candidates"] = _lists([len(r.candidates) for r in rows], _structs(CANDIDATE, ccols))
+    arrays["events"] = _lists([len(r.events) for r in rows], _structs(EVENT, ecols))
+    arrays["rerank_points"] = _lists([len(r.rerank_points) for r in rows], pa.array(points, type=pa.int32()))
+    return pa.Table.from_arrays([arrays[f.name] for f in IMPRESSION_SCHEMA], schema=IMPRESSION_SCHEMA)
+
+
+def _rows_to_table_pylist(rows: Iterable[ImpressionRow]) -> pa.Table:
+    """The reference conversion (one Python dict per row; tests check :func:`rows_to_table` equals it)."""
     records = [{
         "request_id": r.request_id, "session_id": r.session_id, "user_id": r.user_id, "query": r.query,
         "ctx_lat": r.context.lat, "ctx_lon": r.context.lon, "ctx_hour": r.context.hour,
@@ -125,26 +187,84 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+STALE_TMP_S = 3600.0  # a temp part older than this belongs to an upload that died (uploads take seconds)
+
+
+def clean_stale_tmp(root: str | Path, older_than_s: float = STALE_TMP_S) -> list[str]:
+    """Delete the ``.*.tmp`` files a killed upload or compaction left in a log directory (only ones older than
+    `older_than_s`, so a live upload's temp file is never touched). Returns their names."""
+    root, gone = Path(root), []
+    now = time.time()
+    for p in root.glob(".*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            if now - p.stat().st_mtime > older_than_s:
+                p.unlink()
+                gone.append(p.name)
+    return gone
+
+
+def _warm_up_writer() -> None:
+    """Arrow and the Parquet writer allocate ~50 MB of lazily initialised state on their first use: take it at
+    start-up (once per process), not inside the first upload."""
+    global _WARM
+    if _WARM:
+        return
+    import io
+
+    item = PageItem(item_id=1, cloud_position=0, cloud_score=0.0, cloud_dense=np.zeros(4, np.float32),
+                    id_embedding=np.zeros(4, np.float32), category=0, brand=0, price_level=0, lat=0.0, lon=0.0)
+    ev = FeedbackEvent(ts_ms=0, request_id="w", item_id=1, kind=EventKind.CLICK, position=0, dwell_ms=0.0,
+                       id_embedding=np.zeros(4, np.float32))
+    row = ImpressionRow(request_id="w", session_id="w", user_id="w", query="w", context=Context(0.0, 0.0, 0),
+                        page_index=0, model_version="", arm="", candidates=[LoggedCandidate(item, 0)], events=[ev],
+                        rerank_points=[1])
+    with pq.ParquetWriter(io.BytesIO(), IMPRESSION_SCHEMA, compression="zstd") as w:
+        w.write_table(rows_to_table([row]))
+    _WARM = True
+
+
+_WARM = False
+
+
 class LogSink:
     """Appends each accepted batch as its own Parquet part: written to a temp file, fsynced, renamed, and the
     directory fsynced. A batch is acknowledged only after that, so an acknowledged batch survives kill -9
     (and power loss, as far as the file system honours fsync). Small parts are merged later by
-    :func:`compact_logs`."""
+    :func:`compact_logs`. Stale temp parts of killed uploads are removed when a sink opens the directory."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        clean_stale_tmp(self.root)
+        _warm_up_writer()
+
 
     def append(self, rows: list[ImpressionRow]) -> str:
-        table = rows_to_table(rows)
+        return self.append_slices([rows])[0]
+
+    def append_slices(self, slices: Iterable[list[ImpressionRow]]) -> tuple[str, int]:
+        """Write the rows of `slices` (an iterable, consumed one slice at a time so only one slice is in memory)
+        as one part; (part name, rows). If the iterable raises, nothing is written and the error propagates."""
         name = f"part-{uuid.uuid4().hex}.parquet"
         tmp = self.root / f".{name}.tmp"
-        pq.write_table(table, tmp, compression="zstd")
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, self.root / name)
+        n = 0
+        try:
+            with pq.ParquetWriter(tmp, IMPRESSION_SCHEMA, compression="zstd") as w:
+                for rows in slices:
+                    if rows:
+                        w.write_table(rows_to_table(rows))
+                        n += len(rows)
+            if n == 0:
+                raise ValueError("no rows to write")
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, self.root / name)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            raise
         fsync_dir(self.root)
-        return name
+        return name, n
 
 
 # ---- compaction ------------------------------------------------------------------------------------------
@@ -195,11 +315,23 @@ def compact_logs(root: str | Path, *, min_parts: int = 2) -> dict:
     with open(root / ".compact.lock", "a+b") as lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
         _recover(root)
-        parts = sorted(root.glob("part-*.parquet"))
+        stale = clean_stale_tmp(root)
+        parts, tables, bad = [], [], []
+        for p in sorted(root.glob("part-*.parquet")):
+            try:
+                t, decl = _read_file(p)
+                if decl is not None:
+                    raise LogFormatError("a v2 part among the server's v1 parts")
+            except Exception as exc:  # anything a damaged file makes pyarrow raise
+                quarantine(root, p, f"{type(exc).__name__}: {str(exc)[:200]}")
+                bad.append(p.name)
+                continue
+            parts.append(p)
+            tables.append(t)
         if len(parts) < min_parts:
-            return {"parts": len(parts), "rows": 0, "output": None}
-        table = pa.concat_tables([pq.read_table(p).select(IMPRESSION_SCHEMA.names) for p in parts])
-        table = table.cast(IMPRESSION_SCHEMA)
+            return {"parts": len(parts), "rows": 0, "output": None, "quarantined": bad, "stale_tmp_removed": stale}
+        table = pa.concat_tables(tables)
+        del tables
         out = f"compacted-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet"
         tmp = root / f".{out}.tmp"
         pq.write_table(table, tmp, compression="zstd")
@@ -216,7 +348,8 @@ def compact_logs(root: str | Path, *, min_parts: int = 2) -> dict:
         os.replace(tmp, root / out)
         fsync_dir(root)
         _recover(root)  # deletes the inputs and the journal
-        return {"parts": len(parts), "rows": table.num_rows, "output": out}
+        return {"parts": len(parts), "rows": table.num_rows, "output": out, "quarantined": bad,
+                "stale_tmp_removed": stale}
 
 
 def log_files(path: str | Path) -> list[Path]:
@@ -227,22 +360,125 @@ def log_files(path: str | Path) -> list[Path]:
     return files
 
 
-def read_logs(path: str | Path) -> list[ImpressionRow]:
+QUARANTINE = "quarantine"
+
+
+@dataclass
+class LogReadReport:
+    """What a log read skipped: files moved to ``quarantine/`` (name -> reason) and rows left out (reason ->
+    count, with the first few examples as ``file row k: reason``)."""
+
+    files_read: int = 0
+    rows_read: int = 0
+    skipped_files: dict[str, str] = field(default_factory=dict)
+    skipped_rows: dict[str, int] = field(default_factory=dict)
+    examples: list[str] = field(default_factory=list)
+
+    def skip_row(self, where: str, reason: str) -> None:
+        key = reason.split(":")[0]
+        self.skipped_rows[key] = self.skipped_rows.get(key, 0) + 1
+        if len(self.examples) < 10:
+            self.examples.append(f"{where}: {reason}")
+
+    def summary(self) -> str:
+        n = sum(self.skipped_rows.values())
+        parts = [f"read {self.rows_read} rows from {self.files_read} files"]
+        if self.skipped_files:
+            parts.append(f"skipped {len(self.skipped_files)} unreadable files (moved to {QUARANTINE}/: "
+                         + "; ".join(f"{k}: {v}" for k, v in list(self.skipped_files.items())[:5]) + ")")
+        if n:
+            parts.append(f"skipped {n} invalid rows (" + ", ".join(f"{k}: {v}" for k, v in
+                                                                   self.skipped_rows.items()) + ")")
+        return "; ".join(parts)
+
+
+def quarantine(root: Path, f: Path, reason: str) -> Path:
+    """Move an unreadable log file out of the live set into ``root/quarantine/`` with ``<name>.reason.txt`` next
+    to it, and log one warning naming it."""
+    qdir = root / QUARANTINE
+    qdir.mkdir(exist_ok=True)
+    dst = qdir / f.name
+    if dst.exists():
+        dst = qdir / f"{f.stem}-{uuid.uuid4().hex[:8]}{f.suffix}"
+    (qdir / f"{dst.name}.reason.txt").write_text(reason + "\n")
+    os.replace(f, dst)
+    fsync_dir(root)
+    log.warning("impression log %s is unreadable (%s): moved to %s", f.name, reason, dst)
+    return dst
+
+
+def _read_file(f: Path) -> tuple[pa.Table, LogDeclaration | None]:
+    """One log file's table and v2 declaration, or an exception naming what is wrong with it."""
+    table = pq.read_table(f)
+    decl = declaration_of(table.schema, f.name)
+    if decl is None:
+        missing = set(IMPRESSION_SCHEMA.names) - set(table.schema.names)
+        if missing:
+            raise LogFormatError(f"lacks columns {sorted(missing)}")
+        try:
+            table = table.select(IMPRESSION_SCHEMA.names).cast(IMPRESSION_SCHEMA)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:
+            raise LogFormatError(f"columns do not match the impression schema: {str(exc)[:160]}") from None
+    return table, decl
+
+
+def read_logs(path: str | Path, *, report: LogReadReport | None = None) -> list[ImpressionRow]:
     """Read every live Parquet file under `path` (a file or a directory) into contracts: v1 and v2 files alike.
-    Raises :class:`LogFormatError` (file, row, field) on a malformed v2 row."""
+
+    In a directory, a file that cannot be read (empty, truncated, not Parquet, wrong schema) is moved to
+    ``quarantine/`` with a reason file and skipped with one warning; a single file given as `path` raises instead.
+    Without `report`, a malformed row raises :class:`LogFormatError` (file, row, field); with one, malformed rows
+    (v2: any field; v1: non-finite numbers, out-of-range values, vectors of another width than the file's first
+    row) are skipped and counted in it."""
+    path = Path(path)
     rows: list[ImpressionRow] = []
     for f in log_files(path):
-        table = pq.read_table(f)
-        decl = declaration_of(table.schema, f)
+        try:
+            table, decl = _read_file(f)
+        except Exception as exc:  # anything a damaged file makes pyarrow raise
+            reason = f"{type(exc).__name__}: {str(exc)[:200]}"
+            if not path.is_dir():
+                raise LogFormatError(f"{f.name}: {reason}") from exc
+            quarantine(path, f, reason)
+            if report is not None:
+                report.skipped_files[f.name] = reason
+            continue
+        if report is not None:
+            report.files_read += 1
         if decl is None:
-            rows.extend(table_to_rows(table))
+            got = table_to_rows(table)
+            if report is not None:
+                got = _valid_v1_rows(got, f.name, report)
+            rows.extend(got)
             continue
         for i, rec in enumerate(table.to_pylist()):
             try:
                 rows.append(parse_row_v2(rec, decl))
             except LogRowError as exc:
-                raise LogFormatError(f"{f.name} row {i}: {exc}") from None
+                if report is None:
+                    raise LogFormatError(f"{f.name} row {i}: {exc}") from None
+                report.skip_row(f"{f.name} row {i}", str(exc))
+    if report is not None:
+        report.rows_read = len(rows)
     return rows
+
+
+def _valid_v1_rows(rows: list[ImpressionRow], name: str, report: LogReadReport) -> list[ImpressionRow]:
+    from edge_rerank.cloud.log_ingest import IngestLimits, row_problem
+
+    limits = None
+    out = []
+    for i, r in enumerate(rows):
+        if limits is None and r.candidates:
+            it = r.candidates[0].item
+            limits = IngestLimits(dense_dim=int(np.asarray(it.cloud_dense).size),
+                                  emb_dim=int(np.asarray(it.id_embedding).size))
+        problem = row_problem(r, limits or IngestLimits())
+        if problem is None:
+            out.append(r)
+        else:
+            report.skip_row(f"{name} row {i}", problem)
+    return out
 
 
 # ---- log format v2 (domain-neutral) ---------------------------------------------------------------------------

@@ -28,6 +28,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from edge_rerank.cloud.logs import fsync_dir
 from edge_rerank.device_sdk.bundle import MANIFEST, BundleError, Manifest, read_bundle
@@ -60,6 +61,25 @@ def check_name(kind: str, value: str) -> str:
 
 def user_bucket(name: str, user_id: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{name}:{user_id}".encode()).digest()[:8], "big") % 100
+
+
+def _extract_member(tar: tarfile.TarFile, mem: tarfile.TarInfo, root: Path) -> None:
+    """Write one checked regular member under `root`, copying at most its declared size."""
+    dst = (root / mem.name).resolve()
+    if root.resolve() not in dst.parents:
+        raise RegistryError(f"archive member {mem.name!r} escapes the bundle")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    src = tar.extractfile(mem)
+    if src is None:
+        raise RegistryError(f"archive member {mem.name!r} has no content")
+    with src, open(dst, "wb") as out:
+        left = mem.size
+        while left > 0:
+            chunk = src.read(min(left, 1 << 20))
+            if not chunk:
+                raise RegistryError(f"archive member {mem.name!r} is truncated")
+            out.write(chunk)
+            left -= len(chunk)
 
 
 class Registry:
@@ -193,27 +213,34 @@ class Registry:
                 raise
         return m
 
-    def publish_archive(self, data: bytes, *, name: str | None = None, version: str | None = None) -> Manifest:
+    def publish_archive(self, data: bytes | BinaryIO, *, name: str | None = None, version: str | None = None,
+                        max_unpacked_bytes: int = 512 << 20, max_members: int = 256) -> Manifest:
         """Publish a bundle sent as a tar archive (optionally gzip/xz): regular files only, relative paths
-        without ``..``; if given, `name`/`version` must match the manifest."""
+        without ``..``; if given, `name`/`version` must match the manifest. Members are checked and extracted one
+        at a time while the archive is read, so more than `max_members` members or `max_unpacked_bytes` of
+        content is refused (413) before it is written: a small compressed archive cannot fill the disk."""
         with tempfile.TemporaryDirectory(prefix="edge-rerank-upload-") as tmp:
             try:
-                with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
-                    members = tar.getmembers()
-                    if not members:
-                        raise RegistryError("empty archive")
-                    for mem in members:
+                fileobj = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
+                with tarfile.open(fileobj=fileobj, mode="r:*") as tar:
+                    total = count = 0
+                    for mem in tar:  # streaming: headers are read as the loop goes
+                        count += 1
+                        if count > max_members:
+                            raise RegistryError(f"archive has more than {max_members} members", 413)
                         p = PurePosixPath(mem.name)
+                        if p.is_absolute() or ".." in p.parts:
+                            raise RegistryError(f"archive member {mem.name!r} escapes the bundle")
                         if mem.isdir():
                             continue
                         if not mem.isfile():
                             raise RegistryError(f"archive member {mem.name!r} is not a regular file")
-                        if p.is_absolute() or ".." in p.parts:
-                            raise RegistryError(f"archive member {mem.name!r} escapes the bundle")
-                    try:
-                        tar.extractall(tmp, filter="data")
-                    except TypeError:  # Python < 3.11.4 has no extraction filters; members were checked above
-                        tar.extractall(tmp)
+                        total += mem.size
+                        if total > max_unpacked_bytes:
+                            raise RegistryError(f"archive unpacks to more than {max_unpacked_bytes} bytes", 413)
+                        _extract_member(tar, mem, Path(tmp))
+                    if count == 0:
+                        raise RegistryError("empty archive")
             except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
                 raise RegistryError(f"not a readable tar archive: {exc}") from exc
             root = Path(tmp)

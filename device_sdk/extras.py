@@ -32,6 +32,7 @@ MODULE_EXTRA: dict[str, str] = {
     "MNN": "mnn",
     "flask": "cloud",
     "gunicorn": "cloud",
+    "gevent": "cloud",
     "pyarrow": "cloud",
     "redis": "cloud",
     "prometheus_client": "cloud",

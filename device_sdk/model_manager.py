@@ -1,11 +1,11 @@
 """Fetch, verify, warm up and swap models on the device; never serve a model that failed any check.
 
 ``ModelManager.update(source, name, user_id)`` asks the cloud which version this user should run (staged
-rollout), downloads the manifest, its ed25519 signature and every file into a fresh staging directory, checks the
-signature against the key pinned in the app, every sha256 and the feature-config version, loads the model and
-runs warm-up inferences, and only then renames the staging directory into place and swaps the served model
-(atomically, under a lock). ``rollback()`` returns to the previous good model. Downloads use the standard library
-only.
+rollout), downloads the manifest and its ed25519 signature, checks the signature against the key pinned in the app
+before downloading anything else, downloads every file into a fresh staging directory, checks every sha256 and the
+feature-config version, loads the model and runs warm-up inferences, and only then renames the staging directory
+into place and swaps the served model (atomically, under a lock). ``rollback()`` returns to the previous good
+model. Downloads use the standard library only.
 
 ``install`` and ``update`` never raise into the app: anything failing returns False, leaves the current model
 serving and says why in ``last_error`` as ``"kind: detail"`` (also counted in ``faults``, each kind logged once at
@@ -50,6 +50,7 @@ from edge_rerank.device_sdk.contracts import Context, EventKind, FeedbackEvent, 
 from edge_rerank.device_sdk.faults import FaultLog
 from edge_rerank.device_sdk.features.config import FeatureConfig
 from edge_rerank.device_sdk.features.operators import FeatureBuilder
+from edge_rerank.device_sdk.signing import SignatureError, verify_manifest
 
 log = logging.getLogger(__name__)
 
@@ -295,6 +296,10 @@ class ModelManager:
                     raise BundleError(f"{name}@{version} is not signed (or its signature is unavailable): {exc}"
                                       ) from exc
                 (staging / "manifest.sig").write_bytes(sig)
+                try:  # before any file is downloaded: an unsigned or forged manifest costs one small request
+                    verify_manifest(raw, sig, self._public_key)
+                except SignatureError as exc:
+                    raise BundleError(f"{name}@{version}: {exc}", kind="bad_signature") from exc
             for rel in manifest.files:
                 check_name("file name", rel, SAFE_FILE_NAME)  # (Manifest.from_dict checked it already)
                 p = (staging / rel).resolve()

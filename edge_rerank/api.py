@@ -179,6 +179,10 @@ def _write_split_record(bundle: Path, held: HeldOut) -> None:
 # ------------------------------------------------------------------ the entry points
 
 
+def _skipped(r) -> dict:
+    return {"files": r.skipped_files, "rows": r.skipped_rows, "examples": r.examples}
+
+
 def train(logs: str | Path, out: str | Path, *, feature_config: FeatureConfig | str | Path | None = None,
           epochs: int | None = None, loss: str | None = None, seed: int = 0, split: SplitConfig | None = None,
           model_config: ModelConfig | None = None, train_config: TrainConfig | None = None,
@@ -194,12 +198,20 @@ def train(logs: str | Path, out: str | Path, *, feature_config: FeatureConfig | 
     ``TrainConfig(epochs=15, seed=seed)``); `epochs` and `loss`, when given, override its fields. With ``tune=N``
     an Optuna search of N trials (``cloud.training.tune``, scored on the validation sessions only) picks the model
     and training configuration first; the search is recorded in the summary (``tune``)."""
-    from edge_rerank.cloud.logs import read_logs
+    from edge_rerank.cloud.logs import LogReadReport, read_logs
     from edge_rerank.cloud.training.data import SplitConfig, build_samples, split_sessions
     from edge_rerank.cloud.training.train import TrainConfig, fit, save_checkpoint
     from edge_rerank.device_sdk.features import FeatureConfig
     from edge_rerank.device_sdk.features.operators import load_feature_config
 
+    # first: unreadable files go to quarantine/ (so the config inference below sees readable files only), invalid
+    # rows are skipped and counted
+    log_report = LogReadReport()
+    rows = read_logs(logs, report=log_report)
+    if log_report.skipped_files or log_report.skipped_rows:
+        import sys
+
+        print(f"training logs: {log_report.summary()}", file=sys.stderr)
     if feature_config is None:
         from edge_rerank.cloud.log_tools import infer_config, logs_are_v2
 
@@ -210,7 +222,6 @@ def train(logs: str | Path, out: str | Path, *, feature_config: FeatureConfig | 
     else:
         fcfg = load_feature_config(feature_config)
     out = Path(out)
-    rows = read_logs(logs)
     samples = build_samples(rows, fcfg, progress=progress)
     record, tr, va, te = split_sessions(samples, split or SplitConfig(seed=seed))
     if min(len(tr), len(va), len(te)) == 0:
@@ -226,7 +237,9 @@ def train(logs: str | Path, out: str | Path, *, feature_config: FeatureConfig | 
         model_config, tcfg = searched.model_config, searched.train_config
     if joint_cloud_data is None:
         model, summary = fit(tr, va, fcfg, model_config, tcfg, test=te, progress=progress)
-        checkpoint = save_checkpoint(model, out / "checkpoint.pt", summary | {"log_rows": len(rows)}, record)
+        checkpoint = save_checkpoint(model, out / "checkpoint.pt", summary | {"log_rows": len(rows),
+                                                                                "log_skipped": _skipped(log_report)},
+                                     record)
     else:
         from edge_rerank.cloud.training.cloud_ranker import CloudFeaturizer, export_cloud_ranker_onnx
         from edge_rerank.cloud.training.joint import save_joint, served_samples, train_joint
@@ -235,11 +248,12 @@ def train(logs: str | Path, out: str | Path, *, feature_config: FeatureConfig | 
                                             progress=progress)
         summary["joint"] = {"cloud_data": str(Path(joint_cloud_data).resolve()), "cloud_ranker": "cloud_ranker.pt"}
         summary["log_rows"] = len(rows)
+        summary["log_skipped"] = _skipped(log_report)
         _, checkpoint = save_joint(cloud, model, out, summary, record)
         export_cloud_ranker_onnx(cloud, out / "ranker.onnx")
         featurizer = CloudFeaturizer(joint_cloud_data)
         tr, va, te = (served_samples(p, cloud, featurizer, fcfg) for p in (tr, va, te))
-    summary = summary | {"log_rows": len(rows), "split": record.describe()}
+    summary = summary | {"log_rows": len(rows), "log_skipped": _skipped(log_report), "split": record.describe()}
     if searched is not None:
         summary["tune"] = searched.to_dict()
     held = HeldOut(model, summary, record, tr, va, te, checkpoint)

@@ -367,12 +367,28 @@ def _cmd_serve(a: argparse.Namespace) -> int:
             ids, rows = FileEmbeddingStore(data / "embeddings").table()
             n = RedisEmbeddingStore.write(a.redis_url, ids, np.asarray(rows), prefix=a.redis_prefix)
             print(f"loaded {n} embedding rows into {a.redis_url} (prefix {a.redis_prefix!r})")
+    if a.log_dir and not a.api_key:
+        if not a.insecure:
+            print("--log-dir without --api-key would accept anyone's log uploads: pass --api-key KEY, or --insecure "
+                  "for a local run", file=sys.stderr)
+            return 2
+        print("WARNING: --insecure: /v1/logs accepts uploads without a key (rate-limited per client address)",
+              file=sys.stderr)
     cfg = CloudConfig(data_dir=str(data), log_dir=a.log_dir, api_key=a.api_key, model_version=a.model_version,
                       embedding_encoding=a.embedding_encoding, embedding_store=a.embedding_store,
                       redis_url=a.redis_url, redis_prefix=a.redis_prefix, registry_dir=a.registry_dir,
-                      admin_key=a.admin_key, model_name=a.model_name, ranking_cache_size=a.ranking_cache)
-    print(f"serving {data} on http://{a.host}:{a.port} with {a.workers} gunicorn worker(s) x {a.threads} thread(s)")
-    return serve_forever(cfg, host=a.host, port=a.port, workers=a.workers, threads=a.threads)
+                      admin_key=a.admin_key, model_name=a.model_name, ranking_cache_size=a.ranking_cache,
+                      ranking_cache_bytes=a.ranking_cache_mib << 20, allow_anonymous_logs=bool(a.insecure),
+                      max_log_rows=a.max_log_rows, quota_rows_per_s=a.quota_rows_per_s,
+                      quota_bytes_per_day=a.quota_bytes_per_day)
+    from edge_rerank.cloud.serve import default_worker_class
+
+    wc = a.worker_class or default_worker_class(a.threads)
+    if wc != "gevent":
+        print(f"WARNING: {wc} workers: slow clients can hold every thread (install the [cloud] extra for gevent "
+              "workers, or put a buffering proxy in front: docs/cloud.md)", file=sys.stderr)
+    print(f"serving {data} on http://{a.host}:{a.port} with {a.workers} gunicorn {wc} worker(s)")
+    return serve_forever(cfg, host=a.host, port=a.port, workers=a.workers, threads=a.threads, worker_class=wc)
 
 
 class _Fmt(argparse.HelpFormatter):
@@ -579,9 +595,15 @@ def _add_serve_parser(sub) -> None:
     v.add_argument("--host", default="127.0.0.1", help="address to bind")
     v.add_argument("--port", type=int, default=8080, help="port to bind")
     v.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
-    v.add_argument("--threads", type=int, default=1, help="threads per worker (>1: gthread workers, keep-alive)")
+    v.add_argument("--threads", type=int, default=1, help="threads per worker (gthread workers)")
+    v.add_argument("--worker-class", choices=["gevent", "gthread", "sync"],
+                   help="gunicorn worker class (default: gevent when installed; slow clients cannot starve it)")
     v.add_argument("--log-dir", help="accept opt-in impression logs into this directory")
     v.add_argument("--api-key", help="key required on /v1/logs")
+    v.add_argument("--insecure", action="store_true", help="accept /v1/logs uploads without --api-key (local runs)")
+    v.add_argument("--max-log-rows", type=int, default=4096, help="rows per /v1/logs request (413 above)")
+    v.add_argument("--quota-rows-per-s", type=float, default=2000.0, help="per-key /v1/logs row rate (0: none)")
+    v.add_argument("--quota-bytes-per-day", type=int, default=8 << 30, help="per-key /v1/logs bytes/day (0: none)")
     v.add_argument("--model-version", default="", help="model version pages advertise when the registry has none")
     v.add_argument("--embedding-encoding", choices=["fp16", "int8"], default="fp16",
                    help="how pages carry the sparse ID embedding rows")
@@ -594,6 +616,7 @@ def _add_serve_parser(sub) -> None:
     v.add_argument("--admin-key", help="key required to publish, promote and roll back models")
     v.add_argument("--model-name", default="device-reranker", help="registry model whose rollout pages advertise")
     v.add_argument("--ranking-cache", type=int, default=4096, help="rankings cached per worker for later pages")
+    v.add_argument("--ranking-cache-mib", type=int, default=64, help="bytes bound of the ranking cache per worker")
     v.set_defaults(func=_cmd_serve)
 
 

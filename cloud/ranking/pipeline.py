@@ -44,35 +44,75 @@ class SearchInfo:
     emb_missing: int
 
 
-class RankingCache:
-    """A thread-safe LRU of rankings keyed by what determines them (user, query, context). Entries expire
-    after `ttl_s`, so changed embedding rows reach cached searches within that time."""
+def ranking_bytes(r: Ranking) -> int:
+    """Memory a cached ranking holds: its arrays and its encoded pages (plus a fixed per-entry overhead)."""
+    return (1024 + r.rows.nbytes + r.scores.nbytes + r.hidden.nbytes
+            + sum(len(data) + 64 for data, _ in list(r.encoded.values())))
 
-    def __init__(self, capacity: int, ttl_s: float = 300.0):
+
+class RankingCache:
+    """A thread-safe LRU of rankings keyed by what determines them (user, query, context), bounded by entry count
+    (`capacity`) and by bytes (`max_bytes`: arrays and encoded pages, :func:`ranking_bytes`). Entries expire after
+    `ttl_s`, so changed embedding rows reach cached searches within that time.
+
+    A ranking's encoded pages are added after it is cached, so an entry is re-measured whenever it is looked up
+    and at the next cache operation after its insertion: the bound can be passed by at most the pages encoded
+    since an entry's last measurement (one page per search in flight)."""
+
+    def __init__(self, capacity: int, ttl_s: float = 300.0, max_bytes: int = 64 << 20):
         self.capacity = capacity
         self.ttl_s = ttl_s
+        self.max_bytes = max_bytes
+        self.nbytes = 0
         self._d: OrderedDict[tuple, Ranking] = OrderedDict()
+        self._size: dict[tuple, int] = {}
+        self._last: tuple | None = None  # the entry put last (its first page is encoded after the put)
         self._lock = threading.Lock()
+
+    def _remeasure(self, key: tuple | None) -> None:
+        if key is None or key not in self._d:
+            return
+        n = ranking_bytes(self._d[key])
+        self.nbytes += n - self._size[key]
+        self._size[key] = n
+
+    def _drop(self, key: tuple) -> None:
+        del self._d[key]
+        self.nbytes -= self._size.pop(key)
+        if self._last == key:
+            self._last = None
+
+    def _evict(self) -> None:
+        while self._d and (len(self._d) > self.capacity or self.nbytes > self.max_bytes):
+            self._drop(next(iter(self._d)))
 
     def get(self, key: tuple) -> Ranking | None:
         with self._lock:
+            self._remeasure(self._last)
             r = self._d.get(key)
             if r is None:
+                self._evict()
                 return None
             if time.monotonic() - r.created > self.ttl_s:
-                del self._d[key]
+                self._drop(key)
                 return None
             self._d.move_to_end(key)
-            return r
+            self._remeasure(key)
+            self._evict()
+            return self._d.get(key)
 
     def put(self, key: tuple, value: Ranking) -> None:
-        if self.capacity <= 0:
+        if self.capacity <= 0 or self.max_bytes <= 0:
             return
         with self._lock:
+            self._remeasure(self._last)
+            if key in self._d:
+                self._drop(key)
             self._d[key] = value
-            self._d.move_to_end(key)
-            while len(self._d) > self.capacity:
-                self._d.popitem(last=False)
+            self._size[key] = ranking_bytes(value)
+            self.nbytes += self._size[key]
+            self._last = key
+            self._evict()
 
     def __len__(self) -> int:
         return len(self._d)
@@ -88,6 +128,7 @@ class SearchPipeline:
     coarse: CoarseRanker = field(default_factory=PassThroughCoarse)
     fusion: FusionPolicy = field(default_factory=SingleHead)
     cache_size: int = 4096  # rankings kept per process (0 disables the cache)
+    cache_bytes: int = 64 << 20  # and at most this many bytes of them
     cache_ttl_s: float = 300.0
 
     def __post_init__(self) -> None:
@@ -97,7 +138,7 @@ class SearchPipeline:
         # the ranker reads the same embedding rows the device receives
         self._item_emb, _ = self.store.get(items["item_id"])
         self._zero_pref = np.zeros(self.store.dim, dtype=np.float32)
-        self._cache = RankingCache(self.cache_size, self.cache_ttl_s)
+        self._cache = RankingCache(self.cache_size, self.cache_ttl_s, self.cache_bytes)
         self._recall: dict[str, np.ndarray] = {}
 
     def recall(self, query: str) -> np.ndarray:
