@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Protocol
 
 import numpy as np
@@ -17,6 +18,10 @@ class CloudTransport(Protocol):
     def search(self, req: SearchRequest) -> SearchPage: ...
 
     def post_logs(self, rows: list[ImpressionRow]) -> int: ...
+
+
+MAX_QUOTA_RETRIES = 8
+MAX_RETRY_AFTER_S = 30.0
 
 
 class CloudError(RuntimeError):
@@ -35,8 +40,16 @@ class HttpCloud:
         self.bytes_received = 0
 
     def _post(self, path: str, body: bytes) -> bytes:
-        r = self._http.post(self.base_url + path, data=body, headers=self._headers, timeout=self.timeout_s)
-        self.requests += 1
+        for attempt in range(MAX_QUOTA_RETRIES + 1):  # a 429 (upload quota) is waited out as Retry-After says
+            r = self._http.post(self.base_url + path, data=body, headers=self._headers, timeout=self.timeout_s)
+            self.requests += 1
+            if r.status_code != 429 or attempt == MAX_QUOTA_RETRIES:
+                break
+            try:
+                wait = float(r.headers.get("Retry-After", "1"))
+            except ValueError:
+                wait = 1.0
+            time.sleep(min(max(wait, 0.05), MAX_RETRY_AFTER_S))
         if r.status_code != 200:
             raise CloudError(f"{path}: HTTP {r.status_code}: {r.text[:200]}")
         self.bytes_received += len(r.content)

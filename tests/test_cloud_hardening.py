@@ -458,3 +458,19 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_the_simulator_client_waits_out_a_429_as_retry_after_says(cloud_data, tmp_path, rows):
+    """An app that uploads faster than its quota is told when to come back; the simulator's HTTP client (what
+    the demo logs through) waits and retries instead of failing the run."""
+    from edge_rerank.cloud.serve import running_server
+    from edge_rerank.simulator.transport import HttpCloud
+
+    cfg = CloudConfig(data_dir=str(cloud_data), log_dir=str(tmp_path / "l"), api_key=KEY, quota_rows_per_s=20,
+                      quota_burst_rows=12)
+    with running_server(cfg) as url:
+        cloud = HttpCloud(url, api_key=KEY)
+        assert cloud.post_logs(rows[:10]) == 10
+        t0 = time.monotonic()
+        assert cloud.post_logs(rows[:10]) == 10  # over the burst: 429, Retry-After 1 s, then accepted
+        assert time.monotonic() - t0 >= 0.9 and cloud.requests == 3
