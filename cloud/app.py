@@ -21,6 +21,7 @@ from edge_rerank.cloud import prometheus
 from edge_rerank.cloud.catalog import load_catalog
 from edge_rerank.cloud.embedding_store import open_store
 from edge_rerank.cloud.logs import LogSink
+from edge_rerank.cloud.ranking.coarse import load_coarse
 from edge_rerank.cloud.ranking.fine import load_ranker
 from edge_rerank.cloud.ranking.pipeline import SearchPipeline
 from edge_rerank.cloud.registry import Registry, RegistryError, user_bucket
@@ -321,9 +322,11 @@ def create_app(config: CloudConfig) -> Flask:
     store = open_store(config.embedding_store, data_dir=root, redis_url=config.redis_url,
                        redis_prefix=config.redis_prefix)
     ranker = load_ranker(root)
+    coarse = load_coarse(root, catalog, store_kind=config.embedding_store, redis_url=config.redis_url,
+                         registry=Registry(config.registry_dir) if config.registry_dir else None)
     app.extensions["edge_rerank.config"] = config
     app.extensions["edge_rerank.pipeline"] = SearchPipeline(catalog, store, ranker, model_version=config.model_version,
-                                                            cache_size=config.ranking_cache_size)
+                                                            cache_size=config.ranking_cache_size, coarse=coarse)
     app.extensions["edge_rerank.logs"] = LogSink(config.log_dir) if config.log_dir else None
     app.extensions["edge_rerank.registry"] = Registry(config.registry_dir) if config.registry_dir else None
     for bp in (health, search_bp, models, logs_bp):
