@@ -31,7 +31,7 @@ def _faiss():
 
 @dataclass(frozen=True)
 class AnnConfig:
-    nlist: int = 0  # IVF lists; 0: about 4·sqrt(rows)
+    nlist: int = 0  # IVF lists; 0: about 4·sqrt(rows), at most 2048 (k-means cost at build)
     nprobe: int = 32
     oversample: float = 2.0  # candidates fetched per query head: oversample × top_k
     threads: int = 1
@@ -40,7 +40,7 @@ class AnnConfig:
         return asdict(self)
 
     def lists_for(self, n_rows: int) -> int:
-        return self.nlist or max(1, min(int(4 * np.sqrt(n_rows)), n_rows // 39 or 1))
+        return self.nlist or max(1, min(int(4 * np.sqrt(n_rows)), n_rows // 39 or 1, 2048))
 
 
 def build_ivf(vectors: np.ndarray, cfg: AnnConfig, seed: int = 0):
@@ -55,7 +55,7 @@ def build_ivf(vectors: np.ndarray, cfg: AnnConfig, seed: int = 0):
     quantizer = faiss.IndexFlatL2(d)
     index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_L2)
     index.cp.seed = seed
-    sample = x if n <= 256 * nlist else x[np.random.default_rng(seed).choice(n, 256 * nlist, replace=False)]
+    sample = x if n <= 64 * nlist else x[np.random.default_rng(seed).choice(n, 64 * nlist, replace=False)]
     index.train(sample)
     index.add(x)
     index.nprobe = min(cfg.nprobe, nlist)

@@ -38,13 +38,14 @@ class CoarseWorld:
     pipeline: SearchPipeline  # recall + the fine ranker the server runs
 
     @classmethod
-    def load(cls, data_dir: str | Path) -> CoarseWorld:
+    def load(cls, data_dir: str | Path, spec: CoarseFeatureSpec | None = None) -> CoarseWorld:
+        """The data directory's catalog; `spec` (a trained model's) fixes the featurisation, else it is fitted."""
         data_dir = Path(data_dir)
         catalog = load_catalog(data_dir)
         store = FileEmbeddingStore(data_dir / "embeddings")
         pipeline = SearchPipeline(catalog=catalog, store=store, ranker=load_ranker(data_dir), cache_size=0)
         emb, _ = store.get(catalog.items["item_id"])
-        spec = CoarseFeatureSpec.fit(catalog, emb_dim=store.dim)
+        spec = spec or CoarseFeatureSpec.fit(catalog, emb_dim=store.dim)
         return cls(catalog, spec, emb, item_features(spec, catalog, emb), pipeline)
 
     def fine_scores(self, user_id: str, context, rows: np.ndarray) -> np.ndarray:

@@ -65,7 +65,7 @@ def export_coarse(checkpoint: str | Path, data_dir: str | Path, out: str | Path,
     from edge_rerank.cloud.logs import read_logs
 
     model, summary = load_coarse_checkpoint(checkpoint)
-    world = CoarseWorld.load(data_dir)
+    world = CoarseWorld.load(data_dir, model.spec)
     views = query_views(read_logs(logs), world).split("test") if logs else None
     test = summary.get("test", {})
     metrics = {k: test[k] for k in ("auc", "query_tower_flops", "match_flops_per_item", "params") if k in test}
