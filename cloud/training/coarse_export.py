@@ -6,6 +6,7 @@ like a device bundle). Also saving / loading the torch checkpoint."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -58,16 +59,17 @@ def export_onnx(model: TwoTower, out_dir: str | Path) -> tuple[Path, Path]:
     model.eval()
     spec, cfg = model.spec, model.cfg
     qp, sp = out / QUERY_ONNX, out / SCORER_ONNX
-    b = torch.export.Dim("b", min=1, max=4096)
-    torch.onnx.export(QueryTowerExport(model), (torch.zeros(2, dtype=torch.long), torch.zeros(2, spec.query_dense_dim)),
-                      str(qp), input_names=["query_id", "query_dense"], output_names=["q_heads"],
-                      dynamic_shapes=({0: b}, {0: b}), dynamo=True, opset_version=18, external_data=False,
-                      verbose=False)
-    n = torch.export.Dim("n", min=1, max=10_000_000)
-    torch.onnx.export(ScorerExport(model), (torch.zeros(cfg.nq, cfg.dim), torch.zeros(4, cfg.nd, cfg.dim)), str(sp),
-                      input_names=["q_heads", "item_heads"], output_names=["score"],
-                      dynamic_shapes=(None, {0: n}), dynamo=True, opset_version=18, external_data=False,
-                      verbose=False)
+    # the TorchScript exporter: the graphs are small and static, and it exports in a quarter of dynamo's time
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(QueryTowerExport(model),
+                          (torch.zeros(2, dtype=torch.long), torch.zeros(2, spec.query_dense_dim)), str(qp),
+                          input_names=["query_id", "query_dense"], output_names=["q_heads"],
+                          dynamic_axes={"query_id": {0: "b"}, "query_dense": {0: "b"}, "q_heads": {0: "b"}},
+                          dynamo=False, opset_version=18)
+        torch.onnx.export(ScorerExport(model), (torch.zeros(cfg.nq, cfg.dim), torch.zeros(4, cfg.nd, cfg.dim)),
+                          str(sp), input_names=["q_heads", "item_heads"], output_names=["score"],
+                          dynamic_axes={"item_heads": {0: "n"}, "score": {0: "n"}}, dynamo=False, opset_version=18)
     for p in (qp, sp):
         onnx.checker.check_model(str(p))
     return qp, sp

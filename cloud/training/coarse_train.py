@@ -264,7 +264,8 @@ def evaluate_scores(world: CoarseWorld, views: QueryViews, list_scores: np.ndarr
     return out
 
 
-def evaluate_coarse(model: TwoTower, world: CoarseWorld, views: QueryViews, *, k: int = 100) -> dict:
+def evaluate_coarse(model: TwoTower, world: CoarseWorld, views: QueryViews, *, k: int = 100,
+                    recall_views: int = 300) -> dict:
     heads = item_heads(model, world)
     with torch.no_grad():
         q = model.query(_t(views.query_id), _t(views.query_dense))
@@ -274,27 +275,29 @@ def evaluate_coarse(model: TwoTower, world: CoarseWorld, views: QueryViews, *, k
     def recall_scores(i: int, rows: np.ndarray) -> np.ndarray:
         return score_rows(model, heads, q[i: i + 1], rows[None])[0]
 
-    out = evaluate_scores(world, views, list_scores, fine_sample, recall_scores, k=k)
+    out = evaluate_scores(world, views, list_scores, fine_sample, recall_scores, k=k, max_recall_views=recall_views)
     out.update(online_cost(model))
     out["params"] = n_params(model)
     return out
 
 
-def baseline_scores(world: CoarseWorld, views: QueryViews, kind: str, seed: int = 0) -> dict:
+def baseline_scores(world: CoarseWorld, views: QueryViews, kind: str, seed: int = 0, *,
+                    recall_views: int = 300) -> dict:
     """Metrics of the baselines: ``random``, ``popularity`` (log popularity) and ``fine`` (the fine ranker
     itself, the ceiling of consistency)."""
     rng = np.random.default_rng(seed)
+    kw = {"max_recall_views": recall_views}
     pop = np.log1p(world.catalog.items["popularity"]).astype(np.float64)
     if kind == "random":
         return evaluate_scores(world, views, rng.random(views.rows.shape), rng.random(views.fine_rows.shape),
-                               lambda i, rows: rng.random(len(rows)))
+                               lambda i, rows: rng.random(len(rows)), **kw)
     if kind == "popularity":
-        return evaluate_scores(world, views, pop[views.rows], pop[views.fine_rows], lambda i, rows: pop[rows])
+        return evaluate_scores(world, views, pop[views.rows], pop[views.fine_rows], lambda i, rows: pop[rows], **kw)
     if kind == "fine":
         ls = np.stack([world.fine_scores(u, c, r) for u, c, r in zip(views.user_ids, views.contexts, views.rows,
                                                                         strict=True)])
         return evaluate_scores(world, views, ls, views.fine_scores,
-                               lambda i, rows: world.fine_scores(views.user_ids[i], views.contexts[i], rows))
+                               lambda i, rows: world.fine_scores(views.user_ids[i], views.contexts[i], rows), **kw)
     raise ValueError(f"unknown baseline {kind!r}")
 
 
