@@ -143,7 +143,10 @@ def test_ann_selection_recalls_the_exact_top_k(variant, bundles, cworld):
         rec.append(len(set(a.tolist()) & set(e.tolist())) / 20)
     assert np.mean(rec) >= 0.95, rec
     dinner = cworld.pipeline.recall("dinner")  # a part of the catalog: ANN hits are filtered to the recall set
-    assert set(ann.select(_req(0), dinner).tolist()) <= set(dinner.tolist())
+    got = ann.select(_req(0), dinner)
+    assert set(got.tolist()) <= set(dinner.tolist()) and len(got) == 20
+    shuffled = np.random.default_rng(0).permutation(dinner)  # unsorted recall sets take the mask path
+    assert set(ann.select(_req(0), shuffled).tolist()) == set(got.tolist())
 
 
 def test_ivf_maximum_inner_product_on_clustered_vectors_with_offset_and_skewed_norms():

@@ -192,13 +192,23 @@ class TwoTowerCoarse:
         want = min(max(k, int(self.serving.ann.oversample * k / share)), self.index.ntotal)
         pos = search_heads(self.index, q, want, self.nd)
         rows = self._index_rows[pos]
-        allowed = np.zeros(self.catalog.n_items, bool)
-        allowed[candidates] = True
-        rows = rows[(rows >= 0)]
-        rows = rows[allowed[rows]]
+        rows = rows[rows >= 0]
+        rows = rows[self._inside(rows, candidates)]
         if len(rows) < k:  # the recall set is a small part of the catalog: the index found too few of it
             return self._exact(q, candidates, k)
         return self._exact(q, rows, k)
+
+    def _inside(self, rows: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """Which of `rows` are in `candidates` (unique catalog rows), without an O(n_items) pass when possible:
+        the whole catalog needs no check; a sorted recall set (the pipeline's are) a binary search."""
+        if len(candidates) == self.catalog.n_items:
+            return np.ones(len(rows), bool)
+        if len(candidates) and bool(np.all(candidates[1:] > candidates[:-1])):
+            at = np.minimum(np.searchsorted(candidates, rows), len(candidates) - 1)
+            return candidates[at] == rows
+        allowed = np.zeros(self.catalog.n_items, bool)
+        allowed[candidates] = True
+        return allowed[rows]
 
 
 def _find_bundle(data_dir: Path, registry) -> Path | None:
