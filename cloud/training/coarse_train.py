@@ -33,6 +33,7 @@ class CoarseTrainConfig:
     teacher: str = "none"  # none | pairwise | all_pairs (all_pairs = pairwise + in-batch all-pairs)
     teacher_weight: float = 1.0
     teacher_epochs: int = 8
+    random_negative_weight: float = 1.0  # weight of the sampled recall negatives in the click loss
     fine_weight: float = 0.0  # fine ranker -> coarse distillation (0: off)
     fine_temperature: float = 1.0
     fine_ramp_epochs: int = 4  # the fine distillation weight grows linearly over these epochs
@@ -81,8 +82,11 @@ def _teacher_scores(teacher: CrossTeacher, b: _Inputs, rows: np.ndarray) -> torc
                    b.cross(rows).reshape(B * L, -1)).reshape(B, L)
 
 
-def _student_loss(s: torch.Tensor, b: _Inputs, bias: torch.Tensor) -> torch.Tensor:
+def _student_loss(s: torch.Tensor, b: _Inputs, bias: torch.Tensor, random_weight: float = 1.0) -> torch.Tensor:
     m = b.mask.float()
+    if random_weight != 1.0:
+        exposed = torch.from_numpy(b.v.exposed[b.idx])
+        m = m * torch.where(exposed, 1.0, random_weight)
     bce = F.binary_cross_entropy_with_logits(s + bias, b.labels, reduction="none")
     return (bce * m).sum() / m.sum().clamp(min=1)
 
@@ -170,7 +174,7 @@ def fit_coarse(world: CoarseWorld, train: QueryViews, mcfg: CoarseModelConfig | 
                 B, L = b.rows.shape
                 d = model.item(*b.item(b.rows.reshape(-1))).reshape(B, L, model.cfg.nd, model.cfg.dim)
                 s = model.score_heads(q[:, None], d)
-                loss = loss + _student_loss(s, b, bias)
+                loss = loss + _student_loss(s, b, bias, tcfg.random_negative_weight)
                 if teacher is not None:
                     with torch.no_grad():
                         t = _teacher_scores(teacher, b, b.rows)
