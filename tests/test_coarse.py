@@ -92,7 +92,7 @@ def baseline_auc(cworld, views):
 def test_variants_beat_random_and_popularity_on_heldout_auc(variant, models, cworld, views, baseline_auc):
     m = evaluate_coarse(models[variant], cworld, views.split("test"), recall_views=0)
     base = baseline_auc
-    assert m["auc"] > max(base.values()) + 0.03, (m["auc"], base)
+    assert m["auc"] > max(0.5, *base.values()) + 0.03, (m["auc"], base)  # random's draw may land below 0.5
     assert m["consistency"]["lo"] > 0.55  # orders recall items like the fine ranker far more often than chance
     assert m["query_tower_flops"] > 0 and m["params"] > 0
 
