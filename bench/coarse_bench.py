@@ -254,6 +254,44 @@ def http(args, tmp: Path, small: dict) -> dict:
     return out
 
 
+def online(args, tmp: Path, small: dict) -> dict:
+    """Cloud-only sessions of the ablation's world served with vs without the coarse stage (soft + teacher + fine
+    distillation, top 200): the same users, intents and random draws in both arms; QV_CTR and clicks per query,
+    paired differences with bootstrap CIs over sessions."""
+    from edge_rerank.cloud.ranking.coarse import COARSE_DIR, CoarseServing, TwoTowerCoarse
+    from edge_rerank.cloud.training.coarse_export import write_coarse_bundle
+    from edge_rerank.cloud.training.coarse_model import CoarseModelConfig
+    from edge_rerank.cloud.training.coarse_train import CoarseTrainConfig, fit_coarse, mean_ci
+    from edge_rerank.simulator.phone import Phone
+    from edge_rerank.simulator.transport import InProcessCloud
+    from edge_rerank.simulator.user_model import UserModel
+    from edge_rerank.simulator.world import World, WorldConfig
+
+    cw, views = small["_cw"], small["_views"]
+    world = World(WorldConfig(seed=args.world_seed, n_items=args.small_items, n_users=args.users))
+    model, _ = fit_coarse(cw, views.split("train"), CoarseModelConfig(variant="soft"),
+                          CoarseTrainConfig(epochs=args.epochs, teacher="all_pairs", fine_weight=1.0))
+    out: dict = {"sessions": args.online, "items": args.small_items, "top_k": 200}
+    per: dict[str, dict[str, np.ndarray]] = {}
+    for arm in ("without", "with"):
+        data = world.provision_cloud(tmp / f"online-{arm}")
+        if arm == "with":
+            write_coarse_bundle(model, cw, data / COARSE_DIR, version="online", serving=CoarseServing(top_k=200))
+        cloud = InProcessCloud(str(data), wire=False)
+        assert isinstance(cloud._pipeline.coarse, TwoTowerCoarse) == (arm == "with")
+        phone = Phone(UserModel(world), cloud, arm="cloud")
+        res = [phone.run(world.session(i, 7_000)) for i in range(args.online)]
+        per[arm] = {"qv_ctr": np.array([r.clicks > 0 for r in res], float),
+                    "clicks": np.array([r.clicks for r in res], float),
+                    "orders": np.array([r.orders for r in res], float)}
+        out[arm] = {k: mean_ci(v) for k, v in per[arm].items()}
+    out["delta_with_minus_without"] = {k: mean_ci(per["with"][k] - per["without"][k]) for k in per["with"]}
+    d = out["delta_with_minus_without"]["qv_ctr"]
+    print(f"  QV_CTR without coarse {out['without']['qv_ctr']['mean']:.4f}, with {out['with']['qv_ctr']['mean']:.4f}:"
+          f" Δ {d['mean'] * 100:+.2f} pp [{d['lo'] * 100:+.2f}, {d['hi'] * 100:+.2f}]", flush=True)
+    return out
+
+
 def print_table(ab: dict) -> None:
     print(f"\n| arm | AUC (mean of {ab['world']['seeds']} seeds) | consistency w/ fine | recall@100 of fine page 1 | "
           "query-tower FLOPs | match FLOPs/item | params |")
@@ -288,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=4.0)
     p.add_argument("--skip-retrieval", action="store_true")
     p.add_argument("--skip-ablation", action="store_true")
+    p.add_argument("--online", type=int, default=0, help="sessions per arm of the with / without coarse comparison")
     args = p.parse_args(argv)
     import torch
 
@@ -302,6 +341,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_retrieval:
             print("retrieval:", flush=True)
             res["retrieval"] = retrieval(args, tmp, ab)
+        if args.online:
+            print("online:", flush=True)
+            res["online"] = online(args, tmp, ab)
         if args.http:
             print("http:", flush=True)
             res["http"] = http(args, tmp, ab)
