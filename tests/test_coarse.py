@@ -78,8 +78,8 @@ def test_views_split_by_session_and_label_clicks(views):
     assert set(np.unique(views.part)) == {"train", "valid", "test"}
     for part in ("train", "test"):
         assert len(views.split(part)) > 50
-    train_s = {s for s, p in zip(views.user_ids, views.part, strict=True) if p == "train"}
-    assert train_s  # user ids recur across parts (sessions do not): the split is by session
+    parts = {p: set(views.split(p).session_ids) for p in ("train", "valid", "test")}
+    assert not (parts["train"] & parts["test"]) and not (parts["train"] & parts["valid"])  # split by session
     assert views.labels[views.exposed].mean() > 0.0 and views.labels[~views.exposed & views.mask].sum() == 0
 
 

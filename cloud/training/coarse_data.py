@@ -82,6 +82,7 @@ class QueryViews:
     queries: list[str]
     user_ids: list[str]
     contexts: list
+    session_ids: list[str]
 
     def __len__(self) -> int:
         return int(self.rows.shape[0])
@@ -92,7 +93,7 @@ class QueryViews:
                                                      "rows", "labels", "exposed", "mask", "fine_rows",
                                                      "fine_scores", "part")}
         return QueryViews(**arrays, queries=[self.queries[i] for i in idx], user_ids=[self.user_ids[i] for i in idx],
-                          contexts=[self.contexts[i] for i in idx])
+                          contexts=[self.contexts[i] for i in idx], session_ids=[self.session_ids[i] for i in idx])
 
     def split(self, name: str) -> QueryViews:
         return self.subset(np.flatnonzero(self.part == name))
@@ -143,4 +144,5 @@ def query_views(rows: Sequence[ImpressionRow], world: CoarseWorld, *, n_random: 
                       rows=np.stack(out_rows), labels=np.stack(out_lab), exposed=np.stack(out_exp),
                       mask=np.stack(out_mask), fine_rows=np.stack(f_rows), fine_scores=np.stack(f_scores),
                       part=np.array([split.part_of(r.session_id) for r in keep]), queries=[r.query for r in keep],
-                      user_ids=[r.user_id for r in keep], contexts=[r.context for r in keep])
+                      user_ids=[r.user_id for r in keep], contexts=[r.context for r in keep],
+                      session_ids=[r.session_id for r in keep])
