@@ -32,6 +32,7 @@ from edge_rerank.cloud.log_ingest import (
 )
 from edge_rerank.cloud.logs import LogSink
 from edge_rerank.cloud.quota import FileQuota, QuotaConfig, QuotaExceeded
+from edge_rerank.cloud.ranking.coarse import load_coarse
 from edge_rerank.cloud.ranking.fine import load_ranker
 from edge_rerank.cloud.ranking.pipeline import SearchPipeline
 from edge_rerank.cloud.registry import Registry, RegistryError, user_bucket
@@ -448,10 +449,12 @@ def create_app(config: CloudConfig) -> Flask:
     store = open_store(config.embedding_store, data_dir=root, redis_url=config.redis_url,
                        redis_prefix=config.redis_prefix)
     ranker = load_ranker(root)
+    coarse = load_coarse(root, catalog, store_kind=config.embedding_store, redis_url=config.redis_url,
+                         registry=Registry(config.registry_dir) if config.registry_dir else None)
     app.extensions["edge_rerank.config"] = config
     app.extensions["edge_rerank.pipeline"] = SearchPipeline(catalog, store, ranker, model_version=config.model_version,
                                                             cache_size=config.ranking_cache_size,
-                                                            cache_bytes=config.ranking_cache_bytes)
+                                                            cache_bytes=config.ranking_cache_bytes, coarse=coarse)
     app.extensions["edge_rerank.logs"] = LogSink(config.log_dir) if config.log_dir else None
     app.extensions["edge_rerank.ingest_limits"] = IngestLimits(
         max_rows=config.max_log_rows, emb_dim=store.dim, dense_dim=getattr(ranker, "dense_dim", None))

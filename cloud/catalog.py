@@ -8,6 +8,7 @@ Layout of a data directory (written by ``save_cloud_data``; the simulator provis
   queries.json   {"query text": [category, ...]}
   embeddings/    the sparse ID embedding table (see cloud.embedding_store)
   ranker.npz     cloud ranker weights (see cloud.ranking.fine)
+  coarse/        optional coarse two-tower bundle (cloud.ranking.coarse; ``edge-rerank coarse export --install``)
   serving.json   optional page-serving settings: {"reshow_share": 0.2} (a feed re-shows items of the previous
                  page in later pages: cloud.ranking.pipeline.SearchPipeline.page_slots)
 """

@@ -19,6 +19,7 @@ EXTRAS: dict[str, str] = {
     "sim": "the phone-session simulator, A/B reports and plots, the Gymnasium env",
     "ray": "simulate --ray (Ray core)",
     "sign": "ed25519 bundle signatures",
+    "coarse": "approximate retrieval (faiss-cpu) for the cloud's coarse two-tower stage over large catalogs",
 }
 
 # top-level module -> the extra that brings it
@@ -30,6 +31,7 @@ MODULE_EXTRA: dict[str, str] = {
     "coremltools": "coreml",
     "sklearn": "coreml",
     "MNN": "mnn",
+    "faiss": "coarse",
     "flask": "cloud",
     "gunicorn": "cloud",
     "gevent": "cloud",

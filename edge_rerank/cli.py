@@ -1,5 +1,5 @@
-"""``edge-rerank`` command line: demo, simulate, train, eval, ablate, export, compress, serve. Train, eval,
-export and compress call ``edge_rerank.api``; this module only parses and prints."""
+"""``edge-rerank`` command line: demo, simulate, train, eval, ablate, export, compress, serve, logs, replay,
+coarse. Train, eval, export and compress call ``edge_rerank.api``; this module only parses and prints."""
 
 from __future__ import annotations
 
@@ -636,6 +636,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve_parser(sub)
     _add_logs_parser(sub)
     _add_replay_parser(sub)
+    _add_coarse_parser(sub)
     for sp in sub.choices.values():  # global flags also after the subcommand (`edge-rerank train ... -q`)
         _add_global_flags(sp, default=argparse.SUPPRESS)
     return p
@@ -739,6 +740,88 @@ def _cmd_replay(a: argparse.Namespace) -> int:
     finally:
         srv.server_close()
     return 0
+
+
+# ------------------------------------------------------------------ coarse (self-contained: parser + handler)
+
+def _add_coarse_parser(sub) -> None:
+    co = sub.add_parser("coarse", formatter_class=_FMT,
+                        help="the cloud's coarse two-tower stage: train, export, publish",
+                        description="Coarse ranking (recall -> coarse -> fine): a query tower and an item tower "
+                                    "trained on the impression logs and the cloud's catalog (SPEC §2, seed 000).")
+    csub = co.add_subparsers(dest="coarse_command", required=True)
+    tr = csub.add_parser("train", formatter_class=_FMT, help="train the towers; held-out AUC, consistency with the "
+                         "fine ranker (bootstrap CI), recall@100 of its page 1, FLOPs, vs random / popularity")
+    tr.add_argument("--data-dir", required=True, type=_existing_path, help="cloud data directory (catalog, ranker)")
+    tr.add_argument("--logs", required=True, type=_existing_path, help="impression logs (.parquet file or directory)")
+    tr.add_argument("--out", required=True, help="writes coarse.pt and coarse_summary.json here")
+    tr.add_argument("--variant", choices=["dot", "soft", "esim"], default="soft",
+                    help="dot: one vector per side; soft: multi-head soft-attention dot; esim: ESIM matching")
+    tr.add_argument("--heads", type=_positive_int, default=3, help="query and item heads (soft, esim)")
+    tr.add_argument("--teacher", choices=["none", "pairwise", "all_pairs"], default="all_pairs",
+                    help="distil a cross-feature teacher: pairwise scores, or pairwise + in-batch all-pairs")
+    tr.add_argument("--fine-weight", type=float, default=1.0, help="fine ranker -> coarse distillation weight (0: off)")
+    tr.add_argument("--epochs", type=_positive_int, default=8)
+    tr.add_argument("--seed", type=int, default=0)
+    ex = csub.add_parser("export", formatter_class=_FMT, help="ONNX query tower + matching layer, item vectors, "
+                         "faiss index for large catalogs: a verified bundle")
+    ex.add_argument("--checkpoint", required=True, type=_existing_path, help="coarse.pt from `coarse train`")
+    ex.add_argument("--data-dir", required=True, type=_existing_path, help="the catalog to precompute item vectors for")
+    ex.add_argument("--out", required=True, help="bundle directory to write")
+    ex.add_argument("--version", required=True, help="bundle version (registry name: coarse-ranker)")
+    ex.add_argument("--logs", type=_existing_path, help="check ONNX parity on these logs' test query views")
+    ex.add_argument("--top-k", type=_positive_int, default=200, help="items passed on to the fine ranker")
+    ex.add_argument("--exact-threshold", type=_positive_int, default=50_000,
+                    help="recall sets up to this size are scored exactly; larger catalogs get a faiss index")
+    ex.add_argument("--install", action="store_true",
+                    help="also copy the bundle to DATA_DIR/coarse (served from the next start)")
+    pu = csub.add_parser("publish", formatter_class=_FMT, help="publish a coarse bundle to a model registry")
+    pu.add_argument("--bundle", required=True, type=_bundle_dir)
+    pu.add_argument("--registry-dir", required=True, help="registry directory (as `serve --registry-dir`)")
+    pu.add_argument("--no-promote", action="store_true", help="publish only; do not make it the stable version")
+    co.set_defaults(func=_cmd_coarse)
+
+
+def _cmd_coarse(a: argparse.Namespace) -> int:
+    try:
+        if a.coarse_command == "publish":
+            from edge_rerank.cloud.registry import RegistryError
+            from edge_rerank.cloud.training.coarse_export import publish_coarse
+
+            try:
+                m = publish_coarse(a.bundle, a.registry_dir, promote=not a.no_promote)
+            except RegistryError as exc:
+                print(f"coarse publish: {exc.reason}", file=sys.stderr)
+                return 2
+            print(f"published {m.name}@{m.version}" + ("" if a.no_promote else " (stable)"))
+            return 0
+        from edge_rerank.cloud.training.coarse_pipeline import export_coarse, train_coarse
+
+        if a.coarse_command == "train":
+            from edge_rerank.cloud.training.coarse_model import CoarseModelConfig
+            from edge_rerank.cloud.training.coarse_train import CoarseTrainConfig
+
+            res = train_coarse(a.data_dir, a.logs, a.out,
+                               model=CoarseModelConfig(variant=a.variant, q_heads=a.heads, d_heads=a.heads),
+                               train=CoarseTrainConfig(epochs=a.epochs, seed=a.seed, teacher=a.teacher,
+                                                       fine_weight=a.fine_weight))
+            t = res.summary["test"]
+            print(f"test ({res.summary['test_views']} query views): AUC {t['auc']:.4f}, consistency with the fine "
+                  f"ranker {t['consistency']['mean']:.4f} [{t['consistency']['lo']:.4f}, {t['consistency']['hi']:.4f}]"
+                  f", query tower {t['query_tower_flops']} FLOPs, {t['params']} parameters")
+            for k, b in res.summary.get("baselines", {}).items():
+                print(f"  baseline {k}: AUC {b['auc']:.4f}, consistency {b['consistency']['mean']:.4f}")
+            print(f"checkpoint: {res.checkpoint}")
+            return 0
+        from edge_rerank.cloud.ranking.coarse import CoarseServing
+
+        bundle = export_coarse(a.checkpoint, a.data_dir, a.out, version=a.version, logs=a.logs, install=a.install,
+                               serving=CoarseServing(top_k=a.top_k, exact_threshold=a.exact_threshold))
+        print(f"bundle: {bundle}" + (f" (installed in {Path(a.data_dir) / 'coarse'})" if a.install else ""))
+        return 0
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"coarse {a.coarse_command}: {exc}", file=sys.stderr)
+        return 2
 
 
 def main(argv: list[str] | None = None) -> int:

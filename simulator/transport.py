@@ -78,12 +78,15 @@ class InProcessCloud:
     def __init__(self, data_dir: str, *, model_version: str = "", wire: bool = True):
         from edge_rerank.cloud.catalog import load_catalog
         from edge_rerank.cloud.embedding_store import FileEmbeddingStore
+        from edge_rerank.cloud.ranking.coarse import load_coarse
         from edge_rerank.cloud.ranking.fine import load_ranker
         from edge_rerank.cloud.ranking.pipeline import SearchPipeline
 
         ranker = load_ranker(data_dir)  # ranker.onnx (trained) when present, like the server
-        self._pipeline = SearchPipeline(load_catalog(data_dir), FileEmbeddingStore(f"{data_dir}/embeddings"), ranker,
-                                        model_version=model_version)
+        catalog = load_catalog(data_dir)
+        self._pipeline = SearchPipeline(catalog, FileEmbeddingStore(f"{data_dir}/embeddings"), ranker,
+                                        model_version=model_version,
+                                        coarse=load_coarse(data_dir, catalog))  # <data_dir>/coarse, like the server
         self.logged: list[ImpressionRow] = []
         self.wire = wire
         # later pages of a search are slices of the ranking the pipeline's own cache keeps (one ranking per search)

@@ -1,0 +1,269 @@
+"""The coarse two-tower stage (issue 16): training beats baselines on held-out sessions, fine-ranker distillation
+raises consistency, ONNX / numpy serving matches torch, ANN retrieval matches exact, the service answers
+/v1/search with the coarse stage and falls back to pass-through when the model is missing or broken, Redis item
+vectors, registry publication, and the CLI."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from edge_rerank.cloud.app import CloudConfig, create_app
+from edge_rerank.cloud.ranking.coarse import (
+    COARSE_DIR,
+    QUERY_ONNX,
+    CoarseServing,
+    PassThroughCoarse,
+    TwoTowerCoarse,
+    load_coarse,
+)
+from edge_rerank.cloud.ranking.coarse_index import AnnConfig, build_ivf, search_heads
+from edge_rerank.cloud.training.coarse_data import CoarseWorld, query_views
+from edge_rerank.cloud.training.coarse_export import publish_coarse, write_coarse_bundle
+from edge_rerank.cloud.training.coarse_model import CoarseModelConfig
+from edge_rerank.cloud.training.coarse_train import (
+    CoarseTrainConfig,
+    baseline_scores,
+    evaluate_coarse,
+    fit_coarse,
+    fit_teacher,
+    mean_ci,
+)
+from edge_rerank.device_sdk import wire
+from edge_rerank.device_sdk.contracts import Context, SearchRequest
+
+VARIANTS = ("dot", "soft", "esim")
+PB = "application/x-protobuf"
+
+
+@pytest.fixture(scope="module")
+def cworld(cloud_data) -> CoarseWorld:
+    return CoarseWorld.load(cloud_data)
+
+
+@pytest.fixture(scope="module")
+def views(cworld, logged_rows):
+    return query_views(logged_rows, cworld)
+
+
+@pytest.fixture(scope="module")
+def models(cworld, views):
+    """One model per variant: click loss + pairwise teacher distillation + fine-ranker distillation."""
+    torch.set_num_threads(1)
+    tr = views.split("train")
+    cfg = CoarseTrainConfig(epochs=4, teacher="pairwise", teacher_epochs=2, fine_weight=1.0)
+    teacher = fit_teacher(cworld, tr, cfg)  # one teacher for the three students
+    return {v: fit_coarse(cworld, tr, CoarseModelConfig(variant=v), cfg, teacher=teacher)[0] for v in VARIANTS}
+
+
+@pytest.fixture(scope="module")
+def bundles(models, cworld, views, tmp_path_factory):
+    """Serving bundles of every variant; exact threshold 100 < 600 items, so each has a faiss index."""
+    root = tmp_path_factory.mktemp("coarse_bundles")
+    return {v: write_coarse_bundle(m, cworld, root / v, version="v1", views=views.split("test"),
+                                   serving=CoarseServing(top_k=20, exact_threshold=100,
+                                                         ann=AnnConfig(nlist=8, nprobe=4)))
+            for v, m in models.items()}
+
+
+def _req(i: int, query: str = "dinner", user: str = "u00003") -> SearchRequest:
+    return SearchRequest(f"r{i}", f"s{i}", user, query, Context(lat=1.0 + 0.7 * (i % 11), lon=8.0 - 0.5 * (i % 13),
+                                                               hour=8 + i % 12))
+
+
+def test_views_split_by_session_and_label_clicks(views):
+    assert set(np.unique(views.part)) == {"train", "valid", "test"}
+    for part in ("train", "test"):
+        assert len(views.split(part)) > 50
+    parts = {p: set(views.split(p).session_ids) for p in ("train", "valid", "test")}
+    assert not (parts["train"] & parts["test"]) and not (parts["train"] & parts["valid"])  # split by session
+    assert views.labels[views.exposed].mean() > 0.0 and views.labels[~views.exposed & views.mask].sum() == 0
+
+
+@pytest.fixture(scope="module")
+def baseline_auc(cworld, views):
+    return {k: baseline_scores(cworld, views.split("test"), k, recall_views=0)["auc"] for k in ("random", "popularity")}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_variants_beat_random_and_popularity_on_heldout_auc(variant, models, cworld, views, baseline_auc):
+    m = evaluate_coarse(models[variant], cworld, views.split("test"), recall_views=0)
+    base = baseline_auc
+    assert m["auc"] > max(0.5, *base.values()) + 0.03, (m["auc"], base)  # random's draw may land below 0.5
+    assert m["consistency"]["lo"] > 0.55  # orders recall items like the fine ranker far more often than chance
+    assert m["query_tower_flops"] > 0 and m["params"] > 0
+
+
+def test_fine_ranker_distillation_raises_consistency(cworld, views):
+    tr, te = views.split("train"), views.split("test")
+    base, _ = fit_coarse(cworld, tr, CoarseModelConfig(variant="dot"), CoarseTrainConfig(epochs=4))
+    fine, _ = fit_coarse(cworld, tr, CoarseModelConfig(variant="dot"), CoarseTrainConfig(epochs=4, fine_weight=1.0))
+    a, b = (evaluate_coarse(m, cworld, te, k=30, recall_views=60) for m in (base, fine))
+    assert b["recall@30_of_fine_page1"]["mean"] > a["recall@30_of_fine_page1"]["mean"]
+    gain = mean_ci(b["consistency_per_view"] - a["consistency_per_view"])
+    assert gain["lo"] > 0.0, gain
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_onnx_and_numpy_serving_match_torch(variant, models, bundles, cworld, views):
+    import json
+
+    manifest = json.loads((bundles[variant] / "manifest.json").read_text())
+    assert manifest["validation"]["scorer_max_abs_diff"] <= 1e-4
+    model = models[variant]
+    coarse = TwoTowerCoarse(bundles[variant], cworld.catalog)
+    rows = np.arange(cworld.catalog.n_items)
+    for i in range(5):
+        req = _req(i, query=("sushi", "dinner", "lunch", "nowhere", "cafe")[i])
+        q = coarse.query_heads(req)
+        qid, qd = coarse.featurizer([req.query], [req.user_id], [req.context])
+        with torch.no_grad():
+            tq = model.query(torch.from_numpy(qid), torch.from_numpy(qd))
+            it = cworld.items
+            d = model.item(torch.from_numpy(it["category"]), torch.from_numpy(it["brand"]),
+                           torch.from_numpy(it["dense"]))
+            ts = model.score_heads(tq[:, None], d[None])[0].numpy()
+        np.testing.assert_allclose(q, tq[0].numpy(), atol=1e-5)
+        np.testing.assert_allclose(coarse.scores(req, rows), ts, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("variant", ["dot", "soft"])
+def test_ann_selection_recalls_the_exact_top_k(variant, bundles, cworld):
+    ann = TwoTowerCoarse(bundles[variant], cworld.catalog)
+    exact = TwoTowerCoarse(bundles[variant], cworld.catalog, use_index=False)
+    assert ann.index is not None and exact.index is None
+    everything = np.arange(cworld.catalog.n_items)
+    rec = []
+    for i in range(30):
+        a, e = ann.select(_req(i), everything), exact.select(_req(i), everything)
+        assert len(a) == len(e) == 20 and len(np.unique(a)) == 20
+        rec.append(len(set(a.tolist()) & set(e.tolist())) / 20)
+    assert np.mean(rec) >= 0.95, rec
+    dinner = cworld.pipeline.recall("dinner")  # a part of the catalog: ANN hits are filtered to the recall set
+    got = ann.select(_req(0), dinner)
+    assert set(got.tolist()) <= set(dinner.tolist()) and len(got) == 20
+    shuffled = np.random.default_rng(0).permutation(dinner)  # unsorted recall sets take the mask path
+    assert set(ann.select(_req(0), shuffled).tolist()) == set(got.tolist())
+
+
+def test_ivf_maximum_inner_product_on_clustered_vectors_with_offset_and_skewed_norms():
+    """Like trained item vectors: clustered, a shared offset, varied norms; 16 of 128 lists probed."""
+    rng = np.random.default_rng(0)
+    n = 20_000
+    centers = 1.5 * rng.standard_normal((50, 16))
+    x = ((centers[rng.integers(0, 50, n)] + 0.5 * rng.standard_normal((n, 16))) * rng.lognormal(0, 0.4, (n, 1))
+         + 2.0).astype(np.float32)
+    index = build_ivf(x, AnnConfig(nlist=128, nprobe=16))
+    rec = []
+    for _ in range(20):
+        q = rng.standard_normal((1, 16)).astype(np.float32)
+        got = search_heads(index, q, 100, 1)
+        rec.append(len(set(got.tolist()) & set(np.argsort(-(x @ q[0]))[:100].tolist())) / 100)
+    assert np.mean(rec) >= 0.9, rec
+
+
+def _data_with(cloud_data, tmp_path, bundle=None):
+    data = tmp_path / "data"
+    shutil.copytree(cloud_data, data)
+    if bundle is not None:
+        shutil.copytree(bundle, data / COARSE_DIR)
+    return data
+
+
+def _search(client, req: SearchRequest):
+    r = client.post("/v1/search", data=wire.request_to_proto(req).SerializeToString(), content_type=PB)
+    assert r.status_code == 200, r.data[:200]
+    return wire.page_from_proto(wire.pb.SearchPage.FromString(r.data))
+
+
+def test_service_answers_with_the_coarse_stage(cloud_data, bundles, tmp_path):
+    app = create_app(CloudConfig(data_dir=str(_data_with(cloud_data, tmp_path, bundles["soft"]))))
+    pipe = app.extensions["edge_rerank.pipeline"]
+    assert isinstance(pipe.coarse, TwoTowerCoarse)
+    client = app.test_client()
+    req = _req(1)
+    page = _search(client, req)
+    assert len(page.items) == 20 and not page.has_more  # the coarse top-20 is what the fine ranker ordered
+    kept = set(pipe.catalog.items["item_id"][pipe.coarse.select(req, pipe.recall(req.query))].tolist())
+    assert {it.item_id for it in page.items} == kept
+
+
+def test_service_falls_back_to_pass_through(cloud_data, bundles, tmp_path, caplog):
+    # no model: pass-through, every recalled item reaches the fine ranker
+    app = create_app(CloudConfig(data_dir=str(_data_with(cloud_data, tmp_path / "none"))))
+    assert app.extensions["edge_rerank.pipeline"].coarse == PassThroughCoarse()
+    full = _search(app.test_client(), _req(2))
+    assert len(full.items) == 25 and full.has_more
+    # a tampered file (checksum) and an unreadable model (re-checksummed): pass-through with the reason, service up
+    bad_sum = _data_with(cloud_data, tmp_path / "sum", bundles["dot"])
+    (bad_sum / COARSE_DIR / QUERY_ONNX).write_bytes(b"not a model")
+    bad_onnx = _data_with(cloud_data, tmp_path / "onnx", bundles["dot"])
+    _rewrite_with_checksum(bad_onnx / COARSE_DIR, QUERY_ONNX, b"not a model")
+    bad_conf = _data_with(cloud_data, tmp_path / "conf", bundles["dot"])
+    _rewrite_with_checksum(bad_conf / COARSE_DIR, "coarse.json", b"{}")
+    for data, why in ((bad_sum, "sha256"), (bad_onnx, "onnxruntime"), (bad_conf, "coarse config")):
+        app = create_app(CloudConfig(data_dir=str(data)))
+        coarse = app.extensions["edge_rerank.pipeline"].coarse
+        assert isinstance(coarse, PassThroughCoarse) and why in coarse.reason, coarse
+        page = _search(app.test_client(), _req(2))
+        assert [it.item_id for it in page.items] == [it.item_id for it in full.items]
+
+
+def _rewrite_with_checksum(bundle, rel: str, data: bytes) -> None:
+    import json
+
+    from edge_rerank.device_sdk.bundle import sha256_file
+
+    (bundle / rel).write_bytes(data)
+    m = json.loads((bundle / "manifest.json").read_text())
+    m["files"][rel], m["sizes"][rel] = sha256_file(bundle / rel), len(data)
+    (bundle / "manifest.json").write_text(json.dumps(m))
+
+
+def test_registry_published_model_and_redis_item_vectors(cloud_data, bundles, cworld, tmp_path):
+    from edge_rerank.cloud.embedding_store.redis_server import redis_server_binary, running_redis
+    from edge_rerank.cloud.registry import Registry
+
+    m = publish_coarse(bundles["soft"], tmp_path / "registry")
+    reg = Registry(tmp_path / "registry")
+    assert reg.state(m.name).stable == "v1"
+    data = _data_with(cloud_data, tmp_path)
+    from_reg = load_coarse(data, cworld.catalog, registry=reg)
+    assert isinstance(from_reg, TwoTowerCoarse) and from_reg.version == "v1"
+    local = TwoTowerCoarse(bundles["soft"], cworld.catalog, use_index=False)
+    recall = cworld.pipeline.recall("dinner")
+    if redis_server_binary() is None:
+        pytest.skip("redis-server binary not installed")
+    with running_redis() as url:
+        via_redis = load_coarse(data, cworld.catalog, store_kind="redis", redis_url=url, registry=reg)
+        assert type(via_redis.store).__name__ == "RedisEmbeddingStore"
+        for i in range(5):
+            np.testing.assert_array_equal(np.sort(via_redis._exact(via_redis.query_heads(_req(i)), recall, 20)),
+                                          np.sort(local.select(_req(i), recall)))
+
+
+def test_cli_coarse_train_export_publish(cloud_data, logged_rows, tmp_path, capsys):
+    import pyarrow.parquet as pq
+
+    from edge_rerank.cli import main
+    from edge_rerank.cloud.logs import rows_to_table
+
+    (tmp_path / "logs").mkdir()
+    pq.write_table(rows_to_table(logged_rows), tmp_path / "logs" / "part-0.parquet")
+    data = _data_with(cloud_data, tmp_path)
+    assert main(["coarse", "train", "--data-dir", str(data), "--logs", str(tmp_path / "logs"), "--out",
+                 str(tmp_path / "run"), "--variant", "dot", "--epochs", "2", "--teacher", "none"]) == 0
+    assert "consistency with the fine ranker" in capsys.readouterr().out
+    assert main(["coarse", "export", "--checkpoint", str(tmp_path / "run" / "coarse.pt"), "--data-dir", str(data),
+                 "--out", str(tmp_path / "bundle"), "--version", "c1", "--top-k", "30", "--install"]) == 0
+    assert isinstance(create_app(CloudConfig(data_dir=str(data))).extensions["edge_rerank.pipeline"].coarse,
+                      TwoTowerCoarse)
+    assert main(["coarse", "publish", "--bundle", str(tmp_path / "bundle"), "--registry-dir",
+                 str(tmp_path / "reg")]) == 0
+    assert "coarse-ranker@c1 (stable)" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["coarse", "train", "--data-dir", str(data), "--logs", str(tmp_path / "missing"), "--out", "x"])
+    assert e.value.code == 2
