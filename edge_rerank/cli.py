@@ -761,8 +761,8 @@ def _add_coarse_parser(sub) -> None:
     tr.add_argument("--teacher", choices=["none", "pairwise", "all_pairs"], default="all_pairs",
                     help="distil a cross-feature teacher: pairwise scores, or pairwise + in-batch all-pairs")
     tr.add_argument("--fine-weight", type=float, default=1.0, help="fine ranker -> coarse distillation weight (0: off)")
-    tr.add_argument("--epochs", type=_positive_int, default=8)
-    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--epochs", type=_positive_int, default=8, help="training epochs")
+    tr.add_argument("--seed", type=int, default=0, help="training and session-split seed")
     ex = csub.add_parser("export", formatter_class=_FMT, help="ONNX query tower + matching layer, item vectors, "
                          "faiss index for large catalogs: a verified bundle")
     ex.add_argument("--checkpoint", required=True, type=_existing_path, help="coarse.pt from `coarse train`")
