@@ -14,6 +14,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from edge_rerank import report_format as rf
 from edge_rerank.api import compress, export, feature_config_for, train
 from edge_rerank.cloud.app import CloudConfig
 from edge_rerank.cloud.serve import running_server
@@ -150,6 +151,7 @@ def run_demo(cfg: DemoConfig, *, progress: bool = True) -> dict:
     sp = trained.split
     extra_md = "\n".join([
         "## Model", "",
+        *rf.caveats(rf.lists_caveat(trained.test_lists, what="test lists behind the offline numbers")),
         f"- trained on {trained.train_lists} rerank lists from {n_rows} logged lists "
         f"({cfg.log_sessions} cloud-only sessions; split by session {sp['sessions']['train']} train / "
         f"{sp['sessions']['valid']} validation / {sp['sessions']['test']} test, seed {sp['seed']}); "

@@ -86,7 +86,9 @@ def place_labels(ax, xs, ys, labels: list[str], *, fontsize: float = 7.0, marker
     final (the placement works in display pixels); `avoid`: more artists to keep clear of (legends). Returns
     where the labels went."""
     fig = ax.figure
-    fig.canvas.draw()  # final layout: axes positions and the transforms below are what gets saved
+    if fig.get_layout_engine() is not None:
+        fig.draw_without_rendering()  # runs the layout: axes positions and the transforms below are final
+        fig.set_layout_engine("none")  # and stay so: labels added now do not move the axes
     renderer = fig.canvas.get_renderer()
     pts = ax.transData.transform(np.column_stack([np.asarray(xs, float), np.asarray(ys, float)]))
     win = ax.get_window_extent(renderer)
@@ -157,7 +159,6 @@ def place_labels(ax, xs, ys, labels: list[str], *, fontsize: float = 7.0, marker
         ax.annotate(text, xy, xytext=(dx * px_to_pt, dy * px_to_pt), textcoords="offset points", ha=ha, va=va,
                     fontsize=fontsize, color=color, arrowprops=arrow, annotation_clip=False, zorder=4,
                     multialignment=ha if ha != "center" else "center", linespacing=1.1)
-    fig.set_layout_engine("none")  # keep the layout the labels were placed on
     return Placement(boxes, unplaced)
 
 

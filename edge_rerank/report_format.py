@@ -126,8 +126,9 @@ def table(header: list[str], rows: list[list[object]]) -> list[str]:
 
 
 def sessions_caveat(n_per_arm: int, *, delta_halfwidth_pp: float | None = None,
-                    threshold: int = FEW_SESSIONS) -> str | None:
-    """A caveat line when an A/B has fewer than `threshold` sessions per arm (None otherwise)."""
+                    threshold: int | None = None) -> str | None:
+    """A caveat line when an A/B has fewer than `threshold` (default FEW_SESSIONS) sessions per arm, else None."""
+    threshold = FEW_SESSIONS if threshold is None else threshold
     if n_per_arm >= threshold:
         return None
     width = (f" here the 95 % CIs of ΔQV_CTR reach ±{num(delta_halfwidth_pp, 1)} pp;"
@@ -137,8 +138,10 @@ def sessions_caveat(n_per_arm: int, *, delta_halfwidth_pp: float | None = None,
             "smoke test of the pipeline, not as a result. The README's numbers come from 4,000 sessions per arm.")
 
 
-def lists_caveat(n_lists: int, *, what: str = "held-out lists", threshold: int = FEW_LISTS) -> str | None:
-    """A caveat line when offline metrics are means over fewer than `threshold` lists (None otherwise)."""
+def lists_caveat(n_lists: int, *, what: str = "held-out lists", threshold: int | None = None) -> str | None:
+    """A caveat line when offline metrics are means over fewer than `threshold` (default FEW_LISTS) lists, else
+    None."""
+    threshold = FEW_LISTS if threshold is None else threshold
     if n_lists >= threshold:
         return None
     se = NDCG_LIST_SD / math.sqrt(max(n_lists, 1))
