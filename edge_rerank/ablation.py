@@ -273,8 +273,8 @@ def _max_halfwidth_pp(data: dict) -> float | None:
 
 def plot(data: dict, path: Path) -> None:
     """Left: offline NDCG@10 per variant, bars from zero (they compare sizes), the value at each bar and the cloud
-    order's level as a line; right: online ΔQV_CTR vs the cloud order with its 95 % CI (differences, so the axis
-    is centred on zero), "offline only" / "reference" where a row has no online difference."""
+    order's level as a line; right: online ΔQV_CTR vs the cloud order with its 95 % CI (differences: dots and
+    intervals, zero marked and always in view), "offline only" / "reference" where a row has no online difference."""
     plt = pyplot()
     rows = data["rows"]
     names = [r["name"] for r in rows]
@@ -306,15 +306,17 @@ def plot(data: dict, path: Path) -> None:
         err = np.array([[100 * (d[i]["mean"] - d[i]["lo"]) for i in k], [100 * (d[i]["hi"] - d[i]["mean"])
                                                                           for i in k]])
         axes[1].errorbar(mean, y[k], xerr=err, fmt="o", color="#55a868", ecolor="#55a868", capsize=3, ms=5)
-        span = max(float(np.max(np.abs(np.concatenate([mean - err[0], mean + err[1]])))), 0.5)
-        axes[1].set_xlim(-1.15 * span, 1.15 * span)
+        lo, hi = min(float(np.min(mean - err[0])), 0.0), max(float(np.max(mean + err[1])), 0.0)
+        pad = max(0.08 * (hi - lo), 0.25)
+        axes[1].set_xlim(lo - pad, hi + pad)  # zero always in view, the intervals at full resolution
         for i, m in zip(k, mean, strict=True):
             axes[1].annotate(rf.num(m, 2, signed=True), (m, y[i]), xytext=(0, 5), textcoords="offset points",
-                             ha="center", va="bottom", fontsize=7.5)
+                             ha="center", va="bottom", fontsize=7.5, zorder=3,
+                             bbox=dict(boxstyle="square,pad=0.1", fc="white", ec="none"))
     for i, r in enumerate(rows):
         if not d[i]:
             text = "reference" if r["online"] else "offline only"
-            axes[1].annotate(text, (0.5, y[i]), xycoords=("axes fraction", "data"), ha="center", va="center",
+            axes[1].annotate(text, (0, y[i]), ha="center", va="center",
                              fontsize=8, color="0.45", style="italic", zorder=3,
                              bbox=dict(boxstyle="square,pad=0.2", fc="white", ec="none"))
     axes[1].axvline(0, color="k", lw=0.8)
