@@ -274,13 +274,16 @@ def _max_halfwidth_pp(data: dict) -> float | None:
 def plot(data: dict, path: Path) -> None:
     """Left: offline NDCG@10 per variant, bars from zero (they compare sizes), the value at each bar and the cloud
     order's level as a line; right: online ΔQV_CTR vs the cloud order with its 95 % CI (differences: dots and
-    intervals, zero marked and always in view), "offline only" / "reference" where a row has no online difference."""
+    intervals, zero marked and always in view), "offline only" / "reference" where a row has no online difference;
+    an offline-only run has the left panel only."""
     plt = pyplot()
     rows = data["rows"]
     names = [r["name"] for r in rows]
     ndcg = np.array([r["offline"].get("ndcg@10", np.nan) for r in rows], dtype=float)
-    fig, axes = plt.subplots(1, 2, figsize=(13, 0.42 * len(rows) + 2.0), dpi=DPI, layout="constrained",
-                             sharey=True, width_ratios=(1, 1))
+    online = any(r["online"] for r in rows)
+    fig, axes = plt.subplots(1, 2 if online else 1, figsize=(13 if online else 7.5, 0.42 * len(rows) + 2.0), dpi=DPI,
+                             layout="constrained", sharey=True, squeeze=False)
+    axes = axes[0]
     y = np.arange(len(rows))
     axes[0].barh(y, np.nan_to_num(ndcg), color="#4c72b0", height=0.65)
     for yi, v in zip(y, ndcg, strict=True):
@@ -299,32 +302,35 @@ def plot(data: dict, path: Path) -> None:
             label.set_fontweight("bold")
     axes[0].set_title("Offline ranking quality", fontsize=11)
 
-    d = [r["online"].get("delta_qv_ctr") if r["online"] else None for r in rows]
-    k = [i for i, v in enumerate(d) if v]
-    if k:
-        mean = np.array([100 * d[i]["mean"] for i in k])
-        err = np.array([[100 * (d[i]["mean"] - d[i]["lo"]) for i in k], [100 * (d[i]["hi"] - d[i]["mean"])
-                                                                          for i in k]])
-        axes[1].errorbar(mean, y[k], xerr=err, fmt="o", color="#55a868", ecolor="#55a868", capsize=3, ms=5)
-        lo, hi = min(float(np.min(mean - err[0])), 0.0), max(float(np.max(mean + err[1])), 0.0)
-        pad = max(0.08 * (hi - lo), 0.25)
-        axes[1].set_xlim(lo - pad, hi + pad)  # zero always in view, the intervals at full resolution
-        for i, m in zip(k, mean, strict=True):
-            axes[1].annotate(rf.num(m, 2, signed=True), (m, y[i]), xytext=(0, 5), textcoords="offset points",
-                             ha="center", va="bottom", fontsize=7.5, zorder=3,
-                             bbox=dict(boxstyle="square,pad=0.1", fc="white", ec="none"))
-    for i, r in enumerate(rows):
-        if not d[i]:
-            text = "reference" if r["online"] else "offline only"
-            axes[1].annotate(text, (0, y[i]), ha="center", va="center",
-                             fontsize=8, color="0.45", style="italic", zorder=3,
-                             bbox=dict(boxstyle="square,pad=0.2", fc="white", ec="none"))
-    axes[1].axvline(0, color="k", lw=0.8)
-    axes[1].tick_params(axis="y", length=0)
-    axes[1].grid(True, axis="x", alpha=0.3)
-    n = data.get("config", {}).get("ab_sessions")
-    axes[1].set_xlabel("ΔQV_CTR vs cloud order, pp\n(dot: mean, bar: paired 95 % CI)")
-    axes[1].set_title("Online, simulator A/B" + (f" ({n:,} sessions per arm)" if n else ""), fontsize=11)
+    if online:
+        d = [r["online"].get("delta_qv_ctr") if r["online"] else None for r in rows]
+        k = [i for i, v in enumerate(d) if v]
+        if k:
+            mean = np.array([100 * d[i]["mean"] for i in k])
+            err = np.array([[100 * (d[i]["mean"] - d[i]["lo"]) for i in k], [100 * (d[i]["hi"] - d[i]["mean"])
+                                                                              for i in k]])
+            axes[1].errorbar(mean, y[k], xerr=err, fmt="o", color="#55a868", ecolor="#55a868", capsize=3, ms=5)
+            lo, hi = min(float(np.min(mean - err[0])), 0.0), max(float(np.max(mean + err[1])), 0.0)
+            pad = max(0.08 * (hi - lo), 0.25)
+            axes[1].set_xlim(lo - pad, hi + pad)  # zero always in view, the intervals at full resolution
+            for i, m in zip(k, mean, strict=True):
+                axes[1].annotate(rf.num(m, 2, signed=True), (m, y[i]), xytext=(0, 5), textcoords="offset points",
+                                 ha="center", va="bottom", fontsize=7.5, zorder=3,
+                                 bbox=dict(boxstyle="square,pad=0.1", fc="white", ec="none"))
+        else:
+            axes[1].set_xlim(-1, 1)
+        for i, r in enumerate(rows):
+            if not d[i]:
+                text = "reference" if r["online"] else "offline only"
+                axes[1].annotate(text, (0, y[i]), ha="center", va="center",
+                                 fontsize=8, color="0.45", style="italic", zorder=3,
+                                 bbox=dict(boxstyle="square,pad=0.2", fc="white", ec="none"))
+        axes[1].axvline(0, color="k", lw=0.8)
+        axes[1].tick_params(axis="y", length=0)
+        axes[1].grid(True, axis="x", alpha=0.3)
+        n = data.get("config", {}).get("ab_sessions")
+        axes[1].set_xlabel("ΔQV_CTR vs cloud order, pp\n(dot: mean, bar: paired 95 % CI)")
+        axes[1].set_title("Online, simulator A/B" + (f" ({n:,} sessions per arm)" if n else ""), fontsize=11)
     fig.suptitle("edge-rerank ablation: each variant against the cloud order")
     fig.savefig(path)
     plt.close(fig)

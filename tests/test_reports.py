@@ -190,6 +190,28 @@ def test_ablation_table_and_plot(tmp_path):
     _png(tmp_path / "ablation.png")
 
 
+def test_offline_only_ablation_has_one_panel_and_no_online_caveat(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    from edge_rerank.ablation import plot, to_markdown
+
+    data = _ablation_data()
+    for r in data["rows"]:
+        r["online"] = None
+    data["online"] = {}
+    md = to_markdown(data)
+    assert "Online: not run" in md and "sessions per arm" not in md and "held-out test lists** (few" in md
+    panels = []
+    real = matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                        lambda self, *a, **k: (panels.append(len(self.axes)), real(self, *a, **k)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plot(data, tmp_path / "ablation.png")
+    assert panels == [1]
+    _png(tmp_path / "ablation.png")
+
+
 def test_ablation_plot_offline_axis_starts_at_zero(tmp_path, monkeypatch):
     """Bars compare sizes: the NDCG@10 axis starts at 0 (it started near the smallest bar before issue 19)."""
     import matplotlib.figure
