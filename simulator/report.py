@@ -64,7 +64,7 @@ def screen_ctr(ctr: np.ndarray, exp: np.ndarray, viewport: int = 4) -> np.ndarra
 
 
 def _plot_position_ctr(results: list[ArmResult], path: Path, n_positions: int = 75, min_exposures: int = 50) -> None:
-    from matplotlib.ticker import PercentFormatter
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.4), dpi=DPI, layout="constrained")
@@ -87,7 +87,8 @@ def _plot_position_ctr(results: list[ArmResult], path: Path, n_positions: int = 
     axes[2].set(title="Sessions that reached the position", xlabel="position in the list (0 = top)",
                 ylabel="share of sessions")
     for ax in axes:
-        ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=8, steps=[1, 2, 2.5, 5, 10]))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{100 * v:.4g}%"))  # 2.5%, 5%: no false rounding
         ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
     fig.legend(loc="outside upper center", ncol=len(results), frameon=False)
