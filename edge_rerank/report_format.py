@@ -146,8 +146,8 @@ def lists_caveat(n_lists: int, *, what: str = "held-out lists", threshold: int |
         return None
     se = NDCG_LIST_SD / math.sqrt(max(n_lists, 1))
     return (f"> **Small sample: {n_lists:,} {what}** (few = under {threshold:,}): a mean NDCG@10 has a standard "
-            f"error of about {num(se, 3)} here (per-list SD ≈ {NDCG_LIST_SD}), so differences under "
-            f"~{num(2 * se, 3)} between rows are within noise.")
+            f"error of about {num(se, 3)} here (per-list SD ≈ {NDCG_LIST_SD}), so NDCG@10 differences under "
+            f"~{num(2 * se, 3)} (two standard errors) are within noise.")
 
 
 def caveats(*lines: str | None) -> list[str]:
