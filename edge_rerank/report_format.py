@@ -113,12 +113,13 @@ def pair(a: float | None, b: float | None, digits: int = 2, unit: str = "") -> s
 
 
 def table(header: list[str], rows: list[list[object]]) -> list[str]:
-    """A markdown table; None / nan cells read ``—``; a ``|`` inside a cell is escaped."""
+    """A markdown table; None / nan cells read ``—``; a ``|`` inside a cell is escaped, line breaks become spaces
+    (a failed method's reason can hold both)."""
     def cell(v: object) -> str:
         if v is None or (isinstance(v, float) and not math.isfinite(v)):
             return NA
         s = str(v)
-        return NA if s == "" else s.replace("|", "\\|")
+        return NA if s == "" else " ".join(s.split("\n")).replace("|", "\\|")
 
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]

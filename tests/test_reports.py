@@ -59,9 +59,9 @@ def test_point_without_interval_prints_the_point_only():
 
 
 def test_table_is_a_markdown_table_and_escapes_pipes():
-    lines = rf.table(["arm", "click_return"], [["B", "1,234"], ["a|b", 0]])
+    lines = rf.table(["arm", "click_return"], [["B", "1,234"], ["a|b", 0], ["failed: x\ny", ""]])
     assert lines[0] == "| arm | click_return |" and lines[1] == "|---|---|"
-    assert lines[3] == "| a\\|b | 0 |"
+    assert lines[3] == "| a\\|b | 0 |" and lines[4] == "| failed: x y | — |"
     assert all(line.count("|") - line.count("\\|") == 3 for line in lines)
 
 
