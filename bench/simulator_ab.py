@@ -21,6 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from edge_rerank.report_format import rate  # noqa: E402
 from edge_rerank.simulator.ab import run_ab  # noqa: E402
 from edge_rerank.simulator.arms import ArmSpec, build_arm  # noqa: E402
 from edge_rerank.simulator.phone import PhoneConfig  # noqa: E402
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         extra["profiles"][name] = {"qv_ctr": vars(r.metrics["qv_ctr"]), "latency": lat, "budget": b,
                                    "reranks_applied": r.reranks_applied, "fallbacks": dict(r.fallbacks),
                                    "battery_share_per_1000_sessions": battery}
-        lines.append(f"| {name} | {r.metrics['qv_ctr'].fmt(pct=True)} | {lat['device_p50_ms']:.2f} / "
+        lines.append(f"| {name} | {rate(r.metrics['qv_ctr'])} | {lat['device_p50_ms']:.2f} / "
                      f"{lat['device_p99_ms']:.2f} | {r.reranks_applied} ({b['late']}) | {b['dropped']} | "
                      f"{r.fallbacks.get('superseded', 0)} | {b['rerank_mj_per_session']:.2f} | "
                      f"{b['rerank_mj_per_session'] + b['radio_mj_per_session']:.1f} | {100 * battery:.3f} % |")

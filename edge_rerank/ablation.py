@@ -28,8 +28,10 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from edge_rerank import report_format as rf
 from edge_rerank.device_sdk.features import FeatureConfig
 from edge_rerank.pipeline import export_bundle, feature_config_for
+from edge_rerank.plotting import DPI, pyplot
 from edge_rerank.simulator.world import World, WorldConfig
 
 BASE_OPS = ("cloud_score", "cloud_position", "dist:context")
@@ -234,62 +236,101 @@ def _online(cfg: AblationConfig, world: World, data_dir: Path, results: list[Row
             "sessions_per_arm": cfg.ab_sessions}
 
 
-def _fmt_ci(d: dict | None, pct: bool) -> str:
-    if not d:
-        return "–"
-    k = 100 if pct else 1
-    return f"{k * d['mean']:+.2f} [{k * d['lo']:+.2f}, {k * d['hi']:+.2f}]"
-
-
 def to_markdown(data: dict) -> str:
     s = data["samples"]
     c = data["config"]
-    lines = [f"Offline: {s['test_lists']} held-out test lists ({s['train_lists']} for training, {s['valid_lists']} "
-             f"for early stopping; {c['log_sessions']} logged sessions, split by session). Online: "
-             f"{c['ab_sessions']} simulated sessions per arm, the same users, intents and random draws in every arm; "
-             "Δ = arm − cloud order, paired bootstrap 95 % CI.", "",
-             "| variant | NDCG@5 | NDCG@10 | MRR | QV_CTR | ΔQV_CTR (pp) | Δclicks/query | params | note |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    online = any(r["online"] for r in data["rows"])
+    lines = [*rf.caveats(rf.lists_caveat(s["test_lists"], what="held-out test lists"),
+                         rf.sessions_caveat(c["ab_sessions"], delta_halfwidth_pp=_max_halfwidth_pp(data))
+                         if online else None),
+             f"Offline: {s['test_lists']:,} held-out test lists ({s['train_lists']:,} for training, "
+             f"{s['valid_lists']:,} for early stopping; {c['log_sessions']:,} logged sessions, split by session). "
+             + (f"Online: {c['ab_sessions']:,} simulated sessions per arm, the same users, intents and random draws "
+                "in every arm; Δ = arm − cloud order, paired bootstrap 95 % CI; QV_CTR in %, its Δ in pp "
+                "(percentage points). " if online else "Online: not run (offline only). ")
+             + "— = not measured for this row (offline-only variants; the reference has no Δ).", ""]
+    rows = []
     for r in data["rows"]:
         o, on = r["offline"], r["online"] or {}
-        qv = f"{100 * on['qv_ctr']['mean']:.2f} %" if on.get("qv_ctr") else "–"
-        lines.append(f"| {r['name']} | {o.get('ndcg@5', float('nan')):.4f} | {o.get('ndcg@10', float('nan')):.4f} | "
-                     f"{o.get('mrr', float('nan')):.4f} | {qv} | {_fmt_ci(on.get('delta_qv_ctr'), True)} | "
-                     f"{_fmt_ci(on.get('delta_clicks'), False)} | {r['params'] or ''} | {r['note']} |")
+        rows.append([r["name"], rf.num(o.get("ndcg@5"), 4), rf.num(o.get("ndcg@10"), 4), rf.num(o.get("mrr"), 4),
+                     rf.rate(on.get("qv_ctr")), rf.rate_delta(on.get("delta_qv_ctr")),
+                     rf.delta(on.get("delta_clicks"), 3), f"{r['params']:,}" if r["params"] else rf.NA,
+                     r["note"] or rf.NA])
+    lines += rf.table(["variant", "NDCG@5", "NDCG@10", "MRR", "QV_CTR [95 % CI]", "ΔQV_CTR [95 % CI]",
+                       "Δ clicks / query [95 % CI]", "params", "note"], rows)
     j = data.get("online", {}).get("joint_cloud_only_delta_qv_ctr")
     if j:
-        lines += ["", f"The jointly trained cloud ranker on its own (cloud-only arm): ΔQV_CTR vs the original cloud "
-                      f"order {_fmt_ci(j, True)} pp."]
+        lines += ["", "The jointly trained cloud ranker on its own (cloud-only arm): ΔQV_CTR vs the original cloud "
+                      f"order {rf.rate_delta(j)}."]
     return "\n".join(lines) + "\n"
 
 
+def _max_halfwidth_pp(data: dict) -> float | None:
+    w = [100 * (d["hi"] - d["lo"]) / 2 for r in data["rows"] if r["online"]
+         for d in [r["online"].get("delta_qv_ctr")] if d]
+    return max(w) if w else None
+
+
 def plot(data: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Left: offline NDCG@10 per variant, bars from zero (they compare sizes), the value at each bar and the cloud
+    order's level as a line; right: online ΔQV_CTR vs the cloud order with its 95 % CI (differences: dots and
+    intervals, zero marked and always in view), "offline only" / "reference" where a row has no online difference;
+    an offline-only run has the left panel only."""
+    plt = pyplot()
     rows = data["rows"]
     names = [r["name"] for r in rows]
-    ndcg = [r["offline"].get("ndcg@10", np.nan) for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    ndcg = np.array([r["offline"].get("ndcg@10", np.nan) for r in rows], dtype=float)
+    online = any(r["online"] for r in rows)
+    fig, axes = plt.subplots(1, 2 if online else 1, figsize=(13 if online else 7.5, 0.42 * len(rows) + 2.0), dpi=DPI,
+                             layout="constrained", sharey=True, squeeze=False)
+    axes = axes[0]
     y = np.arange(len(rows))
-    axes[0].barh(y, ndcg, color="#4c72b0")
+    axes[0].barh(y, np.nan_to_num(ndcg), color="#4c72b0", height=0.65)
+    for yi, v in zip(y, ndcg, strict=True):
+        axes[0].annotate(rf.num(v, 3), (0 if not np.isfinite(v) else v, yi), xytext=(3, 0),
+                         textcoords="offset points", va="center", fontsize=8)
     axes[0].set_yticks(y, names)
     axes[0].invert_yaxis()
-    axes[0].set_xlabel("offline NDCG@10 (held-out sessions)")
-    axes[0].set_xlim(min(v for v in ndcg if np.isfinite(v)) * 0.9, max(v for v in ndcg if np.isfinite(v)) * 1.03)
-    d = [r["online"].get("delta_qv_ctr") if r["online"] else None for r in rows]
-    k = np.array([i for i, v in enumerate(d) if v])  # rows with an online arm (cloud order is the reference)
-    mean = np.array([100 * d[i]["mean"] for i in k])
-    err = np.array([[100 * (d[i]["mean"] - d[i]["lo"]), 100 * (d[i]["hi"] - d[i]["mean"])] for i in k]).T
-    if len(k):
-        axes[1].barh(y[k], mean, xerr=err, color="#55a868", capsize=3)
-    axes[1].set_ylim(axes[0].get_ylim())
-    axes[1].axvline(0, color="k", lw=0.8)
-    axes[1].set_yticks(y, [""] * len(rows))
-    axes[1].set_xlabel("online ΔQV_CTR vs cloud order (pp, 95 % CI)")
-    fig.suptitle("edge-rerank ablation")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    top = float(np.nanmax(ndcg)) if np.isfinite(ndcg).any() else 1.0
+    axes[0].set_xlim(0, min(1.0, top * 1.15))
+    cloud = next((r["offline"].get("ndcg@10") for r in rows if r["name"] == "cloud order"), None)
+    if cloud is not None:
+        axes[0].axvline(cloud, color="0.4", ls=":", lw=1)
+    axes[0].set_xlabel("NDCG@10 on held-out sessions\n(axis from 0; dotted line: cloud order)")
+    for label in axes[0].get_yticklabels():
+        if "(default)" in label.get_text():
+            label.set_fontweight("bold")
+    axes[0].set_title("Offline ranking quality", fontsize=11)
+
+    if online:
+        d = [r["online"].get("delta_qv_ctr") if r["online"] else None for r in rows]
+        k = [i for i, v in enumerate(d) if v]
+        if k:
+            mean = np.array([100 * d[i]["mean"] for i in k])
+            err = np.array([[100 * (d[i]["mean"] - d[i]["lo"]) for i in k], [100 * (d[i]["hi"] - d[i]["mean"])
+                                                                              for i in k]])
+            axes[1].errorbar(mean, y[k], xerr=err, fmt="o", color="#55a868", ecolor="#55a868", capsize=3, ms=5)
+            lo, hi = min(float(np.min(mean - err[0])), 0.0), max(float(np.max(mean + err[1])), 0.0)
+            pad = max(0.08 * (hi - lo), 0.25)
+            axes[1].set_xlim(lo - pad, hi + pad)  # zero always in view, the intervals at full resolution
+            for i, m in zip(k, mean, strict=True):
+                axes[1].annotate(rf.num(m, 2, signed=True), (m, y[i]), xytext=(0, 5), textcoords="offset points",
+                                 ha="center", va="bottom", fontsize=7.5, zorder=3,
+                                 bbox=dict(boxstyle="square,pad=0.1", fc="white", ec="none"))
+        else:
+            axes[1].set_xlim(-1, 1)
+        for i, r in enumerate(rows):
+            if not d[i]:
+                text = "reference" if r["online"] else "offline only"
+                axes[1].annotate(text, (0, y[i]), ha="center", va="center",
+                                 fontsize=8, color="0.45", style="italic", zorder=3,
+                                 bbox=dict(boxstyle="square,pad=0.2", fc="white", ec="none"))
+        axes[1].axvline(0, color="k", lw=0.8)
+        axes[1].tick_params(axis="y", length=0)
+        axes[1].grid(True, axis="x", alpha=0.3)
+        n = data.get("config", {}).get("ab_sessions")
+        axes[1].set_xlabel("ΔQV_CTR vs cloud order, pp\n(dot: mean, bar: paired 95 % CI)")
+        axes[1].set_title("Online, simulator A/B" + (f" ({n:,} sessions per arm)" if n else ""), fontsize=11)
+    fig.suptitle("edge-rerank ablation: each variant against the cloud order")
+    fig.savefig(path)
     plt.close(fig)

@@ -78,6 +78,7 @@ def simulate(rows: list[MethodResult], model, out: Path, setup: SimulationSetup,
                 est = paired_delta(ref, res, "qv_ctr", seed=setup.seed)
                 results[name].qv_ctr_delta_pp = 100 * est.mean
                 results[name].qv_ctr_ci_pp = (100 * est.lo, 100 * est.hi)
+                results[name].qv_ctr_sessions = setup.sessions
         cloud_est = paired_delta(by_name["cloud"], ref, "qv_ctr", seed=setup.seed)
         summary["fp32_vs_cloud_pp"] = [100 * cloud_est.mean, 100 * cloud_est.lo, 100 * cloud_est.hi]
     return summary

@@ -14,6 +14,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from edge_rerank import report_format as rf
 from edge_rerank.api import compress, export, feature_config_for, train
 from edge_rerank.cloud.app import CloudConfig
 from edge_rerank.cloud.serve import running_server
@@ -154,12 +155,13 @@ def run_demo(cfg: DemoConfig, *, progress: bool = True) -> dict:
     extra_md = "\n".join([
         *replay_md,
         "## Model", "",
-        f"- trained on {trained.train_lists} rerank lists from {n_rows} logged lists "
-        f"({cfg.log_sessions} cloud-only sessions; split by session {sp['sessions']['train']} train / "
-        f"{sp['sessions']['valid']} validation / {sp['sessions']['test']} test, seed {sp['seed']}); "
+        *rf.caveats(rf.lists_caveat(trained.test_lists, what="test lists behind the offline numbers")),
+        f"- trained on {trained.train_lists:,} rerank lists from {n_rows:,} logged lists "
+        f"({cfg.log_sessions:,} cloud-only sessions; split by session {sp['sessions']['train']:,} train / "
+        f"{sp['sessions']['valid']:,} validation / {sp['sessions']['test']:,} test, seed {sp['seed']}); "
         f"{trained.params:,} parameters; {trained.epochs_run} epochs (best by validation NDCG@10 "
-        f"{sv['ndcg@10']:.4f} on {trained.valid_lists} lists), {summary['lists_per_s']:.0f} lists/s",
-        f"- offline (test sessions, {trained.test_lists} lists, never seen by training or epoch selection): "
+        f"{sv['ndcg@10']:.4f} on {trained.valid_lists:,} lists), {summary['lists_per_s']:,.0f} lists/s",
+        f"- offline (test sessions, {trained.test_lists:,} lists, never seen by training or epoch selection): "
         f"NDCG@5 {st['ndcg@5']:.4f} vs cloud order {sc['ndcg@5']:.4f}; NDCG@10 {st['ndcg@10']:.4f} vs "
         f"{sc['ndcg@10']:.4f}",
         f"- fp32 ONNX export {Path(bundle_dir).joinpath(MODEL_FILES['onnx']).stat().st_size / 1024:.1f} KiB; parity "
