@@ -136,7 +136,7 @@ def sessions_caveat(n_per_arm: int, *, delta_halfwidth_pp: float | None = None,
              if not is_na(delta_halfwidth_pp) else "")
     return (f"> **Small sample: {n_per_arm:,} sessions per arm** (few = under {threshold:,}):{width} effects of the "
             "size this project measures (~1 pp QV_CTR) are not resolved at this size, so read the differences as a "
-            "smoke test of the pipeline, not as a result. The README's numbers come from 4,000 sessions per arm.")
+            "smoke test of the pipeline, not as a result (the demo's headline A/B runs 4,000 sessions per arm).")
 
 
 def lists_caveat(n_lists: int, *, what: str = "held-out lists", threshold: int | None = None) -> str | None:
