@@ -559,6 +559,13 @@ class FeatureBuilder:
         self.unknown_counts: dict[str, list[int]] = {f.name: [0, 0] for f in cfg.declared_fields}
         self._plan = _compile_plan(cfg)
         self._all_ids = all(f.mode == "ids" for f in self._cats)
+        # the declared categorical fields are read in the same pass as the other columns when they are attributes
+        names = self._plan.cat_names
+        self._fields_are_attributes = all(f in _ITEM_ATTRS and f in _EVENT_ATTRS for f in names)
+        extra = tuple(names) if self._fields_are_attributes else ()
+        self._item_get = operator.attrgetter("item_id", "cloud_position", "cloud_score", "lat", "lon", *extra)
+        self._event_get = operator.attrgetter("item_id", "kind", "kind_name", "dwell_ms", "position", "lat", "lon",
+                                              *extra)
         self._cat_sizes = np.array([[f.n] for f in self._cats], dtype=np.int64)  # [fields, 1]
         self._input_order = _OUTPUT_ORDER
 
@@ -619,8 +626,8 @@ class FeatureBuilder:
 
         # ---- events: columns, roles, the sequences (event indexes, oldest first) ----
         if n_events:
-            ev_item_t, ev_kind, ev_kname, ev_dwell_t, ev_pos_t, ev_lat_t, ev_lon_t = zip(
-                *map(_EVENT_COLS, events), strict=True)
+            ev_cols = list(zip(*map(self._event_get, events), strict=True))
+            ev_item_t, ev_kind, ev_kname, ev_dwell_t, ev_pos_t, ev_lat_t, ev_lon_t = ev_cols[:7]
             role_by_kind, role_by_name = plan.role_by_kind, plan.role_by_name
             codes = np.array([role_by_name.get(kn, _NEUTRAL) if kn else role_by_kind.get(k, _NEUTRAL)
                               for k, kn in zip(ev_kind, ev_kname, strict=True)], dtype=np.int8)
@@ -629,7 +636,9 @@ class FeatureBuilder:
             long = ev_dwell >= cfg.dwell_threshold_ms
             is_pos = (codes == _POSITIVE) | ((codes == _POSITIVE_DWELL) & long)
             shown = (codes == _NEGATIVE) | (codes == _NEGATIVE_DWELL)
-            is_neg = ((codes == _NEGATIVE) | ((codes == _NEGATIVE_DWELL) & long)) & ~np.isin(ev_item, ev_item[is_pos])
+            is_neg = (codes == _NEGATIVE) | ((codes == _NEGATIVE_DWELL) & long)
+            if is_pos.any():  # never a negative: an item with a positive
+                is_neg &= ~(ev_item[:, None] == ev_item[is_pos][None, :]).any(axis=1)
         else:
             ev_item = np.zeros(0, np.int64)
             ev_dwell = np.zeros(0, np.float64)
@@ -655,7 +664,8 @@ class FeatureBuilder:
 
         # ---- candidates: columns, vectors ----
         if n:
-            c_id, c_pos, c_score, c_lat, c_lon = zip(*map(_ITEM_COLS, candidates), strict=True)
+            c_cols = list(zip(*map(self._item_get, candidates), strict=True))
+            c_id, c_pos, c_score, c_lat, c_lon = c_cols[:5]
         else:
             c_id = c_pos = c_score = c_lat = c_lon = ()
         cand_ids = np.array(c_id, dtype=np.int64)
@@ -665,8 +675,13 @@ class FeatureBuilder:
         cand_emb, cand_dense = _candidate_vectors(candidates, cfg)
 
         # ---- categorical fields: raw values of candidates + events, match keys and bucket ids in one go ----
-        raw = [c + e for c, e in zip(_field_columns(candidates, plan.cat_names, _ITEM_ATTRS),
-                                     _field_columns(events, plan.cat_names, _EVENT_ATTRS), strict=True)]
+        if self._fields_are_attributes and not any(o.attrs for o in candidates) and not any(
+                o.attrs for o in events):  # the declared fields came with the columns above
+            raw = [list(c + e) for c, e in zip(c_cols[5:] if n else [()] * len(plan.cat_names),
+                                               ev_cols[7:] if n_events else [()] * len(plan.cat_names), strict=True)]
+        else:
+            raw = [c + e for c, e in zip(_field_columns(candidates, plan.cat_names, _ITEM_ATTRS),
+                                         _field_columns(events, plan.cat_names, _EVENT_ATTRS), strict=True)]
         ints = _int_column(raw) if raw else None  # [fields, n + events] when every value is a plain int
         keys = None
         match_rows = [plan.cat_names.index(f) for f in plan.fields if f != IDENTITY]
@@ -707,7 +722,8 @@ class FeatureBuilder:
         if n:
             cols = np.empty((n, cfg.n_candidate_features), np.float64)
             if plan.col_score.size:
-                cols[:, plan.col_score] = np.clip(np.array(c_score, dtype=np.float64), -10.0, 10.0)[:, None]
+                score = np.minimum(np.maximum(np.array(c_score, dtype=np.float64), -10.0), 10.0)  # = np.clip, faster
+                cols[:, plan.col_score] = score[:, None]
             if plan.col_position.size:
                 cols[:, plan.col_position] = (cloud_position / 100.0)[:, None]
             if plan.col_dist_context.size:
