@@ -342,6 +342,7 @@ _ROLE_CODE = {"positive": _POSITIVE, "positive_dwell": _POSITIVE_DWELL, "negativ
               "negative_dwell": _NEGATIVE_DWELL, "neutral": _NEUTRAL}
 _ITEM_COLS = operator.attrgetter("item_id", "cloud_position", "cloud_score", "lat", "lon")
 _EVENT_COLS = operator.attrgetter("item_id", "kind", "kind_name", "dwell_ms", "position", "lat", "lon")
+_ATTRS = operator.attrgetter("attrs")
 _ITEM_ATTRS = frozenset(PageItem.__dataclass_fields__) - {"attrs"}
 _EVENT_ATTRS = frozenset(FeedbackEvent.__dataclass_fields__) - {"attrs"}
 _EMPTY = np.zeros(0, np.int64)
@@ -367,6 +368,7 @@ class _Plan:
     cat_names: list[str]
     role_by_kind: dict[int, int]
     role_by_name: dict[str, int]
+    role_lut: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))  # EventKind value -> role code
     match_fields: set[str] = field(default_factory=set)
     col_score: np.ndarray = field(default_factory=lambda: _EMPTY)
     col_position: np.ndarray = field(default_factory=lambda: _EMPTY)
@@ -394,6 +396,10 @@ def _compile_plan(cfg: FeatureConfig) -> _Plan:
     plan = _Plan(cat_names=[f.name for f in cfg.declared_fields if f.kind == "categorical"],
                  role_by_kind={k: role_by_name.get(name, _NEUTRAL) for k, name in _KIND_NAMES.items()},
                  role_by_name=role_by_name)
+    lut = np.full(max(_KIND_NAMES) + 1, _NEUTRAL, dtype=np.int8)
+    for k, code in plan.role_by_kind.items():
+        lut[k] = code
+    plan.role_lut = lut
     simple: dict[str, list[int]] = {}
     identity: dict[str, list[int]] = {}
     numeric: dict[str, list[int]] = {}
@@ -629,8 +635,12 @@ class FeatureBuilder:
             ev_cols = list(zip(*map(self._event_get, events), strict=True))
             ev_item_t, ev_kind, ev_kname, ev_dwell_t, ev_pos_t, ev_lat_t, ev_lon_t = ev_cols[:7]
             role_by_kind, role_by_name = plan.role_by_kind, plan.role_by_name
-            codes = np.array([role_by_name.get(kn, _NEUTRAL) if kn else role_by_kind.get(k, _NEUTRAL)
-                              for k, kn in zip(ev_kind, ev_kname, strict=True)], dtype=np.int8)
+            kinds = np.array(ev_kind, dtype=np.int64) if not any(ev_kname) else None
+            if kinds is not None and kinds.min() >= 0 and kinds.max() < len(plan.role_lut):
+                codes = plan.role_lut[kinds]  # every event named by its EventKind: one lookup
+            else:
+                codes = np.array([role_by_name.get(kn, _NEUTRAL) if kn else role_by_kind.get(k, _NEUTRAL)
+                                  for k, kn in zip(ev_kind, ev_kname, strict=True)], dtype=np.int8)
             ev_item = np.array(ev_item_t, dtype=np.int64)
             ev_dwell = np.array(ev_dwell_t, dtype=np.float64)
             long = ev_dwell >= cfg.dwell_threshold_ms
@@ -675,8 +685,8 @@ class FeatureBuilder:
         cand_emb, cand_dense = _candidate_vectors(candidates, cfg)
 
         # ---- categorical fields: raw values of candidates + events, match keys and bucket ids in one go ----
-        if self._fields_are_attributes and not any(o.attrs for o in candidates) and not any(
-                o.attrs for o in events):  # the declared fields came with the columns above
+        if self._fields_are_attributes and not any(map(_ATTRS, candidates)) and not any(
+                map(_ATTRS, events)):  # the declared fields came with the columns above
             raw = [list(c + e) for c, e in zip(c_cols[5:] if n else [()] * len(plan.cat_names),
                                                ev_cols[7:] if n_events else [()] * len(plan.cat_names), strict=True)]
         else:
