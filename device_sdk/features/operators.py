@@ -520,12 +520,12 @@ def _candidate_vectors(candidates: Sequence[PageItem], cfg: FeatureConfig) -> tu
 def _event_vectors(events: Sequence[FeedbackEvent], idx: np.ndarray, dim: int) -> np.ndarray:
     """ID embeddings [len(idx), dim] of the events at `idx` (zeros for an event without one)."""
     vecs = [events[i].id_embedding for i in idx.tolist()]
-    if vecs and all(v is not None for v in vecs):
-        try:
+    if vecs:
+        try:  # every event has its vector (the common case): one copy
             out = np.array(vecs, dtype=np.float32)
             if out.shape == (len(vecs), dim):
                 return out
-        except ValueError:
+        except (TypeError, ValueError):  # None among them, or ragged
             pass
     out = np.zeros((len(vecs), dim), dtype=np.float32)
     for k, v in enumerate(vecs):
