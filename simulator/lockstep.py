@@ -104,7 +104,9 @@ class LockstepRunner:
                 g, value, throw = greenlet.greenlet(body), specs[k], None
 
         for _ in range(min(self.batch, len(specs))):
-            k = next(queue)
+            k = next(queue, -1)  # a session that ends without a rerank has already started the next one
+            if k < 0:
+                break
             resume(k, greenlet.greenlet(body), specs[k])
         while parked:
             round_, parked[:] = list(parked), []

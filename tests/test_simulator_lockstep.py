@@ -52,9 +52,10 @@ def onnx_model(bundle_dir) -> LoadedModel:
     return load_model(bundle_dir)
 
 
-def test_lockstep_equals_one_at_a_time_onnxruntime_bundle(world, inproc_cloud, onnx_model):
+@pytest.mark.parametrize("batch", [8, 64])  # 64 > sessions: sessions that end without a rerank start the next
+def test_lockstep_equals_one_at_a_time_onnxruntime_bundle(world, inproc_cloud, onnx_model, batch):
     assert not onnx_model.backend.batched  # the bundle's file has a fixed batch 1: rows run one by one
-    _assert_same(*_both(world, inproc_cloud, onnx_model))
+    _assert_same(*_both(world, inproc_cloud, onnx_model, batch=batch))
 
 
 def test_lockstep_equals_one_at_a_time_batched_onnx_and_numpy(world, inproc_cloud, trained, bundle_dir, tmp_path):
