@@ -340,8 +340,6 @@ def compile_op(expr: str, cfg: FeatureConfig | None = None) -> Callable[[_OpInpu
 _POSITIVE, _POSITIVE_DWELL, _NEGATIVE, _NEGATIVE_DWELL, _NEUTRAL = range(5)
 _ROLE_CODE = {"positive": _POSITIVE, "positive_dwell": _POSITIVE_DWELL, "negative": _NEGATIVE,
               "negative_dwell": _NEGATIVE_DWELL, "neutral": _NEUTRAL}
-_ITEM_COLS = operator.attrgetter("item_id", "cloud_position", "cloud_score", "lat", "lon")
-_EVENT_COLS = operator.attrgetter("item_id", "kind", "kind_name", "dwell_ms", "position", "lat", "lon")
 _ATTRS = operator.attrgetter("attrs")
 _ITEM_ATTRS = frozenset(PageItem.__dataclass_fields__) - {"attrs"}
 _EVENT_ATTRS = frozenset(FeedbackEvent.__dataclass_fields__) - {"attrs"}
