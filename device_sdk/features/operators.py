@@ -563,6 +563,8 @@ class FeatureBuilder:
         self.unknown_counts: dict[str, list[int]] = {f.name: [0, 0] for f in cfg.declared_fields}
         self._plan = _compile_plan(cfg)
         self._all_ids = all(f.mode == "ids" for f in self._cats)
+        self._dist_edges = np.asarray(cfg.distance_buckets_km, dtype=np.float64)  # bucketise's edges, prepared once
+        self._pos_edges = np.asarray(cfg.position_buckets, dtype=np.float64)
         # the declared categorical fields are read in the same pass as the other columns when they are attributes
         names = self._plan.cat_names
         self._fields_are_attributes = all(f in _ITEM_ATTRS and f in _EVENT_ATTRS for f in names)
@@ -724,7 +726,10 @@ class FeatureBuilder:
             counts[1] += n
 
         # ---- the operators ----
-        ctx_dist = _distance(cand_lat, cand_lon, np.array([context.lat]), np.array([context.lon]), cfg.geo)[:, 0]
+        # distance to the search location of the candidates and of the sequence events, in one call
+        both_dist = _distance(np.concatenate([cand_lat, ev_lat[both]]), np.concatenate([cand_lon, ev_lon[both]]),
+                              np.array([context.lat]), np.array([context.lon]), cfg.geo)[:, 0]
+        ctx_dist = both_dist[:n]
         out: dict[str, np.ndarray] = {}
         num = np.zeros((N, cfg.n_candidate_features), np.float32)
         if n:
@@ -769,9 +774,9 @@ class FeatureBuilder:
         out["cand_mask"] = np.zeros(N, np.float32)
         out["cand_mask"][:n] = 1.0
         out["cand_dist_b"] = np.zeros(N, np.int32)
-        out["cand_dist_b"][:n] = self.bucketise(ctx_dist, cfg.distance_buckets_km)
+        out["cand_dist_b"][:n] = self._dist_edges.searchsorted(ctx_dist, side="right")
         out["cand_pos_b"] = np.zeros(N, np.int32)
-        out["cand_pos_b"][:n] = self.bucketise(cloud_position, cfg.position_buckets)
+        out["cand_pos_b"][:n] = self._pos_edges.searchsorted(cloud_position, side="right")
 
         # ---- MVFAN input: positives first, then negatives; kind 1 = click, 2 = skip, 0 = padding ----
         n_p, s = len(pos_idx), len(both)
@@ -791,13 +796,12 @@ class FeatureBuilder:
         if s:
             out["seq_emb"][:s] = vb
             posn = ev_posn[both]
-            dist = _distance(ev_lat[both], ev_lon[both], np.array([context.lat]), np.array([context.lon]),
-                             cfg.geo)[:, 0]
+            dist = both_dist[n:]
             seq_num[:s] = np.stack([np.log1p(np.maximum(ev_dwell[both], 0.0) / 1000.0),
                                     np.minimum((n_events - both).astype(np.float64) / L, 4.0), posn / 100.0,
                                     np.log1p(dist)], axis=1)
-            out["seq_dist_b"][:s] = self.bucketise(dist, cfg.distance_buckets_km)
-            out["seq_pos_b"][:s] = self.bucketise(posn, cfg.position_buckets)
+            out["seq_dist_b"][:s] = self._dist_edges.searchsorted(dist, side="right")
+            out["seq_pos_b"][:s] = self._pos_edges.searchsorted(posn, side="right")
         out["seq_num"] = seq_num
         out["seq_pos_mask"] = (kind == 1).astype(np.float32)
         out["seq_neg_mask"] = (kind == 2).astype(np.float32)
