@@ -563,6 +563,7 @@ class FeatureBuilder:
         self.unknown_counts: dict[str, list[int]] = {f.name: [0, 0] for f in cfg.declared_fields}
         self._plan = _compile_plan(cfg)
         self._all_ids = all(f.mode == "ids" for f in self._cats)
+        self._masks_cache: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
         self._dist_edges = np.asarray(cfg.distance_buckets_km, dtype=np.float64)  # bucketise's edges, prepared once
         self._pos_edges = np.asarray(cfg.position_buckets, dtype=np.float64)
         # the declared categorical fields are read in the same pass as the other columns when they are attributes
@@ -813,6 +814,23 @@ class FeatureBuilder:
                 raise FeatureError(f"non-finite values in feature {name!r}")
         return {name: out[name] for name in self._input_order}
 
+    def _view_masks(self, sizes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """For sequences of `sizes` laid end to end: each event's rank from the end of its sequence (1 = newest),
+        the view masks [V, T] (bool, and float64 transposed [T, V]) and each view's size; cached per sizes (a
+        session asks for the same few again and again)."""
+        hit = self._masks_cache.get(sizes)
+        if hit is None:
+            plan = self._plan
+            sz = np.array(sizes, dtype=np.int64)
+            seq_of = np.repeat(np.arange(len(sizes)), sz)
+            rank = (np.repeat(np.cumsum(sz), sz) - np.arange(int(sz.sum()))).astype(np.float64)
+            masks = (seq_of[None, :] == plan.view_seq[:, None]) & (rank[None, :] <= plan.view_window[:, None])
+            view_size = np.minimum(sz[plan.view_seq], plan.view_window)
+            if len(self._masks_cache) >= 4096:
+                self._masks_cache.clear()
+            hit = self._masks_cache[sizes] = (rank, masks, np.ascontiguousarray(masks.T, dtype=np.float64), view_size)
+        return hit
+
     def _sequence_operators(self, cols: np.ndarray, seq_idx: dict[str, np.ndarray], keys: np.ndarray | None,
                             ev_item: np.ndarray, cand_ids: np.ndarray, cand_emb: np.ndarray,
                             vectors: np.ndarray | None) -> None:
@@ -825,13 +843,9 @@ class FeatureBuilder:
         plan, cfg = self._plan, self.cfg
         n = cols.shape[0]
         parts = [seq_idx[s] for s in plan.seqs]
-        sizes = np.array([len(p) for p in parts], dtype=np.int64)
         ev = np.concatenate(parts) if parts else _EMPTY
         T = len(ev)
-        seq_of = np.repeat(np.arange(len(parts)), sizes)
-        rank = (np.repeat(np.cumsum(sizes), sizes) - np.arange(T)).astype(np.float64)  # 1 = newest of its sequence
-        masks = (seq_of[None, :] == plan.view_seq[:, None]) & (rank[None, :] <= plan.view_window[:, None])  # [V, T]
-        view_size = np.minimum(sizes[plan.view_seq], plan.view_window)
+        rank, masks, masks_f, view_size = self._view_masks(tuple(len(p) for p in parts))
         counts = step = None
         if len(plan.combos) and T:
             n_cat = len(plan.fields) - (plan.fields[-1] == IDENTITY)
@@ -848,8 +862,7 @@ class FeatureBuilder:
             else:
                 match = np.concatenate([eq, np.ones((1, n, T), bool)])[plan.combos].all(axis=1)
             if "hit" in plan.agg or "freq" in plan.agg:
-                counts = (match.reshape(-1, T).astype(np.float64) @ masks.T.astype(np.float64)).reshape(
-                    len(plan.combos), n, -1)  # [C, n, V]
+                counts = (match.reshape(-1, T).astype(np.float64) @ masks_f).reshape(len(plan.combos), n, -1)
             if "step" in plan.agg:
                 _, c, v = plan.agg["step"]
                 step = np.where(match[c] & masks[v][:, None, :], rank, np.inf).min(axis=2)  # [ops, n]
@@ -868,10 +881,10 @@ class FeatureBuilder:
         if "sim_max" in plan.agg or "sim_mean" in plan.agg:
             sim = None
             if T and vectors is not None:
-                a = cand_emb.astype(np.float64)
-                a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-9)
+                a = cand_emb.astype(np.float64)  # norms as np.linalg.norm computes them, without its wrapper
+                a = a / np.maximum(np.sqrt(np.add.reduce(a * a, axis=1, keepdims=True)), 1e-9)
                 b = vectors.astype(np.float64)
-                sim = a @ (b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-9)).T  # [n, T]
+                sim = a @ (b / np.maximum(np.sqrt(np.add.reduce(b * b, axis=1, keepdims=True)), 1e-9)).T  # [n, T]
             for name in ("sim_max", "sim_mean"):
                 if name not in plan.agg:
                     continue
@@ -883,7 +896,7 @@ class FeatureBuilder:
                     cols[:, out_cols] = np.where(empty[:, None], 0.0,
                                                  np.where(masks[v][:, None, :], sim, -np.inf).max(axis=2)).T
                 else:
-                    cols[:, out_cols] = (sim @ masks[v].T.astype(np.float64)) / np.maximum(view_size[v], 1)
+                    cols[:, out_cols] = (sim @ masks_f[:, v]) / np.maximum(view_size[v], 1)
 
 
 def stack_batch(samples: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
