@@ -29,26 +29,45 @@ from edge_rerank.simulator.user_model import UserModel  # noqa: E402
 from edge_rerank.simulator.world import World, WorldConfig  # noqa: E402
 
 
-def rate(arm: Arm, um: UserModel, cloud, n: int, seed: int, warmup: int = 200, replay: bool = False) -> dict:
-    """Sessions/s of `arm` (``replay``: on a phone recording replay traces, simulator/replay.py)."""
+def rate(arm: Arm, um: UserModel, cloud, n: int, seed: int, warmup: int = 200, lockstep: int = 0,
+         replay: bool = False) -> dict:
+    """Sessions/s of one arm, one session at a time (or in lock-step batches of `lockstep` sessions; ``replay``: on
+    a phone recording replay traces, simulator/replay.py)."""
+    from edge_rerank.simulator.lockstep import LockstepRunner
+
     phone = arm.phone(um, cloud)
     if replay:
         from edge_rerank.simulator.replay import ReplayPhone
 
         phone = ReplayPhone(um, cloud, arm=arm.name, reranker=arm.reranker, triggers=arm.triggers, keep_logs=False,
                             cost_model=arm.cost_model)
-    for i in range(warmup):
-        phone.run(um.world.session(i, seed + 1))
+    run = (LockstepRunner(phone, lockstep).run if lockstep else lambda specs: [phone.run(s) for s in specs])
+    run([um.world.session(i, seed + 1) for i in range(warmup)])
+    specs = [um.world.session(i, seed) for i in range(n)]
     t0, c0 = time.perf_counter(), time.process_time()
-    for i in range(n):
-        phone.run(um.world.session(i, seed))
+    run(specs)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     return {"sessions": n, "wall_s": wall, "cpu_s": cpu, "sessions_per_s": n / wall,
-            "sessions_per_cpu_s": n / max(cpu, 1e-9)}
+            "sessions_per_cpu_s": n / max(cpu, 1e-9), "lockstep_batch": lockstep}
 
 
-def small_bundle(world: World, cloud, out: Path) -> Path:
-    """Train a small device model on cloud-only logs (2 epochs) and export its ONNX bundle."""
+def batch_dynamic_arm(bundle: str, model, test, out: Path) -> Arm:
+    """The bundle's model with a batch-dynamic ONNX export of the same weights (what lock-step batches through)."""
+    from edge_rerank.converters.lean import export_graph
+    from edge_rerank.converters.onnx.convert import export_onnx
+    from edge_rerank.device_sdk import backends
+    from edge_rerank.device_sdk.bundle import read_bundle
+    from edge_rerank.device_sdk.model_manager import LoadedModel
+    from edge_rerank.device_sdk.reranker import RerankService
+
+    x = {k: v[:1] for k, v in test.inputs.items()}
+    be = backends.create("onnxruntime", export_onnx(export_graph(model), x, out / "reranker.onnx", dynamic_batch=True))
+    return Arm("device", RerankService(LoadedModel(bundle=read_bundle(bundle), backend=be)))
+
+
+def small_bundle(world: World, cloud, out: Path, with_model: bool = False):
+    """Train a small device model on cloud-only logs (2 epochs) and export its ONNX bundle (and, `with_model`, return
+    (bundle, model, test lists))."""
     from edge_rerank.cloud.training.train import TrainConfig, fit
     from edge_rerank.pipeline import export_bundle, feature_config_for
     from edge_rerank.runs import simulate_cloud_only, split_samples
@@ -58,7 +77,7 @@ def small_bundle(world: World, cloud, out: Path) -> Path:
     _, train, valid, test = split_samples(rows, fcfg, progress=False)
     model, summary = fit(train, valid, fcfg, tcfg=TrainConfig(epochs=2, threads=1), test=test, progress=False)
     bundle, _ = export_bundle(model, test, out, version="bench", n_validate=20, metrics=summary["test_model"])
-    return bundle
+    return (bundle, model, test) if with_model else bundle
 
 
 def ray_scaling(world_cfg: WorldConfig, data_dir: str, n: int, workers: list[int], seed: int) -> dict:
@@ -74,12 +93,18 @@ def ray_scaling(world_cfg: WorldConfig, data_dir: str, n: int, workers: list[int
     for w in workers:
         stats: dict = {}
         t0 = time.perf_counter()
-        run_ab_ray(world_cfg, transport, spec, n, seed=seed, num_workers=w, chunk=500, progress=False, stats=stats)
+        load0 = os.getloadavg()[0]
+        run_ab_ray(world_cfg, transport, spec, n, seed=seed, num_workers=w, progress=False, stats=stats)
         total = time.perf_counter() - t0
-        # wall_s: from actors ready to results gathered (actor start-up is reported separately)
+        # wall_s: from actors ready to results gathered (actor start-up is reported separately). The breakdown:
+        # workers' CPU (the simulation), the driver's CPU (dispatch + unpickling outcomes), and the CPU share the
+        # workers got (worker CPU / (wall x workers)): below 1 the machine had no idle core to give them.
+        cpu = sum(stats["worker_cpu_s"])
         res[str(w)] = {"sessions": n, "wall_s": stats["wall_s"], "wall_with_startup_s": total,
                        "sessions_per_s": n / stats["wall_s"], "worker_cpu_s": stats["worker_cpu_s"],
-                       "sessions_per_worker_cpu_s": n / sum(stats["worker_cpu_s"])}
+                       "sessions_per_worker_cpu_s": n / cpu, "driver_cpu_s": stats["driver_cpu_s"],
+                       "tasks": stats["tasks"], "chunk": stats["chunk"],
+                       "worker_cpu_share": cpu / (stats["wall_s"] * w), "load_avg_1min_before": load0}
     ray.shutdown()
     base = res[str(min(workers))]["sessions_per_s"]
     for w in workers:
@@ -95,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ray-workers", default="1,2")
     p.add_argument("--bundle", help="device bundle (default: train a small one first)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lockstep", type=int, default=64, help="lock-step batch for the device arm (0 skips it)")
     p.add_argument("--out", default="runs/bench/simulator_bench.json")
     a = p.parse_args(argv)
 
@@ -125,24 +151,36 @@ def main(argv: list[str] | None = None) -> int:
            rate(build_arm(ArmSpec("heuristic", "heuristic"), um), um, fast, a.sessions // 2, a.seed, replay=True))
     record("oracle_inproc", "oracle arm, 1 core",
            rate(build_arm(ArmSpec("oracle", "oracle"), um), um, fast, a.sessions // 2, a.seed))
-    bundle = a.bundle
+    bundle, trained = a.bundle, None
     if bundle is None:
         try:
-            bundle = str(small_bundle(world, fast, tmp / "export"))
+            bundle, *trained = small_bundle(world, fast, tmp / "export", with_model=True)
+            bundle = str(bundle)
         except ImportError as exc:
             print(f"skipping the device model (no [train] extra: {exc})")
     if bundle:
         dev = build_arm(ArmSpec("device", "device", bundle=bundle), um)
         r = rate(dev, um, fast, a.device_sessions, a.seed, warmup=50)
         record("device_model_inproc", "device model (features + onnxruntime) in the loop, 1 core", r)
+        if a.lockstep:
+            r = rate(dev, um, fast, a.device_sessions, a.seed, warmup=50, lockstep=a.lockstep)
+            record("device_model_lockstep_b1file", f"  same, lock-step x{a.lockstep} (bundle's batch-1 file: rows)", r)
+            if trained:
+                dyn = batch_dynamic_arm(bundle, *trained, tmp / "onnx-batch")
+                r = rate(dyn, um, fast, a.device_sessions, a.seed, warmup=50)
+                record("device_model_dynamic_onnx", "  batch-dynamic ONNX of the same model, one at a time", r)
+                r = rate(dyn, um, fast, a.device_sessions, a.seed, warmup=50, lockstep=a.lockstep)
+                record("device_model_lockstep", f"  batch-dynamic ONNX, lock-step x{a.lockstep}", r)
     if a.ray_sessions:
         workers = [int(x) for x in a.ray_workers.split(",")]
         sc = ray_scaling(wcfg, data_dir, a.ray_sessions, workers, a.seed)
         results["ray_cloud_only"] = sc
         for w in workers:
-            print(f"{'Ray, cloud-only, ' + str(w) + ' worker(s)':<62} {sc[str(w)]['sessions_per_s']:>9.0f} "
-                  f"sessions/s  speedup {sc[str(w)]['speedup']:.2f}x  "
-                  f"({sc[str(w)]['sessions_per_worker_cpu_s']:.0f} per worker CPU-second)", flush=True)
+            r = sc[str(w)]
+            print(f"{'Ray, cloud-only, ' + str(w) + ' worker(s)':<62} {r['sessions_per_s']:>9.0f} "
+                  f"sessions/s  speedup {r['speedup']:.2f}x  ({r['sessions_per_worker_cpu_s']:.0f} per worker "
+                  f"CPU-second; workers got {r['worker_cpu_share']:.2f} of their cores; driver CPU "
+                  f"{r['driver_cpu_s']:.2f} s; {r['tasks']} tasks of {r['chunk']})", flush=True)
     results["machine"]["load_after"] = os.getloadavg()
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -208,10 +208,12 @@ def convert(fmt: str, model, example: dict[str, np.ndarray], build: Path, spec: 
 def export_formats(model, test_inputs: dict[str, np.ndarray], out: str | Path, *, formats: list[str] | tuple[str, ...],
                    version: str, metrics: dict | None = None, n_validate: int = 300,
                    family: str = "device-reranker", name: str = "device-reranker", latency_runs: int = 200,
-                   progress: bool = True) -> ExportReport:
+                   progress: bool = True, lean: bool = True) -> ExportReport:
     """Export `model` to each of `formats` under `out/<format>/` (bundle) with build files in `out/build/`.
     `test_inputs` are real model inputs (``Samples.inputs``) never seen in training or epoch selection: the
-    model's recorded test split (``edge_rerank.api.export`` loads it from the checkpoint and refuses other logs)."""
+    model's recorded test split (``edge_rerank.api.export`` loads it from the checkpoint and refuses other logs).
+    With `lean` (the default) the converters see the folded graph of the same function (``converters.lean``)
+    where it applies; every file is still validated against `model` itself."""
     from edge_rerank.device_sdk import backends
     from edge_rerank.device_sdk.backends import BackendError
 
@@ -228,6 +230,9 @@ def export_formats(model, test_inputs: dict[str, np.ndarray], out: str | Path, *
         spec.check_inputs(x)
     out = Path(out)
     ref = torch_reference(model)
+    from edge_rerank.converters.lean import export_graph
+
+    graph = export_graph(model, lean)
     full = max(inputs, key=lambda x: float(x["cand_mask"].sum()))
     # ONNX comes first: it is the cross-check for every other format and MNN's source
     order = ["onnx"] + [f for f in FORMATS if f != "onnx" and f in formats]
@@ -251,7 +256,7 @@ def export_formats(model, test_inputs: dict[str, np.ndarray], out: str | Path, *
             # litert-torch prints its own stage log to stdout: keep it only when progress is shown
             quiet = contextlib.redirect_stdout(io.StringIO()) if not progress else contextlib.nullcontext()
             with quiet:
-                path, structure, program = convert(fmt, model, inputs[0], build, spec, onnx_path)
+                path, structure, program = convert(fmt, graph, inputs[0], build, spec, onnx_path)
         except ToolchainMissing as exc:
             res.status, res.errors = UNAVAILABLE, [str(exc)]
             results.append(res)

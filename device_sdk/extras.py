@@ -48,6 +48,7 @@ MODULE_EXTRA: dict[str, str] = {
     "matplotlib": "sim",
     "gymnasium": "sim",
     "requests": "sim",
+    "greenlet": "sim",
     "ray": "ray",
     "cryptography": "sign",
 }

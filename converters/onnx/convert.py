@@ -8,10 +8,12 @@ import numpy as np
 
 
 def export_onnx(model, example: dict[str, np.ndarray], path: str | Path, opset: int = 18, *,
-                strip_debug: bool = True) -> Path:
+                strip_debug: bool = True, dynamic_batch: bool = False) -> Path:
     """Export `model` (a DeviceReranker) with inputs named as the feature specs and one output 'scores'.
     `example` holds one batch-1 input per name (real inputs are best: they exercise every path). With
-    `strip_debug` (the default) the exporter's per-node debug metadata is dropped (``strip_debug_info``)."""
+    `strip_debug` (the default) the exporter's per-node debug metadata is dropped (``strip_debug_info``). With
+    `dynamic_batch` the leading dimension is symbolic (``batch``): onnxruntime then scores many lists in one call
+    (the simulator's lock-step runner); bundles keep the fixed batch 1 every other format shares."""
     try:
         import torch
     except ImportError as exc:  # pragma: no cover
@@ -21,9 +23,15 @@ def export_onnx(model, example: dict[str, np.ndarray], path: str | Path, opset: 
     names = model.input_names
     args = tuple(torch.from_numpy(np.ascontiguousarray(example[n])) for n in names)
     model.eval()
+    dynamic = None
+    if dynamic_batch:
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        dynamic = tuple({0: batch} for _ in names)
+        # the example must not pin the batch to 1 (torch.export specialises sizes 0 and 1)
+        args = tuple(torch.cat([a, a]) for a in args)
     with torch.no_grad():
         prog = torch.onnx.export(model, args, dynamo=True, input_names=names, output_names=["scores"],
-                                 opset_version=opset, external_data=False, verbose=False)
+                                 opset_version=opset, external_data=False, verbose=False, dynamic_shapes=dynamic)
     prog.save(str(path), external_data=False)
     import onnx
 

@@ -1,4 +1,8 @@
-"""onnxruntime backend (CPU, single-threaded by default)."""
+"""onnxruntime backend (CPU, single-threaded by default).
+
+Batches: a model exported with a symbolic batch dimension (``export_onnx(..., dynamic_batch=True)``) scores a batch
+in one call; a fixed batch-1 file (the bundles' default: every format shares its fixed shapes) runs row by row.
+"""
 
 from __future__ import annotations
 
@@ -30,8 +34,13 @@ class OnnxRuntimeBackend:
             raise BackendError(f"onnxruntime cannot load {model_path}: {exc}") from exc
         self.input_names = [i.name for i in self._session.get_inputs()]
         self.output_name = self._session.get_outputs()[0].name
+        first = self._session.get_inputs()[0].shape
+        self.batched = bool(first) and not isinstance(first[0], int)  # a symbolic (or unknown) batch dimension
 
     def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        batch_size(self.input_names, inputs)
-        feeds = {k: inputs[k] for k in self.input_names}
-        return self._session.run([self.output_name], feeds)[0]
+        batch = batch_size(self.input_names, inputs)
+        if batch == 1 or self.batched:
+            return self._session.run([self.output_name], {k: inputs[k] for k in self.input_names})[0]
+        rows = [self._session.run([self.output_name], {k: inputs[k][b: b + 1] for k in self.input_names})[0]
+                for b in range(batch)]
+        return np.concatenate(rows, axis=0) if rows else np.zeros((0, 0), np.float32)

@@ -6,7 +6,9 @@ device at rerank time, so training and serving features agree bit for bit.
 
 from __future__ import annotations
 
+import itertools
 import math
+import operator
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_rerank.device_sdk.contracts import Context, ContractError, FeedbackEvent, PageItem
+from edge_rerank.device_sdk.contracts import _KIND_NAMES, Context, ContractError, FeedbackEvent, PageItem
 from edge_rerank.device_sdk.features.config import FeatureConfig, FieldSpec
 
 FIELDS = ("category", "brand", "price_level")  # the shop world's declared fields (FeatureConfig without `fields`)
@@ -337,6 +339,215 @@ def compile_op(expr: str, cfg: FeatureConfig | None = None) -> Callable[[_OpInpu
     raise FeatureError(f"unknown feature operator {expr!r}")
 
 
+# ---- the vectorised builder's compiled plan and column helpers (issue 18) ----
+_POSITIVE, _POSITIVE_DWELL, _NEGATIVE, _NEGATIVE_DWELL, _NEUTRAL = range(5)
+_ROLE_CODE = {"positive": _POSITIVE, "positive_dwell": _POSITIVE_DWELL, "negative": _NEGATIVE,
+              "negative_dwell": _NEGATIVE_DWELL, "neutral": _NEUTRAL}
+_ATTRS = operator.attrgetter("attrs")
+_ITEM_ATTRS = frozenset(PageItem.__dataclass_fields__) - {"attrs"}
+_EVENT_ATTRS = frozenset(FeedbackEvent.__dataclass_fields__) - {"attrs"}
+_EMPTY = np.zeros(0, np.int64)
+_INT_ONLY = {int}
+# the dict order ``build`` has always returned (the reference's insertion order; input_specs is the model's order)
+_OUTPUT_ORDER = ("cand_cat", "cand_brand", "cand_price", "cand_emb", "cand_dense", "cand_num", "cand_mask",
+                 "cand_dist_b", "cand_pos_b", "seq_cat", "seq_brand", "seq_price", "seq_kind", "seq_emb",
+                 "seq_dist_b", "seq_pos_b", "seq_num", "seq_pos_mask", "seq_neg_mask", "ctx")
+
+
+_NO_WINDOW = 1 << 62  # a view without @K: every event of its sequence
+
+
+@dataclass
+class _Plan:
+    """A FeatureConfig compiled once into index arrays (what ``FeatureBuilder.build`` gathers and scatters with).
+
+    Match&Aggregate and similarity operators read *views*: a sequence (``click`` / ``skip`` / ``seen``) and a window
+    (the last K events, or all). At build time the sequences are laid end to end on one event axis and each view is a
+    0/1 mask over it; each operator is a (field combination, view) pair, so hit / freq come from one matrix product
+    of the match tensor with the view masks, step and sim from one masked reduction each."""
+
+    cat_names: list[str]
+    role_by_kind: dict[int, int]
+    role_by_name: dict[str, int]
+    role_lut: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))  # EventKind value -> role code
+    match_fields: set[str] = field(default_factory=set)
+    col_score: np.ndarray = field(default_factory=lambda: _EMPTY)
+    col_position: np.ndarray = field(default_factory=lambda: _EMPTY)
+    col_dist_context: np.ndarray = field(default_factory=lambda: _EMPTY)
+    col_dist_last: np.ndarray = field(default_factory=lambda: _EMPTY)
+    col_dist_min: np.ndarray = field(default_factory=lambda: _EMPTY)
+    col_identity: dict[str, np.ndarray] = field(default_factory=dict)
+    col_numeric: dict[str, np.ndarray] = field(default_factory=dict)
+    seqs: tuple[str, ...] = ()  # sequences some view reads, in event-axis order
+    view_seq: np.ndarray = field(default_factory=lambda: _EMPTY)  # [V] index into seqs
+    view_window: np.ndarray = field(default_factory=lambda: _EMPTY)  # [V] K, or _NO_WINDOW
+    fields: list[str] = field(default_factory=list)  # fields some combination matches (IDENTITY last)
+    combos: np.ndarray = field(default_factory=lambda: np.zeros((0, 1), np.int64))  # [C, width] rows of padded eq
+    # per aggregate: output columns, the operator's combination (match) and view
+    agg: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+    @property
+    def has_sequence_ops(self) -> bool:
+        return bool(len(self.view_seq))
+
+
+def _compile_plan(cfg: FeatureConfig) -> _Plan:
+    """Parse every operator (``compile_op`` has validated it) into columns of the shared computations."""
+    role_by_name = {k: _ROLE_CODE[r] for k, r in cfg.event_kinds}
+    plan = _Plan(cat_names=[f.name for f in cfg.declared_fields if f.kind == "categorical"],
+                 role_by_kind={k: role_by_name.get(name, _NEUTRAL) for k, name in _KIND_NAMES.items()},
+                 role_by_name=role_by_name)
+    lut = np.full(max(_KIND_NAMES) + 1, _NEUTRAL, dtype=np.int8)
+    for k, code in plan.role_by_kind.items():
+        lut[k] = code
+    plan.role_lut = lut
+    simple: dict[str, list[int]] = {}
+    identity: dict[str, list[int]] = {}
+    numeric: dict[str, list[int]] = {}
+    combos: list[tuple[str, ...]] = []
+    views: list[tuple[str, int]] = []
+    agg: dict[str, tuple[list[int], list[int], list[int]]] = {a: ([], [], []) for a in
+                                                                ("hit", "freq", "step", "sim_max", "sim_mean")}
+    for col, expr in enumerate(cfg.candidate_ops):
+        if expr in ("cloud_score", "cloud_position", "dist:context", "dist_last:click", "dist_min:click"):
+            simple.setdefault(expr, []).append(col)
+            continue
+        if expr in ("seen:item", "skipped:item", "clicked:item", "dwell_max:item"):
+            identity.setdefault(expr.split(":")[0], []).append(col)
+            continue
+        if expr.startswith("num:"):
+            numeric.setdefault(expr[4:], []).append(col)
+            continue
+        body, _, k = expr.partition("@")
+        parts = body.split(":")
+        view = (parts[-1], int(k) if k else _NO_WINDOW)
+        if view not in views:
+            views.append(view)
+        combo = -1
+        if parts[0] in ("hit", "freq", "step"):
+            names = tuple(parts[1].split("+"))
+            plan.match_fields.update(f for f in names if f != IDENTITY)
+            if names not in combos:
+                combos.append(names)
+            combo = combos.index(names)
+        cols, cs, vs = agg[parts[0]]
+        cols.append(col)
+        cs.append(combo)
+        vs.append(views.index(view))
+    idx = lambda cols: np.array(cols, dtype=np.int64)  # noqa: E731
+    plan.col_score, plan.col_position = idx(simple.get("cloud_score", [])), idx(simple.get("cloud_position", []))
+    plan.col_dist_context = idx(simple.get("dist:context", []))
+    plan.col_dist_last = idx(simple.get("dist_last:click", []))
+    plan.col_dist_min = idx(simple.get("dist_min:click", []))
+    plan.col_identity = {k: idx(v) for k, v in identity.items()}
+    plan.col_numeric = {k: idx(v) for k, v in numeric.items()}
+    plan.seqs = tuple(s for s in SEQUENCES if any(v[0] == s for v in views))
+    plan.view_seq = idx([plan.seqs.index(s) for s, _ in views])
+    plan.view_window = idx([w for _, w in views])
+    plan.fields = sorted({f for c in combos for f in c}, key=lambda f: (f == IDENTITY, f))
+    if combos:
+        width = max(len(c) for c in combos)  # short combinations padded with the all-true row len(fields)
+        plan.combos = idx([[plan.fields.index(f) for f in c] + [len(plan.fields)] * (width - len(c)) for c in combos])
+    plan.agg = {a: (idx(c), idx(cs), idx(vs)) for a, (c, cs, vs) in agg.items() if c}
+    return plan
+
+
+def _field_columns(objs: Sequence, names: list[str], plain: frozenset[str]) -> list[list]:
+    """Per declared field, its raw value on each object (``field_value`` semantics: ``attrs`` first)."""
+    if not objs:
+        return [[] for _ in names]
+    if names and all(nm in plain for nm in names) and not any(o.attrs for o in objs):
+        if len(names) == 1:
+            return [[getattr(o, names[0]) for o in objs]]
+        return [list(c) for c in zip(*map(operator.attrgetter(*names), objs), strict=True)]
+    return [[field_value(o, nm) for o in objs] for nm in names]
+
+
+def _int_column(raw: list) -> np.ndarray | None:
+    """`raw` (a list, or a list of equally long lists) as int64 if every value is a plain int (the common case),
+    else None."""
+    flat = itertools.chain.from_iterable(raw) if raw and isinstance(raw[0], list) else raw
+    if set(map(type, flat)) != _INT_ONLY:
+        return None
+    try:
+        return np.array(raw, dtype=np.int64)
+    except OverflowError:
+        return None
+
+
+def _match_keys(raw: list) -> np.ndarray:
+    """Match keys (``_Keys`` semantics): equal raw values get equal keys >= 0; null (None, float) gets -1."""
+    a = _int_column(raw)
+    if a is not None and (not a.size or (a.min() > -(1 << 62) and a.max() < (1 << 62))):
+        return a - a.min() if a.size else a
+    table: dict = {}
+    return np.array([-1 if v is None or isinstance(v, float) else table.setdefault(v, len(table)) for v in raw],
+                    dtype=np.int64)
+
+
+def _encode_many(spec: FieldSpec, raw: list) -> np.ndarray:
+    """``encode_value`` over a column: vectorised for integer ids, per value otherwise."""
+    if spec.mode == "ids":
+        a = _int_column(raw)
+        if a is not None:
+            return np.where((a >= 0) & (a < spec.n), a, spec.n).astype(np.int32)
+    return np.array([encode_value(spec, v) for v in raw], dtype=np.int32)
+
+
+def _candidate_vectors(candidates: Sequence[PageItem], cfg: FeatureConfig) -> tuple[np.ndarray, np.ndarray]:
+    """ID embeddings [n, E] and cloud dense vectors [n, D] (float32; an item without one keeps zeros)."""
+    n, E, D = len(candidates), cfg.emb_dim, cfg.dense_dim
+    if n:
+        try:
+            emb = np.array([c.id_embedding for c in candidates], dtype=np.float32)
+            dense = np.array([c.cloud_dense for c in candidates], dtype=np.float32)
+            if emb.shape == (n, E) and dense.shape == (n, D):
+                return emb, dense
+        except ValueError:  # ragged: some item lacks a vector or has a wrong one
+            pass
+    emb, dense = np.zeros((n, E), dtype=np.float32), np.zeros((n, D), dtype=np.float32)
+    for k, c in enumerate(candidates):
+        e, d = c.id_embedding, c.cloud_dense
+        if (e.size and e.shape != (E,)) or (d.size and d.shape != (D,)):
+            raise FeatureError(f"item {c.item_id}: embedding {e.shape} / dense "
+                               f"{d.shape}, expected ({E},) / ({D},)")
+        if e.size:
+            emb[k] = e
+        if d.size:
+            dense[k] = d
+    return emb, dense
+
+
+def _event_vectors(events: Sequence[FeedbackEvent], idx: np.ndarray, dim: int) -> np.ndarray:
+    """ID embeddings [len(idx), dim] of the events at `idx` (zeros for an event without one)."""
+    vecs = [events[i].id_embedding for i in idx.tolist()]
+    if vecs:
+        try:  # every event has its vector (the common case): one copy
+            out = np.array(vecs, dtype=np.float32)
+            if out.shape == (len(vecs), dim):
+                return out
+        except (TypeError, ValueError):  # None among them, or ragged
+            pass
+    out = np.zeros((len(vecs), dim), dtype=np.float32)
+    for k, v in enumerate(vecs):
+        if v is not None and v.size:
+            row = np.asarray(v, dtype=np.float32)
+            if row.shape != (dim,):
+                raise FeatureError(f"event embedding has shape {row.shape}, expected ({dim},)")
+            out[k] = row
+    return out
+
+
+def _identity_columns(cand_ids: np.ndarray, ev_item: np.ndarray, ev_dwell: np.ndarray, shown: np.ndarray,
+                      is_pos: np.ndarray, is_neg: np.ndarray) -> dict[str, np.ndarray]:
+    """The item-identity operators for every candidate at once (one [n, events] equality matrix)."""
+    same = cand_ids[:, None] == ev_item[None, :]
+    dwell = np.where(same, ev_dwell[None, :], 0.0).max(axis=1, initial=0.0)
+    return {"seen": np.log1p((same & shown).sum(axis=1)), "skipped": np.log1p((same & is_neg).sum(axis=1)),
+            "clicked": np.log1p((same & is_pos).sum(axis=1)),
+            "dwell_max": np.log1p(np.maximum(dwell, 0.0) / 1000.0)}
+
+
 class FeatureBuilder:
     """Compiles a FeatureConfig once; `build` is then called per rerank (device) or per sample (training).
 
@@ -353,6 +564,20 @@ class FeatureBuilder:
         self._identity = any(op.endswith(":item") for op in cfg.candidate_ops)
         self._seen = any(op.split("@")[0].endswith(":seen") for op in cfg.candidate_ops)
         self.unknown_counts: dict[str, list[int]] = {f.name: [0, 0] for f in cfg.declared_fields}
+        self._plan = _compile_plan(cfg)
+        self._all_ids = all(f.mode == "ids" for f in self._cats)
+        self._masks_cache: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._dist_edges = np.asarray(cfg.distance_buckets_km, dtype=np.float64)  # bucketise's edges, prepared once
+        self._pos_edges = np.asarray(cfg.position_buckets, dtype=np.float64)
+        # the declared categorical fields are read in the same pass as the other columns when they are attributes
+        names = self._plan.cat_names
+        self._fields_are_attributes = all(f in _ITEM_ATTRS and f in _EVENT_ATTRS for f in names)
+        extra = tuple(names) if self._fields_are_attributes else ()
+        self._item_get = operator.attrgetter("item_id", "cloud_position", "cloud_score", "lat", "lon", *extra)
+        self._event_get = operator.attrgetter("item_id", "kind", "kind_name", "dwell_ms", "position", "lat", "lon",
+                                              *extra)
+        self._cat_sizes = np.array([[f.n] for f in self._cats], dtype=np.int64)  # [fields, 1]
+        self._input_order = _OUTPUT_ORDER
 
     def _encode(self, spec: FieldSpec | None, values: list) -> np.ndarray:
         if spec is None:
@@ -395,44 +620,105 @@ class FeatureBuilder:
 
     def build(self, candidates: Sequence[PageItem], events: Sequence[FeedbackEvent],
               context: Context) -> dict[str, np.ndarray]:
-        """Model inputs (no batch dimension) for reranking `candidates` given the feedback `events`."""
-        cfg = self.cfg
+        """Model inputs (no batch dimension) for reranking `candidates` given the feedback `events`.
+
+        One vectorised pass (issue 18): the items' and events' columns are read once, every categorical field is
+        keyed and encoded once over candidates and events together, each feedback sequence gets one equality
+        tensor over all matched fields and one similarity matrix, and each (sequence, window) view reduces them
+        for all of its operators at once; columns land in ``cand_num`` through index arrays compiled from the
+        config. Same outputs as the per-operator reference (``features.reference_builder``)."""
+        cfg, plan = self.cfg, self._plan
         n = len(candidates)
         if n > cfg.n_max:
             raise FeatureError(f"{n} candidates exceed n_max={cfg.n_max}")
-        roles = event_roles(events, cfg)
-        pos_idx, neg_idx = split_feedback(events, cfg, roles)
-        pos_idx = pos_idx[-cfg.max_positives:]
-        neg_idx = neg_idx[-(cfg.l_max - len(pos_idx)):] if cfg.l_max > len(pos_idx) else []
-        keys = _Keys()
-        cat_names = [f.name for f in self._cats]
-        cand_fields = {f: keys(f, [field_value(c, f) for c in candidates]) for f in cat_names}
-        cand_ids = np.array([c.item_id for c in candidates], dtype=np.int64)
-        cand_fields[IDENTITY] = cand_ids
-        seqs = {"click": _to_seq(pos_idx, len(events), cfg.emb_dim, cat_names, keys),
-                "skip": _to_seq(neg_idx, len(events), cfg.emb_dim, cat_names, keys)}
-        if self._seen:
-            seen_idx = [(i, e) for i, (e, (_, shown)) in enumerate(zip(events, roles, strict=True)) if shown]
-            seqs["seen"] = _to_seq(seen_idx, len(events), cfg.emb_dim, cat_names, keys)
+        N, L, E = cfg.n_max, cfg.l_max, cfg.emb_dim
+        n_events = len(events)
 
-        cand_emb = np.zeros((n, cfg.emb_dim), dtype=np.float32)
-        cand_dense = np.zeros((n, cfg.dense_dim), dtype=np.float32)
-        for k, c in enumerate(candidates):
-            emb, dense = c.id_embedding, c.cloud_dense
-            if (emb.size and emb.shape != (cfg.emb_dim,)) or (dense.size and dense.shape != (cfg.dense_dim,)):
-                raise FeatureError(f"item {c.item_id}: embedding {emb.shape} / dense "
-                                   f"{dense.shape}, expected ({cfg.emb_dim},) / ({cfg.dense_dim},)")
-            if emb.size:  # an item without a vector (v2 logs) keeps zeros
-                cand_emb[k] = emb
-            if dense.size:
-                cand_dense[k] = dense
+        # ---- events: columns, roles, the sequences (event indexes, oldest first) ----
+        if n_events:
+            ev_cols = list(zip(*map(self._event_get, events), strict=True))
+            ev_item_t, ev_kind, ev_kname, ev_dwell_t, ev_pos_t, ev_lat_t, ev_lon_t = ev_cols[:7]
+            role_by_kind, role_by_name = plan.role_by_kind, plan.role_by_name
+            kinds = np.array(ev_kind, dtype=np.int64) if not any(ev_kname) else None
+            if kinds is not None and kinds.min() >= 0 and kinds.max() < len(plan.role_lut):
+                codes = plan.role_lut[kinds]  # every event named by its EventKind: one lookup
+            else:
+                codes = np.array([role_by_name.get(kn, _NEUTRAL) if kn else role_by_kind.get(k, _NEUTRAL)
+                                  for k, kn in zip(ev_kind, ev_kname, strict=True)], dtype=np.int8)
+            ev_item = np.array(ev_item_t, dtype=np.int64)
+            ev_dwell = np.array(ev_dwell_t, dtype=np.float64)
+            long = ev_dwell >= cfg.dwell_threshold_ms
+            is_pos = (codes == _POSITIVE) | ((codes == _POSITIVE_DWELL) & long)
+            shown = (codes == _NEGATIVE) | (codes == _NEGATIVE_DWELL)
+            is_neg = (codes == _NEGATIVE) | ((codes == _NEGATIVE_DWELL) & long)
+            if is_pos.any():  # never a negative: an item with a positive
+                is_neg &= ~(ev_item[:, None] == ev_item[is_pos][None, :]).any(axis=1)
+        else:
+            ev_item = np.zeros(0, np.int64)
+            ev_dwell = np.zeros(0, np.float64)
+            is_pos = is_neg = shown = np.zeros(0, bool)
+        pos_idx = np.flatnonzero(is_pos)[-cfg.max_positives:]
+        neg_idx = np.flatnonzero(is_neg)
+        neg_idx = neg_idx[-(L - len(pos_idx)):] if L > len(pos_idx) else neg_idx[:0]
+        seq_idx = {"click": pos_idx, "skip": neg_idx}
+        both = np.concatenate([pos_idx, neg_idx])
+        vectors = {}
+        if len(both):
+            vb = _event_vectors(events, both, E)
+            vectors = {"click": vb[:len(pos_idx)], "skip": vb[len(pos_idx):]}
+        if self._seen:
+            seq_idx["seen"] = np.flatnonzero(shown)
+            vectors["seen"] = _event_vectors(events, seq_idx["seen"], E)  # read (and checked) as the reference does
+        if n_events:
+            ev_lat = np.array(ev_lat_t, dtype=np.float64)
+            ev_lon = np.array(ev_lon_t, dtype=np.float64)
+            ev_posn = np.array(ev_pos_t, dtype=np.float64)
+        else:
+            ev_lat = ev_lon = ev_posn = np.zeros(0, np.float64)
+
+        # ---- candidates: columns, vectors ----
+        if n:
+            c_cols = list(zip(*map(self._item_get, candidates), strict=True))
+            c_id, c_pos, c_score, c_lat, c_lon = c_cols[:5]
+        else:
+            c_id = c_pos = c_score = c_lat = c_lon = ()
+        cand_ids = np.array(c_id, dtype=np.int64)
+        cand_lat = np.array(c_lat, dtype=np.float64)
+        cand_lon = np.array(c_lon, dtype=np.float64)
+        cloud_position = np.array(c_pos, dtype=np.float64)
+        cand_emb, cand_dense = _candidate_vectors(candidates, cfg)
+
+        # ---- categorical fields: raw values of candidates + events, match keys and bucket ids in one go ----
+        if self._fields_are_attributes and not any(map(_ATTRS, candidates)) and not any(
+                map(_ATTRS, events)):  # the declared fields came with the columns above
+            raw = [list(c + e) for c, e in zip(c_cols[5:] if n else [()] * len(plan.cat_names),
+                                               ev_cols[7:] if n_events else [()] * len(plan.cat_names), strict=True)]
+        else:
+            raw = [c + e for c, e in zip(_field_columns(candidates, plan.cat_names, _ITEM_ATTRS),
+                                         _field_columns(events, plan.cat_names, _EVENT_ATTRS), strict=True)]
+        ints = _int_column(raw) if raw else None  # [fields, n + events] when every value is a plain int
+        keys = None
+        match_rows = [plan.cat_names.index(f) for f in plan.fields if f != IDENTITY]
+        if match_rows:
+            if ints is not None and ints.size and ints.min() > -(1 << 62) and ints.max() < (1 << 62):
+                k = ints[match_rows]
+                keys = k - k.min(axis=1, keepdims=True)
+            else:
+                keys = np.stack([_match_keys(raw[r]) for r in match_rows])
+        if ints is not None and self._all_ids:
+            ids = np.where((ints >= 0) & (ints < self._cat_sizes), ints, self._cat_sizes).astype(np.int32)
+        else:
+            ids = np.stack([_encode_many(spec, raw[k]) for k, spec in enumerate(self._cats)]) if self._cats else None
         encoded: dict[str, np.ndarray] = {}
-        for spec in self._cats:
-            ids = self._encode(spec, [field_value(c, spec.name) for c in candidates])
-            encoded[spec.name] = ids
-            counts = self.unknown_counts[spec.name]
-            counts[0] += int(np.count_nonzero(ids == spec.n))
-            counts[1] += n
+        e_ids: dict[str, np.ndarray] = {}
+        if ids is not None:
+            unknown = (ids[:, :n] == self._cat_sizes).sum(axis=1).tolist()
+            for k, spec in enumerate(self._cats):
+                encoded[spec.name], e_ids[spec.name] = ids[k, :n], ids[k, n:]
+                counts = self.unknown_counts[spec.name]
+                counts[0] += unknown[k]
+                counts[1] += n
+
         numeric: dict[str, np.ndarray] = {}
         for spec in self._nums:
             vals = [numeric_value(field_value(c, spec.name)) for c in candidates]
@@ -442,80 +728,178 @@ class FeatureBuilder:
             counts = self.unknown_counts[spec.name]
             counts[0] += int(missing.sum())
             counts[1] += n
-        x = _OpInputs(
-            cfg=cfg,
-            cand_fields=cand_fields,
-            cand_lat=np.array([c.lat for c in candidates], dtype=np.float64),
-            cand_lon=np.array([c.lon for c in candidates], dtype=np.float64),
-            cand_emb=cand_emb,
-            cloud_score=np.array([c.cloud_score for c in candidates], dtype=np.float64),
-            cloud_position=np.array([c.cloud_position for c in candidates], dtype=np.float64),
-            context=context,
-            seqs=seqs,
-            cand_ids=cand_ids,
-            identity=self._identity_features(cand_ids, events, roles) if self._identity else {},
-            numeric=numeric,
-        )
-        N, L = cfg.n_max, cfg.l_max
+
+        # ---- the operators ----
+        # distance to the search location of the candidates and of the sequence events, in one call
+        both_dist = _distance(np.concatenate([cand_lat, ev_lat[both]]), np.concatenate([cand_lon, ev_lon[both]]),
+                              np.array([context.lat]), np.array([context.lon]), cfg.geo)[:, 0]
+        ctx_dist = both_dist[:n]
         out: dict[str, np.ndarray] = {}
+        num = np.zeros((N, cfg.n_candidate_features), np.float32)
+        if n:
+            cols = np.empty((n, cfg.n_candidate_features), np.float64)
+            if plan.col_score.size:
+                score = np.minimum(np.maximum(np.array(c_score, dtype=np.float64), -10.0), 10.0)  # = np.clip, faster
+                cols[:, plan.col_score] = score[:, None]
+            if plan.col_position.size:
+                cols[:, plan.col_position] = (cloud_position / 100.0)[:, None]
+            if plan.col_dist_context.size:
+                cols[:, plan.col_dist_context] = np.log1p(ctx_dist)[:, None]
+            if plan.col_dist_last.size or plan.col_dist_min.size:
+                p = pos_idx
+                if p.size:
+                    d = _distance(cand_lat, cand_lon, ev_lat[p], ev_lon[p], cfg.geo)
+                    cols[:, plan.col_dist_last] = np.log1p(d[:, -1])[:, None]
+                    cols[:, plan.col_dist_min] = np.log1p(d.min(axis=1))[:, None]
+                else:
+                    cols[:, plan.col_dist_last] = 0.0
+                    cols[:, plan.col_dist_min] = 0.0
+            if self._identity:
+                ident = _identity_columns(cand_ids, ev_item, ev_dwell, shown, is_pos, is_neg)
+                for kind, c in plan.col_identity.items():
+                    cols[:, c] = ident[kind][:, None]
+            for name, c in plan.col_numeric.items():
+                cols[:, c] = numeric[name][:, None]
+            if plan.has_sequence_ops:
+                vec = None
+                if "sim_max" in plan.agg or "sim_mean" in plan.agg:
+                    vec = np.concatenate([vectors.get(s, np.zeros((0, E), np.float32)) for s in plan.seqs])
+                self._sequence_operators(cols, seq_idx, keys, ev_item, cand_ids, cand_emb, vec)
+            num[:n] = cols
+        out_emb = np.zeros((N, E), np.float32)
+        out_emb[:n] = cand_emb
+        out_dense = np.zeros((N, cfg.dense_dim), np.float32)
+        out_dense[:n] = cand_dense
         for name, spec in zip(("cand_cat", "cand_brand", "cand_price"), self._slots, strict=True):
             out[name] = np.zeros(N, np.int32)
             if spec is not None:
                 out[name][:n] = encoded[spec.name]
-        out["cand_emb"] = np.zeros((N, cfg.emb_dim), np.float32)
-        out["cand_emb"][:n] = cand_emb
-        out["cand_dense"] = np.zeros((N, cfg.dense_dim), np.float32)
-        out["cand_dense"][:n] = cand_dense
-        num = np.zeros((N, cfg.n_candidate_features), np.float32)
-        if n:
-            num[:n] = np.stack([op(x) for op in self._ops], axis=1)
-        out["cand_num"] = num
+        out["cand_emb"], out["cand_dense"], out["cand_num"] = out_emb, out_dense, num
         out["cand_mask"] = np.zeros(N, np.float32)
         out["cand_mask"][:n] = 1.0
         out["cand_dist_b"] = np.zeros(N, np.int32)
-        out["cand_dist_b"][:n] = self.bucketise(self._dist_to_context(x.cand_lat, x.cand_lon, context),
-                                                cfg.distance_buckets_km)
+        out["cand_dist_b"][:n] = self._dist_edges.searchsorted(ctx_dist, side="right")
         out["cand_pos_b"] = np.zeros(N, np.int32)
-        out["cand_pos_b"][:n] = self.bucketise(x.cloud_position, cfg.position_buckets)
+        out["cand_pos_b"][:n] = self._pos_edges.searchsorted(cloud_position, side="right")
 
-        # MVFAN input: positives first, then negatives; kind 1 = click, 2 = skip, 0 = padding.
-        p, q = seqs["click"], seqs["skip"]
-        s = p.size + q.size
-        seq_events = [e for _, e in pos_idx] + [e for _, e in neg_idx]
+        # ---- MVFAN input: positives first, then negatives; kind 1 = click, 2 = skip, 0 = padding ----
+        n_p, s = len(pos_idx), len(both)
         for name, spec in zip(("seq_cat", "seq_brand", "seq_price"), self._slots, strict=True):
             arr = np.zeros(L, np.int32)
             if spec is not None:
-                arr[:s] = self._encode(spec, [field_value(e, spec.name) for e in seq_events])
+                arr[:s] = e_ids[spec.name][both]
             out[name] = arr
         kind = np.zeros(L, np.int32)
-        kind[:p.size] = 1
-        kind[p.size:s] = 2
+        kind[:n_p] = 1
+        kind[n_p:s] = 2
         out["seq_kind"] = kind
-        out["seq_emb"] = np.zeros((L, cfg.emb_dim), np.float32)
-        out["seq_emb"][:s] = np.concatenate([p.emb, q.emb]) if s else 0.0
+        out["seq_emb"] = np.zeros((L, E), np.float32)
         seq_num = np.zeros((L, cfg.n_event_features), np.float32)
         out["seq_dist_b"] = np.zeros(L, np.int32)
         out["seq_pos_b"] = np.zeros(L, np.int32)
         if s:
-            dwell = np.concatenate([p.dwell_ms, q.dwell_ms])
-            ago = np.concatenate([p.steps_ago, q.steps_ago])
-            posn = np.concatenate([p.position, q.position])
-            dist = self._dist_to_context(np.concatenate([p.lat, q.lat]), np.concatenate([p.lon, q.lon]), context)
-            seq_num[:s] = np.stack([np.log1p(np.maximum(dwell, 0.0) / 1000.0),
-                                    np.minimum(ago / L, 4.0), posn / 100.0, np.log1p(dist)], axis=1)
-            out["seq_dist_b"][:s] = self.bucketise(dist, cfg.distance_buckets_km)
-            out["seq_pos_b"][:s] = self.bucketise(posn, cfg.position_buckets)
+            out["seq_emb"][:s] = vb
+            posn = ev_posn[both]
+            dist = both_dist[n:]
+            seq_num[:s] = np.stack([np.log1p(np.maximum(ev_dwell[both], 0.0) / 1000.0),
+                                    np.minimum((n_events - both).astype(np.float64) / L, 4.0), posn / 100.0,
+                                    np.log1p(dist)], axis=1)
+            out["seq_dist_b"][:s] = self._dist_edges.searchsorted(dist, side="right")
+            out["seq_pos_b"][:s] = self._pos_edges.searchsorted(posn, side="right")
         out["seq_num"] = seq_num
         out["seq_pos_mask"] = (kind == 1).astype(np.float32)
         out["seq_neg_mask"] = (kind == 2).astype(np.float32)
         hour = 2 * np.pi * (context.hour % 24) / 24.0
-        out["ctx"] = np.array([np.sin(hour), np.cos(hour), len(pos_idx) / cfg.max_positives,
-                               len(neg_idx) / max(1, L - cfg.max_positives), float(len(pos_idx) > 0)],
-                              dtype=np.float32)
-        for name, arr in out.items():
-            if arr.dtype == np.float32 and not np.all(np.isfinite(arr)):
+        out["ctx"] = np.array([np.sin(hour), np.cos(hour), n_p / cfg.max_positives,
+                               len(neg_idx) / max(1, L - cfg.max_positives), float(n_p > 0)], dtype=np.float32)
+        for name in ("cand_emb", "cand_dense", "cand_num", "seq_emb", "seq_num", "ctx"):
+            if not np.isfinite(out[name]).all():
                 raise FeatureError(f"non-finite values in feature {name!r}")
-        return out
+        return {name: out[name] for name in self._input_order}
+
+    def _view_masks(self, sizes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """For sequences of `sizes` laid end to end: each event's rank from the end of its sequence (1 = newest),
+        the view masks [V, T] (bool, and float64 transposed [T, V]) and each view's size; cached per sizes (a
+        session asks for the same few again and again)."""
+        hit = self._masks_cache.get(sizes)
+        if hit is None:
+            plan = self._plan
+            sz = np.array(sizes, dtype=np.int64)
+            seq_of = np.repeat(np.arange(len(sizes)), sz)
+            rank = (np.repeat(np.cumsum(sz), sz) - np.arange(int(sz.sum()))).astype(np.float64)
+            masks = (seq_of[None, :] == plan.view_seq[:, None]) & (rank[None, :] <= plan.view_window[:, None])
+            view_size = np.minimum(sz[plan.view_seq], plan.view_window)
+            if len(self._masks_cache) >= 4096:
+                self._masks_cache.clear()
+            hit = self._masks_cache[sizes] = (rank, masks, np.ascontiguousarray(masks.T, dtype=np.float64), view_size)
+        return hit
+
+    def _sequence_operators(self, cols: np.ndarray, seq_idx: dict[str, np.ndarray], keys: np.ndarray | None,
+                            ev_item: np.ndarray, cand_ids: np.ndarray, cand_emb: np.ndarray,
+                            vectors: np.ndarray | None) -> None:
+        """Match&Aggregate and similarity operators into `cols` [n, ops]. The sequences lie end to end on one event
+        axis T; every view is a 0/1 mask over it. One equality tensor [fields, n, T] -> one match tensor
+        [combinations, n, T]; hit and freq of every operator from one product with the view masks (exact: counts
+        of 0/1), step from one masked min, sim from one similarity matrix [n, T]. `keys`: match keys [fields,
+        n + events] of the categorical fields in ``plan.fields`` (candidates first); `vectors`: the T events' ID
+        embeddings (when a sim operator needs them)."""
+        plan, cfg = self._plan, self.cfg
+        n = cols.shape[0]
+        parts = [seq_idx[s] for s in plan.seqs]
+        ev = np.concatenate(parts) if parts else _EMPTY
+        T = len(ev)
+        rank, masks, masks_f, view_size = self._view_masks(tuple(len(p) for p in parts))
+        counts = step = None
+        if len(plan.combos) and T:
+            n_cat = len(plan.fields) - (plan.fields[-1] == IDENTITY)
+            ck, ek = np.empty((len(plan.fields), n), np.int64), np.empty((len(plan.fields), T), np.int64)
+            if n_cat:
+                assert keys is not None
+                ck[:n_cat] = keys[:, :n]
+                ek[:n_cat] = keys[:, n:][:, ev]
+            if n_cat < len(plan.fields):
+                ck[n_cat], ek[n_cat] = cand_ids, ev_item[ev]
+            eq = (ck[:, :, None] == ek[:, None, :]) & (ck >= 0)[:, :, None]  # [F, n, T]
+            if plan.combos.shape[1] == 1:
+                match = eq[plan.combos[:, 0]]  # [C, n, T]
+            else:
+                match = np.concatenate([eq, np.ones((1, n, T), bool)])[plan.combos].all(axis=1)
+            if "hit" in plan.agg or "freq" in plan.agg:
+                counts = (match.reshape(-1, T).astype(np.float64) @ masks_f).reshape(len(plan.combos), n, -1)
+            if "step" in plan.agg:
+                _, c, v = plan.agg["step"]
+                step = np.where(match[c] & masks[v][:, None, :], rank, np.inf).min(axis=2)  # [ops, n]
+        for name in ("hit", "freq", "step"):
+            if name not in plan.agg:
+                continue
+            out_cols, c, v = plan.agg[name]
+            if name == "step":
+                cols[:, out_cols] = 1.0 if step is None else np.minimum(step / cfg.l_max, 1.0).T
+            elif counts is None:
+                cols[:, out_cols] = 0.0
+            elif name == "hit":
+                cols[:, out_cols] = (counts[c, :, v] > 0).astype(np.float64).T
+            else:
+                cols[:, out_cols] = (counts[c, :, v] / np.maximum(view_size[v], 1)[:, None]).T
+        if "sim_max" in plan.agg or "sim_mean" in plan.agg:
+            sim = None
+            if T and vectors is not None:
+                a = cand_emb.astype(np.float64)  # norms as np.linalg.norm computes them, without its wrapper
+                a = a / np.maximum(np.sqrt(np.add.reduce(a * a, axis=1, keepdims=True)), 1e-9)
+                b = vectors.astype(np.float64)
+                sim = a @ (b / np.maximum(np.sqrt(np.add.reduce(b * b, axis=1, keepdims=True)), 1e-9)).T  # [n, T]
+            for name in ("sim_max", "sim_mean"):
+                if name not in plan.agg:
+                    continue
+                out_cols, _, v = plan.agg[name]
+                empty = view_size[v] == 0
+                if sim is None:
+                    cols[:, out_cols] = 0.0
+                elif name == "sim_max":
+                    cols[:, out_cols] = np.where(empty[:, None], 0.0,
+                                                 np.where(masks[v][:, None, :], sim, -np.inf).max(axis=2)).T
+                else:
+                    cols[:, out_cols] = (sim @ masks_f[:, v]) / np.maximum(view_size[v], 1)
 
 
 def stack_batch(samples: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

@@ -1,0 +1,93 @@
+"""The lock-step runner (issue 18) gives every session the outcome the one-at-a-time runner gives it, for the
+bundle's onnxruntime file (fixed batch 1: row by row), a batch-dynamic ONNX export (one call per round), the numpy
+reference (natively batched) and a backend that fails on some lists (only those sessions fall back)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from edge_rerank.device_sdk import backends
+from edge_rerank.device_sdk.backends import BackendError
+from edge_rerank.device_sdk.bundle import read_bundle
+from edge_rerank.device_sdk.model_manager import LoadedModel, load_model
+from edge_rerank.device_sdk.reranker import RerankService
+from edge_rerank.simulator.ab import Arm
+from edge_rerank.simulator.lockstep import LockstepRunner, can_batch
+from edge_rerank.simulator.user_model import UserModel
+
+N_SESSIONS = 40
+
+
+def _comparable(o) -> dict:
+    d = dataclasses.asdict(o)
+    d.pop("rerank_ms")  # host wall clock: a measurement of this machine, not a simulated quantity
+    return d
+
+
+def _both(world, cloud, model: LoadedModel, batch: int = 8):
+    um = UserModel(world)
+    phone = Arm("device", RerankService(model)).phone(um, cloud)
+    specs = [world.session(i, 5) for i in range(N_SESSIONS)]
+    one = [phone.run(s) for s in specs]
+    runner = LockstepRunner(phone, batch=batch)
+    assert can_batch(phone)
+    locked = runner.run(specs)
+    return one, locked, runner.stats
+
+
+def _assert_same(one, locked, stats) -> None:
+    assert [o.session_id for o in locked] == [o.session_id for o in one]
+    for a, b in zip(one, locked, strict=True):
+        assert _comparable(a) == _comparable(b), a.session_id
+    reranks = sum(len(o.device_ms) for o in one)
+    assert reranks > N_SESSIONS  # the device model was in the loop
+    assert stats["lists"] / stats["backend_calls"] > 2  # it did batch
+
+
+@pytest.fixture(scope="module")
+def onnx_model(bundle_dir) -> LoadedModel:
+    return load_model(bundle_dir)
+
+
+@pytest.mark.parametrize("batch", [8, 64])  # 64 > sessions: sessions that end without a rerank start the next
+def test_lockstep_equals_one_at_a_time_onnxruntime_bundle(world, inproc_cloud, onnx_model, batch):
+    assert not onnx_model.backend.batched  # the bundle's file has a fixed batch 1: rows run one by one
+    _assert_same(*_both(world, inproc_cloud, onnx_model, batch=batch))
+
+
+def test_lockstep_equals_one_at_a_time_batched_onnx_and_numpy(world, inproc_cloud, trained, bundle_dir, tmp_path):
+    from edge_rerank.converters.numpy_ref.convert import export_numpy
+    from edge_rerank.converters.onnx.convert import export_onnx
+
+    model, _, test = trained
+    bundle = read_bundle(bundle_dir)
+    x = {k: v[:1] for k, v in test.inputs.items()}
+    be = backends.create("onnxruntime", export_onnx(model, x, tmp_path / "dyn.onnx", dynamic_batch=True))
+    assert be.batched
+    _assert_same(*_both(world, inproc_cloud, LoadedModel(bundle=bundle, backend=be), batch=16))
+    ref = backends.create("numpy", export_numpy(model, tmp_path / "reranker.npz"))
+    _assert_same(*_both(world, inproc_cloud, LoadedModel(bundle=bundle, backend=ref)))
+
+
+class _FailsOnSomeLists:
+    """A backend that fails on every list with an odd number of candidates (a fault of one list, not the batch)."""
+
+    name = "flaky"
+
+    def __init__(self, real):
+        self.real = real
+
+    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        if np.any(inputs["cand_mask"].sum(axis=1) % 2 == 1):
+            raise BackendError("odd list")
+        return self.real.run(inputs)
+
+
+def test_a_failing_list_fails_only_its_own_session(world, inproc_cloud, onnx_model):
+    model = LoadedModel(bundle=onnx_model.bundle, backend=_FailsOnSomeLists(onnx_model.backend))  # type: ignore[arg-type]
+    one, locked, stats = _both(world, inproc_cloud, model)
+    _assert_same(one, locked, stats)
+    assert sum(o.fallbacks.get("inference", 0) for o in one) > 0  # the fault happened, and the same way
