@@ -51,6 +51,7 @@ class CloudConfig:
     model_name: str = "device-reranker"  # the registry model whose assignment pages advertise
     ranking_cache_size: int = 4096  # rankings kept per worker for later pages of a search (0: off)
     max_bundle_bytes: int = 256 * 1024 * 1024  # upload limit for publishing a bundle archive
+    fusion: bool = True  # an RL fusion policy (registry "fusion-policy" or data_dir/fusion) when one exists
 
 
 class BadRequest(Exception):
@@ -310,6 +311,22 @@ def logs():
     return _respond(wire.pb.LogAck(accepted=len(rows), part=part))
 
 
+def _load_fusion(root: Path, registry: Registry | None, ranker):
+    """The RL fusion policy if one is configured and the ranker has click / order heads; any fault loading it
+    keeps the default single-head ranking (logged)."""
+    from edge_rerank.cloud.ranking.rl_fusion import load_fusion
+
+    try:
+        fusion = load_fusion(root, registry)
+    except Exception as exc:  # a broken policy must not stop search: SingleHead serves
+        log.error("RL fusion policy not loaded (%s: %s); ranking by the single score head", type(exc).__name__, exc)
+        return None
+    if fusion is not None and not set(getattr(ranker, "head_names", ())) >= {"click", "order"}:
+        log.error("RL fusion policy ignored: the ranker has no click / order heads (train one: edge-rerank fusion)")
+        return None
+    return fusion
+
+
 def create_app(config: CloudConfig) -> Flask:
     app = Flask("edge_rerank.cloud")
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
@@ -321,11 +338,15 @@ def create_app(config: CloudConfig) -> Flask:
     store = open_store(config.embedding_store, data_dir=root, redis_url=config.redis_url,
                        redis_prefix=config.redis_prefix)
     ranker = load_ranker(root)
+    registry = Registry(config.registry_dir) if config.registry_dir else None
+    fusion = _load_fusion(root, registry, ranker) if config.fusion else None  # None: SingleHead (the default)
     app.extensions["edge_rerank.config"] = config
     app.extensions["edge_rerank.pipeline"] = SearchPipeline(catalog, store, ranker, model_version=config.model_version,
-                                                            cache_size=config.ranking_cache_size)
+                                                            cache_size=config.ranking_cache_size,
+                                                            **({"fusion": fusion} if fusion is not None else {}))
+    app.extensions["edge_rerank.fusion"] = fusion
     app.extensions["edge_rerank.logs"] = LogSink(config.log_dir) if config.log_dir else None
-    app.extensions["edge_rerank.registry"] = Registry(config.registry_dir) if config.registry_dir else None
+    app.extensions["edge_rerank.registry"] = registry
     for bp in (health, search_bp, models, logs_bp):
         app.register_blueprint(bp)
 
