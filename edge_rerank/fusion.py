@@ -42,9 +42,9 @@ class FusionTrainConfig:
     no_conversion_penalty: float = 0.3
     leave_penalty: float = 0.5
     n_policies: int = 2
-    pretrain_episodes: int = 2000
-    episodes: int = 4000
-    eval_episodes: int = 1000
+    pretrain_episodes: int = 1500
+    episodes: int = 3000
+    eval_episodes: int = 800
     seed: int = 0
     version: str = "1"
     name: str = "fusion-policy"

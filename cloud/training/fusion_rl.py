@@ -47,7 +47,7 @@ class AgentConfig:
     pretrain_epochs: int = 30
     episodes: int = 6000  # DDPG episodes over all policies
     updates_per_episode: int = 1
-    batch_size: int = 256
+    batch_size: int = 128
     noise: float = 0.4  # exploration: Gaussian on u (the article used an OU process; episodes here are 1-3 pages)
     eval_episodes: int = 1500
     seed: int = 0
@@ -57,7 +57,7 @@ class AgentConfig:
 
 
 class StateNet(nn.Module):
-    def __init__(self, event_dim: int, ctx_dim: int, state_dim: int = 32, channels: int = 24):
+    def __init__(self, event_dim: int, ctx_dim: int, state_dim: int = 32, channels: int = 16):
         super().__init__()
         self.conv = nn.Sequential(nn.Conv1d(event_dim, channels, 3, padding=1), nn.ReLU(),
                                   nn.Conv1d(channels, channels, 3, padding=1), nn.ReLU())
@@ -231,7 +231,7 @@ def train_fusion_agent(env, cfg: AgentConfig, *, progress: Callable[[str], None]
             with torch.no_grad():
                 s2 = agent.state(b["seq2"], b["ctx2"])
                 y = b["r"] + cfg.gamma * (1.0 - b["done"]) * agent.q(kk, s2, agent.act(kk, s2))
-            ib = rng.integers(0, len(base), cfg.batch_size // 2)  # baseline rows keep V anchored at a = 1
+            ib = rng.integers(0, len(base), cfg.batch_size // 4)  # baseline rows keep V anchored at a = 1
             bb = base.tensors(ib)
             v_loss = ((agent.value(agent.state(bb["seq"], bb["ctx"])) - bb["ret"]) ** 2).mean()
             q_loss = ((agent.q(kk, s, b["u"]) - y) ** 2).mean()
