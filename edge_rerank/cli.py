@@ -580,7 +580,21 @@ def _add_fusion_parser(sub) -> None:
                         description="Click + order models fused per page request by a DDPG agent, in the "
                                     "simulator's order-aware world (docs/cloud.md, README 'RL score fusion').")
     fsub = fu.add_subparsers(dest="fusion_command", required=True)
-    tr = fsub.add_parser("train", formatter_class=_FMT, help="logs -> two-head ranker -> agent -> ONNX bundle")
+    _fusion_train_args(fsub.add_parser("train", formatter_class=_FMT,
+                                       help="logs -> two-head ranker -> agent -> ONNX bundle"))
+    alias = sub.add_parser("train-fusion", formatter_class=_FMT, help="= fusion train (the issue's name)")
+    _fusion_train_args(alias)
+    alias.set_defaults(func=_cmd_fusion, fusion_command="train")
+    ab = fsub.add_parser("ab", formatter_class=_FMT, help="A/B in the simulator: agent vs fixed a = 1")
+    ab.add_argument("--run", type=_existing_path, default="runs/fusion", help="a `fusion train` run directory")
+    ab.add_argument("--sessions", type=_positive_int, default=4000, help="sessions per arm")
+    ab.add_argument("--ablation-run", type=_existing_path, help="a run trained without penalties (extra arm)")
+    ab.add_argument("--no-device", action="store_true", help="skip the device-rerank arms")
+    ab.add_argument("--json", help="write the results here")
+    fu.set_defaults(func=_cmd_fusion)
+
+
+def _fusion_train_args(tr) -> None:
     tr.add_argument("--out", default="runs/fusion", help="run directory (cloud_data/, bundle/, training.json)")
     tr.add_argument("--log-sessions", type=_positive_int, default=3000, help="baseline sessions logged")
     tr.add_argument("--episodes", type=_positive_int, default=3000, help="DDPG episodes (all policies)")
@@ -594,13 +608,6 @@ def _add_fusion_parser(sub) -> None:
     tr.add_argument("--registry-dir", help="also publish the bundle to this model registry")
     tr.add_argument("--version", default="1", help="bundle version")
     tr.add_argument("--seed", type=int, default=0)
-    ab = fsub.add_parser("ab", formatter_class=_FMT, help="A/B in the simulator: agent vs fixed a = 1")
-    ab.add_argument("--run", type=_existing_path, default="runs/fusion", help="a `fusion train` run directory")
-    ab.add_argument("--sessions", type=_positive_int, default=4000, help="sessions per arm")
-    ab.add_argument("--ablation-run", type=_existing_path, help="a run trained without penalties (extra arm)")
-    ab.add_argument("--no-device", action="store_true", help="skip the device-rerank arms")
-    ab.add_argument("--json", help="write the results here")
-    fu.set_defaults(func=_cmd_fusion)
 
 
 def _cmd_fusion(a: argparse.Namespace) -> int:

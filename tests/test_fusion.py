@@ -317,4 +317,5 @@ def test_cli_refuses_bad_clip(capsys):
 
     assert main(["fusion", "train", "--clip", "1.5", "--out", "/nonexistent/never"]) == 2
     assert "--clip" in capsys.readouterr().err
+    assert main(["train-fusion", "--clip", "0", "--out", "/nonexistent/never"]) == 2
     assert not Path("/nonexistent/never").exists()
