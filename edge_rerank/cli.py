@@ -591,6 +591,8 @@ def _add_fusion_parser(sub) -> None:
     ab.add_argument("--ablation-run", type=_existing_path, help="a run trained without penalties (extra arm)")
     ab.add_argument("--no-device", action="store_true", help="skip the device-rerank arms")
     ab.add_argument("--json", help="write the results here")
+    for sp in fsub.choices.values():  # the global flag also after `fusion train` / `fusion ab`
+        sp.add_argument("--no-progress", action="store_true", default=argparse.SUPPRESS, help="hide progress bars")
     fu.set_defaults(func=_cmd_fusion)
 
 

@@ -318,4 +318,8 @@ def test_cli_refuses_bad_clip(capsys):
     assert main(["fusion", "train", "--clip", "1.5", "--out", "/nonexistent/never"]) == 2
     assert "--clip" in capsys.readouterr().err
     assert main(["train-fusion", "--clip", "0", "--out", "/nonexistent/never"]) == 2
+    from edge_rerank.cli import build_parser
+
+    assert build_parser().parse_args(["fusion", "train", "--no-progress"]).no_progress is True
+    assert build_parser().parse_args(["fusion", "ab", "--run", "."]).no_progress is False
     assert not Path("/nonexistent/never").exists()
