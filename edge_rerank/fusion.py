@@ -198,6 +198,7 @@ def _metrics(outcomes) -> dict[str, np.ndarray]:
     t["pages"] = np.array([o.pages for o in outcomes], dtype=np.float64)
     t["left"] = np.array([not o.exhausted for o in outcomes], dtype=np.float64)
     t["clicks_plus_orders"] = t["clicks"] + t["orders"]
+    t["dwell_s"] = np.array([o.duration_ms / 1e3 for o in outcomes], dtype=np.float64)  # time on the result list
     return t
 
 
@@ -245,7 +246,7 @@ def fusion_ab(cfg: FusionABConfig, *, progress: bool = True) -> dict:
                              "actor_p99_ms": float(np.percentile(lat, 99)) if lat.size else float("nan")}
     base = tables["fixed a=1"]
     res: dict = {"sessions_per_arm": cfg.sessions, "alpha": alpha, "arms": {}, "timing_s": timing, "actor": actions}
-    metrics = ("qv_ctr", "clicks", "orders", "clicks_plus_orders", "screens", "pages", "left", "abandon")
+    metrics = ("qv_ctr", "clicks", "orders", "clicks_plus_orders", "screens", "pages", "dwell_s", "left", "abandon")
     for name, t in tables.items():
         row = {}
         for m in metrics:
