@@ -140,6 +140,7 @@ def train_fusion(cfg: FusionTrainConfig, *, progress: bool = True) -> dict:
             f"{rsum['order_auc_given_click']:.3f}, alpha {alpha}")
         store = BehaviourStore(FusionConfig(alpha=alpha, clip=cfg.clip, seq_len=cfg.seq_len))
         store.add_rows(rows)
+    summary["cloud_data"] = str(data_dir)  # a run with --reuse-data serves from the earlier run's data
     fcfg = FusionConfig(alpha=alpha, clip=cfg.clip, seq_len=cfg.seq_len)
     reward = RewardConfig(cfg.order_weight, cfg.no_conversion_penalty, cfg.leave_penalty)
     env = FusionEnv(world, data_dir, um, store, fusion_cfg=fcfg, reward=reward, session_seed=TRAIN_SEED)
@@ -213,7 +214,9 @@ def fusion_ab(cfg: FusionABConfig, *, progress: bool = True) -> dict:
     from edge_rerank.simulator.session_metrics import bootstrap_mean
 
     run = Path(cfg.run)
-    data_dir = run / "cloud_data"
+    data_dir = run / "cloud_data"  # where the two-head ranker lives (a --reuse-data run: the earlier run's)
+    if not data_dir.is_dir() and (run / "training.json").is_file():
+        data_dir = Path(json.loads((run / "training.json").read_text()).get("cloud_data", data_dir))
     world, um = _world(cfg.world_seed)
     policy = load_fusion_bundle(run / "bundle")
     alpha = policy.cfg.alpha
