@@ -71,6 +71,7 @@ class CloudConfig:
     quota_rows_per_s: float = 2000.0  # per-key /v1/logs quota, shared by the workers (0: none)
     quota_burst_rows: int = 16384
     quota_bytes_per_day: int = 8 << 30  # (0: none)
+    fusion: bool = True  # an RL fusion policy (registry "fusion-policy" or data_dir/fusion) when one exists
 
 
 class BadRequest(Exception):
@@ -435,6 +436,22 @@ def logs():
     return _respond(wire.pb.LogAck(accepted=accepted, part=part))
 
 
+def _load_fusion(root: Path, registry: Registry | None, ranker):
+    """The RL fusion policy if one is configured and the ranker has click / order heads; any fault loading it
+    keeps the default single-head ranking (logged)."""
+    from edge_rerank.cloud.ranking.rl_fusion import load_fusion
+
+    try:
+        fusion = load_fusion(root, registry)
+    except Exception as exc:  # a broken policy must not stop search: SingleHead serves
+        log.error("RL fusion policy not loaded (%s: %s); ranking by the single score head", type(exc).__name__, exc)
+        return None
+    if fusion is not None and not set(getattr(ranker, "head_names", ())) >= {"click", "order"}:
+        log.error("RL fusion policy ignored: the ranker has no click / order heads (train one: edge-rerank fusion)")
+        return None
+    return fusion
+
+
 def create_app(config: CloudConfig) -> Flask:
     app = Flask("edge_rerank.cloud")
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
@@ -449,19 +466,23 @@ def create_app(config: CloudConfig) -> Flask:
     store = open_store(config.embedding_store, data_dir=root, redis_url=config.redis_url,
                        redis_prefix=config.redis_prefix)
     ranker = load_ranker(root)
+    registry = Registry(config.registry_dir) if config.registry_dir else None
     coarse = load_coarse(root, catalog, store_kind=config.embedding_store, redis_url=config.redis_url,
-                         registry=Registry(config.registry_dir) if config.registry_dir else None)
+                         registry=registry)
+    fusion = _load_fusion(root, registry, ranker) if config.fusion else None  # None: SingleHead (the default)
     app.extensions["edge_rerank.config"] = config
     app.extensions["edge_rerank.pipeline"] = SearchPipeline(catalog, store, ranker, model_version=config.model_version,
                                                             cache_size=config.ranking_cache_size,
-                                                            cache_bytes=config.ranking_cache_bytes, coarse=coarse)
+                                                            cache_bytes=config.ranking_cache_bytes, coarse=coarse,
+                                                            **({"fusion": fusion} if fusion is not None else {}))
+    app.extensions["edge_rerank.fusion"] = fusion
     app.extensions["edge_rerank.logs"] = LogSink(config.log_dir) if config.log_dir else None
     app.extensions["edge_rerank.ingest_limits"] = IngestLimits(
         max_rows=config.max_log_rows, emb_dim=store.dim, dense_dim=getattr(ranker, "dense_dim", None))
     quota = QuotaConfig(config.quota_rows_per_s, config.quota_burst_rows, config.quota_bytes_per_day)
     quota_on = config.log_dir and (quota.rows_per_s > 0 or quota.bytes_per_day > 0)
     app.extensions["edge_rerank.quota"] = FileQuota(Path(config.log_dir) / ".quota", quota) if quota_on else None
-    app.extensions["edge_rerank.registry"] = Registry(config.registry_dir) if config.registry_dir else None
+    app.extensions["edge_rerank.registry"] = registry
     for bp in (health, search_bp, models, logs_bp):
         app.register_blueprint(bp)
 

@@ -1,5 +1,5 @@
 """``edge-rerank`` command line: demo, simulate, train, eval, ablate, export, compress, serve, logs, replay,
-coarse. Train, eval, export and compress call ``edge_rerank.api``; this module only parses and prints."""
+coarse, fusion. Train, eval, export and compress call ``edge_rerank.api``; this module only parses and prints."""
 
 from __future__ import annotations
 
@@ -637,6 +637,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_logs_parser(sub)
     _add_replay_parser(sub)
     _add_coarse_parser(sub)
+    _add_fusion_parser(sub)
     for sp in sub.choices.values():  # global flags also after the subcommand (`edge-rerank train ... -q`)
         _add_global_flags(sp, default=argparse.SUPPRESS)
     return p
@@ -822,6 +823,68 @@ def _cmd_coarse(a: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"coarse {a.coarse_command}: {exc}", file=sys.stderr)
         return 2
+
+
+# ------------------------------------------------------------------ fusion (self-contained: parser + handler)
+
+def _add_fusion_parser(sub) -> None:
+    fu = sub.add_parser("fusion", formatter_class=_FMT, help="RL score fusion (issue 17): train the agent, A/B it",
+                        description="Click + order models fused per page request by a DDPG agent, in the "
+                                    "simulator's order-aware world (docs/cloud.md, README 'RL score fusion').")
+    fsub = fu.add_subparsers(dest="fusion_command", required=True)
+    _fusion_train_args(fsub.add_parser("train", formatter_class=_FMT,
+                                       help="logs -> two-head ranker -> agent -> ONNX bundle"))
+    alias = sub.add_parser("train-fusion", formatter_class=_FMT, help="= fusion train (the issue's name)")
+    _fusion_train_args(alias)
+    alias.set_defaults(func=_cmd_fusion, fusion_command="train")
+    ab = fsub.add_parser("ab", formatter_class=_FMT, help="A/B in the simulator: agent vs fixed a = 1")
+    ab.add_argument("--run", type=_existing_path, default="runs/fusion", help="a `fusion train` run directory")
+    ab.add_argument("--sessions", type=_positive_int, default=4000, help="sessions per arm")
+    ab.add_argument("--ablation-run", type=_existing_path, help="a run trained without penalties (extra arm)")
+    ab.add_argument("--no-device", action="store_true", help="skip the device-rerank arms")
+    ab.add_argument("--json", help="write the results here")
+    for sp in fsub.choices.values():  # the global flag also after `fusion train` / `fusion ab`
+        sp.add_argument("--no-progress", action="store_true", default=argparse.SUPPRESS, help="hide progress bars")
+    fu.set_defaults(func=_cmd_fusion)
+
+
+def _fusion_train_args(tr) -> None:
+    tr.add_argument("--out", default="runs/fusion", help="run directory (cloud_data/, bundle/, training.json)")
+    tr.add_argument("--log-sessions", type=_positive_int, default=3000, help="baseline sessions logged")
+    tr.add_argument("--episodes", type=_positive_int, default=3000, help="DDPG episodes (all policies)")
+    tr.add_argument("--pretrain-episodes", type=_positive_int, default=1500, help="baseline episodes for V")
+    tr.add_argument("--eval-episodes", type=_positive_int, default=800, help="held-out episodes per policy")
+    tr.add_argument("--policies", type=_positive_int, default=2, help="parallel policies (shared state and V)")
+    tr.add_argument("--clip", type=float, default=0.75, help="actions in [1 - clip, 1 + clip]")
+    tr.add_argument("--no-conversion-penalty", type=float, default=0.3)
+    tr.add_argument("--leave-penalty", type=float, default=0.5)
+    tr.add_argument("--reuse-data", type=_existing_path, help="an earlier run: reuse its logs, ranker and store")
+    tr.add_argument("--registry-dir", help="also publish the bundle to this model registry")
+    tr.add_argument("--version", default="1", help="bundle version")
+    tr.add_argument("--seed", type=int, default=0)
+
+
+def _cmd_fusion(a: argparse.Namespace) -> int:
+    from edge_rerank.fusion import FusionABConfig, FusionTrainConfig, format_ab, fusion_ab, train_fusion
+
+    if a.fusion_command == "train":
+        if not 0.0 < a.clip < 1.0:
+            print("fusion train: --clip must be in (0, 1)", file=sys.stderr)
+            return 2
+        cfg = FusionTrainConfig(out=a.out, log_sessions=a.log_sessions, episodes=a.episodes,
+                                pretrain_episodes=a.pretrain_episodes, eval_episodes=a.eval_episodes,
+                                n_policies=a.policies, clip=a.clip, no_conversion_penalty=a.no_conversion_penalty,
+                                leave_penalty=a.leave_penalty, reuse_data=a.reuse_data, registry_dir=a.registry_dir,
+                                version=a.version, seed=a.seed)
+        s = train_fusion(cfg, progress=not a.no_progress)
+        best = s["agent"]["eval"][s["agent"]["chosen_policy"]]
+        print(f"bundle: {s['bundle']}  (held-out reward/episode vs a = 1: {best['delta_vs_baseline']:+.4f} "
+              f"± {best['delta_se']:.4f})")
+        return 0
+    res = fusion_ab(FusionABConfig(run=a.run, sessions=a.sessions, ablation_run=a.ablation_run,
+                                   device=not a.no_device, out_json=a.json), progress=not a.no_progress)
+    print(format_ab(res))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

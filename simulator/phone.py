@@ -326,7 +326,7 @@ class PhoneSession:
             detail = um.detail_ms(util, info.u_detail)
             self.t += detail
             self._poll()  # a page that arrived while the user was on the detail page comes first
-            ordered = info.u_order < um.p_order(util)
+            ordered = info.u_order < um.p_order_item(util, item.item_id, user)
             if ordered:
                 orders_here += 1
                 user.orders += 1

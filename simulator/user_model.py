@@ -246,3 +246,8 @@ class UserModel:
     def p_order(self, utility: float) -> float:
         c = self.cfg
         return float(c.order_max / (1.0 + np.exp(-3.0 * (utility - c.order_threshold))))
+
+    def p_order_item(self, utility: float, item_id: int, state: UserState) -> float:
+        """Order probability after a click on `item_id` (the default user: a function of the utility only;
+        ``simulator.order_world.OrderAwareUserModel`` makes it depend on the item and the session's purpose)."""
+        return self.p_order(utility)

@@ -24,6 +24,7 @@ import numpy as np
 FEATURES = ("quality", "log_popularity", "pref_affinity", "log_distance", "price_gap", "bias")
 ONNX_INPUT = "features"
 ONNX_OUTPUTS = ("score", "hidden")
+HEAD_OUTPUTS = ("click", "order")  # optional extra outputs (logits) of a two-head ranker (cloud.ranking.fusion)
 
 
 class RankerError(RuntimeError):
@@ -124,6 +125,7 @@ class OnnxFineRanker:
             raise RankerError(f"{self.path}: outputs must be score [N] and hidden [N, D], got "
                               f"{probe_score.shape} and {probe_hidden.shape}")
         self._dense_dim = int(probe_hidden.shape[1])
+        self.head_names = tuple(h for h in HEAD_OUTPUTS if h in outputs)  # a two-head ranker's click/order logits
 
     @property
     def dense_dim(self) -> int:
@@ -140,6 +142,16 @@ class OnnxFineRanker:
         if x.shape[0] == 0:
             return np.zeros(0, np.float32), np.zeros((0, self._dense_dim), np.float32)
         return self._run(x)
+
+    def forward_heads(self, x: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """({"score": [N], and "click"/"order" logits [N] when the model has them}, hidden [N, D])."""
+        if x.shape[0] == 0 or not self.head_names:
+            score, hidden = self.forward(x)
+            return {"score": score, **{h: np.zeros(0, np.float32) for h in self.head_names}}, hidden
+        names = [*ONNX_OUTPUTS, *self.head_names]
+        outs = self._sess.run(names, {ONNX_INPUT: np.ascontiguousarray(x, np.float32)})
+        heads = {n: np.asarray(o, np.float32).reshape(-1) for n, o in zip(names, outs, strict=True) if n != "hidden"}
+        return heads, np.asarray(outs[1], np.float32)
 
 
 def load_ranker(data_dir: str | Path) -> Ranker:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -19,7 +19,7 @@ from edge_rerank.cloud.embedding_store import EmbeddingStore
 from edge_rerank.cloud.page_codec import encode_items
 from edge_rerank.cloud.ranking.coarse import CoarseRanker, PassThroughCoarse
 from edge_rerank.cloud.ranking.fine import Ranker
-from edge_rerank.cloud.ranking.fusion import FusionPolicy, SingleHead
+from edge_rerank.cloud.ranking.fusion import FusionPolicy, SingleHead, page_sequential_order
 from edge_rerank.device_sdk.contracts import Context, EmbeddingEncoding, PageItem, SearchPage, SearchRequest
 
 _MAX_ENCODED_PAGES = 16  # encoded pages kept per cached ranking (page index x size x encoding)
@@ -170,9 +170,15 @@ class SearchPipeline:
         idx = self.coarse.select(req, self.recall(req.query))
         it = self.catalog.items
         x = self.features_for(req.user_id, req.context, idx)
-        score, hidden = self.ranker.forward(x)
-        s = np.asarray(self.fusion.fuse(req, {"score": score}), dtype=np.float32)
+        if hasattr(self.ranker, "forward_heads"):  # a two-head ranker also gives click / order logits
+            heads, hidden = self.ranker.forward_heads(x)
+        else:
+            score, hidden = self.ranker.forward(x)
+            heads = {"score": score}
         ids = it["item_id"][idx]
+        if getattr(self.fusion, "per_page", False):  # an action per page request (cloud.ranking.fusion)
+            return self._rank_per_page(req, idx, ids, heads, hidden)
+        s = np.asarray(self.fusion.fuse(req, heads), dtype=np.float32)
         if len(s) > self.max_results:  # keep everything tied with the cut-off score, then sort exactly
             cut = np.partition(s, len(s) - self.max_results)[len(s) - self.max_results]
             keep = np.flatnonzero(s >= cut)
@@ -181,10 +187,22 @@ class SearchPipeline:
         order = keep[np.lexsort((ids[keep], -s[keep]))][: self.max_results]  # ties broken by id: deterministic
         return Ranking(rows=idx[order], scores=s[order], hidden=hidden[order])
 
-    @staticmethod
-    def cache_key(req: SearchRequest) -> tuple:
+    def _rank_per_page(self, req: SearchRequest, idx: np.ndarray, ids: np.ndarray, heads: dict[str, np.ndarray],
+                       hidden: np.ndarray) -> Ranking:
+        """Pages 0..req.page_index built one by one, page j scored with the policy's action for page j."""
+        scores = [np.asarray(self.fusion.fuse(replace(req, page_index=j), heads), dtype=np.float32)
+                  for j in range(req.page_index + 1)]
+        order = page_sequential_order(scores, ids, req.page_size, self.max_results)
+        size = req.page_size
+        fused = np.array([scores[min(k // size, req.page_index)][i] for k, i in enumerate(order)], dtype=np.float32)
+        return Ranking(rows=idx[order], scores=fused, hidden=hidden[order])
+
+    def cache_key(self, req: SearchRequest) -> tuple:
         c = req.context
-        return (req.user_id, req.query.strip().lower(), float(c.lat), float(c.lon), int(c.hour), c.device)
+        key = (req.user_id, req.query.strip().lower(), float(c.lat), float(c.lon), int(c.hour), c.device)
+        if getattr(self.fusion, "per_page", False):  # one ranking per (search, page): earlier pages are rebuilt
+            return (*key, req.page_index, req.page_size)
+        return key
 
     def _ranking(self, req: SearchRequest) -> tuple[Ranking, bool]:
         key = self.cache_key(req)

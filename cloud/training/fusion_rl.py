@@ -1,0 +1,341 @@
+"""The RL fusion agent (SPEC §2, seed 003): DDPG with Q(s, a) = V(s) + A(s, a), a shared state network, V
+pre-trained on baseline (a = 1) traffic, actions clipped around 1, and several parallel policies.
+
+Why a small DDPG in torch and not Stable-Baselines3 / TorchRL: the article's network is not a DDPG variant those
+libraries parameterise. SB3's DDPG/TD3 keep one actor and one critic with target copies; here the critic is
+split into a state value V(s) (trained first on baseline traffic, where no action-dependent part exists) and
+advantages A_k(s, a) with A_k(s, a=1) = 0 by construction, one per parallel policy k, all sharing one state
+network and one V, with no target networks (the article's "on-policy" parameter sharing: the same parameters
+estimate Q_{t+1} and update Q_t). Expressing that in SB3 means replacing its policy, critic and ``train()``,
+i.e. everything but the replay buffer; the whole agent here is ~150 lines and adds no dependency.
+
+Pieces:
+- :class:`StateNet` — 1-D CNN over the behaviour sequence [L, E] (two conv layers, max + mean pooling) plus an
+  MLP over the context; the state s.
+- :class:`FusionAgent` — StateNet, V head, K advantage heads ``A_k(s, u) = f_k(s, u) − f_k(s, 0)`` and K actors
+  ``u = tanh(·)`` (last layer zero-initialised: every policy starts at u = 0, i.e. a = 1); ``a = 1 + clip · u``.
+- :func:`train_fusion_agent` — collect baseline episodes (u = 0) and pre-train StateNet + V on their Monte
+  Carlo returns; then DDPG rounds: each episode is served by one policy (round-robin, like A/B buckets) with
+  Gaussian exploration noise; critic loss (V + A_k against r + γ Q_k(s', π_k(s'))) updates the state network,
+  V and A_k; the actor loss −A_k(s, π_k(s)) updates actor k only. Finally each policy is evaluated greedily on
+  held-out sessions (paired with the baseline) and the best is kept (the article trained several seeds and kept
+  the best).
+- :func:`export_actor_onnx` — the chosen actor with the state network: inputs ``seq`` [1, L, E], ``ctx`` [1, C],
+  output ``a`` [1] (already ``1 + clip · u``).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    n_policies: int = 2
+    state_dim: int = 32
+    gamma: float = 0.9
+    lr: float = 2e-3
+    actor_lr: float = 1e-3
+    pretrain_episodes: int = 3000
+    pretrain_epochs: int = 30
+    episodes: int = 6000  # DDPG episodes over all policies
+    updates_per_episode: int = 1
+    batch_size: int = 128
+    noise: float = 0.4  # exploration: Gaussian on u (the article used an OU process; episodes here are 1-3 pages)
+    eval_episodes: int = 1500
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class StateNet(nn.Module):
+    def __init__(self, event_dim: int, ctx_dim: int, state_dim: int = 32, channels: int = 16):
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv1d(event_dim, channels, 3, padding=1), nn.ReLU(),
+                                  nn.Conv1d(channels, channels, 3, padding=1), nn.ReLU())
+        self.ctx = nn.Sequential(nn.Linear(ctx_dim, 16), nn.ReLU())
+        self.out = nn.Sequential(nn.Linear(2 * channels + 16, state_dim), nn.ReLU())
+
+    def forward(self, seq: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        h = self.conv(seq.transpose(1, 2))  # [B, C, L]
+        pooled = torch.cat([h.max(dim=2).values, h.mean(dim=2)], dim=1)
+        return self.out(torch.cat([pooled, self.ctx(ctx)], dim=1))
+
+
+def _mlp(n_in: int, n_hidden: int = 32) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(n_in, n_hidden), nn.ReLU(), nn.Linear(n_hidden, 1))
+
+
+class FusionAgent(nn.Module):
+    def __init__(self, event_dim: int, ctx_dim: int, cfg: AgentConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.state = StateNet(event_dim, ctx_dim, cfg.state_dim)
+        self.v = _mlp(cfg.state_dim)
+        self.adv = nn.ModuleList(_mlp(cfg.state_dim + 1) for _ in range(cfg.n_policies))
+        self.actors = nn.ModuleList(_mlp(cfg.state_dim) for _ in range(cfg.n_policies))
+        for actor in self.actors:  # every policy starts at u = 0 (a = 1, the baseline)
+            nn.init.zeros_(actor[-1].weight)
+            nn.init.zeros_(actor[-1].bias)
+
+    def value(self, s: torch.Tensor) -> torch.Tensor:
+        return self.v(s).squeeze(-1)
+
+    def advantage(self, k: int, s: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        f = self.adv[k]
+        return (f(torch.cat([s, u[:, None]], 1)) - f(torch.cat([s, torch.zeros_like(u)[:, None]], 1))).squeeze(-1)
+
+    def q(self, k: int, s: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        return self.value(s) + self.advantage(k, s, u)
+
+    def act(self, k: int, s: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.actors[k](s).squeeze(-1))
+
+
+class ActorExport(nn.Module):
+    """(seq [B, L, E], ctx [B, C]) -> a [B] = 1 + clip · u for one policy."""
+
+    def __init__(self, agent: FusionAgent, k: int, clip: float):
+        super().__init__()
+        self.state, self.actor, self.clip = agent.state, agent.actors[k], float(clip)
+
+    def forward(self, seq: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        return 1.0 + self.clip * torch.tanh(self.actor(self.state(seq, ctx)).squeeze(-1))
+
+
+@dataclass
+class Transitions:
+    seq: list = field(default_factory=list)
+    ctx: list = field(default_factory=list)
+    u: list = field(default_factory=list)
+    r: list = field(default_factory=list)
+    seq2: list = field(default_factory=list)
+    ctx2: list = field(default_factory=list)
+    done: list = field(default_factory=list)
+    policy: list = field(default_factory=list)
+    ret: list = field(default_factory=list)  # Monte Carlo return from this step
+
+    def __len__(self) -> int:
+        return len(self.r)
+
+    def tensors(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
+        def t(name: str, dtype=np.float32) -> torch.Tensor:
+            return torch.from_numpy(np.asarray([getattr(self, name)[i] for i in idx], dtype=dtype))
+
+        return {"seq": t("seq"), "ctx": t("ctx"), "u": t("u"), "r": t("r"), "seq2": t("seq2"), "ctx2": t("ctx2"),
+                "done": t("done"), "ret": t("ret")}
+
+
+def run_episode(env, policy: Callable[[dict], float], *, seed: int, buf: Transitions | None = None, k: int = -1,
+                gamma: float = 0.9) -> dict:
+    """One episode; `policy(obs) -> u`. Appends its transitions to `buf` (with policy index `k`)."""
+    obs, _ = env.reset(seed=seed)
+    steps, total, info = [], 0.0, {}
+    done = False
+    while not done:
+        u = float(policy(obs))
+        obs2, r, done, _, info = env.step(np.array([u], dtype=np.float32))
+        steps.append((obs, u, r, obs2, done))
+        total += r
+        obs = obs2
+    if buf is not None:
+        g = 0.0
+        rets = []
+        for _, _, r, _, _ in reversed(steps):
+            g = r + gamma * g
+            rets.append(g)
+        for (o, u, r, o2, d), g in zip(steps, reversed(rets), strict=True):
+            buf.seq.append(o["seq"]), buf.ctx.append(o["ctx"]), buf.u.append(u), buf.r.append(r)
+            buf.seq2.append(o2["seq"]), buf.ctx2.append(o2["ctx"]), buf.done.append(float(d)), buf.policy.append(k)
+            buf.ret.append(g)
+    return {"reward": total, "steps": len(steps), **info}
+
+
+def _greedy(agent: FusionAgent, k: int) -> Callable[[dict], float]:
+    def pi(obs: dict) -> float:
+        with torch.no_grad():
+            s = agent.state(torch.from_numpy(obs["seq"][None]), torch.from_numpy(obs["ctx"][None]))
+            return float(agent.act(k, s)[0])
+    return pi
+
+
+def train_fusion_agent(env, cfg: AgentConfig, *, progress: Callable[[str], None] | None = None,
+                       eval_seed_offset: int = 10_000_000) -> tuple[FusionAgent, dict]:
+    """Pre-train V on baseline episodes, then DDPG with `cfg.n_policies` parallel policies; returns the agent and
+    a summary (curves, per-policy evaluation, the chosen policy). Runs torch on one thread (tiny batches: more
+    threads only spin on a shared machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train_fusion_agent(env, cfg, progress, eval_seed_offset)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_fusion_agent(env, cfg: AgentConfig, progress: Callable[[str], None] | None,
+                        eval_seed_offset: int) -> tuple[FusionAgent, dict]:
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    E, C = env.observation_space["seq"].shape[1], env.observation_space["ctx"].shape[0]
+    agent = FusionAgent(E, C, cfg)
+    say = progress or (lambda _m: None)
+    t0 = time.perf_counter()
+    # 1) baseline traffic (a = 1): pre-train the state network and V on Monte Carlo returns
+    base = Transitions()
+    base_rewards = [run_episode(env, lambda _o: 0.0, seed=i, buf=base, gamma=cfg.gamma)["reward"]
+                    for i in range(cfg.pretrain_episodes)]
+    opt_v = torch.optim.Adam([*agent.state.parameters(), *agent.v.parameters()], lr=cfg.lr)
+    v_curve = []
+    for _ in range(cfg.pretrain_epochs):
+        perm = rng.permutation(len(base))
+        tot = 0.0
+        for j in range(0, len(perm), cfg.batch_size):
+            b = base.tensors(perm[j: j + cfg.batch_size])
+            loss = ((agent.value(agent.state(b["seq"], b["ctx"])) - b["ret"]) ** 2).mean()
+            opt_v.zero_grad()
+            loss.backward()
+            opt_v.step()
+            tot += float(loss.detach()) * len(b["r"])
+        v_curve.append(tot / len(base))
+    say(f"V pre-trained on {cfg.pretrain_episodes} baseline episodes: MSE {v_curve[0]:.3f} -> {v_curve[-1]:.3f}")
+    # 2) DDPG with parallel policies sharing the state network and V
+    critic_params = [*agent.state.parameters(), *agent.v.parameters(), *agent.adv.parameters()]
+    opt_c = torch.optim.Adam(critic_params, lr=cfg.lr)
+    opt_a = [torch.optim.Adam(a.parameters(), lr=cfg.actor_lr) for a in agent.actors]
+    buf = Transitions()
+    for field_name in ("seq", "ctx", "u", "r", "seq2", "ctx2", "done", "ret"):  # baseline traffic trains V too
+        getattr(buf, field_name).extend(getattr(base, field_name))
+    buf.policy.extend([-1] * len(base))
+    curve: dict[str, list] = {"episode": [], "reward": [[] for _ in range(cfg.n_policies)], "q_loss": [],
+                              "actor_a": [[] for _ in range(cfg.n_policies)]}
+    window_r: list[list[float]] = [[] for _ in range(cfg.n_policies)]
+    q_losses: list[float] = []
+    report_every = max(cfg.episodes // 30, 1)
+    start_seed = cfg.pretrain_episodes
+    for ep in range(cfg.episodes):
+        k = ep % cfg.n_policies
+        greedy = _greedy(agent, k)
+
+        def explore(obs: dict, greedy=greedy) -> float:
+            return float(np.clip(greedy(obs) + cfg.noise * rng.standard_normal(), -1.0, 1.0))
+
+        stats = run_episode(env, explore, seed=start_seed + ep, buf=buf, k=k, gamma=cfg.gamma)
+        window_r[k].append(stats["reward"])
+        pol = np.asarray(buf.policy)
+        for _ in range(cfg.updates_per_episode):
+            # critic: each policy's advantage on its own traffic, V and the state network on everything
+            kk = int(rng.integers(cfg.n_policies))
+            mine = np.flatnonzero(pol == kk)
+            if len(mine) < 8:
+                continue
+            idx = mine[rng.integers(0, len(mine), cfg.batch_size)]
+            b = buf.tensors(idx)
+            s = agent.state(b["seq"], b["ctx"])
+            with torch.no_grad():
+                s2 = agent.state(b["seq2"], b["ctx2"])
+                y = b["r"] + cfg.gamma * (1.0 - b["done"]) * agent.q(kk, s2, agent.act(kk, s2))
+            ib = rng.integers(0, len(base), cfg.batch_size // 4)  # baseline rows keep V anchored at a = 1
+            bb = base.tensors(ib)
+            v_loss = ((agent.value(agent.state(bb["seq"], bb["ctx"])) - bb["ret"]) ** 2).mean()
+            q_loss = ((agent.q(kk, s, b["u"]) - y) ** 2).mean()
+            opt_c.zero_grad()
+            (q_loss + 0.5 * v_loss).backward()
+            opt_c.step()
+            q_losses.append(float(q_loss.detach()))
+            # actor k: maximise its advantage (V does not depend on the action); the state is not moved by it
+            s = s.detach()
+            a_loss = -agent.advantage(kk, s, agent.act(kk, s)).mean()
+            opt_a[kk].zero_grad()
+            a_loss.backward()
+            opt_a[kk].step()
+        if (ep + 1) % report_every == 0:
+            curve["episode"].append(ep + 1)
+            for j in range(cfg.n_policies):
+                curve["reward"][j].append(float(np.mean(window_r[j])) if window_r[j] else float("nan"))
+                window_r[j] = []
+                with torch.no_grad():
+                    b = buf.tensors(rng.integers(0, len(base), 256))
+                    a = 1.0 + env.fusion_cfg.clip * agent.act(j, agent.state(b["seq"], b["ctx"]))
+                curve["actor_a"][j].append([float(a.mean()), float(a.std())])
+            curve["q_loss"].append(float(np.mean(q_losses)) if q_losses else float("nan"))
+            q_losses = []
+            say(f"episode {ep + 1}: reward/episode {[round(r[-1], 3) for r in curve['reward']]}, "
+                f"Q loss {curve['q_loss'][-1]:.3f}")
+    # 3) choose the policy: greedy, paired with the baseline on held-out sessions
+    evals = []
+    seeds = [eval_seed_offset + i for i in range(cfg.eval_episodes)]
+    base_eval = np.array([run_episode(env, lambda _o: 0.0, seed=s)["reward"] for s in seeds])
+    for k in range(cfg.n_policies):
+        pi = _greedy(agent, k)
+        r = np.array([run_episode(env, pi, seed=s)["reward"] for s in seeds])
+        d = r - base_eval
+        evals.append({"policy": k, "reward": float(r.mean()), "delta_vs_baseline": float(d.mean()),
+                      "delta_se": float(d.std(ddof=1) / np.sqrt(len(d)))})
+    best = int(max(range(cfg.n_policies), key=lambda k: evals[k]["delta_vs_baseline"]))
+    with torch.no_grad():
+        b = base.tensors(np.arange(min(len(base), 2048)))
+        s = agent.state(b["seq"], b["ctx"])
+        v, adv = agent.value(s), agent.advantage(best, s, agent.act(best, s))
+    summary = {"config": cfg.to_dict(), "baseline_reward_per_episode": float(np.mean(base_rewards)),
+               "v_pretrain_mse": v_curve, "curves": curve, "eval": evals, "chosen_policy": best,
+               "baseline_eval_reward": float(base_eval.mean()),
+               "mean_v": float(v.mean()), "mean_advantage": float(adv.mean()),
+               "train_s": time.perf_counter() - t0}
+    say(f"policies vs baseline on {cfg.eval_episodes} held-out sessions: "
+        f"{[round(e['delta_vs_baseline'], 4) for e in evals]} -> policy {best}")
+    return agent, summary
+
+
+def export_actor_onnx(agent: FusionAgent, k: int, clip: float, path: str | Path, seq_len: int, event_dim: int,
+                      ctx_dim: int) -> Path:
+    import onnx
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = ActorExport(agent, k, clip).eval()
+    # the TorchScript exporter: a fixed-shape graph of a few layers, ~6x faster to export than dynamo here
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(model, (torch.zeros(1, seq_len, event_dim), torch.zeros(1, ctx_dim)), str(path),
+                          input_names=["seq", "ctx"], output_names=["a"], dynamo=False, opset_version=18)
+    onnx.checker.check_model(str(path))
+    return path
+
+
+def plot_curves(summary: dict, path: str | Path, title: str = "RL fusion training") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    c = summary["curves"]
+    fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
+    for k, r in enumerate(c["reward"]):
+        ax[0].plot(c["episode"], r, label=f"policy {k}")
+    ax[0].axhline(summary["baseline_reward_per_episode"], color="grey", ls="--", label="baseline (a = 1)")
+    ax[0].set(title="reward / episode (exploring)", xlabel="episode")
+    ax[0].legend(fontsize=7)
+    ax[1].plot(c["episode"], c["q_loss"])
+    ax[1].set(title="Q loss (TD)", xlabel="episode", yscale="log")
+    for k, a in enumerate(c["actor_a"]):
+        m = np.array(a)
+        ax[2].plot(c["episode"], m[:, 0], label=f"policy {k} mean a")
+        ax[2].fill_between(c["episode"], m[:, 0] - m[:, 1], m[:, 0] + m[:, 1], alpha=0.2)
+    ax[2].set(title="actor output a (mean ± sd over states)", xlabel="episode")
+    ax[2].legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
