@@ -856,12 +856,13 @@ def _fusion_train_args(tr) -> None:
     tr.add_argument("--eval-episodes", type=_positive_int, default=800, help="held-out episodes per policy")
     tr.add_argument("--policies", type=_positive_int, default=2, help="parallel policies (shared state and V)")
     tr.add_argument("--clip", type=float, default=0.75, help="actions in [1 - clip, 1 + clip]")
-    tr.add_argument("--no-conversion-penalty", type=float, default=0.3)
-    tr.add_argument("--leave-penalty", type=float, default=0.5)
+    tr.add_argument("--no-conversion-penalty", type=float, default=0.3,
+                    help="reward penalty for a page without a click or order")
+    tr.add_argument("--leave-penalty", type=float, default=0.5, help="reward penalty for the page the user leaves on")
     tr.add_argument("--reuse-data", type=_existing_path, help="an earlier run: reuse its logs, ranker and store")
     tr.add_argument("--registry-dir", help="also publish the bundle to this model registry")
     tr.add_argument("--version", default="1", help="bundle version")
-    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--seed", type=int, default=0, help="training seed")
 
 
 def _cmd_fusion(a: argparse.Namespace) -> int:
