@@ -1,8 +1,9 @@
 """Compression–accuracy benchmark: one trained reranker, every method x format (``compression.methods``):
 file size (and its gzip download), max abs diff and Kendall τ against the fp32 ONNX model (and against the fp32
 file of the method's own format), NDCG@10 on held-out lists and its delta, and latency p50 in the method's
-runtime — all offline. Writes ``compression.json``, ``compression.md`` and ``pareto.png`` (size vs NDCG@10).
-The simulator's QV_CTR column is added one floor up, by ``edge_rerank.compression_ab``.
+runtime — all offline. Writes ``compression.json``. The simulator's QV_CTR column is added one floor up, by
+``edge_rerank.compression_ab``; the table (``compression.md``) and the Pareto plot by
+``edge_rerank.compression_report`` (compression imports neither the simulator nor the top floor).
 """
 
 from __future__ import annotations
@@ -17,13 +18,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from edge_rerank import report_format as rf
 from edge_rerank.cloud.training.ranking_metrics import ndcg_at_k
 from edge_rerank.compression.methods import METHODS, REFERENCE, Context, Method
 from edge_rerank.compression.sizes import file_size, gzip_size
 from edge_rerank.converters.export import median_latency_ms
 from edge_rerank.converters.validate import fidelity
-from edge_rerank.plotting import DPI, Placement, place_labels, pyplot
 
 OK, UNAVAILABLE, FAILED = "ok", "unavailable", "failed"
 
@@ -91,8 +90,9 @@ def run_benchmark(model, train, test, out: str | Path, *, methods: list[str | Me
                   **ctx_kw) -> list[MethodResult]:
     """Build and measure each method offline (all known ones by default; names, or Method objects). `train`:
     lists for calibration, fine-tuning and distillation (``tune=`` the model's validation lists, where those pick
-    their epochs); `test`: the model's recorded test lists, for every number reported. Writes the outputs
-    (``write_outputs``); the simulator's columns are added one floor up (``edge_rerank.compression_ab``)."""
+    their epochs); `test`: the model's recorded test lists, for every number reported. Writes ``compression.json``;
+    the simulator's columns, the table and the plot are added one floor up (``edge_rerank.compression_ab``,
+    ``edge_rerank.compression_report``)."""
     out = Path(out)
     ctx = Context(model, train, test, out, progress=progress, **ctx_kw)
     chosen = _choose(methods)
@@ -135,7 +135,7 @@ def run_benchmark(model, train, test, out: str | Path, *, methods: list[str | Me
         if r.scores is not None and fmt_ref is not None and fmt_ref.scores is not None:
             r.reference_kb, r.vs_reference = fmt_ref.file_kb, fidelity(r.scores, fmt_ref.scores, sub.mask)
     rows = list(results.values())
-    write_outputs(rows, out)
+    write_json(rows, out)
     return rows
 
 
@@ -160,45 +160,12 @@ def _jsonable(d: dict) -> dict:
     return json.loads(json.dumps(d, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
 
 
-def write_outputs(rows: list[MethodResult], out: Path, summary: dict | None = None) -> None:
-    (out / "compression.json").write_text(json.dumps({"results": [r.to_dict() for r in rows], **(summary or {})},
-                                                     indent=2, default=str))
-    (out / "compression.md").write_text(to_markdown(rows))
-    pareto_plot(rows, out / "pareto.png")
-
-
-def to_markdown(rows: list[MethodResult]) -> str:
-    """The benchmark's table: sizes in KB (1 KB = 1,024 bytes) with the gzip download, fidelity against the fp32
-    ONNX model, NDCG@10 with its change (absolute and relative, in %), the simulator's QV_CTR change in pp against
-    the fp32 arm, latency p50 in ms; ``—`` where a number does not apply; a caveat line for a small run."""
-    n_lists = max((r.n_lists or 0 for r in rows), default=0)
-    sessions = max((r.qv_ctr_sessions or 0 for r in rows), default=0)
-    halfwidth = max(((r.qv_ctr_ci_pp[1] - r.qv_ctr_ci_pp[0]) / 2 for r in rows if r.qv_ctr_ci_pp), default=None)
-    lines = rf.caveats(rf.lists_caveat(n_lists, what="held-out lists") if n_lists else None,
-                       rf.sessions_caveat(sessions, delta_halfwidth_pp=halfwidth) if sessions else None)
-    lines.append((f"{n_lists:,} held-out lists" if n_lists else "Held-out lists")
-                 + "; every column against the fp32 ONNX model (`onnx-fp32`). NDCG@10 change: absolute, then "
-                 "relative in %. QV_CTR Δ: simulator A/B against the fp32 model's arm on the same sessions, in pp "
-                 "(percentage points) with its paired 95 % CI"
-                 + (f", {sessions:,} sessions per arm" if sessions else "")
-                 + ". — = does not apply (not simulated, or no latency measured in that runtime).")
-    lines.append("")
-    table = []
-    for r in rows:
-        if r.status != OK:
-            table.append([r.method, r.format, f"{r.status}: {r.reason}", rf.NA, rf.NA, rf.NA, rf.NA, rf.NA, rf.NA])
-            continue
-        ci = (rf.pp((r.qv_ctr_delta_pp, *r.qv_ctr_ci_pp)) if r.qv_ctr_ci_pp is not None
-              else rf.pp((r.qv_ctr_delta_pp, None, None)))
-        p50 = rf.num(r.latency_p50_ms, 3) if r.latency_p50_ms is not None else f"{rf.NA} ({r.evaluated_by})"
-        tau = f"{rf.num(r.min_kendall_tau, 3)} / {rf.num(r.mean_kendall_tau, 4)}"
-        ndcg = (f"{rf.num(r.ndcg10, 4)} ({rf.num(r.ndcg10_delta, 4, signed=True)}, "
-                f"{rf.num(r.ndcg10_rel_delta_pct, 2, signed=True)} %)")
-        table.append([r.method, r.format, f"{rf.num(r.file_kb, 1)} ({rf.num(r.gzip_kb, 1)})",
-                      f"{r.max_abs_diff:.1e}" if r.max_abs_diff is not None else rf.NA, tau, ndcg, ci, p50])
-    lines += rf.table(["method", "format", "size KB (gzip KB)", "max abs diff", "Kendall τ min / mean",
-                       "NDCG@10 (Δ, rel. Δ)", "QV_CTR Δ vs fp32 [95 % CI]", "p50 ms"], table)
-    return "\n".join(lines) + "\n"
+def write_json(rows: list[MethodResult], out: Path, summary: dict | None = None) -> Path:
+    """``OUT/compression.json``: every row (and `summary`, e.g. the simulator's). The table and the Pareto plot are
+    drawn one floor up (``edge_rerank.compression_report``), like the simulator's columns."""
+    path = out / "compression.json"
+    path.write_text(json.dumps({"results": [r.to_dict() for r in rows], **(summary or {})}, indent=2, default=str))
+    return path
 
 
 def pareto_front(rows: list[MethodResult]) -> list[MethodResult]:
@@ -207,64 +174,3 @@ def pareto_front(rows: list[MethodResult]) -> list[MethodResult]:
     front = [r for r in ok if not any((o.file_kb <= r.file_kb and o.ndcg10 >= r.ndcg10)
                                       and (o.file_kb < r.file_kb or o.ndcg10 > r.ndcg10) for o in ok)]
     return sorted(front, key=lambda r: r.file_kb)
-
-
-def pareto_plot(rows: list[MethodResult], path: Path) -> Placement | None:
-    """Left: size vs NDCG@10 with the Pareto front; right: size vs mean Kendall τ against fp32 (how faithful
-    a method is to the model it compresses; students and pruned models are different models by design). Every
-    point is labelled with its method, labels placed so none overlaps a point, a label or the frame
-    (``plotting.place_labels``); the legend sits below the panels. Returns where the labels went (None: no
-    method built, no plot)."""
-    from matplotlib.lines import Line2D
-    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
-
-    ok = [r for r in rows if r.status == OK]
-    if not ok:
-        return None
-    plt = pyplot()
-    markers = {"onnx": "o", "tflite": "s", "coreml": "^", "mnn": "D"}
-    colors = {"reference": "black", "quantization": "tab:blue", "pruning": "tab:orange", "distillation": "tab:green"}
-    fig, axes = plt.subplots(1, 2, figsize=(16, 8), dpi=DPI, layout="constrained")
-    lo_kb, hi_kb = min(r.file_kb for r in ok), max(r.file_kb for r in ok)
-    for ax, key, label in ((axes[0], "ndcg10", "NDCG@10 on held-out lists"),
-                           (axes[1], "mean_kendall_tau", "mean Kendall τ vs the fp32 model")):
-        for r in ok:
-            ax.scatter(r.file_kb, getattr(r, key), marker=markers.get(r.format, "x"),
-                       color=colors.get(r.family, "gray"), s=40, zorder=3)
-        ax.set_xscale("log")
-        ax.set_xlim(lo_kb / 1.35, hi_kb * 1.35)
-        ticks = [t for t in (10, 15, 20, 25, 35, 50, 75, 100, 150, 200, 300, 500, 750, 1000, 1500, 2000)
-                 if lo_kb / 1.35 <= t <= hi_kb * 1.35]
-        ax.xaxis.set_major_locator(FixedLocator(ticks))
-        ax.xaxis.set_minor_locator(NullLocator())
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xticklabels([str(t) for t in ticks])
-        ax.set_xlabel("model file size (KB, log scale; Core ML: zipped package)")
-        ax.set_ylabel(label)
-        ax.grid(True, alpha=0.3)
-        vals = [getattr(r, key) for r in ok]
-        span = max(max(vals) - min(vals), 1e-3)
-        ax.set_ylim(min(vals) - 0.12 * span, max(vals) + 0.12 * span)  # room for labels above and below
-    front = pareto_front(ok)
-    axes[0].plot([r.file_kb for r in front], [r.ndcg10 for r in front], "--", color="gray", lw=1, zorder=2)
-    ref = next((r for r in ok if r.method == REFERENCE), None)
-    if ref is not None:
-        axes[0].axhline(ref.ndcg10 * 0.999, color="tab:red", lw=0.8, ls=":")
-    axes[1].axhline(0.99, color="tab:red", lw=0.8, ls=":")
-    axes[0].set_title("size vs ranking quality (up and left is better)")
-    axes[1].set_title("size vs faithfulness to fp32 (up and left is better)")
-    handles = [Line2D([], [], ls="--", color="gray", label="Pareto front (left)"),
-               Line2D([], [], ls=":", color="tab:red", label="budgets: fp32 NDCG@10 − 0.1 % (left), τ = 0.99 (right)")]
-    handles += [Line2D([], [], ls="", marker=mk, color="gray", label=f"format: {fmt}") for fmt, mk in markers.items()
-                if any(r.format == fmt for r in ok)]
-    handles += [Line2D([], [], ls="", marker="o", color=c, label=f"family: {fam}") for fam, c in colors.items()
-                if any(r.family == fam for r in ok)]
-    fig.legend(handles=handles, loc="outside lower center", ncol=5, fontsize=8, frameon=False)
-    fig.suptitle("Compression of one trained reranker: every method × format")
-    names = [r.method for r in ok]
-    kb = [r.file_kb for r in ok]
-    left = place_labels(axes[0], kb, [r.ndcg10 for r in ok], names)
-    right = place_labels(axes[1], kb, [r.mean_kendall_tau for r in ok], names)
-    fig.savefig(path)
-    plt.close(fig)
-    return Placement(left.boxes + right.boxes, left.unplaced + right.unplaced)

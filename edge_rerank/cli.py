@@ -297,8 +297,8 @@ def _cmd_compress(a: argparse.Namespace) -> int:
         print(f"bundle: {r.bundle}")
         return 0
     from edge_rerank.api import compress_benchmark
-    from edge_rerank.compression.benchmark import to_markdown
     from edge_rerank.compression_ab import SimulationSetup
+    from edge_rerank.compression_report import to_markdown
 
     methods = [m.strip() for m in a.methods.split(",") if m.strip()] if a.methods else None
     from edge_rerank.simulator.world import WorldConfig

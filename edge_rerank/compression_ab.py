@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_rerank.compression.benchmark import OK, MethodResult, run_benchmark, write_outputs
+from edge_rerank.compression.benchmark import OK, MethodResult, run_benchmark
 from edge_rerank.compression.methods import METHODS, REFERENCE
+from edge_rerank.compression_report import write_outputs
 from edge_rerank.converters.bundle import write_bundle
 from edge_rerank.simulator.ab import paired_delta, run_ab
 from edge_rerank.simulator.arms import ArmSpec, build_arm
@@ -37,11 +38,12 @@ class SimulationSetup:
 def benchmark(model, train, test, out: str | Path, *, simulation: SimulationSetup | None = None,
               progress: bool = True, **kw) -> list[MethodResult]:
     """``compression.benchmark.run_benchmark`` (offline), then, with `simulation`, the simulator's QV_CTR
-    columns and its summary in ``compression.json``."""
+    columns and its summary in ``compression.json``; then the table and the Pareto plot."""
     rows = run_benchmark(model, train, test, out, progress=progress, **kw)
+    summary = None
     if simulation is not None and simulation.sessions > 0:
-        summary = simulate(rows, model, Path(out), simulation, progress)
-        write_outputs(rows, Path(out), {"simulation": summary})
+        summary = {"simulation": simulate(rows, model, Path(out), simulation, progress)}
+    write_outputs(rows, Path(out), summary)
     return rows
 
 

@@ -246,7 +246,7 @@ def _method_rows(n_clustered: int = 6):
 
 
 def test_pareto_plot_labels_do_not_overlap(tmp_path):
-    from edge_rerank.compression.benchmark import pareto_plot
+    from edge_rerank.compression_report import pareto_plot
 
     rows = _method_rows()
     with warnings.catch_warnings():
@@ -266,7 +266,7 @@ def test_pareto_plot_labels_do_not_overlap(tmp_path):
 def test_compression_outputs(tmp_path):
     """write_outputs: the table reads as the other reports (pp, —, units, caveats), the JSON keeps the counts the
     caveats come from, the plot is written."""
-    from edge_rerank.compression.benchmark import write_outputs
+    from edge_rerank.compression_report import write_outputs
 
     rows = _method_rows()
     rows[0].qv_ctr_delta_pp, rows[0].qv_ctr_ci_pp, rows[0].qv_ctr_sessions = 0.05, (0.0, 0.12), 500
