@@ -242,3 +242,12 @@ def test_property_pair_terms_are_what_the_aggregate_operators_aggregate(fcfg, n_
                      t.cosine.mean(1), np.log1p(t.km.min(1)), np.log1p(t.km[:, -1])], axis=1)
     np.testing.assert_allclose(got, want.astype(np.float32), rtol=1e-6, atol=1e-6)
     assert t.match["item"].shape == (n_items, n_clicks) and not t.match["item"].any()  # ids never collide here
+
+
+def test_a_config_without_positive_slots_builds(fcfg):
+    """max_positives=0 is a valid config (every feedback slot for skips): it builds instead of dividing by zero."""
+    cfg = replace(fcfg, max_positives=0)
+    rng = np.random.default_rng(0)
+    items = [make_item(i, rng, cfg, i) for i in range(5)]
+    out = FeatureBuilder(cfg).build(items, make_events(items, {1}), CTX)
+    assert np.all(np.isfinite(out["ctx"])) and out["ctx"][2] == 0.0 and out["seq_pos_mask"].sum() == 0

@@ -657,7 +657,8 @@ class FeatureBuilder:
             ev_item = np.zeros(0, np.int64)
             ev_dwell = np.zeros(0, np.float64)
             is_pos = is_neg = shown = np.zeros(0, bool)
-        pos_idx = np.flatnonzero(is_pos)[-cfg.max_positives:]
+        pos_all = np.flatnonzero(is_pos)
+        pos_idx = pos_all[max(0, len(pos_all) - cfg.max_positives):]  # the newest; none when max_positives is 0
         neg_idx = np.flatnonzero(is_neg)
         neg_idx = neg_idx[-(L - len(pos_idx)):] if L > len(pos_idx) else neg_idx[:0]
         seq_idx = {"click": pos_idx, "skip": neg_idx}
@@ -810,7 +811,7 @@ class FeatureBuilder:
         out["seq_pos_mask"] = (kind == 1).astype(np.float32)
         out["seq_neg_mask"] = (kind == 2).astype(np.float32)
         hour = 2 * np.pi * (context.hour % 24) / 24.0
-        out["ctx"] = np.array([np.sin(hour), np.cos(hour), n_p / cfg.max_positives,
+        out["ctx"] = np.array([np.sin(hour), np.cos(hour), n_p / max(1, cfg.max_positives),
                                len(neg_idx) / max(1, L - cfg.max_positives), float(n_p > 0)], dtype=np.float32)
         for name in ("cand_emb", "cand_dense", "cand_num", "seq_emb", "seq_num", "ctx"):
             if not np.isfinite(out[name]).all():

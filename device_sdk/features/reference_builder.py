@@ -37,7 +37,7 @@ class ReferenceFeatureBuilder(FeatureBuilder):
             raise FeatureError(f"{n} candidates exceed n_max={cfg.n_max}")
         roles = event_roles(events, cfg)
         pos_idx, neg_idx = split_feedback(events, cfg, roles)
-        pos_idx = pos_idx[-cfg.max_positives:]
+        pos_idx = pos_idx[max(0, len(pos_idx) - cfg.max_positives):]
         neg_idx = neg_idx[-(cfg.l_max - len(pos_idx)):] if cfg.l_max > len(pos_idx) else []
         keys = _Keys()
         cat_names = [f.name for f in self._cats]
@@ -144,7 +144,7 @@ class ReferenceFeatureBuilder(FeatureBuilder):
         out["seq_pos_mask"] = (kind == 1).astype(np.float32)
         out["seq_neg_mask"] = (kind == 2).astype(np.float32)
         hour = 2 * np.pi * (context.hour % 24) / 24.0
-        out["ctx"] = np.array([np.sin(hour), np.cos(hour), len(pos_idx) / cfg.max_positives,
+        out["ctx"] = np.array([np.sin(hour), np.cos(hour), len(pos_idx) / max(1, cfg.max_positives),
                                len(neg_idx) / max(1, L - cfg.max_positives), float(len(pos_idx) > 0)],
                               dtype=np.float32)
         for name, arr in out.items():
