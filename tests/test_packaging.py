@@ -84,7 +84,8 @@ def test_packages_list_covers_every_package_folder():
         for init in (ROOT / top).rglob("__init__.py"):
             mod = ".".join(init.parent.relative_to(ROOT).parts)
             found.add(mod if top == "edge_rerank" else f"edge_rerank.{mod}")
-    assert found == listed
+    data_only = {"edge_rerank.replay_assets"}  # files, no code: listed with their package-data
+    assert found == listed - data_only and data_only <= listed and data_only <= set(cfg["package-data"])
 
 
 _SHADOW = """
@@ -132,6 +133,7 @@ def test_the_wheel_installs_one_top_level_package(tmp_path):
     for pkg in ("device_sdk", "cloud", "converters", "compression", "simulator"):
         assert f"edge_rerank/{pkg}/__init__.py" in names
     assert "edge_rerank/device_sdk/py.typed" in names and "edge_rerank/device_sdk/_proto/edge_rerank_pb2.py" in names
+    assert {f"edge_rerank/replay_assets/replay.{ext}" for ext in ("html", "css", "js")} <= set(names)
 
 
 def test_one_version_and_global_flags_after_the_subcommand():
