@@ -44,6 +44,7 @@ def connect(address: str | None = None, **init_kwargs: Any) -> Any:
     ray = require_ray()
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False, **init_kwargs)
+    ray.data.DataContext.get_current().enable_progress_bars = False  # no per-stage progress in the CLI's output
     return ray
 
 
