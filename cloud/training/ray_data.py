@@ -98,6 +98,8 @@ def _build_features(batch: dict[str, np.ndarray], cfg_dict: dict) -> dict[str, n
     builder = FeatureBuilder(FeatureConfig.from_dict(cfg_dict))
     feats, labels, ids, keys, sids, users, ctxs = [], [], [], [], [], [], []
     for part, rowno, row in zip(batch["part"], batch["row"], batch["impression"], strict=True):
+        if row is None:  # a marker record of stage 1 (an unreadable part, skipped rows)
+            continue
         for rs in samples_from_row(row, builder):
             feats.append(rs.features)
             labels.append(rs.labels)
@@ -131,7 +133,8 @@ def log_part_paths(logs: str | Path) -> list[Path]:
 
 def read_rows_dataset(logs: str | Path, *, parallelism: int | None = None) -> tuple[Any, RaySampleReport]:
     """Stage 1: the parts read in parallel into a materialized dataset of impression rows (one record per row:
-    ``part``, ``row``, ``impression``). Unreadable parts are quarantined on the driver, as ``read_logs`` does."""
+    ``part``, ``row``, ``impression``; plus marker records without an impression, which stage 2 skips).
+    Unreadable parts are quarantined on the driver, as ``read_logs`` does."""
     from edge_rerank.cloud.logs import LogFormatError, LogReadReport, quarantine
 
     ray = require_ray()
@@ -154,10 +157,10 @@ def read_rows_dataset(logs: str | Path, *, parallelism: int | None = None) -> tu
             for k, v in counts.items():
                 report.skipped_rows[k] = report.skipped_rows.get(k, 0) + v
             report.examples.extend(examples[: max(0, 10 - len(report.examples))])
-    rows_ds = ds.filter(lambda r: r["impression"] is not None).materialize()
+    # the marker records stay in the dataset (the feature stage skips them): no second pass over the rows
     report.files_read = len(parts) - len(report.skipped_files)
-    report.rows_read = rows_ds.count()
-    return rows_ds, RaySampleReport(report, report.rows_read, len(parts))
+    report.rows_read = ds.count() - len(markers)
+    return ds, RaySampleReport(report, report.rows_read, len(parts))
 
 
 def build_samples_dataset(rows_ds: Any, cfg: FeatureConfig, *, batch_size: int = 256) -> Any:
