@@ -14,6 +14,8 @@ Ray (with its ``data`` extra) is imported only when a function here runs; withou
 
 from __future__ import annotations
 
+import json
+import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,9 +59,10 @@ class RaySampleReport:
     parts: int
 
 
-def _read_part(item: dict[str, Any]) -> list[dict[str, Any]]:
-    """One Parquet part -> one record per impression row (the row pickled as a Python object), or one record
-    naming why the part cannot be read. The same conversions and checks as ``read_logs``."""
+def _read_part(item: dict[str, Any]) -> dict[str, Any]:
+    """One Parquet part -> its impression rows (pickled together: one blob per part, so the object store moves
+    bytes, not per-row Python objects), their count, the skipped-row counts (JSON), or why the part cannot be
+    read. The same conversions and checks as ``read_logs``."""
     from edge_rerank.cloud.logs import (
         LogReadReport,
         LogRowError,
@@ -73,8 +76,8 @@ def _read_part(item: dict[str, Any]) -> list[dict[str, Any]]:
     try:
         table, decl = _read_file(f)
     except Exception as exc:  # anything a damaged file makes pyarrow raise (read_logs quarantines it)
-        return [{"part": part, "row": -1, "impression": None, "error": f"{type(exc).__name__}: {str(exc)[:200]}",
-                 "skipped": None}]
+        return {"part": part, "rows": b"", "n": 0, "error": f"{type(exc).__name__}: {str(exc)[:200]}",
+                "skipped": ""}
     report = LogReadReport()
     if decl is None:
         rows = _valid_v1_rows(table_to_rows(table), f.name, report)
@@ -85,29 +88,26 @@ def _read_part(item: dict[str, Any]) -> list[dict[str, Any]]:
                 rows.append(parse_row_v2(rec, decl))
             except LogRowError as exc:
                 report.skip_row(f"{f.name} row {i}", str(exc))
-    skipped = (report.skipped_rows, report.examples) if report.skipped_rows else None
-    out = [{"part": part, "row": i, "impression": r, "error": None, "skipped": None} for i, r in enumerate(rows)]
-    if skipped is not None:  # one marker record carries the part's skipped-row counts to the driver
-        out.append({"part": part, "row": -1, "impression": None, "error": None, "skipped": skipped})
-    return out
+    skipped = json.dumps([report.skipped_rows, report.examples]) if report.skipped_rows else ""
+    return {"part": part, "rows": pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL), "n": len(rows),
+            "error": "", "skipped": skipped}
 
 
 def _build_features(batch: dict[str, np.ndarray], cfg_dict: dict) -> dict[str, np.ndarray]:
-    """Map-batches stage: a batch of impression rows -> the stacked samples of their usable rerank points,
+    """Map-batches stage: a batch of parts' impression rows -> the stacked samples of their usable rerank points,
     with the sort keys the driver orders them by and the feature builder's unknown-bucket counts."""
     builder = FeatureBuilder(FeatureConfig.from_dict(cfg_dict))
     feats, labels, ids, keys, sids, users, ctxs = [], [], [], [], [], [], []
-    for part, rowno, row in zip(batch["part"], batch["row"], batch["impression"], strict=True):
-        if row is None:  # a marker record of stage 1 (an unreadable part, skipped rows)
-            continue
-        for rs in samples_from_row(row, builder):
-            feats.append(rs.features)
-            labels.append(rs.labels)
-            ids.append(rs.item_ids)
-            keys.append((row.session_id, int(row.page_index), row.request_id, int(part), int(rowno), rs.point))
-            sids.append(row.session_id)
-            users.append(row.user_id)
-            ctxs.append(row.context)
+    for part, blob in zip(batch["part"], batch["rows"], strict=True):
+        for rowno, row in enumerate(pickle.loads(blob) if len(blob) else []):
+            for rs in samples_from_row(row, builder):
+                feats.append(rs.features)
+                labels.append(rs.labels)
+                ids.append(rs.item_ids)
+                keys.append((row.session_id, int(row.page_index), row.request_id, int(part), rowno, rs.point))
+                sids.append(row.session_id)
+                users.append(row.user_id)
+                ctxs.append(row.context)
     # the batch's unknown-bucket counts ride on its first record (a batch without samples built nothing)
     unknown = [{k: list(v) for k, v in builder.unknown_counts.items()}] + [None] * (len(feats) - 1)
     out: dict[str, np.ndarray] = {"key": _objects(keys), "session_id": _objects(sids), "user_id": _objects(users),
@@ -132,8 +132,8 @@ def log_part_paths(logs: str | Path) -> list[Path]:
 
 
 def read_rows_dataset(logs: str | Path, *, parallelism: int | None = None) -> tuple[Any, RaySampleReport]:
-    """Stage 1: the parts read in parallel into a materialized dataset of impression rows (one record per row:
-    ``part``, ``row``, ``impression``; plus marker records without an impression, which stage 2 skips).
+    """Stage 1: the parts read in parallel (one map task per part) into a materialized dataset of one record per
+    part: ``part``, ``rows`` (the part's impression rows, pickled), ``n``, ``error``, ``skipped``.
     Unreadable parts are quarantined on the driver, as ``read_logs`` does."""
     from edge_rerank.cloud.logs import LogFormatError, LogReadReport, quarantine
 
@@ -142,29 +142,27 @@ def read_rows_dataset(logs: str | Path, *, parallelism: int | None = None) -> tu
     parts = log_part_paths(path)
     items = [{"path": str(p.resolve()), "part": i} for i, p in enumerate(parts)]
     ds = ray.data.from_items(items, override_num_blocks=min(len(items), parallelism or len(items)))
-    ds = ds.flat_map(_read_part).materialize()
+    ds = ds.map(_read_part).materialize()
     report = LogReadReport()
-    markers = ds.filter(lambda r: r["impression"] is None).take_all()
-    for m in sorted(markers, key=lambda r: r["part"]):
+    for m in sorted(ds.select_columns(["part", "n", "error", "skipped"]).take_all(), key=lambda r: r["part"]):
         f = parts[m["part"]]
-        if m["error"] is not None:
+        if m["error"]:
             if not path.is_dir():
                 raise LogFormatError(f"{f.name}: {m['error']}")
             quarantine(path, f, m["error"])
             report.skipped_files[f.name] = m["error"]
-        elif m["skipped"] is not None:
-            counts, examples = m["skipped"]
+        elif m["skipped"]:
+            counts, examples = json.loads(m["skipped"])
             for k, v in counts.items():
                 report.skipped_rows[k] = report.skipped_rows.get(k, 0) + v
             report.examples.extend(examples[: max(0, 10 - len(report.examples))])
-    # the marker records stay in the dataset (the feature stage skips them): no second pass over the rows
+        report.rows_read += int(m["n"])
     report.files_read = len(parts) - len(report.skipped_files)
-    report.rows_read = ds.count() - len(markers)
     return ds, RaySampleReport(report, report.rows_read, len(parts))
 
 
-def build_samples_dataset(rows_ds: Any, cfg: FeatureConfig, *, batch_size: int = 256) -> Any:
-    """Stage 2 (lazy): per-row feature building in map tasks with the device's operators."""
+def build_samples_dataset(rows_ds: Any, cfg: FeatureConfig, *, batch_size: int = 1) -> Any:
+    """Stage 2 (lazy): feature building in map tasks (`batch_size` parts each) with the device's operators."""
     return rows_ds.map_batches(_build_features, fn_kwargs={"cfg_dict": cfg.to_dict()}, batch_size=batch_size,
                                batch_format="numpy")
 
@@ -204,7 +202,7 @@ def _warn_merged(counts: dict[str, list[int]]) -> None:
 
 
 def build_samples_ray(logs: str | Path, cfg: FeatureConfig | None = None, *, address: str | None = None,
-                      batch_size: int = 256) -> tuple[Samples, RaySampleReport]:
+                      batch_size: int = 1) -> tuple[Samples, RaySampleReport]:
     """Read `logs` and build their samples on Ray: equal (arrays and order) to
     ``build_samples(read_logs(logs), cfg)``. `cfg` None: the config ``edge-rerank train`` would pick (the
     simulator world's for v1 logs, one fitted to v2 logs, inferred after unreadable parts are quarantined)."""
