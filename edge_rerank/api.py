@@ -212,38 +212,32 @@ def train(logs: str | Path, out: str | Path, *, feature_config: FeatureConfig | 
     if ray is not None and (joint_cloud_data is not None or tune):
         raise ValueError("training on Ray covers the device reranker alone: joint training with the cloud ranker "
                          "and --tune run in one process (drop --ray)")
+    if feature_config is None or isinstance(feature_config, FeatureConfig):
+        fcfg = feature_config
+    else:
+        fcfg = load_feature_config(feature_config)
     # first: unreadable files go to quarantine/ (so the config inference below sees readable files only), invalid
     # rows are skipped and counted
     log_report = LogReadReport()
     if ray is None:
         rows = read_logs(logs, report=log_report)
         n_rows = len(rows)
-    else:
-        from edge_rerank.cloud.training.ray_data import connect, read_rows_dataset
+        if fcfg is None:
+            from edge_rerank.cloud.log_tools import infer_config, logs_are_v2
 
-        connect(ray.address)
-        rows_ds, ray_report = read_rows_dataset(logs)
-        log_report, n_rows = ray_report.log_report, ray_report.rows
+            # v1 logs: the simulator world's config; v2 logs declare their fields: a config fitted to them
+            fcfg = infer_config(logs)[0] if logs_are_v2(logs) else feature_config_for()
+        samples = build_samples(rows, fcfg, progress=progress)
+    else:  # the same reads, quarantine, config choice and samples, on Ray Data
+        from edge_rerank.cloud.training.ray_data import build_samples_ray
+
+        samples, ray_report = build_samples_ray(logs, fcfg, address=ray.address)
+        fcfg, log_report, n_rows = ray_report.feature_config, ray_report.log_report, ray_report.rows
     if log_report.skipped_files or log_report.skipped_rows:
         import sys
 
         print(f"training logs: {log_report.summary()}", file=sys.stderr)
-    if feature_config is None:
-        from edge_rerank.cloud.log_tools import infer_config, logs_are_v2
-
-        # v1 logs: the simulator world's config; v2 logs declare their fields: a config fitted to them
-        fcfg = infer_config(logs)[0] if logs_are_v2(logs) else feature_config_for()
-    elif isinstance(feature_config, FeatureConfig):
-        fcfg = feature_config
-    else:
-        fcfg = load_feature_config(feature_config)
     out = Path(out)
-    if ray is None:
-        samples = build_samples(rows, fcfg, progress=progress)
-    else:
-        from edge_rerank.cloud.training.ray_data import build_samples_dataset, collect_samples
-
-        samples = collect_samples(build_samples_dataset(rows_ds, fcfg))
     record, tr, va, te = split_sessions(samples, split or SplitConfig(seed=seed))
     if min(len(tr), len(va), len(te)) == 0:
         raise ValueError(f"the logs' {len(set(samples.session_ids))} sessions leave a split part empty "
