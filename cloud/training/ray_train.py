@@ -84,6 +84,8 @@ def _train_loop(config: dict[str, Any]) -> None:
     torch.set_num_threads(tcfg.threads)
     model = DeviceReranker(fcfg, mcfg)
     model.fit_input_stats(train.inputs)  # the whole training set's statistics on every worker, as in fit
+    if rank:  # own dropout draws per worker (the same weights: DDP broadcasts rank 0's); rank 0 keeps fit's stream
+        torch.manual_seed(tcfg.seed * 1_000_003 + rank)
     ddp = prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": config["find_unused"]})
     names = model.input_names
     loss_fn = LOSSES[tcfg.loss]()
