@@ -115,3 +115,28 @@ def test_one_ray_worker_trains_exactly_as_fit_and_two_are_within_noise_over_thre
         gaps.append(s2["valid_model"]["ndcg@10"] - s1["valid_model"]["ndcg@10"])
         spread.append(s1["valid_model"]["ndcg@10"])
     assert abs(np.mean(gaps)) < max(2 * np.std(spread), 0.005), (gaps, spread)
+
+
+@pytest.mark.parametrize("loss", ["lambda", "pairwise", "listnet"])
+def test_worker_shares_weighted_by_loss_units_give_the_whole_batch_loss(loss):
+    """What makes N workers' all-reduced gradient the single-process batch gradient: each worker's loss weighted
+    by its share of what the loss averages over (pairs or lists) sums to the loss of the whole batch."""
+    import torch
+
+    from edge_rerank.cloud.training.losses import LOSSES
+    from edge_rerank.cloud.training.ray_train import loss_units
+
+    rng = np.random.default_rng(3)
+    b, n = 17, 12
+    y = rng.integers(0, 3, (b, n)).astype(np.float32)
+    m = (np.arange(n)[None] < rng.integers(2, n + 1, b)[:, None]).astype(np.float32)
+    s = torch.from_numpy(rng.normal(size=(b, n)).astype(np.float32))
+    fn, total = LOSSES[loss](), loss_units(y, m, loss)
+    whole = fn(s, torch.from_numpy(y), torch.from_numpy(m)).item()
+    shards = [np.arange(r, b, 3) for r in range(3)]
+    mixed = sum(fn(s[i], torch.from_numpy(y[i]), torch.from_numpy(m[i])).item() * loss_units(y[i], m[i], loss) / total
+                for i in shards)
+    assert mixed == pytest.approx(whole, rel=1e-5)
+    if loss != "listnet":  # weighting by lists instead (the first version) is not the same
+        by_lists = sum(fn(s[i], torch.from_numpy(y[i]), torch.from_numpy(m[i])).item() * len(i) / b for i in shards)
+        assert by_lists != pytest.approx(whole, rel=1e-5)

@@ -4,9 +4,10 @@
 gradient synchronisation (``DistributedDataParallel``), and returns the same model and summary:
 
 - every worker draws the same epoch's mini-batches as the single-process loop (same seeded generator, same length
-  bucketing) and takes its share of each (``batch[rank::N]``); each worker's loss is weighted by its share of the
-  batch, so the all-reduced gradient is the gradient of the whole batch's mean loss: one step per global batch,
-  the single-process optimisation (learning rate, batch size, clipping) unchanged;
+  bucketing) and takes its share of each (``batch[rank::N]``); each worker's loss is weighted by its share of what
+  the loss averages over (pairs for LambdaLoss / RankNet, lists for ListNet: :func:`loss_units`), so the
+  all-reduced gradient is the gradient of the whole batch's loss: one step per global batch, the single-process
+  optimisation (learning rate, batch size, clipping) unchanged;
 - validation NDCG@10 after every epoch is computed on a shard per worker and summed across workers (all-reduce),
   so every worker takes the same early-stopping decision; the best epoch's weights are restored;
 - rank 0 reports the best weights as a Ray Train checkpoint; the driver loads them into a ``DeviceReranker`` and
@@ -59,6 +60,16 @@ def _metric_sums(scores: np.ndarray, samples: Samples) -> np.ndarray:
     return np.asarray(out, dtype=np.float64)
 
 
+def loss_units(labels: np.ndarray, mask: np.ndarray, loss: str) -> float:
+    """What the loss averages over in a batch: ordered pairs (i more relevant than j, both real) for the pairwise
+    losses (``lambda``, ``pairwise``: sum over pairs / pairs in the batch), lists for ``listnet``."""
+    if loss == "listnet":
+        return float(len(labels))
+    y = labels * mask
+    real = mask > 0
+    return float(((y[:, :, None] > y[:, None, :]) & real[:, :, None] & real[:, None, :]).sum())
+
+
 def _train_loop(config: dict[str, Any]) -> None:
     """One Ray Train worker: the single-process fit loop on this worker's share of every batch."""
     import copy
@@ -107,9 +118,16 @@ def _train_loop(config: dict[str, Any]) -> None:
         losses = []
         for idx in batches:
             mine = idx[rank::world]
-            # DDP averages gradients over the workers: weighting each loss by world * share makes the average the
-            # whole batch's mean-loss gradient; a worker without lists of this batch joins with weight 0
-            weight = world * len(mine) / len(idx)
+            # DDP averages gradients over the workers: weighting each worker's loss by world x its share of what the
+            # loss averages over (pairs, or lists) makes the average the whole batch's loss gradient; a worker
+            # without lists of this batch joins with weight 0
+            if world > 1:
+                total = loss_units(train.labels[idx], train.inputs["cand_mask"][idx], tcfg.loss)
+                share = loss_units(train.labels[mine], train.inputs["cand_mask"][mine], tcfg.loss) / total \
+                    if total > 0 else len(mine) / len(idx)
+            else:
+                share = 1.0
+            weight = world * share
             if len(mine) == 0:
                 mine = idx[:1]
             batch, labels = trim_padding({k: v[mine] for k, v in train.inputs.items()}, train.labels[mine])
