@@ -140,3 +140,34 @@ def test_worker_shares_weighted_by_loss_units_give_the_whole_batch_loss(loss):
     if loss != "listnet":  # weighting by lists instead (the first version) is not the same
         by_lists = sum(fn(s[i], torch.from_numpy(y[i]), torch.from_numpy(m[i])).item() * len(i) / b for i in shards)
         assert by_lists != pytest.approx(whole, rel=1e-5)
+
+
+def test_ray_samples_of_v2_logs_with_a_fitted_config_bad_rows_and_a_damaged_part(local_ray, tmp_path):
+    """v2 logs (another domain). Without a feature config: the damaged part is quarantined before the config is
+    fitted (as `train` does), and the samples are equal. With one: malformed rows are skipped and counted as
+    read_logs counts them, and the samples are equal."""
+    from edge_rerank.cloud.log_tools import infer_config
+    from edge_rerank.cloud.logs import LogReadReport, write_logs_v2
+    from edge_rerank.cloud.training.ray_data import build_samples_ray
+    from tests.test_logs_v2 import NEWS, feed_records
+
+    recs = feed_records(60)
+    write_logs_v2(recs[:150], NEWS, tmp_path / "part-a.parquet")
+    write_logs_v2(recs[150:], NEWS, tmp_path / "part-b.parquet")
+    (tmp_path / "part-c.parquet").write_bytes(b"")  # an empty part
+    got, report = build_samples_ray(tmp_path)
+    assert list(report.log_report.skipped_files) == ["part-c.parquet"]
+    cfg = infer_config(tmp_path)[0]  # the damaged part is in quarantine/ now
+    assert report.feature_config == cfg
+    _assert_same_samples(got, build_samples(read_logs(tmp_path), cfg, progress=False))
+
+    bad = feed_records(10, seed=1)
+    bad[3]["candidates"][0]["grade"] = -3  # a malformed row: skipped with a reason, counted
+    bad[7]["candidates"][1]["fields"]["word_count"] = None  # a null field: valid (the unknown bucket)
+    write_logs_v2(bad, NEWS, tmp_path / "part-d.parquet")
+    got, report = build_samples_ray(tmp_path, cfg)
+    want_report = LogReadReport()
+    rows = read_logs(tmp_path, report=want_report)
+    assert report.log_report.skipped_rows == want_report.skipped_rows and sum(want_report.skipped_rows.values()) == 1
+    assert report.rows == len(rows)
+    _assert_same_samples(got, build_samples(rows, cfg, progress=False))

@@ -240,16 +240,19 @@ def build_samples_ray(logs: str | Path, cfg: FeatureConfig | None = None, *, add
     simulator world's for v1 logs; for v2 logs one fitted to them, after unreadable parts are quarantined);
     ``report.feature_config`` says which."""
     connect(address)
+    quarantined: dict[str, str] = {}
     if cfg is None:
         from edge_rerank.api import feature_config_for
         from edge_rerank.cloud.log_tools import infer_config, logs_are_v2
 
         if logs_are_v2(logs):
-            quarantine_unreadable(logs)
+            quarantined = quarantine_unreadable(logs)
             cfg = infer_config(logs)[0]
         else:
             cfg = feature_config_for()
     ds, parts = samples_dataset(logs, cfg, parts_per_task=parts_per_task)
     samples, report = collect_samples(ds, logs, parts)
+    report.log_report.skipped_files = quarantined | report.log_report.skipped_files
+    report.parts += len(quarantined)
     report.feature_config = cfg
     return samples, report
