@@ -17,7 +17,7 @@ EXTRAS: dict[str, str] = {
     "cloud": "the companion service: Flask, gunicorn, Parquet logs, Redis client, Prometheus metrics",
     "train": "training and ONNX export: torch (install the pinned wheel first), LightGBM, Optuna",
     "sim": "the phone-session simulator, A/B reports and plots, the Gymnasium env",
-    "ray": "simulate --ray (Ray core)",
+    "ray": "simulate --ray (Ray core); train --ray (Ray Data sample building, Ray Train data-parallel training)",
     "sign": "ed25519 bundle signatures",
     "coarse": "approximate retrieval (faiss-cpu) for the cloud's coarse two-tower stage over large catalogs",
 }

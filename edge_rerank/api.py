@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from edge_rerank.cloud.training.configs import TrainConfig
     from edge_rerank.cloud.training.data import Samples, SessionSplit, SplitConfig
     from edge_rerank.cloud.training.model import DeviceReranker, ModelConfig
+    from edge_rerank.cloud.training.ray_train import RayOptions
     from edge_rerank.compression.benchmark import MethodResult
     from edge_rerank.compression.presets import PresetCheck
     from edge_rerank.compression_ab import SimulationSetup
@@ -186,7 +187,8 @@ def _skipped(r) -> dict:
 def train(logs: str | Path, out: str | Path, *, feature_config: FeatureConfig | str | Path | None = None,
           epochs: int | None = None, loss: str | None = None, seed: int = 0, split: SplitConfig | None = None,
           model_config: ModelConfig | None = None, train_config: TrainConfig | None = None,
-          joint_cloud_data: str | Path | None = None, tune: int = 0, progress: bool = True) -> TrainResult:
+          joint_cloud_data: str | Path | None = None, tune: int = 0, progress: bool = True,
+          ray: RayOptions | None = None) -> TrainResult:
     """Train the device reranker on impression logs (a Parquet file or directory) into ``OUT/checkpoint.pt``.
 
     Sessions split three ways by `split` (default: 15 % validation, 15 % test, seeded by `seed`); early stopping
@@ -197,32 +199,45 @@ def train(logs: str | Path, out: str | Path, *, feature_config: FeatureConfig | 
     infer-config``). `train_config` sets the optimisation (learning rate, batch size, patience, ...; default
     ``TrainConfig(epochs=15, seed=seed)``); `epochs` and `loss`, when given, override its fields. With ``tune=N``
     an Optuna search of N trials (``cloud.training.tune``, scored on the validation sessions only) picks the model
-    and training configuration first; the search is recorded in the summary (``tune``)."""
+    and training configuration first; the search is recorded in the summary (``tune``). With `ray`
+    (:class:`~edge_rerank.cloud.training.ray_train.RayOptions`: workers, cluster address) the samples are built on
+    Ray Data and the model trained data-parallel on Ray Train: the same samples, split, evaluation and checkpoint
+    format (not with `joint_cloud_data` or `tune`, which run in one process)."""
     from edge_rerank.cloud.logs import LogReadReport, read_logs
     from edge_rerank.cloud.training.data import SplitConfig, build_samples, split_sessions
     from edge_rerank.cloud.training.train import TrainConfig, fit, save_checkpoint
     from edge_rerank.device_sdk.features import FeatureConfig
     from edge_rerank.device_sdk.features.operators import load_feature_config
 
+    if ray is not None and (joint_cloud_data is not None or tune):
+        raise ValueError("training on Ray covers the device reranker alone: joint training with the cloud ranker "
+                         "and --tune run in one process (drop --ray)")
+    if feature_config is None or isinstance(feature_config, FeatureConfig):
+        fcfg = feature_config
+    else:
+        fcfg = load_feature_config(feature_config)
     # first: unreadable files go to quarantine/ (so the config inference below sees readable files only), invalid
     # rows are skipped and counted
     log_report = LogReadReport()
-    rows = read_logs(logs, report=log_report)
+    if ray is None:
+        rows = read_logs(logs, report=log_report)
+        n_rows = len(rows)
+        if fcfg is None:
+            from edge_rerank.cloud.log_tools import infer_config, logs_are_v2
+
+            # v1 logs: the simulator world's config; v2 logs declare their fields: a config fitted to them
+            fcfg = infer_config(logs)[0] if logs_are_v2(logs) else feature_config_for()
+        samples = build_samples(rows, fcfg, progress=progress)
+    else:  # the same reads, quarantine, config choice and samples, on Ray Data
+        from edge_rerank.cloud.training.ray_data import build_samples_ray
+
+        samples, ray_report = build_samples_ray(logs, fcfg, address=ray.address)
+        fcfg, log_report, n_rows = ray_report.feature_config, ray_report.log_report, ray_report.rows
     if log_report.skipped_files or log_report.skipped_rows:
         import sys
 
         print(f"training logs: {log_report.summary()}", file=sys.stderr)
-    if feature_config is None:
-        from edge_rerank.cloud.log_tools import infer_config, logs_are_v2
-
-        # v1 logs: the simulator world's config; v2 logs declare their fields: a config fitted to them
-        fcfg = infer_config(logs)[0] if logs_are_v2(logs) else feature_config_for()
-    elif isinstance(feature_config, FeatureConfig):
-        fcfg = feature_config
-    else:
-        fcfg = load_feature_config(feature_config)
     out = Path(out)
-    samples = build_samples(rows, fcfg, progress=progress)
     record, tr, va, te = split_sessions(samples, split or SplitConfig(seed=seed))
     if min(len(tr), len(va), len(te)) == 0:
         raise ValueError(f"the logs' {len(set(samples.session_ids))} sessions leave a split part empty "
@@ -236,8 +251,13 @@ def train(logs: str | Path, out: str | Path, *, feature_config: FeatureConfig | 
         searched = search(tr, va, fcfg, tune, mcfg=model_config, tcfg=tcfg, progress=progress)
         model_config, tcfg = searched.model_config, searched.train_config
     if joint_cloud_data is None:
-        model, summary = fit(tr, va, fcfg, model_config, tcfg, test=te, progress=progress)
-        checkpoint = save_checkpoint(model, out / "checkpoint.pt", summary | {"log_rows": len(rows),
+        if ray is None:
+            model, summary = fit(tr, va, fcfg, model_config, tcfg, test=te, progress=progress)
+        else:
+            from edge_rerank.cloud.training.ray_train import fit_ray
+
+            model, summary = fit_ray(tr, va, fcfg, model_config, tcfg, test=te, options=ray, progress=progress)
+        checkpoint = save_checkpoint(model, out / "checkpoint.pt", summary | {"log_rows": n_rows,
                                                                                 "log_skipped": _skipped(log_report)},
                                      record)
     else:
@@ -247,13 +267,13 @@ def train(logs: str | Path, out: str | Path, *, feature_config: FeatureConfig | 
         cloud, model, summary = train_joint(rows, joint_cloud_data, tr, va, fcfg, model_config, tcfg, test=te,
                                             progress=progress)
         summary["joint"] = {"cloud_data": str(Path(joint_cloud_data).resolve()), "cloud_ranker": "cloud_ranker.pt"}
-        summary["log_rows"] = len(rows)
+        summary["log_rows"] = n_rows
         summary["log_skipped"] = _skipped(log_report)
         _, checkpoint = save_joint(cloud, model, out, summary, record)
         export_cloud_ranker_onnx(cloud, out / "ranker.onnx")
         featurizer = CloudFeaturizer(joint_cloud_data)
         tr, va, te = (served_samples(p, cloud, featurizer, fcfg) for p in (tr, va, te))
-    summary = summary | {"log_rows": len(rows), "log_skipped": _skipped(log_report), "split": record.describe()}
+    summary = summary | {"log_rows": n_rows, "log_skipped": _skipped(log_report), "split": record.describe()}
     if searched is not None:
         summary["tune"] = searched.to_dict()
     held = HeldOut(model, summary, record, tr, va, te, checkpoint)

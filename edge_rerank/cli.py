@@ -173,9 +173,16 @@ def _cmd_train(a: argparse.Namespace) -> int:
 
     try:
         tcfg, mcfg, split = train_configs(a)
+        ray = None
+        if a.ray:
+            from edge_rerank.cloud.training.ray_train import RayOptions
+
+            ray = RayOptions(workers=a.workers, address=a.address, storage=a.ray_storage)
+        elif a.address or a.ray_storage:
+            raise ValueError("--address and --ray-storage need --ray")
         r = train(a.logs, a.out, feature_config=a.feature_config, seed=split.seed, split=split,
                   model_config=mcfg, train_config=tcfg, joint_cloud_data=a.joint, tune=a.tune,
-                  progress=not a.no_progress)
+                  progress=not a.no_progress, ray=ray)
     except ValueError as exc:
         print(f"train: {exc}", file=sys.stderr)
         return 2
@@ -184,7 +191,8 @@ def _cmd_train(a: argparse.Namespace) -> int:
     print(f"sessions split (seed {r.split['seed']}): {n['train']} train / {n['valid']} validation (epoch choice) / "
           f"{n['test']} test (reported)")
     print(f"{r.train_lists} training / {r.valid_lists} validation / {r.test_lists} test lists, "
-          f"{r.params:,} parameters, {r.summary['lists_per_s']:.0f} lists/s")
+          f"{r.params:,} parameters, {r.summary['lists_per_s']:.0f} lists/s"
+          + (f" on {r.summary['ray']['workers']} Ray workers" if "ray" in r.summary else ""))
     _print_metrics("test split", [("device reranker", r.test), ("cloud order (logged)", r.test_cloud_order)]
                    + ([("new cloud ranker", r.summary["test_new_cloud_ranker"])]
                       if "test_new_cloud_ranker" in r.summary else [])
@@ -511,6 +519,16 @@ def _add_train_parser(sub) -> None:
     t.add_argument("--joint", metavar="CLOUD_DATA",
                    help="cloud data directory: train the cloud ranker too (three-stage joint training); writes "
                         "ranker.onnx for the server next to the device checkpoint")
+    r = t.add_argument_group("distributed (Ray: needs the ray extra; README, \"Past one machine\")")
+    r.add_argument("--ray", action="store_true",
+                   help="build samples on Ray Data and train data-parallel on Ray Train (CPU workers, gloo gradient "
+                        "sync): same split, evaluation and checkpoint format as the single-process run")
+    r.add_argument("--address", help="a running Ray cluster (`ray start --head` prints it, or 'auto'); default: "
+                                     "start a local one")
+    r.add_argument("--workers", type=_positive_int, default=2, help="Ray Train workers, one CPU each")
+    r.add_argument("--ray-storage", dest="ray_storage", metavar="DIR",
+                   help="Ray Train run state, on storage every node reaches (default: a temporary directory; "
+                        "enough on one machine)")
     t.set_defaults(func=_cmd_train)
 
 

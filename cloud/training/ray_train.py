@@ -1,0 +1,218 @@
+"""Data-parallel training of the device reranker on Ray Train (issue 21): ``edge-rerank train --ray``.
+
+:func:`fit_ray` is :func:`~edge_rerank.cloud.training.train.fit` on a ``TorchTrainer`` of N CPU workers with gloo
+gradient synchronisation (``DistributedDataParallel``), and returns the same model and summary:
+
+- every worker draws the same epoch's mini-batches as the single-process loop (same seeded generator, same length
+  bucketing) and takes its share of each (``batch[rank::N]``); each worker's loss is weighted by its share of what
+  the loss averages over (pairs for LambdaLoss / RankNet, lists for ListNet: :func:`loss_units`), so the
+  all-reduced gradient is the gradient of the whole batch's loss: one step per global batch, the single-process
+  optimisation (learning rate, batch size, clipping) unchanged;
+- validation NDCG@10 after every epoch is computed on a shard per worker and summed across workers (all-reduce),
+  so every worker takes the same early-stopping decision; the best epoch's weights are restored;
+- rank 0 reports the best weights as a Ray Train checkpoint; the driver loads them into a ``DeviceReranker`` and
+  scores validation and test exactly as ``fit`` does, so ``save_checkpoint`` writes the single-process format.
+
+The samples reach the workers through the object store (``ray.put``: one copy per node). Ray is imported only when
+a function here runs; without it the error names the extra (``edge-rerank[ray]``)."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_rerank.cloud.training.configs import ModelConfig, TrainConfig
+from edge_rerank.cloud.training.data import Samples
+from edge_rerank.device_sdk.features import FeatureConfig
+
+CHECKPOINT_FILE = "model_state.pt"
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where and how wide: `address` of a running cluster (None: start a local one), `workers` training workers
+    (one CPU each), `storage` a directory every node can reach for Ray Train's run state (None: a temporary one,
+    fine on one machine)."""
+
+    workers: int = 2
+    address: str | None = None
+    storage: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"workers must be at least 1, got {self.workers}")
+
+
+def _metric_sums(scores: np.ndarray, samples: Samples) -> np.ndarray:
+    """[sum, count] of the per-list NDCG@5, NDCG@10, MRR and AUC (NaN lists left out): what evaluate_lists
+    averages, in a form that sums across workers."""
+    from edge_rerank.cloud.training.ranking_metrics import auc, mrr, ndcg_at_k
+
+    m, y = samples.mask, samples.labels
+    out = []
+    for per_list in (ndcg_at_k(scores, y, m, 5), ndcg_at_k(scores, y, m, 10), mrr(scores, y, m), auc(scores, y, m)):
+        out += [float(np.nansum(per_list)), float(np.sum(~np.isnan(per_list)))]
+    return np.asarray(out, dtype=np.float64)
+
+
+def loss_units(labels: np.ndarray, mask: np.ndarray, loss: str) -> float:
+    """What the loss averages over in a batch: ordered pairs (i more relevant than j, both real) for the pairwise
+    losses (``lambda``, ``pairwise``: sum over pairs / pairs in the batch), lists for ``listnet``."""
+    if loss == "listnet":
+        return float(len(labels))
+    y = labels * mask
+    real = mask > 0
+    return float(((y[:, :, None] > y[:, None, :]) & real[:, :, None] & real[:, None, :]).sum())
+
+
+def _train_loop(config: dict[str, Any]) -> None:
+    """One Ray Train worker: the single-process fit loop on this worker's share of every batch."""
+    import copy
+
+    import ray
+    import ray.train
+    import torch
+    import torch.distributed as dist
+    from ray.train.torch import prepare_model
+
+    from edge_rerank.cloud.training.data import length_bucketed_batches, list_lengths, trim_padding
+    from edge_rerank.cloud.training.losses import LOSSES
+    from edge_rerank.cloud.training.model import DeviceReranker, to_tensors
+    from edge_rerank.cloud.training.train import predict
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    train, valid = ray.get(config["train"]), ray.get(config["valid"])
+    fcfg = FeatureConfig.from_dict(config["fcfg"])
+    mcfg = ModelConfig.from_dict(config["mcfg"]) if config["mcfg"] is not None else None
+    tcfg = TrainConfig(**config["tcfg"])
+    torch.manual_seed(tcfg.seed)
+    torch.set_num_threads(tcfg.threads)
+    model = DeviceReranker(fcfg, mcfg)
+    model.fit_input_stats(train.inputs)  # the whole training set's statistics on every worker, as in fit
+    if rank:  # own dropout draws per worker (the same weights: DDP broadcasts rank 0's); rank 0 keeps fit's stream
+        torch.manual_seed(tcfg.seed * 1_000_003 + rank)
+    ddp = prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": config["find_unused"]})
+    names = model.input_names
+    loss_fn = LOSSES[tcfg.loss]()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tcfg.lr,
+                            weight_decay=tcfg.weight_decay)
+    rng = np.random.default_rng(tcfg.seed)
+    lengths = list_lengths(train.inputs) if tcfg.bucket_by_length else None
+    my_valid = valid.subset(np.arange(rank, len(valid), world))
+
+    history, best, best_state, bad = [], -1.0, None, 0
+    t_start, n_lists = time.perf_counter(), 0
+    for epoch in range(tcfg.epochs):
+        model.train()
+        if lengths is not None:
+            batches = length_bucketed_batches(lengths, tcfg.batch_size, rng)
+        else:
+            perm = rng.permutation(len(train))
+            batches = [perm[i: i + tcfg.batch_size] for i in range(0, len(perm), tcfg.batch_size)]
+        losses = []
+        for idx in batches:
+            mine = idx[rank::world]
+            # DDP averages gradients over the workers: weighting each worker's loss by world x its share of what the
+            # loss averages over (pairs, or lists) makes the average the whole batch's loss gradient; a worker
+            # without lists of this batch joins with weight 0
+            if world > 1:
+                total = loss_units(train.labels[idx], train.inputs["cand_mask"][idx], tcfg.loss)
+                share = loss_units(train.labels[mine], train.inputs["cand_mask"][mine], tcfg.loss) / total \
+                    if total > 0 else len(mine) / len(idx)
+            else:
+                share = 1.0
+            weight = world * share
+            if len(mine) == 0:
+                mine = idx[:1]
+            batch, labels = trim_padding({k: v[mine] for k, v in train.inputs.items()}, train.labels[mine])
+            scores = ddp(*to_tensors(batch, names))
+            loss = loss_fn(scores, torch.from_numpy(labels), torch.from_numpy(batch["cand_mask"]))
+            opt.zero_grad()
+            (loss * weight).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+            losses.append(loss.item() * weight / world)
+            n_lists += len(idx)
+        model.eval()
+        sums = torch.from_numpy(_metric_sums(predict(model, my_valid), my_valid)) if len(my_valid) else \
+            torch.zeros(8, dtype=torch.float64)
+        loss_sum = torch.tensor([float(np.sum(losses))], dtype=torch.float64)
+        if world > 1:
+            dist.all_reduce(sums)
+            dist.all_reduce(loss_sum)
+            dist.broadcast(sums, src=0)  # one decision for all workers, bit for bit
+        s = sums.numpy()
+        metrics = {k: float(s[2 * i] / max(s[2 * i + 1], 1.0)) for i, k in enumerate(("ndcg@5", "ndcg@10", "mrr",
+                                                                                       "auc"))}
+        history.append({"epoch": epoch, "loss": float(loss_sum.item() / max(len(batches), 1)), **metrics})
+        if metrics["ndcg@10"] > best + 1e-5:
+            best, best_state, bad = metrics["ndcg@10"], copy.deepcopy(model.state_dict()), 0
+        else:
+            bad += 1
+            if bad >= tcfg.patience:
+                break
+    train_s = time.perf_counter() - t_start
+    report = {"epochs_run": len(history), "lists_per_s": n_lists / max(train_s, 1e-9), "train_seconds": train_s,
+              "history": history}
+    if rank == 0:
+        with tempfile.TemporaryDirectory() as d:
+            torch.save(best_state if best_state is not None else model.state_dict(), Path(d) / CHECKPOINT_FILE)
+            ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(d))
+    else:
+        ray.train.report(report)
+
+
+def fit_ray(train: Samples, valid: Samples, fcfg: FeatureConfig, mcfg: ModelConfig | None = None,
+            tcfg: TrainConfig | None = None, *, test: Samples | None = None, options: RayOptions | None = None,
+            progress: bool = True) -> tuple[Any, dict]:
+    """:func:`~edge_rerank.cloud.training.train.fit` on Ray Train: the same (model, summary), with
+    ``summary["ray"]`` saying how it ran. `progress` is accepted for symmetry (Ray Train logs its own)."""
+    import torch
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from edge_rerank.cloud.training.model import DeviceReranker, n_params
+    from edge_rerank.cloud.training.ray_data import connect
+    from edge_rerank.cloud.training.train import held_out_metrics, predict
+
+    tcfg = tcfg or TrainConfig()
+    options = options or RayOptions()
+    ray = connect(options.address)
+    storage = options.storage or tempfile.mkdtemp(prefix="edge-rerank-ray-train-")
+    config = {"train": ray.put(train), "valid": ray.put(valid), "fcfg": fcfg.to_dict(),
+              "mcfg": mcfg.to_dict() if mcfg is not None else None, "tcfg": asdict(tcfg),
+              # MVFAN off leaves no parameter unused; a feedback model without feedback in a batch may
+              "find_unused": bool(mcfg is not None and mcfg.use_feedback)}
+    t0 = time.perf_counter()
+    trainer = TorchTrainer(_train_loop, train_loop_config=config,
+                           scaling_config=ScalingConfig(num_workers=options.workers, use_gpu=False),
+                           torch_config=TorchConfig(backend="gloo"),
+                           run_config=RunConfig(storage_path=str(Path(storage).resolve()),
+                                                name=f"train-{int(time.time() * 1000)}"))
+    result = trainer.fit()
+    wall_s = time.perf_counter() - t0
+    if result.checkpoint is None:
+        raise RuntimeError(f"Ray Train finished without a checkpoint: {result.error}")
+    with result.checkpoint.as_directory() as d:
+        state = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+    torch.manual_seed(tcfg.seed)
+    model = DeviceReranker(fcfg, mcfg)
+    model.load_state_dict(state)
+    model.eval()
+    loop = {k: result.metrics[k] for k in ("epochs_run", "lists_per_s", "train_seconds", "history")}
+    summary = {
+        "train_lists": len(train), **loop,
+        **held_out_metrics(predict(model, valid), valid, "valid"),
+        **(held_out_metrics(predict(model, test), test, "test") if test is not None else {}),
+        "train_config": asdict(tcfg), "model_config": model.mcfg.to_dict(),
+        "params": n_params(model),
+        "ray": {"workers": options.workers, "address": options.address, "wall_seconds": wall_s,
+                "cluster_cpus": float(ray.cluster_resources().get("CPU", 0.0))},
+    }
+    return model, summary
