@@ -846,13 +846,13 @@ def _cmd_coarse(a: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ fusion (self-contained: parser + handler)
 
 def _add_fusion_parser(sub) -> None:
-    fu = sub.add_parser("fusion", formatter_class=_FMT, help="RL score fusion (issue 17): train the agent, A/B it",
+    fu = sub.add_parser("fusion", formatter_class=_FMT, help="RL score fusion in the cloud: train the agent, A/B it",
                         description="Click + order models fused per page request by a DDPG agent, in the "
                                     "simulator's order-aware world (docs/cloud.md, README 'RL score fusion').")
     fsub = fu.add_subparsers(dest="fusion_command", required=True)
     _fusion_train_args(fsub.add_parser("train", formatter_class=_FMT,
                                        help="logs -> two-head ranker -> agent -> ONNX bundle"))
-    alias = sub.add_parser("train-fusion", formatter_class=_FMT, help="= fusion train (the issue's name)")
+    alias = sub.add_parser("train-fusion", formatter_class=_FMT, help="the same as `fusion train`")
     _fusion_train_args(alias)
     alias.set_defaults(func=_cmd_fusion, fusion_command="train")
     ab = fsub.add_parser("ab", formatter_class=_FMT, help="A/B in the simulator: agent vs fixed a = 1")
