@@ -231,7 +231,8 @@ def train(logs: str | Path, out: str | Path, *, feature_config: FeatureConfig | 
     else:  # the same reads, quarantine, config choice and samples, on Ray Data
         from edge_rerank.cloud.training.ray_data import build_samples_ray
 
-        samples, ray_report = build_samples_ray(logs, fcfg, address=ray.address)
+        samples, ray_report = build_samples_ray(logs, fcfg, address=ray.address,
+                                                v1_config=feature_config_for() if fcfg is None else None)
         fcfg, log_report, n_rows = ray_report.feature_config, ray_report.log_report, ray_report.rows
     if log_report.skipped_files or log_report.skipped_rows:
         import sys

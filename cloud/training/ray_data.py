@@ -234,22 +234,24 @@ def _warn_merged(counts: dict[str, list[int]]) -> None:
 
 
 def build_samples_ray(logs: str | Path, cfg: FeatureConfig | None = None, *, address: str | None = None,
-                      parts_per_task: int = 1) -> tuple[Samples, RaySampleReport]:
+                      parts_per_task: int = 1, v1_config: FeatureConfig | None = None
+                      ) -> tuple[Samples, RaySampleReport]:
     """Read `logs` and build their samples on Ray: equal (arrays and order) to
-    ``build_samples(read_logs(logs), cfg)``. `cfg` None: the config ``edge-rerank train`` would pick (the
-    simulator world's for v1 logs; for v2 logs one fitted to them, after unreadable parts are quarantined);
-    ``report.feature_config`` says which."""
+    ``build_samples(read_logs(logs), cfg)``. `cfg` None: the config ``edge-rerank train`` would pick (for v2 logs
+    one fitted to them, after unreadable parts are quarantined; for v1 logs, which declare no fields, `v1_config`
+    — ``edge_rerank.api`` passes the simulator world's); ``report.feature_config`` says which."""
     connect(address)
     quarantined: dict[str, str] = {}
     if cfg is None:
-        from edge_rerank.api import feature_config_for
         from edge_rerank.cloud.log_tools import infer_config, logs_are_v2
 
         if logs_are_v2(logs):
             quarantined = quarantine_unreadable(logs)
             cfg = infer_config(logs)[0]
+        elif v1_config is not None:
+            cfg = v1_config
         else:
-            cfg = feature_config_for()
+            raise ValueError("v1 logs declare no fields: pass their feature config (cfg or v1_config)")
     ds, parts = samples_dataset(logs, cfg, parts_per_task=parts_per_task)
     samples, report = collect_samples(ds, logs, parts)
     report.log_report.skipped_files = quarantined | report.log_report.skipped_files
