@@ -656,9 +656,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_replay_parser(sub)
     _add_coarse_parser(sub)
     _add_fusion_parser(sub)
-    for sp in sub.choices.values():  # global flags also after the subcommand (`edge-rerank train ... -q`)
+    for sp in _nested_parsers(p):  # global flags also after a (nested) subcommand (`edge-rerank train ... -q`)
         _add_global_flags(sp, default=argparse.SUPPRESS)
     return p
+
+
+def _nested_parsers(p: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every subcommand parser below `p`, nested ones (`coarse train`, `logs validate`) included, each once."""
+    out: list[argparse.ArgumentParser] = []
+    for a in p._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            for sp in dict.fromkeys(a.choices.values()):
+                out += [sp, *_nested_parsers(sp)]
+    return out
 
 
 def _add_global_flags(p: argparse.ArgumentParser, default: object) -> None:
@@ -763,14 +773,7 @@ def _cmd_replay(a: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------ coarse (self-contained: parser + handler)
 
-def _add_coarse_parser(sub) -> None:
-    co = sub.add_parser("coarse", formatter_class=_FMT,
-                        help="the cloud's coarse two-tower stage: train, export, publish",
-                        description="Coarse ranking (recall -> coarse -> fine): a query tower and an item tower "
-                                    "trained on the impression logs and the cloud's catalog (SPEC §2, seed 000).")
-    csub = co.add_subparsers(dest="coarse_command", required=True)
-    tr = csub.add_parser("train", formatter_class=_FMT, help="train the towers; held-out AUC, consistency with the "
-                         "fine ranker (bootstrap CI), recall@100 of its page 1, FLOPs, vs random / popularity")
+def _coarse_train_args(tr) -> None:
     tr.add_argument("--data-dir", required=True, type=_existing_path, help="cloud data directory (catalog, ranker)")
     tr.add_argument("--logs", required=True, type=_existing_path, help="impression logs (.parquet file or directory)")
     tr.add_argument("--out", required=True, help="writes coarse.pt and coarse_summary.json here")
@@ -782,6 +785,20 @@ def _add_coarse_parser(sub) -> None:
     tr.add_argument("--fine-weight", type=float, default=1.0, help="fine ranker -> coarse distillation weight (0: off)")
     tr.add_argument("--epochs", type=_positive_int, default=8, help="training epochs")
     tr.add_argument("--seed", type=int, default=0, help="training and session-split seed")
+
+
+def _add_coarse_parser(sub) -> None:
+    co = sub.add_parser("coarse", formatter_class=_FMT,
+                        help="the cloud's coarse two-tower stage: train, export, publish",
+                        description="Coarse ranking (recall -> coarse -> fine): a query tower and an item tower "
+                                    "trained on the impression logs and the cloud's catalog (SPEC §2, seed 000).")
+    csub = co.add_subparsers(dest="coarse_command", required=True)
+    _coarse_train_args(csub.add_parser("train", formatter_class=_FMT, help="train the towers; held-out AUC, "
+                                       "consistency with the fine ranker (bootstrap CI), recall@100 of its page 1, "
+                                       "FLOPs, vs random / popularity"))
+    alias = sub.add_parser("train-coarse", formatter_class=_FMT, help="the same as `coarse train`")
+    _coarse_train_args(alias)
+    alias.set_defaults(func=_cmd_coarse, coarse_command="train")
     ex = csub.add_parser("export", formatter_class=_FMT, help="ONNX query tower + matching layer, item vectors, "
                          "faiss index for large catalogs: a verified bundle")
     ex.add_argument("--checkpoint", required=True, type=_existing_path, help="coarse.pt from `coarse train`")
@@ -861,8 +878,6 @@ def _add_fusion_parser(sub) -> None:
     ab.add_argument("--ablation-run", type=_existing_path, help="a run trained without penalties (extra arm)")
     ab.add_argument("--no-device", action="store_true", help="skip the device-rerank arms")
     ab.add_argument("--json", help="write the results here")
-    for sp in fsub.choices.values():  # the global flag also after `fusion train` / `fusion ab`
-        sp.add_argument("--no-progress", action="store_true", default=argparse.SUPPRESS, help="hide progress bars")
     fu.set_defaults(func=_cmd_fusion)
 
 

@@ -175,3 +175,17 @@ def test_the_extras_table_matches_pyproject():
     assert install_hint(["flask.json", "torch"]) == "pip install 'edge-rerank[cloud,train]'"
     assert install_hint(["onnx"]).endswith("[train]'")  # the onnx *package* (export), not the [onnx] runtime extra
     assert install_hint(["no_such_module"]) == "" and install_hint(["x"], fallback="mnn").endswith("[mnn]'")
+
+
+def test_global_flags_after_nested_subcommands_and_the_issue_aliases():
+    p = build_parser()
+    assert p.parse_args(["fusion", "train", "-q"]).quiet is True
+    assert p.parse_args(["logs", "validate", str(ROOT), "-v"]).verbose is True
+    a = p.parse_args(["coarse", "train", "--data-dir", str(ROOT), "--logs", str(ROOT), "--out", "o", "--no-progress"])
+    assert a.no_progress is True and a.coarse_command == "train"
+    alias = p.parse_args(["train-coarse", "--data-dir", str(ROOT), "--logs", str(ROOT), "--out", "o"])
+    assert alias.func is a.func and alias.coarse_command == "train"
+    assert {k: v for k, v in vars(alias).items() if k != "command"} == {
+        k: v for k, v in vars(p.parse_args(["coarse", "train", "--data-dir", str(ROOT), "--logs", str(ROOT),
+                                            "--out", "o"])).items() if k != "command"}
+    assert p.parse_args(["train-fusion", "-q"]).fusion_command == "train"
