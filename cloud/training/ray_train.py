@@ -72,7 +72,6 @@ def loss_units(labels: np.ndarray, mask: np.ndarray, loss: str) -> float:
 
 def _train_loop(config: dict[str, Any]) -> None:
     """One Ray Train worker: the single-process fit loop on this worker's share of every batch."""
-    import copy
 
     import ray
     import ray.train
@@ -83,7 +82,7 @@ def _train_loop(config: dict[str, Any]) -> None:
     from edge_rerank.cloud.training.data import length_bucketed_batches, list_lengths, trim_padding
     from edge_rerank.cloud.training.losses import LOSSES
     from edge_rerank.cloud.training.model import DeviceReranker, to_tensors
-    from edge_rerank.cloud.training.train import predict
+    from edge_rerank.cloud.training.train import EarlyStopping, predict
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -106,7 +105,7 @@ def _train_loop(config: dict[str, Any]) -> None:
     lengths = list_lengths(train.inputs) if tcfg.bucket_by_length else None
     my_valid = valid.subset(np.arange(rank, len(valid), world))
 
-    history, best, best_state, bad = [], -1.0, None, 0
+    history, stopper = [], EarlyStopping(tcfg.patience)
     t_start, n_lists = time.perf_counter(), 0
     for epoch in range(tcfg.epochs):
         model.train()
@@ -151,18 +150,15 @@ def _train_loop(config: dict[str, Any]) -> None:
         metrics = {k: float(s[2 * i] / max(s[2 * i + 1], 1.0)) for i, k in enumerate(("ndcg@5", "ndcg@10", "mrr",
                                                                                        "auc"))}
         history.append({"epoch": epoch, "loss": float(loss_sum.item() / max(len(batches), 1)), **metrics})
-        if metrics["ndcg@10"] > best + 1e-5:
-            best, best_state, bad = metrics["ndcg@10"], copy.deepcopy(model.state_dict()), 0
-        else:
-            bad += 1
-            if bad >= tcfg.patience:
-                break
+        if stopper.update(metrics["ndcg@10"], model):
+            break
     train_s = time.perf_counter() - t_start
     report = {"epochs_run": len(history), "lists_per_s": n_lists / max(train_s, 1e-9), "train_seconds": train_s,
               "history": history}
     if rank == 0:
         with tempfile.TemporaryDirectory() as d:
-            torch.save(best_state if best_state is not None else model.state_dict(), Path(d) / CHECKPOINT_FILE)
+            torch.save(stopper.best_state if stopper.best_state is not None else model.state_dict(),
+                       Path(d) / CHECKPOINT_FILE)
             ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(d))
     else:
         ray.train.report(report)

@@ -55,6 +55,22 @@ def cloud_order_scores(samples: Samples) -> np.ndarray:
     return np.tile(-np.arange(n, dtype=np.float64), (len(samples), 1))
 
 
+class EarlyStopping:
+    """The best validation NDCG@10 so far and its weights; `update` says when `patience` epochs passed without a
+    better one (improvement: more than 1e-5). One rule for every training loop (``fit_loop``, Ray's workers)."""
+
+    def __init__(self, patience: int):
+        self.patience, self.best, self.best_state, self.bad = patience, -1.0, None, 0
+
+    def update(self, score: float, model: torch.nn.Module) -> bool:
+        """Record this epoch's `score`; True when training should stop."""
+        if score > self.best + 1e-5:
+            self.best, self.best_state, self.bad = score, copy.deepcopy(model.state_dict()), 0
+            return False
+        self.bad += 1
+        return self.bad >= self.patience
+
+
 def fit_loop(model: torch.nn.Module, step: Callable[[np.ndarray], torch.Tensor],
              validate: Callable[[], dict[str, float]], n_train: int, tcfg: TrainConfig, *, lr: float | None = None,
              desc: str = "train", progress: bool = True, lengths: np.ndarray | None = None) -> dict:
@@ -65,7 +81,7 @@ def fit_loop(model: torch.nn.Module, step: Callable[[np.ndarray], torch.Tensor],
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr or tcfg.lr,
                             weight_decay=tcfg.weight_decay)
     rng = np.random.default_rng(tcfg.seed)
-    history, best, best_state, bad = [], -1.0, None, 0
+    history, stopper = [], EarlyStopping(tcfg.patience)
     t_start, n_lists = time.perf_counter(), 0
     bar = tqdm(range(tcfg.epochs), desc=desc, unit="epoch", disable=not progress, leave=False)
     for epoch in bar:
@@ -88,15 +104,11 @@ def fit_loop(model: torch.nn.Module, step: Callable[[np.ndarray], torch.Tensor],
         metrics = validate()
         history.append({"epoch": epoch, "loss": float(np.mean(losses)), **metrics})
         bar.set_postfix(loss=f"{np.mean(losses):.4f}", ndcg10=f"{metrics['ndcg@10']:.4f}")
-        if metrics["ndcg@10"] > best + 1e-5:
-            best, best_state, bad = metrics["ndcg@10"], copy.deepcopy(model.state_dict()), 0
-        else:
-            bad += 1
-            if bad >= tcfg.patience:
-                break
+        if stopper.update(metrics["ndcg@10"], model):
+            break
     train_s = time.perf_counter() - t_start
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    if stopper.best_state is not None:
+        model.load_state_dict(stopper.best_state)
     model.eval()
     return {"epochs_run": len(history), "lists_per_s": n_lists / max(train_s, 1e-9), "train_seconds": train_s,
             "history": history}
