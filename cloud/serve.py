@@ -12,7 +12,6 @@ gunicorn and waits for it, so stopping ``edge-rerank serve`` stops the server.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import shutil
@@ -30,6 +29,7 @@ from pathlib import Path
 from edge_rerank.cloud.app import CloudConfig
 from edge_rerank.cloud.prometheus import MULTIPROC_ENV
 from edge_rerank.cloud.wsgi import ENV
+from edge_rerank.device_sdk.extras import importable
 
 
 def free_port() -> int:
@@ -43,7 +43,7 @@ WORKER_CLASSES = ("gevent", "gthread", "sync")
 
 def default_worker_class(threads: int = 1) -> str:
     """gevent when installed; else gthread (threads > 1) or sync, both of which a few slow clients can starve."""
-    if importlib.util.find_spec("gevent") is not None:
+    if importable("gevent"):
         return "gevent"
     return "gthread" if threads > 1 else "sync"
 

@@ -89,6 +89,8 @@ def test_train_configs_defaults_then_file_then_flags(tmp_path):
     ("[train]\nlr = nan\n", "lr must be a finite number"),
     ("[train]\nlr = -1.0\n", "lr must be > 0"),
     ("[train]\nepochs = 0\n", "epochs must be at least 1"),
+    ("[train]\nthreads = 1000000000\n", "threads must be at most 1,024"),
+    ("[model]\nd_model = 9223372036854775807\n", "d_model must be at most 4,096"),
     ("[train]\nloss = \"hinge\"\n", "loss must be one of"),
     ("[train]\nthreads = \"2\"\n", "threads must be an int"),
     ("[model]\nviews = [\"id\", 3]\n", "views must be a list of strings"),

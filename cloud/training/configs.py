@@ -29,9 +29,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check_types(self)
-        for name, lo in (("epochs", 1), ("batch_size", 1), ("threads", 1), ("patience", 1)):
-            if getattr(self, name) < lo:
-                raise ValueError(f"{name} must be at least {lo}, got {getattr(self, name)}")
+        _check_ranges(self, {"epochs": 100_000, "batch_size": 1 << 20, "threads": 1024, "patience": 100_000})
         if not self.lr > 0 or not self.weight_decay >= 0:
             raise ValueError(f"lr must be > 0 and weight_decay >= 0, got {self.lr} and {self.weight_decay}")
         if self.loss not in LOSS_NAMES:
@@ -57,9 +55,7 @@ class ModelConfig:
         if isinstance(self.views, list | tuple):
             object.__setattr__(self, "views", tuple(self.views))
         _check_types(self)
-        for name in ("d_model", "n_heads", "n_layers", "ffn"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        _check_ranges(self, {"d_model": 4096, "n_heads": 256, "n_layers": 64, "ffn": 65_536})
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         bad = set(self.views) - set(VIEWS)
@@ -76,6 +72,17 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
         return cls(**d)
+
+
+def _check_ranges(cfg: Any, highest: dict[str, int]) -> None:
+    """Each named int field in 1..its highest (a huge value is a typo, not a plan: it would stall or exhaust
+    memory far from the file that set it)."""
+    for name, hi in highest.items():
+        v = getattr(cfg, name)
+        if v < 1:
+            raise ValueError(f"{name} must be at least 1, got {v}")
+        if v > hi:
+            raise ValueError(f"{name} must be at most {hi:,}, got {v:,}")
 
 
 def _check_types(cfg: Any) -> None:
