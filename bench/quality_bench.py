@@ -13,7 +13,7 @@ NDCG@10 differences per list with 95 % CIs that resample whole sessions. The abl
   no identity operators  the default model without the item-identity operators (feed only: the shop never
                          re-shows an item)
 
-    .venv/bin/python bench/quality_bench.py [--worlds shop,feed] [--seeds 0,1,2] [--sessions 6000]
+    .venv/bin/python bench/quality_bench.py [--worlds shop,feed] [--seeds 0,1,2] [--sessions 10000]
 """
 
 from __future__ import annotations
@@ -50,7 +50,10 @@ def _ndcg(scores, samples) -> np.ndarray:
     return ndcg_at_k(scores, samples.labels, samples.mask, 10)
 
 
-def run_world(domain: str, seed: int, n_sessions: int, epochs: int, out: Path) -> dict:
+def run_world(domain: str, seed: int, n_sessions: int, epochs: int, out: Path,
+              per_list_out: dict | None = None) -> dict:
+    """One world and seed; `per_list_out` (if given) receives the per-list NDCG@10 arrays and session ids, for
+    the gains pooled over seeds."""
     wcfg = WorldConfig(seed=0, domain=domain)
     world = World(wcfg)
     t = time.perf_counter()  # provisioning included
@@ -80,6 +83,8 @@ def run_world(domain: str, seed: int, n_sessions: int, epochs: int, out: Path) -
         model, _ = fit(tr2, va2, fc, mcfg, tcfg, progress=False)
         per_list[name] = _ndcg(predict(model, te2), te2)
     sids = te.session_ids
+    if per_list_out is not None:
+        per_list_out.update(per_list=per_list, sessions=np.array([f"{seed}:{s}" for s in sids]))
     for name, v in per_list.items():
         res["ndcg10"][name] = float(np.nanmean(v))
     for base in ("cloud order", "heuristic", "LightGBM lambdarank"):
@@ -94,29 +99,44 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--worlds", default="shop,feed", help="comma-separated world domains (default: %(default)s)")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default: %(default)s)")
-    p.add_argument("--sessions", type=int, default=6000, help="logged sessions per world (default: %(default)s)")
+    p.add_argument("--sessions", type=int, default=10000, help="logged sessions per world and seed (default: "
+                                                                "%(default)s)")
     p.add_argument("--epochs", type=int, default=15, help="maximum epochs (default: %(default)s)")
     p.add_argument("--out", default="runs/bench/quality", help="output directory (default: %(default)s)")
     a = p.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
-    results = []
+    results, pooled = [], {}
     for domain in a.worlds.split(","):
+        parts = []
         for seed in (int(s) for s in a.seeds.split(",")):
-            r = run_world(domain, seed, a.sessions, a.epochs, out)
+            part: dict = {}
+            r = run_world(domain, seed, a.sessions, a.epochs, out, part)
             results.append(r)
+            parts.append(part)
             g = r["gains"]
             print(f"{domain} seed {seed}: " + ", ".join(f"{k} {v:.4f}" for k, v in r["ndcg10"].items()), flush=True)
             for k in ("default vs cloud order", "default vs heuristic", "default vs LightGBM lambdarank"):
                 print(f"   {k}: {g[k]['gain']:+.4f} [{g[k]['lo']:+.4f}, {g[k]['hi']:+.4f}]", flush=True)
-            (out / "quality.json").write_text(json.dumps(results, indent=2))
-    lines = ["| world | variant | NDCG@10 per seed | mean |", "|---|---|---|---|"]
+            (out / "quality.json").write_text(json.dumps({"runs": results, "pooled": pooled}, indent=2))
+        # the three seeds are independent worlds' logs: pool their test lists, resample sessions within all
+        sids = np.concatenate([p["sessions"] for p in parts])
+        cat = {k: np.concatenate([p["per_list"][k] for p in parts]) for k in parts[0]["per_list"]}
+        pooled[domain] = {f"default vs {k}": gain_with_ci(cat["default"], v, sids) for k, v in cat.items()
+                          if k != "default"}
+        for k, g in pooled[domain].items():
+            print(f"{domain} pooled over seeds: {k}: {g['gain']:+.4f} [{g['lo']:+.4f}, {g['hi']:+.4f}]", flush=True)
+        (out / "quality.json").write_text(json.dumps({"runs": results, "pooled": pooled}, indent=2))
+    lines = ["| world | variant | NDCG@10 per seed | mean | default's gain, pooled [95 % CI] |",
+             "|---|---|---|---|---|"]
     for domain in a.worlds.split(","):
         rs = [r for r in results if r["world"] == domain]
         for name in rs[0]["ndcg10"]:
             vals = [r["ndcg10"][name] for r in rs]
-            lines.append(f"| {domain} | {name} | {', '.join(f'{v:.4f}' for v in vals)} | {np.mean(vals):.4f} |")
+            g = pooled[domain].get(f"default vs {name}")
+            ci = f"{g['gain']:+.4f} [{g['lo']:+.4f}, {g['hi']:+.4f}]" if g else "–"
+            lines.append(f"| {domain} | {name} | {', '.join(f'{v:.4f}' for v in vals)} | {np.mean(vals):.4f} | {ci} |")
     (out / "quality.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"wrote {out / 'quality.json'}, {out / 'quality.md'}")

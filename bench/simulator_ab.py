@@ -6,7 +6,8 @@ vs the oracle, on the default world, in-process, with bootstrap CIs; report.md, 
 
 Without --bundle a device model is trained first on cloud-only logs (needs the [train] extra); --no-device runs
 only the model-free arms (cloud, random, heuristic, informed oracle, oracle). The informed oracle runs in every
-A/B, and the report gives each arm's share of the cloud -> informed-oracle gap. The README's
+A/B at the device's decision points (`informed`) and also reordering pages before any feedback (`informed_any`),
+and the report gives each arm's share of the cloud -> informed-oracle gap for both. The README's
 simulator table and position-CTR plot come from this script's report.json / position_ctr.png.
 """
 
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     extra["train_s"] = time.perf_counter() - t0
     specs = [ArmSpec("cloud", "cloud"), ArmSpec("random", "random"), ArmSpec("heuristic", "heuristic"),
              ArmSpec("device", "device", bundle=str(bundle)), ArmSpec("informed", "informed"),
-             ArmSpec("oracle", "oracle")]
+             ArmSpec("informed_any", "informed_any"), ArmSpec("oracle", "oracle")]
     if a.no_device:
         specs = [s for s in specs if s.kind != "device"]
     t0 = time.perf_counter()

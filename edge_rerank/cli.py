@@ -452,7 +452,8 @@ def _add_simulate_parser(sub) -> None:
     s.add_argument("--bundle", type=_bundle_dir, help="bundle directory for the device arm (runs an A/B)")
     s.add_argument("--backend", default="onnxruntime", help="device backend that runs --bundle")
     s.add_argument("--workers", type=int, default=1, help="gunicorn workers")
-    s.add_argument("--arms", help="comma-separated A/B arms from cloud,random,heuristic,oracle,informed,device "
+    s.add_argument("--arms", help="comma-separated A/B arms from cloud,random,heuristic,oracle,informed,"
+                                  "informed_any,device "
                                   "(default with --bundle: cloud,device); the first is the baseline; "
                                   "device=DIR adds a device reranker variant from another bundle")
     s.add_argument("--device", default="recent_iphone", help="device profile for modelled rerank latency and "

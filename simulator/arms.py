@@ -9,8 +9,10 @@ can rebuild it) and built into an :class:`simulator.ab.Arm` by :func:`build_arm`
   arrival: an upper bound no real reranker can reach (it does not know the luck of the draws).
 - ``informed``: knows the user model but not the intent, and sees only the feedback the device saw: a
   posterior over a finite (feed) or discretised (shop) intent space given the session's events, unseen items
-  scored by their expected click probability under it; the best any device model could do (on the SDK's
-  default triggers, plus every page arrival).
+  scored by their expected click probability under it, at the device's decision points (the SDK's default
+  triggers: only once there is feedback): the best any device model could do with that feedback.
+- ``informed_any``: the same, also reordering pages that arrive before any feedback (every page arrival): what
+  knowing the user model is worth on its own — a better cloud ranker, not feedback use.
 - ``device``: the bundle's model through ``device_sdk.model_manager`` + ``RerankService``.
 """
 
@@ -32,9 +34,10 @@ from edge_rerank.simulator.randomness import SHUFFLE, crn_uniform_array
 from edge_rerank.simulator.user_model import IntentHypotheses, UserModel
 from edge_rerank.simulator.world import SessionSpec
 
-ARM_KINDS = ("cloud", "random", "heuristic", "oracle", "device", "informed")
+ARM_KINDS = ("cloud", "random", "heuristic", "oracle", "device", "informed", "informed_any")
 PAGE_ONLY = TriggerConfig(click_return=False, skip_run=0, page_arrival=True, page_arrival_always=True)
-INFORMED_TRIGGERS = TriggerConfig(page_arrival_always=True)
+INFORMED_TRIGGERS = TriggerConfig()  # the device arm's decision points (the SDK defaults)
+INFORMED_ANY_TRIGGERS = TriggerConfig(page_arrival_always=True)  # + pages with no feedback yet
 
 
 class _SeenState:
@@ -275,8 +278,9 @@ def build_arm(spec: ArmSpec, user_model: UserModel):
         return Arm(spec.name, RandomReranker(), triggers=PAGE_ONLY, cost_model=CostModel.for_heuristic())
     if spec.kind == "oracle":
         return Arm(spec.name, OracleReranker(user_model), triggers=PAGE_ONLY, cost_model=CostModel.for_heuristic())
-    if spec.kind == "informed":
-        return Arm(spec.name, InformedReranker(user_model), triggers=INFORMED_TRIGGERS,
+    if spec.kind in ("informed", "informed_any"):
+        return Arm(spec.name, InformedReranker(user_model),
+                   triggers=INFORMED_TRIGGERS if spec.kind == "informed" else INFORMED_ANY_TRIGGERS,
                    cost_model=CostModel.for_heuristic())
     if spec.kind == "heuristic":
         return Arm(spec.name, HeuristicReranker(), cost_model=CostModel.for_heuristic())

@@ -42,16 +42,23 @@ def gap_share(cloud: ArmResult, arm: ArmResult, informed: ArmResult, metric: str
     return Estimate(float((a.mean() - c.mean()) / gap), float(lo), float(hi))
 
 
-def gap_share_line(results: list[ArmResult], metric: str = "qv_ctr", seed: int = 0) -> tuple[list, dict] | None:
-    """The report table's row "share of the cloud → informed gap" (when arms named cloud and informed ran):
-    the row's cells (a share, so in %; the delta columns do not apply) and the estimates."""
+def gap_share_lines(results: list[ArmResult], metric: str = "qv_ctr",
+                    seed: int = 0) -> list[tuple[str, list, dict]]:
+    """The report table's rows "share of the cloud → informed gap" (when arms named cloud and informed ran) and
+    "share of the cloud → informed_any gap" (when an arm named informed_any ran): (reference arm, the row's cells
+    — a share, so in %; the delta columns do not apply —, the estimates) per row."""
     by = {r.name: r for r in results}
-    if "cloud" not in by or "informed" not in by:
-        return None
-    shares = {r.name: gap_share(by["cloud"], r, by["informed"], metric, seed=seed) for r in results}
-    cells = [f"share of the cloud → informed gap ({metric})", *(rf.rate(shares[r.name]) for r in results),
-             *([rf.NA] * (len(results) - 1))]
-    return cells, {k: vars(v) for k, v in shares.items()}
+    if "cloud" not in by:
+        return []
+    rows = []
+    for ref in ("informed", "informed_any"):
+        if ref not in by:
+            continue
+        shares = {r.name: gap_share(by["cloud"], r, by[ref], metric, seed=seed) for r in results}
+        cells = [f"share of the cloud → {ref} gap ({metric})", *(rf.rate(shares[r.name]) for r in results),
+                 *([rf.NA] * (len(results) - 1))]
+        rows.append((ref, cells, {k: vars(v) for k, v in shares.items()}))
+    return rows
 
 
 def screen_ctr(ctr: np.ndarray, exp: np.ndarray, viewport: int = 4) -> np.ndarray:
@@ -189,10 +196,9 @@ def write_report(out_dir: str | Path, results: list[ArmResult], *, title: str, e
             data["arms"].setdefault(r.name, {})[key] = vars(r.metrics[key])
         for r, d in zip(results[1:], deltas, strict=True):
             data["deltas"].setdefault(r.name, {})[key] = vars(d)
-    share = gap_share_line(results, seed=seed)
-    if share is not None:
-        metric_rows.append(share[0])
-        data["gap_share_qv_ctr"] = share[1]
+    for ref, cells, shares in gap_share_lines(results, seed=seed):
+        metric_rows.append(cells)
+        data["gap_share_qv_ctr" if ref == "informed" else f"gap_share_{ref}_qv_ctr"] = shares
     qv = deltas_by_key["qv_ctr"]
     halfwidth = max((100 * (d.hi - d.lo) / 2 for d in qv if np.isfinite(d.hi - d.lo)), default=None)
     caveat = rf.sessions_caveat(n, delta_halfwidth_pp=halfwidth)
