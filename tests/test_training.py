@@ -77,3 +77,34 @@ def test_samples_do_not_depend_on_the_order_logs_were_read(logged_rows, fcfg, sa
     again = build_samples(list(reversed(logged_rows)), fcfg, progress=False)
     assert again.session_ids == samples.session_ids
     assert all(np.array_equal(again.inputs[k], samples.inputs[k]) for k in samples.inputs)
+
+
+@pytest.mark.parametrize("padded", [True, False])
+def test_fused_training_attention_is_the_written_out_attention(padded):
+    """Training runs the candidates' self-attention through torch's fused kernel, eval (and every export) through
+    matmul-softmax-matmul: the same scores and the same gradients, with padding (additive mask) and without
+    (no mask at all)."""
+    from edge_rerank.cloud.training.model import SelfAttentionBlock
+
+    torch.manual_seed(0)
+    block = SelfAttentionBlock(32, 2, 64).train()
+    x = torch.randn(6, 40, 32)
+    mask = torch.ones(6, 40)
+    if padded:
+        mask[:, 25:] = 0
+        mask[2, 3:] = 0
+    outs, grads = [], []
+    for fused in (True, False):
+        SelfAttentionBlock.fused_in_training = fused
+        try:
+            block.zero_grad()
+            y = block(x, mask)
+            (y * mask[:, :, None]).square().sum().backward()
+        finally:
+            SelfAttentionBlock.fused_in_training = True
+        outs.append(y.detach() * mask[:, :, None])
+        grads.append(torch.cat([p.grad.reshape(-1) for p in block.parameters()]))
+    assert torch.allclose(outs[0], outs[1], atol=1e-5)
+    assert torch.allclose(grads[0], grads[1], atol=1e-4, rtol=1e-4)
+    block.eval()
+    assert torch.allclose(block(x, mask) * mask[:, :, None], outs[0], atol=1e-5)
