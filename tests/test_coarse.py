@@ -267,3 +267,48 @@ def test_cli_coarse_train_export_publish(cloud_data, logged_rows, tmp_path, caps
     with pytest.raises(SystemExit) as e:
         main(["coarse", "train", "--data-dir", str(data), "--logs", str(tmp_path / "missing"), "--out", "x"])
     assert e.value.code == 2
+
+
+def test_shown_list_reader_gives_the_same_views_as_read_logs(cworld, logged_rows, tmp_path):
+    """The coarse stage's projected Parquet reader (only the columns it uses) builds the very views the full
+    contract reader does; a damaged file is skipped, not fatal."""
+    import pyarrow.parquet as pq
+
+    from edge_rerank.cloud.logs import read_logs, rows_to_table
+    from edge_rerank.cloud.training.coarse_data import read_shown_lists
+
+    half = len(logged_rows) // 2
+    pq.write_table(rows_to_table(logged_rows[:half]), tmp_path / "part-0.parquet")
+    pq.write_table(rows_to_table(logged_rows[half:]), tmp_path / "part-1.parquet")
+    a = query_views(read_logs(tmp_path), cworld, n_fine_top=8)
+    lists = read_shown_lists(tmp_path)
+    b = query_views(lists, cworld, n_fine_top=8)
+    for k in ("rows", "labels", "exposed", "mask", "fine_rows", "fine_scores", "query_id", "query_dense", "part"):
+        assert np.array_equal(getattr(a, k), getattr(b, k)), k
+    (tmp_path / "part-2.parquet").write_bytes(b"not parquet")
+    assert len(read_shown_lists(tmp_path)) == len(lists)
+
+
+def test_top_heavy_fine_samples_come_from_the_fine_rankers_top(cworld, logged_rows):
+    v = query_views(logged_rows[:200], cworld, n_fine_top=16, fine_top_pool=25)
+    u = query_views(logged_rows[:200], cworld)  # uniform over the recall set
+    in_top_v, in_top_u = [], []
+    for i in range(len(v)):
+        rows = cworld.pipeline.recall(v.queries[i])
+        fine = cworld.fine_scores(v.user_ids[i], v.contexts[i], rows)
+        top = set(rows[np.argsort(-fine, kind="stable")[:25]].tolist())
+        assert set(v.fine_rows[i, :16].tolist()) <= top
+        in_top_v.append(sum(r in top for r in v.fine_rows[i].tolist()))
+        in_top_u.append(sum(r in top for r in u.fine_rows[i].tolist()))
+    assert np.mean(in_top_v) > np.mean(in_top_u) + 6
+    with pytest.raises(ValueError, match="n_fine_top"):
+        query_views(logged_rows[:5], cworld, n_fine_top=40)
+
+
+def test_healthz_names_the_coarse_stage(cloud_data, bundles, tmp_path):
+    data = _data_with(cloud_data, tmp_path)
+    client = create_app(CloudConfig(data_dir=str(data))).test_client()
+    assert client.get("/healthz").get_json()["coarse"]["kind"] == "pass-through"
+    shutil.copytree(bundles["soft"], data / COARSE_DIR)
+    h = create_app(CloudConfig(data_dir=str(data))).test_client().get("/healthz").get_json()["coarse"]
+    assert h["kind"] == "two-tower" and h["version"] == "v1"
