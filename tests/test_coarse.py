@@ -312,3 +312,62 @@ def test_healthz_names_the_coarse_stage(cloud_data, bundles, tmp_path):
     shutil.copytree(bundles["soft"], data / COARSE_DIR)
     h = create_app(CloudConfig(data_dir=str(data))).test_client().get("/healthz").get_json()["coarse"]
     assert h["kind"] == "two-tower" and h["version"] == "v1"
+
+
+@pytest.mark.parametrize("variant", ["dot", "soft"])
+def test_block_scoring_and_cache_match_the_matching_layer(variant, bundles, cworld):
+    """Serving's head-block path (one matmul per request, recall sets cached by identity or content) gives the
+    matching layer's scores and the same top-k as scoring the store's rows item by item; a cache too small to
+    hold a set changes nothing."""
+    from edge_rerank.cloud.ranking.coarse_index import exact_top
+
+    cat = cworld.catalog
+    big = TwoTowerCoarse(bundles[variant], cat)
+    tiny = TwoTowerCoarse(bundles[variant], cat, serving=CoarseServing(top_k=20, block_cache_bytes=16))
+    for i, query in enumerate(["dinner", "lunch", "sushi", "dinner"]):
+        req = _req(i, query)
+        rows = cworld.pipeline.recall(query)
+        q = big.query_heads(req)
+        vec, _ = big.store.get(big._ids[rows])
+        ref = big.score_items(q, vec.reshape(-1, big.nd, big.dim))
+        block, found = big._block(rows, cache=True)
+        assert found.all()
+        np.testing.assert_allclose(big._block_scores(q, block, len(rows)), ref, rtol=1e-5, atol=1e-6)
+        want = set(rows[exact_top(ref, 20)].tolist())
+        for c in (big, tiny):
+            for cand in (rows, rows.copy()):  # the memoised array (identity) and an equal copy (content)
+                assert set(c.select(req, cand).tolist()) == want
+    assert len(big._blocks._d) == 3 and big._blocks.nbytes <= big.serving.block_cache_bytes
+    assert len(tiny._blocks._d) == 0
+
+
+def test_search_path_caches_keep_the_ranking(cloud_data):
+    """The pipeline's per-recall-set item columns and the fine ranker's hidden layer computed for the kept rows only
+    give the very ranking (bit for bit) of gathering every request and running the whole forward pass."""
+    from edge_rerank.cloud.catalog import load_catalog
+    from edge_rerank.cloud.embedding_store import FileEmbeddingStore
+    from edge_rerank.cloud.ranking.fine import load_ranker
+    from edge_rerank.cloud.ranking.pipeline import SearchPipeline
+
+    class Opaque:  # the same numpy ranker behind the plain protocol: no shortcut applies
+        def __init__(self, r):
+            self.r, self.dense_dim = r, r.dense_dim
+
+        def features(self, **kw):
+            return self.r.features(**kw)
+
+        def forward(self, x):
+            return self.r.forward(x)
+
+    cat = load_catalog(cloud_data)
+    ranker = load_ranker(cloud_data)
+    kw = dict(catalog=cat, store=FileEmbeddingStore(cloud_data / "embeddings"), cache_size=0, max_results=30)
+    fast, slow = SearchPipeline(ranker=ranker, **kw), SearchPipeline(ranker=Opaque(ranker), **kw)
+    for i, query in enumerate(["dinner", "lunch", "sushi", "something sweet", "unknown words"]):
+        req = _req(i, query)
+        idx = fast.recall(query)
+        np.testing.assert_array_equal(fast.features_for(req.user_id, req.context, idx),
+                                      fast.features_for(req.user_id, req.context, idx.copy()))
+        a, b = fast.rank(req), slow.rank(req)
+        for f in ("rows", "scores", "hidden"):
+            np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
