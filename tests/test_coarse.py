@@ -371,3 +371,15 @@ def test_search_path_caches_keep_the_ranking(cloud_data):
         a, b = fast.rank(req), slow.rank(req)
         for f in ("rows", "scores", "hidden"):
             np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
+
+
+def test_demo_coarse_flags_reach_the_demo_config():
+    from dataclasses import fields
+
+    from edge_rerank.cli import build_parser
+    from edge_rerank.pipeline import DemoConfig
+
+    a = build_parser().parse_args(["demo", "--coarse-top-k", "0", "--coarse-epochs", "2"])
+    given = {f.name: getattr(a, f.name) for f in fields(DemoConfig) if getattr(a, f.name, None) is not None}
+    assert given["coarse_top_k"] == 0 and given["coarse_epochs"] == 2
+    assert DemoConfig().coarse_top_k == 100  # on by default: the demo's cloud serves through the coarse stage
