@@ -112,7 +112,7 @@ def ablation(args, tmp: Path) -> dict:
             if label not in runs:
                 continue
             cfg = CoarseTrainConfig(**{**tcfg.to_dict(), "teacher": teacher, "fine_weight": 1.0 if fine else 0.0})
-            model, summary = fit_coarse(cw, tr, CoarseModelConfig(variant=variant), cfg,
+            model, summary = fit_coarse(cw, tr, CoarseModelConfig(variant=variant, dim=args.dim), cfg,
                                         teacher=teacher_model if teacher != "none" else None)
             m = evaluate_coarse(model, cw, te)
             per_view[label] = m["consistency_per_view"]
@@ -143,7 +143,7 @@ def ablation(args, tmp: Path) -> dict:
             "params": rs[0]["params"], "item_vector_floats": rs[0]["item_vector_floats"]}
     return {"world": {"items": args.small_items, "users": args.users, "sessions_per_seed": args.sessions,
                       "epochs": args.epochs, "seeds": args.seeds, "multi_intent_queries": args.multi_intent,
-                      "intent_by_taste": args.intent_by_taste, "meanings": world.meanings},
+                      "intent_by_taste": args.intent_by_taste, "meanings": world.meanings, "dim": args.dim},
             "arms": table, "runs": runs, "baselines": {k: {"auc_mean": float(np.mean([x["auc"] for x in v])),
                                                            "consistency_mean": float(np.mean([x["consistency"]
                                                                                               for x in v])),
@@ -344,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="polysemous queries in the world (WorldConfig.multi_intent_queries; 0: none, the default)")
     p.add_argument("--intent-by-taste", type=float, default=0.7,
                    help="share of a polysemous query's sessions meaning the user's taste-closest category")
+    p.add_argument("--dim", type=int, default=16, help="head width of the ablation's towers (CoarseModelConfig.dim)")
     p.add_argument("--arms", nargs="+", default=None,
                    help=f"ablation arms to run (default: all): {[a[0] for a in ARMS]}")
     args = p.parse_args(argv)
