@@ -103,6 +103,8 @@ def train_and_publish(data_dir: str | Path, logs: str | Path, out: str | Path, r
     t0 = time.perf_counter()
     trained = train_coarse(data_dir, logs, out, model=model, train=train, baselines=False)
     t1 = time.perf_counter()
+    if (out / "bundle").exists():  # a previous run's bundle: nothing of it may linger in this one
+        shutil.rmtree(out / "bundle")
     bundle = export_coarse(trained.checkpoint, data_dir, out / "bundle", version=version, logs=logs, serving=serving)
     t2 = time.perf_counter()
     m = publish_coarse(bundle, registry_dir, promote=True)
