@@ -55,6 +55,13 @@ ARMS = [  # (label, variant, teacher, fine distillation)
 ]
 
 
+def _world_cfg(args, n_items: int):
+    from edge_rerank.simulator.world import WorldConfig
+
+    return WorldConfig(seed=args.world_seed, n_items=n_items, n_users=args.users,
+                       multi_intent_queries=args.multi_intent, intent_by_taste=args.intent_by_taste)
+
+
 def _logs(world, data_dir: Path, n_sessions: int, seed: int) -> list:
     from edge_rerank.simulator.phone import Phone
     from edge_rerank.simulator.transport import InProcessCloud
@@ -78,12 +85,12 @@ def ablation(args, tmp: Path) -> dict:
         fit_teacher,
         mean_ci,
     )
-    from edge_rerank.simulator.world import World, WorldConfig
+    from edge_rerank.simulator.world import World
 
-    world = World(WorldConfig(seed=args.world_seed, n_items=args.small_items, n_users=args.users))
+    world = World(_world_cfg(args, args.small_items))
     data = world.provision_cloud(tmp / "small")
     cw = CoarseWorld.load(data)
-    runs: dict[str, list[dict]] = {a[0]: [] for a in ARMS}
+    runs: dict[str, list[dict]] = {a[0]: [] for a in ARMS if not args.arms or a[0] in args.arms}
     base: dict[str, list[dict]] = {"random": [], "popularity": [], "fine": []}
     gains: dict[str, list[dict]] = {}
     t0 = time.perf_counter()
@@ -98,11 +105,14 @@ def ablation(args, tmp: Path) -> dict:
             base[k].append({"auc": m["auc"], "consistency": m["consistency"]["mean"],
                             "recall": m["recall@100_of_fine_page1"]["mean"]})
         tcfg = CoarseTrainConfig(epochs=args.epochs, seed=seed)
-        teacher_model = fit_teacher(cw, tr, tcfg)  # one teacher per seed, shared by every arm
+        # one teacher per seed, shared by every arm that distils one
+        teacher_model = fit_teacher(cw, tr, tcfg) if any(a[2] != "none" and a[0] in runs for a in ARMS) else None
         per_view: dict[str, np.ndarray] = {}
         for label, variant, teacher, fine in ARMS:
+            if label not in runs:
+                continue
             cfg = CoarseTrainConfig(**{**tcfg.to_dict(), "teacher": teacher, "fine_weight": 1.0 if fine else 0.0})
-            model, summary = fit_coarse(cw, tr, CoarseModelConfig(variant=variant), cfg,
+            model, summary = fit_coarse(cw, tr, CoarseModelConfig(variant=variant, dim=args.dim), cfg,
                                         teacher=teacher_model if teacher != "none" else None)
             m = evaluate_coarse(model, cw, te)
             per_view[label] = m["consistency_per_view"]
@@ -118,6 +128,8 @@ def ablation(args, tmp: Path) -> dict:
         for v in ("dot", "soft", "esim"):
             for with_t in ("", " +teacher"):
                 a, b = f"{v}{with_t}", f"{v}{with_t} +fine"
+                if a not in per_view or b not in per_view:
+                    continue
                 gains.setdefault(f"{b} vs {a}", []).append(
                     {"seed": seed, **mean_ci(per_view[b] - per_view[a], seed=seed)})
     table = {}
@@ -130,7 +142,8 @@ def ablation(args, tmp: Path) -> dict:
             "query_tower_flops": rs[0]["query_tower_flops"], "match_flops_per_item": rs[0]["match_flops_per_item"],
             "params": rs[0]["params"], "item_vector_floats": rs[0]["item_vector_floats"]}
     return {"world": {"items": args.small_items, "users": args.users, "sessions_per_seed": args.sessions,
-                      "epochs": args.epochs, "seeds": args.seeds},
+                      "epochs": args.epochs, "seeds": args.seeds, "multi_intent_queries": args.multi_intent,
+                      "intent_by_taste": args.intent_by_taste, "meanings": world.meanings, "dim": args.dim},
             "arms": table, "runs": runs, "baselines": {k: {"auc_mean": float(np.mean([x["auc"] for x in v])),
                                                            "consistency_mean": float(np.mean([x["consistency"]
                                                                                               for x in v])),
@@ -149,10 +162,10 @@ def retrieval(args, tmp: Path, small: dict) -> dict:
     from edge_rerank.cloud.training.coarse_model import CoarseModelConfig
     from edge_rerank.cloud.training.coarse_train import CoarseTrainConfig, fit_coarse, mean_ci
     from edge_rerank.device_sdk.contracts import Context, SearchRequest
-    from edge_rerank.simulator.world import World, WorldConfig
+    from edge_rerank.simulator.world import World
 
     cw, views = small["_cw"], small["_views"]
-    big_world = World(WorldConfig(seed=args.world_seed, n_items=args.items, n_users=args.users))
+    big_world = World(_world_cfg(args, args.items))
     t = time.perf_counter()
     big = big_world.provision_cloud(tmp / "big")
     out: dict = {"items": args.items, "provision_s": time.perf_counter() - t}
@@ -215,10 +228,10 @@ def http(args, tmp: Path, small: dict) -> dict:
     from edge_rerank.cloud.training.coarse_export import write_coarse_bundle
     from edge_rerank.cloud.training.coarse_model import CoarseModelConfig
     from edge_rerank.cloud.training.coarse_train import CoarseTrainConfig, fit_coarse
-    from edge_rerank.simulator.world import World, WorldConfig
+    from edge_rerank.simulator.world import World
 
     cw, views = small["_cw"], small["_views"]
-    world = World(WorldConfig(seed=args.world_seed, n_items=args.http_items, n_users=args.users))
+    world = World(_world_cfg(args, args.http_items))
     model, _ = fit_coarse(cw, views.split("train"), CoarseModelConfig(variant="soft"),
                           CoarseTrainConfig(epochs=args.epochs, fine_weight=1.0))
     out: dict = {"items": args.http_items}
@@ -265,10 +278,10 @@ def online(args, tmp: Path, small: dict) -> dict:
     from edge_rerank.simulator.phone import Phone
     from edge_rerank.simulator.transport import InProcessCloud
     from edge_rerank.simulator.user_model import UserModel
-    from edge_rerank.simulator.world import World, WorldConfig
+    from edge_rerank.simulator.world import World
 
     cw, views = small["_cw"], small["_views"]
-    world = World(WorldConfig(seed=args.world_seed, n_items=args.small_items, n_users=args.users))
+    world = World(_world_cfg(args, args.small_items))
     model, _ = fit_coarse(cw, views.split("train"), CoarseModelConfig(variant="soft"),
                           CoarseTrainConfig(epochs=args.epochs, teacher="all_pairs", fine_weight=1.0))
     out: dict = {"sessions": args.online, "items": args.small_items, "top_k": 200}
@@ -327,6 +340,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-retrieval", action="store_true")
     p.add_argument("--skip-ablation", action="store_true")
     p.add_argument("--online", type=int, default=0, help="sessions per arm of the with / without coarse comparison")
+    p.add_argument("--multi-intent", type=int, default=0,
+                   help="polysemous queries in the world (WorldConfig.multi_intent_queries; 0: none, the default)")
+    p.add_argument("--intent-by-taste", type=float, default=0.7,
+                   help="share of a polysemous query's sessions meaning the user's taste-closest category")
+    p.add_argument("--dim", type=int, default=16, help="head width of the ablation's towers (CoarseModelConfig.dim)")
+    p.add_argument("--arms", nargs="+", default=None,
+                   help=f"ablation arms to run (default: all): {[a[0] for a in ARMS]}")
     args = p.parse_args(argv)
     import torch
 

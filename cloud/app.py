@@ -218,7 +218,9 @@ def ping():
 def healthz():
     p: SearchPipeline = current_app.extensions["edge_rerank.pipeline"]
     return jsonify(status="ok", items=p.catalog.n_items, model_version=p.model_version,
-                   ranker=getattr(p.ranker, "kind", type(p.ranker).__name__), embedding_store=_cfg().embedding_store)
+                   ranker=getattr(p.ranker, "kind", type(p.ranker).__name__), embedding_store=_cfg().embedding_store,
+                   coarse={"kind": getattr(p.coarse, "kind", type(p.coarse).__name__),
+                           "version": getattr(p.coarse, "version", ""), "reason": getattr(p.coarse, "reason", "")})
 
 
 @health.get("/metrics")

@@ -435,6 +435,11 @@ def _add_demo_parser(sub) -> None:
     d.add_argument("--world", choices=["shop", "feed"], help="simulated domain (default shop; docs/simulator.md)")
     d.add_argument("--replay-sessions", dest="replay_sessions", type=int,
                    help="A/B sessions recorded for the replay page replay.html (default 40, quick 20; 0: none)")
+    d.add_argument("--coarse-top-k", dest="coarse_top_k", type=int,
+                   help="the cloud's coarse two-tower stage, trained on the logged sessions: items it passes to "
+                        "the fine ranker (default 100; 0: no coarse stage)")
+    d.add_argument("--coarse-epochs", dest="coarse_epochs", type=_positive_int,
+                   help="coarse two-tower training epochs (default 4)")
     d.set_defaults(func=_cmd_demo)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -44,6 +45,11 @@ class DemoConfig:
     validate_lists: int = 300
     world: str = "shop"  # simulated domain: "shop" or "feed" (WorldConfig.domain)
     replay_sessions: int = 40  # A/B sessions recorded for the replay page (replay.html; 0: none)
+    # the cloud's coarse stage (issue 16): two towers trained on the logged sessions, published to the demo's
+    # registry; the A/B's cloud serves through it, and its cloud arm is compared with the same sessions served
+    # without it. 0: no coarse stage (every recalled item goes to the fine ranker, the demo before issue 16)
+    coarse_top_k: int = 100
+    coarse_epochs: int = 4
 
 
 QUICK = {"log_sessions": 700, "ab_sessions": 500, "epochs": 4, "validate_lists": 60, "replay_sessions": 20}
@@ -98,46 +104,63 @@ def run_demo(cfg: DemoConfig, *, progress: bool = True) -> dict:
     log_dir = out / "logs"
     for old in log_dir.glob("*.parquet"):
         old.unlink()
+    registry_dir = out / "registry"
+    if registry_dir.exists():
+        shutil.rmtree(registry_dir)
     api_key = secrets.token_hex(16)
     stages: dict[str, float] = {}
-    with running_server(CloudConfig(data_dir=str(data_dir), log_dir=str(log_dir), api_key=api_key,
-                                    model_version="device-reranker@demo"),
-                        workers=cfg.server_workers, log_file=out / "server.log") as url:
+    server_cfg = CloudConfig(data_dir=str(data_dir), log_dir=str(log_dir), api_key=api_key,
+                             model_version="device-reranker@demo")
+    with running_server(server_cfg, workers=cfg.server_workers, log_file=out / "server.log") as url:
         cloud = HttpCloud(url, api_key=api_key)
         t = time.perf_counter()
         n_rows = simulate_logs(world, cloud, cfg.log_sessions, seed=1000 + cfg.seed, progress=progress)
         stages["simulate_logs_s"] = time.perf_counter() - t
+        cloud.close()
 
+    coarse = None
+    if cfg.coarse_top_k > 0:  # the cloud's coarse stage, from the same logs, served from the next start on
         t = time.perf_counter()
-        trained = train(log_dir, out, feature_config=fcfg, epochs=cfg.epochs, loss=cfg.loss, seed=cfg.seed,
-                        progress=progress)
-        summary = trained.summary
-        stages["train_s"] = time.perf_counter() - t
+        coarse = train_publish_coarse(cfg, data_dir, log_dir, out / "coarse", registry_dir)
+        stages["coarse_s"] = time.perf_counter() - t
+        server_cfg = replace(server_cfg, registry_dir=str(registry_dir))
 
-        t = time.perf_counter()
-        exported = export(trained, out, formats=["onnx"], version=f"demo-{cfg.seed}", n_validate=cfg.validate_lists,
-                          latency_runs=50)
-        if not exported.ok:
-            raise RuntimeError(f"ONNX export failed validation: {exported.errors}")
-        bundle_dir = exported.bundles["onnx"]
-        validation = exported.report.by_format("onnx").vs_torch.to_dict()
-        stages["export_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    trained = train(log_dir, out, feature_config=fcfg, epochs=cfg.epochs, loss=cfg.loss, seed=cfg.seed,
+                    progress=progress)
+    summary = trained.summary
+    stages["train_s"] = time.perf_counter() - t
 
-        # what ships: the default compression preset (fp16 ONNX), checked against its accuracy budget on the
-        # recorded test lists; the A/B's device arm runs this bundle. A model whose near-tied scores fp16 reorders
-        # beyond that budget (seen with the --quick model) ships the lossless fp32 preset instead, and says so.
-        t = time.perf_counter()
-        fallback = ""
-        try:
-            shipped = compress(trained, out / "shipped", "default", n_lists=cfg.validate_lists,
-                               version=f"demo-{cfg.seed}", fp32_onnx=Path(bundle_dir) / MODEL_FILES["onnx"])
-        except BudgetExceeded as exc:
-            fallback = str(exc)
-            shipped = compress(trained, out / "shipped", "lossless", n_lists=cfg.validate_lists,
-                               version=f"demo-{cfg.seed}", fp32_onnx=Path(bundle_dir) / MODEL_FILES["onnx"])
-        shipped_dir = shipped.bundle
-        stages["compress_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    exported = export(trained, out, formats=["onnx"], version=f"demo-{cfg.seed}", n_validate=cfg.validate_lists,
+                      latency_runs=50)
+    if not exported.ok:
+        raise RuntimeError(f"ONNX export failed validation: {exported.errors}")
+    bundle_dir = exported.bundles["onnx"]
+    validation = exported.report.by_format("onnx").vs_torch.to_dict()
+    stages["export_s"] = time.perf_counter() - t
 
+    # what ships: the default compression preset (fp16 ONNX), checked against its accuracy budget on the
+    # recorded test lists; the A/B's device arm runs this bundle. A model whose near-tied scores fp16 reorders
+    # beyond that budget (seen with the --quick model) ships the lossless fp32 preset instead, and says so.
+    t = time.perf_counter()
+    fallback = ""
+    try:
+        shipped = compress(trained, out / "shipped", "default", n_lists=cfg.validate_lists,
+                           version=f"demo-{cfg.seed}", fp32_onnx=Path(bundle_dir) / MODEL_FILES["onnx"])
+    except BudgetExceeded as exc:
+        fallback = str(exc)
+        shipped = compress(trained, out / "shipped", "lossless", n_lists=cfg.validate_lists,
+                           version=f"demo-{cfg.seed}", fp32_onnx=Path(bundle_dir) / MODEL_FILES["onnx"])
+    shipped_dir = shipped.bundle
+    stages["compress_s"] = time.perf_counter() - t
+
+    with running_server(server_cfg, workers=cfg.server_workers, log_file=out / "server_ab.log") as url:
+        cloud = HttpCloud(url, api_key=api_key)
+        served = cloud_coarse_kind(url)
+        if coarse is not None and served != "two-tower":
+            raise RuntimeError(f"the demo's cloud does not serve the trained coarse stage (healthz: {served!r}); "
+                               f"see {out / 'server_ab.log'}")
         t = time.perf_counter()
         loaded = load_model(shipped_dir, backend="onnxruntime", expected_fingerprint=fcfg.fingerprint())
         # The phone gates reranks on the *modelled* device latency (simulator.phone); a gate on this machine's
@@ -149,11 +172,18 @@ def run_demo(cfg: DemoConfig, *, progress: bool = True) -> dict:
                                   seed=2000 + cfg.seed)
         cloud.close()
 
+    coarse_md, coarse_json = [], {}
+    if coarse is not None:  # the A/B's cloud arm served without the coarse stage: same sessions, paired
+        t = time.perf_counter()
+        coarse_md, coarse_json = compare_without_coarse(world, data_dir, results[0], cfg, coarse, progress=progress)
+        stages["coarse_ab_s"] = time.perf_counter() - t
+
     model_bytes = loaded.bundle.manifest.model_bytes
     st, sc, sv = trained.test, trained.test_cloud_order, trained.valid
     sp = trained.split
     extra_md = "\n".join([
         *replay_md,
+        *coarse_md,
         "## Model", "",
         *rf.caveats(rf.lists_caveat(trained.test_lists, what="test lists behind the offline numbers")),
         f"- trained on {trained.train_lists:,} rerank lists from {n_rows:,} logged lists "
@@ -178,7 +208,7 @@ def run_demo(cfg: DemoConfig, *, progress: bool = True) -> dict:
                         extra_json={"train": {k: v for k, v in summary.items() if k != "history"},
                                     "validation": validation, "model_bytes": model_bytes,
                                     "shipped": shipped.check.to_dict() | {"fallback_from_default": fallback},
-                                    "stages_s": stages,
+                                    "stages_s": stages, "coarse": coarse_json,
                                     "config": asdict(cfg)})
     data["total_s"] = time.perf_counter() - t0
     (out / "report.json").write_text(json.dumps(data, indent=2, default=float))
@@ -208,3 +238,68 @@ def _write_replay(out: Path, user_model: UserModel, cloud, arms: list[Arm], n: i
 def quick(cfg: DemoConfig) -> DemoConfig:
     return replace(cfg, **QUICK)
 
+
+
+def cloud_coarse_kind(url: str) -> str:
+    """What coarse stage a running cloud serves (its /healthz), e.g. "two-tower" or "pass-through"."""
+    import requests
+
+    health = requests.get(url + "/healthz", timeout=10).json()
+    coarse = health.get("coarse", {})
+    return str(coarse.get("kind", "")) if isinstance(coarse, dict) else str(coarse)
+
+
+def train_publish_coarse(cfg: DemoConfig, data_dir: Path, log_dir: Path, out: Path, registry_dir: Path):
+    """The coarse two towers (multi-head soft-attention dot, fine-ranker distillation, no teacher: the demo keeps
+    it short) trained on the logged sessions' train split, exported and published as the registry's stable
+    ``coarse-ranker``."""
+    from edge_rerank.cloud.ranking.coarse import CoarseServing
+    from edge_rerank.cloud.training.coarse_model import CoarseModelConfig
+    from edge_rerank.cloud.training.coarse_pipeline import train_and_publish
+    from edge_rerank.cloud.training.coarse_train import CoarseTrainConfig
+
+    return train_and_publish(data_dir, log_dir, out, registry_dir, version=f"demo-{cfg.seed}",
+                             model=CoarseModelConfig(variant="soft"),
+                             train=CoarseTrainConfig(epochs=cfg.coarse_epochs, seed=cfg.seed, fine_weight=1.0),
+                             serving=CoarseServing(top_k=cfg.coarse_top_k))
+
+
+def compare_without_coarse(world: World, data_dir: Path, with_coarse, cfg: DemoConfig, coarse, *,
+                           progress: bool = True) -> tuple[list[str], dict]:
+    """The A/B's cloud arm (served through the coarse stage) against the same sessions served without it (the
+    cloud's pipeline in-process, no coarse bundle: pages identical to HTTP's, tests/test_simulator_arms.py):
+    paired differences with bootstrap CIs, and the report's lines."""
+    from edge_rerank.simulator.ab import paired_delta, summarize
+    from edge_rerank.simulator.transport import InProcessCloud
+
+    cloud = InProcessCloud(str(data_dir), wire=False)  # data_dir has no coarse bundle: recall -> fine
+    kind = getattr(cloud._pipeline.coarse, "kind", "")
+    if kind != "pass-through":
+        raise RuntimeError(f"the no-coarse comparison arm runs a {kind!r} coarse stage")
+    specs = [world.session(i, 2000 + cfg.seed) for i in range(cfg.ab_sessions)]
+    outcomes = run_sessions(Arm("A_cloud_no_coarse").phone(UserModel(world), cloud), specs,
+                            desc="A/B arm A without the coarse stage", progress=progress)
+    without = summarize("A_cloud_no_coarse", outcomes, seed=2000 + cfg.seed)
+    deltas = {m: paired_delta(without, with_coarse, m, seed=2000 + cfg.seed)
+              for m in ("qv_ctr", "clicks", "orders")}
+    test = coarse.trained.summary["test"]
+    rec = test.get("recall@100_of_fine_page1", {})
+    data = {"top_k": cfg.coarse_top_k, "version": coarse.version, "bundle": str(coarse.bundle),
+            "seconds": coarse.seconds, "test": {k: v for k, v in test.items() if k != "history"},
+            "without": {m: asdict(without.metrics[m]) for m in deltas},
+            "with": {m: asdict(with_coarse.metrics[m]) for m in deltas},
+            "delta_with_minus_without": {m: asdict(d) for m, d in deltas.items()}}
+    dq = deltas["qv_ctr"]
+    md = ["## Cloud coarse stage (two towers)", "",
+          f"- the A/B's cloud (both arms) ranks recall → **coarse** (two towers, `{coarse.name}@{coarse.version}` "
+          f"from the demo's registry, top {cfg.coarse_top_k}) → fine; trained on the logged sessions' train split "
+          f"({coarse.trained.summary['train_views']:,} query views, {coarse.seconds['train_s']:.1f} s)",
+          f"- held out ({coarse.trained.summary['test_views']:,} test query views): click AUC {test['auc']:.4f}, "
+          f"consistency with the fine ranker {test['consistency']['mean']:.4f} "
+          f"[{test['consistency']['lo']:.4f}, {test['consistency']['hi']:.4f}]"
+          + (f", recall@100 of the fine ranker's page 1 {rec['mean']:.3f}" if rec else ""),
+          f"- cloud arm A with vs without the coarse stage ({cfg.ab_sessions:,} paired sessions): QV_CTR "
+          f"{with_coarse.metrics['qv_ctr'].mean * 100:.2f} % vs {without.metrics['qv_ctr'].mean * 100:.2f} %, "
+          f"Δ **{dq.mean * 100:+.2f} pp [{dq.lo * 100:+.2f}, {dq.hi * 100:+.2f}]**; clicks / query "
+          f"{deltas['clicks'].mean:+.3f} [{deltas['clicks'].lo:+.3f}, {deltas['clicks'].hi:+.3f}]", ""]
+    return md, data

@@ -24,6 +24,8 @@ CATEGORY_QUERIES = ("hotpot", "noodles", "sushi", "bbq", "cafe", "bakery", "pizz
                     "salad", "ramen", "dessert")
 DOMAINS = ("shop", "feed")
 BROAD_QUERIES = {"dinner": (0, 2, 3, 6), "lunch": (1, 7, 9, 10), "something sweet": (4, 5, 11)}
+# polysemous queries (WorldConfig.multi_intent_queries): each means 2-3 unrelated categories, a session one of them
+MULTI_INTENT_NAMES = ("apple", "jaguar", "mercury", "java", "amazon", "python", "orange", "corona")
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,9 @@ class WorldConfig:
     profile_noise: float = 0.3  # noise of the cloud's long-term user profile
     predecided_share: float = 0.25  # sessions whose intended area is the user's home
     patience_sigma: float = 0.35  # per-user patience: lognormal(0, sigma), median 1
+    # --- multi-intent ("polysemous") queries, off by default (they change the query mix of every session) ---
+    multi_intent_queries: int = 0  # extra queries, each meaning 2-3 mutually distant categories
+    intent_by_taste: float = 0.7  # share of their sessions whose meaning is the user's (taste-closest) one
     # --- the world's domain: "shop" (the default, above) or "feed" (simulator/feed.py: a news / video feed) ---
     domain: str = "shop"
     feed_sources: int = 40  # feed: sources / creators (the contracts' `brand`)
@@ -50,6 +55,13 @@ class WorldConfig:
     def __post_init__(self) -> None:
         if self.domain not in DOMAINS:
             raise ValueError(f"domain must be one of {DOMAINS}, got {self.domain!r}")
+        if not 0 <= self.multi_intent_queries <= len(MULTI_INTENT_NAMES):
+            raise ValueError(f"multi_intent_queries must be in [0, {len(MULTI_INTENT_NAMES)}], "
+                             f"got {self.multi_intent_queries}")
+        if self.multi_intent_queries and self.domain != "shop":
+            raise ValueError("multi-intent queries exist in the shop world only")
+        if not 0.0 <= self.intent_by_taste <= 1.0:
+            raise ValueError(f"intent_by_taste must be in [0, 1], got {self.intent_by_taste}")
 
     @property
     def n_brands(self) -> int:
@@ -132,13 +144,49 @@ class World:
         self.user_price_profile = np.clip(self.user_price + rng.normal(0, 0.5, U), 0, 4)
         # patience (drawn last so every earlier array is unchanged): divides the per-screen leaving probability
         self.user_patience = np.exp(cfg.patience_sigma * rng.standard_normal(U))
+        self.meanings: dict[str, list[int]] = self._multi_intent(cfg)  # polysemous query -> its categories
+        self.queries.update(self.meanings)
         self._query_names = list(self.queries)
-        self._query_weights = np.array([3.0 if q in CATEGORY_QUERIES else 1.5 for q in self._query_names])
+        self._query_weights = np.array([3.0 if q in CATEGORY_QUERIES or q in self.meanings else 1.5
+                                        for q in self._query_names])
         self._query_weights /= self._query_weights.sum()
         self._query_cdf = np.cumsum(self._query_weights)
         self._query_brands = {q: [c * cfg.brands_per_category + j for c in cats for j in range(cfg.brands_per_category)]
                               for q, cats in self.queries.items()}
         self._draw_keys = np.arange(8 + 2 * ((cfg.latent_dim + 4) // 2), dtype=np.int64)
+
+    def _multi_intent(self, cfg: WorldConfig) -> dict[str, list[int]]:
+        """Polysemous queries: each the union of 2-3 categories chosen far apart (greedy: the next is the category
+        least similar to those taken), from their own seeded generator, so the rest of the world is unchanged."""
+        if cfg.multi_intent_queries == 0:
+            return {}
+        rng = np.random.default_rng((cfg.seed, 16))
+        sim = self.centroids @ self.centroids.T
+        out = {}
+        starts = rng.permutation(cfg.n_categories)
+        for k, name in enumerate(MULTI_INTENT_NAMES[: cfg.multi_intent_queries]):
+            cats = [int(starts[k % cfg.n_categories])]
+            for _ in range(int(rng.integers(2, 4)) - 1):
+                cats.append(int(np.argmin(np.where(np.isin(np.arange(cfg.n_categories), cats), np.inf,
+                                                   sim[cats].max(axis=0)))))
+            out[name] = sorted(cats)
+        return out
+
+    def meaning_of(self, query: str, user: int, u_taste: float, u_pick: float) -> int:
+        """The category a session of a polysemous query means: the user's own (the meaning whose centroid is
+        closest to their long-term taste) with probability ``intent_by_taste``, else one at random."""
+        cats = self.meanings[query]
+        if u_taste < self.cfg.intent_by_taste:
+            return cats[int(np.argmax(self.centroids[cats] @ self.user_latent[user]))]
+        return cats[min(int(u_pick * len(cats)), len(cats) - 1)]
+
+    def session_meaning(self, index: int, seed: int, query: str, user: int) -> int:
+        """The category session `index` of a polysemous `query` means (its own draws: other sessions' are
+        unchanged by the feature); -1 for any other query."""
+        if query not in self.meanings:
+            return -1
+        ut = crn_uniform_array(self.cfg.seed, seed, index, np.array([1000, 1001], dtype=np.int64))
+        return self.meaning_of(query, user, float(ut[0]), float(ut[1]))
 
     def row_of(self, item_id: int) -> int:
         return int(item_id - self.item_id[0])
@@ -171,6 +219,9 @@ class World:
         where = np.clip(where, 0, cfg.map_km)
         ctx = Context(lat=float(where[0]), lon=float(where[1]), hour=7 + min(int(u[5] * 16), 15), device="phone")
         brands = self._query_brands[query]
+        if query in self.meanings:  # one meaning of a polysemous query
+            c = self.session_meaning(index, seed, query, user)
+            brands = [c * cfg.brands_per_category + j for j in range(cfg.brands_per_category)]
         target_brand = brands[min(int(u[6] * len(brands)), len(brands) - 1)]
         tc = target_brand // cfg.brands_per_category
         zi = _unit(self.centroids[tc] + 1.2 * self.brand_offsets[target_brand] + 0.4 * z[2: 2 + K] / np.sqrt(K))

@@ -267,3 +267,119 @@ def test_cli_coarse_train_export_publish(cloud_data, logged_rows, tmp_path, caps
     with pytest.raises(SystemExit) as e:
         main(["coarse", "train", "--data-dir", str(data), "--logs", str(tmp_path / "missing"), "--out", "x"])
     assert e.value.code == 2
+
+
+def test_shown_list_reader_gives_the_same_views_as_read_logs(cworld, logged_rows, tmp_path):
+    """The coarse stage's projected Parquet reader (only the columns it uses) builds the very views the full
+    contract reader does; a damaged file is skipped, not fatal."""
+    import pyarrow.parquet as pq
+
+    from edge_rerank.cloud.logs import read_logs, rows_to_table
+    from edge_rerank.cloud.training.coarse_data import read_shown_lists
+
+    half = len(logged_rows) // 2
+    pq.write_table(rows_to_table(logged_rows[:half]), tmp_path / "part-0.parquet")
+    pq.write_table(rows_to_table(logged_rows[half:]), tmp_path / "part-1.parquet")
+    a = query_views(read_logs(tmp_path), cworld, n_fine_top=8)
+    lists = read_shown_lists(tmp_path)
+    b = query_views(lists, cworld, n_fine_top=8)
+    for k in ("rows", "labels", "exposed", "mask", "fine_rows", "fine_scores", "query_id", "query_dense", "part"):
+        assert np.array_equal(getattr(a, k), getattr(b, k)), k
+    (tmp_path / "part-2.parquet").write_bytes(b"not parquet")
+    assert len(read_shown_lists(tmp_path)) == len(lists)
+
+
+def test_top_heavy_fine_samples_come_from_the_fine_rankers_top(cworld, logged_rows):
+    v = query_views(logged_rows[:200], cworld, n_fine_top=16, fine_top_pool=25)
+    u = query_views(logged_rows[:200], cworld)  # uniform over the recall set
+    in_top_v, in_top_u = [], []
+    for i in range(len(v)):
+        rows = cworld.pipeline.recall(v.queries[i])
+        fine = cworld.fine_scores(v.user_ids[i], v.contexts[i], rows)
+        top = set(rows[np.argsort(-fine, kind="stable")[:25]].tolist())
+        assert set(v.fine_rows[i, :16].tolist()) <= top
+        in_top_v.append(sum(r in top for r in v.fine_rows[i].tolist()))
+        in_top_u.append(sum(r in top for r in u.fine_rows[i].tolist()))
+    assert np.mean(in_top_v) > np.mean(in_top_u) + 6
+    with pytest.raises(ValueError, match="n_fine_top"):
+        query_views(logged_rows[:5], cworld, n_fine_top=40)
+
+
+def test_healthz_names_the_coarse_stage(cloud_data, bundles, tmp_path):
+    data = _data_with(cloud_data, tmp_path)
+    client = create_app(CloudConfig(data_dir=str(data))).test_client()
+    assert client.get("/healthz").get_json()["coarse"]["kind"] == "pass-through"
+    shutil.copytree(bundles["soft"], data / COARSE_DIR)
+    h = create_app(CloudConfig(data_dir=str(data))).test_client().get("/healthz").get_json()["coarse"]
+    assert h["kind"] == "two-tower" and h["version"] == "v1"
+
+
+@pytest.mark.parametrize("variant", ["dot", "soft"])
+def test_block_scoring_and_cache_match_the_matching_layer(variant, bundles, cworld):
+    """Serving's head-block path (one matmul per request, recall sets cached by identity or content) gives the
+    matching layer's scores and the same top-k as scoring the store's rows item by item; a cache too small to
+    hold a set changes nothing."""
+    from edge_rerank.cloud.ranking.coarse_index import exact_top
+
+    cat = cworld.catalog
+    big = TwoTowerCoarse(bundles[variant], cat)
+    tiny = TwoTowerCoarse(bundles[variant], cat, serving=CoarseServing(top_k=20, block_cache_bytes=16))
+    for i, query in enumerate(["dinner", "lunch", "sushi", "dinner"]):
+        req = _req(i, query)
+        rows = cworld.pipeline.recall(query)
+        q = big.query_heads(req)
+        vec, _ = big.store.get(big._ids[rows])
+        ref = big.score_items(q, vec.reshape(-1, big.nd, big.dim))
+        block, found = big._block(rows, cache=True)
+        assert found.all()
+        np.testing.assert_allclose(big._block_scores(q, block, len(rows)), ref, rtol=1e-5, atol=1e-6)
+        want = set(rows[exact_top(ref, 20)].tolist())
+        for c in (big, tiny):
+            for cand in (rows, rows.copy()):  # the memoised array (identity) and an equal copy (content)
+                assert set(c.select(req, cand).tolist()) == want
+    assert len(big._blocks._d) == 3 and big._blocks.nbytes <= big.serving.block_cache_bytes
+    assert len(tiny._blocks._d) == 0
+
+
+def test_search_path_caches_keep_the_ranking(cloud_data):
+    """The pipeline's per-recall-set item columns and the fine ranker's hidden layer computed for the kept rows only
+    give the very ranking (bit for bit) of gathering every request and running the whole forward pass."""
+    from edge_rerank.cloud.catalog import load_catalog
+    from edge_rerank.cloud.embedding_store import FileEmbeddingStore
+    from edge_rerank.cloud.ranking.fine import load_ranker
+    from edge_rerank.cloud.ranking.pipeline import SearchPipeline
+
+    class Opaque:  # the same numpy ranker behind the plain protocol: no shortcut applies
+        def __init__(self, r):
+            self.r, self.dense_dim = r, r.dense_dim
+
+        def features(self, **kw):
+            return self.r.features(**kw)
+
+        def forward(self, x):
+            return self.r.forward(x)
+
+    cat = load_catalog(cloud_data)
+    ranker = load_ranker(cloud_data)
+    kw = dict(catalog=cat, store=FileEmbeddingStore(cloud_data / "embeddings"), cache_size=0, max_results=30)
+    fast, slow = SearchPipeline(ranker=ranker, **kw), SearchPipeline(ranker=Opaque(ranker), **kw)
+    for i, query in enumerate(["dinner", "lunch", "sushi", "something sweet", "unknown words"]):
+        req = _req(i, query)
+        idx = fast.recall(query)
+        np.testing.assert_array_equal(fast.features_for(req.user_id, req.context, idx),
+                                      fast.features_for(req.user_id, req.context, idx.copy()))
+        a, b = fast.rank(req), slow.rank(req)
+        for f in ("rows", "scores", "hidden"):
+            np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
+
+
+def test_demo_coarse_flags_reach_the_demo_config():
+    from dataclasses import fields
+
+    from edge_rerank.cli import build_parser
+    from edge_rerank.pipeline import DemoConfig
+
+    a = build_parser().parse_args(["demo", "--coarse-top-k", "0", "--coarse-epochs", "2"])
+    given = {f.name: getattr(a, f.name) for f in fields(DemoConfig) if getattr(a, f.name, None) is not None}
+    assert given["coarse_top_k"] == 0 and given["coarse_epochs"] == 2
+    assert DemoConfig().coarse_top_k == 100  # on by default: the demo's cloud serves through the coarse stage

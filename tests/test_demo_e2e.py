@@ -38,6 +38,17 @@ def test_quick_demo_end_to_end(tmp_path):
         assert shipped["method"] == "onnx-fp16" and shipped["mean_kendall_tau"] >= 0.99
         assert shipped_bytes < manifest["sizes"][manifest["model_file"]]
     assert data["train"]["split"]["sessions"]["test"] > 0 and data["train"]["test_lists"] > 0
+    # the cloud's coarse stage (issue 16): trained on the logs, published to the demo's registry as the stable
+    # coarse-ranker, served during the A/B (the demo refuses to run otherwise), and compared without it
+    coarse = data["coarse"]
+    assert coarse["top_k"] == 100 and 0.0 <= coarse["test"]["auc"] <= 1.0
+    state = json.loads((out / "registry" / "coarse-ranker" / "state.json").read_text())
+    assert state["stable"] == coarse["version"]
+    d = coarse["delta_with_minus_without"]["qv_ctr"]
+    assert d["lo"] <= d["mean"] <= d["hi"]
+    assert abs(d["mean"] - (coarse["with"]["qv_ctr"]["mean"] - coarse["without"]["qv_ctr"]["mean"])) < 1e-9
+    assert coarse["with"]["qv_ctr"]["mean"] == data["arms"]["A_cloud"]["qv_ctr"]["mean"]
+    assert "Cloud coarse stage" in report and "with vs without the coarse stage" in report
     assert "test sessions" in report
     # the session replay (issue 20): traces of the first A/B sessions, the page, and the report's link to it
     from edge_rerank.replay_page import extract_json

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -69,14 +71,65 @@ class CoarseServing:
     top_k: int = 200  # items passed on to the fine ranker
     exact_threshold: int = 50_000  # recall sets up to this size are scored exactly
     ann: AnnConfig = AnnConfig()
+    # item head vectors of recent recall sets kept per process, laid out for one matmul per request (a recall set
+    # is a function of the query: the same few sets come back); 0 disables. Bytes, LRU.
+    block_cache_bytes: int = 64 << 20
 
     @classmethod
     def from_dict(cls, d: dict) -> CoarseServing:
         return cls(top_k=int(d.get("top_k", 200)), exact_threshold=int(d.get("exact_threshold", 50_000)),
-                   ann=AnnConfig(**d.get("ann", {})))
+                   ann=AnnConfig(**d.get("ann", {})), block_cache_bytes=int(d.get("block_cache_bytes", 64 << 20)))
 
     def to_dict(self) -> dict:
-        return {"top_k": self.top_k, "exact_threshold": self.exact_threshold, "ann": self.ann.to_dict()}
+        return {"top_k": self.top_k, "exact_threshold": self.exact_threshold, "ann": self.ann.to_dict(),
+                "block_cache_bytes": self.block_cache_bytes}
+
+
+class _BlockCache:
+    """Thread-safe LRU of (rows, head block, found) by recall set content, bounded in bytes."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.nbytes = 0
+        self._d: OrderedDict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
+        self._ident: dict[int, tuple[tuple, np.ndarray]] = {}  # id(rows) -> (key, rows): rows kept alive
+        self._lock = threading.Lock()
+
+    def lookup(self, rows: np.ndarray) -> tuple[tuple, tuple[np.ndarray, np.ndarray] | None]:
+        """(key, cached (block, found) or None). An array already cached (the pipeline's memoised recall sets, never
+        mutated) is found by identity, without hashing or comparing it; any other by content."""
+        with self._lock:
+            k = self._ident.get(id(rows))
+            if k is not None and k[1] is rows and k[0] in self._d:
+                self._d.move_to_end(k[0])
+                return k[0], self._d[k[0]][1:]
+        key = (len(rows), hash(rows.tobytes()))
+        with self._lock:
+            hit = self._d.get(key)
+            if hit is None or not np.array_equal(hit[0], rows):
+                return key, None
+            self._d.move_to_end(key)
+            return key, hit[1:]
+
+    def put(self, key: tuple, rows: np.ndarray, block: np.ndarray, found: np.ndarray) -> None:
+        size = 2 * rows.nbytes + block.nbytes + found.nbytes
+        if size > self.max_bytes:
+            return
+        with self._lock:
+            self._drop(key)
+            self._d[key] = (rows.copy(), block, found)
+            self._ident[id(rows)] = (key, rows)  # keeps `rows` alive, so its id names it alone
+            self.nbytes += size
+            while self.nbytes > self.max_bytes:
+                self._drop(next(iter(self._d)))
+
+    def _drop(self, key: tuple) -> None:
+        old = self._d.pop(key, None)
+        if old is None:
+            return
+        self.nbytes -= 2 * old[0].nbytes + old[1].nbytes + old[2].nbytes
+        for i in [i for i, (k, _) in self._ident.items() if k == key]:
+            del self._ident[i]
 
 
 def _session(path: Path, threads: int):
@@ -125,6 +178,8 @@ class TwoTowerCoarse:
         if self.store.dim != self.nd * self.dim:
             raise CoarseError(f"item vectors have dim {self.store.dim}, the model wants {self.nd}×{self.dim}")
         self._ids = catalog.items["item_id"].astype(np.int64)
+        self._blocks = _BlockCache(self.serving.block_cache_bytes)
+        self._inv_beta = 1.0 / self.beta
         # the index's item positions follow the bundle's sorted ids; map them to catalog rows (-1: not in catalog)
         self.index = None
         if use_index and (self.root / INDEX_FILE).is_file():
@@ -171,9 +226,41 @@ class TwoTowerCoarse:
         s = self.score_items(self.query_heads(req), vec.reshape(-1, self.nd, self.dim))
         return np.where(found, s, -np.inf).astype(np.float32)
 
-    def _exact(self, q: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+    def _block(self, rows: np.ndarray, cache: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Item heads of `rows` as one float32 [dim, nd·n] matrix (column j·n + i: head j of item i) and which rows
+        have a stored vector; recall sets (`cache`) are kept in the block cache."""
+        key = None
+        if cache:
+            key, hit = self._blocks.lookup(rows)
+            if hit is not None:
+                return hit
         vec, found = self.store.get(self._ids[rows])
-        s = np.where(found, self.score_items(q, vec.reshape(-1, self.nd, self.dim)), -np.inf)
+        n = len(rows)
+        block = np.ascontiguousarray(np.asarray(vec, np.float32).reshape(n, self.nd, self.dim).transpose(2, 1, 0)
+                                     .reshape(self.dim, self.nd * n))
+        found = np.asarray(found, bool)
+        if key is not None:
+            self._blocks.put(key, rows, block, found)
+        return block, found
+
+    def _block_scores(self, q: np.ndarray, block: np.ndarray, n: int) -> np.ndarray:
+        """score_items for dot / soft on a head block: the head-similarity matrices of all n items as one
+        [nq·nd, n] matmul, the soft-attention reductions over its short first axis (vectorised over items)."""
+        s = (np.ascontiguousarray(q, np.float32) @ block).reshape(self.nq * self.nd, n)
+        if self.variant == "dot":
+            return s[0]
+        m = s.max(axis=0)
+        w = np.exp((s - m) * np.float32(self._inv_beta))
+        return (w * s).sum(axis=0) / w.sum(axis=0)
+
+    def _exact(self, q: np.ndarray, rows: np.ndarray, k: int, *, cache: bool = True) -> np.ndarray:
+        if self.variant in ("dot", "soft"):
+            block, found = self._block(rows, cache)
+            s = self._block_scores(q, block, len(rows))
+        else:
+            vec, found = self.store.get(self._ids[rows])
+            s = self.score_items(q, vec.reshape(-1, self.nd, self.dim))
+        s = np.where(found, s, -np.inf)
         return rows[exact_top(s, k)]
 
     def select(self, req: SearchRequest, candidates: np.ndarray) -> np.ndarray:
@@ -195,8 +282,8 @@ class TwoTowerCoarse:
         rows = rows[rows >= 0]
         rows = rows[self._inside(rows, candidates)]
         if len(rows) < k:  # the recall set is a small part of the catalog: the index found too few of it
-            return self._exact(q, candidates, k)
-        return self._exact(q, rows, k)
+            return self._exact(q, candidates, k, cache=False)
+        return self._exact(q, rows, k, cache=False)
 
     def _inside(self, rows: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         """Which of `rows` are in `candidates` (unique catalog rows), without an O(n_items) pass when possible:

@@ -18,7 +18,7 @@ from edge_rerank.cloud.catalog import Catalog
 from edge_rerank.cloud.embedding_store import EmbeddingStore
 from edge_rerank.cloud.page_codec import encode_items
 from edge_rerank.cloud.ranking.coarse import CoarseRanker, PassThroughCoarse
-from edge_rerank.cloud.ranking.fine import Ranker
+from edge_rerank.cloud.ranking.fine import FineRanker, Ranker
 from edge_rerank.cloud.ranking.fusion import FusionPolicy, SingleHead, page_sequential_order
 from edge_rerank.device_sdk.contracts import Context, EmbeddingEncoding, PageItem, SearchPage, SearchRequest
 
@@ -140,6 +140,7 @@ class SearchPipeline:
         self._zero_pref = np.zeros(self.store.dim, dtype=np.float32)
         self._cache = RankingCache(self.cache_size, self.cache_ttl_s, self.cache_bytes)
         self._recall: dict[str, np.ndarray] = {}
+        self._recall_cols: dict[int, dict[str, np.ndarray]] = {}  # id(memoised recall array) -> its item columns
 
     def recall(self, query: str) -> np.ndarray:
         q = query.strip().lower()
@@ -151,41 +152,70 @@ class SearchPipeline:
         idx = np.unique(np.concatenate(parts)) if parts else np.empty(0, dtype=np.int64)
         if q in self.catalog.queries:  # bounded: only the catalog's queries are memoised
             self._recall[q] = idx
+            # the item columns the fine ranker reads, gathered once per recall set (not per request)
+            self._recall_cols[id(idx)] = self._columns(idx)
         return idx
+
+    def _columns(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+        it = self.catalog.items
+        return {"lat": it["lat"][idx], "lon": it["lon"][idx], "quality": it["quality"][idx],
+                "popularity": it["popularity"][idx], "item_emb": self._item_emb[idx],
+                "price_level": it["price_level"][idx].astype(np.float32)}
 
     def features_for(self, user_id: str, context: Context, idx: np.ndarray) -> np.ndarray:
         """The fine ranker's features for catalog rows `idx` in a search by `user_id` at `context` (also what
         training recomputes for logged items: ``cloud.training.cloud_ranker.CloudFeaturizer``)."""
-        it = self.catalog.items
+        # a memoised recall array lives as long as the pipeline, so its id names it alone
+        cols = self._recall_cols.get(id(idx))
+        if cols is None:
+            cols = self._columns(idx)
         u = self.catalog.user_index.get(user_id)
         pref = self.catalog.user_pref[u] if u is not None else self._zero_pref
         price_pref = float(self.catalog.user_price_pref[u]) if u is not None else 2.0
-        dist = np.hypot(it["lat"][idx] - context.lat, it["lon"][idx] - context.lon)
-        return self.ranker.features(quality=it["quality"][idx], popularity=it["popularity"][idx],
-                                    item_emb=self._item_emb[idx], user_pref=pref, distance_km=dist,
-                                    price_level=it["price_level"][idx].astype(np.float32), price_pref=price_pref)
+        dist = np.hypot(cols["lat"] - context.lat, cols["lon"] - context.lon)
+        return self.ranker.features(quality=cols["quality"], popularity=cols["popularity"],
+                                    item_emb=cols["item_emb"], user_pref=pref, distance_km=dist,
+                                    price_level=cols["price_level"], price_pref=price_pref)
 
     def rank(self, req: SearchRequest) -> Ranking:
         """The whole ranked list for a request (recall -> coarse -> fine -> fusion), cut to max_results."""
         idx = self.coarse.select(req, self.recall(req.query))
         it = self.catalog.items
         x = self.features_for(req.user_id, req.context, idx)
+        hidden = None
         if hasattr(self.ranker, "forward_heads"):  # a two-head ranker also gives click / order logits
             heads, hidden = self.ranker.forward_heads(x)
+        elif (isinstance(self.ranker, FineRanker) and len(idx) > self.max_results
+              and not getattr(self.fusion, "per_page", False)):
+            heads = {"score": self.ranker.score(x).astype(np.float32)}  # hidden layer: only of the items kept
         else:
             score, hidden = self.ranker.forward(x)
             heads = {"score": score}
+        if hidden is None:
+            return self._rank_lazy_hidden(req, idx, heads, x)
         ids = it["item_id"][idx]
         if getattr(self.fusion, "per_page", False):  # an action per page request (cloud.ranking.fusion)
             return self._rank_per_page(req, idx, ids, heads, hidden)
         s = np.asarray(self.fusion.fuse(req, heads), dtype=np.float32)
+        order = self._top_order(s, ids)
+        return Ranking(rows=idx[order], scores=s[order], hidden=hidden[order])
+
+    def _rank_lazy_hidden(self, req: SearchRequest, idx: np.ndarray, heads: dict[str, np.ndarray],
+                          x: np.ndarray) -> Ranking:
+        """rank() for the numpy fine ranker on a recall set longer than max_results: the same ranking (the hidden
+        layer is row-wise), its hidden layer computed for the kept rows only."""
+        ids = self.catalog.items["item_id"][idx]
+        s = np.asarray(self.fusion.fuse(req, heads), dtype=np.float32)
+        order = self._top_order(s, ids)
+        return Ranking(rows=idx[order], scores=s[order], hidden=self.ranker.hidden(x[order]))
+
+    def _top_order(self, s: np.ndarray, ids: np.ndarray) -> np.ndarray:
         if len(s) > self.max_results:  # keep everything tied with the cut-off score, then sort exactly
             cut = np.partition(s, len(s) - self.max_results)[len(s) - self.max_results]
             keep = np.flatnonzero(s >= cut)
         else:
             keep = np.arange(len(s))
-        order = keep[np.lexsort((ids[keep], -s[keep]))][: self.max_results]  # ties broken by id: deterministic
-        return Ranking(rows=idx[order], scores=s[order], hidden=hidden[order])
+        return keep[np.lexsort((ids[keep], -s[keep]))][: self.max_results]  # ties broken by id: deterministic
 
     def _rank_per_page(self, req: SearchRequest, idx: np.ndarray, ids: np.ndarray, heads: dict[str, np.ndarray],
                        hidden: np.ndarray) -> Ranking:

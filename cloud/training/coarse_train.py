@@ -38,6 +38,10 @@ class CoarseTrainConfig:
     fine_temperature: float = 1.0
     fine_ramp_epochs: int = 4  # the fine distillation weight grows linearly over these epochs
     fine_only_tail: float = 0.25  # last share of epochs: student and teacher losses off, fine distillation only
+    # of the 32 fine-ranker samples per training view, how many come from the fine ranker's own top 50 of the recall
+    # set (the rest: uniform over it). Used where training views are built from logs (coarse_pipeline, the demo);
+    # evaluation views stay uniform, so consistency keeps its meaning
+    fine_top_samples: int = 16
     threads: int = 1
 
     def __post_init__(self) -> None:
