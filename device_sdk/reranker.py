@@ -24,9 +24,11 @@ from edge_rerank.device_sdk.contracts import Context, FeedbackEvent, PageItem
 from edge_rerank.device_sdk.faults import FaultLog
 from edge_rerank.device_sdk.features.config import FeatureConfig
 from edge_rerank.device_sdk.features.operators import FeatureBuilder
+from edge_rerank.device_sdk.feedback_columns import EventColumns
 from edge_rerank.device_sdk.model_manager import LoadedModel, ModelManager
 
 log = logging.getLogger(__name__)
+ITEM_CACHE = 4096  # items whose feature columns the service keeps (a few sessions' pages; features.item_table)
 
 
 @dataclass
@@ -71,7 +73,8 @@ def check_rerank_args(items: object, n_fixed: object, events: object, context: o
         return f"bad_arguments: n_fixed={int(n_fixed)} is outside [0, {len(items)}]"
     if not all(isinstance(it, PageItem) for it in items):
         return "bad_arguments: items must all be PageItem"
-    if not isinstance(events, Sequence) or not all(isinstance(e, FeedbackEvent) for e in events):
+    if not isinstance(events, EventColumns) and (  # a store's snapshot holds FeedbackEvents only
+            not isinstance(events, Sequence) or not all(isinstance(e, FeedbackEvent) for e in events)):
         return "bad_arguments: events must be a sequence of FeedbackEvent"
     if not isinstance(context, Context):
         return f"bad_arguments: context must be a Context, got {type(context).__name__}"
@@ -112,7 +115,8 @@ class RerankService:
 
     def _builder_of(self, model: LoadedModel) -> FeatureBuilder:
         if self._builder_for is not model:  # a swapped-in model brings its own feature config
-            self._builder, self._builder_for = FeatureBuilder(model.bundle.feature_config), model
+            self._builder = FeatureBuilder(model.bundle.feature_config, item_cache=ITEM_CACHE)
+            self._builder_for = model
         assert self._builder is not None
         return self._builder
 
