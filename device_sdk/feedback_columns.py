@@ -37,6 +37,7 @@ class _Buffers:
         self.has_emb = np.zeros(cap, bool)
         self.plain = np.zeros(cap, bool)  # no attrs, no kind_name: every value the builder needs is in the columns
         self.events: list[FeedbackEvent] = []
+        self.derived: dict = {}  # per feature builder: what it derived from rows [0, k) (features.event_rows)
 
     def copy_rows(self, lo: int, hi: int, cap: int, width: int) -> _Buffers:
         out = _Buffers(cap, width)

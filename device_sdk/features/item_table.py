@@ -53,12 +53,31 @@ class ItemTable:
         self.raw = np.zeros((F, cap), np.int64)  # raw field values (plain ints)
         self.ids = np.zeros((F, cap), np.int32)  # bucket ids
         self._used = 0  # rows written
+        self._ctx_ids: dict = {}  # search location -> id; ctx_of[row]: the id its ctx_dist is for (-1: none)
+        self.ctx_of = np.full(cap, -1, np.int64)
+        self.ctx_dist = np.zeros(cap, np.float64)
         self.hits = self.misses = 0
 
     def clear(self) -> None:
         self.rows.clear()
         self.items.clear()
         self._used = 0
+
+    def distances(self, rows: np.ndarray, ctx: tuple, dist) -> np.ndarray:
+        """Distances of the items at `rows` to the search location `ctx` (computed by ``dist(lat, lon)`` for rows
+        that have none for it yet)."""
+        cid = self._ctx_ids.get(ctx)
+        if cid is None:
+            if len(self._ctx_ids) >= 1024:
+                self._ctx_ids.clear()
+                self.ctx_of[:] = -1
+            cid = self._ctx_ids[ctx] = len(self._ctx_ids)
+        stale = self.ctx_of[rows] != cid
+        if stale.any():
+            r = rows[stale]
+            self.ctx_dist[r] = dist(self.lat[r], self.lon[r])
+            self.ctx_of[r] = cid
+        return self.ctx_dist[rows]
 
     def rows_of(self, items: Sequence[PageItem]) -> np.ndarray | None:
         """Row index of each item (rows added for new items); None if some item cannot be represented."""
@@ -101,6 +120,7 @@ class ItemTable:
         self._used += len(ok)
         for it, r in zip(ok, rows.tolist(), strict=True):
             self.rows[id(it)] = r
+        self.ctx_of[rows] = -1
         self.item_id[rows] = [it.item_id for it in ok]
         self.position[rows] = [it.cloud_position for it in ok]
         self.score[rows] = np.minimum(np.maximum(np.array([it.cloud_score for it in ok], np.float64), -10.0), 10.0)

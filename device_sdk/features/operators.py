@@ -18,6 +18,7 @@ import numpy as np
 
 from edge_rerank.device_sdk.contracts import _KIND_NAMES, Context, ContractError, FeedbackEvent, PageItem
 from edge_rerank.device_sdk.features.config import FeatureConfig, FieldSpec
+from edge_rerank.device_sdk.features.event_rows import EventRows
 from edge_rerank.device_sdk.features.item_table import ItemTable
 from edge_rerank.device_sdk.feedback_columns import CAT_FIELDS, EventColumns
 
@@ -401,7 +402,7 @@ class _Views:
     """The views of one build's event axis (sequences of given sizes end to end): see ``FeatureBuilder._view_masks``."""
 
     T: int
-    ranges: list[tuple[int, int]]  # [V] (start, end) on the event axis
+    ranges_flat: np.ndarray  # [V, 2] (start, end) on the event axis
     masks_f: np.ndarray  # float32 [T, V]
     masks_f64: np.ndarray  # float64 [T, V]
     weights: np.ndarray  # int [V, T]
@@ -621,6 +622,7 @@ class FeatureBuilder:
             self._cat_rows = np.array([CAT_FIELDS.index(f) for f in names], dtype=np.intp)
         # candidate columns cached per item (issue 18): what a rerank service turns on
         self._table: ItemTable | None = None
+        self._token = object()  # this builder's key for what it derives beside the store's columns
         if item_cache > 0 and self._fields_are_attributes and not self._nums:
             self._table = ItemTable(max(int(item_cache), 2 * cfg.n_max), cfg.emb_dim, cfg.dense_dim, self._cats,
                                     _encode_many)
@@ -687,10 +689,15 @@ class FeatureBuilder:
 
         # ---- events: columns, roles, the sequences (event indexes, oldest first) ----
         ev_raw = None  # [fields, events] raw values (plain ints) when read from columns
+        rows_d = None  # per-event arrays derived once per stored event (features.event_rows)
         if columns:
+            rows_d = self._event_rows(events)
+            lo, hi = events._lo, events._hi
             ev_item, ev_dwell = events.item, events.dwell
-            codes = plan.role_lut[events.kind]  # the store keeps only EventKind values
             ev_raw = events.cats[self._cat_rows] if self._cat_rows is not None else events.cats
+            is_pos, shown, is_neg = rows_d.pos[lo:hi], rows_d.shown[lo:hi], rows_d.neg[lo:hi]
+            if is_pos.any():  # never a negative: an item with a positive
+                is_neg = is_neg & ~(ev_item[:, None] == ev_item[is_pos][None, :]).any(axis=1)
         elif n_events:
             ev_cols = list(zip(*map(self._event_get, events), strict=True))
             ev_item_t, ev_kind, ev_kname, ev_dwell_t, ev_pos_t, ev_lat_t, ev_lon_t = ev_cols[:7]
@@ -703,14 +710,13 @@ class FeatureBuilder:
                                   for k, kn in zip(ev_kind, ev_kname, strict=True)], dtype=np.int8)
             ev_item = np.array(ev_item_t, dtype=np.int64)
             ev_dwell = np.array(ev_dwell_t, dtype=np.float64)
-        if n_events:
             long = ev_dwell >= cfg.dwell_threshold_ms
             is_pos = (codes == _POSITIVE) | ((codes == _POSITIVE_DWELL) & long)
             shown = (codes == _NEGATIVE) | (codes == _NEGATIVE_DWELL)
             is_neg = (codes == _NEGATIVE) | ((codes == _NEGATIVE_DWELL) & long)
             if is_pos.any():  # never a negative: an item with a positive
                 is_neg &= ~(ev_item[:, None] == ev_item[is_pos][None, :]).any(axis=1)
-        else:
+        if not n_events:
             ev_item = np.zeros(0, np.int64)
             ev_dwell = np.zeros(0, np.float64)
             is_pos = is_neg = shown = np.zeros(0, bool)
@@ -766,16 +772,10 @@ class FeatureBuilder:
         ckeys = ekeys = None
         s_ids = None  # [fields, len(both)] bucket ids of the sequence events
         if c_raw is not None and (ev_raw is not None or not n_events):  # both sides as int columns
-            if ev_raw is None:
-                ev_raw = np.zeros((len(self._cats), 0), np.int64)
             if match_rows:  # plain ints in (-2^62, 2^62): the value shifted to >= 0 is its key
-                ckeys, ekeys = c_raw[match_rows] + _KEY_SHIFT, ev_raw[match_rows] + _KEY_SHIFT
-            s_raw = ev_raw[:, both]
-            if self._all_ids:
-                s_ids = np.where((s_raw >= 0) & (s_raw < self._cat_sizes), s_raw, self._cat_sizes).astype(np.int32)
-            else:
-                s_ids = np.array([_encode_many(spec, s_raw[k].tolist()) for k, spec in enumerate(self._cats)],
-                                 dtype=np.int32).reshape(len(self._cats), len(both))
+                ckeys = c_raw[match_rows] + _KEY_SHIFT
+                ekeys = rows_d.keys[:, lo:hi] if rows_d is not None else np.zeros((len(match_rows), 0), np.int64)
+            s_ids = rows_d.ids[:, both + lo] if rows_d is not None else np.zeros((len(self._cats), 0), np.int32)
             if self._cats:
                 unknown = (c_ids == self._cat_sizes).sum(axis=1).tolist()
                 for k, spec in enumerate(self._cats):
@@ -829,9 +829,15 @@ class FeatureBuilder:
 
         # ---- the operators ----
         # distance to the search location of the candidates and of the sequence events, in one call
-        both_dist = _distance(np.concatenate([cand_lat, ev_lat[both]]), np.concatenate([cand_lon, ev_lon[both]]),
-                              np.array([context.lat]), np.array([context.lon]), cfg.geo)[:, 0]
-        ctx_dist = both_dist[:n]
+        if rows is not None and rows_d is not None:  # both cached per item / per event for this location
+            here = (context.lat, context.lon)
+            to_ctx = lambda lat, lon: _distance(lat, lon, np.array([here[0]]), np.array([here[1]]), cfg.geo)[:, 0]  # noqa: E731
+            ctx_dist = self._table.distances(rows, here, to_ctx)
+            ev_ctx_dist = rows_d.distances(events._b, hi, here, to_ctx)[both + lo]
+        else:
+            both_dist = _distance(np.concatenate([cand_lat, ev_lat[both]]), np.concatenate([cand_lon, ev_lon[both]]),
+                                  np.array([context.lat]), np.array([context.lon]), cfg.geo)[:, 0]
+            ctx_dist, ev_ctx_dist = both_dist[:n], both_dist[n:]
         out: dict[str, np.ndarray] = {}
         num = np.zeros((N, cfg.n_candidate_features), np.float32)
         if n:
@@ -861,7 +867,11 @@ class FeatureBuilder:
                 vec = None
                 if self._sim:
                     vec = np.concatenate([vectors.get(s, np.zeros((0, E), np.float32)) for s in plan.seqs])
-                self._sequence_operators(cols, seq_idx, ckeys, ekeys, ev_item, cand_ids, cand_emb, cand_unit, vec)
+                ev_unit = None
+                if rows_d is not None and rows_d.unit is not None and not events.ragged:
+                    ev_unit = rows_d.unit[lo:hi]
+                self._sequence_operators(cols, seq_idx, ckeys, ekeys, ev_item, cand_ids, cand_emb, cand_unit, vec,
+                                         ev_unit)
             num[:n] = cols
         out_emb = np.zeros((N, E), np.float32)
         out_emb[:n] = cand_emb
@@ -895,7 +905,7 @@ class FeatureBuilder:
         if s:
             out["seq_emb"][:s] = vb
             posn = ev_posn[both]
-            dist = both_dist[n:]
+            dist = ev_ctx_dist
             sn = seq_num[:s]
             sn[:, 0] = np.log1p(np.maximum(ev_dwell[both], 0.0) / 1000.0)
             sn[:, 1] = np.minimum((n_events - both).astype(np.float64) / L, 4.0)
@@ -914,6 +924,35 @@ class FeatureBuilder:
             if not np.isfinite(out[name]).all():
                 raise FeatureError(f"non-finite values in feature {name!r}")
         return {name: out[name] for name in self._input_order}
+
+    def _event_rows(self, cols: EventColumns) -> EventRows:
+        """This builder's per-event arrays for the buffers `cols` reads, brought up to its last event."""
+        b = cols._b
+        d = b.derived.get(self._token)
+        if d is None:
+            d = b.derived[self._token] = EventRows(b, len(self._match_rows), len(self._cats),
+                                                   self._sim and b.width == self.cfg.emb_dim)
+        if d.upto < cols._hi:
+            d.update(b, cols._hi, self._roles_of, self._keys_of, self._ids_of)
+        return d
+
+    def _roles_of(self, kind: np.ndarray, dwell: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        codes = self._plan.role_lut[kind]  # the store keeps only EventKind values
+        long = dwell >= self.cfg.dwell_threshold_ms
+        return ((codes == _POSITIVE) | ((codes == _POSITIVE_DWELL) & long),
+                (codes == _NEGATIVE) | ((codes == _NEGATIVE_DWELL) & long),
+                (codes == _NEGATIVE) | (codes == _NEGATIVE_DWELL))
+
+    def _keys_of(self, cats: np.ndarray) -> np.ndarray:
+        c = cats[self._cat_rows] if self._cat_rows is not None else cats
+        return c[self._match_rows] + _KEY_SHIFT
+
+    def _ids_of(self, cats: np.ndarray) -> np.ndarray:
+        c = cats[self._cat_rows] if self._cat_rows is not None else cats
+        if self._all_ids:
+            return np.where((c >= 0) & (c < self._cat_sizes), c, self._cat_sizes)
+        return np.array([_encode_many(spec, c[k].tolist()) for k, spec in enumerate(self._cats)],
+                        dtype=np.int32).reshape(len(self._cats), c.shape[1])
 
     def _column_vectors(self, cols: EventColumns, idx: np.ndarray) -> np.ndarray:
         """ID embeddings [len(idx), E] of the events at `idx`, from the store's columns (zeros where none)."""
@@ -940,19 +979,20 @@ class FeatureBuilder:
             masks = (seq_of[None, :] == plan.view_seq[:, None]) & (rank[None, :] <= plan.view_window[:, None])
             view_size = np.minimum(sz[plan.view_seq], plan.view_window)
             end = np.cumsum(sz)[plan.view_seq]
-            dtype = np.int16 if T < (1 << 15) - 1 else np.int64
+            dtype = np.uint8 if T < 255 else np.int16 if T < (1 << 15) - 1 else np.int64
             weights = (masks * (T + 1 - rank)[None, :]).astype(dtype)
             if len(self._masks_cache) >= 4096:
                 self._masks_cache.clear()
             hit = self._masks_cache[sizes] = _Views(
-                T=T, ranges=list(zip((end - view_size).tolist(), end.tolist(), strict=True)),
+                T=T, ranges_flat=np.stack([end - view_size, end], axis=1),
                 masks_f=np.ascontiguousarray(masks.T, dtype=np.float32), masks_f64=np.ascontiguousarray(
                     masks.T, dtype=np.float64), weights=weights, view_size=view_size)
         return hit
 
     def _sequence_operators(self, cols: np.ndarray, seq_idx: dict[str, np.ndarray], ckeys: np.ndarray | None,
                             ekeys: np.ndarray | None, ev_item: np.ndarray, cand_ids: np.ndarray, cand_emb: np.ndarray,
-                            cand_unit: np.ndarray | None, vectors: np.ndarray | None) -> None:
+                            cand_unit: np.ndarray | None, vectors: np.ndarray | None,
+                            ev_unit: np.ndarray | None = None) -> None:
         """Match&Aggregate and similarity operators into `cols` [n, ops]. The sequences lie end to end on one event
         axis T; every view is a contiguous range of it. One equality tensor [fields, n, T] (+ one row per field
         combination) -> hit and freq of every operator from one product with the view masks (exact: counts of
@@ -994,13 +1034,14 @@ class FeatureBuilder:
             if "step" in plan.agg:
                 _, c, v = self._agg_rows["step"]
                 newest = (match[c] * views.weights[v][:, None, :]).max(axis=2)  # [ops, n]; 0: no match
-                step = np.where(newest > 0, (T + 1 - newest).astype(np.float64), np.inf)
+                step = (T + 1 - newest.astype(np.int64)) / cfg.l_max  # the newest match's rank / l_max
+                step[newest == 0] = 1.0  # none: 1.0
         for name in ("hit", "freq", "step"):
             if name not in plan.agg:
                 continue
             out_cols, c, v = self._agg_rows[name]
             if name == "step":
-                cols[:, out_cols] = 1.0 if step is None else np.minimum(step / cfg.l_max, 1.0).T
+                cols[:, out_cols] = 1.0 if step is None else np.minimum(step, 1.0).T
             elif counts is None:
                 cols[:, out_cols] = 0.0
             elif name == "hit":
@@ -1014,18 +1055,24 @@ class FeatureBuilder:
                 if a is None:
                     a = cand_emb.astype(np.float64)  # norms as np.linalg.norm computes them, without its wrapper
                     a = a / np.maximum(np.sqrt(np.add.reduce(a * a, axis=1, keepdims=True)), 1e-9)
-                b = vectors.astype(np.float64)
-                sim = a @ (b / np.maximum(np.sqrt(np.add.reduce(b * b, axis=1, keepdims=True)), 1e-9)).T  # [n, T]
+                if ev_unit is not None:  # unit vectors of the stored events, derived once per event
+                    sim = a @ ev_unit[ev].T
+                else:
+                    b = vectors.astype(np.float64)
+                    sim = a @ (b / np.maximum(np.sqrt(np.add.reduce(b * b, axis=1, keepdims=True)), 1e-9)).T  # [n, T]
             for name in ("sim_max", "sim_mean"):
                 if name not in plan.agg:
                     continue
                 out_cols, _, v = plan.agg[name]
                 if sim is None:
                     cols[:, out_cols] = 0.0
-                elif name == "sim_max":  # a view is a contiguous range: the max over its slice (0 if empty)
-                    for col, vv in zip(out_cols.tolist(), v.tolist(), strict=True):
-                        lo, hi = views.ranges[vv]
-                        cols[:, col] = sim[:, lo:hi].max(axis=1) if hi > lo else 0.0
+                elif name == "sim_max":  # a view is a contiguous range [lo, hi): one reduceat over (lo, hi) pairs
+                    padded = np.empty((n, T + 1))  # (hi may be T)
+                    padded[:, :T] = sim
+                    padded[:, T] = 0.0
+                    edges = views.ranges_flat[v].ravel()
+                    top = np.maximum.reduceat(padded, edges, axis=1)[:, ::2]
+                    cols[:, out_cols] = np.where(view_size[v] > 0, top, 0.0)  # an empty view: 0
                 else:
                     cols[:, out_cols] = (sim @ views.masks_f64[:, v]) / np.maximum(view_size[v], 1)
 
