@@ -100,6 +100,7 @@ class ItemTable:
     def _insert(self, items: list[PageItem]) -> None:
         E, D = self.E, self.D
         ok: list[PageItem] = []
+        names = [f.name for f in self._cats]
         for it in items:
             self.items.append(it)
             e, d = it.id_embedding, it.cloud_dense
@@ -108,8 +109,10 @@ class ItemTable:
                     and (d.size == 0 or d.shape == (D,)) and type(it.item_id) is int
                     and -(1 << 63) <= it.item_id < (1 << 63) and _finite_real(it.cloud_position)
                     and _finite_real(it.cloud_score) and _finite_real(it.lat) and _finite_real(it.lon)
-                    and all(_plain_int(getattr(it, f.name)) for f in self._cats)
-                    and bool(np.isfinite(e).all()) and bool(np.isfinite(d).all()))
+                    and all(_plain_int(getattr(it, f)) for f in names)
+                    # float32 values summed in float64 cannot overflow: the sum is finite iff every value is
+                    and math.isfinite(float(np.add.reduce(e, dtype=np.float64)))
+                    and math.isfinite(float(np.add.reduce(d, dtype=np.float64))))
             if good:
                 ok.append(it)
             else:
