@@ -108,6 +108,29 @@ def test_property_a_session_of_reranks_matches_the_per_object_path(fcfg, seed, m
         old = snap
 
 
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**16), odd=st.lists(st.sampled_from([-1, 12, 99, 2**40, 5]), min_size=1, max_size=4),
+       where=st.sampled_from(["candidates", "events", "both"]))
+def test_property_values_outside_an_ids_field_match_by_value(fcfg, seed, odd, where):
+    """The histogram path of the sequence operators (every matched field an ``ids`` field, every value in range)
+    steps aside when a candidate or event value falls in the unknown bucket (-1, too large): matching then goes by
+    value (12 matches 12, not 99), as the reference does."""
+    cfg = _cfg(fcfg, n_max=10, l_max=12)
+    rng = np.random.default_rng(seed)
+    hist = [make_item(100 + k, rng, cfg, k) for k in range(10)]
+    cands = [make_item(k, rng, cfg, k) for k in range(10)]
+    for k, v in enumerate(odd):
+        if where in ("candidates", "both"):
+            cands[(3 * k) % 10].category = v
+        if where in ("events", "both"):
+            hist[(7 * k) % 10].category = v
+            hist[(7 * k + 1) % 10].brand = v
+    store = FeedbackStore()
+    store.add_many("s", make_events(hist, {h.item_id for h in hist[::3]}))
+    assert_same(cfg, cands, store.events("s"))
+    same_bits(FeatureBuilder(cfg, item_cache=64), cands, store.snapshot("s"))
+
+
 def test_eviction_and_growth_keep_old_snapshots_intact(fcfg):
     rng = np.random.default_rng(1)
     store = FeedbackStore(max_events_per_session=5)
