@@ -407,9 +407,6 @@ class _Views:
     masks_f64: np.ndarray  # float64 [T, V]
     weights: np.ndarray  # int [V, T]
     view_size: np.ndarray  # [V]
-    vid: np.ndarray  # [M] the view of each (view, event) membership
-    vpos: np.ndarray  # [M] its event's position on the event axis
-    vw: np.ndarray  # [M] its event's weight T + 1 - rank (the newest event of a view weighs most)
 
 
 def _compile_plan(cfg: FeatureConfig) -> _Plan:
@@ -618,17 +615,6 @@ class FeatureBuilder:
         self._agg_rows = {a: (cols, rows_of[c] if a in ("hit", "freq", "step") else c, v)
                           for a, (cols, c, v) in self._plan.agg.items()}
         self._count_aggs = "hit" in self._plan.agg or "freq" in self._plan.agg
-        # histogram path (every matched field an ids field): rows of c_ids, sizes, per combination row its base in
-        # the flat histogram [rows x values x views]
-        self._hist = None
-        spec_of = {f.name: (k, f) for k, f in enumerate(self._cats)}
-        if len(self._plan.combos) and all(f in spec_of and spec_of[f][1].mode == "ids" for f in self._plan.fields):
-            rows_cat = np.array([spec_of[f][0] for f in self._plan.fields], dtype=np.intp)
-            sz = [spec_of[f][1].n for f in self._plan.fields]
-            dom = sz + [int(np.prod([sz[f] for f in fs])) for fs in multi]
-            V = len(self._plan.view_seq)
-            base = np.concatenate([[0], np.cumsum(np.array(dom, dtype=np.int64) * V)])
-            self._hist = (rows_cat, np.array(sz, dtype=np.int64)[:, None], sz, base[:-1], int(base[-1]))
         # events handed over as columns (FeedbackStore.snapshot) are read from them when they hold every field
         self._columns_ok = self._fields_are_attributes and all(f in CAT_FIELDS for f in names)
         self._cat_rows = None  # rows of the store's CAT_FIELDS columns in cat_names order (None: the same order)
@@ -784,14 +770,12 @@ class FeatureBuilder:
         # ---- categorical fields: match keys of candidates + events, bucket ids ----
         match_rows = self._match_rows
         ckeys = ekeys = None
-        e_ids = None  # [fields, events] bucket ids of all events (the histogram path of the sequence operators)
         s_ids = None  # [fields, len(both)] bucket ids of the sequence events
         if c_raw is not None and (ev_raw is not None or not n_events):  # both sides as int columns
             if match_rows:  # plain ints in (-2^62, 2^62): the value shifted to >= 0 is its key
                 ckeys = c_raw[match_rows] + _KEY_SHIFT
                 ekeys = rows_d.keys[:, lo:hi] if rows_d is not None else np.zeros((len(match_rows), 0), np.int64)
             s_ids = rows_d.ids[:, both + lo] if rows_d is not None else np.zeros((len(self._cats), 0), np.int32)
-            e_ids = rows_d.ids[:, lo:hi] if rows_d is not None else None
             if self._cats:
                 unknown = (c_ids == self._cat_sizes).sum(axis=1).tolist()
                 for k, spec in enumerate(self._cats):
@@ -826,8 +810,7 @@ class FeatureBuilder:
                 ids = (np.stack([_encode_many(spec, raw[k]) for k, spec in enumerate(self._cats)]) if self._cats
                        else None)
             if ids is not None:
-                c_ids, e_ids = ids[:, :n], ids[:, n:]
-                s_ids = e_ids[:, both]
+                c_ids, s_ids = ids[:, :n], ids[:, n:][:, both]
                 unknown = (c_ids == self._cat_sizes).sum(axis=1).tolist()
                 for k, spec in enumerate(self._cats):
                     counts = self.unknown_counts[spec.name]
@@ -888,7 +871,7 @@ class FeatureBuilder:
                 if rows_d is not None and rows_d.unit is not None and not events.ragged:
                     ev_unit = rows_d.unit[lo:hi]
                 self._sequence_operators(cols, seq_idx, ckeys, ekeys, ev_item, cand_ids, cand_emb, cand_unit, vec,
-                                         ev_unit, c_ids if self._hist is not None else None, e_ids)
+                                         ev_unit)
             num[:n] = cols
         out_emb = np.zeros((N, E), np.float32)
         out_emb[:n] = cand_emb
@@ -941,50 +924,6 @@ class FeatureBuilder:
             if not np.isfinite(out[name]).all():
                 raise FeatureError(f"non-finite values in feature {name!r}")
         return {name: out[name] for name in self._input_order}
-
-    def _histogram_operators(self, cols: np.ndarray, views: _Views, c_ids: np.ndarray, t_ids: np.ndarray) -> bool:
-        """hit / freq / step of every Match&Aggregate operator from per-view histograms of the events' values, when
-        every matched field is an ``ids`` field and every candidate and event value is in range (then the bucket id
-        is the value itself, and matching is looking up the candidate's value): per (field combination, view) the
-        count of each value and the newest event with it. False (nothing written) when a value is out of range."""
-        rows_cat, sizes, radix, base, total = self._hist
-        ci, ti = c_ids[rows_cat], t_ids[rows_cat]  # [F, n], [F, T]
-        if (ci == sizes).any() or (ti == sizes).any():  # an unknown bucket holds several values: match by keys
-            return False
-        F, multi = len(rows_cat), self._multi_combos
-        if multi:  # one mixed-radix key per multi-field combination
-            R = F + len(multi)
-            ck, tk = np.empty((R, ci.shape[1]), np.int64), np.empty((R, ti.shape[1]), np.int64)
-            ck[:F], tk[:F] = ci, ti
-            for k, fs in enumerate(multi):
-                ck[F + k], tk[F + k] = ci[fs[0]], ti[fs[0]]
-                for f in fs[1:]:
-                    ck[F + k] = ck[F + k] * radix[f] + ci[f]
-                    tk[F + k] = tk[F + k] * radix[f] + ti[f]
-        else:
-            ck, tk = ci, ti
-        V = len(views.view_size)
-        flat = (base[:, None] + tk[:, views.vpos] * V + views.vid[None, :]).ravel()  # [rows x memberships]
-        plan, cfg = self._plan, self.cfg
-        if self._count_aggs:
-            counts = np.bincount(flat, minlength=total)
-            for name in ("hit", "freq"):
-                if name in plan.agg:
-                    out_cols, r, v = self._agg_rows[name]
-                    c = counts[(base[r] + v)[:, None] + ck[r] * V]  # [ops, n]
-                    if name == "hit":
-                        cols[:, out_cols] = (c > 0).T
-                    else:
-                        cols[:, out_cols] = (c / np.maximum(views.view_size[v], 1)[:, None]).T
-        if "step" in plan.agg:
-            newest = np.zeros(total, np.int64)
-            np.maximum.at(newest, flat, np.tile(views.vw, len(ck)))
-            out_cols, r, v = self._agg_rows["step"]
-            w = newest[(base[r] + v)[:, None] + ck[r] * V]  # [ops, n]; 0: no match
-            step = (views.T + 1 - w) / cfg.l_max
-            step[w == 0] = 1.0
-            cols[:, out_cols] = np.minimum(step, 1.0).T
-        return True
 
     def _event_rows(self, cols: EventColumns) -> EventRows:
         """This builder's per-event arrays for the buffers `cols` reads, brought up to its last event."""
@@ -1042,21 +981,18 @@ class FeatureBuilder:
             end = np.cumsum(sz)[plan.view_seq]
             dtype = np.uint8 if T < 255 else np.int16 if T < (1 << 15) - 1 else np.int64
             weights = (masks * (T + 1 - rank)[None, :]).astype(dtype)
-            vid, vpos = np.nonzero(masks)  # every (view, event) membership
             if len(self._masks_cache) >= 4096:
                 self._masks_cache.clear()
             hit = self._masks_cache[sizes] = _Views(
                 T=T, ranges_flat=np.stack([end - view_size, end], axis=1),
                 masks_f=np.ascontiguousarray(masks.T, dtype=np.float32), masks_f64=np.ascontiguousarray(
-                    masks.T, dtype=np.float64), weights=weights, view_size=view_size, vid=vid, vpos=vpos,
-                vw=(T + 1 - rank)[vpos])
+                    masks.T, dtype=np.float64), weights=weights, view_size=view_size)
         return hit
 
     def _sequence_operators(self, cols: np.ndarray, seq_idx: dict[str, np.ndarray], ckeys: np.ndarray | None,
                             ekeys: np.ndarray | None, ev_item: np.ndarray, cand_ids: np.ndarray, cand_emb: np.ndarray,
                             cand_unit: np.ndarray | None, vectors: np.ndarray | None,
-                            ev_unit: np.ndarray | None = None, c_ids: np.ndarray | None = None,
-                            e_ids: np.ndarray | None = None) -> None:
+                            ev_unit: np.ndarray | None = None) -> None:
         """Match&Aggregate and similarity operators into `cols` [n, ops]. The sequences lie end to end on one event
         axis T; every view is a contiguous range of it. One equality tensor [fields, n, T] (+ one row per field
         combination) -> hit and freq of every operator from one product with the view masks (exact: counts of
@@ -1072,13 +1008,7 @@ class FeatureBuilder:
         views = self._view_masks(tuple(len(p) for p in parts))
         view_size = views.view_size
         counts = step = None
-        if len(plan.combos) and T and c_ids is not None and e_ids is not None:
-            hist = self._histogram_operators(cols, views, c_ids, e_ids[:, ev])
-        else:
-            hist = False
-        if hist:
-            pass
-        elif len(plan.combos) and T:
+        if len(plan.combos) and T:
             F = len(plan.fields)
             n_cat = F - (plan.fields[-1] == IDENTITY)
             ck, ek = np.empty((F, n), np.int64), np.empty((F, T), np.int64)
@@ -1107,7 +1037,7 @@ class FeatureBuilder:
                 step = (T + 1 - newest.astype(np.int64)) / cfg.l_max  # the newest match's rank / l_max
                 step[newest == 0] = 1.0  # none: 1.0
         for name in ("hit", "freq", "step"):
-            if name not in plan.agg or hist:
+            if name not in plan.agg:
                 continue
             out_cols, c, v = self._agg_rows[name]
             if name == "step":
