@@ -20,7 +20,7 @@ _SHIFT = 1 << 62  # plain ints in (-2^62, 2^62) plus this: match keys >= 0
 class EventRows:
     """Derived per-row arrays of one ``_Buffers`` for one builder, valid for rows [0, upto)."""
 
-    def __init__(self, buffers, n_keys: int, n_ids: int, unit: bool):
+    def __init__(self, buffers, n_keys: int, n_ids: int, unit: bool, dist_edges: np.ndarray, pos_edges: np.ndarray):
         cap, width = buffers.cap, buffers.width
         self.upto = 0
         self.pos = np.zeros(cap, bool)  # positive (after the dwell threshold of a _dwell role)
@@ -32,6 +32,12 @@ class EventRows:
         self.ctx: tuple[float, float, str] | None = None
         self.ctx_upto = 0
         self.ctx_dist = np.zeros(cap, np.float64)
+        # the MVFAN event features of each row: seq_num columns (log dwell, [per call], position / 100, log
+        # distance) and the distance / position buckets
+        self.dist_edges, self.pos_edges = dist_edges, pos_edges
+        self.seq_num = np.zeros((cap, 4), np.float64)
+        self.dist_b = np.zeros(cap, np.int32)
+        self.pos_b = np.zeros(cap, np.int32)
 
     def update(self, b, hi: int, roles: Callable, keys: Callable, ids: Callable) -> None:
         """Derive rows [upto, hi) of buffers `b`: ``roles(kind, dwell) -> (pos, neg, shown)``, ``keys(cats)`` and
@@ -43,6 +49,9 @@ class EventRows:
         cats = b.cats[:, lo:hi]
         self.keys[:, lo:hi] = keys(cats)
         self.ids[:, lo:hi] = ids(cats)
+        self.seq_num[lo:hi, 0] = np.log1p(np.maximum(b.dwell[lo:hi], 0.0) / 1000.0)
+        self.seq_num[lo:hi, 2] = b.position[lo:hi] / 100.0
+        self.pos_b[lo:hi] = self.pos_edges.searchsorted(b.position[lo:hi], side="right")
         if self.unit is not None:
             a = b.emb[lo:hi].astype(np.float64)  # as the builder normalises event vectors (bit for bit)
             self.unit[lo:hi] = a / np.maximum(np.sqrt(np.add.reduce(a * a, axis=1, keepdims=True)), 1e-9)
@@ -54,6 +63,8 @@ class EventRows:
             self.ctx, self.ctx_upto = ctx, 0
         lo = self.ctx_upto
         if hi > lo:
-            self.ctx_dist[lo:hi] = dist(b.lat[lo:hi], b.lon[lo:hi])
+            d = self.ctx_dist[lo:hi] = dist(b.lat[lo:hi], b.lon[lo:hi])
+            self.seq_num[lo:hi, 3] = np.log1p(d)
+            self.dist_b[lo:hi] = self.dist_edges.searchsorted(d, side="right")
             self.ctx_upto = hi
         return self.ctx_dist

@@ -53,6 +53,7 @@ class ItemTable:
         self.raw = np.zeros((F, cap), np.int64)  # raw field values (plain ints)
         self.ids = np.zeros((F, cap), np.int32)  # bucket ids
         self._used = 0  # rows written
+        self._windows: dict[tuple[int, ...], np.ndarray | None] = {}  # recent windows (item ids) -> their rows
         self._ctx_ids: dict = {}  # search location -> id; ctx_of[row]: the id its ctx_dist is for (-1: none)
         self.ctx_of = np.full(cap, -1, np.int64)
         self.ctx_dist = np.zeros(cap, np.float64)
@@ -61,6 +62,7 @@ class ItemTable:
     def clear(self) -> None:
         self.rows.clear()
         self.items.clear()
+        self._windows.clear()
         self._used = 0
 
     def distances(self, rows: np.ndarray, ctx: tuple, dist) -> np.ndarray:
@@ -81,6 +83,10 @@ class ItemTable:
 
     def rows_of(self, items: Sequence[PageItem]) -> np.ndarray | None:
         """Row index of each item (rows added for new items); None if some item cannot be represented."""
+        key = tuple(map(id, items))  # the same window again (a trigger before the user scrolled): no lookups
+        if key in self._windows:
+            self.hits += len(items)
+            return self._windows[key]
         get = self.rows.get
         idx = [get(id(it)) for it in items]
         if None in idx:
@@ -93,9 +99,11 @@ class ItemTable:
             idx = [get(id(it)) for it in items]
         else:
             self.hits += len(items)
-        if _UNCACHEABLE in idx:
-            return None
-        return np.array(idx, dtype=np.intp)
+        out = None if _UNCACHEABLE in idx else np.array(idx, dtype=np.intp)
+        if len(self._windows) >= 256:
+            self._windows.clear()
+        self._windows[tuple(map(id, items))] = out  # every item is held now: its id cannot be reused
+        return out
 
     def _insert(self, items: list[PageItem]) -> None:
         E, D = self.E, self.D

@@ -833,7 +833,8 @@ class FeatureBuilder:
             here = (context.lat, context.lon)
             to_ctx = lambda lat, lon: _distance(lat, lon, np.array([here[0]]), np.array([here[1]]), cfg.geo)[:, 0]  # noqa: E731
             ctx_dist = self._table.distances(rows, here, to_ctx)
-            ev_ctx_dist = rows_d.distances(events._b, hi, here, to_ctx)[both + lo]
+            rows_d.distances(events._b, hi, here, to_ctx)  # (and the MVFAN columns of the new rows)
+            ev_ctx_dist = None
         else:
             both_dist = _distance(np.concatenate([cand_lat, ev_lat[both]]), np.concatenate([cand_lon, ev_lon[both]]),
                                   np.array([context.lat]), np.array([context.lon]), cfg.geo)[:, 0]
@@ -902,7 +903,15 @@ class FeatureBuilder:
         seq_num = np.zeros((L, cfg.n_event_features), np.float32)
         out["seq_dist_b"] = np.zeros(L, np.int32)
         out["seq_pos_b"] = np.zeros(L, np.int32)
-        if s:
+        if s and ev_ctx_dist is None:  # every per-event column was derived once per stored event
+            out["seq_emb"][:s] = vb
+            g = both + lo
+            sn = seq_num[:s]
+            sn[:] = rows_d.seq_num[g]
+            sn[:, 1] = np.minimum((n_events - both).astype(np.float64) / L, 4.0)
+            out["seq_dist_b"][:s] = rows_d.dist_b[g]
+            out["seq_pos_b"][:s] = rows_d.pos_b[g]
+        elif s:
             out["seq_emb"][:s] = vb
             posn = ev_posn[both]
             dist = ev_ctx_dist
@@ -931,7 +940,8 @@ class FeatureBuilder:
         d = b.derived.get(self._token)
         if d is None:
             d = b.derived[self._token] = EventRows(b, len(self._match_rows), len(self._cats),
-                                                   self._sim and b.width == self.cfg.emb_dim)
+                                                   self._sim and b.width == self.cfg.emb_dim, self._dist_edges,
+                                                   self._pos_edges)
         if d.upto < cols._hi:
             d.update(b, cols._hi, self._roles_of, self._keys_of, self._ids_of)
         return d
