@@ -55,6 +55,23 @@ def _page(world, fcfg, n: int, seed: int):
     return cands, events, ctx
 
 
+def _module_at(rev: str, path: str, name: str, replace_imports: dict[str, str] | None = None):
+    """The module `path` of this repository as it was at git revision `rev` (a before/after in one run)."""
+    import subprocess
+    import sys
+    import types
+
+    src = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=Path(__file__).resolve().parents[1], check=True,
+                         capture_output=True, text=True).stdout
+    for old, new in (replace_imports or {}).items():
+        src = src.replace(old, new)
+    mod = types.ModuleType(name)
+    mod.__file__ = f"{rev}:{path}"
+    sys.modules[name] = mod  # dataclasses look their module up
+    exec(compile(src, mod.__file__, "exec"), mod.__dict__)
+    return mod
+
+
 def _timeit(fn, runs: int) -> dict:
     """Wall-clock p50/p99 and this thread's CPU time p50/p99 (``cpu_*``: what the call cost when the shared
     machine preempts it; a long batched call is preempted far more often than a 0.1 ms one)."""
@@ -108,6 +125,8 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=2000)
     p.add_argument("--formats", default="numpy,onnx,tflite,mnn")
     p.add_argument("--batch", type=int, default=64, help="batch of the batched per-list cost")
+    p.add_argument("--baseline", default="ed14b1a",
+                   help="git revision whose feature builder and RerankService are timed beside today's ('' skips)")
     a = p.parse_args()
 
     import torch
@@ -119,6 +138,7 @@ def main() -> None:
     from edge_rerank.converters.onnx.convert import export_onnx
     from edge_rerank.converters.specs import get_spec
     from edge_rerank.device_sdk import backends
+    from edge_rerank.device_sdk.contracts import EventKind, FeedbackEvent
     from edge_rerank.device_sdk.features import FeatureBuilder, stack_batch
     from edge_rerank.device_sdk.features.reference_builder import ReferenceFeatureBuilder
     from edge_rerank.device_sdk.feedback_store import FeedbackStore
@@ -181,10 +201,18 @@ def main() -> None:
     store = FeedbackStore()
     store.add_many("bench", events)
     snap = store.snapshot("bench")
-    ft: dict[str, list[tuple[float, float]]] = {"vectorised": [], "reference": [], "rerank_time": []}
+    old_ops = old_reranker = None
+    if a.baseline:
+        old_ops = _module_at(a.baseline, "device_sdk/features/operators.py", "baseline_operators")
+        old_reranker = _module_at(a.baseline, "device_sdk/reranker.py", "baseline_reranker", {
+            "from edge_rerank.device_sdk.features.operators import FeatureBuilder":
+                "from baseline_operators import FeatureBuilder"})
+    variants = [("vectorised", builder, events), ("reference", ref_builder, events), ("rerank_time", cached, snap)]
+    if old_ops is not None:
+        variants.append(("baseline", old_ops.FeatureBuilder(fcfg), events))
+    ft: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in variants}
     for i in range(a.runs):
-        for name, b, evs in (("vectorised", builder, events), ("reference", ref_builder, events),
-                             ("rerank_time", cached, snap)):
+        for name, b, evs in variants:
             c, t = time.thread_time(), time.perf_counter()
             b.build(cands, evs, ctx)
             if i >= 20:
@@ -195,6 +223,11 @@ def main() -> None:
                     "cpu_p99_ms": float(np.percentile([c for _, c in v], 99))} for k, v in ft.items()}
     features["speedup_p50"] = features["reference"]["p50_ms"] / features["vectorised"]["p50_ms"]
     features["rerank_time_speedup_p50"] = features["vectorised"]["p50_ms"] / features["rerank_time"]["p50_ms"]
+    if "baseline" in features:
+        features["baseline_rev"] = a.baseline
+        features["rerank_time_vs_baseline_p50"] = features["baseline"]["p50_ms"] / features["rerank_time"]["p50_ms"]
+        print(f"features: baseline ({a.baseline}) p50 {features['baseline']['p50_ms']:.3f} ms -> rerank-time "
+              f"{features['rerank_time']['p50_ms']:.3f} ms ({features['rerank_time_vs_baseline_p50']:.2f}x)")
     print(f"features: vectorised p50 {features['vectorised']['p50_ms']:.3f} ms, reference p50 "
           f"{features['reference']['p50_ms']:.3f} ms ({features['speedup_p50']:.2f}x), rerank-time (cached) p50 "
           f"{features['rerank_time']['p50_ms']:.3f} ms ({features['rerank_time_speedup_p50']:.2f}x the vectorised)")
@@ -223,34 +256,68 @@ def main() -> None:
               f"(CPU {rb['cpu_p50_ms'] / a.batch:.4f})")
 
     # the whole rerank call as the SDK does it (RerankService.rerank: argument checks, features, onnxruntime,
-    # reinsertion), interleaved: "sdk" = the service as shipped (item cache, the store's columns), "per_object" = the
-    # same service on the per-object path (a builder without item cache, events as a list: the previous call)
-    call = {}
+    # reinsertion), interleaved per call: "sdk" = the service as shipped (item cache, the store's columns),
+    # "per_object" = the same service on the per-object path (no item cache, events as a list), "baseline" = the
+    # service and builder of --baseline. Two workloads: "steady" = the same page and events every call (N = L = 50);
+    # "sessions" = scripted sessions (fresh item objects per session, 6 events and a 4-item scroll before each of 8
+    # reranks, windows of up to 50): what a session pays, the caches' first reads included.
+    call: dict = {}
     if "onnx" in files:
         be = backends.create("onnxruntime", files["onnx"][1], threads=1)
         cands, events, ctx = pages[0]
-        items = pages[1][0][:10] + cands  # 10 items already seen, then the window
         bundle = SimpleNamespace(feature_config=fcfg, manifest=SimpleNamespace(version="bench"))
         loaded = LoadedModel(bundle=bundle, backend=be)  # type: ignore[arg-type]
         sdk, per_object = RerankService(loaded), RerankService(loaded)
         per_object._builder, per_object._builder_for = FeatureBuilder(fcfg), loaded
-        modes = {"sdk": (sdk, snap), "per_object": (per_object, list(events))}
-        parts = {m: {k: [] for k in ("features", "inference", "reinsertion", "total", "cpu_total")} for m in modes}
-        for i in range(a.runs):
-            for m, (svc, evs) in modes.items():
-                c0 = time.thread_time()
-                r = svc.rerank(items, 10, evs, ctx)
-                c1 = time.thread_time()
-                assert r.applied, r.fallback_reason
-                if i >= 20:
-                    for k, v in r.timings_ms.items():
-                        parts[m][k].append(v)
-                    parts[m]["cpu_total"].append((c1 - c0) * 1e3)
-        call = {m: {k: {"p50_ms": float(np.percentile(v, 50)), "p99_ms": float(np.percentile(v, 99))}
-                    for k, v in ps.items()} for m, ps in parts.items()}
-        for m, c in call.items():
-            print(f"rerank call (onnxruntime, {m}): " + ", ".join(
-                f"{k} p50 {v['p50_ms']:.3f} / p99 {v['p99_ms']:.3f} ms" for k, v in c.items()))
+        services = {"sdk": sdk, "per_object": per_object}
+        if old_reranker is not None:  # the previous service and builder, as they were at --baseline
+            services["baseline"] = old_reranker.RerankService(loaded)
+        keys = ("features", "inference", "reinsertion", "total", "cpu_total")
+
+        def summary(parts: dict) -> dict:
+            return {m: {k: {"p50_ms": float(np.percentile(v, 50)), "p99_ms": float(np.percentile(v, 99)),
+                            "min_ms": float(np.min(v))} for k, v in ps.items()} for m, ps in parts.items()}
+
+        def timed(parts: dict, m: str, items, n_fixed: int, evs) -> None:
+            c0 = time.thread_time()
+            r = services[m].rerank(items, n_fixed, evs, ctx)
+            c1 = time.thread_time()
+            assert r.applied, r.fallback_reason
+            for k, v in r.timings_ms.items():
+                parts[m][k].append(v)
+            parts[m]["cpu_total"].append((c1 - c0) * 1e3)
+
+        steady = {m: {k: [] for k in keys} for m in services}
+        items = pages[1][0][:10] + cands  # 10 items already seen, then the window
+        for i in range(a.runs + 20):
+            for m in services:
+                timed(steady, m, items, 10, snap if m == "sdk" else list(events))
+                if i < 20:  # warm-up
+                    for v in steady[m].values():
+                        v.pop()
+        call["steady"] = summary(steady)
+
+        sessions = {m: {k: [] for k in keys} for m in services}
+        pool = [it for c, _, _ in pages for it in c]
+        rng = np.random.default_rng(1)
+        for sess in range(max(10, a.runs // 8)):
+            items = [replace(pool[j]) for j in rng.choice(len(pool), size=90, replace=False)]  # fresh objects
+            st = FeedbackStore()
+            for step in range(8):
+                n_fixed = 4 * step
+                for k in range(6):  # the user saw these (one of them clicked and returned from)
+                    it = items[(n_fixed + k) % len(items)]
+                    kind = EventKind.CLICK if k == 2 else EventKind.EXPOSURE
+                    st.add(f"s{sess}", FeedbackEvent.for_item(it, kind, 1000 * (6 * step + k), "r", n_fixed + k,
+                                                              0.0 if kind == EventKind.CLICK else 2500.0))
+                for m in services:
+                    timed(sessions, m, items, n_fixed, st.snapshot(f"s{sess}") if m == "sdk" else
+                          st.events(f"s{sess}"))
+        call["sessions"] = summary(sessions)
+        for w, res in call.items():
+            for m, c in res.items():
+                print(f"rerank call [{w}] (onnxruntime, {m}): " + ", ".join(
+                    f"{k} p50 {v['p50_ms']:.3f} / p99 {v['p99_ms']:.3f}" for k, v in c.items()) + " ms")
     flops = model_flops(fcfg, mcfg)
     peak = matmul_peak_gflops()
     best = min(v["p50_ms"] for k, v in results.items() if k != "torch")
@@ -263,7 +330,7 @@ def main() -> None:
         "flops_per_call": flops, "matmul_peak_gflops_1thread": peak,
         "best_backend_gflops": flops / (best * 1e-3) / 1e9,
         "backends": results, "rerank_call_onnxruntime": call, "load_avg_end": os.getloadavg(), "features": features,
-        "batched": batched,
+        "batched": batched, "baseline_rev": a.baseline,
         "flop_time_limit_ms": limit_ms, "best_backend_x_limit": best / limit_ms,
         "best_backend_cpu_x_limit": min(v["cpu_p50_ms"] for k, v in results.items() if k != "torch") / limit_ms,
         "best_batched_per_list_x_limit": (min(v["per_list_ms"] for v in batched.values()) / limit_ms

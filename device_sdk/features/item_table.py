@@ -14,7 +14,9 @@ values).
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
+from itertools import repeat
 
 import numpy as np
 
@@ -28,17 +30,24 @@ def _plain_int(v: object) -> bool:
     return type(v) is int and -(1 << 62) < v < (1 << 62)
 
 
-def _finite_real(v: object) -> bool:
-    return type(v) in (int, float) and math.isfinite(v)
+_REAL = {int, float}
+_INT = {int}
+_ATTRS = operator.attrgetter("attrs")
 
 
 class ItemTable:
     """Rows of per-item feature columns (see the module docstring)."""
 
-    def __init__(self, cap: int, emb_dim: int, dense_dim: int, cats: Sequence[FieldSpec], encode):
+    def __init__(self, cap: int, emb_dim: int, dense_dim: int, cats: Sequence[FieldSpec], encode, *,
+                 need_unit: bool = True):
         self.cap, self.E, self.D = int(cap), emb_dim, dense_dim
         self._cats = list(cats)
         self._encode = encode  # (spec, list of raw values) -> int32 bucket ids
+        self.need_unit = need_unit  # unit-length vectors (for the similarity operators)
+        self._get = operator.attrgetter("item_id", "cloud_position", "cloud_score", "lat", "lon",
+                                        *(f.name for f in self._cats))
+        self._all_ids = all(f.mode == "ids" for f in self._cats)
+        self._sizes = np.array([[f.n] for f in self._cats], dtype=np.int64)
         self.rows: dict[int, int] = {}
         self.items: list[PageItem] = []  # strong references: an id stays unique while its row is cached
         cap, F = self.cap, len(self._cats)
@@ -106,48 +115,70 @@ class ItemTable:
         return out
 
     def _insert(self, items: list[PageItem]) -> None:
-        E, D = self.E, self.D
-        ok: list[PageItem] = []
-        names = [f.name for f in self._cats]
-        for it in items:
-            self.items.append(it)
-            e, d = it.id_embedding, it.cloud_dense
-            good = (isinstance(it, PageItem) and not it.attrs and isinstance(e, np.ndarray)
-                    and isinstance(d, np.ndarray) and (e.size == 0 or e.shape == (E,))
-                    and (d.size == 0 or d.shape == (D,)) and type(it.item_id) is int
-                    and -(1 << 63) <= it.item_id < (1 << 63) and _finite_real(it.cloud_position)
-                    and _finite_real(it.cloud_score) and _finite_real(it.lat) and _finite_real(it.lon)
-                    and all(_plain_int(getattr(it, f)) for f in names)
-                    # float32 values summed in float64 cannot overflow: the sum is finite iff every value is
-                    and math.isfinite(float(np.add.reduce(e, dtype=np.float64)))
-                    and math.isfinite(float(np.add.reduce(d, dtype=np.float64))))
-            if good:
-                ok.append(it)
-            else:
+        """Rows for `items` (new ones, a page's worth at a time), read and checked in one pass over all of them; if
+        any of them cannot be represented, none is cached (the builds that read them take the per-object path)."""
+        self.items.extend(items)
+        got = self._columns(items)
+        if got is None:
+            for it in items:
                 self.rows[id(it)] = _UNCACHEABLE
-        if not ok:
             return
-        rows = np.arange(self._used, self._used + len(ok))
-        self._used += len(ok)
-        for it, r in zip(ok, rows.tolist(), strict=True):
-            self.rows[id(it)] = r
+        ids, num, raw, emb, dense = got
+        rows = np.arange(self._used, self._used + len(items))
+        self._used += len(items)
+        self.rows.update(zip(map(id, items), rows.tolist(), strict=True))
         self.ctx_of[rows] = -1
-        self.item_id[rows] = [it.item_id for it in ok]
-        self.position[rows] = [it.cloud_position for it in ok]
-        self.score[rows] = np.minimum(np.maximum(np.array([it.cloud_score for it in ok], np.float64), -10.0), 10.0)
-        self.lat[rows] = [it.lat for it in ok]
-        self.lon[rows] = [it.lon for it in ok]
-        emb = np.zeros((len(ok), E), np.float32)
-        dense = np.zeros((len(ok), D), np.float32)
-        for k, it in enumerate(ok):
-            if it.id_embedding.size:
-                emb[k] = it.id_embedding
-            if it.cloud_dense.size:
-                dense[k] = it.cloud_dense
+        self.item_id[rows] = ids
+        self.position[rows], self.lat[rows], self.lon[rows] = num[0], num[2], num[3]
+        self.score[rows] = np.minimum(np.maximum(num[1], -10.0), 10.0)
         self.emb[rows], self.dense[rows] = emb, dense
-        a = emb.astype(np.float64)  # as the builder normalises candidate vectors (bit for bit)
-        self.unit[rows] = a / np.maximum(np.sqrt(np.add.reduce(a * a, axis=1, keepdims=True)), 1e-9)
-        for k, spec in enumerate(self._cats):
-            raw = [getattr(it, spec.name) for it in ok]
-            self.raw[k, rows] = raw
-            self.ids[k, rows] = self._encode(spec, raw)
+        if self.need_unit:
+            a = emb.astype(np.float64)  # as the builder normalises candidate vectors (bit for bit)
+            self.unit[rows] = a / np.maximum(np.sqrt(np.add.reduce(a * a, axis=1, keepdims=True)), 1e-9)
+        if self._cats:
+            self.raw[:, rows] = raw
+            if self._all_ids:
+                self.ids[:, rows] = np.where((raw >= 0) & (raw < self._sizes), raw, self._sizes)
+            else:
+                for j, spec in enumerate(self._cats):
+                    self.ids[j, rows] = self._encode(spec, raw[j].tolist())
+
+    def _columns(self, items: list[PageItem]):
+        """(item ids, [position, score, lat, lon] float64, raw field values [fields, k], vectors [k, E], dense
+        [k, D]) of `items`, or None unless every value is what the table holds exactly: plain ints, finite reals,
+        float32 vectors of the configured sizes (or none), no ``attrs``."""
+        if not all(map(isinstance, items, repeat(PageItem))) or any(map(_ATTRS, items)):
+            return None
+        cols = list(zip(*map(self._get, items), strict=True))
+        if set(map(type, cols[0])) != _INT or not all(set(map(type, c)) <= _REAL for c in cols[1:5]) or not all(
+                set(map(type, c)) == _INT for c in cols[5:]):
+            return None
+        try:
+            ids = np.array(cols[0], np.int64)
+            num = np.array(cols[1:5], np.float64)
+            raw = np.array(cols[5:], np.int64).reshape(len(self._cats), len(items))
+        except OverflowError:
+            return None
+        if raw.size and not (raw.min() > -(1 << 62) and raw.max() < (1 << 62)):
+            return None
+        k, E, D = len(items), self.E, self.D
+        try:
+            emb = np.array([it.id_embedding for it in items], np.float32)
+            dense = np.array([it.cloud_dense for it in items], np.float32)
+            if emb.shape != (k, E) or dense.shape != (k, D):
+                raise ValueError
+        except ValueError:  # some item lacks a vector (zeros) or has one of another size (not cached)
+            emb, dense = np.zeros((k, E), np.float32), np.zeros((k, D), np.float32)
+            for j, it in enumerate(items):
+                e, d = it.id_embedding, it.cloud_dense
+                if (e.size and e.shape != (E,)) or (d.size and d.shape != (D,)):
+                    return None
+                if e.size:
+                    emb[j] = e
+                if d.size:
+                    dense[j] = d
+        # float32 values summed in float64 cannot overflow: the sum is finite iff every value is
+        if not (np.isfinite(num).all() and math.isfinite(float(np.add.reduce(emb, axis=None, dtype=np.float64)))
+                and math.isfinite(float(np.add.reduce(dense, axis=None, dtype=np.float64)))):
+            return None
+        return ids, num, raw, emb, dense

@@ -625,7 +625,7 @@ class FeatureBuilder:
         self._token = object()  # this builder's key for what it derives beside the store's columns
         if item_cache > 0 and self._fields_are_attributes and not self._nums:
             self._table = ItemTable(max(int(item_cache), 2 * cfg.n_max), cfg.emb_dim, cfg.dense_dim, self._cats,
-                                    _encode_many)
+                                    _encode_many, need_unit=self._sim)
 
     def _encode(self, spec: FieldSpec | None, values: list) -> np.ndarray:
         if spec is None:
