@@ -149,6 +149,7 @@ class RerankService:
         if len(window) < 2:
             return self._fallback(n, "nothing_to_rerank", timings)
         try:
+            builder._prepare_items(items[n_fixed:])  # the rest of the list too: later windows find their rows
             feats = builder.build(window, events, context)
         except Exception as exc:  # noqa: BLE001 - the app must never crash on a bad feature
             return self._fallback(n, f"features: {exc}", timings)

@@ -29,7 +29,7 @@ class EventRows:
         self.keys = np.zeros((n_keys, cap), np.int64)
         self.ids = np.zeros((n_ids, cap), np.int32)
         self.unit = np.zeros((cap, width), np.float64) if unit else None
-        self.ctx: tuple[float, float, str] | None = None
+        self.ctx: tuple[float, float] | None = None
         self.ctx_upto = 0
         self.ctx_dist = np.zeros(cap, np.float64)
         # the MVFAN event features of each row: seq_num columns (log dwell, [per call], position / 100, log
@@ -57,14 +57,15 @@ class EventRows:
             self.unit[lo:hi] = a / np.maximum(np.sqrt(np.add.reduce(a * a, axis=1, keepdims=True)), 1e-9)
         self.upto = hi
 
-    def distances(self, b, hi: int, ctx: tuple[float, float, str], dist: Callable) -> np.ndarray:
-        """Distances [0, hi) of the events to the search location `ctx` = (lat, lon, geo)."""
+    def stale(self, ctx: tuple[float, float]) -> int:
+        """The first row without a distance to the search location `ctx`."""
         if self.ctx != ctx:
             self.ctx, self.ctx_upto = ctx, 0
-        lo = self.ctx_upto
-        if hi > lo:
-            d = self.ctx_dist[lo:hi] = dist(b.lat[lo:hi], b.lon[lo:hi])
-            self.seq_num[lo:hi, 3] = np.log1p(d)
-            self.dist_b[lo:hi] = self.dist_edges.searchsorted(d, side="right")
-            self.ctx_upto = hi
-        return self.ctx_dist
+        return self.ctx_upto
+
+    def set_distances(self, lo: int, hi: int, d: np.ndarray) -> None:
+        """Distances of rows [lo, hi) to the current search location (and their MVFAN columns)."""
+        self.ctx_dist[lo:hi] = d
+        self.seq_num[lo:hi, 3] = np.log1p(d)
+        self.dist_b[lo:hi] = self.dist_edges.searchsorted(d, side="right")
+        self.ctx_upto = hi

@@ -74,21 +74,28 @@ class ItemTable:
         self._windows.clear()
         self._used = 0
 
-    def distances(self, rows: np.ndarray, ctx: tuple, dist) -> np.ndarray:
-        """Distances of the items at `rows` to the search location `ctx` (computed by ``dist(lat, lon)`` for rows
-        that have none for it yet)."""
+    def stale(self, rows: np.ndarray, ctx: tuple) -> tuple[int, np.ndarray]:
+        """The id of search location `ctx` and those of `rows` without a distance to it yet."""
         cid = self._ctx_ids.get(ctx)
         if cid is None:
             if len(self._ctx_ids) >= 1024:
                 self._ctx_ids.clear()
                 self.ctx_of[:] = -1
             cid = self._ctx_ids[ctx] = len(self._ctx_ids)
-        stale = self.ctx_of[rows] != cid
-        if stale.any():
-            r = rows[stale]
-            self.ctx_dist[r] = dist(self.lat[r], self.lon[r])
-            self.ctx_of[r] = cid
-        return self.ctx_dist[rows]
+        return cid, rows[self.ctx_of[rows] != cid]
+
+    def set_distances(self, rows: np.ndarray, cid: int, dist: np.ndarray) -> None:
+        self.ctx_dist[rows] = dist
+        self.ctx_of[rows] = cid
+
+    def add(self, items: Sequence[PageItem]) -> None:
+        """Rows for those of `items` not in the table yet (a service adds every unseen item of the list: the
+        windows of later reranks then find all of theirs)."""
+        get = self.rows.get
+        missing = list({id(it): it for it in items if get(id(it)) is None}.values())
+        if missing and len(self.items) + len(missing) <= self.cap:
+            self.misses += len(missing)
+            self._insert(missing)
 
     def rows_of(self, items: Sequence[PageItem]) -> np.ndarray | None:
         """Row index of each item (rows added for new items); None if some item cannot be represented."""

@@ -831,9 +831,17 @@ class FeatureBuilder:
         # distance to the search location of the candidates and of the sequence events, in one call
         if rows is not None and rows_d is not None:  # both cached per item / per event for this location
             here = (context.lat, context.lon)
-            to_ctx = lambda lat, lon: _distance(lat, lon, np.array([here[0]]), np.array([here[1]]), cfg.geo)[:, 0]  # noqa: E731
-            ctx_dist = self._table.distances(rows, here, to_ctx)
-            rows_d.distances(events._b, hi, here, to_ctx)  # (and the MVFAN columns of the new rows)
+            t, b = self._table, events._b
+            cid, stale = t.stale(rows, here)
+            e_lo = rows_d.stale(here)
+            if stale.size or hi > e_lo:  # one distance call for the new items and the new events
+                k = stale.size
+                d = _distance(np.concatenate([t.lat[stale], b.lat[e_lo:hi]]),
+                              np.concatenate([t.lon[stale], b.lon[e_lo:hi]]), np.array([here[0]]),
+                              np.array([here[1]]), cfg.geo)[:, 0]
+                t.set_distances(stale, cid, d[:k])
+                rows_d.set_distances(e_lo, hi, d[k:])  # (and the MVFAN columns of the new events)
+            ctx_dist = t.ctx_dist[rows]
             ev_ctx_dist = None
         else:
             both_dist = _distance(np.concatenate([cand_lat, ev_lat[both]]), np.concatenate([cand_lon, ev_lon[both]]),
@@ -933,6 +941,12 @@ class FeatureBuilder:
             if not np.isfinite(out[name]).all():
                 raise FeatureError(f"non-finite values in feature {name!r}")
         return {name: out[name] for name in self._input_order}
+
+    def _prepare_items(self, items: Sequence[PageItem]) -> None:
+        """With an item cache: give every item of `items` its row now (one batch), so that later windows over
+        them find their rows (a rerank service passes the whole unseen part of the list)."""
+        if self._table is not None:
+            self._table.add(items)
 
     def _event_rows(self, cols: EventColumns) -> EventRows:
         """This builder's per-event arrays for the buffers `cols` reads, brought up to its last event."""
