@@ -91,9 +91,11 @@ class ItemTable:
     def add(self, items: Sequence[PageItem]) -> None:
         """Rows for those of `items` not in the table yet (a service adds every unseen item of the list: the
         windows of later reranks then find all of theirs)."""
-        get = self.rows.get
-        missing = list({id(it): it for it in items if get(id(it)) is None}.values())
-        if missing and len(self.items) + len(missing) <= self.cap:
+        new = set(map(id, items)).difference(self.rows)
+        if not new:
+            return
+        missing = list({id(it): it for it in items if id(it) in new}.values())
+        if len(self.items) + len(missing) <= self.cap:
             self.misses += len(missing)
             self._insert(missing)
 
@@ -104,7 +106,7 @@ class ItemTable:
             self.hits += len(items)
             return self._windows[key]
         get = self.rows.get
-        idx = [get(id(it)) for it in items]
+        idx = list(map(get, key))
         if None in idx:
             missing = list({id(it): it for it, r in zip(items, idx, strict=True) if r is None}.values())
             self.misses += len(missing)
@@ -112,7 +114,7 @@ class ItemTable:
                 self.clear()
                 missing = list({id(it): it for it in items}.values())
             self._insert(missing)
-            idx = [get(id(it)) for it in items]
+            idx = list(map(get, map(id, items)))
         else:
             self.hits += len(items)
         out = None if _UNCACHEABLE in idx else np.array(idx, dtype=np.intp)
