@@ -8,6 +8,11 @@ Targets (issue 5): onnxruntime and LiteRT p50 <= 0.5 ms; numpy <= 5x onnxruntime
 with features no slower than inference. Issue 18: features <= inference, whole call p99 <= 1 ms, fastest backend
 <= 2x the FLOP-time limit (FLOPs / single-thread matmul peak) at batch 1, and the per-list cost at batch 64.
 
+The rerank-time path (issue 18, second round): features with the item cache and the store's event columns
+(``rerank_time``), and the SDK's whole call on two workloads, "steady" (the same inputs every call) and "sessions"
+(scripted sessions with fresh items and new events before every call), each beside the per-object path and the
+service and builder of ``--baseline`` (a git revision), interleaved per call.
+
 Since issue 18 the backends run the *lean* export graph (``converters.lean``; ``onnx-full`` is the unfolded graph
 for comparison); the feature builder is timed beside the per-operator reference it replaced, interleaved, so
 their ratio holds on a busy machine; the batched rows use a batch-dynamic ONNX export of the same model.
