@@ -38,6 +38,7 @@ class _Buffers:
         self.plain = np.zeros(cap, bool)  # no attrs, no kind_name: every value the builder needs is in the columns
         self.events: list[FeedbackEvent] = []
         self.derived: dict = {}  # per feature builder: what it derived from rows [0, k) (features.event_rows)
+        self.last_odd = -1  # the last row that is not plain
 
     def copy_rows(self, lo: int, hi: int, cap: int, width: int) -> _Buffers:
         out = _Buffers(cap, width)
@@ -48,6 +49,8 @@ class _Buffers:
         if width == self.width:
             out.emb[:k] = self.emb[lo:hi]
         out.events = self.events[lo:hi]
+        odd = np.flatnonzero(~out.plain[:k])
+        out.last_odd = int(odd[-1]) if odd.size else -1
         return out
 
 
@@ -98,6 +101,8 @@ class EventColumnsWriter:
             else:
                 self.ragged = True
         b.plain[i] = plain
+        if not plain:
+            b.last_odd = i
         b.events.append(e)
         if len(self) > self.max_events:
             self._lo += 1
@@ -167,8 +172,9 @@ class EventColumns(Sequence[FeedbackEvent]):
 
     @property
     def plain(self) -> bool:
-        if self._plain is None:
-            self._plain = bool(self._b.plain[self._lo:self._hi].all())
+        if self._plain is None:  # rows are written once: no odd row at or after lo (within hi) means all plain
+            last = self._b.last_odd
+            self._plain = last < self._lo or (last >= self._hi and bool(self._b.plain[self._lo:self._hi].all()))
         return self._plain
 
     @property

@@ -198,7 +198,7 @@ def _distance(lat1: np.ndarray, lon1: np.ndarray, lat2: np.ndarray, lon2: np.nda
     p1, p2 = np.radians(a_lat), np.radians(b_lat)
     dp, dl = p2 - p1, np.radians(b_lon - a_lon)
     h = np.sin(dp / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(dl / 2) ** 2
-    return 2 * 6371.0 * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0)))
+    return 2 * 6371.0 * np.arcsin(np.sqrt(np.minimum(np.maximum(h, 0.0), 1.0)))  # = np.clip, without its wrapper
 
 
 def _unit_rows(a: np.ndarray) -> np.ndarray:
