@@ -623,6 +623,12 @@ class FeatureBuilder:
         # candidate columns cached per item (issue 18): what a rerank service turns on
         self._table: ItemTable | None = None
         self._token = object()  # this builder's key for what it derives beside the store's columns
+        # (EventKind value, dwell >= threshold) -> (positive, negative, shown): the roles as one lookup
+        codes = self._plan.role_lut[:, None]
+        long = np.array([[False, True]])
+        shown = np.broadcast_to((codes == _NEGATIVE) | (codes == _NEGATIVE_DWELL), (len(codes), 2))
+        self._role_table = np.stack([(codes == _POSITIVE) | ((codes == _POSITIVE_DWELL) & long),
+                                     (codes == _NEGATIVE) | ((codes == _NEGATIVE_DWELL) & long), shown], axis=2)
         if item_cache > 0 and self._fields_are_attributes and not self._nums:
             self._table = ItemTable(max(int(item_cache), 2 * cfg.n_max), cfg.emb_dim, cfg.dense_dim, self._cats,
                                     _encode_many, need_unit=self._sim)
@@ -961,11 +967,9 @@ class FeatureBuilder:
         return d
 
     def _roles_of(self, kind: np.ndarray, dwell: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        codes = self._plan.role_lut[kind]  # the store keeps only EventKind values
-        long = dwell >= self.cfg.dwell_threshold_ms
-        return ((codes == _POSITIVE) | ((codes == _POSITIVE_DWELL) & long),
-                (codes == _NEGATIVE) | ((codes == _NEGATIVE_DWELL) & long),
-                (codes == _NEGATIVE) | (codes == _NEGATIVE_DWELL))
+        """(positive, negative, shown) of events of EventKind values `kind` (the store keeps no others)."""
+        r = self._role_table[kind, (dwell >= self.cfg.dwell_threshold_ms).view(np.int8)]  # [events, 3]
+        return r[:, 0], r[:, 1], r[:, 2]
 
     def _keys_of(self, cats: np.ndarray) -> np.ndarray:
         c = cats[self._cat_rows] if self._cat_rows is not None else cats
