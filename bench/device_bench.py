@@ -8,6 +8,11 @@ Targets (issue 5): onnxruntime and LiteRT p50 <= 0.5 ms; numpy <= 5x onnxruntime
 with features no slower than inference. Issue 18: features <= inference, whole call p99 <= 1 ms, fastest backend
 <= 2x the FLOP-time limit (FLOPs / single-thread matmul peak) at batch 1, and the per-list cost at batch 64.
 
+The rerank-time path (issue 18, second round): features with the item cache and the store's event columns
+(``rerank_time``), and the SDK's whole call on two workloads, "steady" (the same inputs every call) and "sessions"
+(scripted sessions with fresh items and new events before every call), each beside the per-object path and the
+service and builder of ``--baseline`` (a git revision), interleaved per call.
+
 Since issue 18 the backends run the *lean* export graph (``converters.lean``; ``onnx-full`` is the unfolded graph
 for comparison); the feature builder is timed beside the per-operator reference it replaced, interleaved, so
 their ratio holds on a busy machine; the batched rows use a batch-dynamic ONNX export of the same model.
@@ -28,6 +33,7 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from dataclasses import replace  # noqa: E402
 from pathlib import Path  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -52,6 +58,23 @@ def _page(world, fcfg, n: int, seed: int):
         events.append(FeedbackEvent.for_item(it, kind, 1000 * k, "r", k, 0.0 if kind == EventKind.CLICK else 2500.0))
     ctx = Context(lat=float(np.mean([i.lat for i in cands])), lon=float(np.mean([i.lon for i in cands])), hour=19)
     return cands, events, ctx
+
+
+def _module_at(rev: str, path: str, name: str, replace_imports: dict[str, str] | None = None):
+    """The module `path` of this repository as it was at git revision `rev` (a before/after in one run)."""
+    import subprocess
+    import sys
+    import types
+
+    src = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=Path(__file__).resolve().parents[1], check=True,
+                         capture_output=True, text=True).stdout
+    for old, new in (replace_imports or {}).items():
+        src = src.replace(old, new)
+    mod = types.ModuleType(name)
+    mod.__file__ = f"{rev}:{path}"
+    sys.modules[name] = mod  # dataclasses look their module up
+    exec(compile(src, mod.__file__, "exec"), mod.__dict__)
+    return mod
 
 
 def _timeit(fn, runs: int) -> dict:
@@ -107,6 +130,8 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=2000)
     p.add_argument("--formats", default="numpy,onnx,tflite,mnn")
     p.add_argument("--batch", type=int, default=64, help="batch of the batched per-list cost")
+    p.add_argument("--baseline", default="ed14b1a",
+                   help="git revision whose feature builder and RerankService are timed beside today's ('' skips)")
     a = p.parse_args()
 
     import torch
@@ -118,9 +143,12 @@ def main() -> None:
     from edge_rerank.converters.onnx.convert import export_onnx
     from edge_rerank.converters.specs import get_spec
     from edge_rerank.device_sdk import backends
+    from edge_rerank.device_sdk.contracts import EventKind, FeedbackEvent
     from edge_rerank.device_sdk.features import FeatureBuilder, stack_batch
     from edge_rerank.device_sdk.features.reference_builder import ReferenceFeatureBuilder
-    from edge_rerank.device_sdk.reranker import reinsert
+    from edge_rerank.device_sdk.feedback_store import FeedbackStore
+    from edge_rerank.device_sdk.model_manager import LoadedModel
+    from edge_rerank.device_sdk.reranker import RerankService
     from edge_rerank.pipeline import feature_config_for
     from edge_rerank.simulator.world import World, WorldConfig
 
@@ -169,14 +197,29 @@ def main() -> None:
     r = _timeit(lambda: model(*[torch.from_numpy(x[n]) for n in model.input_names]), max(200, a.runs // 5))
     results["torch"] = {**r, "backend": "torch eager"}
 
-    # features: the vectorised builder and the per-operator reference, interleaved (same load for both)
+    # features, interleaved (same load for all): the per-operator reference, the vectorised builder on the event and
+    # item objects (training's path), and the rerank-time path (issue 18: candidate columns cached per item, events
+    # read from the in-memory store's columns)
     ref_builder = ReferenceFeatureBuilder(fcfg)
+    cached = FeatureBuilder(fcfg, item_cache=4096)
     cands, events, ctx = pages[0]
-    ft: dict[str, list[tuple[float, float]]] = {"vectorised": [], "reference": []}
+    store = FeedbackStore()
+    store.add_many("bench", events)
+    snap = store.snapshot("bench")
+    old_ops = old_reranker = None
+    if a.baseline:
+        old_ops = _module_at(a.baseline, "device_sdk/features/operators.py", "baseline_operators")
+        old_reranker = _module_at(a.baseline, "device_sdk/reranker.py", "baseline_reranker", {
+            "from edge_rerank.device_sdk.features.operators import FeatureBuilder":
+                "from baseline_operators import FeatureBuilder"})
+    variants = [("vectorised", builder, events), ("reference", ref_builder, events), ("rerank_time", cached, snap)]
+    if old_ops is not None:
+        variants.append(("baseline", old_ops.FeatureBuilder(fcfg), events))
+    ft: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in variants}
     for i in range(a.runs):
-        for name, b in (("vectorised", builder), ("reference", ref_builder)):
+        for name, b, evs in variants:
             c, t = time.thread_time(), time.perf_counter()
-            b.build(cands, events, ctx)
+            b.build(cands, evs, ctx)
             if i >= 20:
                 ft[name].append(((time.perf_counter() - t) * 1e3, (time.thread_time() - c) * 1e3))
     features = {k: {"p50_ms": float(np.percentile([w for w, _ in v], 50)),
@@ -184,8 +227,15 @@ def main() -> None:
                     "cpu_p50_ms": float(np.percentile([c for _, c in v], 50)),
                     "cpu_p99_ms": float(np.percentile([c for _, c in v], 99))} for k, v in ft.items()}
     features["speedup_p50"] = features["reference"]["p50_ms"] / features["vectorised"]["p50_ms"]
+    features["rerank_time_speedup_p50"] = features["vectorised"]["p50_ms"] / features["rerank_time"]["p50_ms"]
+    if "baseline" in features:
+        features["baseline_rev"] = a.baseline
+        features["rerank_time_vs_baseline_p50"] = features["baseline"]["p50_ms"] / features["rerank_time"]["p50_ms"]
+        print(f"features: baseline ({a.baseline}) p50 {features['baseline']['p50_ms']:.3f} ms -> rerank-time "
+              f"{features['rerank_time']['p50_ms']:.3f} ms ({features['rerank_time_vs_baseline_p50']:.2f}x)")
     print(f"features: vectorised p50 {features['vectorised']['p50_ms']:.3f} ms, reference p50 "
-          f"{features['reference']['p50_ms']:.3f} ms ({features['speedup_p50']:.2f}x)")
+          f"{features['reference']['p50_ms']:.3f} ms ({features['speedup_p50']:.2f}x), rerank-time (cached) p50 "
+          f"{features['rerank_time']['p50_ms']:.3f} ms ({features['rerank_time_speedup_p50']:.2f}x the vectorised)")
 
     # batched: per-list cost at batch B (batch-dynamic ONNX of the lean graph; numpy natively; LiteRT loops rows)
     batched = {}
@@ -210,34 +260,69 @@ def main() -> None:
               f"{rb['p50_ms']:.3f} ms = {rb['p50_ms'] / a.batch:.4f} ms per list "
               f"(CPU {rb['cpu_p50_ms'] / a.batch:.4f})")
 
-    # the whole rerank call as the SDK does it: features -> onnxruntime -> reinsertion
-    call = {}
+    # the whole rerank call as the SDK does it (RerankService.rerank: argument checks, features, onnxruntime,
+    # reinsertion), interleaved per call: "sdk" = the service as shipped (item cache, the store's columns),
+    # "per_object" = the same service on the per-object path (no item cache, events as a list), "baseline" = the
+    # service and builder of --baseline. Two workloads: "steady" = the same page and events every call (N = L = 50);
+    # "sessions" = scripted sessions (fresh item objects per session, 6 events and a 4-item scroll before each of 8
+    # reranks, windows of up to 50): what a session pays, the caches' first reads included.
+    call: dict = {}
     if "onnx" in files:
         be = backends.create("onnxruntime", files["onnx"][1], threads=1)
         cands, events, ctx = pages[0]
-        parts: dict[str, list[float]] = {k: [] for k in ("features", "inference", "reinsertion", "total")}
-        cpu: dict[str, list[float]] = {k: [] for k in parts}
-        clock = time.thread_time
-        for i in range(a.runs):
-            t0, c0 = time.perf_counter(), clock()
-            f = builder.build(cands, events, ctx)
-            t1, c1 = time.perf_counter(), clock()
-            s = be.run({k: v[None] for k, v in f.items()})[0]
-            t2, c2 = time.perf_counter(), clock()
-            reinsert(len(cands) + 10, 10, fcfg.n_max, s[: len(cands)].astype(np.float64))
-            t3, c3 = time.perf_counter(), clock()
-            if i >= 20:
-                for k, v, c in (("features", t1 - t0, c1 - c0), ("inference", t2 - t1, c2 - c1),
-                                ("reinsertion", t3 - t2, c3 - c2), ("total", t3 - t0, c3 - c0)):
-                    parts[k].append(v * 1e3)
-                    cpu[k].append(c * 1e3)
-        call = {k: {"p50_ms": float(np.percentile(v, 50)), "p99_ms": float(np.percentile(v, 99)),
-                    "cpu_p50_ms": float(np.percentile(cpu[k], 50)), "cpu_p99_ms": float(np.percentile(cpu[k], 99))}
-                for k, v in parts.items()}
-        print("rerank call (onnxruntime): " + ", ".join(f"{k} p50 {v['p50_ms']:.3f} / p99 {v['p99_ms']:.3f} ms"
-                                                        for k, v in call.items()))
-        print("  CPU time: " + ", ".join(f"{k} p50 {v['cpu_p50_ms']:.3f} / p99 {v['cpu_p99_ms']:.3f} ms"
-                                         for k, v in call.items()))
+        bundle = SimpleNamespace(feature_config=fcfg, manifest=SimpleNamespace(version="bench"))
+        loaded = LoadedModel(bundle=bundle, backend=be)  # type: ignore[arg-type]
+        sdk, per_object = RerankService(loaded), RerankService(loaded)
+        per_object._builder, per_object._builder_for = FeatureBuilder(fcfg), loaded
+        services = {"sdk": sdk, "per_object": per_object}
+        if old_reranker is not None:  # the previous service and builder, as they were at --baseline
+            services["baseline"] = old_reranker.RerankService(loaded)
+        keys = ("features", "inference", "reinsertion", "total", "cpu_total")
+
+        def summary(parts: dict) -> dict:
+            return {m: {k: {"p50_ms": float(np.percentile(v, 50)), "p99_ms": float(np.percentile(v, 99)),
+                            "min_ms": float(np.min(v))} for k, v in ps.items()} for m, ps in parts.items()}
+
+        def timed(parts: dict, m: str, items, n_fixed: int, evs) -> None:
+            c0 = time.thread_time()
+            r = services[m].rerank(items, n_fixed, evs, ctx)
+            c1 = time.thread_time()
+            assert r.applied, r.fallback_reason
+            for k, v in r.timings_ms.items():
+                parts[m][k].append(v)
+            parts[m]["cpu_total"].append((c1 - c0) * 1e3)
+
+        steady = {m: {k: [] for k in keys} for m in services}
+        items = pages[1][0][:10] + cands  # 10 items already seen, then the window
+        for i in range(a.runs + 20):
+            for m in services:
+                timed(steady, m, items, 10, snap if m == "sdk" else list(events))
+                if i < 20:  # warm-up
+                    for v in steady[m].values():
+                        v.pop()
+        call["steady"] = summary(steady)
+
+        sessions = {m: {k: [] for k in keys} for m in services}
+        pool = [it for c, _, _ in pages for it in c]
+        rng = np.random.default_rng(1)
+        for sess in range(max(10, a.runs // 8)):
+            items = [replace(pool[j]) for j in rng.choice(len(pool), size=90, replace=False)]  # fresh objects
+            st = FeedbackStore()
+            for step in range(8):
+                n_fixed = 4 * step
+                for k in range(6):  # the user saw these (one of them clicked and returned from)
+                    it = items[(n_fixed + k) % len(items)]
+                    kind = EventKind.CLICK if k == 2 else EventKind.EXPOSURE
+                    st.add(f"s{sess}", FeedbackEvent.for_item(it, kind, 1000 * (6 * step + k), "r", n_fixed + k,
+                                                              0.0 if kind == EventKind.CLICK else 2500.0))
+                for m in services:
+                    timed(sessions, m, items, n_fixed, st.snapshot(f"s{sess}") if m == "sdk" else
+                          st.events(f"s{sess}"))
+        call["sessions"] = summary(sessions)
+        for w, res in call.items():
+            for m, c in res.items():
+                print(f"rerank call [{w}] (onnxruntime, {m}): " + ", ".join(
+                    f"{k} p50 {v['p50_ms']:.3f} / p99 {v['p99_ms']:.3f}" for k, v in c.items()) + " ms")
     flops = model_flops(fcfg, mcfg)
     peak = matmul_peak_gflops()
     best = min(v["p50_ms"] for k, v in results.items() if k != "torch")
@@ -249,7 +334,8 @@ def main() -> None:
         "params": int(sum(q.numel() for q in model.parameters())),
         "flops_per_call": flops, "matmul_peak_gflops_1thread": peak,
         "best_backend_gflops": flops / (best * 1e-3) / 1e9,
-        "backends": results, "rerank_call_onnxruntime": call, "features": features, "batched": batched,
+        "backends": results, "rerank_call_onnxruntime": call, "load_avg_end": os.getloadavg(), "features": features,
+        "batched": batched, "baseline_rev": a.baseline,
         "flop_time_limit_ms": limit_ms, "best_backend_x_limit": best / limit_ms,
         "best_backend_cpu_x_limit": min(v["cpu_p50_ms"] for k, v in results.items() if k != "torch") / limit_ms,
         "best_batched_per_list_x_limit": (min(v["per_list_ms"] for v in batched.values()) / limit_ms

@@ -7,6 +7,7 @@ These dataclasses are the in-process form of the protobuf messages in ``proto/ed
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -251,10 +252,12 @@ MAX_EMBEDDING_DIM = 4096
 
 
 def _is_int(v: object) -> bool:
-    return isinstance(v, int | np.integer) and not isinstance(v, bool | np.bool_)
+    return type(v) is int or (isinstance(v, int | np.integer) and not isinstance(v, bool | np.bool_))
 
 
 def _is_finite_real(v: object) -> bool:
+    if type(v) is float:  # the common case first
+        return math.isfinite(v)
     if not isinstance(v, int | float | np.integer | np.floating) or isinstance(v, bool | np.bool_):
         return False
     try:
@@ -302,6 +305,6 @@ def validate_feedback_event(event: object, emb_dim: int | None = None) -> Feedba
         size = emb.shape[0]
         if (emb_dim is not None and size != emb_dim) or not 1 <= size <= MAX_EMBEDDING_DIM:
             raise ContractError(f"id_embedding has {size} values, expected {emb_dim or f'1..{MAX_EMBEDDING_DIM}'}")
-        if not np.all(np.isfinite(emb)):
+        if not math.isfinite(float(np.add.reduce(emb, dtype=np.float64))):  # a NaN / inf anywhere makes the sum one
             raise ContractError("id_embedding has non-finite values")
     return event

@@ -40,12 +40,15 @@ import numpy as np
 
 from edge_rerank.device_sdk.contracts import ContractError, EventKind, FeedbackEvent, validate_feedback_event
 from edge_rerank.device_sdk.faults import FaultLog
+from edge_rerank.device_sdk.feedback_columns import EventColumns, EventColumnsWriter
 
 log = logging.getLogger(__name__)
 
 
 class FeedbackStore:
-    """In memory, bounded per session and in sessions kept (the simulator's default)."""
+    """In memory, bounded per session and in sessions kept (the simulator's default). Each session's events are
+    also kept as numpy columns, written once when an event is added (validated then, once): ``snapshot`` hands
+    them to the feature builder without a per-rerank conversion (issue 18)."""
 
     def __init__(self, max_events_per_session: int = 512, max_sessions: int = 8, *, emb_dim: int | None = None,
                  strict: bool = False, logger: logging.Logger | None = None):
@@ -53,7 +56,7 @@ class FeedbackStore:
         self.max_sessions = max_sessions
         self.emb_dim = emb_dim
         self.faults = FaultLog(logger or log, strict=strict)
-        self._sessions: OrderedDict[str, list[FeedbackEvent]] = OrderedDict()
+        self._sessions: OrderedDict[str, EventColumnsWriter] = OrderedDict()
 
     def add(self, session_id: str, event: FeedbackEvent) -> int:
         return self.add_many(session_id, [event])
@@ -63,17 +66,24 @@ class FeedbackStore:
         good = _valid_events(self.faults, session_id, events, self.emb_dim)
         if not good:
             return 0
-        stored = self._sessions.setdefault(session_id, [])
+        stored = self._sessions.get(session_id)
+        if stored is None:
+            stored = self._sessions[session_id] = EventColumnsWriter(self.max_events, self.emb_dim or 0)
         self._sessions.move_to_end(session_id)
         stored.extend(good)
-        if len(stored) > self.max_events:
-            del stored[: len(stored) - self.max_events]
         while len(self._sessions) > self.max_sessions:
             self._sessions.popitem(last=False)
         return len(good)
 
     def events(self, session_id: str) -> list[FeedbackEvent]:
-        return list(self._sessions.get(session_id, ())) if isinstance(session_id, str) else []
+        w = self._sessions.get(session_id) if isinstance(session_id, str) else None
+        return [] if w is None else w.events()
+
+    def snapshot(self, session_id: str) -> EventColumns:
+        """The session's events now, as an immutable ``Sequence[FeedbackEvent]`` that also carries their columns
+        (what ``RerankSession`` hands the reranker; later events do not change it)."""
+        w = self._sessions.get(session_id) if isinstance(session_id, str) else None
+        return EventColumns.from_events(()) if w is None else w.snapshot()
 
     def sessions(self) -> list[str]:
         return list(self._sessions)
@@ -386,6 +396,10 @@ class SQLiteFeedbackStore:
             except (ValueError, TypeError) as exc:  # a row written by something else
                 self.faults.record(f"bad_row: unreadable stored event skipped: {exc}")
         return out
+
+    def snapshot(self, session_id: str) -> EventColumns:
+        """``events(session_id)`` as columns (built per call: this store keeps rows in SQLite)."""
+        return EventColumns.from_events(self.events(session_id))
 
     def sessions(self) -> list[str]:
         """Sessions kept, least recently written first (the order eviction uses; queued ones last)."""

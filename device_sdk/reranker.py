@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Protocol
 
 import numpy as np
@@ -24,9 +25,11 @@ from edge_rerank.device_sdk.contracts import Context, FeedbackEvent, PageItem
 from edge_rerank.device_sdk.faults import FaultLog
 from edge_rerank.device_sdk.features.config import FeatureConfig
 from edge_rerank.device_sdk.features.operators import FeatureBuilder
+from edge_rerank.device_sdk.feedback_columns import EventColumns
 from edge_rerank.device_sdk.model_manager import LoadedModel, ModelManager
 
 log = logging.getLogger(__name__)
+ITEM_CACHE = 4096  # items whose feature columns the service keeps (a few sessions' pages; features.item_table)
 
 
 @dataclass
@@ -55,10 +58,16 @@ class Reranker(Protocol):
 def reinsert(n_items: int, n_fixed: int, window: int, scores: np.ndarray) -> list[int]:
     """New order: positions < n_fixed (already seen) stay; the next `window` unseen items are sorted by
     score (stable, so ties keep the cloud order); anything after the window keeps its place."""
+    return _reinsert(n_items, n_fixed, window, scores)[0]
+
+
+def _reinsert(n_items: int, n_fixed: int, window: int, scores: np.ndarray) -> tuple[list[int], int]:
+    """``reinsert``'s order and how many positions changed (only the window's can)."""
     n_fixed = max(0, min(n_fixed, n_items))
     end = min(n_items, n_fixed + window)
     ranked = np.argsort(-np.asarray(scores[: end - n_fixed], dtype=np.float64), kind="stable")
-    return list(range(n_fixed)) + [n_fixed + int(i) for i in ranked] + list(range(end, n_items))
+    moved = int(np.count_nonzero(ranked != np.arange(len(ranked))))
+    return list(range(n_fixed)) + (ranked + n_fixed).tolist() + list(range(end, n_items)), moved
 
 
 def check_rerank_args(items: object, n_fixed: object, events: object, context: object) -> str | None:
@@ -69,9 +78,10 @@ def check_rerank_args(items: object, n_fixed: object, events: object, context: o
         return f"bad_arguments: n_fixed must be an int, got {type(n_fixed).__name__}"
     if not 0 <= int(n_fixed) <= len(items):
         return f"bad_arguments: n_fixed={int(n_fixed)} is outside [0, {len(items)}]"
-    if not all(isinstance(it, PageItem) for it in items):
+    if not all(map(isinstance, items, repeat(PageItem))):
         return "bad_arguments: items must all be PageItem"
-    if not isinstance(events, Sequence) or not all(isinstance(e, FeedbackEvent) for e in events):
+    if not isinstance(events, EventColumns) and (  # a store's snapshot holds FeedbackEvents only
+            not isinstance(events, Sequence) or not all(map(isinstance, events, repeat(FeedbackEvent)))):
         return "bad_arguments: events must be a sequence of FeedbackEvent"
     if not isinstance(context, Context):
         return f"bad_arguments: context must be a Context, got {type(context).__name__}"
@@ -112,7 +122,8 @@ class RerankService:
 
     def _builder_of(self, model: LoadedModel) -> FeatureBuilder:
         if self._builder_for is not model:  # a swapped-in model brings its own feature config
-            self._builder, self._builder_for = FeatureBuilder(model.bundle.feature_config), model
+            self._builder = FeatureBuilder(model.bundle.feature_config, item_cache=ITEM_CACHE)
+            self._builder_for = model
         assert self._builder is not None
         return self._builder
 
@@ -138,6 +149,7 @@ class RerankService:
         if len(window) < 2:
             return self._fallback(n, "nothing_to_rerank", timings)
         try:
+            builder._prepare_items(items[n_fixed:])  # the rest of the list too: later windows find their rows
             feats = builder.build(window, events, context)
         except Exception as exc:  # noqa: BLE001 - the app must never crash on a bad feature
             return self._fallback(n, f"features: {exc}", timings)
@@ -154,10 +166,9 @@ class RerankService:
         scores = out[0, : len(window)]
         if not np.all(np.isfinite(scores)):
             return self._fallback(n, "non_finite_scores", timings)
-        order = reinsert(n, n_fixed, cfg.n_max, scores)
+        order, moved = _reinsert(n, n_fixed, cfg.n_max, scores)
         t3 = self._clock()
         timings["reinsertion"] = (t3 - t2) * 1e3
         timings["total"] = (t3 - t0) * 1e3
-        moved = sum(1 for pos, idx in enumerate(order) if pos != idx)
         return RerankResult(order=order, applied=True, moved=moved, timings_ms=timings, model_version=model.version,
                             scores=scores.tolist())

@@ -265,7 +265,8 @@ class RerankSession:
             return None
         self.poll()
         self._refresh_features()
-        events = self.store.events(self.session_id)
+        snapshot = getattr(self.store, "snapshot", None)  # columns the feature builder reads without conversion
+        events = snapshot(self.session_id) if snapshot is not None else self.store.events(self.session_id)
         n_fixed = self._n_revealed
         try:
             res = self.reranker.rerank(self._items, n_fixed, events, self.context)

@@ -18,6 +18,9 @@ import numpy as np
 
 from edge_rerank.device_sdk.contracts import _KIND_NAMES, Context, ContractError, FeedbackEvent, PageItem
 from edge_rerank.device_sdk.features.config import FeatureConfig, FieldSpec
+from edge_rerank.device_sdk.features.event_rows import EventRows
+from edge_rerank.device_sdk.features.item_table import ItemTable
+from edge_rerank.device_sdk.feedback_columns import CAT_FIELDS, EventColumns
 
 FIELDS = ("category", "brand", "price_level")  # the shop world's declared fields (FeatureConfig without `fields`)
 SEQUENCES = ("click", "skip", "seen")
@@ -195,7 +198,7 @@ def _distance(lat1: np.ndarray, lon1: np.ndarray, lat2: np.ndarray, lon2: np.nda
     p1, p2 = np.radians(a_lat), np.radians(b_lat)
     dp, dl = p2 - p1, np.radians(b_lon - a_lon)
     h = np.sin(dp / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(dl / 2) ** 2
-    return 2 * 6371.0 * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0)))
+    return 2 * 6371.0 * np.arcsin(np.sqrt(np.minimum(np.maximum(h, 0.0), 1.0)))  # = np.clip, without its wrapper
 
 
 def _unit_rows(a: np.ndarray) -> np.ndarray:
@@ -355,6 +358,9 @@ _OUTPUT_ORDER = ("cand_cat", "cand_brand", "cand_price", "cand_emb", "cand_dense
 
 
 _NO_WINDOW = 1 << 62  # a view without @K: every event of its sequence
+_KEY_SHIFT = 1 << 62  # a plain int in (-2^62, 2^62) plus this is a match key >= 0
+_FINITE_CHECKED = ("cand_emb", "cand_dense", "cand_num", "seq_emb", "seq_num", "ctx")
+_FINITE_CHECKED_COLS = ("cand_num", "seq_emb", "seq_num", "ctx")  # the item table checked the candidates' vectors
 
 
 @dataclass
@@ -389,6 +395,18 @@ class _Plan:
     @property
     def has_sequence_ops(self) -> bool:
         return bool(len(self.view_seq))
+
+
+@dataclass
+class _Views:
+    """The views of one build's event axis (sequences of given sizes end to end): see ``FeatureBuilder._view_masks``."""
+
+    T: int
+    ranges_flat: np.ndarray  # [V, 2] (start, end) on the event axis
+    masks_f: np.ndarray  # float32 [T, V]
+    masks_f64: np.ndarray  # float64 [T, V]
+    weights: np.ndarray  # int [V, T]
+    view_size: np.ndarray  # [V]
 
 
 def _compile_plan(cfg: FeatureConfig) -> _Plan:
@@ -554,7 +572,7 @@ class FeatureBuilder:
     ``unknown_counts`` counts, per declared field, the candidate values that fell in the unknown bucket (out of
     range, not in the vocabulary, null) against all values seen: training warns when a field's rate is high."""
 
-    def __init__(self, cfg: FeatureConfig):
+    def __init__(self, cfg: FeatureConfig, *, item_cache: int = 0):
         self.cfg = cfg
         self._ops = [compile_op(e, cfg) for e in cfg.candidate_ops]
         self.specs = input_specs(cfg)
@@ -566,7 +584,7 @@ class FeatureBuilder:
         self.unknown_counts: dict[str, list[int]] = {f.name: [0, 0] for f in cfg.declared_fields}
         self._plan = _compile_plan(cfg)
         self._all_ids = all(f.mode == "ids" for f in self._cats)
-        self._masks_cache: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._masks_cache: dict[tuple[int, ...], _Views] = {}
         self._dist_edges = np.asarray(cfg.distance_buckets_km, dtype=np.float64)  # bucketise's edges, prepared once
         self._pos_edges = np.asarray(cfg.position_buckets, dtype=np.float64)
         # the declared categorical fields are read in the same pass as the other columns when they are attributes
@@ -578,6 +596,42 @@ class FeatureBuilder:
                                               *extra)
         self._cat_sizes = np.array([[f.n] for f in self._cats], dtype=np.int64)  # [fields, 1]
         self._input_order = _OUTPUT_ORDER
+        self._match_rows = [names.index(f) for f in self._plan.fields if f != IDENTITY]
+        cat_names = [f.name for f in self._cats]
+        self._slot_rows = [cat_names.index(sp.name) if sp is not None and sp.name in cat_names else None
+                           for sp in self._slots]
+        self._sim = "sim_max" in self._plan.agg or "sim_mean" in self._plan.agg
+        # the match tensor has one row per field, then one per combination of several fields
+        F, multi, combo_row = len(self._plan.fields), [], []
+        for row in self._plan.combos.tolist():
+            fs = [f for f in row if f < F]
+            if len(fs) == 1:
+                combo_row.append(fs[0])
+            else:
+                multi.append(fs)
+                combo_row.append(F + len(multi) - 1)
+        self._multi_combos: list[list[int]] = multi
+        rows_of = np.array(combo_row, dtype=np.intp)
+        self._agg_rows = {a: (cols, rows_of[c] if a in ("hit", "freq", "step") else c, v)
+                          for a, (cols, c, v) in self._plan.agg.items()}
+        self._count_aggs = "hit" in self._plan.agg or "freq" in self._plan.agg
+        # events handed over as columns (FeedbackStore.snapshot) are read from them when they hold every field
+        self._columns_ok = self._fields_are_attributes and all(f in CAT_FIELDS for f in names)
+        self._cat_rows = None  # rows of the store's CAT_FIELDS columns in cat_names order (None: the same order)
+        if self._columns_ok and tuple(names) != CAT_FIELDS:
+            self._cat_rows = np.array([CAT_FIELDS.index(f) for f in names], dtype=np.intp)
+        # candidate columns cached per item (issue 18): what a rerank service turns on
+        self._table: ItemTable | None = None
+        self._token = object()  # this builder's key for what it derives beside the store's columns
+        # (EventKind value, dwell >= threshold) -> (positive, negative, shown): the roles as one lookup
+        codes = self._plan.role_lut[:, None]
+        long = np.array([[False, True]])
+        shown = np.broadcast_to((codes == _NEGATIVE) | (codes == _NEGATIVE_DWELL), (len(codes), 2))
+        self._role_table = np.stack([(codes == _POSITIVE) | ((codes == _POSITIVE_DWELL) & long),
+                                     (codes == _NEGATIVE) | ((codes == _NEGATIVE_DWELL) & long), shown], axis=2)
+        if item_cache > 0 and self._fields_are_attributes and not self._nums:
+            self._table = ItemTable(max(int(item_cache), 2 * cfg.n_max), cfg.emb_dim, cfg.dense_dim, self._cats,
+                                    _encode_many, need_unit=self._sim)
 
     def _encode(self, spec: FieldSpec | None, values: list) -> np.ndarray:
         if spec is None:
@@ -626,16 +680,31 @@ class FeatureBuilder:
         keyed and encoded once over candidates and events together, each feedback sequence gets one equality
         tensor over all matched fields and one similarity matrix, and each (sequence, window) view reduces them
         for all of its operators at once; columns land in ``cand_num`` through index arrays compiled from the
-        config. Same outputs as the per-operator reference (``features.reference_builder``)."""
+        config. Same outputs as the per-operator reference (``features.reference_builder``).
+
+        `events` given as ``feedback_columns.EventColumns`` (what ``FeedbackStore.snapshot`` returns) are read from
+        their columns; with ``item_cache`` the candidates' columns come from the per-item table
+        (``features.item_table``). Either way the outputs are the same as from the objects."""
         cfg, plan = self.cfg, self._plan
         n = len(candidates)
         if n > cfg.n_max:
             raise FeatureError(f"{n} candidates exceed n_max={cfg.n_max}")
         N, L, E = cfg.n_max, cfg.l_max, cfg.emb_dim
         n_events = len(events)
+        columns = self._columns_ok and n_events and isinstance(events, EventColumns) and events.plain
 
         # ---- events: columns, roles, the sequences (event indexes, oldest first) ----
-        if n_events:
+        ev_raw = None  # [fields, events] raw values (plain ints) when read from columns
+        rows_d = None  # per-event arrays derived once per stored event (features.event_rows)
+        if columns:
+            rows_d = self._event_rows(events)
+            lo, hi = events._lo, events._hi
+            ev_item, ev_dwell = events.item, events.dwell
+            ev_raw = events.cats[self._cat_rows] if self._cat_rows is not None else events.cats
+            is_pos, shown, is_neg = rows_d.pos[lo:hi], rows_d.shown[lo:hi], rows_d.neg[lo:hi]
+            if is_pos.any():  # never a negative: an item with a positive
+                is_neg = is_neg & ~(ev_item[:, None] == ev_item[is_pos][None, :]).any(axis=1)
+        elif n_events:
             ev_cols = list(zip(*map(self._event_get, events), strict=True))
             ev_item_t, ev_kind, ev_kname, ev_dwell_t, ev_pos_t, ev_lat_t, ev_lon_t = ev_cols[:7]
             role_by_kind, role_by_name = plan.role_by_kind, plan.role_by_name
@@ -653,7 +722,7 @@ class FeatureBuilder:
             is_neg = (codes == _NEGATIVE) | ((codes == _NEGATIVE_DWELL) & long)
             if is_pos.any():  # never a negative: an item with a positive
                 is_neg &= ~(ev_item[:, None] == ev_item[is_pos][None, :]).any(axis=1)
-        else:
+        if not n_events:
             ev_item = np.zeros(0, np.int64)
             ev_dwell = np.zeros(0, np.float64)
             is_pos = is_neg = shown = np.zeros(0, bool)
@@ -664,61 +733,95 @@ class FeatureBuilder:
         seq_idx = {"click": pos_idx, "skip": neg_idx}
         both = np.concatenate([pos_idx, neg_idx])
         vectors = {}
+        vec_of = self._column_vectors if columns else lambda evs, idx: _event_vectors(evs, idx, E)
         if len(both):
-            vb = _event_vectors(events, both, E)
+            vb = vec_of(events, both)
             vectors = {"click": vb[:len(pos_idx)], "skip": vb[len(pos_idx):]}
         if self._seen:
             seq_idx["seen"] = np.flatnonzero(shown)
-            vectors["seen"] = _event_vectors(events, seq_idx["seen"], E)  # read (and checked) as the reference does
-        if n_events:
+            vectors["seen"] = vec_of(events, seq_idx["seen"])  # read (and checked) as the reference does
+        if columns:
+            ev_lat, ev_lon, ev_posn = events.lat, events.lon, events.position
+        elif n_events:
             ev_lat = np.array(ev_lat_t, dtype=np.float64)
             ev_lon = np.array(ev_lon_t, dtype=np.float64)
             ev_posn = np.array(ev_pos_t, dtype=np.float64)
         else:
             ev_lat = ev_lon = ev_posn = np.zeros(0, np.float64)
 
-        # ---- candidates: columns, vectors ----
-        if n:
-            c_cols = list(zip(*map(self._item_get, candidates), strict=True))
-            c_id, c_pos, c_score, c_lat, c_lon = c_cols[:5]
+        # ---- candidates: columns, vectors (from the per-item table when it can hold them all) ----
+        rows = self._table.rows_of(candidates) if self._table is not None and n else None
+        cand_unit = c_raw = None
+        if rows is not None:
+            t = self._table
+            cand_ids, cand_lat, cand_lon, cloud_position = t.item_id[rows], t.lat[rows], t.lon[rows], t.position[rows]
+            score = t.score[rows]
+            cand_emb, cand_dense = t.emb[rows], t.dense[rows]
+            if self._sim:
+                cand_unit = t.unit[rows]
+            c_raw, c_ids = t.raw[:, rows], t.ids[:, rows]
         else:
-            c_id = c_pos = c_score = c_lat = c_lon = ()
-        cand_ids = np.array(c_id, dtype=np.int64)
-        cand_lat = np.array(c_lat, dtype=np.float64)
-        cand_lon = np.array(c_lon, dtype=np.float64)
-        cloud_position = np.array(c_pos, dtype=np.float64)
-        cand_emb, cand_dense = _candidate_vectors(candidates, cfg)
-
-        # ---- categorical fields: raw values of candidates + events, match keys and bucket ids in one go ----
-        if self._fields_are_attributes and not any(map(_ATTRS, candidates)) and not any(
-                map(_ATTRS, events)):  # the declared fields came with the columns above
-            raw = [list(c + e) for c, e in zip(c_cols[5:] if n else [()] * len(plan.cat_names),
-                                               ev_cols[7:] if n_events else [()] * len(plan.cat_names), strict=True)]
-        else:
-            raw = [c + e for c, e in zip(_field_columns(candidates, plan.cat_names, _ITEM_ATTRS),
-                                         _field_columns(events, plan.cat_names, _EVENT_ATTRS), strict=True)]
-        ints = _int_column(raw) if raw else None  # [fields, n + events] when every value is a plain int
-        keys = None
-        match_rows = [plan.cat_names.index(f) for f in plan.fields if f != IDENTITY]
-        if match_rows:
-            if ints is not None and ints.size and ints.min() > -(1 << 62) and ints.max() < (1 << 62):
-                k = ints[match_rows]
-                keys = k - k.min(axis=1, keepdims=True)
+            if n:
+                c_cols = list(zip(*map(self._item_get, candidates), strict=True))
+                c_id, c_pos, c_score, c_lat, c_lon = c_cols[:5]
             else:
-                keys = np.stack([_match_keys(raw[r]) for r in match_rows])
-        if ints is not None and self._all_ids:
-            ids = np.where((ints >= 0) & (ints < self._cat_sizes), ints, self._cat_sizes).astype(np.int32)
+                c_id = c_pos = c_score = c_lat = c_lon = ()
+            cand_ids = np.array(c_id, dtype=np.int64)
+            cand_lat = np.array(c_lat, dtype=np.float64)
+            cand_lon = np.array(c_lon, dtype=np.float64)
+            cloud_position = np.array(c_pos, dtype=np.float64)
+            score = np.minimum(np.maximum(np.array(c_score, dtype=np.float64), -10.0), 10.0)  # = np.clip, faster
+            cand_emb, cand_dense = _candidate_vectors(candidates, cfg)
+
+        # ---- categorical fields: match keys of candidates + events, bucket ids ----
+        match_rows = self._match_rows
+        ckeys = ekeys = None
+        s_ids = None  # [fields, len(both)] bucket ids of the sequence events
+        if c_raw is not None and (ev_raw is not None or not n_events):  # both sides as int columns
+            if match_rows:  # plain ints in (-2^62, 2^62): the value shifted to >= 0 is its key
+                ckeys = c_raw[match_rows] + _KEY_SHIFT
+                ekeys = rows_d.keys[:, lo:hi] if rows_d is not None else np.zeros((len(match_rows), 0), np.int64)
+            s_ids = rows_d.ids[:, both + lo] if rows_d is not None else np.zeros((len(self._cats), 0), np.int32)
+            if self._cats:
+                unknown = (c_ids == self._cat_sizes).sum(axis=1).tolist()
+                for k, spec in enumerate(self._cats):
+                    counts = self.unknown_counts[spec.name]
+                    counts[0] += unknown[k]
+                    counts[1] += n
         else:
-            ids = np.stack([_encode_many(spec, raw[k]) for k, spec in enumerate(self._cats)]) if self._cats else None
-        encoded: dict[str, np.ndarray] = {}
-        e_ids: dict[str, np.ndarray] = {}
-        if ids is not None:
-            unknown = (ids[:, :n] == self._cat_sizes).sum(axis=1).tolist()
-            for k, spec in enumerate(self._cats):
-                encoded[spec.name], e_ids[spec.name] = ids[k, :n], ids[k, n:]
-                counts = self.unknown_counts[spec.name]
-                counts[0] += unknown[k]
-                counts[1] += n
+            if c_raw is not None:
+                c_vals = [c_raw[k].tolist() for k in range(len(plan.cat_names))]
+            elif self._fields_are_attributes and not any(map(_ATTRS, candidates)):
+                c_vals = [list(c) for c in c_cols[5:]] if n else [[] for _ in plan.cat_names]
+            else:
+                c_vals = _field_columns(candidates, plan.cat_names, _ITEM_ATTRS)
+            if ev_raw is not None:
+                e_vals = [ev_raw[k].tolist() for k in range(len(plan.cat_names))]
+            elif self._fields_are_attributes and n_events and not any(map(_ATTRS, events)):
+                e_vals = [list(e) for e in ev_cols[7:]]
+            else:
+                e_vals = _field_columns(events, plan.cat_names, _EVENT_ATTRS)
+            raw = [c + e for c, e in zip(c_vals, e_vals, strict=True)]
+            ints = _int_column(raw) if raw else None  # [fields, n + events] when every value is a plain int
+            if match_rows:
+                if ints is not None and ints.size and ints.min() > -(1 << 62) and ints.max() < (1 << 62):
+                    k = ints[match_rows]
+                    keys = k - k.min(axis=1, keepdims=True)
+                else:
+                    keys = np.stack([_match_keys(raw[r]) for r in match_rows])
+                ckeys, ekeys = keys[:, :n], keys[:, n:]
+            if ints is not None and self._all_ids:
+                ids = np.where((ints >= 0) & (ints < self._cat_sizes), ints, self._cat_sizes).astype(np.int32)
+            else:
+                ids = (np.stack([_encode_many(spec, raw[k]) for k, spec in enumerate(self._cats)]) if self._cats
+                       else None)
+            if ids is not None:
+                c_ids, s_ids = ids[:, :n], ids[:, n:][:, both]
+                unknown = (c_ids == self._cat_sizes).sum(axis=1).tolist()
+                for k, spec in enumerate(self._cats):
+                    counts = self.unknown_counts[spec.name]
+                    counts[0] += unknown[k]
+                    counts[1] += n
 
         numeric: dict[str, np.ndarray] = {}
         for spec in self._nums:
@@ -732,15 +835,29 @@ class FeatureBuilder:
 
         # ---- the operators ----
         # distance to the search location of the candidates and of the sequence events, in one call
-        both_dist = _distance(np.concatenate([cand_lat, ev_lat[both]]), np.concatenate([cand_lon, ev_lon[both]]),
-                              np.array([context.lat]), np.array([context.lon]), cfg.geo)[:, 0]
-        ctx_dist = both_dist[:n]
+        if rows is not None and rows_d is not None:  # both cached per item / per event for this location
+            here = (context.lat, context.lon)
+            t, b = self._table, events._b
+            cid, stale = t.stale(rows, here)
+            e_lo = rows_d.stale(here)
+            if stale.size or hi > e_lo:  # one distance call for the new items and the new events
+                k = stale.size
+                d = _distance(np.concatenate([t.lat[stale], b.lat[e_lo:hi]]),
+                              np.concatenate([t.lon[stale], b.lon[e_lo:hi]]), np.array([here[0]]),
+                              np.array([here[1]]), cfg.geo)[:, 0]
+                t.set_distances(stale, cid, d[:k])
+                rows_d.set_distances(e_lo, hi, d[k:])  # (and the MVFAN columns of the new events)
+            ctx_dist = t.ctx_dist[rows]
+            ev_ctx_dist = None
+        else:
+            both_dist = _distance(np.concatenate([cand_lat, ev_lat[both]]), np.concatenate([cand_lon, ev_lon[both]]),
+                                  np.array([context.lat]), np.array([context.lon]), cfg.geo)[:, 0]
+            ctx_dist, ev_ctx_dist = both_dist[:n], both_dist[n:]
         out: dict[str, np.ndarray] = {}
         num = np.zeros((N, cfg.n_candidate_features), np.float32)
         if n:
             cols = np.empty((n, cfg.n_candidate_features), np.float64)
             if plan.col_score.size:
-                score = np.minimum(np.maximum(np.array(c_score, dtype=np.float64), -10.0), 10.0)  # = np.clip, faster
                 cols[:, plan.col_score] = score[:, None]
             if plan.col_position.size:
                 cols[:, plan.col_position] = (cloud_position / 100.0)[:, None]
@@ -763,18 +880,26 @@ class FeatureBuilder:
                 cols[:, c] = numeric[name][:, None]
             if plan.has_sequence_ops:
                 vec = None
-                if "sim_max" in plan.agg or "sim_mean" in plan.agg:
+                if self._sim:
                     vec = np.concatenate([vectors.get(s, np.zeros((0, E), np.float32)) for s in plan.seqs])
-                self._sequence_operators(cols, seq_idx, keys, ev_item, cand_ids, cand_emb, vec)
+                ev_unit = None
+                if rows_d is not None and rows_d.unit is not None and not events.ragged:
+                    ev_unit = rows_d.unit[lo:hi]
+                self._sequence_operators(cols, seq_idx, ckeys, ekeys, ev_item, cand_ids, cand_emb, cand_unit, vec,
+                                         ev_unit)
             num[:n] = cols
         out_emb = np.zeros((N, E), np.float32)
         out_emb[:n] = cand_emb
         out_dense = np.zeros((N, cfg.dense_dim), np.float32)
         out_dense[:n] = cand_dense
-        for name, spec in zip(("cand_cat", "cand_brand", "cand_price"), self._slots, strict=True):
-            out[name] = np.zeros(N, np.int32)
-            if spec is not None:
-                out[name][:n] = encoded[spec.name]
+        n_p, s = len(pos_idx), len(both)
+        for (c_name, s_name), k in zip((("cand_cat", "seq_cat"), ("cand_brand", "seq_brand"),
+                                        ("cand_price", "seq_price")), self._slot_rows, strict=True):
+            ca, sa = np.zeros(N, np.int32), np.zeros(L, np.int32)
+            if k is not None:
+                ca[:n] = c_ids[k]
+                sa[:s] = s_ids[k]
+            out[c_name], out[s_name] = ca, sa
         out["cand_emb"], out["cand_dense"], out["cand_num"] = out_emb, out_dense, num
         out["cand_mask"] = np.zeros(N, np.float32)
         out["cand_mask"][:n] = 1.0
@@ -784,12 +909,6 @@ class FeatureBuilder:
         out["cand_pos_b"][:n] = self._pos_edges.searchsorted(cloud_position, side="right")
 
         # ---- MVFAN input: positives first, then negatives; kind 1 = click, 2 = skip, 0 = padding ----
-        n_p, s = len(pos_idx), len(both)
-        for name, spec in zip(("seq_cat", "seq_brand", "seq_price"), self._slots, strict=True):
-            arr = np.zeros(L, np.int32)
-            if spec is not None:
-                arr[:s] = e_ids[spec.name][both]
-            out[name] = arr
         kind = np.zeros(L, np.int32)
         kind[:n_p] = 1
         kind[n_p:s] = 2
@@ -798,109 +917,192 @@ class FeatureBuilder:
         seq_num = np.zeros((L, cfg.n_event_features), np.float32)
         out["seq_dist_b"] = np.zeros(L, np.int32)
         out["seq_pos_b"] = np.zeros(L, np.int32)
-        if s:
+        if s and ev_ctx_dist is None:  # every per-event column was derived once per stored event
+            out["seq_emb"][:s] = vb
+            g = both + lo
+            sn = seq_num[:s]
+            sn[:] = rows_d.seq_num[g]
+            sn[:, 1] = np.minimum((n_events - both).astype(np.float64) / L, 4.0)
+            out["seq_dist_b"][:s] = rows_d.dist_b[g]
+            out["seq_pos_b"][:s] = rows_d.pos_b[g]
+        elif s:
             out["seq_emb"][:s] = vb
             posn = ev_posn[both]
-            dist = both_dist[n:]
-            seq_num[:s] = np.stack([np.log1p(np.maximum(ev_dwell[both], 0.0) / 1000.0),
-                                    np.minimum((n_events - both).astype(np.float64) / L, 4.0), posn / 100.0,
-                                    np.log1p(dist)], axis=1)
+            dist = ev_ctx_dist
+            sn = seq_num[:s]
+            sn[:, 0] = np.log1p(np.maximum(ev_dwell[both], 0.0) / 1000.0)
+            sn[:, 1] = np.minimum((n_events - both).astype(np.float64) / L, 4.0)
+            sn[:, 2] = posn / 100.0
+            sn[:, 3] = np.log1p(dist)
             out["seq_dist_b"][:s] = self._dist_edges.searchsorted(dist, side="right")
             out["seq_pos_b"][:s] = self._pos_edges.searchsorted(posn, side="right")
         out["seq_num"] = seq_num
         out["seq_pos_mask"] = (kind == 1).astype(np.float32)
         out["seq_neg_mask"] = (kind == 2).astype(np.float32)
         hour = 2 * np.pi * (context.hour % 24) / 24.0
-        out["ctx"] = np.array([np.sin(hour), np.cos(hour), n_p / max(1, cfg.max_positives),
+        out["ctx"] = np.array([math.sin(hour), math.cos(hour), n_p / max(1, cfg.max_positives),
                                len(neg_idx) / max(1, L - cfg.max_positives), float(n_p > 0)], dtype=np.float32)
-        for name in ("cand_emb", "cand_dense", "cand_num", "seq_emb", "seq_num", "ctx"):
+        # vectors from the item table and the store's columns were checked when they were written
+        for name in (_FINITE_CHECKED_COLS if rows is not None and (columns or not s) else _FINITE_CHECKED):
             if not np.isfinite(out[name]).all():
                 raise FeatureError(f"non-finite values in feature {name!r}")
         return {name: out[name] for name in self._input_order}
 
-    def _view_masks(self, sizes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """For sequences of `sizes` laid end to end: each event's rank from the end of its sequence (1 = newest),
-        the view masks [V, T] (bool, and float64 transposed [T, V]) and each view's size; cached per sizes (a
-        session asks for the same few again and again)."""
+    def _prepare_items(self, items: Sequence[PageItem]) -> None:
+        """With an item cache: give every item of `items` its row now (one batch), so that later windows over
+        them find their rows (a rerank service passes the whole unseen part of the list)."""
+        if self._table is not None:
+            self._table.add(items)
+
+    def _event_rows(self, cols: EventColumns) -> EventRows:
+        """This builder's per-event arrays for the buffers `cols` reads, brought up to its last event."""
+        b = cols._b
+        d = b.derived.get(self._token)
+        if d is None:
+            d = b.derived[self._token] = EventRows(b, len(self._match_rows), len(self._cats),
+                                                   self._sim and b.width == self.cfg.emb_dim, self._dist_edges,
+                                                   self._pos_edges)
+        if d.upto < cols._hi:
+            d.update(b, cols._hi, self._roles_of, self._keys_of, self._ids_of)
+        return d
+
+    def _roles_of(self, kind: np.ndarray, dwell: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(positive, negative, shown) of events of EventKind values `kind` (the store keeps no others)."""
+        r = self._role_table[kind, (dwell >= self.cfg.dwell_threshold_ms).view(np.int8)]  # [events, 3]
+        return r[:, 0], r[:, 1], r[:, 2]
+
+    def _keys_of(self, cats: np.ndarray) -> np.ndarray:
+        c = cats[self._cat_rows] if self._cat_rows is not None else cats
+        return c[self._match_rows] + _KEY_SHIFT
+
+    def _ids_of(self, cats: np.ndarray) -> np.ndarray:
+        c = cats[self._cat_rows] if self._cat_rows is not None else cats
+        if self._all_ids:
+            return np.where((c >= 0) & (c < self._cat_sizes), c, self._cat_sizes)
+        return np.array([_encode_many(spec, c[k].tolist()) for k, spec in enumerate(self._cats)],
+                        dtype=np.int32).reshape(len(self._cats), c.shape[1])
+
+    def _column_vectors(self, cols: EventColumns, idx: np.ndarray) -> np.ndarray:
+        """ID embeddings [len(idx), E] of the events at `idx`, from the store's columns (zeros where none)."""
+        E = self.cfg.emb_dim
+        if not cols.ragged and cols.width == E:
+            return cols.emb[idx]
+        if not cols.has_emb[idx].any():
+            return np.zeros((len(idx), E), np.float32)
+        return _event_vectors(cols, idx, E)  # another width: the per-event path raises what it raises
+
+    def _view_masks(self, sizes: tuple[int, ...]) -> _Views:
+        """For sequences of `sizes` laid end to end (event axis T): per view its range [start, end) (a view is a
+        contiguous suffix of its sequence), the masks as float32 [T, V] (for counts by one product), the weights
+        ``mask * (T + 1 - rank)`` as int16 [V, T] (rank = events from the end of the sequence, 1 = newest: the
+        largest weight among matches is the newest match), and each view's size; cached per sizes (a session asks
+        for the same few again and again)."""
         hit = self._masks_cache.get(sizes)
         if hit is None:
             plan = self._plan
             sz = np.array(sizes, dtype=np.int64)
+            T = int(sz.sum())
             seq_of = np.repeat(np.arange(len(sizes)), sz)
-            rank = (np.repeat(np.cumsum(sz), sz) - np.arange(int(sz.sum()))).astype(np.float64)
+            rank = np.repeat(np.cumsum(sz), sz) - np.arange(T)
             masks = (seq_of[None, :] == plan.view_seq[:, None]) & (rank[None, :] <= plan.view_window[:, None])
             view_size = np.minimum(sz[plan.view_seq], plan.view_window)
+            end = np.cumsum(sz)[plan.view_seq]
+            dtype = np.uint8 if T < 255 else np.int16 if T < (1 << 15) - 1 else np.int64
+            weights = (masks * (T + 1 - rank)[None, :]).astype(dtype)
             if len(self._masks_cache) >= 4096:
                 self._masks_cache.clear()
-            hit = self._masks_cache[sizes] = (rank, masks, np.ascontiguousarray(masks.T, dtype=np.float64), view_size)
+            hit = self._masks_cache[sizes] = _Views(
+                T=T, ranges_flat=np.stack([end - view_size, end], axis=1),
+                masks_f=np.ascontiguousarray(masks.T, dtype=np.float32), masks_f64=np.ascontiguousarray(
+                    masks.T, dtype=np.float64), weights=weights, view_size=view_size)
         return hit
 
-    def _sequence_operators(self, cols: np.ndarray, seq_idx: dict[str, np.ndarray], keys: np.ndarray | None,
-                            ev_item: np.ndarray, cand_ids: np.ndarray, cand_emb: np.ndarray,
-                            vectors: np.ndarray | None) -> None:
+    def _sequence_operators(self, cols: np.ndarray, seq_idx: dict[str, np.ndarray], ckeys: np.ndarray | None,
+                            ekeys: np.ndarray | None, ev_item: np.ndarray, cand_ids: np.ndarray, cand_emb: np.ndarray,
+                            cand_unit: np.ndarray | None, vectors: np.ndarray | None,
+                            ev_unit: np.ndarray | None = None) -> None:
         """Match&Aggregate and similarity operators into `cols` [n, ops]. The sequences lie end to end on one event
-        axis T; every view is a 0/1 mask over it. One equality tensor [fields, n, T] -> one match tensor
-        [combinations, n, T]; hit and freq of every operator from one product with the view masks (exact: counts
-        of 0/1), step from one masked min, sim from one similarity matrix [n, T]. `keys`: match keys [fields,
-        n + events] of the categorical fields in ``plan.fields`` (candidates first); `vectors`: the T events' ID
-        embeddings (when a sim operator needs them)."""
+        axis T; every view is a contiguous range of it. One equality tensor [fields, n, T] (+ one row per field
+        combination) -> hit and freq of every operator from one product with the view masks (exact: counts of
+        0/1), step from one weighted max, sim from one similarity matrix [n, T]. `ckeys` / `ekeys`: match keys
+        [fields, n] / [fields, events] of the categorical fields in ``plan.fields``; `cand_unit`: the candidates'
+        unit-length vectors (float64) if known; `vectors`: the T events' ID embeddings (when a sim operator needs
+        them)."""
         plan, cfg = self._plan, self.cfg
         n = cols.shape[0]
         parts = [seq_idx[s] for s in plan.seqs]
         ev = np.concatenate(parts) if parts else _EMPTY
         T = len(ev)
-        rank, masks, masks_f, view_size = self._view_masks(tuple(len(p) for p in parts))
+        views = self._view_masks(tuple(len(p) for p in parts))
+        view_size = views.view_size
         counts = step = None
         if len(plan.combos) and T:
-            n_cat = len(plan.fields) - (plan.fields[-1] == IDENTITY)
-            ck, ek = np.empty((len(plan.fields), n), np.int64), np.empty((len(plan.fields), T), np.int64)
+            F = len(plan.fields)
+            n_cat = F - (plan.fields[-1] == IDENTITY)
+            ck, ek = np.empty((F, n), np.int64), np.empty((F, T), np.int64)
             if n_cat:
-                assert keys is not None
-                ck[:n_cat] = keys[:, :n]
-                ek[:n_cat] = keys[:, n:][:, ev]
-            if n_cat < len(plan.fields):
+                assert ckeys is not None and ekeys is not None
+                ck[:n_cat] = ckeys
+                ek[:n_cat] = ekeys[:, ev]
+            if n_cat < F:
                 ck[n_cat], ek[n_cat] = cand_ids, ev_item[ev]
-            eq = (ck[:, :, None] == ek[:, None, :]) & (ck >= 0)[:, :, None]  # [F, n, T]
-            if plan.combos.shape[1] == 1:
-                match = eq[plan.combos[:, 0]]  # [C, n, T]
-            else:
-                match = np.concatenate([eq, np.ones((1, n, T), bool)])[plan.combos].all(axis=1)
-            if "hit" in plan.agg or "freq" in plan.agg:
-                counts = (match.reshape(-1, T).astype(np.float64) @ masks_f).reshape(len(plan.combos), n, -1)
+            multi = self._multi_combos
+            match = np.empty((F + len(multi), n, T), bool)  # one row per field, then one per multi-field combination
+            np.equal(ck[:, :, None], ek[:, None, :], out=match[:F])
+            if ck.min() < 0:  # a null (-1 key) or negative item id never matches
+                match[:F] &= (ck >= 0)[:, :, None]
+            for k, fs in enumerate(multi):
+                np.logical_and(match[fs[0]], match[fs[1]], out=match[F + k])
+                for f in fs[2:]:
+                    match[F + k] &= match[f]
+            if self._count_aggs:
+                # [rows * n, T] @ [T, V]: float32 is exact for counts of 0/1 (T < 2^24)
+                counts = (match.reshape(-1, T).view(np.uint8).astype(np.float32) @ views.masks_f).reshape(
+                    len(match), n, -1)
             if "step" in plan.agg:
-                _, c, v = plan.agg["step"]
-                step = np.where(match[c] & masks[v][:, None, :], rank, np.inf).min(axis=2)  # [ops, n]
+                _, c, v = self._agg_rows["step"]
+                newest = (match[c] * views.weights[v][:, None, :]).max(axis=2)  # [ops, n]; 0: no match
+                step = (T + 1 - newest.astype(np.int64)) / cfg.l_max  # the newest match's rank / l_max
+                step[newest == 0] = 1.0  # none: 1.0
         for name in ("hit", "freq", "step"):
             if name not in plan.agg:
                 continue
-            out_cols, c, v = plan.agg[name]
+            out_cols, c, v = self._agg_rows[name]
             if name == "step":
-                cols[:, out_cols] = 1.0 if step is None else np.minimum(step / cfg.l_max, 1.0).T
+                cols[:, out_cols] = 1.0 if step is None else np.minimum(step, 1.0).T
             elif counts is None:
                 cols[:, out_cols] = 0.0
             elif name == "hit":
-                cols[:, out_cols] = (counts[c, :, v] > 0).astype(np.float64).T
+                cols[:, out_cols] = (counts[c, :, v] > 0).T
             else:
-                cols[:, out_cols] = (counts[c, :, v] / np.maximum(view_size[v], 1)[:, None]).T
-        if "sim_max" in plan.agg or "sim_mean" in plan.agg:
+                cols[:, out_cols] = (counts[c, :, v].astype(np.float64) / np.maximum(view_size[v], 1)[:, None]).T
+        if self._sim:
             sim = None
             if T and vectors is not None:
-                a = cand_emb.astype(np.float64)  # norms as np.linalg.norm computes them, without its wrapper
-                a = a / np.maximum(np.sqrt(np.add.reduce(a * a, axis=1, keepdims=True)), 1e-9)
-                b = vectors.astype(np.float64)
-                sim = a @ (b / np.maximum(np.sqrt(np.add.reduce(b * b, axis=1, keepdims=True)), 1e-9)).T  # [n, T]
+                a = cand_unit
+                if a is None:
+                    a = cand_emb.astype(np.float64)  # norms as np.linalg.norm computes them, without its wrapper
+                    a = a / np.maximum(np.sqrt(np.add.reduce(a * a, axis=1, keepdims=True)), 1e-9)
+                if ev_unit is not None:  # unit vectors of the stored events, derived once per event
+                    sim = a @ ev_unit[ev].T
+                else:
+                    b = vectors.astype(np.float64)
+                    sim = a @ (b / np.maximum(np.sqrt(np.add.reduce(b * b, axis=1, keepdims=True)), 1e-9)).T  # [n, T]
             for name in ("sim_max", "sim_mean"):
                 if name not in plan.agg:
                     continue
                 out_cols, _, v = plan.agg[name]
-                empty = view_size[v] == 0
                 if sim is None:
                     cols[:, out_cols] = 0.0
-                elif name == "sim_max":
-                    cols[:, out_cols] = np.where(empty[:, None], 0.0,
-                                                 np.where(masks[v][:, None, :], sim, -np.inf).max(axis=2)).T
+                elif name == "sim_max":  # a view is a contiguous range [lo, hi): one reduceat over (lo, hi) pairs
+                    padded = np.empty((n, T + 1))  # (hi may be T)
+                    padded[:, :T] = sim
+                    padded[:, T] = 0.0
+                    edges = views.ranges_flat[v].ravel()
+                    top = np.maximum.reduceat(padded, edges, axis=1)[:, ::2]
+                    cols[:, out_cols] = np.where(view_size[v] > 0, top, 0.0)  # an empty view: 0
                 else:
-                    cols[:, out_cols] = (sim @ masks_f[:, v]) / np.maximum(view_size[v], 1)
+                    cols[:, out_cols] = (sim @ views.masks_f64[:, v]) / np.maximum(view_size[v], 1)
 
 
 def stack_batch(samples: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

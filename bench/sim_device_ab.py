@@ -1,0 +1,78 @@
+"""The simulator's device loop (one session at a time, the device model in the loop), the SDK of this checkout
+against the rerank service and feature builder of a git revision (``--baseline``), interleaved in one process:
+chunks of sessions alternate between the two arms, each chunk timed in CPU seconds (what a shared machine's load
+does not inflate as much as wall time). Same bundle, same sessions, same outcomes expected (checked).
+
+    .venv/bin/python bench/sim_device_ab.py --bundle runs/demo/shipped/bundle [--sessions 600] [--chunk 25]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+
+from device_bench import _module_at  # noqa: E402
+
+from edge_rerank.device_sdk.model_manager import load_model  # noqa: E402
+from edge_rerank.device_sdk.reranker import RerankService  # noqa: E402
+from edge_rerank.simulator.ab import Arm  # noqa: E402
+from edge_rerank.simulator.transport import InProcessCloud  # noqa: E402
+from edge_rerank.simulator.user_model import UserModel  # noqa: E402
+from edge_rerank.simulator.world import World, WorldConfig  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--sessions", type=int, default=600)
+    p.add_argument("--chunk", type=int, default=25)
+    p.add_argument("--baseline", default="ed14b1a")
+    p.add_argument("--out", default="runs/bench/sim_device_ab.json")
+    a = p.parse_args()
+    world = World(WorldConfig(seed=0))
+    um = UserModel(world)
+    cloud = InProcessCloud(str(world.provision_cloud(Path(tempfile.mkdtemp()) / "cloud")), wire=False)
+    old_ops = _module_at(a.baseline, "device_sdk/features/operators.py", "baseline_operators")
+    old = _module_at(a.baseline, "device_sdk/reranker.py", "baseline_reranker", {
+        "from edge_rerank.device_sdk.features.operators import FeatureBuilder":
+            "from baseline_operators import FeatureBuilder"})
+    assert old_ops is not None
+    phones = {"now": Arm("device", RerankService(load_model(a.bundle))).phone(um, cloud),
+              "baseline": Arm("device", old.RerankService(load_model(a.bundle))).phone(um, cloud)}
+    for ph in phones.values():  # warm-up
+        for i in range(20):
+            ph.run(world.session(i, 1))
+    cpu = {k: 0.0 for k in phones}
+    clicks = {k: 0 for k in phones}
+    specs = [world.session(i, 0) for i in range(a.sessions)]
+    load0 = os.getloadavg()
+    for start in range(0, len(specs), a.chunk):
+        chunk = specs[start: start + a.chunk]
+        order = list(phones) if (start // a.chunk) % 2 == 0 else list(phones)[::-1]
+        for k in order:
+            c = time.process_time()
+            outs = [phones[k].run(s) for s in chunk]
+            cpu[k] += time.process_time() - c
+            clicks[k] += sum(int(o.clicks) for o in outs)
+    res = {k: {"sessions": len(specs), "cpu_s": cpu[k], "sessions_per_cpu_s": len(specs) / cpu[k]} for k in phones}
+    res["speedup"] = res["now"]["sessions_per_cpu_s"] / res["baseline"]["sessions_per_cpu_s"]
+    res["baseline_rev"], res["load_avg"] = a.baseline, [load0, os.getloadavg()]
+    res["same_clicks"] = clicks["now"] == clicks["baseline"]
+    for k in phones:
+        print(f"{k:<9} {res[k]['sessions_per_cpu_s']:7.1f} sessions per CPU-second")
+    print(f"clicks now {clicks['now']} / baseline {clicks['baseline']}")
+    print(f"now / baseline: {res['speedup']:.2f}x (load average {load0[0]:.1f} -> {os.getloadavg()[0]:.1f})")
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()

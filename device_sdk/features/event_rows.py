@@ -1,0 +1,71 @@
+"""Per-event feature inputs computed once per stored event, not once per rerank (issue 18).
+
+The feedback store writes each event once into its columns (``feedback_columns``); a row never changes after. So
+what a feature builder derives from one event alone (its role under the config's event kinds and dwell threshold,
+its match keys and bucket ids, its unit-length vector, its distance to the search location) is computed for the
+rows added since the builder last looked and kept beside the columns (``_Buffers.derived``, one entry per builder).
+A new buffer (the store grew or dropped its oldest events) starts a new entry; a new search location recomputes the
+distances.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+_SHIFT = 1 << 62  # plain ints in (-2^62, 2^62) plus this: match keys >= 0
+
+
+class EventRows:
+    """Derived per-row arrays of one ``_Buffers`` for one builder, valid for rows [0, upto)."""
+
+    def __init__(self, buffers, n_keys: int, n_ids: int, unit: bool, dist_edges: np.ndarray, pos_edges: np.ndarray):
+        cap, width = buffers.cap, buffers.width
+        self.upto = 0
+        self.pos = np.zeros(cap, bool)  # positive (after the dwell threshold of a _dwell role)
+        self.neg = np.zeros(cap, bool)  # negative (same), before "never a negative: an item with a positive"
+        self.shown = np.zeros(cap, bool)  # a negative kind, whatever its dwell
+        self.keys = np.zeros((n_keys, cap), np.int64)
+        self.ids = np.zeros((n_ids, cap), np.int32)
+        self.unit = np.zeros((cap, width), np.float64) if unit else None
+        self.ctx: tuple[float, float] | None = None
+        self.ctx_upto = 0
+        self.ctx_dist = np.zeros(cap, np.float64)
+        # the MVFAN event features of each row: seq_num columns (log dwell, [per call], position / 100, log
+        # distance) and the distance / position buckets
+        self.dist_edges, self.pos_edges = dist_edges, pos_edges
+        self.seq_num = np.zeros((cap, 4), np.float64)
+        self.dist_b = np.zeros(cap, np.int32)
+        self.pos_b = np.zeros(cap, np.int32)
+
+    def update(self, b, hi: int, roles: Callable, keys: Callable, ids: Callable) -> None:
+        """Derive rows [upto, hi) of buffers `b`: ``roles(kind, dwell) -> (pos, neg, shown)``, ``keys(cats)`` and
+        ``ids(cats)`` over the [3, rows] category columns."""
+        lo = self.upto
+        if hi <= lo:
+            return
+        self.pos[lo:hi], self.neg[lo:hi], self.shown[lo:hi] = roles(b.kind[lo:hi], b.dwell[lo:hi])
+        cats = b.cats[:, lo:hi]
+        self.keys[:, lo:hi] = keys(cats)
+        self.ids[:, lo:hi] = ids(cats)
+        self.seq_num[lo:hi, 0] = np.log1p(np.maximum(b.dwell[lo:hi], 0.0) / 1000.0)
+        self.seq_num[lo:hi, 2] = b.position[lo:hi] / 100.0
+        self.pos_b[lo:hi] = self.pos_edges.searchsorted(b.position[lo:hi], side="right")
+        if self.unit is not None:
+            a = b.emb[lo:hi].astype(np.float64)  # as the builder normalises event vectors (bit for bit)
+            self.unit[lo:hi] = a / np.maximum(np.sqrt(np.add.reduce(a * a, axis=1, keepdims=True)), 1e-9)
+        self.upto = hi
+
+    def stale(self, ctx: tuple[float, float]) -> int:
+        """The first row without a distance to the search location `ctx`."""
+        if self.ctx != ctx:
+            self.ctx, self.ctx_upto = ctx, 0
+        return self.ctx_upto
+
+    def set_distances(self, lo: int, hi: int, d: np.ndarray) -> None:
+        """Distances of rows [lo, hi) to the current search location (and their MVFAN columns)."""
+        self.ctx_dist[lo:hi] = d
+        self.seq_num[lo:hi, 3] = np.log1p(d)
+        self.dist_b[lo:hi] = self.dist_edges.searchsorted(d, side="right")
+        self.ctx_upto = hi
