@@ -70,8 +70,107 @@ def loss_units(labels: np.ndarray, mask: np.ndarray, loss: str) -> float:
     return float(((y[:, :, None] > y[:, None, :]) & real[:, :, None] & real[:, None, :]).sum())
 
 
+class _DeviceTask:
+    """The device reranker on a worker: its model, its loss on this worker's share of a batch, its validation sums."""
+
+    metric_names = ("ndcg@5", "ndcg@10", "mrr", "auc")
+
+    def __init__(self, config: dict[str, Any], rank: int, world: int):
+        import ray
+
+        from edge_rerank.cloud.training.data import list_lengths
+        from edge_rerank.cloud.training.losses import LOSSES
+
+        self.train, valid = ray.get(config["train"]), ray.get(config["valid"])
+        self.tcfg = TrainConfig(**config["tcfg"])
+        self.fcfg = FeatureConfig.from_dict(config["fcfg"])
+        self.mcfg = ModelConfig.from_dict(config["mcfg"]) if config["mcfg"] is not None else None
+        self.loss_fn = LOSSES[self.tcfg.loss]()
+        self.n_train = len(self.train)
+        self.lengths = list_lengths(self.train.inputs) if self.tcfg.bucket_by_length else None
+        self.my_valid = valid.subset(np.arange(rank, len(valid), world))
+        self.find_unused = config["find_unused"]
+
+    def build(self) -> Any:
+        from edge_rerank.cloud.training.model import DeviceReranker
+
+        model = DeviceReranker(self.fcfg, self.mcfg)
+        model.fit_input_stats(self.train.inputs)  # the whole training set's statistics on every worker, as in fit
+        self.names = model.input_names
+        return model
+
+    def units(self, idx: np.ndarray) -> float:
+        return loss_units(self.train.labels[idx], self.train.inputs["cand_mask"][idx], self.tcfg.loss)
+
+    def loss(self, forward: Any, idx: np.ndarray) -> Any:
+        import torch
+
+        from edge_rerank.cloud.training.data import trim_padding
+        from edge_rerank.cloud.training.model import to_tensors
+
+        batch, labels = trim_padding({k: v[idx] for k, v in self.train.inputs.items()}, self.train.labels[idx])
+        scores = forward(*to_tensors(batch, self.names))
+        return self.loss_fn(scores, torch.from_numpy(labels), torch.from_numpy(batch["cand_mask"]))
+
+    def valid_sums(self, model: Any) -> np.ndarray:
+        from edge_rerank.cloud.training.train import predict
+
+        return _metric_sums(predict(model, self.my_valid), self.my_valid) if len(self.my_valid) else np.zeros(8)
+
+
+class _CloudRankerTask:
+    """The cloud ranker (``cloud_ranker.CloudRanker``) on a worker: ``fit_cloud_ranker``'s model, step and
+    validation NDCG@10 (a sum and a count per worker)."""
+
+    metric_names = ("ndcg@10",)
+
+    def __init__(self, config: dict[str, Any], rank: int, world: int):
+        import ray
+
+        from edge_rerank.cloud.training.losses import LOSSES
+
+        self.train, valid = ray.get(config["train"]), ray.get(config["valid"])
+        self.tcfg = TrainConfig(**config["tcfg"])
+        self.cfg = config["cloud_cfg"]
+        self.loss_fn = LOSSES[self.tcfg.loss]()
+        self.n_train = len(self.train)
+        self.lengths = None  # pages are all n_max wide: fit_cloud_ranker shuffles plainly
+        self.my_valid = valid.subset(np.arange(rank, len(valid), world))
+        self.find_unused = False
+
+    def build(self) -> Any:
+        from edge_rerank.cloud.training.cloud_ranker import CloudRanker, CloudRankerConfig
+
+        return CloudRanker(self.train.features.shape[2], CloudRankerConfig(**self.cfg))
+
+    def units(self, idx: np.ndarray) -> float:
+        return loss_units(self.train.labels[idx], self.train.mask[idx], self.tcfg.loss)
+
+    def loss(self, forward: Any, idx: np.ndarray) -> Any:
+        import torch
+
+        s, _ = forward(torch.from_numpy(self.train.features[idx]))
+        return self.loss_fn(s, torch.from_numpy(self.train.labels[idx]), torch.from_numpy(self.train.mask[idx]))
+
+    def valid_sums(self, model: Any) -> np.ndarray:
+        import torch
+
+        from edge_rerank.cloud.training.ranking_metrics import ndcg_at_k
+
+        if not len(self.my_valid):
+            return np.zeros(2)
+        with torch.no_grad():
+            s, _ = model(torch.from_numpy(self.my_valid.features))
+        per_list = ndcg_at_k(s.numpy(), self.my_valid.labels, self.my_valid.mask, 10)
+        return np.asarray([float(np.nansum(per_list)), float(np.sum(~np.isnan(per_list)))], dtype=np.float64)
+
+
+_TASKS = {"device": _DeviceTask, "cloud_ranker": _CloudRankerTask}
+
+
 def _train_loop(config: dict[str, Any]) -> None:
-    """One Ray Train worker: the single-process fit loop on this worker's share of every batch."""
+    """One Ray Train worker: the single-process ``fit_loop`` on this worker's share of every batch, for the model
+    family ``config["task"]`` names (the device reranker, the cloud ranker)."""
 
     import ray
     import ray.train
@@ -79,40 +178,32 @@ def _train_loop(config: dict[str, Any]) -> None:
     import torch.distributed as dist
     from ray.train.torch import prepare_model
 
-    from edge_rerank.cloud.training.data import length_bucketed_batches, list_lengths, trim_padding
-    from edge_rerank.cloud.training.losses import LOSSES
-    from edge_rerank.cloud.training.model import DeviceReranker, to_tensors
-    from edge_rerank.cloud.training.train import EarlyStopping, predict
+    from edge_rerank.cloud.training.data import length_bucketed_batches
+    from edge_rerank.cloud.training.train import EarlyStopping
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    train, valid = ray.get(config["train"]), ray.get(config["valid"])
-    fcfg = FeatureConfig.from_dict(config["fcfg"])
-    mcfg = ModelConfig.from_dict(config["mcfg"]) if config["mcfg"] is not None else None
-    tcfg = TrainConfig(**config["tcfg"])
+    task = _TASKS[config["task"]](config, rank, world)
+    tcfg = task.tcfg
     torch.manual_seed(tcfg.seed)
     torch.set_num_threads(tcfg.threads)
-    model = DeviceReranker(fcfg, mcfg)
-    model.fit_input_stats(train.inputs)  # the whole training set's statistics on every worker, as in fit
+    model = task.build()
     if rank:  # own dropout draws per worker (the same weights: DDP broadcasts rank 0's); rank 0 keeps fit's stream
         torch.manual_seed(tcfg.seed * 1_000_003 + rank)
-    ddp = prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": config["find_unused"]})
-    names = model.input_names
-    loss_fn = LOSSES[tcfg.loss]()
+    ddp = prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": task.find_unused})
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tcfg.lr,
                             weight_decay=tcfg.weight_decay)
     rng = np.random.default_rng(tcfg.seed)
-    lengths = list_lengths(train.inputs) if tcfg.bucket_by_length else None
-    my_valid = valid.subset(np.arange(rank, len(valid), world))
+    names = task.metric_names
 
     history, stopper = [], EarlyStopping(tcfg.patience)
     t_start, n_lists = time.perf_counter(), 0
     for epoch in range(tcfg.epochs):
         model.train()
-        if lengths is not None:
-            batches = length_bucketed_batches(lengths, tcfg.batch_size, rng)
+        if task.lengths is not None:
+            batches = length_bucketed_batches(task.lengths, tcfg.batch_size, rng)
         else:
-            perm = rng.permutation(len(train))
+            perm = rng.permutation(task.n_train)
             batches = [perm[i: i + tcfg.batch_size] for i in range(0, len(perm), tcfg.batch_size)]
         losses = []
         for idx in batches:
@@ -121,17 +212,14 @@ def _train_loop(config: dict[str, Any]) -> None:
             # loss averages over (pairs, or lists) makes the average the whole batch's loss gradient; a worker
             # without lists of this batch joins with weight 0
             if world > 1:
-                total = loss_units(train.labels[idx], train.inputs["cand_mask"][idx], tcfg.loss)
-                share = loss_units(train.labels[mine], train.inputs["cand_mask"][mine], tcfg.loss) / total \
-                    if total > 0 else len(mine) / len(idx)
+                total = task.units(idx)
+                share = task.units(mine) / total if total > 0 else len(mine) / len(idx)
             else:
                 share = 1.0
             weight = world * share
             if len(mine) == 0:
                 mine = idx[:1]
-            batch, labels = trim_padding({k: v[mine] for k, v in train.inputs.items()}, train.labels[mine])
-            scores = ddp(*to_tensors(batch, names))
-            loss = loss_fn(scores, torch.from_numpy(labels), torch.from_numpy(batch["cand_mask"]))
+            loss = task.loss(ddp, mine)
             opt.zero_grad()
             (loss * weight).backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -139,16 +227,14 @@ def _train_loop(config: dict[str, Any]) -> None:
             losses.append(loss.item() * weight / world)
             n_lists += len(idx)
         model.eval()
-        sums = torch.from_numpy(_metric_sums(predict(model, my_valid), my_valid)) if len(my_valid) else \
-            torch.zeros(8, dtype=torch.float64)
+        sums = torch.from_numpy(task.valid_sums(model))
         loss_sum = torch.tensor([float(np.sum(losses))], dtype=torch.float64)
         if world > 1:
             dist.all_reduce(sums)
             dist.all_reduce(loss_sum)
             dist.broadcast(sums, src=0)  # one decision for all workers, bit for bit
         s = sums.numpy()
-        metrics = {k: float(s[2 * i] / max(s[2 * i + 1], 1.0)) for i, k in enumerate(("ndcg@5", "ndcg@10", "mrr",
-                                                                                       "auc"))}
+        metrics = {k: float(s[2 * i] / max(s[2 * i + 1], 1.0)) for i, k in enumerate(names)}
         history.append({"epoch": epoch, "loss": float(loss_sum.item() / max(len(batches), 1)), **metrics})
         if stopper.update(metrics["ndcg@10"], model):
             break
@@ -164,51 +250,84 @@ def _train_loop(config: dict[str, Any]) -> None:
         ray.train.report(report)
 
 
-def fit_ray(train: Samples, valid: Samples, fcfg: FeatureConfig, mcfg: ModelConfig | None = None,
-            tcfg: TrainConfig | None = None, *, test: Samples | None = None, options: RayOptions | None = None,
-            progress: bool = True) -> tuple[Any, dict]:
-    """:func:`~edge_rerank.cloud.training.train.fit` on Ray Train: the same (model, summary), with
-    ``summary["ray"]`` saying how it ran. `progress` is accepted for symmetry (Ray Train logs its own)."""
+def _run(task: str, train: Any, valid: Any, config: dict[str, Any], options: RayOptions) -> tuple[dict, dict, dict]:
+    """Run `task`'s worker loop on a ``TorchTrainer`` of ``options.workers`` CPU workers: (best state dict, the
+    loop's summary, ``summary["ray"]``)."""
     import torch
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from edge_rerank.cloud.training.model import DeviceReranker, n_params
     from edge_rerank.cloud.training.ray_data import connect
-    from edge_rerank.cloud.training.train import held_out_metrics, predict
 
-    tcfg = tcfg or TrainConfig()
-    options = options or RayOptions()
     ray = connect(options.address)
     storage = options.storage or tempfile.mkdtemp(prefix="edge-rerank-ray-train-")
-    config = {"train": ray.put(train), "valid": ray.put(valid), "fcfg": fcfg.to_dict(),
-              "mcfg": mcfg.to_dict() if mcfg is not None else None, "tcfg": asdict(tcfg),
-              # MVFAN off leaves no parameter unused; a feedback model without feedback in a batch may
-              "find_unused": bool(mcfg is not None and mcfg.use_feedback)}
+    config = {"task": task, "train": ray.put(train), "valid": ray.put(valid), **config}
     t0 = time.perf_counter()
     trainer = TorchTrainer(_train_loop, train_loop_config=config,
                            scaling_config=ScalingConfig(num_workers=options.workers, use_gpu=False),
                            torch_config=TorchConfig(backend="gloo"),
                            run_config=RunConfig(storage_path=str(Path(storage).resolve()),
-                                                name=f"train-{int(time.time() * 1000)}"))
+                                                name=f"{task}-{int(time.time() * 1000)}"))
     result = trainer.fit()
     wall_s = time.perf_counter() - t0
     if result.checkpoint is None:
         raise RuntimeError(f"Ray Train finished without a checkpoint: {result.error}")
     with result.checkpoint.as_directory() as d:
         state = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+    loop = {k: result.metrics[k] for k in ("epochs_run", "lists_per_s", "train_seconds", "history")}
+    info = {"workers": options.workers, "address": options.address, "wall_seconds": wall_s,
+            "cluster_cpus": float(ray.cluster_resources().get("CPU", 0.0))}
+    return state, loop, info
+
+
+def fit_ray(train: Samples, valid: Samples, fcfg: FeatureConfig, mcfg: ModelConfig | None = None,
+            tcfg: TrainConfig | None = None, *, test: Samples | None = None, options: RayOptions | None = None,
+            progress: bool = True) -> tuple[Any, dict]:
+    """:func:`~edge_rerank.cloud.training.train.fit` on Ray Train: the same (model, summary), with
+    ``summary["ray"]`` saying how it ran. `progress` is accepted for symmetry (Ray Train logs its own)."""
+    import torch
+
+    from edge_rerank.cloud.training.model import DeviceReranker, n_params
+    from edge_rerank.cloud.training.train import held_out_metrics, predict
+
+    tcfg = tcfg or TrainConfig()
+    state, loop, info = _run("device", train, valid, {
+        "fcfg": fcfg.to_dict(), "mcfg": mcfg.to_dict() if mcfg is not None else None, "tcfg": asdict(tcfg),
+        # MVFAN off leaves no parameter unused; a feedback model without feedback in a batch may
+        "find_unused": bool(mcfg is not None and mcfg.use_feedback)}, options or RayOptions())
     torch.manual_seed(tcfg.seed)
     model = DeviceReranker(fcfg, mcfg)
     model.load_state_dict(state)
     model.eval()
-    loop = {k: result.metrics[k] for k in ("epochs_run", "lists_per_s", "train_seconds", "history")}
     summary = {
         "train_lists": len(train), **loop,
         **held_out_metrics(predict(model, valid), valid, "valid"),
         **(held_out_metrics(predict(model, test), test, "test") if test is not None else {}),
         "train_config": asdict(tcfg), "model_config": model.mcfg.to_dict(),
         "params": n_params(model),
-        "ray": {"workers": options.workers, "address": options.address, "wall_seconds": wall_s,
-                "cluster_cpus": float(ray.cluster_resources().get("CPU", 0.0))},
+        "ray": info,
     }
     return model, summary
+
+
+def fit_cloud_ranker_ray(train: Any, valid: Any, cfg: Any = None, tcfg: TrainConfig | None = None, *,
+                         options: RayOptions | None = None, progress: bool = True) -> tuple[Any, dict]:
+    """:func:`~edge_rerank.cloud.training.cloud_ranker.fit_cloud_ranker` on Ray Train (`train` / `valid`:
+    ``PageLists``): the same (model, summary) — with one worker the same model bit for bit — and
+    ``summary["ray"]``; ``save_cloud_ranker`` writes it in the single-process format."""
+    from edge_rerank.cloud.training.cloud_ranker import (
+        CLOUD_TRAIN_CONFIG,
+        CloudRanker,
+        CloudRankerConfig,
+        cloud_ranker_summary,
+    )
+
+    tcfg = tcfg or CLOUD_TRAIN_CONFIG
+    cfg = cfg or CloudRankerConfig()
+    state, loop, info = _run("cloud_ranker", train, valid, {"tcfg": asdict(tcfg), "cloud_cfg": cfg.to_dict()},
+                             options or RayOptions())
+    model = CloudRanker(train.features.shape[2], cfg)
+    model.load_state_dict(state)
+    model.eval()
+    speed = {k: loop[k] for k in ("lists_per_s", "train_seconds")}  # not in the single-process summary
+    return model, cloud_ranker_summary(model, train, valid, loop) | {"ray": info | speed}
