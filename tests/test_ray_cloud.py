@@ -148,3 +148,26 @@ def test_cloud_ranker_on_one_ray_train_worker_is_fit_bit_for_bit(local_ray, page
     m, s = fit_cloud_ranker_ray(train, valid, tcfg=_tcfg(), options=RayOptions(workers=1))
     assert s["history"] == s1["history"] and {k: v for k, v in s.items() if k != "ray"} == s1
     assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), m1.state_dict().values(), strict=True))
+
+
+@pytest.mark.slow
+def test_cli_joint_training_with_ray_writes_the_single_process_files(local_ray, logged_rows, cloud_data, tmp_path):
+    """`train --joint CLOUD_DATA --ray`: the cloud ranker and the device reranker on Ray Train, the same files."""
+    import json
+
+    from edge_rerank.cli import main
+    from edge_rerank.cloud.training.cloud_ranker import load_cloud_ranker
+    from edge_rerank.cloud.training.train import read_checkpoint
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    for k in range(2):
+        pq.write_table(rows_to_table(logged_rows[k::2]), logs / f"part-{k}.parquet")
+    out = tmp_path / "joint"
+    assert main(["--no-progress", "train", "--logs", str(logs), "--joint", str(cloud_data), "--epochs", "2",
+                 "--out", str(out), "--ray", "--workers", "2"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ray"]["workers"] == 2 and summary["ray"]["stages"] == ["cloud_ranker", "device"]
+    assert summary["cloud_ranker"]["ray"]["workers"] == 2
+    assert (out / "ranker.onnx").stat().st_size > 0 and load_cloud_ranker(out / "cloud_ranker.pt").n_features > 0
+    assert read_checkpoint(out / "checkpoint.pt").split is not None

@@ -209,18 +209,39 @@ def collect_samples(samples_ds: Any, logs: str | Path, parts: list[Path]) -> tup
         report.rows_read += int(m["n"])
     report.files_read = len(parts) - len(report.skipped_files)
     ray_report = RaySampleReport(report, report.rows_read, len(parts))
+    _warn_merged(builder_counts)
+    samples, _ = _ordered_samples(batches)
+    if samples is None:
+        raise ValueError("the logs hold no usable rerank samples (need rerank points followed by clicks)")
+    return samples, ray_report
+
+
+def _ordered_samples(batches: list[dict[str, np.ndarray]]) -> tuple[Samples | None, list[tuple]]:
+    """The map stage's batches stacked into one :class:`Samples` in the single-process order, and its keys (None
+    when they hold no sample)."""
     batches = [b for b in batches if "labels" in b and len(b["labels"])]
     if not batches:
-        raise ValueError("the logs hold no usable rerank samples (need rerank points followed by clicks)")
+        return None, []
     cat = {k: np.concatenate([b[k] for b in batches]) for k in batches[0] if k != "info"}
     keys = list(cat["key"])
     idx = np.asarray(sorted(range(len(keys)), key=keys.__getitem__), dtype=np.int64)
     inputs = {k[2:]: np.ascontiguousarray(v[idx]) for k, v in cat.items() if k.startswith("f_")}
-    _warn_merged(builder_counts)
     samples = Samples(inputs, np.ascontiguousarray(cat["labels"][idx]), [str(s) for s in cat["session_id"][idx]],
                       np.ascontiguousarray(cat["item_ids"][idx]), [str(u) for u in cat["user_id"][idx]],
                       list(cat["context"][idx]))
-    return samples, ray_report
+    return samples, [keys[i] for i in idx]
+
+
+def shard_samples(parts: list[tuple[int, str]], cfg: FeatureConfig) -> tuple[Samples | None, list[tuple], list[dict]]:
+    """In this process (a training worker): the samples of the log parts `parts` ((part number, path) pairs, the
+    part number being its place in :func:`log_part_paths`), in the single-process order, with their keys and the
+    parts' read records (``n`` rows, ``error``, ``skipped``) — the map stage without Ray Data, so a worker builds
+    its own shard and no sample passes through the driver."""
+    batches = [_parts_to_samples({"part": np.asarray([k]), "path": _objects([path])}, cfg.to_dict())
+               for k, path in parts]
+    metas = [m for b in batches for info in b["info"] if info is not None for m in info["parts"]]
+    samples, keys = _ordered_samples(batches)
+    return samples, keys, metas
 
 
 def _warn_merged(counts: dict[str, list[int]]) -> None:

@@ -70,18 +70,23 @@ def loss_units(labels: np.ndarray, mask: np.ndarray, loss: str) -> float:
     return float(((y[:, :, None] > y[:, None, :]) & real[:, :, None] & real[:, None, :]).sum())
 
 
+def _fetch(x: Any) -> Any:
+    """A Ray object reference's value (the workers), or the value itself (an in-process replay of the loop)."""
+    import ray
+
+    return ray.get(x) if isinstance(x, ray.ObjectRef) else x
+
+
 class _DeviceTask:
     """The device reranker on a worker: its model, its loss on this worker's share of a batch, its validation sums."""
 
     metric_names = ("ndcg@5", "ndcg@10", "mrr", "auc")
 
     def __init__(self, config: dict[str, Any], rank: int, world: int):
-        import ray
-
         from edge_rerank.cloud.training.data import list_lengths
         from edge_rerank.cloud.training.losses import LOSSES
 
-        self.train, valid = ray.get(config["train"]), ray.get(config["valid"])
+        self.train, valid = _fetch(config["train"]), _fetch(config["valid"])
         self.tcfg = TrainConfig(**config["tcfg"])
         self.fcfg = FeatureConfig.from_dict(config["fcfg"])
         self.mcfg = ModelConfig.from_dict(config["mcfg"]) if config["mcfg"] is not None else None
@@ -125,11 +130,9 @@ class _CloudRankerTask:
     metric_names = ("ndcg@10",)
 
     def __init__(self, config: dict[str, Any], rank: int, world: int):
-        import ray
-
         from edge_rerank.cloud.training.losses import LOSSES
 
-        self.train, valid = ray.get(config["train"]), ray.get(config["valid"])
+        self.train, valid = _fetch(config["train"]), _fetch(config["valid"])
         self.tcfg = TrainConfig(**config["tcfg"])
         self.cfg = config["cloud_cfg"]
         self.loss_fn = LOSSES[self.tcfg.loss]()
