@@ -31,6 +31,7 @@ from edge_rerank.cloud.training.data import Samples
 from edge_rerank.device_sdk.features import FeatureConfig
 
 CHECKPOINT_FILE = "model_state.pt"
+HELD_OUT_FILE = "held_out.pkl"  # streamed training: the workers' per-list held-out metrics and read records
 
 
 @dataclass(frozen=True)
@@ -51,13 +52,18 @@ class RayOptions:
 def _metric_sums(scores: np.ndarray, samples: Samples) -> np.ndarray:
     """[sum, count] of the per-list NDCG@5, NDCG@10, MRR and AUC (NaN lists left out): what evaluate_lists
     averages, in a form that sums across workers."""
+    out = []
+    for per_list in _per_list(scores, samples):
+        out += [float(np.nansum(per_list)), float(np.sum(~np.isnan(per_list)))]
+    return np.asarray(out, dtype=np.float64)
+
+
+def _per_list(scores: np.ndarray, samples: Samples) -> np.ndarray:
+    """[4, lists]: each list's NDCG@5, NDCG@10, MRR and AUC (NaN where undefined), what evaluate_lists averages."""
     from edge_rerank.cloud.training.ranking_metrics import auc, mrr, ndcg_at_k
 
     m, y = samples.mask, samples.labels
-    out = []
-    for per_list in (ndcg_at_k(scores, y, m, 5), ndcg_at_k(scores, y, m, 10), mrr(scores, y, m), auc(scores, y, m)):
-        out += [float(np.nansum(per_list)), float(np.sum(~np.isnan(per_list)))]
-    return np.asarray(out, dtype=np.float64)
+    return np.stack([ndcg_at_k(scores, y, m, 5), ndcg_at_k(scores, y, m, 10), mrr(scores, y, m), auc(scores, y, m)])
 
 
 def loss_units(labels: np.ndarray, mask: np.ndarray, loss: str) -> float:
@@ -168,7 +174,168 @@ class _CloudRankerTask:
         return np.asarray([float(np.nansum(per_list)), float(np.sum(~np.isnan(per_list)))], dtype=np.float64)
 
 
-_TASKS = {"device": _DeviceTask, "cloud_ranker": _CloudRankerTask}
+def _global_steps(task: Any, rng: np.random.Generator, rank: int, world: int) -> list[tuple[np.ndarray, float, int]]:
+    """One epoch of the single-process loop's mini-batches (the same seeded generator, the same length bucketing)
+    as this worker's steps: (its lists ``batch[rank::N]``, its loss weight, the batch's lists)."""
+    from edge_rerank.cloud.training.data import length_bucketed_batches
+
+    bs = task.tcfg.batch_size
+    if task.lengths is not None:
+        batches = length_bucketed_batches(task.lengths, bs, rng)
+    else:
+        perm = rng.permutation(task.n_train)
+        batches = [perm[i: i + bs] for i in range(0, len(perm), bs)]
+    steps = []
+    for idx in batches:
+        mine = idx[rank::world]
+        # DDP averages gradients over the workers: weighting each worker's loss by world x its share of what the
+        # loss averages over (pairs, or lists) makes the average the whole batch's loss gradient; a worker
+        # without lists of this batch joins with weight 0
+        if world > 1:
+            total = task.units(idx)
+            share = task.units(mine) / total if total > 0 else len(mine) / len(idx)
+        else:
+            share = 1.0
+        steps.append((mine if len(mine) else idx[:1], world * share, len(idx)))
+    return steps
+
+
+class _StreamedDeviceTask(_DeviceTask):
+    """The device reranker on a worker that builds its own shard of the samples: the log parts ``parts[rank::N]``
+    read and featurised here (``ray_data.shard_samples``), split by session with the run's split config (a
+    session's part depends on its id alone), so no sample passes through the driver or the object store.
+
+    Every worker steps the same number of times per epoch (the global lists / batch size): its own shard shuffled
+    (rank 0 with the single-process generator) and cut in that many local batches; each step's loss weights come
+    from one all-reduce per epoch of the steps' loss units, so the all-reduced gradient is that of the union of
+    the workers' local batches. The input statistics are all-reduced (count, sum, sum of squares). Unlike the
+    driver-fed tasks, a global batch is not the single-process one (no length bucketing either)."""
+
+    def __init__(self, config: dict[str, Any], rank: int, world: int):
+        import torch.distributed as dist
+
+        from edge_rerank.cloud.training.data import SplitConfig
+        from edge_rerank.cloud.training.losses import LOSSES
+        from edge_rerank.cloud.training.ray_data import shard_samples
+
+        self.tcfg = TrainConfig(**config["tcfg"])
+        self.fcfg = FeatureConfig.from_dict(config["fcfg"])
+        self.mcfg = ModelConfig.from_dict(config["mcfg"]) if config["mcfg"] is not None else None
+        self.loss_fn = LOSSES[self.tcfg.loss]()
+        self.find_unused = config["find_unused"]
+        self.rank, self.world = rank, world
+        parts = [(k, p) for k, p in enumerate(config["parts"])][rank::world]
+        samples, keys, self.metas = shard_samples(parts, self.fcfg)
+        self.shards: dict[str, Any] = {}
+        self.keys: dict[str, list] = {}
+        split = SplitConfig(**config["split"])
+        where = [split.part_of(s) for s in samples.session_ids] if samples is not None else []
+        for name in ("train", "valid", "test"):
+            idx = np.asarray([i for i, w in enumerate(where) if w == name], dtype=np.int64)
+            self.shards[name] = samples.subset(idx) if len(idx) else None
+            self.keys[name] = [keys[i] for i in idx]
+        self.train, self.my_valid = self.shards["train"], self.shards["valid"]
+        n = np.asarray([len(self.keys["train"])], dtype=np.float64)
+        if world > 1:
+            n = _all_reduce(n, dist)
+        self.n_train = int(n[0])
+        if self.n_train == 0:
+            raise ValueError("the logs hold no training lists")
+        if self.train is None:
+            raise ValueError(f"worker {rank} of {world} got no training lists from its {len(parts)} log parts: "
+                             "use fewer workers, or logs in more parts")
+        self.lengths = None
+        self.rng = np.random.default_rng(self.tcfg.seed if rank == 0 else [self.tcfg.seed, rank])
+
+    def build(self) -> Any:
+        import torch
+        import torch.distributed as dist
+
+        model = super().build() if self.world == 1 else self._build_with_global_stats(dist, torch)
+        return model
+
+    def _build_with_global_stats(self, dist: Any, torch: Any) -> Any:
+        from edge_rerank.cloud.training.model import DeviceReranker
+
+        model = DeviceReranker(self.fcfg, self.mcfg)
+        self.names = model.input_names
+        x = self.train.inputs
+        for key, mask, mean, std in (("cand_num", x["cand_mask"] > 0, model.num_mean, model.num_std),
+                                     ("seq_num", (x["seq_pos_mask"] + x["seq_neg_mask"]) > 0,
+                                      model.ev_mean, model.ev_std)):
+            v = x[key][mask].astype(np.float64)
+            m = _all_reduce(np.concatenate([[len(v)], v.sum(axis=0), (v * v).sum(axis=0)]), dist)
+            n, d = m[0], v.shape[1]
+            if n:
+                mu = m[1: 1 + d] / n
+                mean.copy_(torch.from_numpy(mu).float())
+                std.copy_(torch.from_numpy(np.maximum(np.sqrt(np.maximum(m[1 + d:] / n - mu * mu, 0.0)),
+                                                      1e-3)).float())
+        return model
+
+    def epoch_steps(self, rng: np.random.Generator, rank: int, world: int) -> list[tuple[np.ndarray, float, int]]:
+        import torch.distributed as dist
+
+        bs = self.tcfg.batch_size
+        n_steps = -(-self.n_train // bs)
+        perm = self.rng.permutation(len(self.train))
+        b = bs if world == 1 else -(-len(perm) // n_steps)
+        chunks = [perm[i * b: (i + 1) * b] for i in range(n_steps)]
+        mine = np.asarray([[self.units(c), len(c)] for c in chunks], dtype=np.float64)
+        total = _all_reduce(mine, dist) if world > 1 else mine
+        steps = []
+        for c, (u, n), (tu, tn) in zip(chunks, mine, total, strict=True):
+            share = (u / tu if tu > 0 else n / max(tn, 1.0)) if world > 1 else 1.0
+            steps.append((c if len(c) else perm[:1], world * share if len(c) else 0.0, int(tn)))
+        return steps
+
+    def held_out(self, model: Any) -> dict[str, Any]:
+        """This worker's per-list metrics of `model` and of the logged cloud order on its validation and test
+        lists, with their keys, and the read records of its parts: what the driver needs for the summary."""
+        from edge_rerank.cloud.training.train import cloud_order_scores, predict
+
+        out: dict[str, Any] = {"metas": self.metas, "sessions": {}, "lists": {}, "digest": {}}
+        for name in ("train", "valid", "test"):
+            sh = self.shards[name]
+            out["sessions"][name] = sorted(set(sh.session_ids)) if sh is not None else []
+            out["lists"][name] = len(self.keys[name])
+            out["digest"][name] = samples_digest(sh) if sh is not None else 0
+            if name == "train":
+                continue
+            if sh is None:
+                out[name] = {"keys": [], "model": np.zeros((4, 0)), "cloud": np.zeros((4, 0))}
+                continue
+            out[name] = {"keys": self.keys[name], "model": _per_list(predict(model, sh), sh),
+                         "cloud": _per_list(cloud_order_scores(sh), sh)}
+        return out
+
+
+def samples_digest(samples: Samples) -> int:
+    """An order-free digest of a set of lists (session, items, labels, every input array), summable across
+    shards: equal digests, the same lists (up to a 64-bit hash collision)."""
+    import hashlib
+
+    total = 0
+    keys = sorted(samples.inputs)
+    for i in range(len(samples)):
+        h = hashlib.blake2b(samples.session_ids[i].encode(), digest_size=8)
+        h.update(samples.item_ids[i].tobytes())
+        h.update(samples.labels[i].tobytes())
+        for k in keys:
+            h.update(np.ascontiguousarray(samples.inputs[k][i]).tobytes())
+        total = (total + int.from_bytes(h.digest(), "little")) % (1 << 64)
+    return total
+
+
+def _all_reduce(a: np.ndarray, dist: Any) -> np.ndarray:
+    import torch
+
+    t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64))
+    dist.all_reduce(t)
+    return t.numpy()
+
+
+_TASKS = {"device": _DeviceTask, "cloud_ranker": _CloudRankerTask, "device_stream": _StreamedDeviceTask}
 
 
 def _train_loop(config: dict[str, Any]) -> None:
@@ -181,7 +348,6 @@ def _train_loop(config: dict[str, Any]) -> None:
     import torch.distributed as dist
     from ray.train.torch import prepare_model
 
-    from edge_rerank.cloud.training.data import length_bucketed_batches
     from edge_rerank.cloud.training.train import EarlyStopping
 
     ctx = ray.train.get_context()
@@ -203,32 +369,17 @@ def _train_loop(config: dict[str, Any]) -> None:
     t_start, n_lists = time.perf_counter(), 0
     for epoch in range(tcfg.epochs):
         model.train()
-        if task.lengths is not None:
-            batches = length_bucketed_batches(task.lengths, tcfg.batch_size, rng)
-        else:
-            perm = rng.permutation(task.n_train)
-            batches = [perm[i: i + tcfg.batch_size] for i in range(0, len(perm), tcfg.batch_size)]
+        steps = task.epoch_steps(rng, rank, world) if hasattr(task, "epoch_steps") else \
+            _global_steps(task, rng, rank, world)
         losses = []
-        for idx in batches:
-            mine = idx[rank::world]
-            # DDP averages gradients over the workers: weighting each worker's loss by world x its share of what the
-            # loss averages over (pairs, or lists) makes the average the whole batch's loss gradient; a worker
-            # without lists of this batch joins with weight 0
-            if world > 1:
-                total = task.units(idx)
-                share = task.units(mine) / total if total > 0 else len(mine) / len(idx)
-            else:
-                share = 1.0
-            weight = world * share
-            if len(mine) == 0:
-                mine = idx[:1]
+        for mine, weight, n_batch in steps:
             loss = task.loss(ddp, mine)
             opt.zero_grad()
             (loss * weight).backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             opt.step()
             losses.append(loss.item() * weight / world)
-            n_lists += len(idx)
+            n_lists += n_batch
         model.eval()
         sums = torch.from_numpy(task.valid_sums(model))
         loss_sum = torch.tensor([float(np.sum(losses))], dtype=torch.float64)
@@ -238,24 +389,40 @@ def _train_loop(config: dict[str, Any]) -> None:
             dist.broadcast(sums, src=0)  # one decision for all workers, bit for bit
         s = sums.numpy()
         metrics = {k: float(s[2 * i] / max(s[2 * i + 1], 1.0)) for i, k in enumerate(names)}
-        history.append({"epoch": epoch, "loss": float(loss_sum.item() / max(len(batches), 1)), **metrics})
+        history.append({"epoch": epoch, "loss": float(loss_sum.item() / max(len(steps), 1)), **metrics})
         if stopper.update(metrics["ndcg@10"], model):
             break
     train_s = time.perf_counter() - t_start
     report = {"epochs_run": len(history), "lists_per_s": n_lists / max(train_s, 1e-9), "train_seconds": train_s,
               "history": history}
+    held = None
+    if hasattr(task, "held_out"):  # the workers hold the held-out lists: score them with the best weights here
+        if stopper.best_state is not None:
+            model.load_state_dict(stopper.best_state)
+        model.eval()
+        mine = task.held_out(model)
+        held = [mine]
+        if world > 1:
+            held = [None] * world
+            dist.all_gather_object(held, mine)
     if rank == 0:
         with tempfile.TemporaryDirectory() as d:
             torch.save(stopper.best_state if stopper.best_state is not None else model.state_dict(),
                        Path(d) / CHECKPOINT_FILE)
+            if held is not None:
+                import pickle
+
+                (Path(d) / HELD_OUT_FILE).write_bytes(pickle.dumps(held))
             ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(d))
     else:
         ray.train.report(report)
 
 
-def _run(task: str, train: Any, valid: Any, config: dict[str, Any], options: RayOptions) -> tuple[dict, dict, dict]:
-    """Run `task`'s worker loop on a ``TorchTrainer`` of ``options.workers`` CPU workers: (best state dict, the
-    loop's summary, ``summary["ray"]``)."""
+def _run(task: str, data: dict[str, Any], config: dict[str, Any], options: RayOptions
+         ) -> tuple[dict, dict, dict, list | None]:
+    """Run `task`'s worker loop on a ``TorchTrainer`` of ``options.workers`` CPU workers (`data`: samples put in
+    the object store): (best state dict, the loop's summary, ``summary["ray"]``, the streamed task's held-out
+    records or None)."""
     import torch
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -264,7 +431,7 @@ def _run(task: str, train: Any, valid: Any, config: dict[str, Any], options: Ray
 
     ray = connect(options.address)
     storage = options.storage or tempfile.mkdtemp(prefix="edge-rerank-ray-train-")
-    config = {"task": task, "train": ray.put(train), "valid": ray.put(valid), **config}
+    config = {"task": task, **{k: ray.put(v) for k, v in data.items()}, **config}
     t0 = time.perf_counter()
     trainer = TorchTrainer(_train_loop, train_loop_config=config,
                            scaling_config=ScalingConfig(num_workers=options.workers, use_gpu=False),
@@ -275,12 +442,17 @@ def _run(task: str, train: Any, valid: Any, config: dict[str, Any], options: Ray
     wall_s = time.perf_counter() - t0
     if result.checkpoint is None:
         raise RuntimeError(f"Ray Train finished without a checkpoint: {result.error}")
+    held = None
     with result.checkpoint.as_directory() as d:
         state = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+        if (Path(d) / HELD_OUT_FILE).exists():
+            import pickle
+
+            held = pickle.loads((Path(d) / HELD_OUT_FILE).read_bytes())  # written by rank 0 of this run
     loop = {k: result.metrics[k] for k in ("epochs_run", "lists_per_s", "train_seconds", "history")}
     info = {"workers": options.workers, "address": options.address, "wall_seconds": wall_s,
             "cluster_cpus": float(ray.cluster_resources().get("CPU", 0.0))}
-    return state, loop, info
+    return state, loop, info, held
 
 
 def fit_ray(train: Samples, valid: Samples, fcfg: FeatureConfig, mcfg: ModelConfig | None = None,
@@ -294,7 +466,7 @@ def fit_ray(train: Samples, valid: Samples, fcfg: FeatureConfig, mcfg: ModelConf
     from edge_rerank.cloud.training.train import held_out_metrics, predict
 
     tcfg = tcfg or TrainConfig()
-    state, loop, info = _run("device", train, valid, {
+    state, loop, info, _ = _run("device", {"train": train, "valid": valid}, {
         "fcfg": fcfg.to_dict(), "mcfg": mcfg.to_dict() if mcfg is not None else None, "tcfg": asdict(tcfg),
         # MVFAN off leaves no parameter unused; a feedback model without feedback in a batch may
         "find_unused": bool(mcfg is not None and mcfg.use_feedback)}, options or RayOptions())
@@ -327,10 +499,70 @@ def fit_cloud_ranker_ray(train: Any, valid: Any, cfg: Any = None, tcfg: TrainCon
 
     tcfg = tcfg or CLOUD_TRAIN_CONFIG
     cfg = cfg or CloudRankerConfig()
-    state, loop, info = _run("cloud_ranker", train, valid, {"tcfg": asdict(tcfg), "cloud_cfg": cfg.to_dict()},
+    state, loop, info, _ = _run("cloud_ranker", {"train": train, "valid": valid},
+                                {"tcfg": asdict(tcfg), "cloud_cfg": cfg.to_dict()},
                              options or RayOptions())
     model = CloudRanker(train.features.shape[2], cfg)
     model.load_state_dict(state)
     model.eval()
     speed = {k: loop[k] for k in ("lists_per_s", "train_seconds")}  # not in the single-process summary
     return model, cloud_ranker_summary(model, train, valid, loop) | {"ray": info | speed}
+
+
+def fit_ray_streaming(logs: str | Path, fcfg: FeatureConfig, mcfg: ModelConfig | None = None,
+                      tcfg: TrainConfig | None = None, *, split: Any = None, options: RayOptions | None = None
+                      ) -> tuple[Any, dict, Any, Any]:
+    """Train the device reranker on Ray Train with every worker reading its own log parts (``parts[rank::N]``)
+    and building, splitting and training on its own shard of samples (:class:`_StreamedDeviceTask`): the driver
+    lists file names and receives weights and per-list held-out metrics only, so logs larger than its memory
+    train. Returns (model, summary as ``fit``'s, the split record, the log read report); ``save_checkpoint``
+    writes the single-process format. Unreadable parts are quarantined (on the driver, after the run) and skipped
+    rows counted, as ``read_logs`` does. Needs at least one training list per worker."""
+    import torch
+
+    from edge_rerank.cloud.logs import LogReadReport
+    from edge_rerank.cloud.training.data import SessionSplit, SplitConfig
+    from edge_rerank.cloud.training.model import DeviceReranker, n_params
+    from edge_rerank.cloud.training.ranking_metrics import gain_with_ci
+    from edge_rerank.cloud.training.ray_data import _quarantine, log_part_paths
+
+    tcfg, split = tcfg or TrainConfig(), split or SplitConfig(seed=(tcfg or TrainConfig()).seed)
+    options = options or RayOptions()
+    parts = log_part_paths(logs)
+    state, loop, info, held = _run("device_stream", {}, {
+        "parts": [str(p.resolve()) for p in parts], "split": asdict(split), "fcfg": fcfg.to_dict(),
+        "mcfg": mcfg.to_dict() if mcfg is not None else None, "tcfg": asdict(tcfg),
+        "find_unused": bool(mcfg is not None and mcfg.use_feedback)}, options)
+    assert held is not None
+    torch.manual_seed(tcfg.seed)
+    model = DeviceReranker(fcfg, mcfg)
+    model.load_state_dict(state)
+    model.eval()
+    report = LogReadReport()
+    for m in sorted((m for h in held for m in h["metas"]), key=lambda m: m["part"]):
+        if m["error"]:
+            _quarantine(Path(logs), parts[m["part"]], m["error"], report)
+        elif m["skipped"]:
+            counts, examples = m["skipped"]
+            for k, v in counts.items():
+                report.skipped_rows[k] = report.skipped_rows.get(k, 0) + v
+            report.examples.extend(examples[: max(0, 10 - len(report.examples))])
+        report.rows_read += int(m["n"])
+    report.files_read = len(parts) - len(report.skipped_files)
+    record = SessionSplit.make([s for h in held for p in ("train", "valid", "test") for s in h["sessions"][p]],
+                               split)
+    summary = {"train_lists": sum(h["lists"]["train"] for h in held), **loop}
+    for name in ("valid", "test"):
+        keys = [k for h in held for k in h[name]["keys"]]
+        order = sorted(range(len(keys)), key=keys.__getitem__)  # the single-process list order
+        mod = np.concatenate([h[name]["model"] for h in held], axis=1)[:, order]
+        cld = np.concatenate([h[name]["cloud"] for h in held], axis=1)[:, order]
+        names = ("ndcg@5", "ndcg@10", "mrr", "auc")
+        summary |= {f"{name}_model": {k: float(np.nanmean(mod[i])) for i, k in enumerate(names)},
+                    f"{name}_cloud_order": {k: float(np.nanmean(cld[i])) for i, k in enumerate(names)},
+                    f"{name}_lists": len(keys),
+                    f"{name}_gain_over_cloud": gain_with_ci(mod[1], cld[1], [keys[i][0] for i in order])}
+    summary |= {"train_config": asdict(tcfg), "model_config": model.mcfg.to_dict(), "params": n_params(model),
+                "ray": info | {"streamed": True, "samples_digest": {
+                    p: sum(h["digest"][p] for h in held) % (1 << 64) for p in ("train", "valid", "test")}}}
+    return model, summary, record, report
