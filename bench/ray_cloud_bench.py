@@ -44,7 +44,8 @@ def main() -> None:
         page_lists,
     )
     from edge_rerank.cloud.training.data import SplitConfig, build_samples, split_by_session, split_sessions
-    from edge_rerank.cloud.training.ray_train import RayOptions, fit_cloud_ranker_ray, fit_ray, fit_ray_streaming
+    from edge_rerank.cloud.training.ray_stream import fit_ray_streaming
+    from edge_rerank.cloud.training.ray_train import RayOptions, fit_cloud_ranker_ray, fit_ray
     from edge_rerank.cloud.training.train import TrainConfig
     from edge_rerank.runs import logged_world
     from edge_rerank.simulator.world import World, WorldConfig

@@ -181,7 +181,8 @@ def test_streamed_training_workers_build_their_own_shards_of_the_single_process_
     import shutil
 
     from edge_rerank.cloud.training.data import SplitConfig, split_sessions
-    from edge_rerank.cloud.training.ray_train import RayOptions, fit_ray_streaming, samples_digest
+    from edge_rerank.cloud.training.ray_stream import fit_ray_streaming, samples_digest
+    from edge_rerank.cloud.training.ray_train import RayOptions
     from edge_rerank.cloud.training.train import TrainConfig, held_out_metrics, predict
 
     logs = tmp_path / "logs"
