@@ -198,6 +198,18 @@ def collect_samples(samples_ds: Any, logs: str | Path, parts: list[Path]) -> tup
                 c = builder_counts.setdefault(k, [0, 0])
                 c[0] += u
                 c[1] += t
+    record_parts(metas, logs, parts, report)
+    ray_report = RaySampleReport(report, report.rows_read, len(parts))
+    _warn_merged(builder_counts)
+    samples, _ = _ordered_samples(batches)
+    if samples is None:
+        raise ValueError("the logs hold no usable rerank samples (need rerank points followed by clicks)")
+    return samples, ray_report
+
+
+def record_parts(metas: list[dict[str, Any]], logs: str | Path, parts: list[Path], report: Any) -> None:
+    """The parts' read records (from the map stage) into a ``LogReadReport`` as ``read_logs`` fills it, in part
+    order: unreadable parts quarantined (here, on the driver), skipped rows counted with their first examples."""
     for m in sorted(metas, key=lambda m: m["part"]):
         if m["error"]:
             _quarantine(Path(logs), parts[m["part"]], m["error"], report)
@@ -208,12 +220,6 @@ def collect_samples(samples_ds: Any, logs: str | Path, parts: list[Path]) -> tup
             report.examples.extend(examples[: max(0, 10 - len(report.examples))])
         report.rows_read += int(m["n"])
     report.files_read = len(parts) - len(report.skipped_files)
-    ray_report = RaySampleReport(report, report.rows_read, len(parts))
-    _warn_merged(builder_counts)
-    samples, _ = _ordered_samples(batches)
-    if samples is None:
-        raise ValueError("the logs hold no usable rerank samples (need rerank points followed by clicks)")
-    return samples, ray_report
 
 
 def _ordered_samples(batches: list[dict[str, np.ndarray]]) -> tuple[Samples | None, list[tuple]]:

@@ -92,6 +92,9 @@ class StreamedDeviceTask(_DeviceTask):
                                                       1e-3)).float())
         return model
 
+    def valid_sums(self, model: Any) -> np.ndarray:
+        return super().valid_sums(model) if self.my_valid is not None else np.zeros(8)  # a worker without any
+
     def epoch_steps(self, rng: np.random.Generator, rank: int, world: int) -> list[tuple[np.ndarray, float, int]]:
         import torch.distributed as dist
 
@@ -169,31 +172,24 @@ def fit_ray_streaming(logs: str | Path, fcfg: FeatureConfig, mcfg: ModelConfig |
     from edge_rerank.cloud.training.data import SessionSplit, SplitConfig
     from edge_rerank.cloud.training.model import DeviceReranker, n_params
     from edge_rerank.cloud.training.ranking_metrics import gain_with_ci
-    from edge_rerank.cloud.training.ray_data import _quarantine, log_part_paths
+    from edge_rerank.cloud.training.ray_data import log_part_paths, record_parts
 
-    tcfg, split = tcfg or TrainConfig(), split or SplitConfig(seed=(tcfg or TrainConfig()).seed)
+    tcfg = tcfg or TrainConfig()
+    split = split or SplitConfig(seed=tcfg.seed)
     options = options or RayOptions()
     parts = log_part_paths(logs)
     state, loop, info, held = _run("device_stream", {}, {
         "parts": [str(p.resolve()) for p in parts], "split": asdict(split), "fcfg": fcfg.to_dict(),
         "mcfg": mcfg.to_dict() if mcfg is not None else None, "tcfg": asdict(tcfg),
         "find_unused": bool(mcfg is not None and mcfg.use_feedback)}, options)
-    assert held is not None
+    if held is None:
+        raise RuntimeError("Ray Train's streamed run returned no held-out records")
     torch.manual_seed(tcfg.seed)
     model = DeviceReranker(fcfg, mcfg)
     model.load_state_dict(state)
     model.eval()
     report = LogReadReport()
-    for m in sorted((m for h in held for m in h["metas"]), key=lambda m: m["part"]):
-        if m["error"]:
-            _quarantine(Path(logs), parts[m["part"]], m["error"], report)
-        elif m["skipped"]:
-            counts, examples = m["skipped"]
-            for k, v in counts.items():
-                report.skipped_rows[k] = report.skipped_rows.get(k, 0) + v
-            report.examples.extend(examples[: max(0, 10 - len(report.examples))])
-        report.rows_read += int(m["n"])
-    report.files_read = len(parts) - len(report.skipped_files)
+    record_parts([m for h in held for m in h["metas"]], logs, parts, report)
     record = SessionSplit.make([s for h in held for p in ("train", "valid", "test") for s in h["sessions"][p]],
                                split)
     summary = {"train_lists": sum(h["lists"]["train"] for h in held), **loop}
