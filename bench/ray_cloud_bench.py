@@ -33,6 +33,7 @@ def main() -> None:
     a = ap.parse_args()
 
     import ray
+    import torch
 
     from edge_rerank.api import feature_config_for
     from edge_rerank.cloud.log_partitions import compact_tree
@@ -88,6 +89,7 @@ def main() -> None:
     pages = page_lists(rows, CloudFeaturizer(lw.data_dir))
     tr, va = split_by_session(pages, 0.25, 0)
     tcfg = dataclasses.replace(CLOUD_TRAIN_CONFIG, epochs=8, batch_size=16)
+    torch.set_num_threads(tcfg.threads)  # as each Ray worker does (fit_cloud_ranker leaves the process's default)
     t = time.perf_counter()
     _, s1 = fit_cloud_ranker(tr, va, tcfg=tcfg, progress=False)
     wall = time.perf_counter() - t
