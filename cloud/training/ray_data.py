@@ -187,20 +187,10 @@ def collect_samples(samples_ds: Any, logs: str | Path, parts: list[Path]) -> tup
 
     batches: list[dict[str, np.ndarray]] = list(samples_ds.iter_batches(batch_size=None, batch_format="numpy"))
     report = LogReadReport()
-    builder_counts: dict[str, list[int]] = {}
-    metas = []
-    for b in batches:
-        for info in b["info"]:
-            if info is None:
-                continue
-            metas.extend(info["parts"])
-            for k, (u, t) in info["unknown"].items():
-                c = builder_counts.setdefault(k, [0, 0])
-                c[0] += u
-                c[1] += t
-    record_parts(metas, logs, parts, report)
+    infos = [info for b in batches for info in b["info"] if info is not None]
+    record_parts([m for i in infos for m in i["parts"]], logs, parts, report)
     ray_report = RaySampleReport(report, report.rows_read, len(parts))
-    _warn_merged(builder_counts)
+    warn_merged(merge_unknown(i["unknown"] for i in infos))
     samples, _ = _ordered_samples(batches)
     if samples is None:
         raise ValueError("the logs hold no usable rerank samples (need rerank points followed by clicks)")
@@ -238,19 +228,34 @@ def _ordered_samples(batches: list[dict[str, np.ndarray]]) -> tuple[Samples | No
     return samples, [keys[i] for i in idx]
 
 
-def shard_samples(parts: list[tuple[int, str]], cfg: FeatureConfig) -> tuple[Samples | None, list[tuple], list[dict]]:
+def shard_samples(parts: list[tuple[int, str]], cfg: FeatureConfig
+                  ) -> tuple[Samples | None, list[tuple], list[dict], dict[str, list[int]]]:
     """In this process (a training worker): the samples of the log parts `parts` ((part number, path) pairs, the
-    part number being its place in :func:`log_part_paths`), in the single-process order, with their keys and the
-    parts' read records (``n`` rows, ``error``, ``skipped``) — the map stage without Ray Data, so a worker builds
-    its own shard and no sample passes through the driver."""
+    part number being its place in :func:`log_part_paths`), in the single-process order, with their keys, the
+    parts' read records (``n`` rows, ``error``, ``skipped``) and the unknown-bucket counts (field -> [unknown,
+    total]) — the map stage without Ray Data, so a worker builds its own shard and no sample passes through the
+    driver."""
     batches = [_parts_to_samples({"part": np.asarray([k]), "path": _objects([path])}, cfg.to_dict())
                for k, path in parts]
-    metas = [m for b in batches for info in b["info"] if info is not None for m in info["parts"]]
+    infos = [info for b in batches for info in b["info"] if info is not None]
     samples, keys = _ordered_samples(batches)
-    return samples, keys, metas
+    return samples, keys, [m for i in infos for m in i["parts"]], merge_unknown(i["unknown"] for i in infos)
 
 
-def _warn_merged(counts: dict[str, list[int]]) -> None:
+def merge_unknown(counts: Any) -> dict[str, list[int]]:
+    """Unknown-bucket counts (field -> [unknown, total]) of several map batches, summed."""
+    out: dict[str, list[int]] = {}
+    for c in counts:
+        for k, (u, t) in c.items():
+            m = out.setdefault(k, [0, 0])
+            m[0] += u
+            m[1] += t
+    return out
+
+
+def warn_merged(counts: dict[str, list[int]]) -> None:
+    """``warn_unknown_buckets`` on unknown-bucket counts merged from several builders (map tasks, workers)."""
+
     class _Merged:  # what warn_unknown_buckets reads of a FeatureBuilder
         unknown_counts = counts
 

@@ -44,7 +44,7 @@ class StreamedDeviceTask(_DeviceTask):
         self.find_unused = config["find_unused"]
         self.rank, self.world = rank, world
         parts = [(k, p) for k, p in enumerate(config["parts"])][rank::world]
-        samples, keys, self.metas = shard_samples(parts, self.fcfg)
+        samples, keys, self.metas, self.unknown = shard_samples(parts, self.fcfg)
         self.shards: dict[str, Any] = {}
         self.keys: dict[str, list] = {}
         split = SplitConfig(**config["split"])
@@ -116,7 +116,8 @@ class StreamedDeviceTask(_DeviceTask):
         lists, with their keys, and the read records of its parts: what the driver needs for the summary."""
         from edge_rerank.cloud.training.train import cloud_order_scores, predict
 
-        out: dict[str, Any] = {"metas": self.metas, "sessions": {}, "lists": {}, "digest": {}}
+        out: dict[str, Any] = {"metas": self.metas, "unknown": self.unknown, "sessions": {}, "lists": {},
+                               "digest": {}}
         for name in ("train", "valid", "test"):
             sh = self.shards[name]
             out["sessions"][name] = sorted(set(sh.session_ids)) if sh is not None else []
@@ -172,7 +173,7 @@ def fit_ray_streaming(logs: str | Path, fcfg: FeatureConfig, mcfg: ModelConfig |
     from edge_rerank.cloud.training.data import SessionSplit, SplitConfig
     from edge_rerank.cloud.training.model import DeviceReranker, n_params
     from edge_rerank.cloud.training.ranking_metrics import gain_with_ci
-    from edge_rerank.cloud.training.ray_data import log_part_paths, record_parts
+    from edge_rerank.cloud.training.ray_data import log_part_paths, merge_unknown, record_parts, warn_merged
 
     tcfg = tcfg or TrainConfig()
     split = split or SplitConfig(seed=tcfg.seed)
@@ -190,6 +191,7 @@ def fit_ray_streaming(logs: str | Path, fcfg: FeatureConfig, mcfg: ModelConfig |
     model.eval()
     report = LogReadReport()
     record_parts([m for h in held for m in h["metas"]], logs, parts, report)
+    warn_merged(merge_unknown(h["unknown"] for h in held))
     record = SessionSplit.make([s for h in held for p in ("train", "valid", "test") for s in h["sessions"][p]],
                                split)
     summary = {"train_lists": sum(h["lists"]["train"] for h in held), **loop}
