@@ -157,7 +157,7 @@ def test_cloud_ranker_on_one_ray_train_worker_is_fit_bit_for_bit(local_ray, page
 
 @pytest.mark.slow
 def test_cli_joint_training_with_ray_writes_the_single_process_files(local_ray, logged_rows, cloud_data, tmp_path):
-    """`train --joint CLOUD_DATA --ray`: the cloud ranker and the device reranker on Ray Train, the same files."""
+    """`train --joint CLOUD_DATA --ray`: the three stages on Ray Train, the single-process files."""
     import json
 
     from edge_rerank.cli import main
@@ -172,7 +172,8 @@ def test_cli_joint_training_with_ray_writes_the_single_process_files(local_ray, 
     assert main(["--no-progress", "train", "--logs", str(logs), "--joint", str(cloud_data), "--epochs", "2",
                  "--out", str(out), "--ray", "--workers", "2"]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["ray"]["workers"] == 2 and summary["ray"]["stages"] == ["cloud_ranker", "device"]
-    assert summary["cloud_ranker"]["ray"]["workers"] == 2
+    assert summary["ray"]["workers"] == 2 and summary["ray"]["stages"] == ["cloud_ranker", "device", "fine-tune"]
+    assert summary["cloud_ranker"]["ray"]["workers"] == 2 and summary["finetune"]["ray"]["workers"] == 2
+    assert summary["finetune"]["epochs_run"] >= 1
     assert (out / "ranker.onnx").stat().st_size > 0 and load_cloud_ranker(out / "cloud_ranker.pt").n_features > 0
     assert read_checkpoint(out / "checkpoint.pt").split is not None

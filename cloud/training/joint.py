@@ -14,7 +14,7 @@ reranker to export; they only make sense together, so ``save_joint`` writes both
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -119,9 +119,9 @@ def train_joint(rows: Sequence[ImpressionRow], cloud_data: str | Path, train: Sa
     """The three stages on logs `rows` (the cloud ranker's pages) and their device samples, split by session into
     `train` and `valid`; the cloud ranker trains on the pages of the training sessions only, and every stage picks
     its best epoch on the validation sessions. `test` (other sessions, as logged) is scored once at the end —
-    device model, logged cloud order and the new cloud ranker — and never seen by a stage. With `ray`, stages 1
-    and 2 (the cloud ranker, the device reranker) train data-parallel on Ray Train (``ray_train``); the short
-    fine-tune of the two together (stage 3) stays in this process."""
+    device model, logged cloud order and the new cloud ranker — and never seen by a stage. With `ray`, the three
+    stages train data-parallel on Ray Train (``ray_train``: the cloud ranker, the device reranker, the two as one
+    graph); the pages and the cloud features are computed here."""
     tcfg, jcfg = tcfg or TrainConfig(), jcfg or JointConfig()
     torch.manual_seed(tcfg.seed)
     torch.set_num_threads(tcfg.threads)
@@ -164,8 +164,15 @@ def train_joint(rows: Sequence[ImpressionRow], cloud_data: str | Path, train: Sa
         return evaluate_lists(predict_joint(joint, valid, x_valid)[0], valid)
 
     ft = TrainConfig(**{**asdict(tcfg), "epochs": jcfg.finetune_epochs})
-    stage3 = fit_loop(joint, step, validate, len(train), ft, lr=tcfg.lr * jcfg.finetune_lr_scale,
-                      desc="joint fine-tune", progress=progress)
+    if ray is None:
+        stage3 = fit_loop(joint, step, validate, len(train), ft, lr=tcfg.lr * jcfg.finetune_lr_scale,
+                          desc="joint fine-tune", progress=progress)
+    else:
+        from edge_rerank.cloud.training.ray_train import finetune_joint_ray
+
+        stage3 = finetune_joint_ray(joint, train, valid, x_train, x_valid,
+                                    replace(ft, lr=tcfg.lr * jcfg.finetune_lr_scale), jcfg.cloud_loss_weight,
+                                    options=ray)
     joint.eval()
     dev_scores, cloud_scores = predict_joint(joint, valid, x_valid)
     held_out = {**held_out_metrics(dev_scores, valid, "valid"),
@@ -181,7 +188,7 @@ def train_joint(rows: Sequence[ImpressionRow], cloud_data: str | Path, train: Sa
         "train_lists": len(train), "lists_per_s": stage2["lists_per_s"],
         "joint_config": jcfg.to_dict(), "train_config": asdict(tcfg), "model_config": device.mcfg.to_dict(),
         "params": n_params(device), "cloud_params": n_params(cloud),
-        **({"ray": stage2["ray"] | {"stages": ["cloud_ranker", "device"]}} if ray is not None else {}),
+        **({"ray": stage2["ray"] | {"stages": ["cloud_ranker", "device", "fine-tune"]}} if ray is not None else {}),
     }
     return joint.cloud, joint.device, summary
 

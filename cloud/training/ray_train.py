@@ -203,7 +203,71 @@ def _global_steps(task: Any, rng: np.random.Generator, rank: int, world: int) ->
     return steps
 
 
-_TASKS = {"device": _DeviceTask, "cloud_ranker": _CloudRankerTask}
+class _JointTask(_DeviceTask):
+    """Stage 3 of joint training (``joint.train_joint``) on a worker: the cloud ranker and the device reranker as
+    one graph (``JointModel``), fine-tuned on the device loss plus the weighted cloud ListNet loss of the same
+    lists. The two losses average over different units (pairs, lists), so each step's lists carry both shares and
+    the task weights each loss by its own; the loop's weight is then the plain world size."""
+
+    def __init__(self, config: dict[str, Any], rank: int, world: int):
+        super().__init__(config, rank, world)
+        from edge_rerank.cloud.training.losses import LOSSES
+
+        self.x_train = _fetch(config["x_train"])
+        x_valid = _fetch(config["x_valid"])
+        self.my_x_valid = x_valid[np.arange(rank, len(x_valid), world)]
+        self.cloud_loss, self.cloud_weight = LOSSES["listnet"](), config["cloud_loss_weight"]
+        self.lengths = None  # fit_loop's stage 3 shuffles plainly
+        self.states, self.cloud_cfg = _fetch(config["states"]), config["cloud_cfg"]
+
+    def build(self) -> Any:
+        from edge_rerank.cloud.training.cloud_ranker import CloudRanker, CloudRankerConfig
+        from edge_rerank.cloud.training.joint import JointModel
+        from edge_rerank.cloud.training.model import DeviceReranker
+
+        cloud = CloudRanker(self.x_train.shape[2], CloudRankerConfig(**self.cloud_cfg))
+        device = DeviceReranker(self.fcfg, self.mcfg)
+        joint = JointModel(cloud, device)
+        joint.load_state_dict(self.states)
+        self.names = device.input_names
+        return joint
+
+    def epoch_steps(self, rng: np.random.Generator, rank: int, world: int) -> list[tuple[Any, float, int]]:
+        bs = self.tcfg.batch_size
+        perm = rng.permutation(self.n_train)
+        steps = []
+        for idx in (perm[i: i + bs] for i in range(0, len(perm), bs)):
+            mine = idx[rank::world]
+            if world > 1:
+                total = self.units(idx)
+                dev = self.units(mine) / total if total > 0 else len(mine) / len(idx)
+                cloud = len(mine) / len(idx)
+            else:
+                dev = cloud = 1.0
+            steps.append(((mine if len(mine) else idx[:1], dev, cloud), float(world), len(idx)))
+        return steps
+
+    def loss(self, forward: Any, step: Any) -> Any:
+        import torch
+
+        from edge_rerank.cloud.training.model import to_tensors
+
+        idx, dev_share, cloud_share = step
+        batch = dict(zip(self.names, to_tensors({k: v[idx] for k, v in self.train.inputs.items()}, self.names),
+                         strict=True))
+        y, m = torch.from_numpy(self.train.labels[idx]), batch["cand_mask"]
+        s_dev, s_cloud = forward(torch.from_numpy(self.x_train[idx]), batch)
+        return dev_share * self.loss_fn(s_dev, y, m) + self.cloud_weight * cloud_share * self.cloud_loss(s_cloud, y, m)
+
+    def valid_sums(self, model: Any) -> np.ndarray:
+        from edge_rerank.cloud.training.joint import predict_joint
+
+        if not len(self.my_valid):
+            return np.zeros(8)
+        return _metric_sums(predict_joint(model, self.my_valid, self.my_x_valid)[0], self.my_valid)
+
+
+_TASKS = {"device": _DeviceTask, "cloud_ranker": _CloudRankerTask, "joint": _JointTask}
 
 
 def _task_class(name: str) -> Any:
@@ -384,3 +448,19 @@ def fit_cloud_ranker_ray(train: Any, valid: Any, cfg: Any = None, tcfg: TrainCon
     speed = {k: loop[k] for k in ("lists_per_s", "train_seconds")}  # not in the single-process summary
     return model, cloud_ranker_summary(model, train, valid, loop) | {"ray": info | speed}
 
+
+
+def finetune_joint_ray(joint: Any, train: Samples, valid: Samples, x_train: np.ndarray, x_valid: np.ndarray,
+                       tcfg: TrainConfig, cloud_loss_weight: float, *, options: RayOptions | None = None) -> dict:
+    """Stage 3 of ``joint.train_joint`` on Ray Train: `joint` (a ``JointModel``, trained in place: the best
+    epoch's weights are loaded into it) fine-tuned on `train` with `tcfg` (its epochs and learning rate the
+    fine-tune's). Returns the loop's summary as ``fit_loop``'s, with ``ray``."""
+    mcfg = joint.device.mcfg
+    state, loop, info, _ = _run("joint", {"train": train, "valid": valid, "x_train": x_train, "x_valid": x_valid,
+                                          "states": joint.state_dict()}, {
+        "fcfg": joint.device.fcfg.to_dict(), "mcfg": mcfg.to_dict(), "tcfg": asdict(tcfg),
+        "cloud_cfg": joint.cloud.cfg.to_dict(), "cloud_loss_weight": cloud_loss_weight,
+        "find_unused": bool(mcfg.use_feedback)}, options or RayOptions())
+    joint.load_state_dict(state)
+    joint.eval()
+    return loop | {"ray": info}
