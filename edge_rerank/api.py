@@ -203,7 +203,7 @@ def train(logs: str | Path, out: str | Path, *, feature_config: FeatureConfig | 
     (:class:`~edge_rerank.cloud.training.ray_train.RayOptions`: workers, cluster address) the samples are built on
     Ray Data and the model trained data-parallel on Ray Train: the same samples, split, evaluation and checkpoint
     format (not with `tune`, which runs in one process; with `joint_cloud_data` the samples are built in this
-    process, the cloud ranker and the device reranker train on Ray Train, their joint fine-tune here)."""
+    process and the three joint stages train on Ray Train)."""
     from edge_rerank.cloud.logs import LogReadReport, read_logs
     from edge_rerank.cloud.training.data import SplitConfig, build_samples, split_sessions
     from edge_rerank.cloud.training.train import TrainConfig, fit, save_checkpoint

@@ -523,7 +523,7 @@ def _add_train_parser(sub) -> None:
     r.add_argument("--ray", action="store_true",
                    help="build samples on Ray Data and train data-parallel on Ray Train (CPU workers, gloo gradient "
                         "sync): same split, evaluation and checkpoint format as the single-process run; with "
-                        "--joint the cloud ranker and the device reranker train on Ray Train, their fine-tune here")
+                        "--joint the three joint stages train on Ray Train (samples and pages built in one process)")
     r.add_argument("--address", help="a running Ray cluster (`ray start --head` prints it, or 'auto'); default: "
                                      "start a local one")
     r.add_argument("--workers", type=_positive_int, default=2, help="Ray Train workers, one CPU each")
