@@ -202,16 +202,16 @@ def train(logs: str | Path, out: str | Path, *, feature_config: FeatureConfig | 
     and training configuration first; the search is recorded in the summary (``tune``). With `ray`
     (:class:`~edge_rerank.cloud.training.ray_train.RayOptions`: workers, cluster address) the samples are built on
     Ray Data and the model trained data-parallel on Ray Train: the same samples, split, evaluation and checkpoint
-    format (not with `joint_cloud_data` or `tune`, which run in one process)."""
+    format (not with `tune`, which runs in one process; with `joint_cloud_data` the samples are built in this
+    process and the three joint stages train on Ray Train)."""
     from edge_rerank.cloud.logs import LogReadReport, read_logs
     from edge_rerank.cloud.training.data import SplitConfig, build_samples, split_sessions
     from edge_rerank.cloud.training.train import TrainConfig, fit, save_checkpoint
     from edge_rerank.device_sdk.features import FeatureConfig
     from edge_rerank.device_sdk.features.operators import load_feature_config
 
-    if ray is not None and (joint_cloud_data is not None or tune):
-        raise ValueError("training on Ray covers the device reranker alone: joint training with the cloud ranker "
-                         "and --tune run in one process (drop --ray)")
+    if ray is not None and tune:
+        raise ValueError("--tune runs its trials in one process (drop --ray)")
     if feature_config is None or isinstance(feature_config, FeatureConfig):
         fcfg = feature_config
     else:
@@ -219,7 +219,7 @@ def train(logs: str | Path, out: str | Path, *, feature_config: FeatureConfig | 
     # first: unreadable files go to quarantine/ (so the config inference below sees readable files only), invalid
     # rows are skipped and counted
     log_report = LogReadReport()
-    if ray is None:
+    if ray is None or joint_cloud_data is not None:  # joint training: the cloud ranker's pages need the rows
         rows = read_logs(logs, report=log_report)
         n_rows = len(rows)
         if fcfg is None:
@@ -266,7 +266,7 @@ def train(logs: str | Path, out: str | Path, *, feature_config: FeatureConfig | 
         from edge_rerank.cloud.training.joint import save_joint, served_samples, train_joint
 
         cloud, model, summary = train_joint(rows, joint_cloud_data, tr, va, fcfg, model_config, tcfg, test=te,
-                                            progress=progress)
+                                            progress=progress, ray=ray)
         summary["joint"] = {"cloud_data": str(Path(joint_cloud_data).resolve()), "cloud_ranker": "cloud_ranker.pt"}
         summary["log_rows"] = n_rows
         summary["log_skipped"] = _skipped(log_report)

@@ -528,7 +528,8 @@ def _add_train_parser(sub) -> None:
     r = t.add_argument_group("distributed (Ray: needs the ray extra; README, \"Past one machine\")")
     r.add_argument("--ray", action="store_true",
                    help="build samples on Ray Data and train data-parallel on Ray Train (CPU workers, gloo gradient "
-                        "sync): same split, evaluation and checkpoint format as the single-process run")
+                        "sync): same split, evaluation and checkpoint format as the single-process run; with "
+                        "--joint the three joint stages train on Ray Train (samples and pages built in one process)")
     r.add_argument("--address", help="a running Ray cluster (`ray start --head` prints it, or 'auto'); default: "
                                      "start a local one")
     r.add_argument("--workers", type=_positive_int, default=2, help="Ray Train workers, one CPU each")
@@ -690,7 +691,8 @@ def _add_global_flags(p: argparse.ArgumentParser, default: object) -> None:
 # ------------------------------------------------------------------ logs (self-contained: parser + handler)
 
 def _add_logs_parser(sub) -> None:
-    lg = sub.add_parser("logs", formatter_class=_FMT, help="check impression logs, fit a feature config to them",
+    lg = sub.add_parser("logs", formatter_class=_FMT,
+                        help="check impression logs, fit a feature config to them, compact them",
                         description="Impression logs in the documented schema (docs/impression_log_schema.md, "
                                     "v1 or v2).")
     lsub = lg.add_subparsers(dest="logs_command", required=True)
@@ -706,6 +708,17 @@ def _add_logs_parser(sub) -> None:
     ic.add_argument("--event-kind", action="append", default=[], metavar="KIND=ROLE",
                     help="role of an event kind: positive, positive_dwell, negative, negative_dwell, neutral "
                          "(repeatable; kinds named nowhere become neutral)")
+    co = lsub.add_parser("compact", formatter_class=_FMT,
+                         help="merge the part-*.parquet files of every partition directory of a log tree",
+                         description="Crash-safe compaction (cloud.logs.compact_logs) of the log directory and "
+                                     "of every partition directory below it (e.g. one per day); unreadable parts "
+                                     "go to the partition's quarantine/, stale temp files are removed. With --ray "
+                                     "each partition is one Ray task (the same result).")
+    co.add_argument("dir", help="a log directory (or a tree of partition directories)")
+    co.add_argument("--min-parts", type=int, default=2, help="leave a partition with fewer parts as it is")
+    co.add_argument("--ray", action="store_true", help="one Ray task per partition (needs the ray extra)")
+    co.add_argument("--address", help="a running Ray cluster (`ray start --head` prints it, or 'auto'); default: "
+                                      "a local one (implies --ray)")
     lg.set_defaults(func=_cmd_logs)
 
 
@@ -714,6 +727,11 @@ def _cmd_logs(a: argparse.Namespace) -> int:
     from edge_rerank.device_sdk.features.operators import load_feature_config
 
     try:
+        if a.logs_command == "compact":
+            from edge_rerank.cloud.log_partitions import compact_tree
+
+            print(json.dumps(compact_tree(a.dir, min_parts=a.min_parts, ray=a.ray, address=a.address), indent=2))
+            return 0
         if a.logs_command == "validate":
             cfg = load_feature_config(a.feature_config) if a.feature_config else None
             rep = validate_logs(a.dir, cfg)

@@ -171,3 +171,36 @@ def test_ray_samples_of_v2_logs_with_a_fitted_config_bad_rows_and_a_damaged_part
     assert report.log_report.skipped_rows == want_report.skipped_rows and sum(want_report.skipped_rows.values()) == 1
     assert report.rows == len(rows)
     _assert_same_samples(got, build_samples(rows, cfg, progress=False))
+
+
+def test_streamed_training_workers_build_their_own_shards_of_the_single_process_samples(local_ray, log_dir, fcfg,
+                                                                                       tmp_path):
+    """fit_ray_streaming: each worker reads its own parts; the lists trained on, validated and tested on are the
+    single-process split's (the same set, by digest and count; the held-out metrics equal), and a damaged part is
+    quarantined as read_logs would."""
+    import shutil
+
+    from edge_rerank.cloud.training.data import SplitConfig, split_sessions
+    from edge_rerank.cloud.training.ray_stream import fit_ray_streaming, samples_digest
+    from edge_rerank.cloud.training.ray_train import RayOptions
+    from edge_rerank.cloud.training.train import TrainConfig, held_out_metrics, predict
+
+    logs = tmp_path / "logs"
+    shutil.copytree(log_dir, logs)
+    (logs / "part-9.parquet").write_bytes(b"PAR1 not really parquet")
+    model, summary, record, report = fit_ray_streaming(logs, fcfg, tcfg=TrainConfig(epochs=2, seed=0),
+                                                       split=SplitConfig(seed=0), options=RayOptions(workers=2))
+    assert list(report.skipped_files) == ["part-9.parquet"] and (logs / "quarantine" / "part-9.parquet").exists()
+    want_record, tr, va, te = split_sessions(build_samples(read_logs(logs), fcfg, progress=False), SplitConfig(seed=0))
+    assert report.rows_read == len(read_logs(log_dir))
+    assert record == want_record
+    assert summary["train_lists"] == len(tr) and summary["valid_lists"] == len(va) and summary["test_lists"] == len(te)
+    assert summary["ray"]["samples_digest"] == {"train": samples_digest(tr), "valid": samples_digest(va),
+                                                "test": samples_digest(te)}
+    assert samples_digest(tr.subset(np.arange(1, len(tr)))) != samples_digest(tr)  # the digest sees one list
+    for name, part in (("valid", va), ("test", te)):
+        want = held_out_metrics(predict(model, part), part, name)
+        assert summary[f"{name}_cloud_order"] == want[f"{name}_cloud_order"]
+        assert summary[f"{name}_model"] == pytest.approx(want[f"{name}_model"], abs=1e-9)
+        assert summary[f"{name}_gain_over_cloud"] == pytest.approx(want[f"{name}_gain_over_cloud"], abs=1e-9)
+    assert len(summary["history"]) == summary["epochs_run"] >= 1 and summary["ray"]["streamed"]

@@ -146,11 +146,17 @@ def fit_cloud_ranker(train: PageLists, valid: PageLists, cfg: CloudRankerConfig 
     model = CloudRanker(train.features.shape[2], cfg)
     loop = fit_loop(model, page_step(model, train, LOSSES[tcfg.loss]()), lambda: {"ndcg@10": _ndcg10(model, valid)},
                     len(train), tcfg, desc="cloud ranker", progress=progress)
+    return model, cloud_ranker_summary(model, train, valid, loop)
+
+
+def cloud_ranker_summary(model: CloudRanker, train: PageLists, valid: PageLists, loop: dict) -> dict:
+    """The trained cloud ranker's summary (its validation NDCG@10 and the logged order's) from its loop's
+    (``fit_loop``, or the Ray Train workers')."""
     logged = -np.tile(np.arange(valid.labels.shape[1], dtype=np.float64), (len(valid), 1))
-    return model, {"valid_ndcg@10": _ndcg10(model, valid),
-                   "valid_ndcg@10_logged_order": float(np.nanmean(ndcg_at_k(logged, valid.labels, valid.mask, 10))),
-                   "train_pages": len(train), "valid_pages": len(valid), "history": loop["history"],
-                   "epochs_run": loop["epochs_run"]}
+    return {"valid_ndcg@10": _ndcg10(model, valid),
+            "valid_ndcg@10_logged_order": float(np.nanmean(ndcg_at_k(logged, valid.labels, valid.mask, 10))),
+            "train_pages": len(train), "valid_pages": len(valid), "history": loop["history"],
+            "epochs_run": loop["epochs_run"]}
 
 
 def export_cloud_ranker_onnx(model: CloudRanker, path: str | Path) -> Path:

@@ -14,8 +14,9 @@ reranker to export; they only make sense together, so ``save_joint`` writes both
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -43,6 +44,9 @@ from edge_rerank.cloud.training.train import (
 )
 from edge_rerank.device_sdk.contracts import ImpressionRow
 from edge_rerank.device_sdk.features import FeatureConfig
+
+if TYPE_CHECKING:
+    from edge_rerank.cloud.training.ray_train import RayOptions
 
 
 @dataclass(frozen=True)
@@ -110,12 +114,14 @@ def with_cloud_outputs(samples: Samples, cloud: CloudRanker, cloud_x: np.ndarray
 
 def train_joint(rows: Sequence[ImpressionRow], cloud_data: str | Path, train: Samples, valid: Samples,
                 fcfg: FeatureConfig, mcfg: ModelConfig | None = None, tcfg: TrainConfig | None = None,
-                jcfg: JointConfig | None = None, *, test: Samples | None = None, progress: bool = True
-                ) -> tuple[CloudRanker, DeviceReranker, dict]:
+                jcfg: JointConfig | None = None, *, test: Samples | None = None, progress: bool = True,
+                ray: RayOptions | None = None) -> tuple[CloudRanker, DeviceReranker, dict]:
     """The three stages on logs `rows` (the cloud ranker's pages) and their device samples, split by session into
     `train` and `valid`; the cloud ranker trains on the pages of the training sessions only, and every stage picks
     its best epoch on the validation sessions. `test` (other sessions, as logged) is scored once at the end —
-    device model, logged cloud order and the new cloud ranker — and never seen by a stage."""
+    device model, logged cloud order and the new cloud ranker — and never seen by a stage. With `ray`, the three
+    stages train data-parallel on Ray Train (``ray_train``: the cloud ranker, the device reranker, the two as one
+    graph); the pages and the cloud features are computed here."""
     tcfg, jcfg = tcfg or TrainConfig(), jcfg or JointConfig()
     torch.manual_seed(tcfg.seed)
     torch.set_num_threads(tcfg.threads)
@@ -125,13 +131,23 @@ def train_joint(rows: Sequence[ImpressionRow], cloud_data: str | Path, train: Sa
     train_sessions, valid_sessions = set(train.session_ids), set(valid.session_ids)
     p_train = page_lists([r for r in rows if r.session_id in train_sessions], featurizer, n_max=fcfg.n_max)
     p_valid = page_lists([r for r in rows if r.session_id in valid_sessions], featurizer, n_max=fcfg.n_max)
-    cloud, cloud_summary = fit_cloud_ranker(p_train, p_valid, jcfg.cloud_model, jcfg.cloud, progress=progress)
+    if ray is None:
+        cloud, cloud_summary = fit_cloud_ranker(p_train, p_valid, jcfg.cloud_model, jcfg.cloud, progress=progress)
+    else:
+        from edge_rerank.cloud.training.ray_train import fit_cloud_ranker_ray
+
+        cloud, cloud_summary = fit_cloud_ranker_ray(p_train, p_valid, jcfg.cloud_model, jcfg.cloud, options=ray)
 
     # stage 2: the device reranker on the trained cloud ranker's outputs
     x_train, x_valid = cloud_features_for(train, featurizer), cloud_features_for(valid, featurizer)
     s_train = with_cloud_outputs(train, cloud, x_train, fcfg)
     s_valid = with_cloud_outputs(valid, cloud, x_valid, fcfg)
-    device, stage2 = fit(s_train, s_valid, fcfg, mcfg, tcfg, progress=progress)
+    if ray is None:
+        device, stage2 = fit(s_train, s_valid, fcfg, mcfg, tcfg, progress=progress)
+    else:
+        from edge_rerank.cloud.training.ray_train import fit_ray
+
+        device, stage2 = fit_ray(s_train, s_valid, fcfg, mcfg, tcfg, options=ray)
 
     # stage 3: fine-tune together
     joint = JointModel(cloud, device)
@@ -148,8 +164,15 @@ def train_joint(rows: Sequence[ImpressionRow], cloud_data: str | Path, train: Sa
         return evaluate_lists(predict_joint(joint, valid, x_valid)[0], valid)
 
     ft = TrainConfig(**{**asdict(tcfg), "epochs": jcfg.finetune_epochs})
-    stage3 = fit_loop(joint, step, validate, len(train), ft, lr=tcfg.lr * jcfg.finetune_lr_scale,
-                      desc="joint fine-tune", progress=progress)
+    if ray is None:
+        stage3 = fit_loop(joint, step, validate, len(train), ft, lr=tcfg.lr * jcfg.finetune_lr_scale,
+                          desc="joint fine-tune", progress=progress)
+    else:
+        from edge_rerank.cloud.training.ray_train import finetune_joint_ray
+
+        stage3 = finetune_joint_ray(joint, train, valid, x_train, x_valid,
+                                    replace(ft, lr=tcfg.lr * jcfg.finetune_lr_scale), jcfg.cloud_loss_weight,
+                                    options=ray)
     joint.eval()
     dev_scores, cloud_scores = predict_joint(joint, valid, x_valid)
     held_out = {**held_out_metrics(dev_scores, valid, "valid"),
@@ -165,6 +188,7 @@ def train_joint(rows: Sequence[ImpressionRow], cloud_data: str | Path, train: Sa
         "train_lists": len(train), "lists_per_s": stage2["lists_per_s"],
         "joint_config": jcfg.to_dict(), "train_config": asdict(tcfg), "model_config": device.mcfg.to_dict(),
         "params": n_params(device), "cloud_params": n_params(cloud),
+        **({"ray": stage2["ray"] | {"stages": ["cloud_ranker", "device", "fine-tune"]}} if ray is not None else {}),
     }
     return joint.cloud, joint.device, summary
 

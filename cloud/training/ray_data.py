@@ -187,17 +187,19 @@ def collect_samples(samples_ds: Any, logs: str | Path, parts: list[Path]) -> tup
 
     batches: list[dict[str, np.ndarray]] = list(samples_ds.iter_batches(batch_size=None, batch_format="numpy"))
     report = LogReadReport()
-    builder_counts: dict[str, list[int]] = {}
-    metas = []
-    for b in batches:
-        for info in b["info"]:
-            if info is None:
-                continue
-            metas.extend(info["parts"])
-            for k, (u, t) in info["unknown"].items():
-                c = builder_counts.setdefault(k, [0, 0])
-                c[0] += u
-                c[1] += t
+    infos = [info for b in batches for info in b["info"] if info is not None]
+    record_parts([m for i in infos for m in i["parts"]], logs, parts, report)
+    ray_report = RaySampleReport(report, report.rows_read, len(parts))
+    warn_merged(merge_unknown(i["unknown"] for i in infos))
+    samples, _ = _ordered_samples(batches)
+    if samples is None:
+        raise ValueError("the logs hold no usable rerank samples (need rerank points followed by clicks)")
+    return samples, ray_report
+
+
+def record_parts(metas: list[dict[str, Any]], logs: str | Path, parts: list[Path], report: Any) -> None:
+    """The parts' read records (from the map stage) into a ``LogReadReport`` as ``read_logs`` fills it, in part
+    order: unreadable parts quarantined (here, on the driver), skipped rows counted with their first examples."""
     for m in sorted(metas, key=lambda m: m["part"]):
         if m["error"]:
             _quarantine(Path(logs), parts[m["part"]], m["error"], report)
@@ -208,22 +210,52 @@ def collect_samples(samples_ds: Any, logs: str | Path, parts: list[Path]) -> tup
             report.examples.extend(examples[: max(0, 10 - len(report.examples))])
         report.rows_read += int(m["n"])
     report.files_read = len(parts) - len(report.skipped_files)
-    ray_report = RaySampleReport(report, report.rows_read, len(parts))
+
+
+def _ordered_samples(batches: list[dict[str, np.ndarray]]) -> tuple[Samples | None, list[tuple]]:
+    """The map stage's batches stacked into one :class:`Samples` in the single-process order, and its keys (None
+    when they hold no sample)."""
     batches = [b for b in batches if "labels" in b and len(b["labels"])]
     if not batches:
-        raise ValueError("the logs hold no usable rerank samples (need rerank points followed by clicks)")
+        return None, []
     cat = {k: np.concatenate([b[k] for b in batches]) for k in batches[0] if k != "info"}
     keys = list(cat["key"])
     idx = np.asarray(sorted(range(len(keys)), key=keys.__getitem__), dtype=np.int64)
     inputs = {k[2:]: np.ascontiguousarray(v[idx]) for k, v in cat.items() if k.startswith("f_")}
-    _warn_merged(builder_counts)
     samples = Samples(inputs, np.ascontiguousarray(cat["labels"][idx]), [str(s) for s in cat["session_id"][idx]],
                       np.ascontiguousarray(cat["item_ids"][idx]), [str(u) for u in cat["user_id"][idx]],
                       list(cat["context"][idx]))
-    return samples, ray_report
+    return samples, [keys[i] for i in idx]
 
 
-def _warn_merged(counts: dict[str, list[int]]) -> None:
+def shard_samples(parts: list[tuple[int, str]], cfg: FeatureConfig
+                  ) -> tuple[Samples | None, list[tuple], list[dict], dict[str, list[int]]]:
+    """In this process (a training worker): the samples of the log parts `parts` ((part number, path) pairs, the
+    part number being its place in :func:`log_part_paths`), in the single-process order, with their keys, the
+    parts' read records (``n`` rows, ``error``, ``skipped``) and the unknown-bucket counts (field -> [unknown,
+    total]) — the map stage without Ray Data, so a worker builds its own shard and no sample passes through the
+    driver."""
+    batches = [_parts_to_samples({"part": np.asarray([k]), "path": _objects([path])}, cfg.to_dict())
+               for k, path in parts]
+    infos = [info for b in batches for info in b["info"] if info is not None]
+    samples, keys = _ordered_samples(batches)
+    return samples, keys, [m for i in infos for m in i["parts"]], merge_unknown(i["unknown"] for i in infos)
+
+
+def merge_unknown(counts: Any) -> dict[str, list[int]]:
+    """Unknown-bucket counts (field -> [unknown, total]) of several map batches, summed."""
+    out: dict[str, list[int]] = {}
+    for c in counts:
+        for k, (u, t) in c.items():
+            m = out.setdefault(k, [0, 0])
+            m[0] += u
+            m[1] += t
+    return out
+
+
+def warn_merged(counts: dict[str, list[int]]) -> None:
+    """``warn_unknown_buckets`` on unknown-bucket counts merged from several builders (map tasks, workers)."""
+
     class _Merged:  # what warn_unknown_buckets reads of a FeatureBuilder
         unknown_counts = counts
 
