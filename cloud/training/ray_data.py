@@ -29,13 +29,15 @@ RAY_EXTRA_HINT = "install the ray extra: pip install 'edge-rerank[ray]' (Ray cor
 
 
 def require_ray() -> Any:
-    """The ``ray`` module with Ray Data and Ray Train importable, or an ImportError naming the extra."""
+    """The ``ray`` module with Ray Data and Ray Train importable, or a ModuleNotFoundError naming the extra (the
+    CLI turns it into its one-line "install the extra" message)."""
     try:
         import ray
         import ray.data  # noqa: F401
         import ray.train.torch  # noqa: F401
     except ImportError as exc:
-        raise ImportError(f"Ray Data / Ray Train are not installed ({exc}); {RAY_EXTRA_HINT}") from exc
+        raise ModuleNotFoundError(f"Ray Data / Ray Train are not installed ({exc}); {RAY_EXTRA_HINT}",
+                                  name=getattr(exc, "name", None) or "ray") from exc
     return ray
 
 
