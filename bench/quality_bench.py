@@ -5,7 +5,9 @@ by session (train / validation / test, seeded), and on the **test** sessions eve
 cloud order, the on-device heuristic and a LightGBM lambdarank on the same per-candidate features. Gains are
 NDCG@10 differences per list with 95 % CIs that resample whole sessions. The ablation varies one part at a time:
 
-  default                M&A features + PRM + residual on the cloud score (what ships)
+  default                M&A features + PRM + residual on the cloud score, trained on the labels plus a list-KL
+                         term to a LightGBM lambdarank teacher (what ships)
+  labels only            the default trained on the labels alone (no LightGBM teacher)
   M&A only               the same without the residual
   MVFAN                  + the feedback attention network, no residual
   MVFAN + residual       both
@@ -13,7 +15,7 @@ NDCG@10 differences per list with 95 % CIs that resample whole sessions. The abl
   no identity operators  the default model without the item-identity operators (feed only: the shop never
                          re-shows an item)
 
-    .venv/bin/python bench/quality_bench.py [--worlds shop,feed] [--seeds 0,1,2] [--sessions 10000]
+    .venv/bin/python bench/quality_bench.py [--worlds shop,feed] [--seeds 0,1,2] [--sessions 4000]
 """
 
 from __future__ import annotations
@@ -33,16 +35,17 @@ from edge_rerank.cloud.training.data import SplitConfig
 from edge_rerank.cloud.training.gbdt import fit_gbdt, predict_gbdt
 from edge_rerank.cloud.training.model import ModelConfig
 from edge_rerank.cloud.training.ranking_metrics import gain_with_ci, ndcg_at_k
-from edge_rerank.cloud.training.train import TrainConfig, cloud_order_scores, fit, predict
+from edge_rerank.cloud.training.train import TrainConfig, cloud_order_scores, fit, gbdt_teacher_scores, predict
 from edge_rerank.device_sdk.features.config import IDENTITY_OPS
 from edge_rerank.runs import logged_world, split_samples
 from edge_rerank.simulator.world import World, WorldConfig
 
-VARIANTS = {
-    "default": ModelConfig(),
-    "M&A only": ModelConfig(residual=False),
-    "MVFAN": ModelConfig(use_feedback=True, residual=False),
-    "MVFAN + residual": ModelConfig(use_feedback=True),
+VARIANTS = {  # name: (model config, training-config overrides)
+    "default": (ModelConfig(), {}),
+    "labels only (no LightGBM teacher)": (ModelConfig(), {"gbdt_teacher": 0.0}),
+    "M&A only": (ModelConfig(residual=False), {}),
+    "MVFAN": (ModelConfig(use_feedback=True, residual=False), {}),
+    "MVFAN + residual": (ModelConfig(use_feedback=True), {}),
 }
 
 
@@ -69,9 +72,11 @@ def run_world(domain: str, seed: int, n_sessions: int, epochs: int, out: Path,
     gbdt, _ = fit_gbdt(tr, va)
     per_list["LightGBM lambdarank"] = _ndcg(predict_gbdt(gbdt, te), te)
     tcfg = TrainConfig(epochs=epochs, seed=seed)
-    for name, mcfg in VARIANTS.items():
+    teacher = gbdt_teacher_scores(tr, va, tcfg)  # the same LightGBM teacher for every variant that uses one
+    for name, (mcfg, over) in VARIANTS.items():
         torch.manual_seed(seed)
-        model, _ = fit(tr, va, fcfg, mcfg, tcfg, progress=False)
+        model, _ = fit(tr, va, fcfg, mcfg, replace(tcfg, **over), progress=False,
+                       teacher=None if over.get("gbdt_teacher") == 0 else teacher)
         per_list[name] = _ndcg(predict(model, te), te)
     variants = [("PRM, no feedback", replace(fcfg, candidate_ops=BASE_OPS), ModelConfig(residual=False))]
     if domain == "feed":
@@ -99,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--worlds", default="shop,feed", help="comma-separated world domains (default: %(default)s)")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default: %(default)s)")
-    p.add_argument("--sessions", type=int, default=10000, help="logged sessions per world and seed (default: "
+    p.add_argument("--sessions", type=int, default=4000, help="logged sessions per world and seed (default: "
                                                                 "%(default)s)")
     p.add_argument("--epochs", type=int, default=15, help="maximum epochs (default: %(default)s)")
     p.add_argument("--out", default="runs/bench/quality", help="output directory (default: %(default)s)")

@@ -115,7 +115,7 @@ def main() -> None:
     for k in range(8):
         pq.write_table(rows_to_table(rows[k::8]), logs / f"part-{k}.parquet")
     fcfg = feature_config_for(wcfg)
-    dcfg = TrainConfig(epochs=4, seed=0)
+    dcfg = TrainConfig(epochs=4, seed=0, gbdt_teacher=0)  # the streamed path has no teacher
     t = time.perf_counter()
     _, dtr, dva, _ = split_sessions(build_samples(rows, fcfg, progress=False), SplitConfig(seed=0))
     build_s = time.perf_counter() - t

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from edge_rerank.cloud.training.data import Samples, list_lengths, trim_padding
-from edge_rerank.cloud.training.losses import LOSSES, PAD
+from edge_rerank.cloud.training.losses import LOSSES, list_distill_loss  # noqa: F401  (re-exported)
 from edge_rerank.cloud.training.model import DeviceReranker, ModelConfig, n_params, to_tensors
 from edge_rerank.cloud.training.train import TrainConfig, evaluate_lists, fit, fit_loop, predict
 from edge_rerank.converters.validate import fidelity
@@ -36,21 +36,6 @@ def score_distill_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch
     nothing (and gets zero gradient) whatever the teacher's score there."""
     diff = torch.where(mask > 0, student - teacher, torch.zeros_like(student))
     return (diff * diff).sum() / mask.sum().clamp_min(1.0)
-
-
-def list_distill_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor,
-                      temperature: float = 1.0) -> torch.Tensor:
-    """temperature² · mean over lists of KL(softmax(teacher / T) || softmax(student / T)), each softmax over the
-    list's real candidates only (padding is replaced, not offset, as in ``ListNetLoss``). Zero iff the two
-    distributions agree on every list — i.e. also when the student equals the teacher plus a per-list constant,
-    which ranks identically. Lists with no real candidate are skipped."""
-    real = mask > 0
-    s = torch.where(real, student / temperature, torch.full_like(student, PAD))
-    t = torch.where(real, teacher / temperature, torch.full_like(teacher, PAD))
-    log_p_t, log_p_s = torch.log_softmax(t, dim=1), torch.log_softmax(s, dim=1)
-    kl = torch.where(real, log_p_t.exp() * (log_p_t - log_p_s), torch.zeros_like(s)).sum(dim=1)
-    has = real.any(dim=1).to(kl.dtype)
-    return temperature ** 2 * (kl * has).sum() / has.sum().clamp_min(1.0)
 
 
 def distill(teacher: DeviceReranker, train: Samples, valid: Samples, *, student_cfg: ModelConfig,

@@ -140,7 +140,7 @@ def _simulate_replay(a: argparse.Namespace, world, specs, url: str, key: str, da
     print(f"replay: {n} sessions -> {page}")
 
 
-TRAIN_FLAGS = ("epochs", "loss", "lr", "batch_size", "weight_decay", "patience", "threads")
+TRAIN_FLAGS = ("epochs", "loss", "lr", "batch_size", "weight_decay", "patience", "threads", "gbdt_teacher")
 MODEL_FLAGS = ("use_feedback", "residual", "cross", "dropout")
 
 
@@ -501,6 +501,9 @@ def _add_train_parser(sub) -> None:
                    help=f"epochs without a better validation NDCG@10 before stopping (default: {TrainConfig.patience})")
     o.add_argument("--threads", type=_positive_int,
                    help=f"torch intra-op threads (default: {TrainConfig.threads}; small models train fastest on one)")
+    o.add_argument("--gbdt-teacher", dest="gbdt_teacher", type=float, metavar="W",
+                   help="weight of the distillation term to a LightGBM lambdarank teacher fitted on the same training "
+                        f"lists first; 0 trains on the labels alone (default: {TrainConfig.gbdt_teacher:g})")
     o.add_argument("--seed", type=int, help="training and session-split seed (default: 0)")
     o.add_argument("--tune", type=int, default=0, metavar="N",
                    help="search N model/training configurations first (Optuna, scored on validation only)")

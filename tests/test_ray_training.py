@@ -188,7 +188,7 @@ def test_streamed_training_workers_build_their_own_shards_of_the_single_process_
     logs = tmp_path / "logs"
     shutil.copytree(log_dir, logs)
     (logs / "part-9.parquet").write_bytes(b"PAR1 not really parquet")
-    model, summary, record, report = fit_ray_streaming(logs, fcfg, tcfg=TrainConfig(epochs=2, seed=0),
+    model, summary, record, report = fit_ray_streaming(logs, fcfg, tcfg=TrainConfig(epochs=2, seed=0, gbdt_teacher=0),
                                                        split=SplitConfig(seed=0), options=RayOptions(workers=2))
     assert list(report.skipped_files) == ["part-9.parquet"] and (logs / "quarantine" / "part-9.parquet").exists()
     want_record, tr, va, te = split_sessions(build_samples(read_logs(logs), fcfg, progress=False), SplitConfig(seed=0))

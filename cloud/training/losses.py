@@ -82,3 +82,18 @@ class LambdaLoss(nn.Module):
 
 
 LOSSES: dict[str, type[nn.Module]] = {"listnet": ListNetLoss, "lambda": LambdaLoss, "pairwise": PairwiseLogisticLoss}
+
+
+def list_distill_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor,
+                      temperature: float = 1.0) -> torch.Tensor:
+    """temperature² · mean over lists of KL(softmax(teacher / T) || softmax(student / T)), each softmax over the
+    list's real candidates only (padding is replaced, not offset, as in ``ListNetLoss``). Zero iff the two
+    distributions agree on every list — i.e. also when the student equals the teacher plus a per-list constant,
+    which ranks identically. Lists with no real candidate are skipped."""
+    real = mask > 0
+    s = torch.where(real, student / temperature, torch.full_like(student, PAD))
+    t = torch.where(real, teacher / temperature, torch.full_like(teacher, PAD))
+    log_p_t, log_p_s = torch.log_softmax(t, dim=1), torch.log_softmax(s, dim=1)
+    kl = torch.where(real, log_p_t.exp() * (log_p_t - log_p_s), torch.zeros_like(s)).sum(dim=1)
+    has = real.any(dim=1).to(kl.dtype)
+    return temperature ** 2 * (kl * has).sum() / has.sum().clamp_min(1.0)

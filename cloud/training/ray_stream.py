@@ -166,7 +166,8 @@ def fit_ray_streaming(logs: str | Path, fcfg: FeatureConfig, mcfg: ModelConfig |
     lists file names and receives weights and per-list held-out metrics only, so logs larger than its memory
     train. Returns (model, summary as ``fit``'s, the split record, the log read report); ``save_checkpoint``
     writes the single-process format. Unreadable parts are quarantined (on the driver, after the run) and skipped
-    rows counted, as ``read_logs`` does. Needs at least one training list per worker."""
+    rows counted, as ``read_logs`` does. Needs at least one training list per worker. No LightGBM teacher here (a
+    worker holds only its shard of the training lists): `tcfg` must say ``gbdt_teacher=0``."""
     import torch
 
     from edge_rerank.cloud.logs import LogReadReport
@@ -175,7 +176,10 @@ def fit_ray_streaming(logs: str | Path, fcfg: FeatureConfig, mcfg: ModelConfig |
     from edge_rerank.cloud.training.ranking_metrics import gain_with_ci
     from edge_rerank.cloud.training.ray_data import log_part_paths, merge_unknown, record_parts, warn_merged
 
-    tcfg = tcfg or TrainConfig()
+    tcfg = tcfg or TrainConfig(gbdt_teacher=0.0)
+    if tcfg.gbdt_teacher:
+        raise ValueError("streamed training has no LightGBM teacher (each worker holds only its shard of the "
+                         "training lists): pass TrainConfig(gbdt_teacher=0), or train with fit / fit_ray")
     split = split or SplitConfig(seed=tcfg.seed)
     options = options or RayOptions()
     parts = log_part_paths(logs)

@@ -104,6 +104,8 @@ class _DeviceTask:
         self.lengths = list_lengths(self.train.inputs) if self.tcfg.bucket_by_length else None
         self.my_valid = valid.subset(np.arange(rank, len(valid), world))
         self.find_unused = config["find_unused"]
+        self.teacher = _fetch(config["teacher"]) if "teacher" in config else None  # fit's LightGBM scores
+        self.step_share, self.step_lists = 1.0, 0  # the loop sets them per step (the distillation term's weight)
 
     def build(self) -> Any:
         from edge_rerank.cloud.training.model import DeviceReranker
@@ -124,7 +126,17 @@ class _DeviceTask:
 
         batch, labels = trim_padding({k: v[idx] for k, v in self.train.inputs.items()}, self.train.labels[idx])
         scores = forward(*to_tensors(batch, self.names))
-        return self.loss_fn(scores, torch.from_numpy(labels), torch.from_numpy(batch["cand_mask"]))
+        mask = torch.from_numpy(batch["cand_mask"])
+        loss = self.loss_fn(scores, torch.from_numpy(labels), mask)
+        if self.teacher is not None and self.tcfg.gbdt_teacher:
+            from edge_rerank.cloud.training.train import teacher_term
+
+            # the loop weights this worker's loss by its share of the label loss's units (pairs or lists); the
+            # distillation term is a mean over lists, so it is re-weighted to this worker's share of the lists
+            lists = len(idx) / self.step_lists if self.step_lists else 1.0
+            fix = lists / self.step_share if self.step_share > 0 else 0.0
+            loss = loss + self.tcfg.gbdt_teacher * fix * teacher_term(scores, self.teacher, idx, mask)
+        return loss
 
     def valid_sums(self, model: Any) -> np.ndarray:
         from edge_rerank.cloud.training.train import predict
@@ -313,6 +325,7 @@ def _train_loop(config: dict[str, Any]) -> None:
             _global_steps(task, rng, rank, world)
         losses = []
         for mine, weight, n_batch in steps:
+            task.step_share, task.step_lists = weight / world, n_batch
             loss = task.loss(ddp, mine)
             opt.zero_grad()
             (loss * weight).backward()
@@ -403,10 +416,12 @@ def fit_ray(train: Samples, valid: Samples, fcfg: FeatureConfig, mcfg: ModelConf
     import torch
 
     from edge_rerank.cloud.training.model import DeviceReranker, n_params
-    from edge_rerank.cloud.training.train import held_out_metrics, predict
+    from edge_rerank.cloud.training.train import gbdt_teacher_scores, held_out_metrics, predict
 
     tcfg = tcfg or TrainConfig()
-    state, loop, info, _ = _run("device", {"train": train, "valid": valid}, {
+    teacher, teacher_info = gbdt_teacher_scores(train, valid, tcfg)  # on the driver, as fit does it
+    data = {"train": train, "valid": valid, **({"teacher": teacher} if teacher is not None else {})}
+    state, loop, info, _ = _run("device", data, {
         "fcfg": fcfg.to_dict(), "mcfg": mcfg.to_dict() if mcfg is not None else None, "tcfg": asdict(tcfg),
         # MVFAN off leaves no parameter unused; a feedback model without feedback in a batch may
         "find_unused": bool(mcfg is not None and mcfg.use_feedback)}, options or RayOptions())
@@ -419,7 +434,7 @@ def fit_ray(train: Samples, valid: Samples, fcfg: FeatureConfig, mcfg: ModelConf
         **held_out_metrics(predict(model, valid), valid, "valid"),
         **(held_out_metrics(predict(model, test), test, "test") if test is not None else {}),
         "train_config": asdict(tcfg), "model_config": model.mcfg.to_dict(),
-        "params": n_params(model),
+        "params": n_params(model), "gbdt_teacher": teacher_info,
         "ray": info,
     }
     return model, summary

@@ -21,7 +21,7 @@ from edge_rerank.cloud.training.data import (
     list_lengths,
     trim_padding,
 )
-from edge_rerank.cloud.training.losses import LOSSES
+from edge_rerank.cloud.training.losses import LOSSES, list_distill_loss
 from edge_rerank.cloud.training.model import DeviceReranker, n_params, to_tensors
 from edge_rerank.cloud.training.ranking_metrics import auc, gain_with_ci, mrr, ndcg_at_k
 from edge_rerank.device_sdk.features import FeatureConfig
@@ -114,14 +114,38 @@ def fit_loop(model: torch.nn.Module, step: Callable[[np.ndarray], torch.Tensor],
             "history": history}
 
 
-def label_step(model: DeviceReranker, train: Samples, loss_fn) -> Callable[[np.ndarray], torch.Tensor]:
-    """The plain training step for ``fit_loop``: the ranking loss of `model`'s scores on the lists `idx`."""
+def gbdt_teacher_scores(train: Samples, valid: Samples, tcfg: TrainConfig) -> tuple[np.ndarray | None, dict]:
+    """With ``tcfg.gbdt_teacher`` > 0: a LightGBM lambdarank (``cloud.training.gbdt``, the same per-candidate
+    features) fitted on `train`, early-stopped on `valid`, and its scores of the training lists ([B, N] float32)
+    for the distillation term; else (None, {})."""
+    if not tcfg.gbdt_teacher:
+        return None, {}
+    from edge_rerank.cloud.training.gbdt import GBDTConfig, fit_gbdt, predict_gbdt
+
+    model, info = fit_gbdt(train, valid, GBDTConfig(seed=tcfg.seed, threads=tcfg.threads))
+    return predict_gbdt(model, train).astype(np.float32), {"weight": tcfg.gbdt_teacher, **info}
+
+
+def teacher_term(scores: torch.Tensor, teacher: np.ndarray, idx: np.ndarray, mask: torch.Tensor) -> torch.Tensor:
+    """The distillation term of a batch: KL(softmax(teacher) || softmax(scores)) over each list's real candidates
+    (``losses.list_distill_loss``, temperature 1), mean over the lists."""
+    return list_distill_loss(scores, torch.from_numpy(teacher[idx][:, : scores.shape[1]]), mask)
+
+
+def label_step(model: DeviceReranker, train: Samples, loss_fn, teacher: np.ndarray | None = None,
+               teacher_weight: float = 0.0) -> Callable[[np.ndarray], torch.Tensor]:
+    """The plain training step for ``fit_loop``: the ranking loss of `model`'s scores on the lists `idx`, plus
+    `teacher_weight` x the distillation term when `teacher` scores are given."""
     names = model.input_names
 
     def step(idx: np.ndarray) -> torch.Tensor:
         batch, labels = trim_padding({k: v[idx] for k, v in train.inputs.items()}, train.labels[idx])
         scores = model(*to_tensors(batch, names))
-        return loss_fn(scores, torch.from_numpy(labels), torch.from_numpy(batch["cand_mask"]))
+        mask = torch.from_numpy(batch["cand_mask"])
+        loss = loss_fn(scores, torch.from_numpy(labels), mask)
+        if teacher is not None and teacher_weight:
+            loss = loss + teacher_weight * teacher_term(scores, teacher, idx, mask)
+        return loss
 
     return step
 
@@ -138,17 +162,19 @@ def held_out_metrics(scores: np.ndarray, samples: Samples, prefix: str) -> dict:
 
 
 def fit(train: Samples, valid: Samples, fcfg: FeatureConfig, mcfg: ModelConfig | None = None,
-        tcfg: TrainConfig | None = None, *, test: Samples | None = None, progress: bool = True
-        ) -> tuple[DeviceReranker, dict]:
+        tcfg: TrainConfig | None = None, *, test: Samples | None = None, progress: bool = True,
+        teacher: tuple[np.ndarray | None, dict] | None = None) -> tuple[DeviceReranker, dict]:
     """Train on `train`; every epoch is scored on `valid` (early stopping, best epoch). `test`, if given, is
     scored once at the end (``test_model``, ``test_cloud_order``): the numbers to report, never seen by the
-    loop."""
+    loop. With ``tcfg.gbdt_teacher`` > 0 the loss adds that weight x a list-KL term to a LightGBM teacher fitted
+    on `train` first (``gbdt_teacher_scores``; `teacher` passes its result in when several fits share it)."""
     tcfg = tcfg or TrainConfig()
-    torch.manual_seed(tcfg.seed)
     torch.set_num_threads(tcfg.threads)
+    teacher, teacher_info = teacher if teacher is not None else gbdt_teacher_scores(train, valid, tcfg)
+    torch.manual_seed(tcfg.seed)
     model = DeviceReranker(fcfg, mcfg)
     model.fit_input_stats(train.inputs)
-    step = label_step(model, train, LOSSES[tcfg.loss]())
+    step = label_step(model, train, LOSSES[tcfg.loss](), teacher, tcfg.gbdt_teacher)
     loop = fit_loop(model, step, lambda: evaluate_lists(predict(model, valid), valid), len(train), tcfg,
                     lengths=list_lengths(train.inputs) if tcfg.bucket_by_length else None,
                     progress=progress)
@@ -157,7 +183,7 @@ def fit(train: Samples, valid: Samples, fcfg: FeatureConfig, mcfg: ModelConfig |
         **held_out_metrics(predict(model, valid), valid, "valid"),
         **(held_out_metrics(predict(model, test), test, "test") if test is not None else {}),
         "train_config": asdict(tcfg), "model_config": model.mcfg.to_dict(),
-        "params": n_params(model),
+        "params": n_params(model), "gbdt_teacher": teacher_info,
     }
     return model, summary
 

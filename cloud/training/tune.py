@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, replace
 
 from edge_rerank.cloud.training.data import Samples
 from edge_rerank.cloud.training.model import ModelConfig
-from edge_rerank.cloud.training.train import TrainConfig, fit
+from edge_rerank.cloud.training.train import TrainConfig, fit, gbdt_teacher_scores
 from edge_rerank.device_sdk.features import FeatureConfig
 
 
@@ -60,10 +60,11 @@ def tune(train: Samples, valid: Samples, fcfg: FeatureConfig, n_trials: int, *, 
     mcfg, tcfg = mcfg or ModelConfig(), tcfg or TrainConfig()
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=tcfg.seed))
     trials: list[dict] = []
+    teacher = gbdt_teacher_scores(train, valid, tcfg)  # one LightGBM teacher for every trial (the search keeps it)
 
     def objective(trial) -> float:
         m, t = suggest(trial, mcfg, tcfg)
-        _, summary = fit(train, valid, fcfg, m, t, progress=False)
+        _, summary = fit(train, valid, fcfg, m, t, progress=False, teacher=teacher)
         score = float(summary["valid_model"]["ndcg@10"])
         trials.append({"trial": trial.number, **trial.params, "valid_ndcg10": score,
                        "epochs_run": summary["epochs_run"]})
