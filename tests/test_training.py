@@ -108,3 +108,30 @@ def test_fused_training_attention_is_the_written_out_attention(padded):
     assert torch.allclose(grads[0], grads[1], atol=1e-4, rtol=1e-4)
     block.eval()
     assert torch.allclose(block(x, mask) * mask[:, :, None], outs[0], atol=1e-5)
+
+
+def test_fit_distils_a_lightgbm_teacher_by_default_and_labels_only_on_request(split_parts, fcfg):
+    """TrainConfig.gbdt_teacher: a LightGBM lambdarank fitted on the training lists first (recorded in the
+    summary), its scores pulled in by a list-KL term; the teacher can be passed in (tune shares one) with the
+    same result; 0 trains on the labels alone."""
+    from edge_rerank.cloud.training.train import TrainConfig, fit, gbdt_teacher_scores, predict
+
+    _, train, valid, _ = split_parts
+    tcfg = TrainConfig(epochs=1, threads=1)
+    with_t, s = fit(train, valid, fcfg, tcfg=tcfg, progress=False)
+    assert s["gbdt_teacher"]["weight"] == 2.0 and s["gbdt_teacher"]["best_iteration"] >= 1
+    teacher = gbdt_teacher_scores(train, valid, tcfg)
+    assert teacher[0].shape == train.labels.shape and np.isfinite(teacher[0]).all()
+    shared, _ = fit(train, valid, fcfg, tcfg=tcfg, progress=False, teacher=teacher)
+    assert np.array_equal(predict(shared, valid), predict(with_t, valid))
+    plain, s0 = fit(train, valid, fcfg, tcfg=TrainConfig(epochs=1, threads=1, gbdt_teacher=0), progress=False)
+    assert s0["gbdt_teacher"] == {}
+    assert not np.array_equal(predict(plain, valid), predict(with_t, valid))
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf"), 1e9])
+def test_gbdt_teacher_weight_out_of_range_is_refused(bad):
+    from edge_rerank.cloud.training.configs import TrainConfig
+
+    with pytest.raises(ValueError, match="gbdt_teacher"):
+        TrainConfig(gbdt_teacher=bad)

@@ -90,6 +90,8 @@ class _DeviceTask:
     """The device reranker on a worker: its model, its loss on this worker's share of a batch, its validation sums."""
 
     metric_names = ("ndcg@5", "ndcg@10", "mrr", "auc")
+    teacher: Any = None  # fit's LightGBM teacher scores of the training lists (subclasses without one keep None)
+    step_share, step_lists = 1.0, 0  # the loop sets them per step (the distillation term's weight)
 
     def __init__(self, config: dict[str, Any], rank: int, world: int):
         from edge_rerank.cloud.training.data import list_lengths
@@ -104,8 +106,7 @@ class _DeviceTask:
         self.lengths = list_lengths(self.train.inputs) if self.tcfg.bucket_by_length else None
         self.my_valid = valid.subset(np.arange(rank, len(valid), world))
         self.find_unused = config["find_unused"]
-        self.teacher = _fetch(config["teacher"]) if "teacher" in config else None  # fit's LightGBM scores
-        self.step_share, self.step_lists = 1.0, 0  # the loop sets them per step (the distillation term's weight)
+        self.teacher = _fetch(config["teacher"]) if "teacher" in config else None
 
     def build(self) -> Any:
         from edge_rerank.cloud.training.model import DeviceReranker
