@@ -44,6 +44,10 @@ class SearchInfo:
     emb_missing: int
 
 
+_SERVED_CACHED = SearchInfo(cache_hit=True, emb_found=0, emb_missing=0)  # a page served from encoded bytes
+_SERVED_ENCODED = SearchInfo(cache_hit=False, emb_found=0, emb_missing=0)
+
+
 def ranking_bytes(r: Ranking) -> int:
     """Memory a cached ranking holds: its arrays and its encoded pages (plus a fixed per-entry overhead)."""
     return (1024 + r.rows.nbytes + r.scores.nbytes + r.hidden.nbytes
@@ -281,7 +285,7 @@ class SearchPipeline:
             info = SearchInfo(cache_hit=hit, emb_found=n_found, emb_missing=len(rows) - n_found)
             return data, more, info
         data, more = cached  # served as bytes: no store lookup
-        return data, more, SearchInfo(cache_hit=hit, emb_found=0, emb_missing=0)
+        return data, more, _SERVED_CACHED if hit else _SERVED_ENCODED
 
     def search_with_info(self, req: SearchRequest) -> tuple[SearchPage, SearchInfo]:
         req.validate()
