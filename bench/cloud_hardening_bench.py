@@ -208,6 +208,11 @@ def main() -> int:
                                                                    "server_cpu_us_per_request")}
                                            for k in ("ping", "ping_post", "page", "search", "page_steady",
                                                      "page_during_promotion")}
+            # every round's req/s and server CPU per request: on a shared machine the spread says how far the medians
+            # (and the ratios) can be trusted (page and page_steady are the same workload)
+            for k, ph in res["throughput"]["phases"].items():
+                ph["rounds_rps"] = [round(x["rps"], 1) for x in h[k]["rounds"]]
+                ph["rounds_server_cpu_us"] = [round(x["server_cpu_us_per_request"], 1) for x in h[k]["rounds"]]
             res["throughput"]["worker_class"] = a.worker_class or "default"
     if not a.only_throughput:
         mem = max(v["peak_worker_growth_mib"] for v in res["memory"].values() if v["body_bytes"] >= limit - 65536)

@@ -18,6 +18,7 @@ from pathlib import Path
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, send_file
 from google.protobuf import json_format
 from werkzeug.exceptions import HTTPException
+from werkzeug.sansio.utils import get_content_length
 
 from edge_rerank.cloud import prometheus
 from edge_rerank.cloud.catalog import load_catalog
@@ -109,15 +110,20 @@ def _read_body(limit: int | None = None) -> bytes:
     """The request body, at most `limit` bytes (default: the app's max_body_bytes). With a Content-Length, one
     read of exactly that many bytes (413 first when it is over the limit); chunked or length-less bodies are read
     in pieces and refused with 413 as soon as they pass the limit (never cut). A broken body (malformed chunked
-    framing, a client that stops early) is a 400; either way the connection is closed afterwards."""
-    limit = request.max_content_length if limit is None else limit
-    n = request.content_length
-    chunked = request.environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked"
-    if n is not None and not chunked:
+    framing, a client that stops early) is a 400; either way the connection is closed afterwards.
+
+    Reads the WSGI environ directly (what ``request.content_length`` / ``max_content_length`` compute, without
+    building the request's header and proxy objects): this runs on every search request."""
+    environ = request.environ
+    if limit is None:
+        limit = _cfg().max_body_bytes  # == app.config["MAX_CONTENT_LENGTH"] (create_app sets it)
+    te = environ.get("HTTP_TRANSFER_ENCODING")
+    n = get_content_length(environ.get("CONTENT_LENGTH"), te)
+    if n is not None and not (te and te.lower() == "chunked"):
         if limit is not None and n > limit:
             raise BadRequest(f"body of {n} bytes is over this endpoint's limit of {limit} bytes", 413, close=True)
         try:
-            data = request.environ["wsgi.input"].read(n) if n else b""
+            data = environ["wsgi.input"].read(n) if n else b""
         except _STREAM_ERRORS as exc:
             raise BadRequest(f"malformed request body: {type(exc).__name__}: {str(exc)[:120]}", close=True) from None
         if len(data) != n:
@@ -168,7 +174,9 @@ def _json_text(body: bytes) -> str:
 
 
 def _read_message(msg_cls, body: bytes | None = None):
-    ctype = (request.mimetype or "").lower()
+    ctype = request.environ.get("CONTENT_TYPE", "")
+    if ctype != PROTOBUF:  # the common case needs no Content-Type parsing
+        ctype = (request.mimetype or "").lower()
     if ctype not in (PROTOBUF, JSON):
         raise BadRequest(f"Content-Type must be {PROTOBUF} or {JSON}, got {ctype or 'none'!r}", 415)
     body = _read_body() if body is None else body
@@ -184,7 +192,7 @@ def _read_message(msg_cls, body: bytes | None = None):
 
 
 def _wants_json() -> bool:
-    accept = request.headers.get("Accept", "")
+    accept = request.environ.get("HTTP_ACCEPT", "")  # == request.headers.get("Accept", "")
     return "json" in accept and request.accept_mimetypes.best == JSON
 
 
@@ -235,9 +243,10 @@ search_bp = Blueprint("search", __name__)
 
 @search_bp.post("/v1/search")
 def search():
-    cfg = _cfg()
-    p: SearchPipeline = current_app.extensions["edge_rerank.pipeline"]
-    reg: Registry | None = current_app.extensions["edge_rerank.registry"]
+    ext = current_app.extensions
+    cfg: CloudConfig = ext["edge_rerank.config"]
+    p: SearchPipeline = ext["edge_rerank.pipeline"]
+    reg: Registry | None = ext["edge_rerank.registry"]
     msg = _read_message(wire.pb.SearchRequest)
     enc = EmbeddingEncoding.INT8 if cfg.embedding_encoding == "int8" else EmbeddingEncoding.FP16
     try:

@@ -85,7 +85,7 @@ class SearchRequest:
             raise ContractError(f"page_size must be in 1..{MAX_PAGE_SIZE}, got {self.page_size}")
         if not 0 <= self.page_index <= MAX_PAGE_INDEX:
             raise ContractError(f"page_index must be in 0..{MAX_PAGE_INDEX}, got {self.page_index}")
-        if not (np.isfinite(self.context.lat) and np.isfinite(self.context.lon)):
+        if not (math.isfinite(self.context.lat) and math.isfinite(self.context.lon)):
             raise ContractError("context lat/lon must be finite")
         if not 0 <= self.context.hour <= 23:
             raise ContractError(f"context.hour must be in 0..23, got {self.context.hour}")

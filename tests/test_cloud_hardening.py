@@ -255,6 +255,27 @@ def test_ranking_cache_is_bounded_in_bytes_including_encoded_pages():
     assert 0 < len(cache) < 40
 
 
+def test_ranking_cache_counts_pages_added_to_an_entry_measured_before():
+    """Entries are re-measured only when their page count changed: pages encoded after earlier lookups (page 1, 2
+    of a search) are still counted at the next lookup, and dropped entries take their pages' bytes with them."""
+    from edge_rerank.cloud.ranking.pipeline import ranking_bytes
+
+    cache = RankingCache(capacity=3, max_bytes=1 << 30)
+    rs = [Ranking(rows=np.arange(100), scores=np.zeros(100, np.float32), hidden=np.zeros((100, 8), np.float32))
+          for _ in range(4)]
+    for k in range(3):
+        cache.put((k,), rs[k])
+    for page in range(3):  # a search paged through: each lookup, then the next page encoded
+        assert cache.get((0,)) is rs[0]
+        assert cache.nbytes == sum(ranking_bytes(r) for r in rs[:3])
+        rs[0].encoded[(page * 25, 25, 1)] = (b"x" * (1000 + page), True)
+    assert cache.get((0,)) is rs[0] and cache.get((1,)) is rs[1]  # (0,) re-measured with its 3 pages
+    assert cache.nbytes == sum(ranking_bytes(r) for r in rs[:3])
+    cache.put((3,), rs[3])  # evicts the least recently used: (2,)
+    assert cache.get((2,)) is None
+    assert cache.nbytes == sum(ranking_bytes(r) for r in (rs[0], rs[1], rs[3]))
+
+
 # ---- archives and signatures ----
 
 def _tar(members: dict[str, bytes]) -> bytes:

@@ -44,6 +44,10 @@ class SearchInfo:
     emb_missing: int
 
 
+_SERVED_CACHED = SearchInfo(cache_hit=True, emb_found=0, emb_missing=0)  # a page served from encoded bytes
+_SERVED_ENCODED = SearchInfo(cache_hit=False, emb_found=0, emb_missing=0)
+
+
 def ranking_bytes(r: Ranking) -> int:
     """Memory a cached ranking holds: its arrays and its encoded pages (plus a fixed per-entry overhead)."""
     return (1024 + r.rows.nbytes + r.scores.nbytes + r.hidden.nbytes
@@ -57,7 +61,8 @@ class RankingCache:
 
     A ranking's encoded pages are added after it is cached, so an entry is re-measured whenever it is looked up
     and at the next cache operation after its insertion: the bound can be passed by at most the pages encoded
-    since an entry's last measurement (one page per search in flight)."""
+    since an entry's last measurement (one page per search in flight). Pages are only ever added to a ranking,
+    so an entry whose page count has not changed since it was measured is not measured again."""
 
     def __init__(self, capacity: int, ttl_s: float = 300.0, max_bytes: int = 64 << 20):
         self.capacity = capacity
@@ -66,19 +71,28 @@ class RankingCache:
         self.nbytes = 0
         self._d: OrderedDict[tuple, Ranking] = OrderedDict()
         self._size: dict[tuple, int] = {}
+        self._pages: dict[tuple, int] = {}  # encoded pages an entry had when it was last measured
         self._last: tuple | None = None  # the entry put last (its first page is encoded after the put)
         self._lock = threading.Lock()
 
     def _remeasure(self, key: tuple | None) -> None:
-        if key is None or key not in self._d:
+        if key is None:
             return
-        n = ranking_bytes(self._d[key])
+        r = self._d.get(key)
+        if r is None:
+            return
+        pages = len(r.encoded)
+        if self._pages.get(key) == pages:  # encoded pages are only ever added: same count, same bytes
+            return
+        n = ranking_bytes(r)
         self.nbytes += n - self._size[key]
         self._size[key] = n
+        self._pages[key] = pages
 
     def _drop(self, key: tuple) -> None:
         del self._d[key]
         self.nbytes -= self._size.pop(key)
+        self._pages.pop(key, None)
         if self._last == key:
             self._last = None
 
@@ -110,6 +124,7 @@ class RankingCache:
                 self._drop(key)
             self._d[key] = value
             self._size[key] = ranking_bytes(value)
+            self._pages[key] = len(value.encoded)
             self.nbytes += self._size[key]
             self._last = key
             self._evict()
@@ -300,7 +315,7 @@ class SearchPipeline:
             info = SearchInfo(cache_hit=hit, emb_found=n_found, emb_missing=len(rows) - n_found)
             return data, more, info
         data, more = cached  # served as bytes: no store lookup
-        return data, more, SearchInfo(cache_hit=hit, emb_found=0, emb_missing=0)
+        return data, more, _SERVED_CACHED if hit else _SERVED_ENCODED
 
     def search_with_info(self, req: SearchRequest) -> tuple[SearchPage, SearchInfo]:
         req.validate()
