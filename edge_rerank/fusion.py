@@ -24,7 +24,7 @@ from edge_rerank.cloud.ranking.rl_fusion import (
     RLFusion,
     load_fusion_bundle,
 )
-from edge_rerank.simulator.order_world import OrderAwareUserModel
+from edge_rerank.simulator.order_world import OrderAwareUserModel, OrderWorldConfig
 from edge_rerank.simulator.world import World, WorldConfig
 
 LOG_SEED, TRAIN_SEED, AB_SEED = 1, 2, 3  # run seeds: logs, RL training sessions, A/B sessions (all disjoint)
@@ -34,6 +34,7 @@ LOG_SEED, TRAIN_SEED, AB_SEED = 1, 2, 3  # run seeds: logs, RL training sessions
 class FusionTrainConfig:
     out: str = "runs/fusion"
     world_seed: int = 0
+    scroll_lever: bool = True  # the order world's searching buyers (simulator.order_world); False: the world before
     log_sessions: int = 3000
     ranker_epochs: int = 8
     clip: float = 0.75
@@ -52,9 +53,10 @@ class FusionTrainConfig:
     reuse_data: str | None = None  # an earlier run's cloud_data + logs (skip logs and ranker: ablations)
 
 
-def _world(seed: int) -> tuple[World, OrderAwareUserModel]:
+def _world(seed: int, scroll_lever: bool = True) -> tuple[World, OrderAwareUserModel]:
     w = World(WorldConfig(seed=seed))
-    return w, OrderAwareUserModel(w)
+    oc = OrderWorldConfig() if scroll_lever else OrderWorldConfig.without_scroll_lever()
+    return w, OrderAwareUserModel(w, None, oc)
 
 
 def collect_logs(world: World, um: OrderAwareUserModel, data_dir: Path, n: int, *, progress: bool = True) -> list:
@@ -113,12 +115,15 @@ def train_fusion(cfg: FusionTrainConfig, *, progress: bool = True) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     say = print if progress else (lambda *_a, **_k: None)
     t0 = time.perf_counter()
-    world, um = _world(cfg.world_seed)
+    world, um = _world(cfg.world_seed, cfg.scroll_lever)
     summary: dict = {"config": asdict(cfg)}
     if cfg.reuse_data:
         src = Path(cfg.reuse_data)
         data_dir = src / "cloud_data"
         prev = json.loads((src / "training.json").read_text())
+        if bool(prev["config"].get("scroll_lever", False)) != cfg.scroll_lever:
+            raise ValueError(f"--reuse-data {src}: trained with scroll_lever={not cfg.scroll_lever}; an ablation "
+                             "must run in the same world")
         alpha = float(prev["ranker"]["alpha"])
         summary["ranker"] = prev["ranker"]
         rows = None
@@ -217,7 +222,9 @@ def fusion_ab(cfg: FusionABConfig, *, progress: bool = True) -> dict:
     data_dir = run / "cloud_data"  # where the two-head ranker lives (a --reuse-data run: the earlier run's)
     if not data_dir.is_dir() and (run / "training.json").is_file():
         data_dir = Path(json.loads((run / "training.json").read_text()).get("cloud_data", data_dir))
-    world, um = _world(cfg.world_seed)
+    trained = json.loads((run / "training.json").read_text()) if (run / "training.json").is_file() else {}
+    lever = bool(trained.get("config", {}).get("scroll_lever", False))  # the world the agent was trained in
+    world, um = _world(cfg.world_seed, lever)
     policy = load_fusion_bundle(run / "bundle")
     alpha = policy.cfg.alpha
     arms: list[tuple[str, object, object]] = [("fixed a=1", TwoHeadFusion(alpha), None), ("RL fusion", policy, None)]
