@@ -43,6 +43,7 @@ class FusionTrainConfig:
     no_conversion_penalty: float = 0.3
     leave_penalty: float = 0.5
     n_policies: int = 2
+    twin_critic: bool = False  # clipped double-Q + target smoothing (AgentConfig.twin_critic)
     pretrain_episodes: int = 1500
     episodes: int = 3000
     eval_episodes: int = 800
@@ -150,7 +151,7 @@ def train_fusion(cfg: FusionTrainConfig, *, progress: bool = True) -> dict:
     reward = RewardConfig(cfg.order_weight, cfg.no_conversion_penalty, cfg.leave_penalty)
     env = FusionEnv(world, data_dir, um, store, fusion_cfg=fcfg, reward=reward, session_seed=TRAIN_SEED)
     acfg = AgentConfig(n_policies=cfg.n_policies, pretrain_episodes=cfg.pretrain_episodes, episodes=cfg.episodes,
-                       eval_episodes=cfg.eval_episodes, seed=cfg.seed)
+                       eval_episodes=cfg.eval_episodes, seed=cfg.seed, twin_critic=cfg.twin_critic)
     agent, asum = train_fusion_agent(env, acfg, progress=say if progress else None)
     env.close()
     summary["agent"] = asum
@@ -197,14 +198,29 @@ class _FixedA:
         return TwoHeadFusion(self.alpha).fuse_with(heads, self.a)
 
 
-def _metrics(outcomes) -> dict[str, np.ndarray]:
+def _left_unconverted(o, page_size: int) -> bool:
+    """The session ended by leaving on a page (the last one the user saw) without a click or an order there:
+    what the article's leave penalty charges (the env charges the span since the last page request)."""
+    if o.exhausted or not o.exposed_positions:
+        return False
+    last = max(o.exposed_positions) // page_size
+    return not any(p // page_size == last for p in o.click_positions)
+
+
+def _metrics(outcomes, buyer: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    from edge_rerank.simulator.phone import PhoneConfig
     from edge_rerank.simulator.session_metrics import session_table
 
+    size = PhoneConfig().page_size
     t = session_table(outcomes)
     t["pages"] = np.array([o.pages for o in outcomes], dtype=np.float64)
     t["left"] = np.array([not o.exhausted for o in outcomes], dtype=np.float64)
+    t["left_unconverted"] = np.array([_left_unconverted(o, size) for o in outcomes], dtype=np.float64)
     t["clicks_plus_orders"] = t["clicks"] + t["orders"]
     t["dwell_s"] = np.array([o.duration_ms / 1e3 for o in outcomes], dtype=np.float64)  # time on the result list
+    if buyer is not None:  # the sessions with a strong intent to order (hidden purpose; the same in every arm)
+        for m in ("screens", "orders", "left_unconverted"):
+            t[f"buyer_{m}"] = t[m][buyer]
     return t
 
 
@@ -236,6 +252,7 @@ def fusion_ab(cfg: FusionABConfig, *, progress: bool = True) -> dict:
         arms.append(("device rerank (heuristic), a=1", TwoHeadFusion(alpha), "heuristic"))
         arms.append(("RL fusion + device rerank", policy, "heuristic"))
     specs = [world.session(i, AB_SEED) for i in range(cfg.sessions)]
+    buyer = np.array([um.is_buyer(sp) for sp in specs])
     tables, timing, actions = {}, {}, {}
     for name, fusion, device in arms:
         cloud = FusionCloud(data_dir, fusion, cache_size=4096)
@@ -247,7 +264,7 @@ def fusion_ab(cfg: FusionABConfig, *, progress: bool = True) -> dict:
             fusion.stats.actions_sum = 0.0
         outs = run_sessions(arm.phone(um, cloud), specs, desc=name, progress=progress)
         timing[name] = time.perf_counter() - t0
-        tables[name] = _metrics(outs)
+        tables[name] = _metrics(outs, buyer)
         if isinstance(fusion, RLFusion):
             lat = np.array(fusion.latencies_ms)
             actions[name] = {"actor_calls": int(fusion.stats.requests), "mean_a": fusion.stats.actions_sum
@@ -256,7 +273,9 @@ def fusion_ab(cfg: FusionABConfig, *, progress: bool = True) -> dict:
                              "actor_p99_ms": float(np.percentile(lat, 99)) if lat.size else float("nan")}
     base = tables["fixed a=1"]
     res: dict = {"sessions_per_arm": cfg.sessions, "alpha": alpha, "arms": {}, "timing_s": timing, "actor": actions}
-    metrics = ("qv_ctr", "clicks", "orders", "clicks_plus_orders", "screens", "pages", "dwell_s", "left", "abandon")
+    metrics = ("qv_ctr", "clicks", "orders", "clicks_plus_orders", "screens", "pages", "dwell_s", "left",
+               "left_unconverted", "abandon", "buyer_screens", "buyer_orders", "buyer_left_unconverted")
+    res["buyer_share"] = float(buyer.mean())
     for name, t in tables.items():
         row = {}
         for m in metrics:
@@ -267,6 +286,12 @@ def fusion_ab(cfg: FusionABConfig, *, progress: bool = True) -> dict:
                 row[m]["delta"] = {"mean": d.mean, "ci": [d.lo, d.hi],
                                    "rel_pct": 100 * d.mean / base[m].mean() if base[m].mean() else float("nan")}
         res["arms"][name] = row
+    if cfg.ablation_run:  # what the penalties change: the no-penalty agent vs the agent, paired
+        a, b = tables["RL fusion, no penalties"], tables["RL fusion"]
+        res["no_penalties_vs_penalties"] = {}
+        for m in metrics:
+            d = bootstrap_mean(a[m] - b[m])
+            res["no_penalties_vs_penalties"][m] = {"mean": d.mean, "ci": [d.lo, d.hi]}
     # agent + device vs each alone (paired)
     if cfg.device:
         both, dev, rl = (tables["RL fusion + device rerank"], tables["device rerank (heuristic), a=1"],
@@ -283,7 +308,7 @@ def fusion_ab(cfg: FusionABConfig, *, progress: bool = True) -> dict:
 
 
 def format_ab(res: dict) -> str:
-    lines = ["| arm | clicks / query | orders / query | QV_CTR | screens / query | leave rate | "
+    lines = ["| arm | clicks / query | orders / query | QV_CTR | screens / query | left unconverted | "
              "Δ clicks | Δ orders | Δ QV_CTR (pp) | Δ screens |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, row in res["arms"].items():
         def d(m: str, scale: float = 1.0, digits: int = 3, row: dict = row) -> str:
@@ -294,6 +319,6 @@ def format_ab(res: dict) -> str:
                     f"{scale * x['ci'][1]:+.{digits}f}]")
         lines.append(f"| {name} | {row['clicks']['mean']:.3f} | {row['orders']['mean']:.3f} | "
                      f"{100 * row['qv_ctr']['mean']:.2f} % | {row['screens']['mean']:.2f} | "
-                     f"{100 * row['left']['mean']:.1f} % | {d('clicks')} | {d('orders')} | "
+                     f"{100 * row['left_unconverted']['mean']:.1f} % | {d('clicks')} | {d('orders')} | "
                      f"{d('qv_ctr', 100, 2)} | {d('screens', 1, 2)} |")
     return "\n".join(lines)
