@@ -15,6 +15,7 @@ import argparse
 import itertools
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,13 +25,15 @@ from edge_rerank.fusion import TRAIN_SEED, _world
 from edge_rerank.simulator.fusion_env import FusionEnv, RewardConfig
 
 
-def sweep(run: Path, sessions: int, lever: bool, grid: list[float]) -> list[dict]:
+def sweep(run: Path, sessions: int, lever: bool, grid: list[float], world_kw: dict | None = None) -> list[dict]:
     summary = json.loads((run / "training.json").read_text())
     data_dir = Path(summary.get("cloud_data", run / "cloud_data"))
     alpha, clip = float(summary["ranker"]["alpha"]), float(summary["config"]["clip"])
     fcfg = FusionConfig(alpha=alpha, clip=clip, seq_len=int(summary["config"]["seq_len"]))
     store = BehaviourStore.load(run / "bundle" / BEHAVIOUR_FILE, fcfg)
     world, um = _world(int(summary["config"]["world_seed"]), lever)
+    if world_kw:  # explore other order-world parameters (the run's ranker is kept)
+        um = type(um)(world, None, replace(um.order_cfg, **world_kw))
     env = FusionEnv(world, data_dir, um, store, fusion_cfg=fcfg, session_seed=TRAIN_SEED + 100)
     pen, nopen = RewardConfig(), RewardConfig(no_conversion_penalty=0.0, leave_penalty=0.0)
     rows = []
@@ -61,7 +64,7 @@ def sweep(run: Path, sessions: int, lever: bool, grid: list[float]) -> list[dict
 
 
 def table(rows: list[dict]) -> tuple[str, dict]:
-    ref = next(r for r in rows if r["a_buyer"] == 1.0 and r["a_browser"] == 1.0)
+    ref = next((r for r in rows if r["a_buyer"] == 1.0 and r["a_browser"] == 1.0), rows[0])
     lines = ["| a buyers | a browsers | reward (penalties) | reward (none) | screens / query | buyers' screens | "
              "left unconverted | clicks / query | orders / query |", "|---|---|---|---|---|---|---|---|---|"]
     best = {}
@@ -87,12 +90,15 @@ def main() -> None:
     ap.add_argument("--sessions", type=int, default=1000)
     ap.add_argument("--grid", default="0.25,1.0,1.75")
     ap.add_argument("--json", default="runs/bench/fusion_lever.json")
+    ap.add_argument("--world", type=json.loads, default=None,
+                    help='OrderWorldConfig overrides, e.g. {"searching_giveup": 0.02}')
+    ap.add_argument("--lever-only", action="store_true", help="skip the world without the lever")
     a = ap.parse_args()
     grid = [float(x) for x in a.grid.split(",")]
     res = {}
-    for lever in (True, False):
+    for lever in (True,) if a.lever_only else (True, False):
         t0 = time.perf_counter()
-        rows = sweep(Path(a.run), a.sessions, lever, grid)
+        rows = sweep(Path(a.run), a.sessions, lever, grid, a.world)
         txt, best = table(rows)
         name = "scroll lever" if lever else "without the lever"
         print(f"\n{name} ({a.sessions} sessions per policy, {time.perf_counter() - t0:.0f} s; "

@@ -69,11 +69,12 @@ class OrderWorldConfig:
     # the scroll lever (see the module docstring); without_scroll_lever() switches it off
     searching_frustration: float = 0.0  # weight of click-free screens in a searching buyer's leaving (1 = as all)
     searching_giveup: float = 0.012  # leaving probability added per screen a searching buyer scrolled
+    searching_click_bonus: float = 0.0  # a searching buyer opens more items to check them (click utility added)
 
     @classmethod
     def without_scroll_lever(cls, **kw) -> OrderWorldConfig:
         """The order-aware world before the scroll lever: searching buyers leave like everyone else."""
-        return cls(**{"searching_frustration": 1.0, "searching_giveup": 0.0, **kw})
+        return cls(**{"searching_frustration": 1.0, "searching_giveup": 0.0, "searching_click_bonus": 0.0, **kw})
 
 
 @dataclass
@@ -125,6 +126,11 @@ class OrderAwareUserModel(UserModel):
     def searching(self, state: UserState) -> bool:
         """A buyer who has not ordered yet."""
         return isinstance(state, OrderUserState) and state.buyer and state.orders == 0
+
+    def p_click(self, utility: float, state: UserState | None = None) -> float:
+        if state is not None and self.searching(state):
+            utility += self.order_cfg.searching_click_bonus
+        return super().p_click(utility, state)
 
     def p_leave_state(self, screen: int, state: UserState) -> float:
         if not self.searching(state):
