@@ -34,7 +34,7 @@ LOG_SEED, TRAIN_SEED, AB_SEED = 1, 2, 3  # run seeds: logs, RL training sessions
 class FusionTrainConfig:
     out: str = "runs/fusion"
     world_seed: int = 0
-    scroll_lever: bool = True  # the order world's searching buyers (simulator.order_world); False: the world before
+    scroll_lever: bool = False  # the order world's searching buyers (simulator.order_world)
     log_sessions: int = 3000
     ranker_epochs: int = 8
     clip: float = 0.75
@@ -54,9 +54,9 @@ class FusionTrainConfig:
     reuse_data: str | None = None  # an earlier run's cloud_data + logs (skip logs and ranker: ablations)
 
 
-def _world(seed: int, scroll_lever: bool = True) -> tuple[World, OrderAwareUserModel]:
+def _world(seed: int, scroll_lever: bool = False) -> tuple[World, OrderAwareUserModel]:
     w = World(WorldConfig(seed=seed))
-    oc = OrderWorldConfig() if scroll_lever else OrderWorldConfig.without_scroll_lever()
+    oc = OrderWorldConfig.with_scroll_lever() if scroll_lever else OrderWorldConfig()
     return w, OrderAwareUserModel(w, None, oc)
 
 

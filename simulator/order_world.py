@@ -22,8 +22,10 @@ So a ranking that puts click-attractive items before the order-fitting ones (a l
 model: more clicks from browsers) keeps buyers scrolling through pages they do not click on (more screens, later
 or no orders, more leaving without a conversion), one that shows what fits first makes them order early and leave.
 The article's penalties (a page without a conversion, the page the user leaves on without one) charge exactly
-those pages. ``OrderWorldConfig.without_scroll_lever()`` switches it off
-(searching buyers leave like everyone: the world before the lever).
+those pages. Off by default (searching buyers leave like everyone); ``OrderWorldConfig.with_scroll_lever()``
+(``fusion train --scroll-lever``) switches it on. Two more knobs, off by default, explore variants: searching
+buyers clicking more readily (``searching_click_bonus``) and buyers clicking attractive items they would not
+order (``buyer_inspect_quality`` / ``buyer_inspect_pop``).
 
 What the cloud can see of the purpose: the hour (context) and the user's earlier sessions (their clicks and
 orders, from opt-in impression logs). The cloud's click model (P(click | exposed)) and order model
@@ -66,15 +68,17 @@ class OrderWorldConfig:
     order_max_buyer: float = 0.75
     order_max_browser: float = 0.06
     order_threshold: float = 0.6
-    # the scroll lever (see the module docstring); without_scroll_lever() switches it off
-    searching_frustration: float = 0.0  # weight of click-free screens in a searching buyer's leaving (1 = as all)
-    searching_giveup: float = 0.012  # leaving probability added per screen a searching buyer scrolled
+    # the scroll lever (module docstring; off by default, on with with_scroll_lever())
+    searching_frustration: float = 1.0  # weight of click-free screens in a searching buyer's leaving (1 = as all)
+    searching_giveup: float = 0.0  # leaving probability added per screen a searching buyer scrolled
     searching_click_bonus: float = 0.0  # a searching buyer opens more items to check them (click utility added)
+    buyer_inspect_quality: float = 0.0  # buyers also click attractive items to look at them: quality (centred) ...
+    buyer_inspect_pop: float = 0.0  # ... and log-popularity (centred at 3); they order them only if they fit
 
     @classmethod
-    def without_scroll_lever(cls, **kw) -> OrderWorldConfig:
-        """The order-aware world before the scroll lever: searching buyers leave like everyone else."""
-        return cls(**{"searching_frustration": 1.0, "searching_giveup": 0.0, "searching_click_bonus": 0.0, **kw})
+    def with_scroll_lever(cls, **kw) -> OrderWorldConfig:
+        """Searching buyers: click-free screens do not put them off, every screen without an order does."""
+        return cls(**{"searching_frustration": 0.0, "searching_giveup": 0.012, **kw})
 
 
 @dataclass
@@ -116,7 +120,8 @@ class OrderAwareUserModel(UserModel):
         u = super().utility(spec, rows)
         if self.is_buyer(spec):
             dist, gap = self._dist_price(spec, rows)
-            return u - oc.buyer_w_dist * dist - oc.buyer_w_price * gap
+            return (u - oc.buyer_w_dist * dist - oc.buyer_w_price * gap + oc.buyer_inspect_quality
+                    * (w.quality[rows] - 0.5) + oc.buyer_inspect_pop * (self._log_pop[rows] - 3.0))
         return u + oc.browser_w_quality * (w.quality[rows] - 0.5) + oc.browser_w_pop * (self._log_pop[rows] - 3.0)
 
     def new_state(self, spec: SessionSpec) -> OrderUserState:

@@ -67,11 +67,11 @@ def test_default_user_leaves_as_before(world):
 
 def test_searching_buyers_keep_scrolling_then_give_up(world):
     """The scroll lever: a buyer who has not ordered is not put off by click-free screens but gives up per screen
-    scrolled; after an order, and for browsers, leaving is everyone's; switched off it is everyone's for all."""
+    scrolled; after an order, and for browsers, leaving is everyone's; off (the default) it is everyone's for all."""
     from edge_rerank.simulator.order_world import OrderWorldConfig
 
     spec = world.session(0, 4)
-    on, off = OrderAwareUserModel(world), OrderAwareUserModel(world, None, OrderWorldConfig.without_scroll_lever())
+    on, off = OrderAwareUserModel(world, None, OrderWorldConfig.with_scroll_lever()), OrderAwareUserModel(world)
     base = UserModel(world)
     searching = OrderUserState(buyer=True, spec=spec, frustrated=4)
     browser = OrderUserState(buyer=False, spec=spec, frustrated=4)
