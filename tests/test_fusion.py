@@ -100,6 +100,15 @@ def test_left_unconverted_is_the_last_seen_page_without_a_click():
     assert not _left_unconverted(out(range(20), [3]), 25)
     assert not _left_unconverted(out(range(50), [], exhausted=True), 25)  # scrolled to the end: did not leave
     assert _left_unconverted(out(range(8), []), 25)
+    # the A/B's per-session table: the buyers' columns are the buyer sessions' rows, in order
+    from edge_rerank.fusion import _metrics
+
+    outs = [out(range(30), [3]), out(range(30), [27]), out(range(50), [], exhausted=True)]
+    for o, (scr, cl) in zip(outs, [(8, 1), (8, 1), (13, 0)], strict=True):
+        o.screens, o.clicks = scr, cl
+    t = _metrics(outs, np.array([True, False, True]))
+    assert t["left_unconverted"].tolist() == [1.0, 0.0, 0.0]
+    assert t["buyer_screens"].tolist() == [8.0, 13.0] and t["buyer_left_unconverted"].tolist() == [1.0, 0.0]
 
 
 # ------------------------------------------------------------------ fusion math and per-page order
