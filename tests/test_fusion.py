@@ -394,4 +394,8 @@ def test_cli_refuses_bad_clip(capsys):
 
     assert build_parser().parse_args(["fusion", "train", "--no-progress"]).no_progress is True
     assert build_parser().parse_args(["fusion", "ab", "--run", "."]).no_progress is False
+    tr = build_parser().parse_args(["fusion", "train", "--scroll-lever", "--twin-critic"])
+    assert tr.scroll_lever is True and tr.twin_critic is True
+    tr = build_parser().parse_args(["train-fusion"])
+    assert tr.scroll_lever is False and tr.twin_critic is False  # the world and critic measured in the main table
     assert not Path("/nonexistent/never").exists()
