@@ -86,6 +86,16 @@ def test_searching_buyers_keep_scrolling_then_give_up(world):
         assert off.p_leave_state(3, st_) == base.p_leave(3, 4)
 
 
+def test_ablation_refuses_another_world(tmp_path):
+    """--reuse-data trains in the world of the run it reuses: a different scroll-lever setting is refused."""
+    from edge_rerank.fusion import FusionTrainConfig, train_fusion
+
+    (tmp_path / "training.json").write_text(json.dumps({"config": {"scroll_lever": False}, "ranker": {"alpha": 0.5}}))
+    with pytest.raises(ValueError, match="same world"):
+        train_fusion(FusionTrainConfig(out=str(tmp_path / "out"), reuse_data=str(tmp_path), scroll_lever=True),
+                     progress=False)
+
+
 def test_left_unconverted_is_the_last_seen_page_without_a_click():
     from edge_rerank.fusion import _left_unconverted
     from edge_rerank.simulator.phone import SessionOutcome
