@@ -919,6 +919,10 @@ def _fusion_train_args(tr) -> None:
     tr.add_argument("--no-conversion-penalty", type=float, default=0.3,
                     help="reward penalty for a page without a click or order")
     tr.add_argument("--leave-penalty", type=float, default=0.5, help="reward penalty for the page the user leaves on")
+    tr.add_argument("--twin-critic", action="store_true",
+                    help="a lower-variance critic target: two advantage heads, the smaller one at a smoothed action")
+    tr.add_argument("--scroll-lever", action="store_true",
+                    help="the order world with searching buyers (docs/simulator.md): what the penalties are about")
     tr.add_argument("--reuse-data", type=_existing_path, help="an earlier run: reuse its logs, ranker and store")
     tr.add_argument("--registry-dir", help="also publish the bundle to this model registry")
     tr.add_argument("--version", default="1", help="bundle version")
@@ -935,7 +939,9 @@ def _cmd_fusion(a: argparse.Namespace) -> int:
         cfg = FusionTrainConfig(out=a.out, log_sessions=a.log_sessions, episodes=a.episodes,
                                 pretrain_episodes=a.pretrain_episodes, eval_episodes=a.eval_episodes,
                                 n_policies=a.policies, clip=a.clip, no_conversion_penalty=a.no_conversion_penalty,
-                                leave_penalty=a.leave_penalty, reuse_data=a.reuse_data, registry_dir=a.registry_dir,
+                                leave_penalty=a.leave_penalty, scroll_lever=a.scroll_lever,
+                                twin_critic=a.twin_critic,
+                                reuse_data=a.reuse_data, registry_dir=a.registry_dir,
                                 version=a.version, seed=a.seed)
         s = train_fusion(cfg, progress=not a.no_progress)
         best = s["agent"]["eval"][s["agent"]["chosen_policy"]]

@@ -24,7 +24,7 @@ from edge_rerank.cloud.ranking.rl_fusion import (
     RLFusion,
     load_fusion_bundle,
 )
-from edge_rerank.simulator.order_world import OrderAwareUserModel
+from edge_rerank.simulator.order_world import OrderAwareUserModel, OrderWorldConfig
 from edge_rerank.simulator.world import World, WorldConfig
 
 LOG_SEED, TRAIN_SEED, AB_SEED = 1, 2, 3  # run seeds: logs, RL training sessions, A/B sessions (all disjoint)
@@ -34,6 +34,7 @@ LOG_SEED, TRAIN_SEED, AB_SEED = 1, 2, 3  # run seeds: logs, RL training sessions
 class FusionTrainConfig:
     out: str = "runs/fusion"
     world_seed: int = 0
+    scroll_lever: bool = False  # the order world's searching buyers (simulator.order_world)
     log_sessions: int = 3000
     ranker_epochs: int = 8
     clip: float = 0.75
@@ -42,6 +43,7 @@ class FusionTrainConfig:
     no_conversion_penalty: float = 0.3
     leave_penalty: float = 0.5
     n_policies: int = 2
+    twin_critic: bool = False  # clipped double-Q + target smoothing (AgentConfig.twin_critic)
     pretrain_episodes: int = 1500
     episodes: int = 3000
     eval_episodes: int = 800
@@ -52,9 +54,10 @@ class FusionTrainConfig:
     reuse_data: str | None = None  # an earlier run's cloud_data + logs (skip logs and ranker: ablations)
 
 
-def _world(seed: int) -> tuple[World, OrderAwareUserModel]:
+def _world(seed: int, scroll_lever: bool = False) -> tuple[World, OrderAwareUserModel]:
     w = World(WorldConfig(seed=seed))
-    return w, OrderAwareUserModel(w)
+    oc = OrderWorldConfig.with_scroll_lever() if scroll_lever else OrderWorldConfig()
+    return w, OrderAwareUserModel(w, None, oc)
 
 
 def collect_logs(world: World, um: OrderAwareUserModel, data_dir: Path, n: int, *, progress: bool = True) -> list:
@@ -113,12 +116,15 @@ def train_fusion(cfg: FusionTrainConfig, *, progress: bool = True) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     say = print if progress else (lambda *_a, **_k: None)
     t0 = time.perf_counter()
-    world, um = _world(cfg.world_seed)
+    world, um = _world(cfg.world_seed, cfg.scroll_lever)
     summary: dict = {"config": asdict(cfg)}
     if cfg.reuse_data:
         src = Path(cfg.reuse_data)
         data_dir = src / "cloud_data"
         prev = json.loads((src / "training.json").read_text())
+        if bool(prev["config"].get("scroll_lever", False)) != cfg.scroll_lever:
+            raise ValueError(f"--reuse-data {src}: trained with scroll_lever={not cfg.scroll_lever}; an ablation "
+                             "must run in the same world")
         alpha = float(prev["ranker"]["alpha"])
         summary["ranker"] = prev["ranker"]
         rows = None
@@ -145,7 +151,7 @@ def train_fusion(cfg: FusionTrainConfig, *, progress: bool = True) -> dict:
     reward = RewardConfig(cfg.order_weight, cfg.no_conversion_penalty, cfg.leave_penalty)
     env = FusionEnv(world, data_dir, um, store, fusion_cfg=fcfg, reward=reward, session_seed=TRAIN_SEED)
     acfg = AgentConfig(n_policies=cfg.n_policies, pretrain_episodes=cfg.pretrain_episodes, episodes=cfg.episodes,
-                       eval_episodes=cfg.eval_episodes, seed=cfg.seed)
+                       eval_episodes=cfg.eval_episodes, seed=cfg.seed, twin_critic=cfg.twin_critic)
     agent, asum = train_fusion_agent(env, acfg, progress=say if progress else None)
     env.close()
     summary["agent"] = asum
@@ -192,14 +198,29 @@ class _FixedA:
         return TwoHeadFusion(self.alpha).fuse_with(heads, self.a)
 
 
-def _metrics(outcomes) -> dict[str, np.ndarray]:
+def _left_unconverted(o, page_size: int) -> bool:
+    """The session ended by leaving on a page (the last one the user saw) without a click or an order there:
+    what the article's leave penalty charges (the env charges the span since the last page request)."""
+    if o.exhausted or not o.exposed_positions:
+        return False
+    last = max(o.exposed_positions) // page_size
+    return not any(p // page_size == last for p in o.click_positions)
+
+
+def _metrics(outcomes, buyer: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    from edge_rerank.simulator.phone import PhoneConfig
     from edge_rerank.simulator.session_metrics import session_table
 
+    size = PhoneConfig().page_size
     t = session_table(outcomes)
     t["pages"] = np.array([o.pages for o in outcomes], dtype=np.float64)
     t["left"] = np.array([not o.exhausted for o in outcomes], dtype=np.float64)
+    t["left_unconverted"] = np.array([_left_unconverted(o, size) for o in outcomes], dtype=np.float64)
     t["clicks_plus_orders"] = t["clicks"] + t["orders"]
     t["dwell_s"] = np.array([o.duration_ms / 1e3 for o in outcomes], dtype=np.float64)  # time on the result list
+    if buyer is not None:  # the sessions with a strong intent to order (hidden purpose; the same in every arm)
+        for m in ("screens", "orders", "left_unconverted"):
+            t[f"buyer_{m}"] = t[m][buyer]
     return t
 
 
@@ -217,7 +238,9 @@ def fusion_ab(cfg: FusionABConfig, *, progress: bool = True) -> dict:
     data_dir = run / "cloud_data"  # where the two-head ranker lives (a --reuse-data run: the earlier run's)
     if not data_dir.is_dir() and (run / "training.json").is_file():
         data_dir = Path(json.loads((run / "training.json").read_text()).get("cloud_data", data_dir))
-    world, um = _world(cfg.world_seed)
+    trained = json.loads((run / "training.json").read_text()) if (run / "training.json").is_file() else {}
+    lever = bool(trained.get("config", {}).get("scroll_lever", False))  # the world the agent was trained in
+    world, um = _world(cfg.world_seed, lever)
     policy = load_fusion_bundle(run / "bundle")
     alpha = policy.cfg.alpha
     arms: list[tuple[str, object, object]] = [("fixed a=1", TwoHeadFusion(alpha), None), ("RL fusion", policy, None)]
@@ -229,6 +252,7 @@ def fusion_ab(cfg: FusionABConfig, *, progress: bool = True) -> dict:
         arms.append(("device rerank (heuristic), a=1", TwoHeadFusion(alpha), "heuristic"))
         arms.append(("RL fusion + device rerank", policy, "heuristic"))
     specs = [world.session(i, AB_SEED) for i in range(cfg.sessions)]
+    buyer = np.array([um.is_buyer(sp) for sp in specs])
     tables, timing, actions = {}, {}, {}
     for name, fusion, device in arms:
         cloud = FusionCloud(data_dir, fusion, cache_size=4096)
@@ -240,7 +264,7 @@ def fusion_ab(cfg: FusionABConfig, *, progress: bool = True) -> dict:
             fusion.stats.actions_sum = 0.0
         outs = run_sessions(arm.phone(um, cloud), specs, desc=name, progress=progress)
         timing[name] = time.perf_counter() - t0
-        tables[name] = _metrics(outs)
+        tables[name] = _metrics(outs, buyer)
         if isinstance(fusion, RLFusion):
             lat = np.array(fusion.latencies_ms)
             actions[name] = {"actor_calls": int(fusion.stats.requests), "mean_a": fusion.stats.actions_sum
@@ -249,7 +273,9 @@ def fusion_ab(cfg: FusionABConfig, *, progress: bool = True) -> dict:
                              "actor_p99_ms": float(np.percentile(lat, 99)) if lat.size else float("nan")}
     base = tables["fixed a=1"]
     res: dict = {"sessions_per_arm": cfg.sessions, "alpha": alpha, "arms": {}, "timing_s": timing, "actor": actions}
-    metrics = ("qv_ctr", "clicks", "orders", "clicks_plus_orders", "screens", "pages", "dwell_s", "left", "abandon")
+    metrics = ("qv_ctr", "clicks", "orders", "clicks_plus_orders", "screens", "pages", "dwell_s", "left",
+               "left_unconverted", "abandon", "buyer_screens", "buyer_orders", "buyer_left_unconverted")
+    res["buyer_share"] = float(buyer.mean())
     for name, t in tables.items():
         row = {}
         for m in metrics:
@@ -260,6 +286,12 @@ def fusion_ab(cfg: FusionABConfig, *, progress: bool = True) -> dict:
                 row[m]["delta"] = {"mean": d.mean, "ci": [d.lo, d.hi],
                                    "rel_pct": 100 * d.mean / base[m].mean() if base[m].mean() else float("nan")}
         res["arms"][name] = row
+    if cfg.ablation_run:  # what the penalties change: the no-penalty agent vs the agent, paired
+        a, b = tables["RL fusion, no penalties"], tables["RL fusion"]
+        res["no_penalties_vs_penalties"] = {}
+        for m in metrics:
+            d = bootstrap_mean(a[m] - b[m])
+            res["no_penalties_vs_penalties"][m] = {"mean": d.mean, "ci": [d.lo, d.hi]}
     # agent + device vs each alone (paired)
     if cfg.device:
         both, dev, rl = (tables["RL fusion + device rerank"], tables["device rerank (heuristic), a=1"],
@@ -276,7 +308,7 @@ def fusion_ab(cfg: FusionABConfig, *, progress: bool = True) -> dict:
 
 
 def format_ab(res: dict) -> str:
-    lines = ["| arm | clicks / query | orders / query | QV_CTR | screens / query | leave rate | "
+    lines = ["| arm | clicks / query | orders / query | QV_CTR | screens / query | left unconverted | "
              "Δ clicks | Δ orders | Δ QV_CTR (pp) | Δ screens |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, row in res["arms"].items():
         def d(m: str, scale: float = 1.0, digits: int = 3, row: dict = row) -> str:
@@ -287,6 +319,6 @@ def format_ab(res: dict) -> str:
                     f"{scale * x['ci'][1]:+.{digits}f}]")
         lines.append(f"| {name} | {row['clicks']['mean']:.3f} | {row['orders']['mean']:.3f} | "
                      f"{100 * row['qv_ctr']['mean']:.2f} % | {row['screens']['mean']:.2f} | "
-                     f"{100 * row['left']['mean']:.1f} % | {d('clicks')} | {d('orders')} | "
+                     f"{100 * row['left_unconverted']['mean']:.1f} % | {d('clicks')} | {d('orders')} | "
                      f"{d('qv_ctr', 100, 2)} | {d('screens', 1, 2)} |")
     return "\n".join(lines)

@@ -9,6 +9,24 @@ a hidden **purpose**, drawn per session from a per-user trait and the hour (meal
   area) and price fit; it orders often (``order_max_buyer``) and, as everywhere, often leaves after ordering;
 - a **browser** session looks around: its clicks weigh quality and popularity; it rarely orders.
 
+**The scroll lever** (the article's failure mode: without penalties the agent learned to make users interact more,
+"more pages = more reward opportunities", at the expense of users with a strong intent to order). A buyer who has
+not ordered yet is *searching*:
+
+- screens without a click do not put a searching buyer off as they put off everyone else (the frustration term of
+  leaving is weighted by ``searching_frustration``); instead every screen scrolled without an order raises leaving
+  by ``searching_giveup`` (the cost of a long path to the order: searching buyers end up leaving without one);
+- a searching buyer clicks (and orders) as before: on what fits, not on what is merely attractive.
+
+So a ranking that puts click-attractive items before the order-fitting ones (a low fusion weight on the order
+model: more clicks from browsers) keeps buyers scrolling through pages they do not click on (more screens, later
+or no orders, more leaving without a conversion), one that shows what fits first makes them order early and leave.
+The article's penalties (a page without a conversion, the page the user leaves on without one) charge exactly
+those pages. Off by default (searching buyers leave like everyone); ``OrderWorldConfig.with_scroll_lever()``
+(``fusion train --scroll-lever``) switches it on. Two more knobs, off by default, explore variants: searching
+buyers clicking more readily (``searching_click_bonus``) and buyers clicking attractive items they would not
+order (``buyer_inspect_quality`` / ``buyer_inspect_pop``).
+
 What the cloud can see of the purpose: the hour (context) and the user's earlier sessions (their clicks and
 orders, from opt-in impression logs). The cloud's click model (P(click | exposed)) and order model
 (P(order | click)) then rank differently, and the best trade-off between them differs per session: the RL
@@ -50,6 +68,17 @@ class OrderWorldConfig:
     order_max_buyer: float = 0.75
     order_max_browser: float = 0.06
     order_threshold: float = 0.6
+    # the scroll lever (module docstring; off by default, on with with_scroll_lever())
+    searching_frustration: float = 1.0  # weight of click-free screens in a searching buyer's leaving (1 = as all)
+    searching_giveup: float = 0.0  # leaving probability added per screen a searching buyer scrolled
+    searching_click_bonus: float = 0.0  # a searching buyer opens more items to check them (click utility added)
+    buyer_inspect_quality: float = 0.0  # buyers also click attractive items to look at them: quality (centred) ...
+    buyer_inspect_pop: float = 0.0  # ... and log-popularity (centred at 3); they order them only if they fit
+
+    @classmethod
+    def with_scroll_lever(cls, **kw) -> OrderWorldConfig:
+        """Searching buyers: click-free screens do not put them off, every screen without an order does."""
+        return cls(**{"searching_frustration": 0.0, "searching_giveup": 0.012, **kw})
 
 
 @dataclass
@@ -91,12 +120,30 @@ class OrderAwareUserModel(UserModel):
         u = super().utility(spec, rows)
         if self.is_buyer(spec):
             dist, gap = self._dist_price(spec, rows)
-            return u - oc.buyer_w_dist * dist - oc.buyer_w_price * gap
+            return (u - oc.buyer_w_dist * dist - oc.buyer_w_price * gap + oc.buyer_inspect_quality
+                    * (w.quality[rows] - 0.5) + oc.buyer_inspect_pop * (self._log_pop[rows] - 3.0))
         return u + oc.browser_w_quality * (w.quality[rows] - 0.5) + oc.browser_w_pop * (self._log_pop[rows] - 3.0)
 
     def new_state(self, spec: SessionSpec) -> OrderUserState:
         base = super().new_state(spec)
         return OrderUserState(speed=base.speed, patience=base.patience, buyer=self.is_buyer(spec), spec=spec)
+
+    def searching(self, state: UserState) -> bool:
+        """A buyer who has not ordered yet."""
+        return isinstance(state, OrderUserState) and state.buyer and state.orders == 0
+
+    def p_click(self, utility: float, state: UserState | None = None) -> float:
+        if state is not None and self.searching(state):
+            utility += self.order_cfg.searching_click_bonus
+        return super().p_click(utility, state)
+
+    def p_leave_state(self, screen: int, state: UserState) -> float:
+        if not self.searching(state):
+            return super().p_leave_state(screen, state)
+        c, oc = self.cfg, self.order_cfg
+        p = (c.leave_base + (c.leave_per_screen + oc.searching_giveup) * screen
+             + oc.searching_frustration * c.leave_per_frustrated_screen * state.frustrated)
+        return min(p / state.patience, 0.9)
 
     def p_order_item(self, utility: float, item_id: int, state: UserState) -> float:
         oc = self.order_cfg

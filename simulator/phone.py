@@ -345,7 +345,7 @@ class PhoneSession:
         self._schedule(self.device_session.scroll_idle(dwell), self.t)  # the list rested for `dwell` ms
         user.frustrated = 0 if clicks_here else user.frustrated + 1
         if not leave:
-            leave = self.draws["leave"][screen] < um.p_leave(screen, user.frustrated, user.patience)
+            leave = self.draws["leave"][screen] < um.p_leave_state(screen, user)
         if leave:
             out.abandoned = out.clicks == 0
             self._end()

@@ -116,7 +116,7 @@ class UserModel:
     """The shop user; ``UserModel(world)`` on another domain's world builds that domain's user model
     (:class:`simulator.feed.FeedUserModel`)."""
 
-    def __new__(cls, world: World | None = None, cfg: UserModelConfig | None = None):
+    def __new__(cls, world: World | None = None, cfg: UserModelConfig | None = None, *_args, **_kwargs):
         if cls is UserModel and world is not None and world.cfg.domain != "shop":
             return super().__new__(USER_MODELS[world.cfg.domain])
         return super().__new__(cls)
@@ -251,3 +251,8 @@ class UserModel:
         """Order probability after a click on `item_id` (the default user: a function of the utility only;
         ``simulator.order_world.OrderAwareUserModel`` makes it depend on the item and the session's purpose)."""
         return self.p_order(utility)
+
+    def p_leave_state(self, screen: int, state: UserState) -> float:
+        """Leaving probability after `screen` given the session's state (what the phone asks; the default user:
+        ``p_leave(screen, frustrated, patience)``; the order-aware world's searching buyers differ)."""
+        return self.p_leave(screen, state.frustrated, state.patience)

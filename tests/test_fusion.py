@@ -57,6 +57,70 @@ def test_order_world_buyers_order_on_distance_and_price(world):
     assert um.p_order_item(1.5, iid, buyer) > um.p_order_item(1.5, int(world.item_id[far]), buyer)
 
 
+def test_default_user_leaves_as_before(world):
+    """The phone now asks p_leave_state(screen, state); the default user's is p_leave(screen, frustrated, patience)."""
+    um = UserModel(world)
+    for screen, frustrated, patience in [(0, 0, 1.0), (3, 2, 0.7), (12, 9, 1.4), (40, 40, 0.5)]:
+        st_ = UserState(frustrated=frustrated, patience=patience)
+        assert um.p_leave_state(screen, st_) == um.p_leave(screen, frustrated, patience)
+
+
+def test_searching_buyers_keep_scrolling_then_give_up(world):
+    """The scroll lever: a buyer who has not ordered is not put off by click-free screens but gives up per screen
+    scrolled; after an order, and for browsers, leaving is everyone's; off (the default) it is everyone's for all."""
+    from edge_rerank.simulator.order_world import OrderWorldConfig
+
+    spec = world.session(0, 4)
+    on, off = OrderAwareUserModel(world, None, OrderWorldConfig.with_scroll_lever()), OrderAwareUserModel(world)
+    base = UserModel(world)
+    searching = OrderUserState(buyer=True, spec=spec, frustrated=4)
+    browser = OrderUserState(buyer=False, spec=spec, frustrated=4)
+    ordered = OrderUserState(buyer=True, spec=spec, frustrated=4, orders=1)
+    assert on.searching(searching) and not on.searching(browser) and not on.searching(ordered)
+    assert on.p_leave_state(3, searching) < base.p_leave(3, 4)  # four click-free screens do not put it off ...
+    assert on.p_leave_state(30, searching) > base.p_leave(30, 0)  # ... a long path does
+    assert on.p_leave_state(5, searching) < on.p_leave_state(6, searching)
+    for st_ in (browser, ordered):
+        assert on.p_leave_state(3, st_) == base.p_leave(3, 4)
+    for st_ in (searching, browser, ordered):
+        assert off.p_leave_state(3, st_) == base.p_leave(3, 4)
+
+
+def test_ablation_refuses_another_world(tmp_path):
+    """--reuse-data trains in the world of the run it reuses: a different scroll-lever setting is refused."""
+    from edge_rerank.fusion import FusionTrainConfig, train_fusion
+
+    (tmp_path / "training.json").write_text(json.dumps({"config": {"scroll_lever": False}, "ranker": {"alpha": 0.5}}))
+    with pytest.raises(ValueError, match="same world"):
+        train_fusion(FusionTrainConfig(out=str(tmp_path / "out"), reuse_data=str(tmp_path), scroll_lever=True),
+                     progress=False)
+
+
+def test_left_unconverted_is_the_last_seen_page_without_a_click():
+    from edge_rerank.fusion import _left_unconverted
+    from edge_rerank.simulator.phone import SessionOutcome
+
+    def out(exposed, clicks, exhausted=False):
+        o = SessionOutcome(session_id="s", query="q", predecided=False)
+        o.exposed_positions, o.click_positions, o.exhausted = list(exposed), list(clicks), exhausted
+        return o
+
+    assert _left_unconverted(out(range(30), [3]), 25)  # left on page 1 (positions 25..29), clicked on page 0 only
+    assert not _left_unconverted(out(range(30), [27]), 25)
+    assert not _left_unconverted(out(range(20), [3]), 25)
+    assert not _left_unconverted(out(range(50), [], exhausted=True), 25)  # scrolled to the end: did not leave
+    assert _left_unconverted(out(range(8), []), 25)
+    # the A/B's per-session table: the buyers' columns are the buyer sessions' rows, in order
+    from edge_rerank.fusion import _metrics
+
+    outs = [out(range(30), [3]), out(range(30), [27]), out(range(50), [], exhausted=True)]
+    for o, (scr, cl) in zip(outs, [(8, 1), (8, 1), (13, 0)], strict=True):
+        o.screens, o.clicks = scr, cl
+    t = _metrics(outs, np.array([True, False, True]))
+    assert t["left_unconverted"].tolist() == [1.0, 0.0, 0.0]
+    assert t["buyer_screens"].tolist() == [8.0, 13.0] and t["buyer_left_unconverted"].tolist() == [1.0, 0.0]
+
+
 # ------------------------------------------------------------------ fusion math and per-page order
 def test_fuse_heads_is_click_times_order_power():
     c, o = np.array([0.3, -1.0, 2.0]), np.array([-0.5, 1.0, 0.0])
@@ -312,6 +376,24 @@ def test_agent_v_plus_a_and_training(env):
     json.dumps(summary, default=float)
 
 
+def test_twin_critic_targets_the_smaller_advantage(env):
+    from edge_rerank.cloud.training.fusion_rl import AgentConfig, FusionAgent, train_fusion_agent
+
+    cfg = AgentConfig(n_policies=1, pretrain_episodes=30, pretrain_epochs=5, episodes=20, eval_episodes=4,
+                      batch_size=32, twin_critic=True)
+    fresh = FusionAgent(env.fusion_cfg.event_dim, env.fusion_cfg.ctx_dim, cfg)
+    s, u = torch.randn(64, cfg.state_dim), torch.rand(64) * 2 - 1
+    a1, a2 = fresh.advantage(0, s, u), fresh.advantage(0, s, u, twin=True)
+    assert not torch.equal(a1, a2)  # two heads, initialised apart
+    assert torch.equal(fresh.advantage_min(0, s, u), torch.minimum(a1, a2))
+    assert torch.equal(fresh.advantage(0, s, torch.zeros(64), twin=True), torch.zeros(64))  # A(s, a = 1) = 0 too
+    single = FusionAgent(env.fusion_cfg.event_dim, env.fusion_cfg.ctx_dim, AgentConfig(n_policies=1))
+    assert len(single.adv2) == 0 and torch.equal(single.advantage_min(0, s, u), single.advantage(0, s, u))
+    agent, summary = train_fusion_agent(env, cfg)
+    assert np.isfinite(summary["predicted_episode_gain"]) and np.isfinite(summary["mean_advantage"])
+    assert len(summary["curves"]["q_loss"]) == len(summary["curves"]["episode"])
+
+
 def test_cli_refuses_bad_clip(capsys):
     from edge_rerank.cli import main
 
@@ -322,4 +404,8 @@ def test_cli_refuses_bad_clip(capsys):
 
     assert build_parser().parse_args(["fusion", "train", "--no-progress"]).no_progress is True
     assert build_parser().parse_args(["fusion", "ab", "--run", "."]).no_progress is False
+    tr = build_parser().parse_args(["fusion", "train", "--scroll-lever", "--twin-critic"])
+    assert tr.scroll_lever is True and tr.twin_critic is True
+    tr = build_parser().parse_args(["train-fusion"])
+    assert tr.scroll_lever is False and tr.twin_critic is False  # the world and critic measured in the main table
     assert not Path("/nonexistent/never").exists()

@@ -20,6 +20,9 @@ Pieces:
   V and A_k; the actor loss −A_k(s, π_k(s)) updates actor k only. Finally each policy is evaluated greedily on
   held-out sessions (paired with the baseline) and the best is kept (the article trained several seeds and kept
   the best).
+- ``AgentConfig.twin_critic``: the critic's overestimation (the actor climbs the noise of A) countered as TD3 does,
+  minus its target networks: two advantage heads per policy, the TD target takes the smaller at a smoothed
+  action; the actor follows the first head.
 - :func:`export_actor_onnx` — the chosen actor with the state network: inputs ``seq`` [1, L, E], ``ctx`` [1, C],
   output ``a`` [1] (already ``1 + clip · u``).
 """
@@ -52,6 +55,11 @@ class AgentConfig:
     noise: float = 0.4  # exploration: Gaussian on u (the article used an OU process; episodes here are 1-3 pages)
     eval_episodes: int = 1500
     seed: int = 0
+    # a lower-variance critic target (TD3's two fixes, without its target networks): two advantage heads per
+    # policy and the TD target takes the smaller (clipped double-Q), at a noisy action (target smoothing)
+    twin_critic: bool = False
+    target_noise: float = 0.2  # sd of the Gaussian on u' in the target (0: none)
+    target_noise_clip: float = 0.5
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -82,6 +90,8 @@ class FusionAgent(nn.Module):
         self.state = StateNet(event_dim, ctx_dim, cfg.state_dim)
         self.v = _mlp(cfg.state_dim)
         self.adv = nn.ModuleList(_mlp(cfg.state_dim + 1) for _ in range(cfg.n_policies))
+        # the twin advantages (clipped double-Q); empty without twin_critic
+        self.adv2 = nn.ModuleList(_mlp(cfg.state_dim + 1) for _ in range(cfg.n_policies if cfg.twin_critic else 0))
         self.actors = nn.ModuleList(_mlp(cfg.state_dim) for _ in range(cfg.n_policies))
         for actor in self.actors:  # every policy starts at u = 0 (a = 1, the baseline)
             nn.init.zeros_(actor[-1].weight)
@@ -90,9 +100,14 @@ class FusionAgent(nn.Module):
     def value(self, s: torch.Tensor) -> torch.Tensor:
         return self.v(s).squeeze(-1)
 
-    def advantage(self, k: int, s: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        f = self.adv[k]
+    def advantage(self, k: int, s: torch.Tensor, u: torch.Tensor, twin: bool = False) -> torch.Tensor:
+        f = (self.adv2 if twin else self.adv)[k]
         return (f(torch.cat([s, u[:, None]], 1)) - f(torch.cat([s, torch.zeros_like(u)[:, None]], 1))).squeeze(-1)
+
+    def advantage_min(self, k: int, s: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """min of the twin advantages (the first one alone without twin_critic)."""
+        a = self.advantage(k, s, u)
+        return torch.minimum(a, self.advantage(k, s, u, twin=True)) if len(self.adv2) else a
 
     def q(self, k: int, s: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         return self.value(s) + self.advantage(k, s, u)
@@ -184,6 +199,7 @@ def train_fusion_agent(env, cfg: AgentConfig, *, progress: Callable[[str], None]
 def _train_fusion_agent(env, cfg: AgentConfig, progress: Callable[[str], None] | None,
                         eval_seed_offset: int) -> tuple[FusionAgent, dict]:
     torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)  # target smoothing noise
     rng = np.random.default_rng(cfg.seed)
     E, C = env.observation_space["seq"].shape[1], env.observation_space["ctx"].shape[0]
     agent = FusionAgent(E, C, cfg)
@@ -208,7 +224,8 @@ def _train_fusion_agent(env, cfg: AgentConfig, progress: Callable[[str], None] |
         v_curve.append(tot / len(base))
     say(f"V pre-trained on {cfg.pretrain_episodes} baseline episodes: MSE {v_curve[0]:.3f} -> {v_curve[-1]:.3f}")
     # 2) DDPG with parallel policies sharing the state network and V
-    critic_params = [*agent.state.parameters(), *agent.v.parameters(), *agent.adv.parameters()]
+    critic_params = [*agent.state.parameters(), *agent.v.parameters(), *agent.adv.parameters(),
+                     *agent.adv2.parameters()]
     opt_c = torch.optim.Adam(critic_params, lr=cfg.lr)
     opt_a = [torch.optim.Adam(a.parameters(), lr=cfg.actor_lr) for a in agent.actors]
     buf = Transitions()
@@ -242,11 +259,17 @@ def _train_fusion_agent(env, cfg: AgentConfig, progress: Callable[[str], None] |
             s = agent.state(b["seq"], b["ctx"])
             with torch.no_grad():
                 s2 = agent.state(b["seq2"], b["ctx2"])
-                y = b["r"] + cfg.gamma * (1.0 - b["done"]) * agent.q(kk, s2, agent.act(kk, s2))
+                u2 = agent.act(kk, s2)
+                if cfg.twin_critic:  # TD3: a smoothed target action, the smaller of the two advantages
+                    eps = torch.randn(u2.shape, generator=gen) * cfg.target_noise
+                    u2 = (u2 + eps.clamp(-cfg.target_noise_clip, cfg.target_noise_clip)).clamp(-1.0, 1.0)
+                y = b["r"] + cfg.gamma * (1.0 - b["done"]) * (agent.value(s2) + agent.advantage_min(kk, s2, u2))
             ib = rng.integers(0, len(base), cfg.batch_size // 4)  # baseline rows keep V anchored at a = 1
             bb = base.tensors(ib)
             v_loss = ((agent.value(agent.state(bb["seq"], bb["ctx"])) - bb["ret"]) ** 2).mean()
             q_loss = ((agent.q(kk, s, b["u"]) - y) ** 2).mean()
+            if cfg.twin_critic:
+                q_loss = q_loss + ((agent.value(s) + agent.advantage(kk, s, b["u"], twin=True) - y) ** 2).mean()
             opt_c.zero_grad()
             (q_loss + 0.5 * v_loss).backward()
             opt_c.step()
@@ -285,10 +308,17 @@ def _train_fusion_agent(env, cfg: AgentConfig, progress: Callable[[str], None] |
         b = base.tensors(np.arange(min(len(base), 2048)))
         s = agent.state(b["seq"], b["ctx"])
         v, adv = agent.value(s), agent.advantage(best, s, agent.act(best, s))
+        # the critic's predicted gain of a whole episode (A at each episode's first page) vs the realised one
+        done = np.asarray(base.done)
+        first = np.concatenate([[0], np.flatnonzero(done[:-1]) + 1])[:2048]
+        b0 = base.tensors(first)
+        s0 = agent.state(b0["seq"], b0["ctx"])
+        adv0 = agent.advantage(best, s0, agent.act(best, s0))
     summary = {"config": cfg.to_dict(), "baseline_reward_per_episode": float(np.mean(base_rewards)),
                "v_pretrain_mse": v_curve, "curves": curve, "eval": evals, "chosen_policy": best,
                "baseline_eval_reward": float(base_eval.mean()),
                "mean_v": float(v.mean()), "mean_advantage": float(adv.mean()),
+               "predicted_episode_gain": float(adv0.mean()),  # critic's A at first pages (realised: eval delta)
                "train_s": time.perf_counter() - t0}
     say(f"policies vs baseline on {cfg.eval_episodes} held-out sessions: "
         f"{[round(e['delta_vs_baseline'], 4) for e in evals]} -> policy {best}")
