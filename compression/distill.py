@@ -7,12 +7,16 @@
   keep their size as the temperature changes (Hinton et al.). The list plays the part of seed 000's in-batch
   all-pairs similarity matrix: every candidate against every other one of the same query.
 
+The teacher here is the trained network, so ``TrainConfig.gbdt_teacher`` (plain training's LightGBM teacher) is
+not used, and the label-only comparison trains with it off: the two differ in the distillation terms only.
 Teacher scores are computed once up front, in eval mode without gradients. The student shares the teacher's
 ``FeatureConfig`` (same inputs, so the same exported interface), fits its own input statistics on the training
 lists and trains with the training loop's ``fit_loop`` (best epoch by validation NDCG@10).
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -87,7 +91,8 @@ def distill(teacher: DeviceReranker, train: Samples, valid: Samples, *, student_
         "distill": loop,
     }
     if compare_label_only:
-        base, summary = fit(train, valid, teacher.fcfg, student_cfg, tcfg, progress=progress)
+        base, summary = fit(train, valid, teacher.fcfg, student_cfg, replace(tcfg, gbdt_teacher=0.0),
+                            progress=progress)
         b_valid = predict(base, valid)
         report["label_only"] = {
             "ndcg10": evaluate_lists(b_valid, valid)["ndcg@10"],

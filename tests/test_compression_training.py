@@ -242,5 +242,5 @@ def test_distill_with_only_the_label_loss_is_plain_training(trained, split):
     cfg, tcfg = ModelConfig(d_model=8, ffn=16, views=("id",)), TrainConfig(epochs=1, threads=1)
     student, rep = distill(teacher, train, valid, student_cfg=cfg, tcfg=tcfg, alpha_score=0.0, alpha_list=0.0,
                            compare_label_only=False)
-    plain, _ = fit(train, valid, teacher.fcfg, cfg, tcfg, progress=False)
+    plain, _ = fit(train, valid, teacher.fcfg, cfg, TrainConfig(epochs=1, threads=1, gbdt_teacher=0), progress=False)
     assert np.array_equal(predict(student, valid), predict(plain, valid))
