@@ -172,7 +172,7 @@ def train_joint(rows: Sequence[ImpressionRow], cloud_data: str | Path, train: Sa
 
         stage3 = finetune_joint_ray(joint, train, valid, x_train, x_valid,
                                     replace(ft, lr=tcfg.lr * jcfg.finetune_lr_scale), jcfg.cloud_loss_weight,
-                                    options=ray)
+                                    predict_joint=predict_joint, options=ray)
     joint.eval()
     dev_scores, cloud_scores = predict_joint(joint, valid, x_valid)
     held_out = {**held_out_metrics(dev_scores, valid, "valid"),

@@ -183,7 +183,7 @@ def fit_ray_streaming(logs: str | Path, fcfg: FeatureConfig, mcfg: ModelConfig |
     split = split or SplitConfig(seed=tcfg.seed)
     options = options or RayOptions()
     parts = log_part_paths(logs)
-    state, loop, info, held = _run("device_stream", {}, {
+    state, loop, info, held = _run(StreamedDeviceTask, {}, {
         "parts": [str(p.resolve()) for p in parts], "split": asdict(split), "fcfg": fcfg.to_dict(),
         "mcfg": mcfg.to_dict() if mcfg is not None else None, "tcfg": asdict(tcfg),
         "find_unused": bool(mcfg is not None and mcfg.use_feedback)}, options)

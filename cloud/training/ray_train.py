@@ -232,15 +232,16 @@ class _JointTask(_DeviceTask):
         self.cloud_loss, self.cloud_weight = LOSSES["listnet"](), config["cloud_loss_weight"]
         self.lengths = None  # fit_loop's stage 3 shuffles plainly
         self.states, self.cloud_cfg = _fetch(config["states"]), config["cloud_cfg"]
+        # joint.py's JointModel and predict_joint, passed in (joint.py calls this module: no import back)
+        self.joint_cls, self.predict_joint = config["joint_cls"], config["predict_joint"]
 
     def build(self) -> Any:
         from edge_rerank.cloud.training.cloud_ranker import CloudRanker, CloudRankerConfig
-        from edge_rerank.cloud.training.joint import JointModel
         from edge_rerank.cloud.training.model import DeviceReranker
 
         cloud = CloudRanker(self.x_train.shape[2], CloudRankerConfig(**self.cloud_cfg))
         device = DeviceReranker(self.fcfg, self.mcfg)
-        joint = JointModel(cloud, device)
+        joint = self.joint_cls(cloud, device)
         joint.load_state_dict(self.states)
         self.names = device.input_names
         return joint
@@ -273,27 +274,16 @@ class _JointTask(_DeviceTask):
         return dev_share * self.loss_fn(s_dev, y, m) + self.cloud_weight * cloud_share * self.cloud_loss(s_cloud, y, m)
 
     def valid_sums(self, model: Any) -> np.ndarray:
-        from edge_rerank.cloud.training.joint import predict_joint
-
         if not len(self.my_valid):
             return np.zeros(8)
-        return _metric_sums(predict_joint(model, self.my_valid, self.my_x_valid)[0], self.my_valid)
-
-
-_TASKS = {"device": _DeviceTask, "cloud_ranker": _CloudRankerTask, "joint": _JointTask}
-
-
-def _task_class(name: str) -> Any:
-    if name == "device_stream":  # the workers build their own samples (ray_stream)
-        from edge_rerank.cloud.training.ray_stream import StreamedDeviceTask
-
-        return StreamedDeviceTask
-    return _TASKS[name]
+        return _metric_sums(self.predict_joint(model, self.my_valid, self.my_x_valid)[0], self.my_valid)
 
 
 def _train_loop(config: dict[str, Any]) -> None:
     """One Ray Train worker: the single-process ``fit_loop`` on this worker's share of every batch, for the model
-    family ``config["task"]`` names (the device reranker, the cloud ranker)."""
+    family of the task class ``config["task"]`` (the device reranker, the cloud ranker, the joint fine-tune, the
+    streamed device reranker: classes travel to the workers by reference, so this module imports none of the
+    modules that call it)."""
 
     import ray
     import ray.train
@@ -305,7 +295,7 @@ def _train_loop(config: dict[str, Any]) -> None:
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    task = _task_class(config["task"])(config, rank, world)
+    task = config["task"](config, rank, world)
     tcfg = task.tcfg
     torch.manual_seed(tcfg.seed)
     torch.set_num_threads(tcfg.threads)
@@ -372,7 +362,7 @@ def _train_loop(config: dict[str, Any]) -> None:
         ray.train.report(report)
 
 
-def _run(task: str, data: dict[str, Any], config: dict[str, Any], options: RayOptions
+def _run(task: type, data: dict[str, Any], config: dict[str, Any], options: RayOptions
          ) -> tuple[dict, dict, dict, list | None]:
     """Run `task`'s worker loop on a ``TorchTrainer`` of ``options.workers`` CPU workers (`data`: samples put in
     the object store): (best state dict, the loop's summary, ``summary["ray"]``, the streamed task's held-out
@@ -391,7 +381,7 @@ def _run(task: str, data: dict[str, Any], config: dict[str, Any], options: RayOp
                            scaling_config=ScalingConfig(num_workers=options.workers, use_gpu=False),
                            torch_config=TorchConfig(backend="gloo"),
                            run_config=RunConfig(storage_path=str(Path(storage).resolve()),
-                                                name=f"{task}-{int(time.time() * 1000)}"))
+                                                name=f"{task.__name__.strip('_')}-{int(time.time() * 1000)}"))
     result = trainer.fit()
     wall_s = time.perf_counter() - t0
     if result.checkpoint is None:
@@ -422,7 +412,7 @@ def fit_ray(train: Samples, valid: Samples, fcfg: FeatureConfig, mcfg: ModelConf
     tcfg = tcfg or TrainConfig()
     teacher, teacher_info = gbdt_teacher_scores(train, valid, tcfg)  # on the driver, as fit does it
     data = {"train": train, "valid": valid, **({"teacher": teacher} if teacher is not None else {})}
-    state, loop, info, _ = _run("device", data, {
+    state, loop, info, _ = _run(_DeviceTask, data, {
         "fcfg": fcfg.to_dict(), "mcfg": mcfg.to_dict() if mcfg is not None else None, "tcfg": asdict(tcfg),
         # MVFAN off leaves no parameter unused; a feedback model without feedback in a batch may
         "find_unused": bool(mcfg is not None and mcfg.use_feedback)}, options or RayOptions())
@@ -455,7 +445,7 @@ def fit_cloud_ranker_ray(train: Any, valid: Any, cfg: Any = None, tcfg: TrainCon
 
     tcfg = tcfg or CLOUD_TRAIN_CONFIG
     cfg = cfg or CloudRankerConfig()
-    state, loop, info, _ = _run("cloud_ranker", {"train": train, "valid": valid},
+    state, loop, info, _ = _run(_CloudRankerTask, {"train": train, "valid": valid},
                                 {"tcfg": asdict(tcfg), "cloud_cfg": cfg.to_dict()},
                              options or RayOptions())
     model = CloudRanker(train.features.shape[2], cfg)
@@ -467,15 +457,18 @@ def fit_cloud_ranker_ray(train: Any, valid: Any, cfg: Any = None, tcfg: TrainCon
 
 
 def finetune_joint_ray(joint: Any, train: Samples, valid: Samples, x_train: np.ndarray, x_valid: np.ndarray,
-                       tcfg: TrainConfig, cloud_loss_weight: float, *, options: RayOptions | None = None) -> dict:
+                       tcfg: TrainConfig, cloud_loss_weight: float, *, predict_joint: Any,
+                       options: RayOptions | None = None) -> dict:
     """Stage 3 of ``joint.train_joint`` on Ray Train: `joint` (a ``JointModel``, trained in place: the best
     epoch's weights are loaded into it) fine-tuned on `train` with `tcfg` (its epochs and learning rate the
-    fine-tune's). Returns the loop's summary as ``fit_loop``'s, with ``ray``."""
+    fine-tune's); `predict_joint` is ``joint.predict_joint`` (passed in: joint.py imports this module, not the
+    reverse). Returns the loop's summary as ``fit_loop``'s, with ``ray``."""
     mcfg = joint.device.mcfg
-    state, loop, info, _ = _run("joint", {"train": train, "valid": valid, "x_train": x_train, "x_valid": x_valid,
+    state, loop, info, _ = _run(_JointTask, {"train": train, "valid": valid, "x_train": x_train, "x_valid": x_valid,
                                           "states": joint.state_dict()}, {
         "fcfg": joint.device.fcfg.to_dict(), "mcfg": mcfg.to_dict(), "tcfg": asdict(tcfg),
         "cloud_cfg": joint.cloud.cfg.to_dict(), "cloud_loss_weight": cloud_loss_weight,
+        "joint_cls": type(joint), "predict_joint": predict_joint,
         "find_unused": bool(mcfg.use_feedback)}, options or RayOptions())
     joint.load_state_dict(state)
     joint.eval()
