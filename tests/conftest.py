@@ -109,3 +109,15 @@ def make_events(items: list[PageItem], clicks: set[int], dwell_ms: float = 2000.
 
 
 CTX = Context(lat=5.0, lon=5.0, hour=19)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local 2-CPU Ray cluster for one test module (the Ray tests skip without the ray extra)."""
+    ray = pytest.importorskip("ray", reason="the ray extra is not installed")
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    except Exception as exc:  # a sandbox without shared memory, ports or processes
+        pytest.skip(f"Ray cannot start here: {type(exc).__name__}: {exc}")
+    yield
+    ray.shutdown()

@@ -18,16 +18,6 @@ pytest.importorskip("ray.train.torch", reason="Ray Train is not installed (the r
 from edge_rerank.cloud.logs import rows_to_table  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    try:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    except Exception as exc:  # a sandbox without shared memory, ports or processes
-        pytest.skip(f"Ray cannot start here: {type(exc).__name__}: {exc}")
-    yield
-    ray.shutdown()
-
-
 def _tree(root, rows):
     """A log root with its own parts and two day partitions: small parts, a damaged part, a stale temp part of a
     killed upload, a fresh temp part of a live one, and a partition below min_parts."""

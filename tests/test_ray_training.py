@@ -21,16 +21,6 @@ NOISE = 0.02
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    try:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    except Exception as exc:  # a sandbox without shared memory, ports or processes
-        pytest.skip(f"Ray cannot start here: {type(exc).__name__}: {exc}")
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def log_dir(logged_rows, tmp_path_factory):
     """The shared logged rows in 4 Parquet parts, rows interleaved so every session spans parts."""
     d = tmp_path_factory.mktemp("ray_logs")
