@@ -113,13 +113,15 @@ def test_fused_training_attention_is_the_written_out_attention(padded):
 def test_fit_distils_a_lightgbm_teacher_by_default_and_labels_only_on_request(split_parts, fcfg):
     """TrainConfig.gbdt_teacher: a LightGBM lambdarank fitted on the training lists first (recorded in the
     summary), its scores pulled in by a list-KL term; the teacher can be passed in (tune shares one) with the
-    same result; 0 trains on the labels alone."""
-    from edge_rerank.cloud.training.train import TrainConfig, fit, gbdt_teacher_scores, predict
+    same result; 0 trains on the labels alone; gbdt_teacher_choice (the default) trains both and keeps the one
+    with the higher validation NDCG@10."""
+    from edge_rerank.cloud.training.train import TrainConfig, evaluate_lists, fit, gbdt_teacher_scores, predict
 
     _, train, valid, _ = split_parts
-    tcfg = TrainConfig(epochs=1, threads=1)
+    tcfg = TrainConfig(epochs=1, threads=1, gbdt_teacher_choice=False)
     with_t, s = fit(train, valid, fcfg, tcfg=tcfg, progress=False)
     assert s["gbdt_teacher"]["weight"] == 2.0 and s["gbdt_teacher"]["best_iteration"] >= 1
+    assert "kept" not in s["gbdt_teacher"]
     teacher = gbdt_teacher_scores(train, valid, tcfg)
     assert teacher[0].shape == train.labels.shape and np.isfinite(teacher[0]).all()
     shared, _ = fit(train, valid, fcfg, tcfg=tcfg, progress=False, teacher=teacher)
@@ -127,6 +129,11 @@ def test_fit_distils_a_lightgbm_teacher_by_default_and_labels_only_on_request(sp
     plain, s0 = fit(train, valid, fcfg, tcfg=TrainConfig(epochs=1, threads=1, gbdt_teacher=0), progress=False)
     assert s0["gbdt_teacher"] == {}
     assert not np.array_equal(predict(plain, valid), predict(with_t, valid))
+    chosen, sc = fit(train, valid, fcfg, tcfg=TrainConfig(epochs=1, threads=1), progress=False, teacher=teacher)
+    info, ndcg = sc["gbdt_teacher"], (lambda m: evaluate_lists(predict(m, valid), valid)["ndcg@10"])
+    assert info["valid_ndcg10_with"] == ndcg(with_t) and info["valid_ndcg10_without"] == ndcg(plain)
+    assert info["kept"] == (ndcg(with_t) >= ndcg(plain))
+    assert np.array_equal(predict(chosen, valid), predict(with_t if info["kept"] else plain, valid))
 
 
 @pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf"), 1e9])

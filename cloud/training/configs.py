@@ -30,6 +30,9 @@ class TrainConfig:
     # on the validation lists; training time only, the bundle ships the network alone); 0: labels only.
     # README "Quality": it is what lifted the default above LightGBM itself in the shop world
     gbdt_teacher: float = 2.0
+    # with a teacher: also train on the labels alone and keep whichever scores higher on the validation lists
+    # (the teacher helped the shop world and not the feed world; README "Quality"); doubles training time
+    gbdt_teacher_choice: bool = True
 
     def __post_init__(self) -> None:
         _check_types(self)

@@ -407,19 +407,37 @@ def fit_ray(train: Samples, valid: Samples, fcfg: FeatureConfig, mcfg: ModelConf
     import torch
 
     from edge_rerank.cloud.training.model import DeviceReranker, n_params
-    from edge_rerank.cloud.training.train import gbdt_teacher_scores, held_out_metrics, predict
+    from edge_rerank.cloud.training.train import (
+        choose_on_validation,
+        evaluate_lists,
+        gbdt_teacher_scores,
+        held_out_metrics,
+        predict,
+    )
 
     tcfg = tcfg or TrainConfig()
     teacher, teacher_info = gbdt_teacher_scores(train, valid, tcfg)  # on the driver, as fit does it
-    data = {"train": train, "valid": valid, **({"teacher": teacher} if teacher is not None else {})}
-    state, loop, info, _ = _run(_DeviceTask, data, {
-        "fcfg": fcfg.to_dict(), "mcfg": mcfg.to_dict() if mcfg is not None else None, "tcfg": asdict(tcfg),
-        # MVFAN off leaves no parameter unused; a feedback model without feedback in a batch may
-        "find_unused": bool(mcfg is not None and mcfg.use_feedback)}, options or RayOptions())
-    torch.manual_seed(tcfg.seed)
-    model = DeviceReranker(fcfg, mcfg)
-    model.load_state_dict(state)
-    model.eval()
+
+    def train_once(scores: np.ndarray | None) -> tuple[Any, dict, dict]:
+        data = {"train": train, "valid": valid, **({"teacher": scores} if scores is not None else {})}
+        state, loop, info, _ = _run(_DeviceTask, data, {
+            "fcfg": fcfg.to_dict(), "mcfg": mcfg.to_dict() if mcfg is not None else None, "tcfg": asdict(tcfg),
+            # MVFAN off leaves no parameter unused; a feedback model without feedback in a batch may
+            "find_unused": bool(mcfg is not None and mcfg.use_feedback)}, options or RayOptions())
+        torch.manual_seed(tcfg.seed)
+        model = DeviceReranker(fcfg, mcfg)
+        model.load_state_dict(state)
+        model.eval()
+        return model, loop, info
+
+    model, loop, info = train_once(teacher)
+    if teacher is not None and tcfg.gbdt_teacher_choice:  # fit's choice, on the same validation lists
+        plain, plain_loop, plain_info = train_once(None)
+        keep, teacher_info = choose_on_validation(evaluate_lists(predict(model, valid), valid)["ndcg@10"],
+                                                  evaluate_lists(predict(plain, valid), valid)["ndcg@10"],
+                                                  teacher_info)
+        if not keep:
+            model, loop, info = plain, plain_loop, plain_info
     summary = {
         "train_lists": len(train), **loop,
         **held_out_metrics(predict(model, valid), valid, "valid"),

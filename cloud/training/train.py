@@ -161,23 +161,43 @@ def held_out_metrics(scores: np.ndarray, samples: Samples, prefix: str) -> dict:
             f"{prefix}_lists": len(samples), f"{prefix}_gain_over_cloud": gain}
 
 
+def choose_on_validation(with_teacher: float, without: float, info: dict) -> tuple[bool, dict]:
+    """``TrainConfig.gbdt_teacher_choice``: keep the model trained with the teacher unless the one trained on the
+    labels alone scores higher on the validation lists (NDCG@10). (keep the teacher's?, the info recorded)."""
+    keep = with_teacher >= without
+    return keep, {**info, "valid_ndcg10_with": with_teacher, "valid_ndcg10_without": without, "kept": keep}
+
+
 def fit(train: Samples, valid: Samples, fcfg: FeatureConfig, mcfg: ModelConfig | None = None,
         tcfg: TrainConfig | None = None, *, test: Samples | None = None, progress: bool = True,
         teacher: tuple[np.ndarray | None, dict] | None = None) -> tuple[DeviceReranker, dict]:
     """Train on `train`; every epoch is scored on `valid` (early stopping, best epoch). `test`, if given, is
     scored once at the end (``test_model``, ``test_cloud_order``): the numbers to report, never seen by the
     loop. With ``tcfg.gbdt_teacher`` > 0 the loss adds that weight x a list-KL term to a LightGBM teacher fitted
-    on `train` first (``gbdt_teacher_scores``; `teacher` passes its result in when several fits share it)."""
+    on `train` first (``gbdt_teacher_scores``; `teacher` passes its result in when several fits share it); with
+    ``tcfg.gbdt_teacher_choice`` the same model is also trained on the labels alone and the one with the higher
+    validation NDCG@10 is kept (``summary["gbdt_teacher"]["kept"]``)."""
     tcfg = tcfg or TrainConfig()
     torch.set_num_threads(tcfg.threads)
     teacher, teacher_info = teacher if teacher is not None else gbdt_teacher_scores(train, valid, tcfg)
-    torch.manual_seed(tcfg.seed)
-    model = DeviceReranker(fcfg, mcfg)
-    model.fit_input_stats(train.inputs)
-    step = label_step(model, train, LOSSES[tcfg.loss](), teacher, tcfg.gbdt_teacher)
-    loop = fit_loop(model, step, lambda: evaluate_lists(predict(model, valid), valid), len(train), tcfg,
-                    lengths=list_lengths(train.inputs) if tcfg.bucket_by_length else None,
-                    progress=progress)
+
+    def train_once(scores: np.ndarray | None) -> tuple[DeviceReranker, dict]:
+        torch.manual_seed(tcfg.seed)
+        model = DeviceReranker(fcfg, mcfg)
+        model.fit_input_stats(train.inputs)
+        step = label_step(model, train, LOSSES[tcfg.loss](), scores, tcfg.gbdt_teacher)
+        return model, fit_loop(model, step, lambda: evaluate_lists(predict(model, valid), valid), len(train), tcfg,
+                               lengths=list_lengths(train.inputs) if tcfg.bucket_by_length else None,
+                               progress=progress)
+
+    model, loop = train_once(teacher)
+    if teacher is not None and tcfg.gbdt_teacher_choice:
+        plain, plain_loop = train_once(None)
+        keep, teacher_info = choose_on_validation(evaluate_lists(predict(model, valid), valid)["ndcg@10"],
+                                                  evaluate_lists(predict(plain, valid), valid)["ndcg@10"],
+                                                  teacher_info)
+        if not keep:
+            model, loop = plain, plain_loop
     summary = {
         "train_lists": len(train), **loop,
         **held_out_metrics(predict(model, valid), valid, "valid"),
