@@ -503,7 +503,9 @@ def _add_train_parser(sub) -> None:
                    help=f"torch intra-op threads (default: {TrainConfig.threads}; small models train fastest on one)")
     o.add_argument("--gbdt-teacher", dest="gbdt_teacher", type=float, metavar="W",
                    help="weight of the distillation term to a LightGBM lambdarank teacher fitted on the same training "
-                        f"lists first; 0 trains on the labels alone (default: {TrainConfig.gbdt_teacher:g})")
+                        "lists first; the model is also trained without it and the better on validation kept "
+                        "(config file: gbdt_teacher_choice = false to skip that); 0 trains on the labels alone "
+                        f"(default: {TrainConfig.gbdt_teacher:g})")
     o.add_argument("--seed", type=int, help="training and session-split seed (default: 0)")
     o.add_argument("--tune", type=int, default=0, metavar="N",
                    help="search N model/training configurations first (Optuna, scored on validation only)")
