@@ -136,9 +136,12 @@ def test_fit_distils_a_lightgbm_teacher_by_default_and_labels_only_on_request(sp
     assert np.array_equal(predict(chosen, valid), predict(with_t if info["kept"] else plain, valid))
 
 
-@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf"), 1e9])
-def test_gbdt_teacher_weight_out_of_range_is_refused(bad):
+@pytest.mark.parametrize("field,bad", [("gbdt_teacher", -1.0), ("gbdt_teacher", float("nan")),
+                                       ("gbdt_teacher", float("inf")), ("gbdt_teacher", 1e9),
+                                       ("gbdt_teacher", "2"), ("gbdt_teacher", True), ("gbdt_teacher", [2.0]),
+                                       ("gbdt_teacher_choice", 1), ("gbdt_teacher_choice", "yes")])
+def test_gbdt_teacher_settings_of_the_wrong_type_or_range_are_refused(field, bad):
     from edge_rerank.cloud.training.configs import TrainConfig
 
-    with pytest.raises(ValueError, match="gbdt_teacher"):
-        TrainConfig(gbdt_teacher=bad)
+    with pytest.raises((TypeError, ValueError), match=field):
+        TrainConfig(**{field: bad})
