@@ -10,6 +10,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge_rerank.cloud.app import CloudConfig, create_app
 from edge_rerank.cloud.ranking.coarse import (
@@ -372,6 +374,21 @@ def test_search_path_caches_keep_the_ranking(cloud_data):
         for f in ("rows", "scores", "hidden"):
             np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
 
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 700), st.integers(1, 60), st.integers(0, 2**32 - 1))
+def test_top_order_is_the_exact_sort_with_ties_by_id(n, m, seed):
+    """Both ways of cutting a scored list to max_results (one sort for short lists, partition then sort for long
+    ones) give the exact order: by score, ties by id; scores drawn with many ties."""
+    from edge_rerank.cloud.ranking.pipeline import SearchPipeline
+
+    rng = np.random.default_rng(seed)
+    s = np.round(rng.normal(size=n), 1).astype(np.float32)
+    ids = rng.permutation(10 * n + 1)[:n].astype(np.int64)
+    p = SearchPipeline.__new__(SearchPipeline)
+    p.max_results = m
+    np.testing.assert_array_equal(p._top_order(s, ids), np.lexsort((ids, -s))[:m])
 
 def test_demo_coarse_flags_reach_the_demo_config():
     from dataclasses import fields

@@ -34,9 +34,27 @@ class RankerError(RuntimeError):
 def cloud_features(*, quality: np.ndarray, popularity: np.ndarray, item_emb: np.ndarray, user_pref: np.ndarray,
                    distance_km: np.ndarray, price_level: np.ndarray, price_pref: float) -> np.ndarray:
     """The cloud ranker's input: float32 [N, len(FEATURES)], columns in FEATURES order."""
-    affinity = item_emb @ user_pref
-    return np.stack([quality, np.log1p(popularity), affinity, np.log1p(distance_km),
-                     np.abs(price_level - price_pref), np.ones_like(quality)], axis=1).astype(np.float32)
+    return fill_cloud_features(cloud_feature_base(quality, popularity), item_emb=item_emb, user_pref=user_pref,
+                               distance_km=distance_km, price_level=price_level, price_pref=price_pref)
+
+
+def cloud_feature_base(quality: np.ndarray, popularity: np.ndarray) -> np.ndarray:
+    """float32 [N, len(FEATURES)] with the columns of the item alone filled (quality, log popularity, bias): the
+    search pipeline keeps one per recall set and fills the rest per search with :func:`fill_cloud_features`."""
+    base = np.zeros((len(quality), len(FEATURES)), dtype=np.float32)
+    base[:, 0], base[:, 1], base[:, 5] = quality, np.log1p(popularity), 1.0
+    return base
+
+
+def fill_cloud_features(base: np.ndarray, *, item_emb: np.ndarray, user_pref: np.ndarray, distance_km: np.ndarray,
+                        price_level: np.ndarray, price_pref: float) -> np.ndarray:
+    """A copy of `base` (:func:`cloud_feature_base`) with the columns of the search filled (affinity to the user's
+    preference, log distance, price gap). Each column is rounded to float32 once, from the dtype it is computed in."""
+    x = base.copy()
+    x[:, 2] = item_emb @ user_pref
+    x[:, 3] = np.log1p(distance_km)
+    x[:, 4] = np.abs(price_level - price_pref)
+    return x
 
 
 @runtime_checkable
@@ -71,6 +89,7 @@ class FineRanker:
     b1: np.ndarray
     w_score: np.ndarray
     kind: str = "npz"
+    standard_features = True  # features() is cloud_features: the pipeline may fill a per-recall-set base instead
 
     @classmethod
     def from_weights(cls, w: dict[str, np.ndarray]) -> FineRanker:
@@ -98,6 +117,7 @@ class OnnxFineRanker:
     """The trained cloud ranker, run with onnxruntime (single intra-op thread per gunicorn worker)."""
 
     kind = "onnx"
+    standard_features = True  # features() is cloud_features
 
     def __init__(self, path: str | Path, *, threads: int = 1):
         try:

@@ -16,9 +16,9 @@ import numpy as np
 
 from edge_rerank.cloud.catalog import Catalog
 from edge_rerank.cloud.embedding_store import EmbeddingStore
-from edge_rerank.cloud.page_codec import encode_items
+from edge_rerank.cloud.page_codec import PageEncoder
 from edge_rerank.cloud.ranking.coarse import CoarseRanker, PassThroughCoarse
-from edge_rerank.cloud.ranking.fine import FineRanker, Ranker
+from edge_rerank.cloud.ranking.fine import FineRanker, Ranker, cloud_feature_base, fill_cloud_features
 from edge_rerank.cloud.ranking.fusion import FusionPolicy, SingleHead, page_sequential_order
 from edge_rerank.device_sdk.contracts import Context, EmbeddingEncoding, PageItem, SearchPage, SearchRequest
 
@@ -156,6 +156,8 @@ class SearchPipeline:
         self._cache = RankingCache(self.cache_size, self.cache_ttl_s, self.cache_bytes)
         self._recall: dict[str, np.ndarray] = {}
         self._recall_cols: dict[int, dict[str, np.ndarray]] = {}  # id(memoised recall array) -> its item columns
+        self._encoder = PageEncoder(item_id=items["item_id"], category=items["category"], brand=items["brand"],
+                                    price_level=items["price_level"], lat=items["lat"], lon=items["lon"])
 
     def recall(self, query: str) -> np.ndarray:
         q = query.strip().lower()
@@ -173,9 +175,12 @@ class SearchPipeline:
 
     def _columns(self, idx: np.ndarray) -> dict[str, np.ndarray]:
         it = self.catalog.items
-        return {"lat": it["lat"][idx], "lon": it["lon"][idx], "quality": it["quality"][idx],
+        cols = {"lat": it["lat"][idx], "lon": it["lon"][idx], "quality": it["quality"][idx],
                 "popularity": it["popularity"][idx], "item_emb": self._item_emb[idx],
                 "price_level": it["price_level"][idx].astype(np.float32)}
+        if getattr(self.ranker, "standard_features", False):
+            cols["base"] = cloud_feature_base(cols["quality"], cols["popularity"])
+        return cols
 
     def features_for(self, user_id: str, context: Context, idx: np.ndarray) -> np.ndarray:
         """The fine ranker's features for catalog rows `idx` in a search by `user_id` at `context` (also what
@@ -188,6 +193,9 @@ class SearchPipeline:
         pref = self.catalog.user_pref[u] if u is not None else self._zero_pref
         price_pref = float(self.catalog.user_price_pref[u]) if u is not None else 2.0
         dist = np.hypot(cols["lat"] - context.lat, cols["lon"] - context.lon)
+        if "base" in cols:  # the same features, the columns of the item alone computed once per recall set
+            return fill_cloud_features(cols["base"], item_emb=cols["item_emb"], user_pref=pref, distance_km=dist,
+                                       price_level=cols["price_level"], price_pref=price_pref)
         return self.ranker.features(quality=cols["quality"], popularity=cols["popularity"],
                                     item_emb=cols["item_emb"], user_pref=pref, distance_km=dist,
                                     price_level=cols["price_level"], price_pref=price_pref)
@@ -225,12 +233,13 @@ class SearchPipeline:
         return Ranking(rows=idx[order], scores=s[order], hidden=self.ranker.hidden(x[order]))
 
     def _top_order(self, s: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        if len(s) > self.max_results:  # keep everything tied with the cut-off score, then sort exactly
-            cut = np.partition(s, len(s) - self.max_results)[len(s) - self.max_results]
-            keep = np.flatnonzero(s >= cut)
-        else:
-            keep = np.arange(len(s))
-        return keep[np.lexsort((ids[keep], -s[keep]))][: self.max_results]  # ties broken by id: deterministic
+        """The first max_results positions by score, ties broken by id (deterministic)."""
+        if len(s) <= 4 * self.max_results:  # a short list: one exact sort is cheaper than a partition first
+            return np.lexsort((ids, -s))[: self.max_results]
+        # keep everything tied with the cut-off score, then sort exactly
+        cut = np.partition(s, len(s) - self.max_results)[len(s) - self.max_results]
+        keep = np.flatnonzero(s >= cut)
+        return keep[np.lexsort((ids[keep], -s[keep]))][: self.max_results]
 
     def _rank_per_page(self, req: SearchRequest, idx: np.ndarray, ids: np.ndarray, heads: dict[str, np.ndarray],
                        hidden: np.ndarray) -> Ranking:
@@ -304,11 +313,8 @@ class SearchPipeline:
             it = self.catalog.items
             ids = it["item_id"][rows]
             emb, found = self.store.get(ids)
-            data = encode_items(item_id=ids, start=start, scores=ranking.scores[sl],
-                                dense=ranking.hidden[sl], emb=emb, found=found,
-                                category=it["category"][rows], brand=it["brand"][rows],
-                                price_level=it["price_level"][rows], lat=it["lat"][rows], lon=it["lon"][rows],
-                                encoding=encoding)
+            data = self._encoder.encode(rows, start=start, scores=ranking.scores[sl], dense=ranking.hidden[sl],
+                                        emb=emb, found=found, encoding=encoding)
             n_found = int(found.sum())
             if self.cache_size > 0 and len(ranking.encoded) < _MAX_ENCODED_PAGES:
                 ranking.encoded[ekey] = (data, more)
