@@ -170,7 +170,9 @@ class SearchPipeline:
         if q in self.catalog.queries:  # bounded: only the catalog's queries are memoised
             self._recall[q] = idx
             # the item columns the fine ranker reads, gathered once per recall set (not per request)
-            self._recall_cols[id(idx)] = self._columns(idx)
+            cols = self._recall_cols[id(idx)] = self._columns(idx)
+            if getattr(self.ranker, "standard_features", False):  # and the feature columns of the item alone
+                cols["base"] = cloud_feature_base(cols["quality"], cols["popularity"])
         return idx
 
     def _columns(self, idx: np.ndarray) -> dict[str, np.ndarray]:
@@ -178,8 +180,6 @@ class SearchPipeline:
         cols = {"lat": it["lat"][idx], "lon": it["lon"][idx], "quality": it["quality"][idx],
                 "popularity": it["popularity"][idx], "item_emb": self._item_emb[idx],
                 "price_level": it["price_level"][idx].astype(np.float32)}
-        if getattr(self.ranker, "standard_features", False):
-            cols["base"] = cloud_feature_base(cols["quality"], cols["popularity"])
         return cols
 
     def features_for(self, user_id: str, context: Context, idx: np.ndarray) -> np.ndarray:
