@@ -263,10 +263,7 @@ def search():
         if version is not None:
             model_version = f"{cfg.model_name}@{version}"
     prometheus.count_cache(info.cache_hit)
-    if info.emb_found:
-        prometheus.EMBEDDING_LOOKUPS.labels(cfg.embedding_store, "hit").inc(info.emb_found)
-    if info.emb_missing:
-        prometheus.EMBEDDING_LOOKUPS.labels(cfg.embedding_store, "miss").inc(info.emb_missing)
+    prometheus.count_embedding_lookups(cfg.embedding_store, info.emb_found, info.emb_missing)
     # a SearchPage is its header fields followed by its (pre-encoded) items: protobuf concatenation
     head = wire.pb.SearchPage(request_id=req.request_id, session_id=req.session_id, page_index=req.page_index,
                               model_version=model_version, has_more=has_more).SerializeToString()

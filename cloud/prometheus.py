@@ -55,6 +55,16 @@ def count_cache(hit: bool) -> None:
     c.inc()
 
 
+def count_embedding_lookups(store: str, found: int, missing: int) -> None:
+    for result, n in (("hit", found), ("miss", missing)):
+        if n:
+            key = ("emb", store, result)
+            c = _children.get(key)
+            if c is None:
+                c = _children[key] = EMBEDDING_LOOKUPS.labels(store, result)
+            c.inc(n)
+
+
 def multiprocess_enabled() -> bool:
     return bool(os.environ.get(MULTIPROC_ENV))
 
