@@ -32,7 +32,8 @@ METRICS = ("reward_penalties", "reward_no_penalties", "clicks", "orders", "scree
 
 
 def sweep(run: Path, sessions: int, world_name: str, grid: list[float], world_kw: dict | None = None,
-          pairs: list[tuple[float, float]] | None = None, page_size: int | None = None) -> list[dict]:
+          pairs: list[tuple[float, float]] | None = None, page_size: int | None = None,
+          penalties: tuple[float, float] | None = None) -> list[dict]:
     summary = json.loads((run / "training.json").read_text())
     data_dir = Path(summary.get("cloud_data", run / "cloud_data"))
     alpha, clip = float(summary["ranker"]["alpha"]), float(summary["config"]["clip"])
@@ -50,7 +51,8 @@ def sweep(run: Path, sessions: int, world_name: str, grid: list[float], world_kw
         phone_cfg = PhoneConfig(page_size=page_size)
         um = type(um)(world, UserModelConfig(max_pages=-(-75 // page_size)), um.order_cfg)
     env = FusionEnv(world, data_dir, um, store, fusion_cfg=fcfg, session_seed=TRAIN_SEED + 100, phone_config=phone_cfg)
-    pen, nopen = RewardConfig(), RewardConfig(no_conversion_penalty=0.0, leave_penalty=0.0)
+    pen = RewardConfig(no_conversion_penalty=penalties[0], leave_penalty=penalties[1]) if penalties else RewardConfig()
+    nopen = RewardConfig(no_conversion_penalty=0.0, leave_penalty=0.0)
     buyer = np.array([um.is_buyer(world.session(i, env.session_seed)) for i in range(sessions)])
     rows = []
     try:
@@ -127,6 +129,7 @@ def main() -> None:
     ap.add_argument("--worlds", default="run", help=f"comma-separated: run, {', '.join(WORLDS)}")
     ap.add_argument("--json", default="runs/bench/fusion_lever.json")
     ap.add_argument("--page-size", type=int, help="items per page request (explore; default: the phone's 25)")
+    ap.add_argument("--penalties", help='the penalised reward\'s "no-conversion,leave" penalties (default 0.3,0.5)')
     ap.add_argument("--world", type=json.loads, default=None,
                     help='OrderWorldConfig overrides, e.g. {"searching_giveup": 0.02}')
     a = ap.parse_args()
@@ -135,7 +138,8 @@ def main() -> None:
     res = {}
     for name in a.worlds.split(","):
         t0 = time.perf_counter()
-        rows = sweep(Path(a.run), a.sessions, name, grid, a.world, pairs, a.page_size)
+        rows = sweep(Path(a.run), a.sessions, name, grid, a.world, pairs, a.page_size,
+                     tuple(float(x) for x in a.penalties.split(",")) if a.penalties else None)
         txt, opt = table(rows), compare_optima(rows)
         print(f"\n{name} ({a.sessions} sessions per policy, {time.perf_counter() - t0:.0f} s; ± 95 % paired vs "
               f"a = 1 everywhere)\n{txt}", flush=True)
@@ -147,7 +151,8 @@ def main() -> None:
                   flush=True)
         res[name] = {"rows": [{k: (float(np.mean(v)) if isinstance(v, np.ndarray) else v) for k, v in r.items()
                                if k != "buyer"} for r in rows], "optima": opt, "table": txt,
-                     "buyer_share": float(rows[0]["buyer"].mean()), "world_overrides": a.world}
+                     "buyer_share": float(rows[0]["buyer"].mean()), "world_overrides": a.world,
+                     "penalties": a.penalties or "0.3,0.5"}
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps(res, indent=1, default=float))
 
