@@ -6,6 +6,7 @@ same sessions (the env's keyed draws), so differences between policies are paire
 policy each reward prefers (over all pairs, and over the blind diagonal): paired differences with 95 % CIs.
 
     python bench/fusion_lever.py --run runs/fusion [--sessions 1000] [--worlds run,default]
+    python bench/fusion_lever.py --run runs/fusion --observable-rules    # what the agent could condition on
 
 ``--worlds``: ``run`` (the world the run was trained in), ``default``, ``scroll-lever``, ``click-bait``; the run's
 two-head ranker serves all of them. Writes runs/bench/fusion_lever.json.
@@ -81,6 +82,52 @@ def sweep(run: Path, sessions: int, world_name: str, grid: list[float], world_kw
     return rows
 
 
+# What a policy can condition on: the observation's context (cloud.ranking.rl_fusion.CTX_FEATURES: 2 meal,
+# 3 page index, 6 the user's earlier orders). Each rule sets a = 1.75 where it fires and 0.25 elsewhere.
+RULES = {"a = 0.25 for all": lambda c: False, "a = 1.75 at meal hours": lambda c: c[2] > 0.5,
+         "a = 1.75 if the user ordered before": lambda c: c[6] > 0,
+         "a = 1.75 from the 3rd page": lambda c: c[3] >= 1.0,
+         "a = 1.75 at meals if ordered before": lambda c: c[2] > 0.5 and c[6] > 0}
+
+
+def observable_rules(run: Path, sessions: int, rewards: dict[str, RewardConfig]) -> dict:
+    """Rules on what the agent observes, played on the same sessions: the share of their high-a requests that come
+    from buyers, and each reward per episode vs a = 0.25 for everyone (paired 95 % half-widths)."""
+    summary = json.loads((run / "training.json").read_text())
+    fcfg = FusionConfig(alpha=float(summary["ranker"]["alpha"]), clip=float(summary["config"]["clip"]),
+                        seq_len=int(summary["config"]["seq_len"]))
+    store = BehaviourStore.load(run / "bundle" / BEHAVIOUR_FILE, fcfg)
+    lever, bait = world_of(summary["config"])
+    world, um = _world(int(summary["config"]["world_seed"]), lever, bait)
+    env = FusionEnv(world, Path(summary.get("cloud_data", run / "cloud_data")), um, store, fusion_cfg=fcfg,
+                    session_seed=TRAIN_SEED + 100, phone_config=phone_config_for(bait))
+    buyer = np.array([um.is_buyer(world.session(i, env.session_seed)) for i in range(sessions)])
+    per: dict[str, dict[str, np.ndarray]] = {}
+    out: dict = {}
+    try:
+        for name, rule in RULES.items():
+            tot = {k: np.zeros(sessions) for k in rewards}
+            fired = fired_buyer = 0
+            for i in range(sessions):
+                obs, _ = env.reset(options={"session_index": i})
+                done = False
+                while not done:
+                    hi = bool(rule(obs["ctx"]))
+                    fired += hi
+                    fired_buyer += hi and bool(buyer[i])
+                    obs, _, done, _, info = env.step(np.array([1.0 if hi else -1.0], np.float32))
+                    for k, rc in rewards.items():
+                        tot[k][i] += rc.reward(info["clicks"], info["orders"], bool(info.get("left", False)))
+            per[name] = tot
+            out[name] = {"buyer_share_of_high_a": fired_buyer / max(fired, 1)}
+    finally:
+        env.close()
+    ref = per["a = 0.25 for all"]
+    for name, tot in per.items():
+        out[name].update({k: _paired(tot[k], ref[k]) for k in rewards})
+    return out
+
+
 def _paired(x: np.ndarray, y: np.ndarray) -> dict:
     d = np.asarray(x, float) - np.asarray(y, float)
     half = 1.96 * d.std(ddof=1) / np.sqrt(len(d))
@@ -130,12 +177,26 @@ def main() -> None:
     ap.add_argument("--json", default="runs/bench/fusion_lever.json")
     ap.add_argument("--page-size", type=int, help="items per page request (explore; default: the phone's 25)")
     ap.add_argument("--penalties", help='the penalised reward\'s "no-conversion,leave" penalties (default 0.3,0.5)')
+    ap.add_argument("--observable-rules", action="store_true",
+                    help="instead of the grid: rules on the agent's observation vs a = 0.25 for all (the run's world)")
     ap.add_argument("--world", type=json.loads, default=None,
                     help='OrderWorldConfig overrides, e.g. {"searching_giveup": 0.02}')
     a = ap.parse_args()
     grid = [float(x) for x in a.grid.split(",")]
     pairs = ([tuple(float(v) for v in p.split(":")) for p in a.pairs.split(",")] if a.pairs else None)
     res = {}
+    if a.observable_rules:
+        rewards = {"none": RewardConfig(no_conversion_penalty=0.0, leave_penalty=0.0), "0.3/0.5": RewardConfig(),
+                   "1.0/1.5": RewardConfig(no_conversion_penalty=1.0, leave_penalty=1.5)}
+        res = observable_rules(Path(a.run), a.sessions, rewards)
+        print("| rule (else a = 0.25) | buyers among the high-a requests | " + " | ".join(
+            f"Δ reward, {k}" for k in rewards) + " |")
+        for name, r in res.items():
+            print(f"| {name} | {100 * r['buyer_share_of_high_a']:.0f} % | " + " | ".join(
+                f"{r[k]['mean']:+.3f} ± {r[k]['ci'][1] - r[k]['mean']:.3f}" for k in rewards) + " |")
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps(res, indent=1, default=float))
+        return
     for name in a.worlds.split(","):
         t0 = time.perf_counter()
         rows = sweep(Path(a.run), a.sessions, name, grid, a.world, pairs, a.page_size,
