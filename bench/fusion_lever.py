@@ -43,7 +43,7 @@ def sweep(run: Path, sessions: int, world_name: str, grid: list[float], world_kw
     lever, bait = WORLDS[world_name] if world_name != "run" else world_of(summary["config"])
     world, um = _world(int(summary["config"]["world_seed"]), lever, bait)
     if world_kw:  # explore other order-world parameters (the run's ranker is kept)
-        um = type(um)(world, None, replace(um.order_cfg, **world_kw))
+        um = type(um)(world, um.cfg, replace(um.order_cfg, **world_kw))
     phone_cfg = phone_config_for(bait)
     if page_size:  # explore the page granularity (the same items per session at most: 3 pages of 25)
         from edge_rerank.simulator.phone import PhoneConfig
