@@ -27,6 +27,15 @@ those pages. Off by default (searching buyers leave like everyone); ``OrderWorld
 buyers clicking more readily (``searching_click_bonus``) and buyers clicking attractive items they would not
 order (``buyer_inspect_quality`` / ``buyer_inspect_pop``).
 
+**Click bait** (``OrderWorldConfig.with_click_bait()``, ``fusion train --click-bait``; off by default; implies the
+scroll lever): eye-catching (popular) items get clicked by everyone (``bait_pop``) but the order decision takes that
+back out; buyers order only inside a delivery radius around where they search (``order_radius_km``: the cloud's
+distance feature), lose click utility per item opened without ordering (``searching_disillusion``), keep looking
+(``searching_persistence``) and leave once they ordered (``buyer_leave_after_order``). The runs of this world use
+8-item pages (``edge_rerank.fusion.CLICK_BAIT_PAGE_SIZE``). A click-ranked fusion then makes buyers open bait, order
+less, scroll on through pages they click nothing on and leave unconverted: more interaction, which the click +
+order reward pays for and the article's penalties charge (README "RL fusion: penalty ablation world").
+
 What the cloud can see of the purpose: the hour (context) and the user's earlier sessions (their clicks and
 orders, from opt-in impression logs). The cloud's click model (P(click | exposed)) and order model
 (P(order | click)) then rank differently, and the best trade-off between them differs per session: the RL
