@@ -4,6 +4,7 @@ a = 1, and measure the actor's inference time per request inside the server (Fla
     python bench/fusion_ab.py                      # train both agents + A/B (4,000 sessions per arm)
     python bench/fusion_ab.py --run runs/fusion    # reuse trained runs (runs/fusion, runs/fusion-nopen)
     python bench/fusion_ab.py --quick              # small everything (~1-2 min; what a smoke check needs)
+    python bench/fusion_ab.py --click-bait --out runs/cb   # the penalty-ablation world
 
 Writes runs/bench/fusion_ab.json and the training curves (runs/fusion/training_curves.png).
 """
@@ -61,6 +62,8 @@ def main() -> None:
     ap.add_argument("--out", default="runs/fusion")
     ap.add_argument("--sessions", type=int, default=4000)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--click-bait", action="store_true", help="train in the click-bait order world (README "
+                    "'RL fusion: penalty ablation world'); the A/B reads the world from the run")
     ap.add_argument("--json", default="runs/bench/fusion_ab.json")
     a = ap.parse_args()
     t0 = time.perf_counter()
@@ -71,9 +74,9 @@ def main() -> None:
     else:
         kw = (dict(log_sessions=1500, pretrain_episodes=600, episodes=1200, eval_episodes=300) if a.quick else {})
         run, nopen = Path(a.out), Path(f"{a.out}-nopen")
-        s = train_fusion(FusionTrainConfig(out=str(run), **kw), progress=True)
+        s = train_fusion(FusionTrainConfig(out=str(run), click_bait=a.click_bait, **kw), progress=True)
         s2 = train_fusion(FusionTrainConfig(out=str(nopen), no_conversion_penalty=0.0, leave_penalty=0.0,
-                                            reuse_data=str(run), **kw), progress=True)
+                                            reuse_data=str(run), click_bait=a.click_bait, **kw), progress=True)
         res["training"] = {"penalties": {k: s[k] for k in ("ranker", "total_s")} | {"eval": s["agent"]["eval"]},
                            "no_penalties": {"total_s": s2["total_s"], "eval": s2["agent"]["eval"]}}
     summary = json.loads((run / "training.json").read_text())

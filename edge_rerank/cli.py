@@ -925,6 +925,9 @@ def _fusion_train_args(tr) -> None:
                     help="a lower-variance critic target: two advantage heads, the smaller one at a smoothed action")
     tr.add_argument("--scroll-lever", action="store_true",
                     help="the order world with searching buyers (docs/simulator.md): what the penalties are about")
+    tr.add_argument("--click-bait", action="store_true",
+                    help="the scroll lever plus click bait and a delivery radius, 8-item pages (docs/simulator.md): "
+                         "the world where the penalties change the policy")
     tr.add_argument("--reuse-data", type=_existing_path, help="an earlier run: reuse its logs, ranker and store")
     tr.add_argument("--registry-dir", help="also publish the bundle to this model registry")
     tr.add_argument("--version", default="1", help="bundle version")
@@ -942,6 +945,7 @@ def _cmd_fusion(a: argparse.Namespace) -> int:
                                 pretrain_episodes=a.pretrain_episodes, eval_episodes=a.eval_episodes,
                                 n_policies=a.policies, clip=a.clip, no_conversion_penalty=a.no_conversion_penalty,
                                 leave_penalty=a.leave_penalty, scroll_lever=a.scroll_lever,
+                                click_bait=a.click_bait,
                                 twin_critic=a.twin_critic,
                                 reuse_data=a.reuse_data, registry_dir=a.registry_dir,
                                 version=a.version, seed=a.seed)

@@ -35,6 +35,7 @@ class FusionTrainConfig:
     out: str = "runs/fusion"
     world_seed: int = 0
     scroll_lever: bool = False  # the order world's searching buyers (simulator.order_world)
+    click_bait: bool = False  # ... plus click bait (OrderWorldConfig.with_click_bait; implies the scroll lever)
     log_sessions: int = 3000
     ranker_epochs: int = 8
     clip: float = 0.75
@@ -54,20 +55,48 @@ class FusionTrainConfig:
     reuse_data: str | None = None  # an earlier run's cloud_data + logs (skip logs and ranker: ablations)
 
 
-def _world(seed: int, scroll_lever: bool = False) -> tuple[World, OrderAwareUserModel]:
+def order_world_config(scroll_lever: bool = False, click_bait: bool = False) -> OrderWorldConfig:
+    """The order world a run trains and is A/B-tested in: default, with the scroll lever, or with click bait."""
+    if click_bait:
+        return OrderWorldConfig.with_click_bait()
+    return OrderWorldConfig.with_scroll_lever() if scroll_lever else OrderWorldConfig()
+
+
+def world_of(config: dict) -> tuple[bool, bool]:
+    """(scroll_lever, click_bait) of a run's recorded config (runs before click bait existed: False)."""
+    return bool(config.get("scroll_lever", False)), bool(config.get("click_bait", False))
+
+
+# The click-bait world's app loads small pages (a page request every two screens, as the seed's feed does; at most
+# 80 items a session, the default's 3 x 25 = 75): with 25-item pages a session makes 1-3 page requests and a
+# page-level penalty cannot see how deep users scroll.
+CLICK_BAIT_PAGE_SIZE, CLICK_BAIT_MAX_PAGES = 8, 10
+
+
+def phone_config_for(click_bait: bool = False):
+    """The phone of a run's world (None: the default ``PhoneConfig``)."""
+    from edge_rerank.simulator.phone import PhoneConfig
+
+    return PhoneConfig(page_size=CLICK_BAIT_PAGE_SIZE) if click_bait else None
+
+
+def _world(seed: int, scroll_lever: bool = False, click_bait: bool = False) -> tuple[World, OrderAwareUserModel]:
+    from edge_rerank.simulator.user_model import UserModelConfig
+
     w = World(WorldConfig(seed=seed))
-    oc = OrderWorldConfig.with_scroll_lever() if scroll_lever else OrderWorldConfig()
-    return w, OrderAwareUserModel(w, None, oc)
+    ucfg = UserModelConfig(max_pages=CLICK_BAIT_MAX_PAGES) if click_bait else None
+    return w, OrderAwareUserModel(w, ucfg, order_world_config(scroll_lever, click_bait))
 
 
-def collect_logs(world: World, um: OrderAwareUserModel, data_dir: Path, n: int, *, progress: bool = True) -> list:
+def collect_logs(world: World, um: OrderAwareUserModel, data_dir: Path, n: int, *, progress: bool = True,
+                 phone_config=None) -> list:
     """Baseline traffic: the order-aware users on the cloud's default ranker, impression logs kept (opt-in)."""
     from tqdm.auto import tqdm
 
     from edge_rerank.simulator.phone import Phone
     from edge_rerank.simulator.transport import InProcessCloud
 
-    phone = Phone(um, InProcessCloud(str(data_dir), wire=False), arm="cloud", keep_logs=True)
+    phone = Phone(um, InProcessCloud(str(data_dir), wire=False), arm="cloud", keep_logs=True, config=phone_config)
     rows = []
     for i in tqdm(range(n), desc="baseline logs", unit="session", disable=not progress, leave=False):
         rows.extend(phone.run(world.session(i, LOG_SEED)).rows)
@@ -116,15 +145,16 @@ def train_fusion(cfg: FusionTrainConfig, *, progress: bool = True) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     say = print if progress else (lambda *_a, **_k: None)
     t0 = time.perf_counter()
-    world, um = _world(cfg.world_seed, cfg.scroll_lever)
+    world, um = _world(cfg.world_seed, cfg.scroll_lever, cfg.click_bait)
     summary: dict = {"config": asdict(cfg)}
     if cfg.reuse_data:
         src = Path(cfg.reuse_data)
         data_dir = src / "cloud_data"
         prev = json.loads((src / "training.json").read_text())
-        if bool(prev["config"].get("scroll_lever", False)) != cfg.scroll_lever:
-            raise ValueError(f"--reuse-data {src}: trained with scroll_lever={not cfg.scroll_lever}; an ablation "
-                             "must run in the same world")
+        if world_of(prev["config"]) != (cfg.scroll_lever, cfg.click_bait):
+            lever, bait = world_of(prev["config"])
+            raise ValueError(f"--reuse-data {src}: trained with scroll_lever={lever}, click_bait={bait}; an "
+                             "ablation must run in the same world")
         alpha = float(prev["ranker"]["alpha"])
         summary["ranker"] = prev["ranker"]
         rows = None
@@ -135,7 +165,8 @@ def train_fusion(cfg: FusionTrainConfig, *, progress: bool = True) -> dict:
         if data_dir.exists():
             shutil.rmtree(data_dir)
         world.provision_cloud(data_dir)
-        rows = collect_logs(world, um, data_dir, cfg.log_sessions, progress=progress)
+        rows = collect_logs(world, um, data_dir, cfg.log_sessions, progress=progress,
+                            phone_config=phone_config_for(cfg.click_bait))
         say(f"baseline logs: {cfg.log_sessions} sessions, {len(rows)} shown pages ({time.perf_counter() - t0:.0f} s)")
         samples = fusion_samples(rows, CloudFeaturizer(data_dir))
         ranker, rsum = train_two_head(samples, epochs=cfg.ranker_epochs, seed=cfg.seed)
@@ -149,7 +180,8 @@ def train_fusion(cfg: FusionTrainConfig, *, progress: bool = True) -> dict:
     summary["cloud_data"] = str(data_dir)  # a run with --reuse-data serves from the earlier run's data
     fcfg = FusionConfig(alpha=alpha, clip=cfg.clip, seq_len=cfg.seq_len)
     reward = RewardConfig(cfg.order_weight, cfg.no_conversion_penalty, cfg.leave_penalty)
-    env = FusionEnv(world, data_dir, um, store, fusion_cfg=fcfg, reward=reward, session_seed=TRAIN_SEED)
+    env = FusionEnv(world, data_dir, um, store, fusion_cfg=fcfg, reward=reward, session_seed=TRAIN_SEED,
+                    phone_config=phone_config_for(cfg.click_bait))
     acfg = AgentConfig(n_policies=cfg.n_policies, pretrain_episodes=cfg.pretrain_episodes, episodes=cfg.episodes,
                        eval_episodes=cfg.eval_episodes, seed=cfg.seed, twin_critic=cfg.twin_critic)
     agent, asum = train_fusion_agent(env, acfg, progress=say if progress else None)
@@ -207,19 +239,26 @@ def _left_unconverted(o, page_size: int) -> bool:
     return not any(p // page_size == last for p in o.click_positions)
 
 
-def _metrics(outcomes, buyer: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def _no_click_pages(o, page_size: int) -> int:
+    """Pages the user saw (some of) without clicking anything on them: what the no-conversion penalty charges."""
+    seen = {p // page_size for p in o.exposed_positions}
+    return len(seen - {p // page_size for p in o.click_positions})
+
+
+def _metrics(outcomes, buyer: np.ndarray | None = None, page_size: int | None = None) -> dict[str, np.ndarray]:
     from edge_rerank.simulator.phone import PhoneConfig
     from edge_rerank.simulator.session_metrics import session_table
 
-    size = PhoneConfig().page_size
+    size = page_size or PhoneConfig().page_size
     t = session_table(outcomes)
+    t["no_click_pages"] = np.array([_no_click_pages(o, size) for o in outcomes], dtype=np.float64)
     t["pages"] = np.array([o.pages for o in outcomes], dtype=np.float64)
     t["left"] = np.array([not o.exhausted for o in outcomes], dtype=np.float64)
     t["left_unconverted"] = np.array([_left_unconverted(o, size) for o in outcomes], dtype=np.float64)
     t["clicks_plus_orders"] = t["clicks"] + t["orders"]
     t["dwell_s"] = np.array([o.duration_ms / 1e3 for o in outcomes], dtype=np.float64)  # time on the result list
     if buyer is not None:  # the sessions with a strong intent to order (hidden purpose; the same in every arm)
-        for m in ("screens", "orders", "left_unconverted"):
+        for m in ("screens", "clicks", "orders", "left_unconverted", "no_click_pages"):
             t[f"buyer_{m}"] = t[m][buyer]
     return t
 
@@ -232,6 +271,7 @@ def fusion_ab(cfg: FusionABConfig, *, progress: bool = True) -> dict:
     from edge_rerank.device_sdk.heuristic import HeuristicReranker
     from edge_rerank.simulator.ab import Arm, run_sessions
     from edge_rerank.simulator.fusion_env import FusionCloud
+    from edge_rerank.simulator.phone import PhoneConfig
     from edge_rerank.simulator.session_metrics import bootstrap_mean
 
     run = Path(cfg.run)
@@ -239,8 +279,8 @@ def fusion_ab(cfg: FusionABConfig, *, progress: bool = True) -> dict:
     if not data_dir.is_dir() and (run / "training.json").is_file():
         data_dir = Path(json.loads((run / "training.json").read_text()).get("cloud_data", data_dir))
     trained = json.loads((run / "training.json").read_text()) if (run / "training.json").is_file() else {}
-    lever = bool(trained.get("config", {}).get("scroll_lever", False))  # the world the agent was trained in
-    world, um = _world(cfg.world_seed, lever)
+    lever, bait = world_of(trained.get("config", {}))  # the world the agent was trained in
+    world, um = _world(cfg.world_seed, lever, bait)
     policy = load_fusion_bundle(run / "bundle")
     alpha = policy.cfg.alpha
     arms: list[tuple[str, object, object]] = [("fixed a=1", TwoHeadFusion(alpha), None), ("RL fusion", policy, None)]
@@ -262,9 +302,9 @@ def fusion_ab(cfg: FusionABConfig, *, progress: bool = True) -> dict:
             fusion.latencies_ms.clear()
             fusion.stats.requests = 0
             fusion.stats.actions_sum = 0.0
-        outs = run_sessions(arm.phone(um, cloud), specs, desc=name, progress=progress)
+        outs = run_sessions(arm.phone(um, cloud, config=phone_config_for(bait)), specs, desc=name, progress=progress)
         timing[name] = time.perf_counter() - t0
-        tables[name] = _metrics(outs, buyer)
+        tables[name] = _metrics(outs, buyer, (phone_config_for(bait) or PhoneConfig()).page_size)
         if isinstance(fusion, RLFusion):
             lat = np.array(fusion.latencies_ms)
             actions[name] = {"actor_calls": int(fusion.stats.requests), "mean_a": fusion.stats.actions_sum
@@ -273,8 +313,9 @@ def fusion_ab(cfg: FusionABConfig, *, progress: bool = True) -> dict:
                              "actor_p99_ms": float(np.percentile(lat, 99)) if lat.size else float("nan")}
     base = tables["fixed a=1"]
     res: dict = {"sessions_per_arm": cfg.sessions, "alpha": alpha, "arms": {}, "timing_s": timing, "actor": actions}
-    metrics = ("qv_ctr", "clicks", "orders", "clicks_plus_orders", "screens", "pages", "dwell_s", "left",
-               "left_unconverted", "abandon", "buyer_screens", "buyer_orders", "buyer_left_unconverted")
+    metrics = ("qv_ctr", "clicks", "orders", "clicks_plus_orders", "screens", "pages", "no_click_pages", "dwell_s",
+               "left", "left_unconverted", "abandon", "buyer_screens", "buyer_clicks", "buyer_orders",
+               "buyer_left_unconverted", "buyer_no_click_pages")
     res["buyer_share"] = float(buyer.mean())
     for name, t in tables.items():
         row = {}

@@ -27,6 +27,15 @@ those pages. Off by default (searching buyers leave like everyone); ``OrderWorld
 buyers clicking more readily (``searching_click_bonus``) and buyers clicking attractive items they would not
 order (``buyer_inspect_quality`` / ``buyer_inspect_pop``).
 
+**Click bait** (``OrderWorldConfig.with_click_bait()``, ``fusion train --click-bait``; off by default; implies the
+scroll lever): eye-catching (popular) items get clicked by everyone (``bait_pop``) but the order decision takes that
+back out; buyers order only inside a delivery radius around where they search (``order_radius_km``: the cloud's
+distance feature), lose click utility per item opened without ordering (``searching_disillusion``), keep looking
+(``searching_persistence``) and leave once they ordered (``buyer_leave_after_order``). The runs of this world use
+8-item pages (``edge_rerank.fusion.CLICK_BAIT_PAGE_SIZE``). A click-ranked fusion then makes buyers open bait, order
+less, scroll on through pages they click nothing on and leave unconverted: more interaction, which the click +
+order reward pays for and the article's penalties charge (README "RL fusion: penalty ablation world").
+
 What the cloud can see of the purpose: the hour (context) and the user's earlier sessions (their clicks and
 orders, from opt-in impression logs). The cloud's click model (P(click | exposed)) and order model
 (P(order | click)) then rank differently, and the best trade-off between them differs per session: the RL
@@ -74,11 +83,29 @@ class OrderWorldConfig:
     searching_click_bonus: float = 0.0  # a searching buyer opens more items to check them (click utility added)
     buyer_inspect_quality: float = 0.0  # buyers also click attractive items to look at them: quality (centred) ...
     buyer_inspect_pop: float = 0.0  # ... and log-popularity (centred at 3); they order them only if they fit
+    # click bait (module docstring; off by default, on with with_click_bait())
+    bait_pop: float = 0.0  # every session's clicks gain this per unit of log-popularity above 3; orders do not
+    order_radius_km: float = float("inf")  # delivery area: nothing is ordered from farther than this from where the
+    # search is made (the context location: what the cloud's distance feature measures)
+    searching_persistence: float = 1.0  # divides a searching buyer's leaving probability (> 1: keeps looking)
+    buyer_leave_after_order: float | None = None  # a buyer's leaving right after an order (None: as everyone)
+    searching_disillusion: float = 0.0  # a searching buyer's click utility lost per click made so far (no order)
 
     @classmethod
     def with_scroll_lever(cls, **kw) -> OrderWorldConfig:
         """Searching buyers: click-free screens do not put them off, every screen without an order does."""
         return cls(**{"searching_frustration": 0.0, "searching_giveup": 0.012, **kw})
+
+    @classmethod
+    def with_click_bait(cls, **kw) -> OrderWorldConfig:
+        """The scroll lever plus click bait: eye-catching (popular) items get clicks that do not lead to orders."""
+        return cls.with_scroll_lever(**{
+            "bait_pop": 1.0, "order_radius_km": 1.5, "order_w_dist": 0.0, "order_w_price": 0.3, "order_threshold": 0.0,
+            "buyer_leave_after_order": 0.95, "searching_persistence": 2.5, "searching_disillusion": 0.5, **kw})
+
+    def bait(self, log_pop: np.ndarray) -> np.ndarray:
+        """The click-bait term of the click utility (0 when off)."""
+        return self.bait_pop * (log_pop - 3.0)
 
 
 @dataclass
@@ -117,7 +144,7 @@ class OrderAwareUserModel(UserModel):
 
     def utility(self, spec: SessionSpec, rows: np.ndarray) -> np.ndarray:
         oc, w = self.order_cfg, self.world
-        u = super().utility(spec, rows)
+        u = super().utility(spec, rows) + oc.bait(self._log_pop[rows])
         if self.is_buyer(spec):
             dist, gap = self._dist_price(spec, rows)
             return (u - oc.buyer_w_dist * dist - oc.buyer_w_price * gap + oc.buyer_inspect_quality
@@ -134,7 +161,7 @@ class OrderAwareUserModel(UserModel):
 
     def p_click(self, utility: float, state: UserState | None = None) -> float:
         if state is not None and self.searching(state):
-            utility += self.order_cfg.searching_click_bonus
+            utility += self.order_cfg.searching_click_bonus - self.order_cfg.searching_disillusion * state.clicks
         return super().p_click(utility, state)
 
     def p_leave_state(self, screen: int, state: UserState) -> float:
@@ -143,7 +170,13 @@ class OrderAwareUserModel(UserModel):
         c, oc = self.cfg, self.order_cfg
         p = (c.leave_base + (c.leave_per_screen + oc.searching_giveup) * screen
              + oc.searching_frustration * c.leave_per_frustrated_screen * state.frustrated)
-        return min(p / state.patience, 0.9)
+        return min(p / (state.patience * oc.searching_persistence), 0.9)
+
+    def p_leave_after_order(self, state: UserState) -> float:
+        b = self.order_cfg.buyer_leave_after_order
+        if b is not None and isinstance(state, OrderUserState) and state.buyer:
+            return b
+        return super().p_leave_after_order(state)
 
     def p_order_item(self, utility: float, item_id: int, state: UserState) -> float:
         oc = self.order_cfg
@@ -151,6 +184,11 @@ class OrderAwareUserModel(UserModel):
             return self.p_order(utility)
         row = np.array([self.world.row_of(item_id)])
         dist, gap = self._dist_price(state.spec, row)
-        u = utility - oc.order_w_dist * float(dist[0]) - oc.order_w_price * float(gap[0])
+        u = (utility - float(oc.bait(self._log_pop[row])[0]) - oc.order_w_dist * float(dist[0])
+             - oc.order_w_price * float(gap[0]))
+        ctx = state.spec.context
+        if oc.order_radius_km < float("inf") and float(np.hypot(self.world.loc[row[0], 0] - ctx.lat, self.world.loc[
+                row[0], 1] - ctx.lon)) > oc.order_radius_km:  # outside the delivery area
+            return 0.0
         top = oc.order_max_buyer if state.buyer else oc.order_max_browser
         return float(top / (1.0 + np.exp(-3.0 * (u - oc.order_threshold))))

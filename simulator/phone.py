@@ -333,7 +333,7 @@ class PhoneSession:
                 out.orders += 1
                 self._emit(item, EventKind.ORDER, pos)
             self._emit(item, EventKind.DETAIL_RETURN, pos, float(np.float32(detail)))
-            if ordered and info.u_leave < um.cfg.leave_after_order:
+            if ordered and info.u_leave < um.p_leave_after_order(user):
                 leave = True
                 break
         dwell = float(np.float32(um.dwell_ms(n_examined, skim, self.draws["dwell"][screen], user.speed)))

@@ -256,3 +256,8 @@ class UserModel:
         """Leaving probability after `screen` given the session's state (what the phone asks; the default user:
         ``p_leave(screen, frustrated, patience)``; the order-aware world's searching buyers differ)."""
         return self.p_leave(screen, state.frustrated, state.patience)
+
+    def p_leave_after_order(self, state: UserState) -> float:
+        """Probability to leave right after an order (the default user: ``cfg.leave_after_order``; the order-aware
+        world's buyers may differ)."""
+        return self.cfg.leave_after_order
