@@ -27,6 +27,7 @@ class EventRows:
         self.neg = np.zeros(cap, bool)  # negative (same), before "never a negative: an item with a positive"
         self.shown = np.zeros(cap, bool)  # a negative kind, whatever its dwell
         self.keys = np.zeros((n_keys, cap), np.int64)
+        self.keys_upto = 0  # rows with keys (derived lazily when a rerank path derives its own value ids instead)
         self.ids = np.zeros((n_ids, cap), np.int32)
         self.unit = np.zeros((cap, width), np.float64) if unit else None
         self.ctx: tuple[float, float] | None = None
@@ -38,6 +39,7 @@ class EventRows:
         self.seq_num = np.zeros((cap, 4), np.float64)
         self.dist_b = np.zeros(cap, np.int32)
         self.pos_b = np.zeros(cap, np.int32)
+        self.extra = None  # what the rerank path derives on top (features.rerank_path): ``update(lo, hi, ids)``
 
     def update(self, b, hi: int, roles: Callable, keys: Callable, ids: Callable) -> None:
         """Derive rows [upto, hi) of buffers `b`: ``roles(kind, dwell) -> (pos, neg, shown)``, ``keys(cats)`` and
@@ -47,7 +49,9 @@ class EventRows:
             return
         self.pos[lo:hi], self.neg[lo:hi], self.shown[lo:hi] = roles(b.kind[lo:hi], b.dwell[lo:hi])
         cats = b.cats[:, lo:hi]
-        self.keys[:, lo:hi] = keys(cats)
+        if self.extra is None:
+            self.keys[:, lo:hi] = keys(cats)
+            self.keys_upto = hi
         self.ids[:, lo:hi] = ids(cats)
         self.seq_num[lo:hi, 0] = np.log1p(np.maximum(b.dwell[lo:hi], 0.0) / 1000.0)
         self.seq_num[lo:hi, 2] = b.position[lo:hi] / 100.0
@@ -55,7 +59,15 @@ class EventRows:
         if self.unit is not None:
             a = b.emb[lo:hi].astype(np.float64)  # as the builder normalises event vectors (bit for bit)
             self.unit[lo:hi] = a / np.maximum(np.sqrt(np.add.reduce(a * a, axis=1, keepdims=True)), 1e-9)
+        if self.extra is not None:
+            self.extra.update(lo, hi, self.ids[:, lo:hi])
         self.upto = hi
+
+    def ensure_keys(self, b, hi: int, keys: Callable) -> None:
+        """Match keys of rows [keys_upto, hi) of buffers `b` (``keys(cats)``), if not derived yet."""
+        if hi > self.keys_upto:
+            self.keys[:, self.keys_upto:hi] = keys(b.cats[:, self.keys_upto:hi])
+            self.keys_upto = hi
 
     def stale(self, ctx: tuple[float, float]) -> int:
         """The first row without a distance to the search location `ctx`."""
@@ -69,3 +81,5 @@ class EventRows:
         self.seq_num[lo:hi, 3] = np.log1p(d)
         self.dist_b[lo:hi] = self.dist_edges.searchsorted(d, side="right")
         self.ctx_upto = hi
+        if self.extra is not None:
+            self.extra.ints[4, lo:hi] = self.dist_b[lo:hi]

@@ -67,6 +67,10 @@ class ItemTable:
         self.ctx_of = np.full(cap, -1, np.int64)
         self.ctx_dist = np.zeros(cap, np.float64)
         self.hits = self.misses = 0
+        # what a builder derives per row on top (features.rerank_path): called with the new rows and their bucket ids
+        # [fields, k] when rows are written, and with rows and their distances when a search location's arrive
+        self.on_insert = None
+        self.on_distances = None
 
     def clear(self) -> None:
         self.rows.clear()
@@ -87,6 +91,8 @@ class ItemTable:
     def set_distances(self, rows: np.ndarray, cid: int, dist: np.ndarray) -> None:
         self.ctx_dist[rows] = dist
         self.ctx_of[rows] = cid
+        if self.on_distances is not None:
+            self.on_distances(rows, dist)
 
     def add(self, items: Sequence[PageItem]) -> None:
         """Rows for those of `items` not in the table yet (a service adds every unseen item of the list: the
@@ -151,6 +157,8 @@ class ItemTable:
             else:
                 for j, spec in enumerate(self._cats):
                     self.ids[j, rows] = self._encode(spec, raw[j].tolist())
+        if self.on_insert is not None:
+            self.on_insert(rows, self.ids[:, rows])
 
     def _columns(self, items: list[PageItem]):
         """(item ids, [position, score, lat, lon] float64, raw field values [fields, k], vectors [k, E], dense
