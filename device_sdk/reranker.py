@@ -12,6 +12,7 @@ The service reads its model from a :class:`~edge_rerank.device_sdk.model_manager
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -164,7 +165,8 @@ class RerankService:
         if out.shape != (1, cfg.n_max):
             return self._fallback(n, f"bad_output_shape: {out.shape}", timings)
         scores = out[0, : len(window)]
-        if not np.all(np.isfinite(scores)):
+        if not (math.isfinite(float(np.add.reduce(scores, dtype=np.float64))) if scores.dtype.itemsize <= 4
+                else bool(np.isfinite(scores).all())):  # a float64 sum of float32 values is finite iff every one is
             return self._fallback(n, "non_finite_scores", timings)
         order, moved = _reinsert(n, n_fixed, cfg.n_max, scores)
         t3 = self._clock()

@@ -23,9 +23,10 @@ class EventRows:
     def __init__(self, buffers, n_keys: int, n_ids: int, unit: bool, dist_edges: np.ndarray, pos_edges: np.ndarray):
         cap, width = buffers.cap, buffers.width
         self.upto = 0
-        self.pos = np.zeros(cap, bool)  # positive (after the dwell threshold of a _dwell role)
-        self.neg = np.zeros(cap, bool)  # negative (same), before "never a negative: an item with a positive"
-        self.shown = np.zeros(cap, bool)  # a negative kind, whatever its dwell
+        self.roles = np.zeros((3, cap), bool)  # pos, neg, shown (one block: written by one assignment)
+        self.pos = self.roles[0]  # positive (after the dwell threshold of a _dwell role)
+        self.neg = self.roles[1]  # negative (same), before "never a negative: an item with a positive"
+        self.shown = self.roles[2]  # a negative kind, whatever its dwell
         self.keys = np.zeros((n_keys, cap), np.int64)
         self.keys_upto = 0  # rows with keys (derived lazily when a rerank path derives its own value ids instead)
         self.ids = np.zeros((n_ids, cap), np.int32)
@@ -42,12 +43,12 @@ class EventRows:
         self.extra = None  # what the rerank path derives on top (features.rerank_path): ``update(lo, hi, ids)``
 
     def update(self, b, hi: int, roles: Callable, keys: Callable, ids: Callable) -> None:
-        """Derive rows [upto, hi) of buffers `b`: ``roles(kind, dwell) -> (pos, neg, shown)``, ``keys(cats)`` and
-        ``ids(cats)`` over the [3, rows] category columns."""
+        """Derive rows [upto, hi) of buffers `b`: ``roles(kind, dwell) -> [rows, 3]`` (pos, neg, shown),
+        ``keys(cats)`` and ``ids(cats)`` over the [3, rows] category columns."""
         lo = self.upto
         if hi <= lo:
             return
-        self.pos[lo:hi], self.neg[lo:hi], self.shown[lo:hi] = roles(b.kind[lo:hi], b.dwell[lo:hi])
+        self.roles[:, lo:hi] = roles(b.kind[lo:hi], b.dwell[lo:hi]).T
         cats = b.cats[:, lo:hi]
         if self.extra is None:
             self.keys[:, lo:hi] = keys(cats)

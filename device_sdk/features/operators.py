@@ -596,6 +596,7 @@ class FeatureBuilder:
         self._event_get = operator.attrgetter("item_id", "kind", "kind_name", "dwell_ms", "position", "lat", "lon",
                                               *extra)
         self._cat_sizes = np.array([[f.n] for f in self._cats], dtype=np.int64)  # [fields, 1]
+        self._cat_sizes_u64 = self._cat_sizes.astype(np.uint64)
         self._input_order = _OUTPUT_ORDER
         self._match_rows = [names.index(f) for f in self._plan.fields if f != IDENTITY]
         cat_names = [f.name for f in self._cats]
@@ -984,10 +985,9 @@ class FeatureBuilder:
             d.update(b, cols._hi, self._roles_of, self._keys_of, self._ids_of)
         return d
 
-    def _roles_of(self, kind: np.ndarray, dwell: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(positive, negative, shown) of events of EventKind values `kind` (the store keeps no others)."""
-        r = self._role_table[kind, (dwell >= self.cfg.dwell_threshold_ms).view(np.int8)]  # [events, 3]
-        return r[:, 0], r[:, 1], r[:, 2]
+    def _roles_of(self, kind: np.ndarray, dwell: np.ndarray) -> np.ndarray:
+        """[events, 3]: (positive, negative, shown) of events of EventKind values `kind` (the store keeps no others)."""
+        return self._role_table[kind, (dwell >= self.cfg.dwell_threshold_ms).view(np.int8)]
 
     def _keys_of(self, cats: np.ndarray) -> np.ndarray:
         c = cats[self._cat_rows] if self._cat_rows is not None else cats
@@ -995,8 +995,8 @@ class FeatureBuilder:
 
     def _ids_of(self, cats: np.ndarray) -> np.ndarray:
         c = cats[self._cat_rows] if self._cat_rows is not None else cats
-        if self._all_ids:
-            return np.where((c >= 0) & (c < self._cat_sizes), c, self._cat_sizes)
+        if self._all_ids:  # a negative value seen as uint64 is above every size: min() sends it to the unknown bucket
+            return np.minimum(c.view(np.uint64), self._cat_sizes_u64)
         return np.array([_encode_many(spec, c[k].tolist()) for k, spec in enumerate(self._cats)],
                         dtype=np.int32).reshape(len(self._cats), c.shape[1])
 

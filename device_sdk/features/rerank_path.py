@@ -49,7 +49,7 @@ class _Layout:
     mean_div: np.ndarray  # [ops] int64
 
 
-@dataclass
+@dataclass(slots=True)
 class _State:
     """The event half of one build (one snapshot, one search location)."""
 
@@ -131,13 +131,16 @@ class _EventExtra:
     def update(self, lo: int, hi: int, ids: np.ndarray) -> None:
         p = self.path
         self.vids[:, lo:hi] = p.weights @ ids
-        unknown = (ids[p.matched] >= p.cat_sizes[p.matched]).any(axis=0)
-        self.unknown[lo:hi] = unknown
+        unknown = (ids[p.matched] >= p.matched_sizes).any(axis=0)
         if unknown.any():
+            self.unknown[lo:hi] = unknown
             self.last_unknown = lo + int(np.flatnonzero(unknown)[-1])
-        for k, r in enumerate(p.slot_rows):
-            if r is not None:
-                self.ints[k, lo:hi] = ids[r]
+        if p.slot_idx is not None:
+            self.ints[:3, lo:hi] = ids[p.slot_idx]
+        else:
+            for k, r in enumerate(p.slot_rows):
+                if r is not None:
+                    self.ints[k, lo:hi] = ids[r]
         self.ints[5, lo:hi] = self.rows_d.pos_b[lo:hi]
 
 
@@ -175,10 +178,12 @@ class RerankPath:
         self.col_last, self.col_min = plan.col_dist_last, plan.col_dist_min
         self.dist_click = bool(self.col_last.size or self.col_min.size)
         self.slot_rows = builder._slot_rows  # the embedding slots' rows of the bucket ids (None: constant 0)
+        self.slot_idx = None if None in self.slot_rows else np.array(self.slot_rows, dtype=np.intp)
         # value-id rows: one per matched field, then one per combination of several fields (mixed radix)
         self.field_cat, self.combos = field_cat, combos
         self.R = len(field_cat) + len(combos)
         self.matched = np.array(sorted(set(field_cat)), dtype=np.intp)
+        self.matched_sizes = self.cat_sizes[self.matched]
         self.row_size = [self.cats[c].n for c in field_cat] + [math.prod(self.cats[c].n for c in fs) for fs in combos]
         # value ids = weights @ bucket ids: a field's row picks its bucket id, a combination's mixes them (mixed radix)
         self.weights = np.zeros((self.R, len(self.cats)), np.int64)
