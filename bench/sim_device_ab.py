@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-from device_bench import _module_at  # noqa: E402
+from device_bench import baseline_modules  # noqa: E402
 
 from edge_rerank.device_sdk.model_manager import load_model  # noqa: E402
 from edge_rerank.device_sdk.reranker import RerankService  # noqa: E402
@@ -34,17 +34,13 @@ def main() -> None:
     p.add_argument("--bundle", required=True)
     p.add_argument("--sessions", type=int, default=600)
     p.add_argument("--chunk", type=int, default=25)
-    p.add_argument("--baseline", default="ed14b1a")
+    p.add_argument("--baseline", default="ecc4a41")
     p.add_argument("--out", default="runs/bench/sim_device_ab.json")
     a = p.parse_args()
     world = World(WorldConfig(seed=0))
     um = UserModel(world)
     cloud = InProcessCloud(str(world.provision_cloud(Path(tempfile.mkdtemp()) / "cloud")), wire=False)
-    old_ops = _module_at(a.baseline, "device_sdk/features/operators.py", "baseline_operators")
-    old = _module_at(a.baseline, "device_sdk/reranker.py", "baseline_reranker", {
-        "from edge_rerank.device_sdk.features.operators import FeatureBuilder":
-            "from baseline_operators import FeatureBuilder"})
-    assert old_ops is not None
+    _, old = baseline_modules(a.baseline)
     phones = {"now": Arm("device", RerankService(load_model(a.bundle))).phone(um, cloud),
               "baseline": Arm("device", old.RerankService(load_model(a.bundle))).phone(um, cloud)}
     for ph in phones.values():  # warm-up
