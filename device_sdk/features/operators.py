@@ -635,7 +635,7 @@ class FeatureBuilder:
             self._table = ItemTable(max(int(item_cache), 2 * cfg.n_max), cfg.emb_dim, cfg.dense_dim, self._cats,
                                     _encode_many, need_unit=self._sim)
         # the rerank-time build in few numpy calls (features.rerank_path), when the config is one it covers
-        self._fast = RerankPath.compile(self)
+        self._fast = RerankPath.compile(self, _distance, FeatureError)
         if self._fast is not None:
             self._fast.attach_items(self._table)
 

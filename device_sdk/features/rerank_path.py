@@ -149,7 +149,9 @@ class RerankPath:
     or None when this build must take the general path."""
 
     @staticmethod
-    def compile(builder) -> RerankPath | None:
+    def compile(builder, distance, error: type[Exception]) -> RerankPath | None:
+        """The path for `builder`'s config, or None; `distance` and `error`: ``operators._distance`` and
+        ``FeatureError``."""
         plan = builder._plan
         if builder._table is None or not builder._columns_ok or plan.col_identity or plan.col_numeric or \
                 builder._nums or "item" in plan.fields:
@@ -162,9 +164,9 @@ class RerankPath:
         combos = [[field_cat[f] for f in fs] for fs in builder._multi_combos]
         if any(math.prod(cats[c].n for c in fs) > _MAX_COMBO for fs in combos):
             return None
-        return RerankPath(builder, field_cat, combos)
+        return RerankPath(builder, field_cat, combos, distance, error)
 
-    def __init__(self, builder, field_cat: list[int], combos: list[list[int]]):
+    def __init__(self, builder, field_cat: list[int], combos: list[list[int]], distance, error: type[Exception]):
         cfg, plan = builder.cfg, builder._plan
         self.cfg, self.plan = cfg, plan
         self.N, self.L, self.E, self.D, self.F = cfg.n_max, cfg.l_max, cfg.emb_dim, cfg.dense_dim, \
@@ -223,9 +225,7 @@ class RerankPath:
         self._inf = np.full(self.S, np.inf)
         self.cat_names = [f.name for f in self.cats]
         self.seqs_are_both = plan.seqs == ("click", "skip")  # the event axis is the MVFAN sequence itself
-        from edge_rerank.device_sdk.features import operators  # (imports this module: bound late)
-
-        self._distance, self._error = operators._distance, operators.FeatureError
+        self._distance, self._error = distance, error  # operators' (which imports this module)
         self.builds = self.fallbacks = 0  # how often the path built, and how often it handed a build over
 
     # ---- per row ----
