@@ -188,3 +188,40 @@ def test_same_errors_on_the_rerank_path(fcfg):
         msgs.append(str(exc.value))
     assert msgs[0] == msgs[1]
     same_bits(FeatureBuilder(cfg, item_cache=64), cands, store.snapshot("s"), CTX)
+
+
+_ODD_NUMBERS = st.sampled_from([0, -1, -2, 1, 2**31, 2**62, 2**63, True, 0.5, float("inf"), float("nan"), -0.0, 3.0,
+                                np.int64(4), np.float32(1.0), None, "1"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(vals=st.lists(_ODD_NUMBERS, min_size=9, max_size=9), kind=st.sampled_from([EventKind.CLICK, 1, 99, True, 0]),
+       request_id=st.sampled_from(["r", "x" * 129, 5]), kind_name=st.sampled_from(["", "click", 3]),
+       attrs=st.sampled_from([{}, {"a": 1}, None]))
+def test_property_the_event_fast_check_accepts_only_what_every_check_accepts(vals, kind, request_id, kind_name,
+                                                                              attrs):
+    """``validate_feedback_event``'s one-expression check of the common event never accepts an event the full checks
+    refuse (the store's validation is per event, on the simulator's hot path)."""
+    from edge_rerank.device_sdk.contracts import ContractError, _check_event_scalars, _plain_event_scalars
+
+    e = FeedbackEvent(ts_ms=1, request_id="r", item_id=1, kind=EventKind.CLICK)
+    for name, v in zip(("ts_ms", "item_id", "position", "category", "brand", "price_level", "dwell_ms", "lat", "lon"),
+                       vals, strict=True):
+        object.__setattr__(e, name, v)
+    for name, v in (("kind", kind), ("request_id", request_id), ("kind_name", kind_name), ("attrs", attrs)):
+        object.__setattr__(e, name, v)
+    try:
+        _check_event_scalars(e)
+        full = True
+    except ContractError:
+        full = False
+    if _plain_event_scalars(e):
+        assert full
+
+
+def test_the_event_fast_check_takes_the_common_events(fcfg):
+    from edge_rerank.device_sdk.contracts import _plain_event_scalars
+
+    rng = np.random.default_rng(6)
+    evs = make_events([make_item(k, rng, fcfg, k) for k in range(4)], {1})
+    assert all(_plain_event_scalars(e) for e in evs)
