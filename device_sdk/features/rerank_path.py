@@ -402,7 +402,9 @@ class RerankPath:
             counts[0] += u
             counts[1] += n
         cid, stale = t.stale(rows, here)
-        if stale.size:
+        if stale.size:  # and every later row without one (a page is inserted at once: its next windows find theirs)
+            later = np.arange(int(stale.min()), t._used)
+            stale = np.union1d(stale, later[t.ctx_of[later] != cid]) if len(later) > len(stale) else stale
             t.set_distances(stale, cid, self._to_here(t.lat[stale], t.lon[stale], here))
         N, L = self.N, self.L
         num = np.zeros((N, self.F), np.float32)
