@@ -83,17 +83,21 @@ class _ItemExtra:
         self.memo: dict[int, tuple[np.ndarray, bool, list[int]]] = {}  # id(window rows) -> (rows, known, unknown)
         table.on_insert, table.on_distances = self.insert, self.distances
 
-    def insert(self, rows: np.ndarray, ids: np.ndarray) -> None:
+    def insert(self, rows: np.ndarray, sl: slice, ids: np.ndarray) -> None:
         p, t = self.path, self.table
-        self.vids[:, rows] = p.weights @ ids
-        self.unknown[:, rows] = ids >= p.cat_sizes
-        for k, r in enumerate(p.slot_rows):
-            self.ints[k, rows] = 0 if r is None else ids[r]
-        self.ints[4, rows] = p.pos_edges.searchsorted(t.position[rows], side="right")
-        base = np.zeros((len(rows), p.F), np.float64)
-        base[:, p.col_score] = t.score[rows][:, None]
-        base[:, p.col_position] = (t.position[rows] / 100.0)[:, None]
-        self.base[rows] = base
+        self.vids[:, sl] = p.weights @ ids
+        self.unknown[:, sl] = ids >= p.cat_sizes
+        if p.slot_idx is not None:
+            self.ints[:3, sl] = ids[p.slot_idx]
+        else:
+            for k, r in enumerate(p.slot_rows):
+                self.ints[k, sl] = 0 if r is None else ids[r]
+        position = t.position[sl]
+        self.ints[4, sl] = p.pos_edges.searchsorted(position, side="right")
+        base = self.base[sl]
+        base[:] = 0.0
+        base[:, p.col_score] = t.score[sl][:, None]
+        base[:, p.col_position] = (position / 100.0)[:, None]
 
     def distances(self, rows: np.ndarray, d: np.ndarray) -> None:
         p = self.path
