@@ -98,9 +98,9 @@ class ItemTable:
     def add(self, items: Sequence[PageItem]) -> None:
         """Rows for those of `items` not in the table yet (a service adds every unseen item of the list: the
         windows of later reranks then find all of theirs)."""
-        new = set(map(id, items)).difference(self.rows)
-        if not new:
+        if all(map(self.rows.__contains__, map(id, items))):  # the common case: every item has its row already
             return
+        new = set(map(id, items)).difference(self.rows)
         missing = list({id(it): it for it in items if id(it) in new}.values())
         if len(self.items) + len(missing) <= self.cap:
             self.misses += len(missing)
@@ -127,7 +127,7 @@ class ItemTable:
         out = None if _UNCACHEABLE in idx else np.array(idx, dtype=np.intp)
         if len(self._windows) >= 256:
             self._windows.clear()
-        self._windows[tuple(map(id, items))] = out  # every item is held now: its id cannot be reused
+        self._windows[key] = out  # every item is held now (by the table): its id cannot be reused
         return out
 
     def _insert(self, items: list[PageItem]) -> None:
