@@ -33,7 +33,6 @@ class EventRows:
         self.unit = np.zeros((cap, width), np.float64) if unit else None
         self.ctx: tuple[float, float] | None = None
         self.ctx_upto = 0
-        self.ctx_dist = np.zeros(cap, np.float64)
         # the MVFAN event features of each row: seq_num columns (log dwell, [per call], position / 100, log
         # distance) and the distance / position buckets
         self.dist_edges, self.pos_edges = dist_edges, pos_edges
@@ -78,7 +77,6 @@ class EventRows:
 
     def set_distances(self, lo: int, hi: int, d: np.ndarray) -> None:
         """Distances of rows [lo, hi) to the current search location (and their MVFAN columns)."""
-        self.ctx_dist[lo:hi] = d
         self.seq_num[lo:hi, 3] = np.log1p(d)
         self.dist_b[lo:hi] = self.dist_edges.searchsorted(d, side="right")
         self.ctx_upto = hi
