@@ -50,6 +50,8 @@ def test_configs_the_path_does_not_cover_keep_the_general_path(fcfg):
     assert FeatureBuilder(hashed, item_cache=64)._fast is None  # buckets of a hash collide: not a value's identity
     big = FeatureConfig(n_categories=1 << 12, n_brands=1 << 12, candidate_ops=("hit:category+brand:click",))
     assert FeatureBuilder(big, item_cache=64)._fast is None  # 2^24 combined values: no table
+    wide = FeatureConfig(n_brands=1 << 20, candidate_ops=("hit:brand:click",))
+    assert FeatureBuilder(wide, item_cache=64)._fast is None  # 2^20 brands: a table per state would cost more
 
 
 @settings(max_examples=40, deadline=None)

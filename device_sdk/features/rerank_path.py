@@ -6,7 +6,7 @@ event (``features.event_rows``). This path adds, per row, everything a build can
 - per item: the match value ids of every matched field and field combination, the five integer model inputs (the
   three embedding slots, the distance and position buckets) as one block, and the candidate columns that depend on
   the item alone (``cloud_score``, ``cloud_position``, ``dist:context``) as a ready ``cand_num`` row;
-- per event: its match value ids;
+- per event: its match value ids and the integer block of its ``seq_*`` inputs;
 - per feedback state (a snapshot's events and the search location): the sequences, the event half of every output
   (``seq_*``, the counts in ``ctx``), the events' unit vectors in sequence order and, for every Match&Aggregate
   operator's (field combination, view), a **value table**: for each value of the field(s), hit, freq and step over
@@ -17,7 +17,8 @@ A build then gathers: every Match&Aggregate column of every candidate is one loo
 table holds a field's known buckets (ids ``0..n-1``, a bijection with the raw values in ``ids`` and ``vocab``
 modes), so a build with an unknown value in a matched field (out of range, not in the vocabulary) takes the general
 path, as do configs this path does not cover: hashed or identity matches, item-identity or numeric operators,
-combinations of more than 65,536 values, events without vectors of the model's width. Outputs are bit-identical to
+combinations of more than 65,536 values, more than 8,192 table values in all, events without vectors of the
+model's width. Outputs are bit-identical to
 the general path (``tests/test_features_cached.py``, ``tests/test_features_rerank_path.py``).
 """
 
@@ -31,6 +32,7 @@ import numpy as np
 from edge_rerank.device_sdk.feedback_columns import EventColumns
 
 _MAX_COMBO = 1 << 16
+_MAX_TABLE = 1 << 13  # values in all of a state's value tables together
 _EMPTY = np.zeros(0, np.int64)
 
 
@@ -168,7 +170,8 @@ class RerankPath:
         combos = [[field_cat[f] for f in fs] for fs in builder._multi_combos]
         if any(math.prod(cats[c].n for c in fs) > _MAX_COMBO for fs in combos):
             return None
-        return RerankPath(builder, field_cat, combos, distance, error)
+        path = RerankPath(builder, field_cat, combos, distance, error)
+        return path if path.S <= _MAX_TABLE else None  # (huge id ranges: a table per state would cost more)
 
     def __init__(self, builder, field_cat: list[int], combos: list[list[int]], distance, error: type[Exception]):
         cfg, plan = builder.cfg, builder._plan
