@@ -37,8 +37,11 @@ class EventRows:
         # distance) and the distance / position buckets
         self.dist_edges, self.pos_edges = dist_edges, pos_edges
         self.seq_num = np.zeros((cap, 4), np.float64)
-        self.dist_b = np.zeros(cap, np.int32)
-        self.pos_b = np.zeros(cap, np.int32)
+        # the integer seq_* inputs of each row as one block: [3 embedding slots (the rerank path's), kind (per build),
+        # distance bucket, position bucket]
+        self.seq_ints = np.zeros((6, cap), np.int32)
+        self.dist_b = self.seq_ints[4]
+        self.pos_b = self.seq_ints[5]
         self.extra = None  # what the rerank path derives on top (features.rerank_path): ``update(lo, hi, ids)``
 
     def update(self, b, hi: int, roles: Callable, keys: Callable, ids: Callable) -> None:
@@ -80,5 +83,3 @@ class EventRows:
         self.seq_num[lo:hi, 3] = np.log1p(d)
         self.dist_b[lo:hi] = self.dist_edges.searchsorted(d, side="right")
         self.ctx_upto = hi
-        if self.extra is not None:
-            self.extra.ints[4, lo:hi] = self.dist_b[lo:hi]

@@ -43,7 +43,7 @@ class _Layout:
     pair_r: np.ndarray  # [P] value-id row of each (slot, event) pair
     pair_t: np.ndarray  # [P] event-axis index
     pair_off: np.ndarray  # [P] the slot's offset in a value table
-    pair_rank: np.ndarray  # [P] float64: events from the end of its sequence (1 = newest)
+    pair_step: np.ndarray  # [P] float64: min(events from the end of its sequence / l_max, 1) (1 event = newest)
     div: np.ndarray  # [S] int64: max(view size, 1) of each table entry's view
     max_edges: np.ndarray  # sim_max: (start, end) of each operator's view, flat
     max_nonempty: np.ndarray  # [ops] bool
@@ -131,14 +131,15 @@ class _EventExtra:
         self.vids = np.zeros((path.R, cap), np.int64)
         self.unknown = np.zeros(cap, bool)
         self.last_unknown = -1
-        self.ints = np.zeros((6, cap), np.int32)
+        self.ints = rows_d.seq_ints  # (its distance and position bucket rows are the event rows' own)
         self.state: _State | None = None
 
     def update(self, lo: int, hi: int, ids: np.ndarray) -> None:
         p = self.path
         self.vids[:, lo:hi] = p.weights @ ids
-        unknown = (ids[p.matched] >= p.matched_sizes).any(axis=0)
-        if unknown.any():
+        over = ids[p.matched] >= p.matched_sizes
+        if over.any():
+            unknown = over.any(axis=0)
             self.unknown[lo:hi] = unknown
             self.last_unknown = lo + int(np.flatnonzero(unknown)[-1])
         if p.slot_idx is not None:
@@ -147,7 +148,6 @@ class _EventExtra:
             for k, r in enumerate(p.slot_rows):
                 if r is not None:
                     self.ints[k, lo:hi] = ids[r]
-        self.ints[5, lo:hi] = self.rows_d.pos_b[lo:hi]
 
 
 class RerankPath:
@@ -229,7 +229,8 @@ class RerankPath:
         self._layouts: dict[tuple[int, ...], _Layout] = {}
         self._empty: _State | None = None
         self._masks: dict[int, np.ndarray] = {}
-        self._inf = np.full(self.S, np.inf)
+        self._seq_masks: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        self._steps = np.zeros(0)
         self.cat_names = [f.name for f in self.cats]
         self.seqs_are_both = plan.seqs == ("click", "skip")  # the event axis is the MVFAN sequence itself
         self._distance, self._error = distance, error  # operators' (which imports this module)
@@ -256,7 +257,7 @@ class RerankPath:
             pr.append(np.full(len(t), r))
             pt.append(t)
             po.append(np.full(len(t), self.slot_off[s]))
-            pk.append((end - t).astype(np.float64))
+            pk.append(np.minimum((end - t).astype(np.float64) / self.l_max, 1.0))
             div.append(np.full(self.row_size[r], max(int(views.view_size[v]), 1)))
         cat = lambda xs, dt: np.concatenate(xs).astype(dt) if xs else np.zeros(0, dt)  # noqa: E731
         plan = self.plan
@@ -268,7 +269,7 @@ class RerankPath:
             v = plan.agg["sim_mean"][2]
             mean_masks, mean_div = views.masks_f64[:, v], np.maximum(views.view_size[v], 1)
         lay = _Layout(pair_r=cat(pr, np.intp), pair_t=cat(pt, np.intp), pair_off=cat(po, np.int64),
-                      pair_rank=cat(pk, np.float64), div=cat(div, np.int64), max_edges=max_edges,
+                      pair_step=cat(pk, np.float64), div=cat(div, np.int64), max_edges=max_edges,
                       max_nonempty=max_nonempty, mean_masks=mean_masks, mean_div=mean_div)
         if len(self._layouts) >= 4096:
             self._layouts.clear()
@@ -284,7 +285,8 @@ class RerankPath:
         return self._distance(lat, lon, np.array([here[0]]), np.array([here[1]]), self.geo)[:, 0]
 
     def _tables(self, idx: np.ndarray | None, lay: _Layout | None) -> np.ndarray:
-        """hit | freq | step per (slot, value): counts and the newest match's rank of each value in each view."""
+        """hit | freq | step per (slot, value): counts, and the step of the newest match of each value in each view
+        (the smallest of its matches' steps: a step is monotone in the rank, so this is the newest match's)."""
         S = self.S
         table = np.empty(3 * S)
         if idx is None or not idx.size:
@@ -292,13 +294,19 @@ class RerankPath:
             table[2 * S:] = 1.0
             return table
         cnt = np.bincount(idx, minlength=S)
-        rank = self._inf.copy()
-        np.minimum.at(rank, idx, lay.pair_rank)
         np.greater(cnt, 0, out=table[:S])
         np.divide(cnt, lay.div, out=table[S:2 * S])
-        rank /= self.l_max
-        np.minimum(rank, 1.0, out=table[2 * S:])
+        step = table[2 * S:]
+        step[:] = 1.0  # no match: 1.0
+        np.minimum.at(step, idx, lay.pair_step)
         return table
+
+    def _steps_ago(self, hi: int) -> np.ndarray:
+        """min(k / l_max, 4) for k = 0..hi (the ``steps_ago`` event input of an event k events back)."""
+        if len(self._steps) <= hi:
+            k = max(hi + 1, 2 * len(self._steps), 64)
+            self._steps = np.minimum(np.arange(k).astype(np.float64) / self.L, 4.0)
+        return self._steps
 
     def _empty_state(self) -> _State:
         if self._empty is None:
@@ -363,16 +371,21 @@ class RerankPath:
         seq_num = np.zeros((L, 4), np.float32)
         sn = seq_num[:s]
         sn[:] = rows_d.seq_num[gb]
-        sn[:, 1] = np.minimum((hi - gb).astype(np.float64) / L, 4.0)
+        sn[:, 1] = self._steps_ago(hi)[hi - gb]
         bad = None
         for name, a in (("seq_emb", seq_emb), ("seq_num", seq_num)):  # a sum in float64 is finite iff every value is
             if not math.isfinite(float(np.add.reduce(a, axis=None, dtype=np.float64))):
                 bad = name
                 break
+        masks = self._seq_masks.get((n_p, s))
+        if masks is None:  # (the MVFAN masks depend on the two counts only)
+            if len(self._seq_masks) >= 4096:
+                self._seq_masks.clear()
+            masks = self._seq_masks[(n_p, s)] = ((kind == 1).astype(np.float32), (kind == 2).astype(np.float32))
         p = pos_idx + lo
         st = ex.state = _State(key=key, T=T, n_p=n_p, n_neg=len(neg_idx), table=table, U=U, lay=lay,
                                plat=b.lat[p], plon=b.lon[p], seq_int=seq_int, seq_emb=seq_emb, seq_num=seq_num,
-                               pos_mask=(kind == 1).astype(np.float32), neg_mask=(kind == 2).astype(np.float32),
+                               pos_mask=masks[0], neg_mask=masks[1],
                                bad=bad)
         return st
 
