@@ -227,3 +227,22 @@ def test_the_event_fast_check_takes_the_common_events(fcfg):
     rng = np.random.default_rng(6)
     evs = make_events([make_item(k, rng, fcfg, k) for k in range(4)], {1})
     assert all(_plain_event_scalars(e) for e in evs)
+
+
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(0, 60), fixed=st.integers(0, 70), window=st.integers(1, 60), seed=st.integers(0, 2**16),
+       np_int=st.booleans())
+def test_property_reinsertion_keeps_its_order_and_moved_count(n, fixed, window, seed, np_int):
+    """The rerank call's reinsertion (Python loops over the window since this round) against its numpy definition:
+    seen positions stay, the window is sorted by score (stable: ties keep the cloud order), the rest keep their place;
+    plain ints out, whatever int type came in."""
+    from edge_rerank.device_sdk.reranker import _reinsert
+
+    scores = np.random.default_rng(seed).integers(0, 4, size=window + 3).astype(np.float32)  # ties on purpose
+    n_fixed = min(fixed, n)
+    order, moved = _reinsert(n, np.int64(n_fixed) if np_int else n_fixed, window, scores)
+    end = min(n, n_fixed + window)
+    ranked = np.argsort(-scores[: end - n_fixed].astype(np.float64), kind="stable")
+    assert order == list(range(n_fixed)) + (ranked + n_fixed).tolist() + list(range(end, n))
+    assert moved == int(np.count_nonzero(ranked != np.arange(len(ranked))))
+    assert all(type(x) is int for x in order) and type(moved) is int
