@@ -2,7 +2,9 @@
 per-snapshot value tables for the Match&Aggregate operators. Bit-identical to the per-object path through sessions
 of reranks (hypothesis over configs it covers: windows, field combinations of 2 and 3 fields, ``vocab`` fields,
 ``seen`` views, haversine, no positives slot, dwell thresholds), and it steps aside (same bits, same errors) for
-what it does not cover: values in a matched field's unknown bucket, events without vectors, identity operators."""
+what it does not cover: values in a matched field's unknown bucket, events without vectors, identity operators.
+Also this round's two other shortcuts on the rerank call's path: the one-expression check of a common feedback event
+(never accepts what the full checks refuse) and reinsertion by Python loops (equal to its numpy definition)."""
 
 from __future__ import annotations
 
