@@ -77,6 +77,25 @@ def _module_at(rev: str, path: str, name: str, replace_imports: dict[str, str] |
     return mod
 
 
+def baseline_modules(rev: str):
+    """The feature builder and RerankService of git revision `rev` (operators.py and reranker.py, with the per-item and
+    per-event helpers they import from that same revision when it has them), for a before/after in one process."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    swaps = {}
+    for mod in ("event_rows", "item_table"):
+        path = f"device_sdk/features/{mod}.py"
+        if subprocess.run(["git", "cat-file", "-e", f"{rev}:{path}"], cwd=root, capture_output=True).returncode == 0:
+            _module_at(rev, path, f"baseline_{mod}")
+            swaps[f"from edge_rerank.device_sdk.features.{mod} import"] = f"from baseline_{mod} import"
+    ops = _module_at(rev, "device_sdk/features/operators.py", "baseline_operators", swaps)
+    reranker = _module_at(rev, "device_sdk/reranker.py", "baseline_reranker", {
+        "from edge_rerank.device_sdk.features.operators import FeatureBuilder":
+            "from baseline_operators import FeatureBuilder"})
+    return ops, reranker
+
+
 def _timeit(fn, runs: int) -> dict:
     """Wall-clock p50/p99 and this thread's CPU time p50/p99 (``cpu_*``: what the call cost when the shared
     machine preempts it; a long batched call is preempted far more often than a 0.1 ms one)."""
@@ -130,7 +149,7 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=2000)
     p.add_argument("--formats", default="numpy,onnx,tflite,mnn")
     p.add_argument("--batch", type=int, default=64, help="batch of the batched per-list cost")
-    p.add_argument("--baseline", default="ed14b1a",
+    p.add_argument("--baseline", default="ecc4a41",
                    help="git revision whose feature builder and RerankService are timed beside today's ('' skips)")
     a = p.parse_args()
 
@@ -208,10 +227,7 @@ def main() -> None:
     snap = store.snapshot("bench")
     old_ops = old_reranker = None
     if a.baseline:
-        old_ops = _module_at(a.baseline, "device_sdk/features/operators.py", "baseline_operators")
-        old_reranker = _module_at(a.baseline, "device_sdk/reranker.py", "baseline_reranker", {
-            "from edge_rerank.device_sdk.features.operators import FeatureBuilder":
-                "from baseline_operators import FeatureBuilder"})
+        old_ops, old_reranker = baseline_modules(a.baseline)
     variants = [("vectorised", builder, events), ("reference", ref_builder, events), ("rerank_time", cached, snap)]
     if old_ops is not None:
         variants.append(("baseline", old_ops.FeatureBuilder(fcfg), events))

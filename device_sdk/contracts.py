@@ -271,6 +271,39 @@ def validate_feedback_event(event: object, emb_dim: int | None = None) -> Feedba
     raise ContractError naming the first bad field otherwise. Ints are real ints (not bool) within their column's
     range (ts_ms >= 0 and < 2^63; ids and positions >= -1, the "none" value); floats are finite (dwell_ms >= 0);
     the embedding is None or a 1-D finite float32 vector (of `emb_dim` values if given)."""
+    if type(event) is not FeedbackEvent or not _plain_event_scalars(event):  # else every scalar is fine
+        _check_event_scalars(event)
+    emb = event.id_embedding
+    if emb is not None:
+        if not isinstance(emb, np.ndarray) or emb.dtype != np.float32 or emb.ndim != 1:
+            raise ContractError("id_embedding must be None or a 1-D float32 array")
+        size = emb.shape[0]
+        if (emb_dim is not None and size != emb_dim) or not 1 <= size <= MAX_EMBEDDING_DIM:
+            raise ContractError(f"id_embedding has {size} values, expected {emb_dim or f'1..{MAX_EMBEDDING_DIM}'}")
+        if not math.isfinite(float(np.add.reduce(emb, dtype=np.float64))):  # a NaN / inf anywhere makes the sum one
+            raise ContractError("id_embedding has non-finite values")
+    return event
+
+
+_INT31_MAX = (1 << 31) - 1
+_KIND_VALUES = EventKind._value2member_map_
+
+
+def _plain_event_scalars(e: FeedbackEvent) -> bool:
+    """The common event in one expression: plain ints in range, finite floats (dwell >= 0), a short request id, a
+    known kind, no kind name, no attrs. False sends the event through every check (which names what is wrong)."""
+    ts, item, pos, cat, brand, price, dwell, lat, lon = (e.ts_ms, e.item_id, e.position, e.category, e.brand,
+                                                         e.price_level, e.dwell_ms, e.lat, e.lon)
+    return (type(ts) is int and type(item) is int and type(pos) is int and type(cat) is int and type(brand) is int
+            and type(price) is int and type(dwell) is float and type(lat) is float and type(lon) is float
+            and 0 <= ts <= _INT64_MAX and -1 <= item <= _INT64_MAX and -1 <= pos <= _INT31_MAX
+            and -1 <= cat <= _INT31_MAX and -1 <= brand <= _INT31_MAX and -1 <= price <= _INT31_MAX
+            and math.isfinite(dwell) and math.isfinite(lat) and math.isfinite(lon) and dwell >= 0
+            and type(e.request_id) is str and len(e.request_id) <= 128 and e.kind_name == ""
+            and type(e.kind) in (EventKind, int) and e.kind in _KIND_VALUES and type(e.attrs) is dict and not e.attrs)
+
+
+def _check_event_scalars(event: object) -> None:
     if not isinstance(event, FeedbackEvent):
         raise ContractError(f"not a FeedbackEvent: {type(event).__name__}")
     for name, (lo, hi) in _EVENT_INT_FIELDS.items():
@@ -298,13 +331,3 @@ def validate_feedback_event(event: object, emb_dim: int | None = None) -> Feedba
                                                      or _is_int(v) or _is_finite_real(v))
             for k, v in attrs.items()):
         raise ContractError("attrs must map at most 64 names to None, a string (<= 256 characters) or a finite number")
-    emb = event.id_embedding
-    if emb is not None:
-        if not isinstance(emb, np.ndarray) or emb.dtype != np.float32 or emb.ndim != 1:
-            raise ContractError("id_embedding must be None or a 1-D float32 array")
-        size = emb.shape[0]
-        if (emb_dim is not None and size != emb_dim) or not 1 <= size <= MAX_EMBEDDING_DIM:
-            raise ContractError(f"id_embedding has {size} values, expected {emb_dim or f'1..{MAX_EMBEDDING_DIM}'}")
-        if not math.isfinite(float(np.add.reduce(emb, dtype=np.float64))):  # a NaN / inf anywhere makes the sum one
-            raise ContractError("id_embedding has non-finite values")
-    return event

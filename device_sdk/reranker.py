@@ -12,6 +12,8 @@ The service reads its model from a :class:`~edge_rerank.device_sdk.model_manager
 from __future__ import annotations
 
 import logging
+import math
+import operator
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -63,11 +65,14 @@ def reinsert(n_items: int, n_fixed: int, window: int, scores: np.ndarray) -> lis
 
 def _reinsert(n_items: int, n_fixed: int, window: int, scores: np.ndarray) -> tuple[list[int], int]:
     """``reinsert``'s order and how many positions changed (only the window's can)."""
-    n_fixed = max(0, min(n_fixed, n_items))
+    n_fixed = int(max(0, min(n_fixed, n_items)))
     end = min(n_items, n_fixed + window)
-    ranked = np.argsort(-np.asarray(scores[: end - n_fixed], dtype=np.float64), kind="stable")
-    moved = int(np.count_nonzero(ranked != np.arange(len(ranked))))
-    return list(range(n_fixed)) + (ranked + n_fixed).tolist() + list(range(end, n_items)), moved
+    ranked = np.argsort(-np.asarray(scores[: end - n_fixed], dtype=np.float64), kind="stable").tolist()
+    moved = sum(map(operator.ne, ranked, range(len(ranked))))  # (a window is small: Python's loop beats numpy's calls)
+    order = list(range(n_fixed))
+    order += map(n_fixed.__add__, ranked)
+    order += range(end, n_items)
+    return order, moved
 
 
 def check_rerank_args(items: object, n_fixed: object, events: object, context: object) -> str | None:
@@ -164,7 +169,8 @@ class RerankService:
         if out.shape != (1, cfg.n_max):
             return self._fallback(n, f"bad_output_shape: {out.shape}", timings)
         scores = out[0, : len(window)]
-        if not np.all(np.isfinite(scores)):
+        if not (math.isfinite(float(np.add.reduce(scores, dtype=np.float64))) if scores.dtype.itemsize <= 4
+                else bool(np.isfinite(scores).all())):  # a float64 sum of float32 values is finite iff every one is
             return self._fallback(n, "non_finite_scores", timings)
         order, moved = _reinsert(n, n_fixed, cfg.n_max, scores)
         t3 = self._clock()

@@ -23,31 +23,38 @@ class EventRows:
     def __init__(self, buffers, n_keys: int, n_ids: int, unit: bool, dist_edges: np.ndarray, pos_edges: np.ndarray):
         cap, width = buffers.cap, buffers.width
         self.upto = 0
-        self.pos = np.zeros(cap, bool)  # positive (after the dwell threshold of a _dwell role)
-        self.neg = np.zeros(cap, bool)  # negative (same), before "never a negative: an item with a positive"
-        self.shown = np.zeros(cap, bool)  # a negative kind, whatever its dwell
+        self.roles = np.zeros((3, cap), bool)  # pos, neg, shown (one block: written by one assignment)
+        self.pos = self.roles[0]  # positive (after the dwell threshold of a _dwell role)
+        self.neg = self.roles[1]  # negative (same), before "never a negative: an item with a positive"
+        self.shown = self.roles[2]  # a negative kind, whatever its dwell
         self.keys = np.zeros((n_keys, cap), np.int64)
+        self.keys_upto = 0  # rows with keys (derived lazily when a rerank path derives its own value ids instead)
         self.ids = np.zeros((n_ids, cap), np.int32)
         self.unit = np.zeros((cap, width), np.float64) if unit else None
         self.ctx: tuple[float, float] | None = None
         self.ctx_upto = 0
-        self.ctx_dist = np.zeros(cap, np.float64)
         # the MVFAN event features of each row: seq_num columns (log dwell, [per call], position / 100, log
         # distance) and the distance / position buckets
         self.dist_edges, self.pos_edges = dist_edges, pos_edges
         self.seq_num = np.zeros((cap, 4), np.float64)
-        self.dist_b = np.zeros(cap, np.int32)
-        self.pos_b = np.zeros(cap, np.int32)
+        # the integer seq_* inputs of each row as one block: [3 embedding slots (the rerank path's), kind (per build),
+        # distance bucket, position bucket]
+        self.seq_ints = np.zeros((6, cap), np.int32)
+        self.dist_b = self.seq_ints[4]
+        self.pos_b = self.seq_ints[5]
+        self.extra = None  # what the rerank path derives on top (features.rerank_path): ``update(lo, hi, ids)``
 
     def update(self, b, hi: int, roles: Callable, keys: Callable, ids: Callable) -> None:
-        """Derive rows [upto, hi) of buffers `b`: ``roles(kind, dwell) -> (pos, neg, shown)``, ``keys(cats)`` and
-        ``ids(cats)`` over the [3, rows] category columns."""
+        """Derive rows [upto, hi) of buffers `b`: ``roles(kind, dwell) -> [rows, 3]`` (pos, neg, shown),
+        ``keys(cats)`` and ``ids(cats)`` over the [3, rows] category columns."""
         lo = self.upto
         if hi <= lo:
             return
-        self.pos[lo:hi], self.neg[lo:hi], self.shown[lo:hi] = roles(b.kind[lo:hi], b.dwell[lo:hi])
+        self.roles[:, lo:hi] = roles(b.kind[lo:hi], b.dwell[lo:hi]).T
         cats = b.cats[:, lo:hi]
-        self.keys[:, lo:hi] = keys(cats)
+        if self.extra is None:
+            self.keys[:, lo:hi] = keys(cats)
+            self.keys_upto = hi
         self.ids[:, lo:hi] = ids(cats)
         self.seq_num[lo:hi, 0] = np.log1p(np.maximum(b.dwell[lo:hi], 0.0) / 1000.0)
         self.seq_num[lo:hi, 2] = b.position[lo:hi] / 100.0
@@ -55,7 +62,15 @@ class EventRows:
         if self.unit is not None:
             a = b.emb[lo:hi].astype(np.float64)  # as the builder normalises event vectors (bit for bit)
             self.unit[lo:hi] = a / np.maximum(np.sqrt(np.add.reduce(a * a, axis=1, keepdims=True)), 1e-9)
+        if self.extra is not None:
+            self.extra.update(lo, hi, self.ids[:, lo:hi])
         self.upto = hi
+
+    def ensure_keys(self, b, hi: int, keys: Callable) -> None:
+        """Match keys of rows [keys_upto, hi) of buffers `b` (``keys(cats)``), if not derived yet."""
+        if hi > self.keys_upto:
+            self.keys[:, self.keys_upto:hi] = keys(b.cats[:, self.keys_upto:hi])
+            self.keys_upto = hi
 
     def stale(self, ctx: tuple[float, float]) -> int:
         """The first row without a distance to the search location `ctx`."""
@@ -65,7 +80,6 @@ class EventRows:
 
     def set_distances(self, lo: int, hi: int, d: np.ndarray) -> None:
         """Distances of rows [lo, hi) to the current search location (and their MVFAN columns)."""
-        self.ctx_dist[lo:hi] = d
         self.seq_num[lo:hi, 3] = np.log1p(d)
         self.dist_b[lo:hi] = self.dist_edges.searchsorted(d, side="right")
         self.ctx_upto = hi

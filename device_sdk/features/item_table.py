@@ -67,6 +67,11 @@ class ItemTable:
         self.ctx_of = np.full(cap, -1, np.int64)
         self.ctx_dist = np.zeros(cap, np.float64)
         self.hits = self.misses = 0
+        # what a builder derives per row on top (features.rerank_path): called with the new rows (as indexes and as a
+        # slice) and their bucket ids [fields, k] when rows are written, and with rows and their distances when a
+        # search location's arrive
+        self.on_insert = None
+        self.on_distances = None
 
     def clear(self) -> None:
         self.rows.clear()
@@ -87,13 +92,15 @@ class ItemTable:
     def set_distances(self, rows: np.ndarray, cid: int, dist: np.ndarray) -> None:
         self.ctx_dist[rows] = dist
         self.ctx_of[rows] = cid
+        if self.on_distances is not None:
+            self.on_distances(rows, dist)
 
     def add(self, items: Sequence[PageItem]) -> None:
         """Rows for those of `items` not in the table yet (a service adds every unseen item of the list: the
         windows of later reranks then find all of theirs)."""
-        new = set(map(id, items)).difference(self.rows)
-        if not new:
+        if all(map(self.rows.__contains__, map(id, items))):  # the common case: every item has its row already
             return
+        new = set(map(id, items)).difference(self.rows)
         missing = list({id(it): it for it in items if id(it) in new}.values())
         if len(self.items) + len(missing) <= self.cap:
             self.misses += len(missing)
@@ -120,7 +127,7 @@ class ItemTable:
         out = None if _UNCACHEABLE in idx else np.array(idx, dtype=np.intp)
         if len(self._windows) >= 256:
             self._windows.clear()
-        self._windows[tuple(map(id, items))] = out  # every item is held now: its id cannot be reused
+        self._windows[key] = out  # every item is held now (by the table): its id cannot be reused
         return out
 
     def _insert(self, items: list[PageItem]) -> None:
@@ -133,24 +140,27 @@ class ItemTable:
                 self.rows[id(it)] = _UNCACHEABLE
             return
         ids, num, raw, emb, dense = got
-        rows = np.arange(self._used, self._used + len(items))
-        self._used += len(items)
-        self.rows.update(zip(map(id, items), rows.tolist(), strict=True))
-        self.ctx_of[rows] = -1
-        self.item_id[rows] = ids
-        self.position[rows], self.lat[rows], self.lon[rows] = num[0], num[2], num[3]
-        self.score[rows] = np.minimum(np.maximum(num[1], -10.0), 10.0)
-        self.emb[rows], self.dense[rows] = emb, dense
+        lo, hi = self._used, self._used + len(items)
+        rows, sl = np.arange(lo, hi), slice(lo, hi)  # new rows are contiguous: written through a slice
+        self._used = hi
+        self.rows.update(zip(map(id, items), range(lo, hi), strict=True))
+        self.ctx_of[sl] = -1
+        self.item_id[sl] = ids
+        self.position[sl], self.lat[sl], self.lon[sl] = num[0], num[2], num[3]
+        self.score[sl] = np.minimum(np.maximum(num[1], -10.0), 10.0)
+        self.emb[sl], self.dense[sl] = emb, dense
         if self.need_unit:
             a = emb.astype(np.float64)  # as the builder normalises candidate vectors (bit for bit)
-            self.unit[rows] = a / np.maximum(np.sqrt(np.add.reduce(a * a, axis=1, keepdims=True)), 1e-9)
+            self.unit[sl] = a / np.maximum(np.sqrt(np.add.reduce(a * a, axis=1, keepdims=True)), 1e-9)
         if self._cats:
-            self.raw[:, rows] = raw
+            self.raw[:, sl] = raw
             if self._all_ids:
-                self.ids[:, rows] = np.where((raw >= 0) & (raw < self._sizes), raw, self._sizes)
+                self.ids[:, sl] = np.where((raw >= 0) & (raw < self._sizes), raw, self._sizes)
             else:
                 for j, spec in enumerate(self._cats):
-                    self.ids[j, rows] = self._encode(spec, raw[j].tolist())
+                    self.ids[j, sl] = self._encode(spec, raw[j].tolist())
+        if self.on_insert is not None:
+            self.on_insert(rows, sl, self.ids[:, sl])
 
     def _columns(self, items: list[PageItem]):
         """(item ids, [position, score, lat, lon] float64, raw field values [fields, k], vectors [k, E], dense

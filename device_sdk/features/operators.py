@@ -20,6 +20,7 @@ from edge_rerank.device_sdk.contracts import _KIND_NAMES, Context, ContractError
 from edge_rerank.device_sdk.features.config import FeatureConfig, FieldSpec
 from edge_rerank.device_sdk.features.event_rows import EventRows
 from edge_rerank.device_sdk.features.item_table import ItemTable
+from edge_rerank.device_sdk.features.rerank_path import RerankPath
 from edge_rerank.device_sdk.feedback_columns import CAT_FIELDS, EventColumns
 
 FIELDS = ("category", "brand", "price_level")  # the shop world's declared fields (FeatureConfig without `fields`)
@@ -595,6 +596,7 @@ class FeatureBuilder:
         self._event_get = operator.attrgetter("item_id", "kind", "kind_name", "dwell_ms", "position", "lat", "lon",
                                               *extra)
         self._cat_sizes = np.array([[f.n] for f in self._cats], dtype=np.int64)  # [fields, 1]
+        self._cat_sizes_u64 = self._cat_sizes.astype(np.uint64)
         self._input_order = _OUTPUT_ORDER
         self._match_rows = [names.index(f) for f in self._plan.fields if f != IDENTITY]
         cat_names = [f.name for f in self._cats]
@@ -632,6 +634,10 @@ class FeatureBuilder:
         if item_cache > 0 and self._fields_are_attributes and not self._nums:
             self._table = ItemTable(max(int(item_cache), 2 * cfg.n_max), cfg.emb_dim, cfg.dense_dim, self._cats,
                                     _encode_many, need_unit=self._sim)
+        # the rerank-time build in few numpy calls (features.rerank_path), when the config is one it covers
+        self._fast = RerankPath.compile(self, _distance, FeatureError)
+        if self._fast is not None:
+            self._fast.attach_items(self._table)
 
     def _encode(self, spec: FieldSpec | None, values: list) -> np.ndarray:
         if spec is None:
@@ -685,6 +691,12 @@ class FeatureBuilder:
         `events` given as ``feedback_columns.EventColumns`` (what ``FeedbackStore.snapshot`` returns) are read from
         their columns; with ``item_cache`` the candidates' columns come from the per-item table
         (``features.item_table``). Either way the outputs are the same as from the objects."""
+        rows = ...  # the item table's rows of the candidates, once asked for
+        if self._fast is not None:
+            out, rows = self._fast.build(self, candidates, events, context)
+            if out is not None:
+                return out
+            self._fast.fallbacks += 1
         cfg, plan = self.cfg, self._plan
         n = len(candidates)
         if n > cfg.n_max:
@@ -750,7 +762,8 @@ class FeatureBuilder:
             ev_lat = ev_lon = ev_posn = np.zeros(0, np.float64)
 
         # ---- candidates: columns, vectors (from the per-item table when it can hold them all) ----
-        rows = self._table.rows_of(candidates) if self._table is not None and n else None
+        if rows is ...:
+            rows = self._table.rows_of(candidates) if self._table is not None and n else None
         cand_unit = c_raw = None
         if rows is not None:
             t = self._table
@@ -780,7 +793,11 @@ class FeatureBuilder:
         if c_raw is not None and (ev_raw is not None or not n_events):  # both sides as int columns
             if match_rows:  # plain ints in (-2^62, 2^62): the value shifted to >= 0 is its key
                 ckeys = c_raw[match_rows] + _KEY_SHIFT
-                ekeys = rows_d.keys[:, lo:hi] if rows_d is not None else np.zeros((len(match_rows), 0), np.int64)
+                if rows_d is not None:
+                    rows_d.ensure_keys(events._b, hi, self._keys_of)
+                    ekeys = rows_d.keys[:, lo:hi]
+                else:
+                    ekeys = np.zeros((len(match_rows), 0), np.int64)
             s_ids = rows_d.ids[:, both + lo] if rows_d is not None else np.zeros((len(self._cats), 0), np.int32)
             if self._cats:
                 unknown = (c_ids == self._cat_sizes).sum(axis=1).tolist()
@@ -962,14 +979,15 @@ class FeatureBuilder:
             d = b.derived[self._token] = EventRows(b, len(self._match_rows), len(self._cats),
                                                    self._sim and b.width == self.cfg.emb_dim, self._dist_edges,
                                                    self._pos_edges)
+            if self._fast is not None:
+                self._fast.attach_events(d)
         if d.upto < cols._hi:
             d.update(b, cols._hi, self._roles_of, self._keys_of, self._ids_of)
         return d
 
-    def _roles_of(self, kind: np.ndarray, dwell: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(positive, negative, shown) of events of EventKind values `kind` (the store keeps no others)."""
-        r = self._role_table[kind, (dwell >= self.cfg.dwell_threshold_ms).view(np.int8)]  # [events, 3]
-        return r[:, 0], r[:, 1], r[:, 2]
+    def _roles_of(self, kind: np.ndarray, dwell: np.ndarray) -> np.ndarray:
+        """[events, 3]: (positive, negative, shown) of events of EventKind values `kind` (the store keeps no others)."""
+        return self._role_table[kind, (dwell >= self.cfg.dwell_threshold_ms).view(np.int8)]
 
     def _keys_of(self, cats: np.ndarray) -> np.ndarray:
         c = cats[self._cat_rows] if self._cat_rows is not None else cats
@@ -977,8 +995,8 @@ class FeatureBuilder:
 
     def _ids_of(self, cats: np.ndarray) -> np.ndarray:
         c = cats[self._cat_rows] if self._cat_rows is not None else cats
-        if self._all_ids:
-            return np.where((c >= 0) & (c < self._cat_sizes), c, self._cat_sizes)
+        if self._all_ids:  # a negative value seen as uint64 is above every size: min() sends it to the unknown bucket
+            return np.minimum(c.view(np.uint64), self._cat_sizes_u64)
         return np.array([_encode_many(spec, c[k].tolist()) for k, spec in enumerate(self._cats)],
                         dtype=np.int32).reshape(len(self._cats), c.shape[1])
 

@@ -1,0 +1,477 @@
+"""The rerank-time feature build in few numpy calls (issue 18, third round).
+
+``FeatureBuilder(cfg, item_cache=K)`` already keeps one row per item (``features.item_table``) and one per stored
+event (``features.event_rows``). This path adds, per row, everything a build can know before it knows the other side:
+
+- per item: the match value ids of every matched field and field combination, the five integer model inputs (the
+  three embedding slots, the distance and position buckets) as one block, and the candidate columns that depend on
+  the item alone (``cloud_score``, ``cloud_position``, ``dist:context``) as a ready ``cand_num`` row;
+- per event: its match value ids and the integer block of its ``seq_*`` inputs;
+- per feedback state (a snapshot's events and the search location): the sequences, the event half of every output
+  (``seq_*``, the counts in ``ctx``), the events' unit vectors in sequence order and, for every Match&Aggregate
+  operator's (field combination, view), a **value table**: for each value of the field(s), hit, freq and step over
+  the view's events. Computed once per snapshot (events only ever append; a new one is a new state).
+
+A build then gathers: every Match&Aggregate column of every candidate is one lookup ``table[value id + offset]``
+(4 numpy calls for all of them), the similarity operators are one product, the rest are block copies. A value
+table holds a field's known buckets (ids ``0..n-1``, a bijection with the raw values in ``ids`` and ``vocab``
+modes), so a build with an unknown value in a matched field (out of range, not in the vocabulary) takes the general
+path, as do configs this path does not cover: hashed or identity matches, item-identity or numeric operators,
+combinations of more than 65,536 values, more than 8,192 table values in all, events without vectors of the
+model's width. Outputs are bit-identical to
+the general path (``tests/test_features_cached.py``, ``tests/test_features_rerank_path.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge_rerank.device_sdk.feedback_columns import EventColumns
+
+_MAX_COMBO = 1 << 16
+_MAX_TABLE = 1 << 13  # values in all of a state's value tables together
+_EMPTY = np.zeros(0, np.int64)
+
+
+@dataclass
+class _Layout:
+    """What depends on the sequences' sizes only (cached per sizes)."""
+
+    pair_r: np.ndarray  # [P] value-id row of each (slot, event) pair
+    pair_t: np.ndarray  # [P] event-axis index
+    pair_off: np.ndarray  # [P] the slot's offset in a value table
+    pair_step: np.ndarray  # [P] float64: min(events from the end of its sequence / l_max, 1) (1 event = newest)
+    div: np.ndarray  # [S] int64: max(view size, 1) of each table entry's view
+    max_edges: np.ndarray  # sim_max: (start, end) of each operator's view, flat
+    max_nonempty: np.ndarray  # [ops] bool
+    mean_masks: np.ndarray  # sim_mean: float64 [T, ops] 0/1 view masks
+    mean_div: np.ndarray  # [ops] int64
+
+
+@dataclass(slots=True)
+class _State:
+    """The event half of one build (one snapshot, one search location)."""
+
+    key: tuple
+    T: int
+    n_p: int
+    n_neg: int
+    table: np.ndarray  # float64 [3 S]: hit | freq | step of every (slot, value)
+    U: np.ndarray | None  # float64 [T, E] unit vectors of the sequence events (sim operators)
+    lay: _Layout | None
+    plat: np.ndarray  # positives' locations (dist_last / dist_min)
+    plon: np.ndarray
+    seq_int: np.ndarray  # int32 [6, L]: seq_cat, seq_brand, seq_price, seq_kind, seq_dist_b, seq_pos_b
+    seq_emb: np.ndarray
+    seq_num: np.ndarray
+    pos_mask: np.ndarray
+    neg_mask: np.ndarray
+    bad: str | None  # the first event-side output with a non-finite value (raised after cand_num's check)
+
+
+class _ItemExtra:
+    """Per item-table row: match value ids, unknown buckets, the integer block and the item-only cand_num row."""
+
+    def __init__(self, path: RerankPath, table) -> None:
+        cap = table.cap
+        self.path, self.table = path, table
+        self.vids = np.zeros((path.R, cap), np.int64)
+        self.unknown = np.zeros((len(path.cats), cap), bool)  # bucket id = the unknown bucket, per declared field
+        self.ints = np.zeros((5, cap), np.int32)
+        self.base = np.zeros((cap, path.F), np.float32)
+        self.memo: dict[int, tuple[np.ndarray, bool, list[int]]] = {}  # id(window rows) -> (rows, known, unknown)
+        table.on_insert, table.on_distances = self.insert, self.distances
+
+    def insert(self, rows: np.ndarray, sl: slice, ids: np.ndarray) -> None:
+        p, t = self.path, self.table
+        self.vids[:, sl] = p.weights @ ids
+        self.unknown[:, sl] = ids >= p.cat_sizes
+        if p.slot_idx is not None:
+            self.ints[:3, sl] = ids[p.slot_idx]
+        else:
+            for k, r in enumerate(p.slot_rows):
+                self.ints[k, sl] = 0 if r is None else ids[r]
+        position = t.position[sl]
+        self.ints[4, sl] = p.pos_edges.searchsorted(position, side="right")
+        base = self.base[sl]
+        base[:] = 0.0
+        base[:, p.col_score] = t.score[sl][:, None]
+        base[:, p.col_position] = (position / 100.0)[:, None]
+
+    def distances(self, rows: np.ndarray, d: np.ndarray) -> None:
+        p = self.path
+        self.ints[3, rows] = p.dist_edges.searchsorted(d, side="right")
+        if p.col_dist_context.size:
+            self.base[rows[:, None], p.col_dist_context[None, :]] = np.log1p(d)[:, None]
+
+    def window(self, rows: np.ndarray) -> tuple[bool, list[int]]:
+        """Whether every item of the window has only known values in the matched fields, and the window's count of
+        unknown buckets per declared field (cached per window: the table hands out one rows array per window)."""
+        hit = self.memo.get(id(rows))
+        if hit is not None and hit[0] is rows:
+            return hit[1], hit[2]
+        unknown = self.unknown[:, rows].sum(axis=1).tolist()
+        known = not any(unknown[c] for c in self.path.matched)
+        if len(self.memo) >= 512:
+            self.memo.clear()
+        self.memo[id(rows)] = (rows, known, unknown)
+        return known, unknown
+
+
+class _EventExtra:
+    """Per stored event row: match value ids, whether some matched value is unknown, the integer block of the
+    ``seq_*`` inputs (embedding slots, [kind], distance and position buckets); the last feedback state."""
+
+    def __init__(self, path: RerankPath, rows_d) -> None:
+        cap = len(rows_d.pos)
+        self.path, self.rows_d = path, rows_d
+        self.vids = np.zeros((path.R, cap), np.int64)
+        self.unknown = np.zeros(cap, bool)
+        self.last_unknown = -1
+        self.ints = rows_d.seq_ints  # (its distance and position bucket rows are the event rows' own)
+        self.state: _State | None = None
+
+    def update(self, lo: int, hi: int, ids: np.ndarray) -> None:
+        p = self.path
+        self.vids[:, lo:hi] = p.weights @ ids
+        over = ids[p.matched] >= p.matched_sizes
+        if over.any():
+            unknown = over.any(axis=0)
+            self.unknown[lo:hi] = unknown
+            self.last_unknown = lo + int(np.flatnonzero(unknown)[-1])
+        if p.slot_idx is not None:
+            self.ints[:3, lo:hi] = ids[p.slot_idx]
+        else:
+            for k, r in enumerate(p.slot_rows):
+                if r is not None:
+                    self.ints[k, lo:hi] = ids[r]
+
+
+class RerankPath:
+    """Compiled once per builder (``compile``: None when the config is not covered); ``build`` returns the inputs,
+    or None when this build must take the general path."""
+
+    @staticmethod
+    def compile(builder, distance, error: type[Exception]) -> RerankPath | None:
+        """The path for `builder`'s config, or None; `distance` and `error`: ``operators._distance`` and
+        ``FeatureError``."""
+        plan = builder._plan
+        if builder._table is None or not builder._columns_ok or plan.col_identity or plan.col_numeric or \
+                builder._nums or "item" in plan.fields:
+            return None
+        cats = builder._cats
+        names = [f.name for f in cats]
+        field_cat = [names.index(f) for f in plan.fields]
+        if any(cats[c].mode not in ("ids", "vocab") for c in field_cat):
+            return None
+        combos = [[field_cat[f] for f in fs] for fs in builder._multi_combos]
+        if any(math.prod(cats[c].n for c in fs) > _MAX_COMBO for fs in combos):
+            return None
+        path = RerankPath(builder, field_cat, combos, distance, error)
+        return path if path.S <= _MAX_TABLE else None  # (huge id ranges: a table per state would cost more)
+
+    def __init__(self, builder, field_cat: list[int], combos: list[list[int]], distance, error: type[Exception]):
+        cfg, plan = builder.cfg, builder._plan
+        self.cfg, self.plan = cfg, plan
+        self.N, self.L, self.E, self.D, self.F = cfg.n_max, cfg.l_max, cfg.emb_dim, cfg.dense_dim, \
+            cfg.n_candidate_features
+        self.geo, self.l_max, self.max_pos = cfg.geo, cfg.l_max, cfg.max_positives
+        self.cats = builder._cats
+        self.cat_sizes = builder._cat_sizes
+        self.pos_edges, self.dist_edges = builder._pos_edges, builder._dist_edges
+        self.col_score, self.col_position = plan.col_score, plan.col_position
+        self.col_dist_context = plan.col_dist_context
+        self.col_last, self.col_min = plan.col_dist_last, plan.col_dist_min
+        self.dist_click = bool(self.col_last.size or self.col_min.size)
+        self.slot_rows = builder._slot_rows  # the embedding slots' rows of the bucket ids (None: constant 0)
+        self.slot_idx = None if None in self.slot_rows else np.array(self.slot_rows, dtype=np.intp)
+        # value-id rows: one per matched field, then one per combination of several fields (mixed radix)
+        self.field_cat, self.combos = field_cat, combos
+        self.R = len(field_cat) + len(combos)
+        self.matched = np.array(sorted(set(field_cat)), dtype=np.intp)
+        self.matched_sizes = self.cat_sizes[self.matched]
+        self.row_size = [self.cats[c].n for c in field_cat] + [math.prod(self.cats[c].n for c in fs) for fs in combos]
+        # value ids = weights @ bucket ids: a field's row picks its bucket id, a combination's mixes them (mixed radix)
+        self.weights = np.zeros((self.R, len(self.cats)), np.int64)
+        for r, c in enumerate(field_cat):
+            self.weights[r, c] = 1
+        for j, fs in enumerate(combos):
+            w = 1
+            for c in reversed(fs):
+                self.weights[len(field_cat) + j, c] = w
+                w *= self.cats[c].n
+        # slots: the (value-id row, view) pairs Match&Aggregate operators read; a table holds n values per slot
+        slots: dict[tuple[int, int], int] = {}
+        cols, rows, base = [], [], []
+        agg_of = {"hit": 0, "freq": 1, "step": 2}
+        for name, k in agg_of.items():
+            if name not in builder._agg_rows:
+                continue
+            out_cols, r_of, v_of = builder._agg_rows[name]
+            for col, r, v in zip(out_cols.tolist(), r_of.tolist(), v_of.tolist(), strict=True):
+                s = slots.setdefault((r, v), len(slots))
+                cols.append(col)
+                rows.append(r)
+                base.append((k, s))
+        self.slots = list(slots)
+        self.slot_off = np.cumsum([0] + [self.row_size[r] for r, _ in self.slots])
+        self.S = int(self.slot_off[-1])
+        self.m_cols = np.array(cols, dtype=np.intp)
+        self.m_rows = np.array(rows, dtype=np.intp)[:, None]
+        self.m_base = np.array([k * self.S + self.slot_off[s] for k, s in base], dtype=np.int64)[:, None]
+        self.sim = builder._sim
+        self.max_cols = plan.agg["sim_max"][0] if "sim_max" in plan.agg else None
+        self.mean_cols = plan.agg["sim_mean"][0] if "sim_mean" in plan.agg else None
+        self.seen = builder._seen
+        self._layouts: dict[tuple[int, ...], _Layout] = {}
+        self._empty: _State | None = None
+        self._masks: dict[int, np.ndarray] = {}
+        self._seq_masks: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        self._steps = np.zeros(0)
+        self.cat_names = [f.name for f in self.cats]
+        self.seqs_are_both = plan.seqs == ("click", "skip")  # the event axis is the MVFAN sequence itself
+        self._distance, self._error = distance, error  # operators' (which imports this module)
+        self.builds = self.fallbacks = 0  # how often the path built, and how often it handed a build over
+
+    # ---- per row ----
+    def attach_items(self, table) -> None:
+        self.items = _ItemExtra(self, table)
+
+    def attach_events(self, rows_d) -> None:
+        rows_d.extra = _EventExtra(self, rows_d)
+
+    # ---- per sequence sizes ----
+    def _layout(self, builder, sizes: tuple[int, ...]) -> _Layout:
+        lay = self._layouts.get(sizes)
+        if lay is not None:
+            return lay
+        views = builder._view_masks(sizes)
+        rng = views.ranges_flat
+        pr, pt, po, pk, div = [], [], [], [], []
+        for s, (r, v) in enumerate(self.slots):
+            start, end = int(rng[v, 0]), int(rng[v, 1])
+            t = np.arange(start, end)
+            pr.append(np.full(len(t), r))
+            pt.append(t)
+            po.append(np.full(len(t), self.slot_off[s]))
+            pk.append(np.minimum((end - t).astype(np.float64) / self.l_max, 1.0))
+            div.append(np.full(self.row_size[r], max(int(views.view_size[v]), 1)))
+        cat = lambda xs, dt: np.concatenate(xs).astype(dt) if xs else np.zeros(0, dt)  # noqa: E731
+        plan = self.plan
+        max_edges = max_nonempty = mean_masks = mean_div = _EMPTY
+        if self.max_cols is not None:
+            v = plan.agg["sim_max"][2]
+            max_edges, max_nonempty = rng[v].ravel(), views.view_size[v] > 0
+        if self.mean_cols is not None:
+            v = plan.agg["sim_mean"][2]
+            mean_masks, mean_div = views.masks_f64[:, v], np.maximum(views.view_size[v], 1)
+        lay = _Layout(pair_r=cat(pr, np.intp), pair_t=cat(pt, np.intp), pair_off=cat(po, np.int64),
+                      pair_step=cat(pk, np.float64), div=cat(div, np.int64), max_edges=max_edges,
+                      max_nonempty=max_nonempty, mean_masks=mean_masks, mean_div=mean_div)
+        if len(self._layouts) >= 4096:
+            self._layouts.clear()
+        self._layouts[sizes] = lay
+        return lay
+
+    # ---- per feedback state ----
+    def _to_here(self, lat: np.ndarray, lon: np.ndarray, here: tuple) -> np.ndarray:
+        """Distances of points to the search location, as ``operators._distance`` computes them (elementwise, so the
+        planar case is the same arithmetic on scalars)."""
+        if self.geo == "planar":
+            return np.sqrt((lat - here[0]) ** 2 + (lon - here[1]) ** 2)
+        return self._distance(lat, lon, np.array([here[0]]), np.array([here[1]]), self.geo)[:, 0]
+
+    def _tables(self, idx: np.ndarray | None, lay: _Layout | None) -> np.ndarray:
+        """hit | freq | step per (slot, value): counts, and the step of the newest match of each value in each view
+        (the smallest of its matches' steps: a step is monotone in the rank, so this is the newest match's)."""
+        S = self.S
+        table = np.empty(3 * S)
+        if idx is None or not idx.size:
+            table[:2 * S] = 0.0
+            table[2 * S:] = 1.0
+            return table
+        cnt = np.bincount(idx, minlength=S)
+        np.greater(cnt, 0, out=table[:S])
+        np.divide(cnt, lay.div, out=table[S:2 * S])
+        step = table[2 * S:]
+        step[:] = 1.0  # no match: 1.0
+        np.minimum.at(step, idx, lay.pair_step)
+        return table
+
+    def _steps_ago(self, hi: int) -> np.ndarray:
+        """min(k / l_max, 4) for k = 0..hi (the ``steps_ago`` event input of an event k events back)."""
+        if len(self._steps) <= hi:
+            k = max(hi + 1, 2 * len(self._steps), 64)
+            self._steps = np.minimum(np.arange(k).astype(np.float64) / self.L, 4.0)
+        return self._steps
+
+    def _empty_state(self) -> _State:
+        if self._empty is None:
+            L, E = self.L, self.E
+            self._empty = _State(key=(), T=0, n_p=0, n_neg=0, table=self._tables(None, None), U=None, lay=None,
+                                 plat=_EMPTY, plon=_EMPTY, seq_int=np.zeros((6, L), np.int32),
+                                 seq_emb=np.zeros((L, E), np.float32), seq_num=np.zeros((L, 4), np.float32),
+                                 pos_mask=np.zeros(L, np.float32), neg_mask=np.zeros(L, np.float32), bad=None)
+        return self._empty
+
+    def _state(self, builder, events: EventColumns, rows_d, here: tuple) -> _State | None:
+        ex = rows_d.extra
+        lo, hi = events._lo, events._hi
+        key = (lo, hi, here)
+        st = ex.state
+        if st is not None and st.key == key:
+            return st
+        if ex.last_unknown >= lo and ex.unknown[lo:hi].any():
+            return None
+        b = events._b
+        e_lo = rows_d.stale(here)
+        if hi > e_lo:
+            rows_d.set_distances(e_lo, hi, self._to_here(b.lat[e_lo:hi], b.lon[e_lo:hi], here))
+        L = self.L
+        is_pos, is_neg = rows_d.pos[lo:hi], rows_d.neg[lo:hi]
+        pos_all = is_pos.nonzero()[0]
+        if len(pos_all):  # never a negative: an item with a positive
+            ev_item = b.item[lo:hi]
+            is_neg = is_neg & ~(ev_item[:, None] == ev_item[pos_all][None, :]).any(axis=1)
+        pos_idx = pos_all[max(0, len(pos_all) - self.max_pos):]
+        neg_idx = is_neg.nonzero()[0]
+        n_p = len(pos_idx)
+        neg_idx = neg_idx[-(L - n_p):] if L > n_p else neg_idx[:0]
+        gb = np.concatenate([pos_idx, neg_idx])
+        gb += lo
+        s = len(gb)
+        if self.seqs_are_both:
+            ev, sizes = gb, (n_p, s - n_p)
+        else:
+            seq_idx = {"click": pos_idx + lo, "skip": neg_idx + lo}
+            if self.seen:
+                seq_idx["seen"] = rows_d.shown[lo:hi].nonzero()[0] + lo
+            parts = [seq_idx[q] for q in self.plan.seqs]
+            ev = np.concatenate(parts) if parts else _EMPTY
+            sizes = tuple(len(q) for q in parts)
+        T = len(ev)
+        lay = self._layout(builder, sizes) if T else None
+        idx = None
+        if T and self.S:
+            idx = ex.vids[lay.pair_r, ev[lay.pair_t]]
+            idx += lay.pair_off
+        table = self._tables(idx, lay)
+        U = rows_d.unit[ev] if self.sim and T else None
+        # the event half of the outputs (as the general path writes them)
+        seq_int = np.zeros((6, L), np.int32)
+        seq_int[:, :s] = ex.ints[:, gb]
+        kind = seq_int[3]
+        kind[:n_p] = 1
+        kind[n_p:s] = 2
+        seq_emb = np.zeros((L, self.E), np.float32)
+        seq_emb[:s] = b.emb[gb]
+        seq_num = np.zeros((L, 4), np.float32)
+        sn = seq_num[:s]
+        sn[:] = rows_d.seq_num[gb]
+        sn[:, 1] = self._steps_ago(hi)[hi - gb]
+        bad = None
+        for name, a in (("seq_emb", seq_emb), ("seq_num", seq_num)):  # a sum in float64 is finite iff every value is
+            if not math.isfinite(float(np.add.reduce(a, axis=None, dtype=np.float64))):
+                bad = name
+                break
+        masks = self._seq_masks.get((n_p, s))
+        if masks is None:  # (the MVFAN masks depend on the two counts only)
+            if len(self._seq_masks) >= 4096:
+                self._seq_masks.clear()
+            masks = self._seq_masks[(n_p, s)] = ((kind == 1).astype(np.float32), (kind == 2).astype(np.float32))
+        p = pos_idx + lo
+        st = ex.state = _State(key=key, T=T, n_p=n_p, n_neg=len(neg_idx), table=table, U=U, lay=lay,
+                               plat=b.lat[p], plon=b.lon[p], seq_int=seq_int, seq_emb=seq_emb, seq_num=seq_num,
+                               pos_mask=masks[0], neg_mask=masks[1],
+                               bad=bad)
+        return st
+
+    # ---- per build ----
+    def build(self, builder, candidates, events, context):
+        """The inputs ``FeatureBuilder.build`` returns, or (None, rows) to hand the build to the general path
+        (`rows`: the item table's rows if this call already asked for them, else ``...``)."""
+        n = len(candidates)
+        if n == 0 or n > self.N:
+            return None, ...
+        n_events = len(events)
+        if n_events:
+            if not isinstance(events, EventColumns) or not events.plain or events.ragged or (
+                    self.sim and events.width != self.E):
+                return None, ...
+        t = builder._table
+        rows = t.rows_of(candidates)
+        if rows is None:
+            return None, rows
+        items = self.items
+        known, unknown = items.window(rows)
+        if not known:
+            return None, rows
+        here = (context.lat, context.lon)
+        if n_events:
+            st = self._state(builder, events, builder._event_rows(events), here)
+            if st is None:
+                return None, rows
+        else:
+            st = self._empty_state()
+        self.builds += 1
+        for name, u in zip(self.cat_names, unknown, strict=True):
+            counts = builder.unknown_counts[name]
+            counts[0] += u
+            counts[1] += n
+        cid, stale = t.stale(rows, here)
+        if stale.size:  # and every later row without one (a page is inserted at once: its next windows find theirs)
+            later = np.arange(int(stale.min()), t._used)
+            stale = np.union1d(stale, later[t.ctx_of[later] != cid]) if len(later) > len(stale) else stale
+            t.set_distances(stale, cid, self._to_here(t.lat[stale], t.lon[stale], here))
+        N, L = self.N, self.L
+        num = np.zeros((N, self.F), np.float32)
+        np.take(items.base, rows, axis=0, out=num[:n], mode="clip")
+        if self.S:
+            idx = items.vids[self.m_rows, rows]
+            idx += self.m_base
+            num[:n, self.m_cols] = st.table[idx].T
+        if self.dist_click and st.n_p:
+            d = self._distance(t.lat[rows], t.lon[rows], st.plat, st.plon, self.geo)
+            num[:n, self.col_last] = np.log1p(d[:, -1])[:, None]
+            num[:n, self.col_min] = np.log1p(d.min(axis=1))[:, None]
+        if st.U is not None:
+            lay, T = st.lay, st.T
+            sim = t.unit[rows] @ st.U.T
+            if self.max_cols is not None:
+                padded = np.empty((n, T + 1))  # (a view may end at T)
+                padded[:, :T] = sim
+                padded[:, T] = 0.0
+                top = np.maximum.reduceat(padded, lay.max_edges, axis=1)[:, ::2]
+                num[:n, self.max_cols] = np.where(lay.max_nonempty, top, 0.0)
+            if self.mean_cols is not None:
+                num[:n, self.mean_cols] = (sim @ lay.mean_masks) / lay.mean_div
+        ints = np.zeros((5, N), np.int32)
+        ints[:, :n] = items.ints[:, rows]
+        emb = np.zeros((N, self.E), np.float32)
+        np.take(t.emb, rows, axis=0, out=emb[:n], mode="clip")
+        dense = np.zeros((N, self.D), np.float32)
+        np.take(t.dense, rows, axis=0, out=dense[:n], mode="clip")
+        mask = self._masks.get(n)
+        if mask is None:
+            mask = self._masks[n] = np.zeros(N, np.float32)
+            mask[:n] = 1.0
+        seq_int = st.seq_int.copy()
+        hour = 2 * np.pi * (context.hour % 24) / 24.0
+        c = [math.sin(hour), math.cos(hour), st.n_p / max(1, self.max_pos), st.n_neg / max(1, L - self.max_pos),
+             float(st.n_p > 0)]
+        if not math.isfinite(float(np.add.reduce(num, axis=None, dtype=np.float64))):
+            raise self._error("non-finite values in feature 'cand_num'")
+        if st.bad is not None:
+            raise self._error(f"non-finite values in feature {st.bad!r}")
+        ctx = np.array(c, dtype=np.float32)
+        if not math.isfinite(sum(c)):  # (bounded values: finite in float32 too)
+            raise self._error("non-finite values in feature 'ctx'")
+        return {"cand_cat": ints[0], "cand_brand": ints[1], "cand_price": ints[2], "cand_emb": emb,
+                "cand_dense": dense, "cand_num": num, "cand_mask": mask.copy(), "cand_dist_b": ints[3],
+                "cand_pos_b": ints[4], "seq_cat": seq_int[0], "seq_brand": seq_int[1], "seq_price": seq_int[2],
+                "seq_kind": seq_int[3], "seq_emb": st.seq_emb.copy(), "seq_dist_b": seq_int[4],
+                "seq_pos_b": seq_int[5], "seq_num": st.seq_num.copy(), "seq_pos_mask": st.pos_mask.copy(),
+                "seq_neg_mask": st.neg_mask.copy(), "ctx": ctx}, rows
