@@ -144,13 +144,17 @@ def ablation(args, tmp: Path) -> dict:
                                         valid=va if args.select_epoch else None)
             m = evaluate_coarse(model, cw, te)
             per_view[label] = m["consistency_per_view"]
-            list_scores[label] = _list_scores(model, cw, te)
+            list_scores[label] = ls = _list_scores(model, cw, te)
+            poly = np.array([q in world.meanings for q in te.queries])
+            by_kind = {f"auc_{kind}": rank_auc(te.labels[te.exposed & sel[:, None]], ls[te.exposed & sel[:, None]])
+                       for kind, sel in (("polysemous", poly), ("other_queries", ~poly)) if sel.any()}
             runs[label].append({"seed": seed, "auc": m["auc"], "consistency": m["consistency"],
                                 "recall@100": m["recall@100_of_fine_page1"],
                                 "query_tower_flops": m["query_tower_flops"],
                                 "match_flops_per_item": m["match_flops_per_item"], "params": m["params"],
                                 "item_vector_floats": m["item_vector_floats"], "train_s": summary["train_seconds"],
-                                "best_epoch": summary["best_epoch"], "train_views": len(tr), "test_views": len(te)})
+                                "best_epoch": summary["best_epoch"], "train_views": len(tr), "test_views": len(te),
+                                **by_kind})
             print(f"  seed {seed} {label:26s} AUC {m['auc']:.4f} cons {m['consistency']['mean']:.4f} "
                   f"rec@100 {m['recall@100_of_fine_page1']['mean']:.3f} epoch {summary['best_epoch'] + 1} "
                   f"({summary['train_seconds']:.0f} s)", flush=True)
@@ -181,6 +185,7 @@ def ablation(args, tmp: Path) -> dict:
             "auc_mean": float(np.mean([r["auc"] for r in rs])), "auc_per_seed": [r["auc"] for r in rs],
             "auc_seed_sd": float(np.std([r["auc"] for r in rs], ddof=1)) if len(rs) > 1 else float("nan"),
             "best_epoch_per_seed": [r["best_epoch"] for r in rs],
+            **{f"{k}_per_seed": [r[k] for r in rs] for k in ("auc_polysemous", "auc_other_queries") if k in rs[0]},
             "consistency_mean": float(np.mean([r["consistency"]["mean"] for r in rs])),
             "consistency_per_seed": [r["consistency"] for r in rs],
             "recall@100_mean": float(np.mean([r["recall@100"]["mean"] for r in rs])),
