@@ -99,6 +99,36 @@ def polysemous_aucs(model, cw, te, world) -> dict:
     return {"auc_polysemous": _auc(te.labels[ex], s[ex]), "or_auc": _auc(anym[ex].astype(float), s[ex])}
 
 
+def _scores(model, cw, te) -> np.ndarray:
+    import torch
+
+    from edge_rerank.cloud.training.coarse_train import _t, item_heads, score_rows
+
+    with torch.no_grad():
+        q = model.query(_t(te.query_id), _t(te.query_dense))
+    return score_rows(model, item_heads(model, cw), q, te.rows)
+
+
+def _paired(scores: dict, variants: list[str], te, world, seed: int) -> dict:
+    """Every variant vs the first: paired click-AUC bootstrap over test views, all views and polysemous ones."""
+    from edge_rerank.cloud.training.coarse_train import paired_auc_bootstrap, rank_auc
+
+    base = variants[0]
+    poly = np.array([q in world.meanings for q in te.queries])
+    out = {}
+    for v in variants[1:]:
+        res = {}
+        for part, sel in (("all", np.ones(len(te), bool)), ("polysemous", poly), ("other", ~poly)):
+            if not sel.any():
+                continue
+            lab, ex, a, b = te.labels[sel], te.exposed[sel], scores[base][sel], scores[v][sel]
+            reps = paired_auc_bootstrap(lab, ex, a, b, seed=seed, n_resamples=500)
+            res[part] = {"delta": rank_auc(lab[ex], b[ex]) - rank_auc(lab[ex], a[ex]),
+                         "lo": float(np.percentile(reps, 2.5)), "hi": float(np.percentile(reps, 97.5))}
+        out[f"{v} vs {base}"] = res
+    return out
+
+
 def head_diversity(model, cw, te, world) -> dict:
     """Mean |cos| between query heads and between item heads, effective head pairs, meaning-to-head separation."""
     import torch
@@ -177,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         out["meanings"] = world.meanings
         print(f"views: {len(tr)} train, {len(te)} test ({time.perf_counter() - t0:.0f} s); meanings "
               f"{world.meanings}; reference {out['reference']}", flush=True)
+        scores: dict[str, np.ndarray] = {}
         for spec in args.variants:
             parts = spec.split(":")
             variant = parts[0]
@@ -195,10 +226,15 @@ def main(argv: list[str] | None = None) -> int:
                    "match_flops_per_item": m["match_flops_per_item"], "item_vector_floats": m["item_vector_floats"],
                    "best_epoch": summ["best_epoch"], **div, "seconds": time.perf_counter() - t}
             out["variants"][spec] = row
+            scores[spec] = _scores(model, cw, te)
             print(f"  {spec:16s} AUC {row['auc']:.4f} cons {row['consistency']:.4f} rec {row['recall@100']:.3f} "
                   f"match FLOPs {row['match_flops_per_item']:>5} floats {row['item_vector_floats']:>3} "
                   + " ".join(f"{k} {v:.3f}" for k, v in div.items() if isinstance(v, float))
                   + f" best epoch {row['best_epoch']} ({row['seconds']:.0f} s)", flush=True)
+        out["paired"] = _paired(scores, args.variants, te, world, args.seed)
+        for k, v in out["paired"].items():
+            print(f"  {k}: " + ", ".join(f"{part} {d['delta'] * 100:+.2f} [{d['lo'] * 100:+.2f}, {d['hi'] * 100:+.2f}]"
+                                        for part, d in v.items()) + " AUC points", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1, default=float))
     return 0
