@@ -124,7 +124,8 @@ def _paired(scores: dict, variants: list[str], te, world, seed: int) -> dict:
             lab, ex, a, b = te.labels[sel], te.exposed[sel], scores[base][sel], scores[v][sel]
             reps = paired_auc_bootstrap(lab, ex, a, b, seed=seed, n_resamples=500)
             res[part] = {"delta": rank_auc(lab[ex], b[ex]) - rank_auc(lab[ex], a[ex]),
-                         "lo": float(np.percentile(reps, 2.5)), "hi": float(np.percentile(reps, 97.5))}
+                         "lo": float(np.percentile(reps, 2.5)), "hi": float(np.percentile(reps, 97.5)),
+                         "replicates": reps.tolist()}  # to pool seeds: one replicate per seed, averaged
         out[f"{v} vs {base}"] = res
     return out
 
