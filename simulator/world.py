@@ -35,6 +35,19 @@ def multi_intent_names(n: int) -> list[str]:
 
 @dataclass(frozen=True)
 class WorldConfig:
+    """The simulated world's size, noise and query mix (defaults: the demo's shop world).
+
+    Polysemous queries (for the coarse stage's multi-head towers, issue 16; all off by default, and then the world is
+    bit-identical to one without these fields): ``multi_intent_queries`` adds queries that each mean 2-3 far-apart
+    categories, one per session (the user's taste-closest with probability ``intent_by_taste``; 0 hides the meaning
+    from anything that sees only the user). ``polysemy_distractors`` makes such a query also *recall* the categories
+    nearest the sum of its meanings' centroids, which no session means: without them every recalled item is of some
+    meaning, so "relevant to any meaning" is true of every candidate and one query vector that adds up the meanings
+    loses nothing; with them, that sum points at items that should rank below every meaning's (the case multi-head
+    matching is meant for). See the README's "Coarse stage: multi-head vs single-vector" for what it did and did not
+    show.
+    """
+
     seed: int = 0
     n_items: int = 2400
     n_users: int = 600
