@@ -38,7 +38,7 @@ def _training():
 
     return coarse_data, coarse_model, coarse_train
 
-ARMS = [  # (label, variant, teacher, fine distillation)
+ARMS = [  # (label, variant, teacher, fine distillation[, overrides of CoarseModelConfig / CoarseTrainConfig])
     ("dot", "dot", "none", False),
     ("dot +teacher", "dot", "all_pairs", False),
     ("dot +fine", "dot", "none", True),
@@ -52,14 +52,22 @@ ARMS = [  # (label, variant, teacher, fine distillation)
     ("esim +teacher", "esim", "all_pairs", False),
     ("esim +fine", "esim", "none", True),
     ("esim +teacher +fine", "esim", "all_pairs", True),
+    # multi-head comparison extras (issue 16): the single vector as wide as the soft model's 3 item heads together
+    # (same floats stored per item), and soft heads pushed apart by CoarseTrainConfig.head_orthogonality
+    ("dot x3 width", "dot", "none", False, {"dim_factor": 3}),
+    ("soft +orth", "soft", "none", False, {"head_orthogonality": 1.0}),
 ]
+DEFAULT_ARMS = [a[0] for a in ARMS[:13]]
+# paired click-AUC comparisons reported per seed and pooled (b vs a: b − a)
+AUC_PAIRS = [("dot", "soft"), ("dot", "esim"), ("dot x3 width", "soft"), ("dot", "soft +orth"), ("dot", "dot x3 width")]
 
 
 def _world_cfg(args, n_items: int):
     from edge_rerank.simulator.world import WorldConfig
 
     return WorldConfig(seed=args.world_seed, n_items=n_items, n_users=args.users,
-                       multi_intent_queries=args.multi_intent, intent_by_taste=args.intent_by_taste)
+                       multi_intent_queries=args.multi_intent, intent_by_taste=args.intent_by_taste,
+                       polysemy_distractors=args.distractors)
 
 
 def _logs(world, data_dir: Path, n_sessions: int, seed: int) -> list:
@@ -74,6 +82,17 @@ def _logs(world, data_dir: Path, n_sessions: int, seed: int) -> list:
     return rows
 
 
+def _list_scores(model, cw, te) -> np.ndarray:
+    """The model's scores [Q, L] of the test views' list items (what the click AUC is computed on)."""
+    import torch
+
+    from edge_rerank.cloud.training.coarse_train import _t, item_heads, score_rows
+
+    with torch.no_grad():
+        q = model.query(_t(te.query_id), _t(te.query_dense))
+    return score_rows(model, item_heads(model, cw), q, te.rows)
+
+
 def ablation(args, tmp: Path) -> dict:
     from edge_rerank.cloud.training.coarse_data import CoarseWorld, query_views
     from edge_rerank.cloud.training.coarse_model import CoarseModelConfig
@@ -84,22 +103,26 @@ def ablation(args, tmp: Path) -> dict:
         fit_coarse,
         fit_teacher,
         mean_ci,
+        paired_auc_bootstrap,
+        rank_auc,
     )
     from edge_rerank.simulator.world import World
 
     world = World(_world_cfg(args, args.small_items))
     data = world.provision_cloud(tmp / "small")
     cw = CoarseWorld.load(data)
-    runs: dict[str, list[dict]] = {a[0]: [] for a in ARMS if not args.arms or a[0] in args.arms}
+    runs: dict[str, list[dict]] = {a[0]: [] for a in ARMS if a[0] in (args.arms or DEFAULT_ARMS)}
     base: dict[str, list[dict]] = {"random": [], "popularity": [], "fine": []}
     gains: dict[str, list[dict]] = {}
+    auc_pairs: dict[str, list[dict]] = {}
+    auc_reps: dict[str, list[np.ndarray]] = {}
     t0 = time.perf_counter()
     if args.skip_ablation:  # only the small world's logs, for the retrieval / HTTP parts' models
         return {"_cw": cw, "_views": query_views(_logs(world, data, args.sessions, 0), cw)}
     for seed in range(args.seeds):
         rows = _logs(world, data, args.sessions, seed)
         views = query_views(rows, cw, seed=seed)
-        tr, te = views.split("train"), views.split("test")
+        tr, va, te = views.split("train"), views.split("valid"), views.split("test")
         for k in base:
             m = baseline_scores(cw, te, k, seed=seed)
             base[k].append({"auc": m["auc"], "consistency": m["consistency"]["mean"],
@@ -108,23 +131,42 @@ def ablation(args, tmp: Path) -> dict:
         # one teacher per seed, shared by every arm that distils one
         teacher_model = fit_teacher(cw, tr, tcfg) if any(a[2] != "none" and a[0] in runs for a in ARMS) else None
         per_view: dict[str, np.ndarray] = {}
-        for label, variant, teacher, fine in ARMS:
+        list_scores: dict[str, np.ndarray] = {}
+        for label, variant, teacher, fine, *extra in ARMS:
             if label not in runs:
                 continue
-            cfg = CoarseTrainConfig(**{**tcfg.to_dict(), "teacher": teacher, "fine_weight": 1.0 if fine else 0.0})
-            model, summary = fit_coarse(cw, tr, CoarseModelConfig(variant=variant, dim=args.dim), cfg,
-                                        teacher=teacher_model if teacher != "none" else None)
+            over = dict(extra[0]) if extra else {}
+            dim = args.dim * over.pop("dim_factor", 1)
+            cfg = CoarseTrainConfig(**{**tcfg.to_dict(), "teacher": teacher, "fine_weight": 1.0 if fine else 0.0,
+                                       **over})
+            model, summary = fit_coarse(cw, tr, CoarseModelConfig(variant=variant, dim=dim), cfg,
+                                        teacher=teacher_model if teacher != "none" else None,
+                                        valid=va if args.select_epoch else None)
             m = evaluate_coarse(model, cw, te)
             per_view[label] = m["consistency_per_view"]
+            list_scores[label] = ls = _list_scores(model, cw, te)
+            poly = np.array([q in world.meanings for q in te.queries])
+            by_kind = {f"auc_{kind}": rank_auc(te.labels[te.exposed & sel[:, None]], ls[te.exposed & sel[:, None]])
+                       for kind, sel in (("polysemous", poly), ("other_queries", ~poly)) if sel.any()}
             runs[label].append({"seed": seed, "auc": m["auc"], "consistency": m["consistency"],
                                 "recall@100": m["recall@100_of_fine_page1"],
                                 "query_tower_flops": m["query_tower_flops"],
                                 "match_flops_per_item": m["match_flops_per_item"], "params": m["params"],
                                 "item_vector_floats": m["item_vector_floats"], "train_s": summary["train_seconds"],
-                                "train_views": len(tr), "test_views": len(te)})
+                                "best_epoch": summary["best_epoch"], "train_views": len(tr), "test_views": len(te),
+                                **by_kind})
             print(f"  seed {seed} {label:26s} AUC {m['auc']:.4f} cons {m['consistency']['mean']:.4f} "
-                  f"rec@100 {m['recall@100_of_fine_page1']['mean']:.3f} ({summary['train_seconds']:.0f} s)",
-                  flush=True)
+                  f"rec@100 {m['recall@100_of_fine_page1']['mean']:.3f} epoch {summary['best_epoch'] + 1} "
+                  f"({summary['train_seconds']:.0f} s)", flush=True)
+        for a, b in AUC_PAIRS:
+            if a in list_scores and b in list_scores:
+                reps = paired_auc_bootstrap(te.labels, te.exposed, list_scores[a], list_scores[b], seed=seed)
+                ex = te.exposed
+                d = rank_auc(te.labels[ex], list_scores[b][ex]) - rank_auc(te.labels[ex], list_scores[a][ex])
+                auc_reps.setdefault(f"{b} vs {a}", []).append(reps)
+                auc_pairs.setdefault(f"{b} vs {a}", []).append(
+                    {"seed": seed, "delta": d, "lo": float(np.percentile(reps, 2.5)),
+                     "hi": float(np.percentile(reps, 97.5))})
         for v in ("dot", "soft", "esim"):
             for with_t in ("", " +teacher"):
                 a, b = f"{v}{with_t}", f"{v}{with_t} +fine"
@@ -132,10 +174,18 @@ def ablation(args, tmp: Path) -> dict:
                     continue
                 gains.setdefault(f"{b} vs {a}", []).append(
                     {"seed": seed, **mean_ci(per_view[b] - per_view[a], seed=seed)})
+    pooled = {}
+    for k, reps in auc_reps.items():  # seeds are independent: a pooled replicate is the mean of one per seed
+        p = np.mean(np.stack(reps), axis=0)
+        pooled[k] = {"delta": float(np.mean([x["delta"] for x in auc_pairs[k]])),
+                     "lo": float(np.percentile(p, 2.5)), "hi": float(np.percentile(p, 97.5))}
     table = {}
     for label, rs in runs.items():
         table[label] = {
             "auc_mean": float(np.mean([r["auc"] for r in rs])), "auc_per_seed": [r["auc"] for r in rs],
+            "auc_seed_sd": float(np.std([r["auc"] for r in rs], ddof=1)) if len(rs) > 1 else float("nan"),
+            "best_epoch_per_seed": [r["best_epoch"] for r in rs],
+            **{f"{k}_per_seed": [r[k] for r in rs] for k in ("auc_polysemous", "auc_other_queries") if k in rs[0]},
             "consistency_mean": float(np.mean([r["consistency"]["mean"] for r in rs])),
             "consistency_per_seed": [r["consistency"] for r in rs],
             "recall@100_mean": float(np.mean([r["recall@100"]["mean"] for r in rs])),
@@ -143,13 +193,16 @@ def ablation(args, tmp: Path) -> dict:
             "params": rs[0]["params"], "item_vector_floats": rs[0]["item_vector_floats"]}
     return {"world": {"items": args.small_items, "users": args.users, "sessions_per_seed": args.sessions,
                       "epochs": args.epochs, "seeds": args.seeds, "multi_intent_queries": args.multi_intent,
-                      "intent_by_taste": args.intent_by_taste, "meanings": world.meanings, "dim": args.dim},
+                      "intent_by_taste": args.intent_by_taste, "meanings": world.meanings, "dim": args.dim,
+                      "polysemy_distractors": args.distractors, "distractors": world.distractors,
+                      "select_epoch": args.select_epoch},
             "arms": table, "runs": runs, "baselines": {k: {"auc_mean": float(np.mean([x["auc"] for x in v])),
                                                            "consistency_mean": float(np.mean([x["consistency"]
                                                                                               for x in v])),
                                                            "recall@100_mean": float(np.mean([x["recall"] for x in v]))}
                                                        for k, v in base.items()},
-            "fine_distillation_consistency_gain": gains, "seconds": time.perf_counter() - t0,
+            "fine_distillation_consistency_gain": gains, "auc_paired_per_seed": auc_pairs, "auc_paired_pooled": pooled,
+            "seconds": time.perf_counter() - t0,
             "_cw": cw, "_views": views}
 
 
@@ -306,15 +359,23 @@ def online(args, tmp: Path, small: dict) -> dict:
 
 
 def print_table(ab: dict) -> None:
-    print(f"\n| arm | AUC (mean of {ab['world']['seeds']} seeds) | consistency w/ fine | recall@100 of fine page 1 | "
-          "query-tower FLOPs | match FLOPs/item | params |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"\n| arm | AUC (mean of {ab['world']['seeds']} seeds) | AUC per seed | consistency w/ fine | "
+          "recall@100 of fine page 1 | query-tower FLOPs | match FLOPs/item | floats/item | params | epochs |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for k, b in ab["baselines"].items():
-        print(f"| baseline: {k} | {b['auc_mean']:.4f} | {b['consistency_mean']:.4f} | {b['recall@100_mean']:.3f} "
-              "| – | – | – |")
+        print(f"| baseline: {k} | {b['auc_mean']:.4f} | | {b['consistency_mean']:.4f} | {b['recall@100_mean']:.3f} "
+              "| – | – | – | – | – |")
     for label, a in ab["arms"].items():
-        print(f"| {label} | {a['auc_mean']:.4f} | {a['consistency_mean']:.4f} | {a['recall@100_mean']:.3f} | "
-              f"{a['query_tower_flops']:,} | {a['match_flops_per_item']:,} | {a['params']:,} |")
+        print(f"| {label} | {a['auc_mean']:.4f} | {' / '.join(f'{x:.3f}' for x in a['auc_per_seed'])} | "
+              f"{a['consistency_mean']:.4f} | {a['recall@100_mean']:.3f} | {a['query_tower_flops']:,} | "
+              f"{a['match_flops_per_item']:,} | {a['item_vector_floats']} | {a['params']:,} | "
+              f"{' / '.join(str(e + 1) for e in a['best_epoch_per_seed'])} |")
+    if ab.get("auc_paired_per_seed"):
+        print("\nclick AUC, paired per seed (b − a, 95 % bootstrap CI over test query views) and pooled over seeds:")
+        for k, g in ab["auc_paired_per_seed"].items():
+            pl = ab["auc_paired_pooled"][k]
+            print(f"  {k}: " + ", ".join(f"{x['delta']*100:+.2f} [{x['lo']*100:+.2f}, {x['hi']*100:+.2f}]" for x in g)
+                  + f"; pooled {pl['delta']*100:+.2f} [{pl['lo']*100:+.2f}, {pl['hi']*100:+.2f}] AUC points")
     print("\nfine-ranker distillation, paired consistency gain per seed (95 % bootstrap CI over query views):")
     for k, g in ab["fine_distillation_consistency_gain"].items():
         print(f"  {k}: " + ", ".join(f"{x['mean']*100:+.1f} pp [{x['lo']*100:+.1f}, {x['hi']*100:+.1f}]" for x in g))
@@ -344,9 +405,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="polysemous queries in the world (WorldConfig.multi_intent_queries; 0: none, the default)")
     p.add_argument("--intent-by-taste", type=float, default=0.7,
                    help="share of a polysemous query's sessions meaning the user's taste-closest category")
+    p.add_argument("--distractors", type=int, default=0,
+                   help="recall-only categories per polysemous query (WorldConfig.polysemy_distractors; 0: none)")
+    p.add_argument("--select-epoch", action="store_true",
+                   help="keep each arm's best epoch by validation click AUC (fit_coarse(valid=...)), up to --epochs")
     p.add_argument("--dim", type=int, default=16, help="head width of the ablation's towers (CoarseModelConfig.dim)")
     p.add_argument("--arms", nargs="+", default=None,
-                   help=f"ablation arms to run (default: all): {[a[0] for a in ARMS]}")
+                   help=f"ablation arms to run (default: the first 13): {[a[0] for a in ARMS]}")
     args = p.parse_args(argv)
     import torch
 

@@ -26,10 +26,28 @@ DOMAINS = ("shop", "feed")
 BROAD_QUERIES = {"dinner": (0, 2, 3, 6), "lunch": (1, 7, 9, 10), "something sweet": (4, 5, 11)}
 # polysemous queries (WorldConfig.multi_intent_queries): each means 2-3 unrelated categories, a session one of them
 MULTI_INTENT_NAMES = ("apple", "jaguar", "mercury", "java", "amazon", "python", "orange", "corona")
+MAX_MULTI_INTENT = 64  # beyond the named ones: "polysemous-09" ...
+
+
+def multi_intent_names(n: int) -> list[str]:
+    return [*MULTI_INTENT_NAMES[:n], *(f"polysemous-{k + 1:02d}" for k in range(len(MULTI_INTENT_NAMES), n))]
 
 
 @dataclass(frozen=True)
 class WorldConfig:
+    """The simulated world's size, noise and query mix (defaults: the demo's shop world).
+
+    Polysemous queries (for the coarse stage's multi-head towers, issue 16; all off by default, and then the world is
+    bit-identical to one without these fields): ``multi_intent_queries`` adds queries that each mean 2-3 far-apart
+    categories, one per session (the user's taste-closest with probability ``intent_by_taste``; 0 hides the meaning
+    from anything that sees only the user). ``polysemy_distractors`` makes such a query also *recall* the categories
+    nearest the sum of its meanings' centroids, which no session means: without them every recalled item is of some
+    meaning, so "relevant to any meaning" is true of every candidate and one query vector that adds up the meanings
+    loses nothing; with them, that sum points at items that should rank below every meaning's (the case multi-head
+    matching is meant for). See the README's "Coarse stage: multi-head vs single-vector" for what it did and did not
+    show.
+    """
+
     seed: int = 0
     n_items: int = 2400
     n_users: int = 600
@@ -46,6 +64,14 @@ class WorldConfig:
     # --- multi-intent ("polysemous") queries, off by default (they change the query mix of every session) ---
     multi_intent_queries: int = 0  # extra queries, each meaning 2-3 mutually distant categories
     intent_by_taste: float = 0.7  # share of their sessions whose meaning is the user's (taste-closest) one
+    # recall-only categories of each polysemous query (0: none, the world as before). Why: with recall = the union of
+    # the meanings, "relevant to *some* meaning" is true of every candidate, so a single query vector that adds up the
+    # meanings loses nothing and multi-head towers have no OR to represent. Real polysemous queries also match items
+    # that mean none of their senses ("apple" matches apple-pie shops); here each recalls, besides its meanings, the
+    # `polysemy_distractors` categories whose centroids are closest to the *sum* of its meanings' centroids — exactly
+    # the items a one-vector query summing its meanings scores high. No session means them (users judge them by the
+    # ordinary utility), so they are candidates a ranker should put below every meaning's items.
+    polysemy_distractors: int = 0
     # --- the world's domain: "shop" (the default, above) or "feed" (simulator/feed.py: a news / video feed) ---
     domain: str = "shop"
     feed_sources: int = 40  # feed: sources / creators (the contracts' `brand`)
@@ -55,13 +81,19 @@ class WorldConfig:
     def __post_init__(self) -> None:
         if self.domain not in DOMAINS:
             raise ValueError(f"domain must be one of {DOMAINS}, got {self.domain!r}")
-        if not 0 <= self.multi_intent_queries <= len(MULTI_INTENT_NAMES):
-            raise ValueError(f"multi_intent_queries must be in [0, {len(MULTI_INTENT_NAMES)}], "
+        if not 0 <= self.multi_intent_queries <= MAX_MULTI_INTENT:
+            raise ValueError(f"multi_intent_queries must be in [0, {MAX_MULTI_INTENT}], "
                              f"got {self.multi_intent_queries}")
         if self.multi_intent_queries and self.domain != "shop":
             raise ValueError("multi-intent queries exist in the shop world only")
         if not 0.0 <= self.intent_by_taste <= 1.0:
             raise ValueError(f"intent_by_taste must be in [0, 1], got {self.intent_by_taste}")
+        if self.polysemy_distractors < 0 or (self.polysemy_distractors and not self.multi_intent_queries):
+            raise ValueError("polysemy_distractors needs multi_intent_queries > 0 and must be >= 0, got "
+                             f"{self.polysemy_distractors}")
+        if self.polysemy_distractors and self.polysemy_distractors + 3 > self.n_categories:
+            raise ValueError(f"polysemy_distractors={self.polysemy_distractors} plus up to 3 meanings exceed "
+                             f"n_categories={self.n_categories}")
 
     @property
     def n_brands(self) -> int:
@@ -145,14 +177,15 @@ class World:
         # patience (drawn last so every earlier array is unchanged): divides the per-screen leaving probability
         self.user_patience = np.exp(cfg.patience_sigma * rng.standard_normal(U))
         self.meanings: dict[str, list[int]] = self._multi_intent(cfg)  # polysemous query -> its categories
-        self.queries.update(self.meanings)
+        self.distractors: dict[str, list[int]] = self._distractors(cfg)  # ... -> recall-only categories
+        self.queries.update({q: sorted(m + self.distractors.get(q, [])) for q, m in self.meanings.items()})
         self._query_names = list(self.queries)
         self._query_weights = np.array([3.0 if q in CATEGORY_QUERIES or q in self.meanings else 1.5
                                         for q in self._query_names])
         self._query_weights /= self._query_weights.sum()
         self._query_cdf = np.cumsum(self._query_weights)
-        self._query_brands = {q: [c * cfg.brands_per_category + j for c in cats for j in range(cfg.brands_per_category)]
-                              for q, cats in self.queries.items()}
+        self._query_brands = {q: [c * cfg.brands_per_category + j for c in self.meanings.get(q, cats)
+                                  for j in range(cfg.brands_per_category)] for q, cats in self.queries.items()}
         self._draw_keys = np.arange(8 + 2 * ((cfg.latent_dim + 4) // 2), dtype=np.int64)
 
     def _multi_intent(self, cfg: WorldConfig) -> dict[str, list[int]]:
@@ -164,12 +197,24 @@ class World:
         sim = self.centroids @ self.centroids.T
         out = {}
         starts = rng.permutation(cfg.n_categories)
-        for k, name in enumerate(MULTI_INTENT_NAMES[: cfg.multi_intent_queries]):
+        for k, name in enumerate(multi_intent_names(cfg.multi_intent_queries)):
             cats = [int(starts[k % cfg.n_categories])]
             for _ in range(int(rng.integers(2, 4)) - 1):
                 cats.append(int(np.argmin(np.where(np.isin(np.arange(cfg.n_categories), cats), np.inf,
                                                    sim[cats].max(axis=0)))))
             out[name] = sorted(cats)
+        return out
+
+    def _distractors(self, cfg: WorldConfig) -> dict[str, list[int]]:
+        """Per polysemous query, the `polysemy_distractors` other categories nearest the direction of the sum of its
+        meanings' centroids (deterministic: no draws, so nothing else in the world changes)."""
+        if cfg.polysemy_distractors == 0:
+            return {}
+        out = {}
+        for q, cats in self.meanings.items():
+            s = self.centroids[cats].sum(axis=0)
+            sim = np.where(np.isin(np.arange(cfg.n_categories), cats), -np.inf, self.centroids @ _unit(s))
+            out[q] = sorted(int(c) for c in np.argsort(-sim, kind="stable")[: cfg.polysemy_distractors])
         return out
 
     def meaning_of(self, query: str, user: int, u_taste: float, u_pick: float) -> int:

@@ -109,6 +109,47 @@ def test_fine_ranker_distillation_raises_consistency(cworld, views):
     assert gain["lo"] > 0.0, gain
 
 
+def _head_abs_cos(model, views) -> float:
+    with torch.no_grad():
+        q = model.query(torch.from_numpy(views.query_id), torch.from_numpy(views.query_dense))
+    u = torch.nn.functional.normalize(q, dim=-1)
+    c = (u @ u.transpose(-1, -2)).abs()
+    off = ~torch.eye(q.shape[1], dtype=torch.bool)
+    return float(c[:, off].mean())
+
+
+def test_head_orthogonality_pushes_multi_head_query_heads_apart(cworld, views):
+    tr, te = views.split("train"), views.split("test")
+    soft = CoarseModelConfig(variant="soft")
+    plain, _ = fit_coarse(cworld, tr, soft, CoarseTrainConfig(epochs=3))
+    ortho, _ = fit_coarse(cworld, tr, soft, CoarseTrainConfig(epochs=3, head_orthogonality=1.0))
+    a, b = _head_abs_cos(plain, te), _head_abs_cos(ortho, te)
+    assert b < 0.2 < a, (a, b)  # plain heads drift toward one direction; the penalty keeps them apart
+    # a single-vector model has no heads to push apart: the option changes nothing there
+    dot = CoarseModelConfig(variant="dot")
+    d0, _ = fit_coarse(cworld, tr, dot, CoarseTrainConfig(epochs=2))
+    d1, _ = fit_coarse(cworld, tr, dot, CoarseTrainConfig(epochs=2, head_orthogonality=1.0))
+    for x, y in zip(d0.state_dict().values(), d1.state_dict().values(), strict=True):
+        torch.testing.assert_close(x, y)
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="head_orthogonality"):
+            CoarseTrainConfig(head_orthogonality=bad)
+
+
+def test_validation_selection_returns_the_best_epochs_model(cworld, views):
+    tr, va = views.split("train"), views.split("valid")
+    model, summary = fit_coarse(cworld, tr, CoarseModelConfig(variant="dot"), CoarseTrainConfig(epochs=5), valid=va)
+    aucs = [h["valid_auc"] for h in summary["history"]]
+    assert len(aucs) == 5 and summary["best_epoch"] == int(np.argmax(aucs))
+    assert summary["best_valid_auc"] == max(aucs)
+    # the returned weights are that epoch's: its validation AUC is measured again on them
+    again = evaluate_coarse(model, cworld, va, recall_views=0)["auc"]
+    assert abs(again - max(aucs)) < 1e-9
+    # the same run without `valid` is the last epoch's model
+    _, last = fit_coarse(cworld, tr, CoarseModelConfig(variant="dot"), CoarseTrainConfig(epochs=5))
+    assert last["best_epoch"] == 4 and "valid_auc" not in last["history"][-1]
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_onnx_and_numpy_serving_match_torch(variant, models, bundles, cworld, views):
     import json

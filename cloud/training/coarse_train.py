@@ -42,11 +42,17 @@ class CoarseTrainConfig:
     # set (the rest: uniform over it). Used where training views are built from logs (coarse_pipeline, the demo);
     # evaluation views stay uniform, so consistency keeps its meaning
     fine_top_samples: int = 16
+    # multi-head models: weight of a penalty on the mean squared cosine between the heads of one query (and of one
+    # item), pushing heads apart; without it the heads of a trained soft model end up nearly parallel (|cos| 0.85-0.92
+    # in bench/coarse_heads_diag.py), i.e. one vector in three copies. 0: off (the default)
+    head_orthogonality: float = 0.0
     threads: int = 1
 
     def __post_init__(self) -> None:
         if self.teacher not in TEACHER_MODES:
             raise ValueError(f"teacher must be one of {TEACHER_MODES}, got {self.teacher!r}")
+        if not (self.head_orthogonality >= 0.0 and np.isfinite(self.head_orthogonality)):
+            raise ValueError(f"head_orthogonality must be a finite number >= 0, got {self.head_orthogonality!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -148,10 +154,33 @@ def _fine_distill(model: TwoTower, b: _Inputs, q: torch.Tensor, temperature: flo
                     reduction="batchmean")
 
 
+def head_cos2(h: torch.Tensor) -> torch.Tensor:
+    """Mean squared cosine between distinct heads of each row: h [..., n, d] -> scalar (0: orthogonal heads)."""
+    n = h.shape[-2]
+    if n < 2:
+        return h.sum() * 0.0
+    u = F.normalize(h, dim=-1)
+    c = u @ u.transpose(-1, -2)
+    off = ~torch.eye(n, dtype=torch.bool)
+    return (c[..., off] ** 2).mean()
+
+
+def _valid_auc(model: TwoTower, world: CoarseWorld, views: QueryViews) -> float:
+    """Click AUC among the exposed items of `views` (the selection metric of ``fit_coarse(valid=...)``)."""
+    model.eval()
+    with torch.no_grad():
+        q = model.query(_t(views.query_id), _t(views.query_dense))
+        s = score_rows(model, item_heads(model, world), q, views.rows)
+    return _auc(views.labels[views.exposed], s[views.exposed])
+
+
 def fit_coarse(world: CoarseWorld, train: QueryViews, mcfg: CoarseModelConfig | None = None,
-               tcfg: CoarseTrainConfig | None = None, *, teacher: CrossTeacher | None = None) -> tuple[TwoTower, dict]:
+               tcfg: CoarseTrainConfig | None = None, *, teacher: CrossTeacher | None = None,
+               valid: QueryViews | None = None) -> tuple[TwoTower, dict]:
     """Train the two towers on `train`; with ``tcfg.teacher != 'none'`` a teacher is trained first (or `teacher`
-    reused), with ``tcfg.fine_weight > 0`` the fine ranker is distilled in."""
+    reused), with ``tcfg.fine_weight > 0`` the fine ranker is distilled in. With `valid` views, the click AUC on them
+    is measured after every epoch and the model of the best epoch is returned (``summary['best_epoch']``): each
+    variant gets the training length that suits it, chosen without the test views."""
     tcfg = tcfg or CoarseTrainConfig()
     torch.set_num_threads(tcfg.threads)
     t0 = time.perf_counter()
@@ -164,6 +193,7 @@ def fit_coarse(world: CoarseWorld, train: QueryViews, mcfg: CoarseModelConfig | 
     rng = np.random.default_rng(tcfg.seed)
     tail_from = tcfg.epochs - int(round(tcfg.fine_only_tail * tcfg.epochs)) if tcfg.fine_weight > 0 else tcfg.epochs
     history = []
+    best: tuple[float, int, dict] | None = None
     for epoch in range(tcfg.epochs):
         model.train()
         w_fine = tcfg.fine_weight * min(1.0, (epoch + 1) / max(tcfg.fine_ramp_epochs, 1))
@@ -187,6 +217,9 @@ def fit_coarse(world: CoarseWorld, train: QueryViews, mcfg: CoarseModelConfig | 
                         loss = loss + tcfg.teacher_weight * _all_pairs_distill(model, teacher, b, q)
             if w_fine > 0:
                 loss = loss + w_fine * _fine_distill(model, b, q, tcfg.fine_temperature)
+            if tcfg.head_orthogonality > 0 and model.cfg.nq * model.cfg.nd > 1:
+                d_heads = model.item(*b.item(b.rows[:, 0]))
+                loss = loss + tcfg.head_orthogonality * (head_cos2(q) + head_cos2(d_heads))
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -194,9 +227,17 @@ def fit_coarse(world: CoarseWorld, train: QueryViews, mcfg: CoarseModelConfig | 
             losses.append(float(loss.item()))
         history.append({"epoch": epoch, "loss": float(np.mean(losses)), "fine_weight": w_fine,
                         "fine_only": fine_only})
+        if valid is not None:
+            history[-1]["valid_auc"] = auc = _valid_auc(model, world, valid)
+            if best is None or auc > best[0]:
+                best = (auc, epoch, {k: v.detach().clone() for k, v in model.state_dict().items()})
+    if best is not None:
+        model.load_state_dict(best[2])
     model.eval()
     return model, {"train_seconds": time.perf_counter() - t0, "history": history, "train_views": len(train),
                    "model": model.cfg.to_dict(), "train": tcfg.to_dict(),
+                   "best_epoch": best[1] if best is not None else tcfg.epochs - 1,
+                   "best_valid_auc": best[0] if best is not None else float("nan"),
                    "teacher_params": n_params(teacher) if teacher is not None else 0}
 
 
@@ -312,6 +353,34 @@ def baseline_scores(world: CoarseWorld, views: QueryViews, kind: str, seed: int 
 def paired_delta(a: np.ndarray, b: np.ndarray, *, seed: int = 0) -> dict[str, float]:
     """Per-view paired difference b − a with a bootstrap CI (same query views, same pairs)."""
     return mean_ci(np.asarray(b) - np.asarray(a), seed=seed)
+
+
+def rank_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC of binary `labels` by `scores`, by ranks (ties averaged: sklearn's value); NaN with one class only.
+    Cheap enough for :func:`paired_auc_bootstrap`, which calls it thousands of times."""
+    from scipy.stats import rankdata
+
+    pos = labels > 0.5
+    n1, n0 = int(pos.sum()), int((~pos).sum())
+    if n1 == 0 or n0 == 0:
+        return float("nan")
+    r = rankdata(scores)
+    return float((r[pos].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def paired_auc_bootstrap(labels: np.ndarray, exposed: np.ndarray, sa: np.ndarray, sb: np.ndarray, *, seed: int,
+                         n_resamples: int = 1000) -> np.ndarray:
+    """Bootstrap replicates of AUC(b) − AUC(a) on the exposed items, resampling whole test query views (the same
+    resample for both scorers: a paired comparison). [Q, L] arrays -> [n_resamples]."""
+    rng = np.random.default_rng(seed)
+    Q = labels.shape[0]
+    out = np.empty(n_resamples)
+    for k in range(n_resamples):
+        i = rng.integers(0, Q, Q)
+        ex = exposed[i]
+        y = labels[i][ex]
+        out[k] = rank_auc(y, sb[i][ex]) - rank_auc(y, sa[i][ex])
+    return out
 
 
 def with_variant(mcfg: CoarseModelConfig, **kw) -> CoarseModelConfig:
