@@ -111,6 +111,52 @@ def make_events(items: list[PageItem], clicks: set[int], dwell_ms: float = 2000.
 CTX = Context(lat=5.0, lon=5.0, hour=19)
 
 
+class ScriptedSession:
+    """A device session driven by a (hypothesis-drawn) list of steps, for feature tests that compare two build
+    paths after every step: ``events`` (k items of the window are seen, ~40 % clicked, stored; the window moves on),
+    ``page`` (a page of new items arrives), ``shift`` (the window moves on), ``reorder`` (the unseen tail is
+    shuffled), ``new_object`` (an item comes back as another object with other values), ``clear`` (the store is
+    cleared), ``context`` (the search location moves); anything else changes nothing."""
+
+    def __init__(self, cfg: FeatureConfig, rng: np.random.Generator, store, *, n_page: int, dwell: float,
+                 ctx: Context, session: str = "s"):
+        self.cfg, self.rng, self.store, self.n_page, self.dwell, self.ctx, self.session = (
+            cfg, rng, store, n_page, dwell, ctx, session)
+        self.items = [make_item(k, rng, cfg, k) for k in range(n_page)]
+        self.n_fixed, self.next_id, self.t = 0, n_page, 0
+
+    @property
+    def window(self) -> list[PageItem]:
+        return self.items[self.n_fixed: self.n_fixed + self.cfg.n_max]
+
+    def step(self, what: str, k: int) -> None:
+        items, rng = self.items, self.rng
+        if what == "events":
+            seen = items[self.n_fixed: self.n_fixed + k] or items[-k:]
+            evs = make_events(seen, {it.item_id for it in seen if rng.random() < 0.4}, self.dwell)
+            for e in evs:
+                e.ts_ms += self.t
+            self.t += 10_000
+            self.store.add_many(self.session, evs)
+            self.n_fixed = min(len(items), self.n_fixed + k)
+        elif what == "page":
+            items += [make_item(self.next_id + j, rng, self.cfg, self.next_id + j) for j in range(self.n_page)]
+            self.next_id += self.n_page
+        elif what == "shift":
+            self.n_fixed = min(len(items), self.n_fixed + k)
+        elif what == "reorder":
+            tail = items[self.n_fixed:]
+            rng.shuffle(tail)
+            items[self.n_fixed:] = tail
+        elif what == "new_object" and items:  # the same item id, another object with other values
+            j = int(rng.integers(0, len(items)))
+            items[j] = make_item(items[j].item_id, rng, self.cfg, j)
+        elif what == "clear":
+            self.store.clear()
+        elif what == "context":
+            self.ctx = Context(float(rng.uniform(0, 10)), float(rng.uniform(0, 10)), int(rng.integers(0, 24)))
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     """A local 2-CPU Ray cluster for one test module (the Ray tests skip without the ray extra)."""

@@ -17,7 +17,7 @@ from edge_rerank.device_sdk.features import FeatureBuilder, FeatureConfig, Featu
 from edge_rerank.device_sdk.features.config import DEFAULT_CANDIDATE_OPS, IDENTITY_OPS, FieldSpec
 from edge_rerank.device_sdk.feedback_columns import EventColumns
 from edge_rerank.device_sdk.feedback_store import FeedbackStore
-from tests.conftest import CTX, make_events, make_item
+from tests.conftest import CTX, ScriptedSession, make_events, make_item
 from tests.test_features_vectorised import EXTRA_OPS, assert_same
 
 
@@ -73,39 +73,15 @@ def test_property_a_session_of_reranks_matches_the_per_object_path(fcfg, seed, m
     rng = np.random.default_rng(seed)
     builder = FeatureBuilder(cfg, item_cache=cache)
     store = FeedbackStore(max_events_per_session=max_events)
-    items = [make_item(k, rng, cfg, k) for k in range(n_page)]
-    n_fixed, next_id, t = 0, n_page, 0
-    ctx = Context(1.0, 2.0, seed % 24)
+    sess = ScriptedSession(cfg, rng, store, n_page=n_page, dwell=dwell, ctx=Context(1.0, 2.0, seed % 24))
     old = store.snapshot("s")
     for what, k in steps:
-        if what == "events":
-            seen = items[n_fixed: n_fixed + k] or items[-k:]
-            clicks = {it.item_id for it in seen if rng.random() < 0.4}
-            evs = make_events(seen, clicks, dwell)
-            for e in evs:
-                e.ts_ms += t
-            t += 10_000
-            store.add_many("s", evs)
-            n_fixed = min(len(items), n_fixed + k)
-        elif what == "page":
-            items += [make_item(next_id + j, rng, cfg, next_id + j) for j in range(n_page)]
-            next_id += n_page
-        elif what == "shift":
-            n_fixed = min(len(items), n_fixed + k)
-        elif what == "reorder":
-            tail = items[n_fixed:]
-            rng.shuffle(tail)
-            items[n_fixed:] = tail
-        elif what == "new_object" and items:  # the same item id, another object with other values
-            j = int(rng.integers(0, len(items)))
-            items[j] = make_item(items[j].item_id, rng, cfg, j)
-        elif what == "clear":
-            store.clear()
+        sess.step(what, k)
         old_events = list(old)
         snap = store.snapshot("s")
         if k % 2:  # what a rerank service does: rows for every unseen item of the list first
-            builder._prepare_items(items[n_fixed:])
-        same_bits(builder, items[n_fixed: n_fixed + cfg.n_max], snap, ctx)
+            builder._prepare_items(sess.items[sess.n_fixed:])
+        same_bits(builder, sess.window, snap, sess.ctx)
         assert list(old) == old_events  # a snapshot never changes after later events, evictions or a clear
         old = snap
 

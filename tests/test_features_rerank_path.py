@@ -17,7 +17,7 @@ from edge_rerank.device_sdk.contracts import Context, EventKind, FeedbackEvent
 from edge_rerank.device_sdk.features import FeatureBuilder, FeatureConfig, FeatureError
 from edge_rerank.device_sdk.features.config import DEFAULT_CANDIDATE_OPS, IDENTITY_OPS, FieldSpec
 from edge_rerank.device_sdk.feedback_store import FeedbackStore
-from tests.conftest import CTX, make_events, make_item
+from tests.conftest import CTX, ScriptedSession, make_events, make_item
 from tests.test_features_cached import _cfg, same_bits
 
 COVERED_OPS = ("freq:brand+price_level:skip@3", "step:category+brand:seen@4", "sim_max:seen", "sim_mean:skip@1",
@@ -80,39 +80,14 @@ def test_property_sessions_match_the_per_object_path(fcfg, seed, max_events, n_p
     builder = FeatureBuilder(cfg, item_cache=64)
     assert builder._fast is not None
     store = FeedbackStore(max_events_per_session=max_events)
-    items = [make_item(k, rng, cfg, k) for k in range(n_page)]
-    n_fixed, next_id, t = 0, n_page, 0
-    ctx = Context(1.0, 2.0, seed % 24)
+    sess = ScriptedSession(cfg, rng, store, n_page=n_page, dwell=dwell, ctx=Context(1.0, 2.0, seed % 24))
     builds = empty = 0
     for what, k in steps:
-        if what == "events":
-            seen = items[n_fixed: n_fixed + k] or items[-k:]
-            evs = make_events(seen, {it.item_id for it in seen if rng.random() < 0.4}, dwell)
-            for e in evs:
-                e.ts_ms += t
-            t += 10_000
-            store.add_many("s", evs)
-            n_fixed = min(len(items), n_fixed + k)
-        elif what == "page":
-            items += [make_item(next_id + j, rng, cfg, next_id + j) for j in range(n_page)]
-            next_id += n_page
-        elif what == "shift":
-            n_fixed = min(len(items), n_fixed + k)
-        elif what == "reorder":
-            tail = items[n_fixed:]
-            rng.shuffle(tail)
-            items[n_fixed:] = tail
-        elif what == "new_object" and items:
-            j = int(rng.integers(0, len(items)))
-            items[j] = make_item(items[j].item_id, rng, cfg, j)
-        elif what == "clear":
-            store.clear()
-        elif what == "context":
-            ctx = Context(float(rng.uniform(0, 10)), float(rng.uniform(0, 10)), int(rng.integers(0, 24)))
-        window = items[n_fixed: n_fixed + cfg.n_max]
+        sess.step(what, k)
+        window = sess.window
         if k % 2:
-            builder._prepare_items(items[n_fixed:])
-        same_bits(builder, window, store.snapshot("s"), ctx)
+            builder._prepare_items(sess.items[sess.n_fixed:])
+        same_bits(builder, window, store.snapshot("s"), sess.ctx)
         builds += bool(window)
         empty += not window  # (an empty window is the general path's: nothing to gather)
     assert _path_builds(builder) == builds and builder._fast.fallbacks == empty
