@@ -1,9 +1,9 @@
 """Fast protobuf encoding of page items for the server: the wire bytes of ``SearchPage.items`` written directly
 (the same message ``device_sdk.wire.page_to_proto`` builds, field for field; tests check that they parse to equal
-messages for every shape of input). Fixed-width fields (scores, the dense vector, coordinates, embedding rows) are
-converted for the whole page at once with numpy; only the varints and the concatenation are per item.
-``PageEncoder`` also keeps the bytes of the fields an item never changes (id, category, brand, price level,
-coordinates) per catalog row, so a page costs a few byte joins per item."""
+messages for every shape of input). The per-search fields (score, dense vector, embedding row) have a fixed width
+per item and are laid out for the whole page at once with numpy; only the position varint and the concatenation
+are per item. ``PageEncoder`` also keeps the bytes of the fields an item never changes (id, category, brand, price
+level, coordinates) per catalog row, so a page costs a few byte joins per item."""
 
 from __future__ import annotations
 
@@ -120,11 +120,12 @@ def _encode(statics: list[bytes], start: int, scores: np.ndarray, dense: np.ndar
 
 
 class PageEncoder:
-    """Encodes pages of one catalog's items, keeping each row's static fields (``static_fields``) once encoded
-    (at most `max_rows` of them; then the oldest half is dropped)."""
+    """Encodes pages of one catalog's items, keeping each row's static fields (``static_fields``) once encoded:
+    at most `max_rows` of them (~150 bytes each with the dict entry: ~10 MiB per worker at the default), then the
+    oldest half is dropped. Safe to share between threads (a race only encodes a row twice)."""
 
     def __init__(self, *, item_id: np.ndarray, category: np.ndarray, brand: np.ndarray, price_level: np.ndarray,
-                 lat: np.ndarray, lon: np.ndarray, max_rows: int = 1 << 18) -> None:
+                 lat: np.ndarray, lon: np.ndarray, max_rows: int = 1 << 16) -> None:
         self._cols = (item_id, category, brand, price_level, lat, lon)
         self._static: dict[int, bytes] = {}
         self.max_rows = max_rows
@@ -139,7 +140,7 @@ class PageEncoder:
                                        float(lon[r]))
                 if len(got) >= self.max_rows:
                     for old in list(got)[: len(got) // 2]:
-                        del got[old]
+                        got.pop(old, None)
                 got[r] = out[k]
         return out
 
