@@ -177,10 +177,9 @@ class SearchPipeline:
 
     def _columns(self, idx: np.ndarray) -> dict[str, np.ndarray]:
         it = self.catalog.items
-        cols = {"lat": it["lat"][idx], "lon": it["lon"][idx], "quality": it["quality"][idx],
+        return {"lat": it["lat"][idx], "lon": it["lon"][idx], "quality": it["quality"][idx],
                 "popularity": it["popularity"][idx], "item_emb": self._item_emb[idx],
                 "price_level": it["price_level"][idx].astype(np.float32)}
-        return cols
 
     def features_for(self, user_id: str, context: Context, idx: np.ndarray) -> np.ndarray:
         """The fine ranker's features for catalog rows `idx` in a search by `user_id` at `context` (also what
