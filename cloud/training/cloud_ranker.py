@@ -142,6 +142,7 @@ def fit_cloud_ranker(train: PageLists, valid: PageLists, cfg: CloudRankerConfig 
                      tcfg: TrainConfig | None = None, *, progress: bool = True) -> tuple[CloudRanker, dict]:
     """Train on `train` pages through ``fit_loop`` (default config ``CLOUD_TRAIN_CONFIG``), best epoch on `valid`."""
     tcfg = tcfg or CLOUD_TRAIN_CONFIG
+    torch.set_num_threads(tcfg.threads)  # as fit and the Ray workers do (oversubscribed threads thrash on a busy host)
     torch.manual_seed(tcfg.seed)
     model = CloudRanker(train.features.shape[2], cfg)
     loop = fit_loop(model, page_step(model, train, LOSSES[tcfg.loss]()), lambda: {"ndcg@10": _ndcg10(model, valid)},
