@@ -152,6 +152,7 @@ def main() -> None:
     p.add_argument("--baseline", default="ecc4a41",
                    help="git revision whose feature builder and RerankService are timed beside today's ('' skips)")
     a = p.parse_args()
+    load_start = os.getloadavg()
 
     import torch
 
@@ -345,7 +346,7 @@ def main() -> None:
     limit_ms = flops / (peak * 1e9) * 1e3
     payload = {
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "load_avg": os.getloadavg()},
+                    "load_avg": load_start},
         "shape": {"n_max": fcfg.n_max, "l_max": fcfg.l_max, "batch": 1, "threads": 1},
         "params": int(sum(q.numel() for q in model.parameters())),
         "flops_per_call": flops, "matmul_peak_gflops_1thread": peak,
