@@ -46,7 +46,9 @@ class RerankResult:
 
 
 class Reranker(Protocol):
-    """What the session drives: the model service, the heuristic, or an experiment's own scorer."""
+    """What the session drives: the model service, the heuristic, or an experiment's own scorer. It may also have
+    ``prepare(items) -> float`` (milliseconds), which the session calls with each arrived page's new items (per-item
+    work done before a user action asks for a rerank: ``RerankService.prepare``)."""
 
     @property
     def features(self) -> FeatureConfig | None:
@@ -132,6 +134,23 @@ class RerankService:
         assert self._builder is not None
         return self._builder
 
+    def prepare(self, items: Sequence[PageItem]) -> float:
+        """A page arrived: compute the per-item feature rows of its `items` now, off the interaction path, so that
+        the rerank a user action triggers next pays only for the new feedback (``RerankSession.add_page`` calls
+        this; a rerank computes the rows of items it has not seen itself, with the same values). Never raises: an
+        item the rows cannot hold is left to the rerank's own checks and fallback. Returns the milliseconds it took
+        (0.0 when there is nothing to prepare: no model, or not a list of PageItem)."""
+        model = self.model
+        if model is None or not isinstance(items, Sequence) or isinstance(items, str | bytes) or not all(
+                map(isinstance, items, repeat(PageItem))):
+            return 0.0
+        t0 = self._clock()
+        try:
+            self._builder_of(model).prepare_items(items)
+        except Exception:  # noqa: BLE001 - the rerank meets the same item and falls back with its reason
+            pass
+        return (self._clock() - t0) * 1e3
+
     def rerank(self, items: Sequence[PageItem], n_fixed: int, events: Sequence[FeedbackEvent],
                context: Context) -> RerankResult:
         """Rerank the unseen items `items[n_fixed:]` (up to n_max of them) given the session's feedback."""
@@ -154,7 +173,7 @@ class RerankService:
         if len(window) < 2:
             return self._fallback(n, "nothing_to_rerank", timings)
         try:
-            builder._prepare_items(items[n_fixed:])  # the rest of the list too: later windows find their rows
+            builder.prepare_items(items[n_fixed:])  # the rest of the list too: later windows find their rows
             feats = builder.build(window, events, context)
         except Exception as exc:  # noqa: BLE001 - the app must never crash on a bad feature
             return self._fallback(n, f"features: {exc}", timings)

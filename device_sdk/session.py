@@ -26,6 +26,7 @@ model's feature config (``FeatureConfig``), the latency budget from ``TriggerCon
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -88,6 +89,7 @@ class SessionStats:
     moved: int = 0
     fallbacks: Counter[str] = field(default_factory=Counter)  # incl. superseded, latency_budget, budget_gate
     refused_events: int = 0
+    prepare_ms: float = 0.0  # time the reranker spent preparing arrived pages' items (``RerankService.prepare``)
 
 
 def _host_ms() -> float:
@@ -196,6 +198,15 @@ class RerankSession:
             new = [it for it in page.items if it.item_id not in self._ids]
         self._items.extend(new)
         self._ids.update(it.item_id for it in new)
+        prepare = getattr(self.reranker, "prepare", None)  # optional: per-item feature work at page arrival
+        if prepare is not None and new:
+            try:
+                ms = prepare(new)
+                if isinstance(ms, int | float) and math.isfinite(ms):
+                    self.stats.prepare_ms += ms
+            except Exception:  # noqa: BLE001 - a third-party reranker's prepare must not crash the app
+                if self.faults.strict:
+                    raise
         self._page_size = self._page_size or len(page.items)
         if self.logger is not None:
             self.logger.start_list(page)

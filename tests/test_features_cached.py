@@ -80,7 +80,7 @@ def test_property_a_session_of_reranks_matches_the_per_object_path(fcfg, seed, m
         old_events = list(old)
         snap = store.snapshot("s")
         if k % 2:  # what a rerank service does: rows for every unseen item of the list first
-            builder._prepare_items(sess.items[sess.n_fixed:])
+            builder.prepare_items(sess.items[sess.n_fixed:])
         same_bits(builder, sess.window, snap, sess.ctx)
         assert list(old) == old_events  # a snapshot never changes after later events, evictions or a clear
         old = snap

@@ -86,7 +86,7 @@ def test_property_sessions_match_the_per_object_path(fcfg, seed, max_events, n_p
         sess.step(what, k)
         window = sess.window
         if k % 2:
-            builder._prepare_items(sess.items[sess.n_fixed:])
+            builder.prepare_items(sess.items[sess.n_fixed:])
         same_bits(builder, window, store.snapshot("s"), sess.ctx)
         builds += bool(window)
         empty += not window  # (an empty window is the general path's: nothing to gather)

@@ -251,3 +251,85 @@ def test_loaded_model_works_without_a_manager(bundle_dir, fcfg):
     s.add_page(_page(fcfg))
     s.reveal(4)
     assert _click_and_return(s, 1).status == "applied"
+
+
+# ---- page-arrival preparation (RerankService.prepare) -------------------------------------------------------------
+def _session_scores(manager, fcfg, *, prepare: bool) -> list[list[float]]:
+    """Scores of every rerank of a scripted session (two pages, clicks between scrolls), with the service's
+    page-arrival preparation on or off."""
+    service = RerankService(manager)
+    if not prepare:
+        service.prepare = None  # the session skips a reranker without it
+    s = RerankSession("s", CTX, service)
+    out = []
+    for index in range(2):
+        s.add_page(_page(fcfg, start=25 * index, index=index))
+        for step in range(3):
+            s.reveal(25 * index + 4 * (step + 1))
+            r = _click_and_return(s, 25 * index + 4 * step + 1, ts=100_000 * index + 20_000 * step)
+            assert r is not None and r.result.applied, r and r.result.fallback_reason
+            out.append(r.result.scores)
+    return out
+
+
+def test_page_arrival_prepares_item_rows_and_reranks_score_the_same(manager, fcfg):
+    service = RerankService(manager)
+    s = RerankSession("s", CTX, service)
+    page = _page(fcfg)
+    s.add_page(page)
+    table = service._builder._table
+    assert all(id(it) in table.rows for it in page.items)  # rows written at page arrival, not at the first rerank
+    assert s.stats.prepare_ms > 0.0
+    misses = table.misses
+    s.reveal(4)
+    assert _click_and_return(s, 1).result.applied
+    assert table.misses == misses  # the rerank found every row
+    assert _session_scores(manager, fcfg, prepare=True) == _session_scores(manager, fcfg, prepare=False)
+
+
+@pytest.mark.parametrize("items", [None, "items", [1, 2], [None], {"a": 1}, 3.5])
+def test_prepare_never_raises_on_what_is_not_a_list_of_items(manager, items):
+    assert RerankService(manager).prepare(items) == 0.0
+    assert RerankService(None).prepare([]) == 0.0  # no model: nothing to prepare
+
+
+def test_items_prepare_cannot_hold_are_left_to_the_reranks_own_checks(manager, fcfg):
+    page = _page(fcfg)
+    bad = page.items[3]
+    bad.id_embedding = np.full_like(bad.id_embedding, np.nan)  # the rerank refuses it with its usual reason
+    service = RerankService(manager)
+    s = RerankSession("s", CTX, service)
+    s.add_page(page)
+    s.reveal(2)
+    r = _click_and_return(s, 1)
+    assert r.status == "fallback" and r.fallback_reason.startswith("features")
+    assert _ids(s.items) == _ids(page.items)
+
+
+class _PrepareFails:
+    features = None
+
+    def __init__(self, returns=None, raises=False):
+        self.returns, self.raises = returns, raises
+
+    def prepare(self, items):
+        if self.raises:
+            raise RuntimeError("prepare broke")
+        return self.returns
+
+    def rerank(self, items, n_fixed, events, context):
+        from edge_rerank.device_sdk.reranker import RerankResult
+
+        return RerankResult(order=list(range(len(items))), applied=False, fallback_reason="test")
+
+
+@pytest.mark.parametrize("returns", [None, "1.0", float("nan"), float("inf"), -0.0, [1.0]])
+def test_a_third_party_prepare_cannot_break_the_session(fcfg, returns):
+    s = RerankSession("s", CTX, _PrepareFails(returns=returns))
+    s.add_page(_page(fcfg))
+    assert len(s.items) == 25 and s.stats.prepare_ms == 0.0
+    s = RerankSession("s", CTX, _PrepareFails(raises=True))
+    s.add_page(_page(fcfg))
+    assert len(s.items) == 25
+    with pytest.raises(RuntimeError, match="prepare broke"):
+        RerankSession("s", CTX, _PrepareFails(raises=True), strict=True).add_page(_page(fcfg))

@@ -965,9 +965,10 @@ class FeatureBuilder:
                 raise FeatureError(f"non-finite values in feature {name!r}")
         return {name: out[name] for name in self._input_order}
 
-    def _prepare_items(self, items: Sequence[PageItem]) -> None:
+    def prepare_items(self, items: Sequence[PageItem]) -> None:
         """With an item cache: give every item of `items` its row now (one batch), so that later windows over
-        them find their rows (a rerank service passes the whole unseen part of the list)."""
+        them find their rows (a rerank service passes the whole unseen part of the list, and a session a page's
+        items when the page arrives: ``RerankService.prepare``). Without one, nothing to do."""
         if self._table is not None:
             self._table.add(items)
 
