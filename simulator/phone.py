@@ -24,6 +24,7 @@ import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import repeat
 from statistics import NormalDist
 from typing import NamedTuple
 
@@ -219,9 +220,9 @@ class PhoneSession:
             um = self.um
             util = um.utility(self.spec, ids - self.world.item_id[0]).tolist()
             d = um.item_draws(self.spec, ids)
-            info.update(zip(id_list, map(_ItemInfo, util, um.saturation_keys(new), d["click"].tolist(),
-                                         d["order"].tolist(), d["detail"].tolist(), d["leave_after_order"].tolist()),
-                            strict=True))
+            rows = zip(util, um.saturation_keys(new), d["click"].tolist(), d["order"].tolist(), d["detail"].tolist(),
+                       d["leave_after_order"].tolist(), strict=True)
+            info.update(zip(id_list, map(tuple.__new__, repeat(_ItemInfo), rows), strict=True))  # _ItemInfo(*row)
         self._schedule(self.device_session.add_page(page), arrival_ms)
 
     def _poll(self) -> None:
