@@ -21,6 +21,7 @@ with ``"drop"`` it is discarded). Positions on screen or above never move.
 from __future__ import annotations
 
 import math
+import weakref
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -153,7 +154,7 @@ class PhoneSession:
                                                         triggers=phone.trigger_cfg, logger=logger,
                                                         privacy=phone.privacy, timing="external",
                                                         late_policy=phone.cfg.late_policy,
-                                                        clock=lambda: self.t, strict=phone.strict,
+                                                        clock=self._clock(), strict=phone.strict,
                                                         keep_events=phone.keep_events or None,
                                                         reshow=self.world.reshows_items)
         self.profile = get_profile(phone.cfg.device)
@@ -175,6 +176,14 @@ class PhoneSession:
             phone.reranker.begin_session(spec)
         self._request_page()
         self._wait_for_page()
+
+    def _clock(self) -> Callable[[], float]:
+        """The session clock for the device session. It reads this session through a weak reference: a closure over
+        ``self`` would make a reference cycle (this session -> device session -> clock -> this session), so a
+        finished session, its pages and items would wait for the cyclic garbage collector instead of being freed at
+        once; in long runs those collections were a fifth to a third of the loop's time."""
+        ref = weakref.ref(self)
+        return lambda: ref().t  # type: ignore[union-attr]
 
     @property
     def display(self) -> list[PageItem]:
