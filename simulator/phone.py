@@ -359,10 +359,10 @@ class PhoneSession:
         self.t += dwell
         self._poll()
         if self._direct_exposures:  # what _emit does on the lean path, in one loop
-            record, exposure = self.device_session.record, EventKind.EXPOSURE
+            record, new_event, exposure = self.device_session.record, tuple.__new__, EventKind.EXPOSURE
             out.exposed_positions.extend(range(start, start + len(slots)))
             for item in slots:
-                r = record(_LeanEvent(exposure, item.item_id, dwell))  # type: ignore[arg-type]
+                r = record(new_event(_LeanEvent, (exposure, item.item_id, dwell)))  # type: ignore[arg-type]
                 if r is not None:
                     self._schedule(r, self.t)
         else:
