@@ -115,7 +115,8 @@ def ray_scaling(world_cfg: WorldConfig, data_dir: str, n: int, workers: list[int
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sessions", type=int, default=5000, help="sessions per single-core measurement")
-    p.add_argument("--device-sessions", type=int, default=1500, help="sessions with the device model in the loop")
+    p.add_argument("--device-sessions", type=int, default=1500,
+                   help="sessions with the device model in the loop (0 skips the device arms and their training)")
     p.add_argument("--ray-sessions", type=int, default=20000, help="sessions per Ray measurement (0 skips Ray)")
     p.add_argument("--ray-workers", default="1,2")
     p.add_argument("--bundle", help="device bundle (default: train a small one first)")
@@ -152,13 +153,13 @@ def main(argv: list[str] | None = None) -> int:
     record("oracle_inproc", "oracle arm, 1 core",
            rate(build_arm(ArmSpec("oracle", "oracle"), um), um, fast, a.sessions // 2, a.seed))
     bundle, trained = a.bundle, None
-    if bundle is None:
+    if bundle is None and a.device_sessions > 0:  # --device-sessions 0: no device arm, nothing to train
         try:
             bundle, *trained = small_bundle(world, fast, tmp / "export", with_model=True)
             bundle = str(bundle)
         except ImportError as exc:
             print(f"skipping the device model (no [train] extra: {exc})")
-    if bundle:
+    if bundle and a.device_sessions > 0:
         dev = build_arm(ArmSpec("device", "device", bundle=bundle), um)
         r = rate(dev, um, fast, a.device_sessions, a.seed, warmup=50)
         record("device_model_inproc", "device model (features + onnxruntime) in the loop, 1 core", r)

@@ -44,6 +44,19 @@ def crn_uniform_array(seed: int, *keys: int | np.ndarray) -> np.ndarray:
         i += 1
     if i == len(keys):
         return np.asarray((x0 >> 11) / float(1 << 53))
+    if i == len(keys) - 1:  # the common case: one array key (its ops wrap silently; numpy scalars would warn)
+        a = np.asarray(keys[i])
+        if a.ndim:
+            x = (a.view(np.uint64) if a.dtype == np.int64 else a.astype(np.int64).view(np.uint64)
+                 if a.dtype != np.uint64 else a) ^ np.uint64(x0)  # a new array
+            x += _GOLDEN
+            x ^= x >> _S30
+            x *= _M1
+            x ^= x >> _S27
+            x *= _M2
+            x ^= x >> _S31
+            x >>= _S11
+            return x.astype(np.float64) * (1.0 / float(1 << 53))
     x: np.ndarray = np.asarray(x0, dtype=np.uint64)
     with np.errstate(over="ignore"):
         for k in keys[i:]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from typing import Protocol
 
-import numpy as np
 import requests
 
 from edge_rerank.device_sdk import wire
@@ -93,12 +92,8 @@ class InProcessCloud:
 
     def search(self, req: SearchRequest) -> SearchPage:
         if not self.wire:
-            page = self._pipeline.search(req)
-            if page.items:  # what the fp16 wire encoding does to the rows (one conversion for the page)
-                rows = np.stack([it.id_embedding for it in page.items]).astype("<f2").astype(np.float32)
-                for it, row in zip(page.items, rows, strict=True):
-                    it.id_embedding = row
-            return page
+            # what the fp16 wire encoding does to the rows (one conversion for the page)
+            return self._pipeline.search_with_info(req, fp16_rows=True)[0]
         page = self._pipeline.search(wire.request_from_proto(wire.request_to_proto(req)))
         return wire.page_from_proto(wire.parse(wire.pb.SearchPage, wire.page_to_proto(page).SerializeToString()))
 

@@ -149,6 +149,12 @@ class UserModel:
         """What saturates (the brand here; the feed's topic)."""
         return item.brand
 
+    def saturation_keys(self, items: list[PageItem]) -> list[int]:
+        """:meth:`saturation_key` of each item (a page's at once)."""
+        if type(self).saturation_key is UserModel.saturation_key:  # the brand, read directly
+            return [it.brand for it in items]
+        return [self.saturation_key(it) for it in items]
+
     def saturation(self, n_seen: float) -> float:
         """Utility lost after `n_seen` earlier examined items with the same saturation key."""
         c = self.cfg

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
@@ -322,19 +322,22 @@ class SearchPipeline:
         data, more = cached  # served as bytes: no store lookup
         return data, more, _SERVED_CACHED if hit else _SERVED_ENCODED
 
-    def search_with_info(self, req: SearchRequest) -> tuple[SearchPage, SearchInfo]:
+    def search_with_info(self, req: SearchRequest, *, fp16_rows: bool = False) -> tuple[SearchPage, SearchInfo]:
+        """The page and info. ``fp16_rows``: the items' ID embedding rows rounded to fp16 precision, as the wire's
+        default encoding delivers them (what an in-process caller that skips the wire applies)."""
         req.validate()
         ranking, hit = self._ranking(req)
         start = req.page_index * req.page_size
         sl, more = self.page_slots(len(ranking.rows), req.page_index, req.page_size)  # rows: cut to max_results
-        rows, scores, dense = ranking.rows[sl], ranking.scores[sl], ranking.hidden[sl]
+        rows = ranking.rows[sl]
         it = self.catalog.items
-        emb, found = self.store.get(it["item_id"][rows])
-        items = [PageItem(item_id=int(it["item_id"][r]), cloud_position=start + k, cloud_score=float(scores[k]),
-                          cloud_dense=dense[k], id_embedding=emb[k], category=int(it["category"][r]),
-                          brand=int(it["brand"][r]), price_level=int(it["price_level"][r]),
-                          lat=float(it["lat"][r]), lon=float(it["lon"][r]), embedding_found=bool(found[k]))
-                 for k, r in enumerate(rows)]
+        ids = it["item_id"][rows]
+        emb, found = self.store.get(ids)
+        emb = np.asarray(emb, dtype=np.float32)
+        if fp16_rows:
+            emb = emb.astype("<f2").astype(np.float32)
+        items = page_items(ids, start, ranking.scores[sl], ranking.hidden[sl], emb, found, it["category"][rows],
+                           it["brand"][rows], it["price_level"][rows], it["lat"][rows], it["lon"][rows])
         page = SearchPage(request_id=req.request_id, session_id=req.session_id, page_index=req.page_index,
                           model_version=self.model_version, items=items, has_more=more)
         n_found = int(found.sum())
@@ -342,3 +345,41 @@ class SearchPipeline:
 
     def search(self, req: SearchRequest) -> SearchPage:
         return self.search_with_info(req)[0]
+
+
+# the fields page_items writes, in PageItem's order; if PageItem changes, page_items builds through its constructor
+_PAGE_ITEM_FIELDS = ("item_id", "cloud_position", "cloud_score", "cloud_dense", "id_embedding", "category", "brand",
+                     "price_level", "lat", "lon", "embedding_found", "attrs")
+_PAGE_ITEM_DIRECT = tuple(f.name for f in fields(PageItem)) == _PAGE_ITEM_FIELDS
+
+
+def page_items(item_id: np.ndarray, start: int, score: np.ndarray, dense: np.ndarray, emb: np.ndarray,
+               found: np.ndarray, category: np.ndarray, brand: np.ndarray, price_level: np.ndarray, lat: np.ndarray,
+               lon: np.ndarray) -> list[PageItem]:
+    """A page's items from its columns: ``PageItem(item_id=int(item_id[k]), cloud_position=start + k, ...)`` for
+    every row k, field for field the same values. The columns are converted to PageItem's canonical types once per
+    page (float32 scores, dense and embedding rows, Python ints / floats / bools), so each item is one dict: no
+    per-item numpy scalar reads and no per-item ``__post_init__`` conversions (they would change nothing)."""
+    n = len(item_id)
+    ids = np.asarray(item_id).astype(np.int64).tolist()
+    scores = np.asarray(score, dtype=np.float32).tolist()  # float(np.float32(x)), as PageItem rounds it
+    dense_rows = list(np.asarray(dense, dtype=np.float32))  # row views, as np.asarray(dense[k], float32) is
+    emb_rows = list(np.asarray(emb, dtype=np.float32))
+    cats = np.asarray(category).astype(np.int64).tolist()
+    brands = np.asarray(brand).astype(np.int64).tolist()
+    prices = np.asarray(price_level).astype(np.int64).tolist()
+    lats = np.asarray(lat, dtype=np.float64).tolist()
+    lons = np.asarray(lon, dtype=np.float64).tolist()
+    founds = np.asarray(found, dtype=bool).tolist()
+    cols = (ids, range(start, start + n), scores, dense_rows, emb_rows, cats, brands, prices, lats, lons, founds)
+    if not _PAGE_ITEM_DIRECT:  # PageItem gained or lost a field: its constructor (defaults, conversions) decides
+        return [PageItem(**dict(zip(_PAGE_ITEM_FIELDS[:-1], vals, strict=True))) for vals in zip(*cols, strict=True)]
+    new = object.__new__
+    out = []
+    for i, p, s, d, e, c, b, pl, la, lo, f in zip(*cols, strict=True):
+        item = new(PageItem)
+        item.__dict__ = {"item_id": i, "cloud_position": p, "cloud_score": s, "cloud_dense": d, "id_embedding": e,
+                         "category": c, "brand": b, "price_level": pl, "lat": la, "lon": lo, "embedding_found": f,
+                         "attrs": {}}
+        out.append(item)
+    return out
