@@ -39,6 +39,10 @@ def free_port() -> int:
 
 
 WORKER_CLASSES = ("gevent", "gthread", "sync")
+# gunicorn's HTTP parser: "auto" = the C parser (gunicorn_h1c, in the [cloud] extra) when installed, else gunicorn's
+# pure-Python one; "fast" = require the C parser; "python" = the pure-Python one. Both give the same statuses on
+# every malformed request the tests and bench/cloud_fuzz.py send; the C one costs less per request.
+HTTP_PARSERS = ("auto", "fast", "python")
 
 
 def default_worker_class(threads: int = 1) -> str:
@@ -49,12 +53,17 @@ def default_worker_class(threads: int = 1) -> str:
 
 
 def gunicorn_command(host: str, port: int, workers: int, threads: int = 1, worker_class: str | None = None,
-                     worker_connections: int = 1000, timeout_s: int = 30, keepalive_s: int = 5) -> list[str]:
-    """The gunicorn command line: `worker_class` (default: :func:`default_worker_class`), request-line and header
-    limits, a worker timeout, keep-alive, graceful shutdown."""
+                     worker_connections: int = 1000, timeout_s: int = 30, keepalive_s: int = 5,
+                     http_parser: str = "auto") -> list[str]:
+    """The gunicorn command line: `worker_class` (default: :func:`default_worker_class`), `http_parser` (one of
+    :data:`HTTP_PARSERS`), request-line and header limits, a worker timeout, keep-alive, graceful shutdown."""
     wc = worker_class or default_worker_class(threads)
     if wc not in WORKER_CLASSES:
         raise ValueError(f"worker_class must be one of {WORKER_CLASSES}, got {wc!r}")
+    if http_parser not in HTTP_PARSERS:
+        raise ValueError(f"http_parser must be one of {HTTP_PARSERS}, got {http_parser!r}")
+    if http_parser == "fast" and not importable("gunicorn_h1c"):
+        raise ImportError("http_parser='fast' needs gunicorn's C parser: pip install 'edge-rerank[cloud]'")
     if wc == "gthread" and threads < 2:
         threads = 2
     worker = {"gevent": "GeventWorker", "gthread": "ThreadWorker", "sync": "SyncWorker"}[wc]
@@ -62,7 +71,7 @@ def gunicorn_command(host: str, port: int, workers: int, threads: int = 1, worke
            "--worker-class", f"edge_rerank.cloud.gunicorn_workers.{worker}", "--bind", f"{host}:{port}",
            "--log-level", "warning",
            "--graceful-timeout", "5", "--backlog", "2048", "--timeout", str(timeout_s),
-           "--keep-alive", str(keepalive_s),
+           "--keep-alive", str(keepalive_s), "--http-parser", http_parser,
            "--limit-request-line", "8190", "--limit-request-fields", "100", "--limit-request-field_size", "8190"]
     if wc == "gthread":
         cmd += ["--threads", str(threads)]
@@ -80,12 +89,12 @@ _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def serve_forever(config: CloudConfig, host: str = "127.0.0.1", port: int = 8080, workers: int = 2,
-                  threads: int = 1, worker_class: str | None = None) -> int:
+                  threads: int = 1, worker_class: str | None = None, http_parser: str = "auto") -> int:
     """Run gunicorn until it exits. SIGTERM / SIGINT / SIGHUP sent to this process are forwarded to the gunicorn
     master (graceful stop; HUP reloads workers), so a process manager stopping ``edge-rerank serve`` stops the
     server too; a second SIGINT / SIGTERM after the graceful timeout kills it."""
     metrics_dir = tempfile.mkdtemp(prefix="edge-rerank-metrics-")
-    proc = subprocess.Popen(gunicorn_command(host, port, workers, threads, worker_class),
+    proc = subprocess.Popen(gunicorn_command(host, port, workers, threads, worker_class, http_parser=http_parser),
                             env=_server_env(config, metrics_dir))
     stopping = [0.0]
 
@@ -144,22 +153,22 @@ def _wait_healthy(proc: subprocess.Popen, base: str, timeout_s: float, log_file)
 @contextlib.contextmanager
 def running_server(config: CloudConfig, *, workers: int = 1, threads: int = 1, host: str = "127.0.0.1",
                    port: int | None = None, timeout_s: float = 60.0, log_file: str | Path | None = None,
-                   worker_class: str | None = None) -> Iterator[str]:
+                   worker_class: str | None = None, http_parser: str = "auto") -> Iterator[str]:
     """Start gunicorn in a child process, wait for /healthz, yield the base URL, stop it on exit."""
     with server_process(config, workers=workers, threads=threads, host=host, port=port, timeout_s=timeout_s,
-                        log_file=log_file, worker_class=worker_class) as server:
+                        log_file=log_file, worker_class=worker_class, http_parser=http_parser) as server:
         yield server.url
 
 
 @contextlib.contextmanager
 def server_process(config: CloudConfig, *, workers: int = 1, threads: int = 1, host: str = "127.0.0.1",
                    port: int | None = None, timeout_s: float = 60.0, log_file: str | Path | None = None,
-                   worker_class: str | None = None) -> Iterator[ServerProcess]:
+                   worker_class: str | None = None, http_parser: str = "auto") -> Iterator[ServerProcess]:
     """Like running_server, but yields the process handle too (for tests that kill -9 it)."""
     port = port or free_port()
     metrics_dir = tempfile.mkdtemp(prefix="edge-rerank-metrics-")
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
-    proc = subprocess.Popen(gunicorn_command(host, port, workers, threads, worker_class),
+    proc = subprocess.Popen(gunicorn_command(host, port, workers, threads, worker_class, http_parser=http_parser),
                             env=_server_env(config, metrics_dir),
                             stdout=out, stderr=out, start_new_session=True)
     server = ServerProcess(url=f"http://{host}:{port}", proc=proc, metrics_dir=Path(metrics_dir))

@@ -395,8 +395,17 @@ def _cmd_serve(a: argparse.Namespace) -> int:
     if wc != "gevent":
         print(f"WARNING: {wc} workers: slow clients can hold every thread (install the [cloud] extra for gevent "
               "workers, or put a buffering proxy in front: docs/cloud.md)", file=sys.stderr)
-    print(f"serving {data} on http://{a.host}:{a.port} with {a.workers} gunicorn {wc} worker(s)")
-    return serve_forever(cfg, host=a.host, port=a.port, workers=a.workers, threads=a.threads, worker_class=wc)
+    from edge_rerank.device_sdk.extras import importable
+
+    parser = a.http_parser
+    if parser == "fast" and not importable("gunicorn_h1c"):
+        print("error: --http-parser fast needs gunicorn's C parser: pip install 'edge-rerank[cloud]'", file=sys.stderr)
+        return 2
+    if parser == "auto":
+        parser = "C (gunicorn_h1c)" if importable("gunicorn_h1c") else "pure-Python"
+    print(f"serving {data} on http://{a.host}:{a.port} with {a.workers} gunicorn {wc} worker(s), {parser} HTTP parser")
+    return serve_forever(cfg, host=a.host, port=a.port, workers=a.workers, threads=a.threads, worker_class=wc,
+                         http_parser=a.http_parser)
 
 
 class _Fmt(argparse.HelpFormatter):
@@ -628,6 +637,9 @@ def _add_serve_parser(sub) -> None:
     v.add_argument("--threads", type=int, default=1, help="threads per worker (gthread workers)")
     v.add_argument("--worker-class", choices=["gevent", "gthread", "sync"],
                    help="gunicorn worker class (default: gevent when installed; slow clients cannot starve it)")
+    v.add_argument("--http-parser", choices=["auto", "fast", "python"], default="auto",
+                   help="gunicorn's HTTP parser: auto = the C parser (gunicorn_h1c, in the [cloud] extra) when "
+                        "installed, fast = require it, python = gunicorn's pure-Python parser")
     v.add_argument("--log-dir", help="accept opt-in impression logs into this directory")
     v.add_argument("--api-key", help="key required on /v1/logs")
     v.add_argument("--insecure", action="store_true", help="accept /v1/logs uploads without --api-key (local runs)")

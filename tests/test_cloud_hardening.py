@@ -419,6 +419,39 @@ def test_malformed_framing_is_never_a_5xx_and_never_logs_a_traceback(server):
     assert "Traceback" not in (d / "server.log").read_text(errors="replace")
 
 
+def test_both_http_parsers_answer_every_framing_attack_alike(cloud_data, tmp_path):
+    """gunicorn's C parser (the [cloud] extra; serve's default when installed) and its pure-Python one give the same
+    status to every malformed request, and neither a 5xx nor a traceback (the server fixture runs the default)."""
+    import random
+
+    from edge_rerank.cloud.serve import server_process
+    from edge_rerank.device_sdk.extras import importable
+
+    if not importable("gunicorn_h1c"):
+        pytest.skip("gunicorn_h1c (the C parser of the [cloud] extra) is not installed")
+    cfg = CloudConfig(data_dir=str(cloud_data), registry_dir=str(tmp_path / "reg"), admin_key="adm")
+    answers = {}
+    for parser in ("python", "fast"):
+        log = tmp_path / f"server-{parser}.log"
+        with server_process(cfg, workers=1, log_file=log, http_parser=parser) as srv:
+            rng = random.Random(1)
+            reqs = [req for _ in range(6) for path, h in (("/v1/search", {"Content-Type": PB}), ("/ping", {}))
+                    for req in framing_attacks(rng, path, h)]
+            answers[parser] = [raw_request(srv.url, req)[0] for req in reqs]
+        assert answers[parser] and all(s < 500 for s in answers[parser]), parser
+        assert "Traceback" not in log.read_text(errors="replace"), parser
+    assert answers["fast"] == answers["python"], [
+        (a, b, r[:120]) for a, b, r in zip(answers["python"], answers["fast"], reqs, strict=True) if a != b]
+
+
+def test_serve_refuses_an_unknown_http_parser():
+    from edge_rerank.cloud.serve import gunicorn_command
+
+    with pytest.raises(ValueError, match="http_parser"):
+        gunicorn_command("127.0.0.1", 8080, 1, http_parser="c")
+    assert gunicorn_command("127.0.0.1", 8080, 1, http_parser="python")[-1].endswith("app_from_env()")
+
+
 def test_chunked_body_over_the_limit_is_413_never_cut(server, rows):
     srv, d = server
     body = _batch(rows) * 1  # a valid batch ...
