@@ -34,6 +34,18 @@ def _mix(x: int, k: int) -> int:
     return x ^ (x >> 31)
 
 
+def _mix_in_place(x):
+    """The rest of :func:`_mix` after the key's xor, on uint64 values (in place when `x` is an array; returned, as a
+    0-d result is a numpy scalar)."""
+    x += _GOLDEN
+    x ^= x >> _S30
+    x *= _M1
+    x ^= x >> _S27
+    x *= _M2
+    x ^= x >> _S31
+    return x
+
+
 def crn_uniform_array(seed: int, *keys: int | np.ndarray) -> np.ndarray:
     """Vectorised :func:`crn_uniform`: keys may be integer arrays (broadcast); bit-identical results.
     Leading scalar keys are mixed in Python, so only the array keys cost numpy operations."""
@@ -49,12 +61,7 @@ def crn_uniform_array(seed: int, *keys: int | np.ndarray) -> np.ndarray:
         if a.ndim:
             x = (a.view(np.uint64) if a.dtype == np.int64 else a.astype(np.int64).view(np.uint64)
                  if a.dtype != np.uint64 else a) ^ np.uint64(x0)  # a new array
-            x += _GOLDEN
-            x ^= x >> _S30
-            x *= _M1
-            x ^= x >> _S27
-            x *= _M2
-            x ^= x >> _S31
+            _mix_in_place(x)
             x >>= _S11
             return x.astype(np.float64) * (1.0 / float(1 << 53))
     x: np.ndarray = np.asarray(x0, dtype=np.uint64)
@@ -62,12 +69,7 @@ def crn_uniform_array(seed: int, *keys: int | np.ndarray) -> np.ndarray:
         for k in keys[i:]:
             a = np.asarray(k)
             x = x ^ (a.astype(np.int64).view(np.uint64) if a.dtype != np.uint64 else a)  # a new array
-            x += _GOLDEN
-            x ^= x >> _S30
-            x *= _M1
-            x ^= x >> _S27
-            x *= _M2
-            x ^= x >> _S31
+            x = _mix_in_place(x)
         x >>= _S11
     return x.astype(np.float64) * (1.0 / float(1 << 53))
 
