@@ -7,6 +7,7 @@ level, coordinates) per catalog row, so a page costs a few byte joins per item."
 
 from __future__ import annotations
 
+import math
 import struct
 
 import numpy as np
@@ -40,12 +41,13 @@ def _int_field(tag: bytes, v: int) -> bytes:
 
 
 _POSITIONS = [_int_field(_POSITION, p) for p in range(4096)]
+_LENGTHS = [varint(n) for n in range(1 << 14)]  # item message lengths (two varint bytes at most)
 
 
 def _quantize(emb: np.ndarray, encoding: EmbeddingEncoding) -> tuple[np.ndarray, np.ndarray]:
     """(rows as little-endian float16 or int8, one row per item; scales) as ``PackedEmbedding.pack`` packs them."""
     v = np.asarray(emb, dtype=np.float32)
-    if not np.all(np.isfinite(v)):
+    if not math.isfinite(float(np.add.reduce(v, axis=None, dtype=np.float64))):  # float32s: finite iff each is
         raise ContractError("embedding row has non-finite values")
     n = v.shape[0]
     if encoding == EmbeddingEncoding.FP16:
@@ -110,12 +112,14 @@ def _encode(statics: list[bytes], start: int, scores: np.ndarray, dense: np.ndar
             m[:, at:at + w] = np.ascontiguousarray(a).view(np.uint8).reshape(n, w)
             at += w
     fixed = m.tobytes()
-    out = []
-    for k in range(n):
+    out: list[bytes] = []
+    add = out.extend
+    for k, static in enumerate(statics):  # per item: tag, length, static fields, position, the fixed-width part
         pos = start + k
-        item = b"".join((statics[k], _POSITIONS[pos] if pos < len(_POSITIONS) else _int_field(_POSITION, pos),
-                         fixed[width * k:width * (k + 1)]))
-        out.append(_ITEMS + varint(len(item)) + item)
+        p = _POSITIONS[pos] if pos < len(_POSITIONS) else _int_field(_POSITION, pos)
+        size = len(static) + len(p) + width
+        add((_ITEMS, _LENGTHS[size] if size < len(_LENGTHS) else varint(size), static, p,
+             fixed[width * k:width * (k + 1)]))
     return b"".join(out)
 
 
@@ -132,7 +136,9 @@ class PageEncoder:
 
     def _statics(self, rows: list[int]) -> list[bytes]:
         got = self._static
-        out = [got.get(r) for r in rows]
+        out = list(map(got.get, rows))
+        if None not in out:  # the common case: every row's fields are encoded already
+            return out  # type: ignore[return-value]
         for k, r in enumerate(rows):
             if out[k] is None:
                 ids, cat, brand, price, lat, lon = self._cols
