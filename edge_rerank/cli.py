@@ -928,6 +928,10 @@ def _fusion_train_args(tr) -> None:
     tr.add_argument("--click-bait", action="store_true",
                     help="the scroll lever plus click bait and a delivery radius, 8-item pages (docs/simulator.md): "
                          "the world where the penalties change the policy")
+    tr.add_argument("--purpose-history", action="store_true",
+                    help="click bait with persistent per-user purposes; the agent also observes the user's purpose "
+                         "history from the cloud's own order logs (a first-page signal; README 'RL fusion: a "
+                         "first-page purpose signal')")
     tr.add_argument("--reuse-data", type=_existing_path, help="an earlier run: reuse its logs, ranker and store")
     tr.add_argument("--registry-dir", help="also publish the bundle to this model registry")
     tr.add_argument("--version", default="1", help="bundle version")
@@ -945,7 +949,7 @@ def _cmd_fusion(a: argparse.Namespace) -> int:
                                 pretrain_episodes=a.pretrain_episodes, eval_episodes=a.eval_episodes,
                                 n_policies=a.policies, clip=a.clip, no_conversion_penalty=a.no_conversion_penalty,
                                 leave_penalty=a.leave_penalty, scroll_lever=a.scroll_lever,
-                                click_bait=a.click_bait,
+                                click_bait=a.click_bait, purpose_history=a.purpose_history,
                                 twin_critic=a.twin_critic,
                                 reuse_data=a.reuse_data, registry_dir=a.registry_dir,
                                 version=a.version, seed=a.seed)
