@@ -90,12 +90,14 @@ RULES = {"a = 0.25 for all": lambda c: False, "a = 1.75 at meal hours": lambda c
          "a = 1.75 from the 3rd page": lambda c: c[3] >= 1.0,
          "a = 1.75 at meals if ordered before": lambda c: c[2] > 0.5 and c[6] > 0}
 # With the purpose history (a run trained with --purpose-history; cloud.ranking.purpose_history.PURPOSE_FEATURES
-# from ctx[8]: 9 the share of earlier sessions with an order, 12 the last session had an order)
-PURPOSE_RULES = {"a = 1.75 if ordered in > 40 % of earlier sessions": lambda c: c[9] > 0.4,
-                 "a = 1.75 if ordered in > 55 % of earlier sessions": lambda c: c[9] > 0.55,
-                 "a = 1.75 if ordered in > 70 % of earlier sessions": lambda c: c[9] > 0.7,
+# from ctx[8]: 9 the share of earlier sessions with an order, 12 the last session had an order, 13 pages of the
+# sessions without an order / 5)
+PURPOSE_RULES = {"a = 1.75 if ordered in > 25 % of earlier sessions": lambda c: c[9] > 0.25,
+                 "a = 1.75 if ordered in > 30 % of earlier sessions": lambda c: c[9] > 0.3,
+                 "a = 1.75 if ordered in > 35 % of earlier sessions": lambda c: c[9] > 0.35,
                  "a = 1.75 if the last session had an order": lambda c: c[12] > 0.5,
-                 "a = 1.75 at meals if ordered in > 40 %": lambda c: c[2] > 0.5 and c[9] > 0.4}
+                 "a = 1.75 at meals if ordered in > 25 %": lambda c: c[2] > 0.5 and c[9] > 0.25,
+                 "a = 1.75 if ordered in > 25 % and > 1 page unconverted": lambda c: c[9] > 0.25 and c[13] > 0.2}
 
 
 def observable_rules(run: Path, sessions: int, rewards: dict[str, RewardConfig]) -> dict:

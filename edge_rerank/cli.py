@@ -933,6 +933,8 @@ def _fusion_train_args(tr) -> None:
                          "history from the cloud's own order logs (a first-page signal; README 'RL fusion: a "
                          "first-page purpose signal')")
     tr.add_argument("--reuse-data", type=_existing_path, help="an earlier run: reuse its logs, ranker and store")
+    tr.add_argument("--ranker-from", type=_existing_path,
+                    help="an earlier run's two-head ranker: log this world's traffic with it, train no new ranker")
     tr.add_argument("--registry-dir", help="also publish the bundle to this model registry")
     tr.add_argument("--version", default="1", help="bundle version")
     tr.add_argument("--seed", type=int, default=0, help="training seed")
@@ -951,7 +953,7 @@ def _cmd_fusion(a: argparse.Namespace) -> int:
                                 leave_penalty=a.leave_penalty, scroll_lever=a.scroll_lever,
                                 click_bait=a.click_bait, purpose_history=a.purpose_history,
                                 twin_critic=a.twin_critic,
-                                reuse_data=a.reuse_data, registry_dir=a.registry_dir,
+                                reuse_data=a.reuse_data, ranker_from=a.ranker_from, registry_dir=a.registry_dir,
                                 version=a.version, seed=a.seed)
         s = train_fusion(cfg, progress=not a.no_progress)
         best = s["agent"]["eval"][s["agent"]["chosen_policy"]]

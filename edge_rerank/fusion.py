@@ -58,6 +58,9 @@ class FusionTrainConfig:
     name: str = "fusion-policy"
     registry_dir: str | None = None  # publish the bundle there too
     reuse_data: str | None = None  # an earlier run's cloud_data + logs (skip logs and ranker: ablations)
+    # an earlier run's two-head ranker (its cloud_data, copied): log this world's baseline traffic with it (a = 1)
+    # for the behaviour store / order history, but do not train a new ranker
+    ranker_from: str | None = None
 
 
 def order_world_config(scroll_lever: bool = False, click_bait: bool = False,
@@ -120,7 +123,7 @@ def collect_logs(world: World, um: OrderAwareUserModel, data_dir: Path, n: int, 
         out = phone.run(spec)
         rows.extend(out.rows)
         if order_log is not None:
-            order_log.add_session(world.user_ids[spec.user], out.orders)
+            order_log.add_session(world.user_ids[spec.user], out.orders, out.pages)
     return rows
 
 
@@ -193,17 +196,29 @@ def train_fusion(cfg: FusionTrainConfig, *, progress: bool = True) -> dict:
         data_dir = out / "cloud_data"
         if data_dir.exists():
             shutil.rmtree(data_dir)
-        world.provision_cloud(data_dir)
+        if cfg.ranker_from:  # the earlier run's cloud (catalog, embeddings, two-head ranker) serves the logs
+            src = Path(cfg.ranker_from)
+            prev = json.loads((src / "training.json").read_text())
+            if int(prev["config"]["world_seed"]) != cfg.world_seed:
+                raise ValueError(f"--ranker-from {src}: world seed {prev['config']['world_seed']}, not "
+                                 f"{cfg.world_seed}")
+            shutil.copytree(Path(prev.get("cloud_data", src / "cloud_data")), data_dir)
+        else:
+            world.provision_cloud(data_dir)
         order_log = OrderHistory() if cfg.purpose_history else None
         rows = collect_logs(world, um, data_dir, cfg.log_sessions, progress=progress,
                             phone_config=phone_config_for(cfg.click_bait), order_log=order_log)
         say(f"baseline logs: {cfg.log_sessions} sessions, {len(rows)} shown pages ({time.perf_counter() - t0:.0f} s)")
-        samples = fusion_samples(rows, CloudFeaturizer(data_dir))
-        ranker, rsum = train_two_head(samples, epochs=cfg.ranker_epochs, seed=cfg.seed)
-        export_two_head_onnx(ranker, data_dir / "ranker.onnx")
+        if cfg.ranker_from:
+            rsum = {**prev["ranker"], "from": str(cfg.ranker_from)}
+        else:
+            samples = fusion_samples(rows, CloudFeaturizer(data_dir))
+            ranker, rsum = train_two_head(samples, epochs=cfg.ranker_epochs, seed=cfg.seed)
+            export_two_head_onnx(ranker, data_dir / "ranker.onnx")
         alpha = float(rsum["alpha"])
         summary["ranker"] = rsum
-        say(f"two-head ranker: click AUC {rsum['click_auc']:.3f}, order AUC (given click) "
+        origin = f" (from {cfg.ranker_from})" if cfg.ranker_from else ""
+        say(f"two-head ranker{origin}: click AUC {rsum['click_auc']:.3f}, order AUC (given click) "
             f"{rsum['order_auc_given_click']:.3f}, alpha {alpha}")
         store = BehaviourStore(replace(fcfg, alpha=alpha), purpose=order_log)
         store.add_rows(rows)
