@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_rerank.cloud.ranking.rl_fusion import FusionConfig, load_store
-from edge_rerank.fusion import TRAIN_SEED, _world, phone_config_for, purpose_of, world_of
+from edge_rerank.fusion import TRAIN_SEED, _world, phone_config_for, propensity_of, purpose_of, world_of
 from edge_rerank.simulator.fusion_env import FusionEnv, RewardConfig
 
 WORLDS = {"default": (False, False), "scroll-lever": (True, False), "click-bait": (True, True)}
@@ -42,7 +42,8 @@ def sweep(run: Path, sessions: int, world_name: str, grid: list[float], world_kw
     fcfg = FusionConfig(alpha=alpha, clip=clip, seq_len=int(summary["config"]["seq_len"]), purpose_history=purpose)
     store = load_store(run / "bundle", fcfg)
     lever, bait = WORLDS[world_name] if world_name != "run" else world_of(summary["config"])
-    world, um = _world(int(summary["config"]["world_seed"]), lever, bait, purpose and world_name == "run")
+    world, um = _world(int(summary["config"]["world_seed"]), lever, bait, purpose and world_name == "run",
+                       propensity_of(summary["config"]))
     if world_kw:  # explore other order-world parameters (the run's ranker is kept)
         um = type(um)(world, um.cfg, replace(um.order_cfg, **world_kw))
     phone_cfg = phone_config_for(bait)
@@ -109,7 +110,7 @@ def observable_rules(run: Path, sessions: int, rewards: dict[str, RewardConfig])
                         seq_len=int(summary["config"]["seq_len"]), purpose_history=purpose)
     store = load_store(run / "bundle", fcfg)
     lever, bait = world_of(summary["config"])
-    world, um = _world(int(summary["config"]["world_seed"]), lever, bait, purpose)
+    world, um = _world(int(summary["config"]["world_seed"]), lever, bait, purpose, propensity_of(summary["config"]))
     env = FusionEnv(world, Path(summary.get("cloud_data", run / "cloud_data")), um, store, fusion_cfg=fcfg,
                     session_seed=TRAIN_SEED + 100, phone_config=phone_config_for(bait))
     specs = [world.session(i, env.session_seed) for i in range(sessions)]

@@ -41,6 +41,7 @@ class FusionTrainConfig:
     # ... plus persistent per-user purposes, and the agent observes the user's purpose history from the cloud's order
     # logs (OrderWorldConfig.with_purpose_history, FusionConfig.purpose_history; implies click bait)
     purpose_history: bool = False
+    buyer_propensity: tuple[float, float] | None = None  # its Beta(a, b) (None: the preset's)
     log_sessions: int = 3000
     ranker_epochs: int = 8
     clip: float = 0.75
@@ -63,12 +64,13 @@ class FusionTrainConfig:
     ranker_from: str | None = None
 
 
-def order_world_config(scroll_lever: bool = False, click_bait: bool = False,
-                       purpose_history: bool = False) -> OrderWorldConfig:
+def order_world_config(scroll_lever: bool = False, click_bait: bool = False, purpose_history: bool = False,
+                       buyer_propensity: tuple[float, float] | None = None) -> OrderWorldConfig:
     """The order world a run trains and is A/B-tested in: default, with the scroll lever, with click bait, or with
-    click bait and persistent purposes."""
+    click bait and persistent purposes (``buyer_propensity``: their Beta, None: the preset's)."""
     if purpose_history:
-        return OrderWorldConfig.with_purpose_history()
+        kw = {"buyer_propensity": tuple(float(x) for x in buyer_propensity)} if buyer_propensity else {}
+        return OrderWorldConfig.with_purpose_history(**kw)
     if click_bait:
         return OrderWorldConfig.with_click_bait()
     return OrderWorldConfig.with_scroll_lever() if scroll_lever else OrderWorldConfig()
@@ -84,6 +86,12 @@ def purpose_of(config: dict) -> bool:
     return bool(config.get("purpose_history", False))
 
 
+def propensity_of(config: dict) -> tuple[float, float] | None:
+    """A persistent-purpose run's recorded Beta of the buyer propensity (None: the preset's)."""
+    bp = config.get("buyer_propensity")
+    return (float(bp[0]), float(bp[1])) if bp else None
+
+
 # The click-bait world's app loads small pages (a page request every two screens, as the seed's feed does; at most
 # 80 items a session, the default's 3 x 25 = 75): with 25-item pages a session makes 1-3 page requests and a
 # page-level penalty cannot see how deep users scroll.
@@ -97,13 +105,14 @@ def phone_config_for(click_bait: bool = False):
     return PhoneConfig(page_size=CLICK_BAIT_PAGE_SIZE) if click_bait else None
 
 
-def _world(seed: int, scroll_lever: bool = False, click_bait: bool = False,
-           purpose_history: bool = False) -> tuple[World, OrderAwareUserModel]:
+def _world(seed: int, scroll_lever: bool = False, click_bait: bool = False, purpose_history: bool = False,
+           buyer_propensity: tuple[float, float] | None = None) -> tuple[World, OrderAwareUserModel]:
     from edge_rerank.simulator.user_model import UserModelConfig
 
     w = World(WorldConfig(seed=seed))
     ucfg = UserModelConfig(max_pages=CLICK_BAIT_MAX_PAGES) if click_bait or purpose_history else None
-    return w, OrderAwareUserModel(w, ucfg, order_world_config(scroll_lever, click_bait, purpose_history))
+    return w, OrderAwareUserModel(w, ucfg, order_world_config(scroll_lever, click_bait, purpose_history,
+                                                              buyer_propensity))
 
 
 def collect_logs(world: World, um: OrderAwareUserModel, data_dir: Path, n: int, *, progress: bool = True,
@@ -176,18 +185,20 @@ def train_fusion(cfg: FusionTrainConfig, *, progress: bool = True) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     say = print if progress else (lambda *_a, **_k: None)
     t0 = time.perf_counter()
-    world, um = _world(cfg.world_seed, cfg.scroll_lever, cfg.click_bait, cfg.purpose_history)
+    world, um = _world(cfg.world_seed, cfg.scroll_lever, cfg.click_bait, cfg.purpose_history, cfg.buyer_propensity)
     summary: dict = {"config": asdict(cfg)}
     fcfg = FusionConfig(clip=cfg.clip, seq_len=cfg.seq_len, purpose_history=cfg.purpose_history)
     if cfg.reuse_data:
         src = Path(cfg.reuse_data)
         data_dir = src / "cloud_data"
         prev = json.loads((src / "training.json").read_text())
-        if ((*world_of(prev["config"]), purpose_of(prev["config"]))
-                != (cfg.scroll_lever, cfg.click_bait, cfg.purpose_history)):
+        bp = tuple(cfg.buyer_propensity) if cfg.buyer_propensity else None
+        if ((*world_of(prev["config"]), purpose_of(prev["config"]), propensity_of(prev["config"]))
+                != (cfg.scroll_lever, cfg.click_bait, cfg.purpose_history, bp)):
             lever, bait = world_of(prev["config"])
             raise ValueError(f"--reuse-data {src}: trained with scroll_lever={lever}, click_bait={bait}, "
-                             f"purpose_history={purpose_of(prev['config'])}; an ablation must run in the same world")
+                             f"purpose_history={purpose_of(prev['config'])}, buyer_propensity="
+                             f"{propensity_of(prev['config'])}; an ablation must run in the same world")
         alpha = float(prev["ranker"]["alpha"])
         summary["ranker"] = prev["ranker"]
         rows = None
@@ -325,7 +336,8 @@ def fusion_ab(cfg: FusionABConfig, *, progress: bool = True) -> dict:
         data_dir = Path(json.loads((run / "training.json").read_text()).get("cloud_data", data_dir))
     trained = json.loads((run / "training.json").read_text()) if (run / "training.json").is_file() else {}
     lever, bait = world_of(trained.get("config", {}))  # the world the agent was trained in
-    world, um = _world(cfg.world_seed, lever, bait, purpose_of(trained.get("config", {})))
+    world, um = _world(cfg.world_seed, lever, bait, purpose_of(trained.get("config", {})),
+                       propensity_of(trained.get("config", {})))
     policy = load_fusion_bundle(run / "bundle")
     alpha = policy.cfg.alpha
     arms: list[tuple[str, object, object]] = [("fixed a=1", TwoHeadFusion(alpha), None), ("RL fusion", policy, None)]
