@@ -228,13 +228,27 @@ def test_purpose_bundle_roundtrip_and_refusals(world, purpose_run, tmp_path):
 
 def test_cli_and_runs_refuse_another_world(tmp_path):
     from edge_rerank.cli import build_parser
-    from edge_rerank.fusion import FusionTrainConfig, _world, order_world_config, purpose_of, train_fusion
+    from edge_rerank.fusion import (
+        FusionTrainConfig,
+        _world,
+        order_world_config,
+        propensity_of,
+        purpose_of,
+        train_fusion,
+    )
 
     assert build_parser().parse_args(["fusion", "train", "--purpose-history"]).purpose_history is True
     assert build_parser().parse_args(["train-fusion"]).purpose_history is False
+    assert build_parser().parse_args(["train-fusion", "--buyer-propensity", "0.15,0.22"]).buyer_propensity == (0.15,
+                                                                                                            0.22)
+    for bad in ("0.3", "0,1", "a,b"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["train-fusion", "--buyer-propensity", bad])
     assert purpose_of({"click_bait": True}) is False  # runs recorded before the option
     assert order_world_config(True, True) == OrderWorldConfig.with_click_bait()
     assert order_world_config(True, True, True) == OrderWorldConfig.with_purpose_history()
+    assert order_world_config(True, True, True, (0.15, 0.22)).buyer_propensity == (0.15, 0.22)
+    assert propensity_of({"buyer_propensity": [0.15, 0.22]}) == (0.15, 0.22) and propensity_of({}) is None
     _, um = _world(0, False, False, True)
     assert um.order_cfg.buyer_propensity is not None and um.cfg.max_pages == 10
     (tmp_path / "training.json").write_text(json.dumps({"config": {"scroll_lever": True, "click_bait": True},
