@@ -256,3 +256,7 @@ def test_cli_and_runs_refuse_another_world(tmp_path):
     with pytest.raises(ValueError, match="purpose_history=False"):
         train_fusion(FusionTrainConfig(out=str(tmp_path / "out"), reuse_data=str(tmp_path), purpose_history=True),
                      progress=False)
+    (tmp_path / "training.json").write_text(json.dumps({"config": {"world_seed": 5}, "ranker": {"alpha": 0.5}}))
+    with pytest.raises(ValueError, match="world seed 5"):  # an earlier run's ranker must be of the same world
+        train_fusion(FusionTrainConfig(out=str(tmp_path / "out"), ranker_from=str(tmp_path), purpose_history=True),
+                     progress=False)
