@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_rerank.cloud.ranking.rl_fusion import BEHAVIOUR_FILE, BehaviourStore, FusionConfig
-from edge_rerank.fusion import TRAIN_SEED, _world, phone_config_for, world_of
+from edge_rerank.cloud.ranking.rl_fusion import FusionConfig, load_store
+from edge_rerank.fusion import TRAIN_SEED, _world, phone_config_for, propensity_of, purpose_of, world_of
 from edge_rerank.simulator.fusion_env import FusionEnv, RewardConfig
 
 WORLDS = {"default": (False, False), "scroll-lever": (True, False), "click-bait": (True, True)}
@@ -38,10 +38,12 @@ def sweep(run: Path, sessions: int, world_name: str, grid: list[float], world_kw
     summary = json.loads((run / "training.json").read_text())
     data_dir = Path(summary.get("cloud_data", run / "cloud_data"))
     alpha, clip = float(summary["ranker"]["alpha"]), float(summary["config"]["clip"])
-    fcfg = FusionConfig(alpha=alpha, clip=clip, seq_len=int(summary["config"]["seq_len"]))
-    store = BehaviourStore.load(run / "bundle" / BEHAVIOUR_FILE, fcfg)
+    purpose = purpose_of(summary["config"])
+    fcfg = FusionConfig(alpha=alpha, clip=clip, seq_len=int(summary["config"]["seq_len"]), purpose_history=purpose)
+    store = load_store(run / "bundle", fcfg)
     lever, bait = WORLDS[world_name] if world_name != "run" else world_of(summary["config"])
-    world, um = _world(int(summary["config"]["world_seed"]), lever, bait)
+    world, um = _world(int(summary["config"]["world_seed"]), lever, bait, purpose and world_name == "run",
+                       propensity_of(summary["config"]))
     if world_kw:  # explore other order-world parameters (the run's ranker is kept)
         um = type(um)(world, um.cfg, replace(um.order_cfg, **world_kw))
     phone_cfg = phone_config_for(bait)
@@ -88,38 +90,56 @@ RULES = {"a = 0.25 for all": lambda c: False, "a = 1.75 at meal hours": lambda c
          "a = 1.75 if the user ordered before": lambda c: c[6] > 0,
          "a = 1.75 from the 3rd page": lambda c: c[3] >= 1.0,
          "a = 1.75 at meals if ordered before": lambda c: c[2] > 0.5 and c[6] > 0}
+# With the purpose history (a run trained with --purpose-history; cloud.ranking.purpose_history.PURPOSE_FEATURES
+# from ctx[8]: 9 the share of earlier sessions with an order, 12 the last session had an order, 13 pages of the
+# sessions without an order / 5)
+PURPOSE_RULES = {"a = 1.75 if ordered in > 25 % of earlier sessions": lambda c: c[9] > 0.25,
+                 "a = 1.75 if ordered in > 30 % of earlier sessions": lambda c: c[9] > 0.3,
+                 "a = 1.75 if ordered in > 35 % of earlier sessions": lambda c: c[9] > 0.35,
+                 "a = 1.75 if the last session had an order": lambda c: c[12] > 0.5,
+                 "a = 1.75 at meals if ordered in > 25 %": lambda c: c[2] > 0.5 and c[9] > 0.25,
+                 "a = 1.75 if ordered in > 25 % and > 1 page unconverted": lambda c: c[9] > 0.25 and c[13] > 0.2}
 
 
 def observable_rules(run: Path, sessions: int, rewards: dict[str, RewardConfig]) -> dict:
     """Rules on what the agent observes, played on the same sessions: the share of their high-a requests that come
     from buyers, and each reward per episode vs a = 0.25 for everyone (paired 95 % half-widths)."""
     summary = json.loads((run / "training.json").read_text())
+    purpose = purpose_of(summary["config"])
     fcfg = FusionConfig(alpha=float(summary["ranker"]["alpha"]), clip=float(summary["config"]["clip"]),
-                        seq_len=int(summary["config"]["seq_len"]))
-    store = BehaviourStore.load(run / "bundle" / BEHAVIOUR_FILE, fcfg)
+                        seq_len=int(summary["config"]["seq_len"]), purpose_history=purpose)
+    store = load_store(run / "bundle", fcfg)
     lever, bait = world_of(summary["config"])
-    world, um = _world(int(summary["config"]["world_seed"]), lever, bait)
+    world, um = _world(int(summary["config"]["world_seed"]), lever, bait, purpose, propensity_of(summary["config"]))
     env = FusionEnv(world, Path(summary.get("cloud_data", run / "cloud_data")), um, store, fusion_cfg=fcfg,
                     session_seed=TRAIN_SEED + 100, phone_config=phone_config_for(bait))
-    buyer = np.array([um.is_buyer(world.session(i, env.session_seed)) for i in range(sessions)])
+    specs = [world.session(i, env.session_seed) for i in range(sessions)]
+    buyer = np.array([um.is_buyer(sp) for sp in specs])
+    # references no policy can see: the hidden purpose, and (persistent purposes) the user's true propensity
+    oracles = {"oracle: a = 1.75 for buyers (hidden purpose)": buyer}
+    if purpose:
+        oracles["oracle: a = 1.75 if the user's propensity > 0.5"] = np.array(
+            [um.propensity(sp.user) > 0.5 for sp in specs])
     per: dict[str, dict[str, np.ndarray]] = {}
     out: dict = {}
     try:
-        for name, rule in RULES.items():
+        for name, rule in {**RULES, **(PURPOSE_RULES if purpose else {}), **oracles}.items():
             tot = {k: np.zeros(sessions) for k in rewards}
-            fired = fired_buyer = 0
+            fired = fired_buyer = buyer_requests = 0
             for i in range(sessions):
                 obs, _ = env.reset(options={"session_index": i})
                 done = False
                 while not done:
-                    hi = bool(rule(obs["ctx"]))
+                    hi = bool(rule[i]) if isinstance(rule, np.ndarray) else bool(rule(obs["ctx"]))
                     fired += hi
                     fired_buyer += hi and bool(buyer[i])
+                    buyer_requests += bool(buyer[i])
                     obs, _, done, _, info = env.step(np.array([1.0 if hi else -1.0], np.float32))
                     for k, rc in rewards.items():
                         tot[k][i] += rc.reward(info["clicks"], info["orders"], bool(info.get("left", False)))
             per[name] = tot
-            out[name] = {"buyer_share_of_high_a": fired_buyer / max(fired, 1)}
+            out[name] = {"buyer_share_of_high_a": fired_buyer / max(fired, 1),
+                         "buyer_requests_caught": fired_buyer / max(buyer_requests, 1)}
     finally:
         env.close()
     ref = per["a = 0.25 for all"]
@@ -189,10 +209,11 @@ def main() -> None:
         rewards = {"none": RewardConfig(no_conversion_penalty=0.0, leave_penalty=0.0), "0.3/0.5": RewardConfig(),
                    "1.0/1.5": RewardConfig(no_conversion_penalty=1.0, leave_penalty=1.5)}
         res = observable_rules(Path(a.run), a.sessions, rewards)
-        print("| rule (else a = 0.25) | buyers among the high-a requests | " + " | ".join(
+        print("| rule (else a = 0.25) | buyers among the high-a requests | buyers' requests caught | " + " | ".join(
             f"Δ reward, {k}" for k in rewards) + " |")
         for name, r in res.items():
-            print(f"| {name} | {100 * r['buyer_share_of_high_a']:.0f} % | " + " | ".join(
+            print(f"| {name} | {100 * r['buyer_share_of_high_a']:.0f} % | {100 * r['buyer_requests_caught']:.0f} % | "
+                  + " | ".join(
                 f"{r[k]['mean']:+.3f} ± {r[k]['ci'][1] - r[k]['mean']:.3f}" for k in rewards) + " |")
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps(res, indent=1, default=float))

@@ -922,6 +922,16 @@ def _add_fusion_parser(sub) -> None:
     fu.set_defaults(func=_cmd_fusion)
 
 
+def _beta_pair(text: str) -> tuple[float, float]:
+    try:
+        a, b = (float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected A,B (two positive numbers), got {text!r}") from None
+    if not (a > 0 and b > 0):
+        raise argparse.ArgumentTypeError(f"Beta parameters must be > 0, got {text!r}")
+    return a, b
+
+
 def _fusion_train_args(tr) -> None:
     tr.add_argument("--out", default="runs/fusion", help="run directory (cloud_data/, bundle/, training.json)")
     tr.add_argument("--log-sessions", type=_positive_int, default=3000, help="baseline sessions logged")
@@ -940,7 +950,15 @@ def _fusion_train_args(tr) -> None:
     tr.add_argument("--click-bait", action="store_true",
                     help="the scroll lever plus click bait and a delivery radius, 8-item pages (docs/simulator.md): "
                          "the world where the penalties change the policy")
+    tr.add_argument("--purpose-history", action="store_true",
+                    help="click bait with persistent per-user purposes; the agent also observes the user's purpose "
+                         "history from the cloud's own order logs (a first-page signal; README 'RL fusion: a "
+                         "first-page purpose signal')")
+    tr.add_argument("--buyer-propensity", type=_beta_pair, default=None, metavar="A,B",
+                    help="with --purpose-history: the Beta(A, B) of the per-user buyer propensity (default 0.3,0.45)")
     tr.add_argument("--reuse-data", type=_existing_path, help="an earlier run: reuse its logs, ranker and store")
+    tr.add_argument("--ranker-from", type=_existing_path,
+                    help="an earlier run's two-head ranker: log this world's traffic with it, train no new ranker")
     tr.add_argument("--registry-dir", help="also publish the bundle to this model registry")
     tr.add_argument("--version", default="1", help="bundle version")
     tr.add_argument("--seed", type=int, default=0, help="training seed")
@@ -957,9 +975,10 @@ def _cmd_fusion(a: argparse.Namespace) -> int:
                                 pretrain_episodes=a.pretrain_episodes, eval_episodes=a.eval_episodes,
                                 n_policies=a.policies, clip=a.clip, no_conversion_penalty=a.no_conversion_penalty,
                                 leave_penalty=a.leave_penalty, scroll_lever=a.scroll_lever,
-                                click_bait=a.click_bait,
+                                click_bait=a.click_bait, purpose_history=a.purpose_history,
+                                buyer_propensity=a.buyer_propensity,
                                 twin_critic=a.twin_critic,
-                                reuse_data=a.reuse_data, registry_dir=a.registry_dir,
+                                reuse_data=a.reuse_data, ranker_from=a.ranker_from, registry_dir=a.registry_dir,
                                 version=a.version, seed=a.seed)
         s = train_fusion(cfg, progress=not a.no_progress)
         best = s["agent"]["eval"][s["agent"]["chosen_policy"]]

@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from edge_rerank.cloud.ranking.fusion import TwoHeadFusion
+from edge_rerank.cloud.ranking.purpose_history import PURPOSE_FILE, OrderHistory
 from edge_rerank.cloud.ranking.rl_fusion import (
     ACTOR_FILE,
     BEHAVIOUR_FILE,
@@ -23,6 +24,7 @@ from edge_rerank.cloud.ranking.rl_fusion import (
     FusionConfig,
     RLFusion,
     load_fusion_bundle,
+    load_store,
 )
 from edge_rerank.simulator.order_world import OrderAwareUserModel, OrderWorldConfig
 from edge_rerank.simulator.world import World, WorldConfig
@@ -36,6 +38,10 @@ class FusionTrainConfig:
     world_seed: int = 0
     scroll_lever: bool = False  # the order world's searching buyers (simulator.order_world)
     click_bait: bool = False  # ... plus click bait (OrderWorldConfig.with_click_bait; implies the scroll lever)
+    # ... plus persistent per-user purposes, and the agent observes the user's purpose history from the cloud's order
+    # logs (OrderWorldConfig.with_purpose_history, FusionConfig.purpose_history; implies click bait)
+    purpose_history: bool = False
+    buyer_propensity: tuple[float, float] | None = None  # its Beta(a, b) (None: the preset's)
     log_sessions: int = 3000
     ranker_epochs: int = 8
     clip: float = 0.75
@@ -53,10 +59,18 @@ class FusionTrainConfig:
     name: str = "fusion-policy"
     registry_dir: str | None = None  # publish the bundle there too
     reuse_data: str | None = None  # an earlier run's cloud_data + logs (skip logs and ranker: ablations)
+    # an earlier run's two-head ranker (its cloud_data, copied): log this world's baseline traffic with it (a = 1)
+    # for the behaviour store / order history, but do not train a new ranker
+    ranker_from: str | None = None
 
 
-def order_world_config(scroll_lever: bool = False, click_bait: bool = False) -> OrderWorldConfig:
-    """The order world a run trains and is A/B-tested in: default, with the scroll lever, or with click bait."""
+def order_world_config(scroll_lever: bool = False, click_bait: bool = False, purpose_history: bool = False,
+                       buyer_propensity: tuple[float, float] | None = None) -> OrderWorldConfig:
+    """The order world a run trains and is A/B-tested in: default, with the scroll lever, with click bait, or with
+    click bait and persistent purposes (``buyer_propensity``: their Beta, None: the preset's)."""
+    if purpose_history:
+        kw = {"buyer_propensity": tuple(float(x) for x in buyer_propensity)} if buyer_propensity else {}
+        return OrderWorldConfig.with_purpose_history(**kw)
     if click_bait:
         return OrderWorldConfig.with_click_bait()
     return OrderWorldConfig.with_scroll_lever() if scroll_lever else OrderWorldConfig()
@@ -65,6 +79,17 @@ def order_world_config(scroll_lever: bool = False, click_bait: bool = False) -> 
 def world_of(config: dict) -> tuple[bool, bool]:
     """(scroll_lever, click_bait) of a run's recorded config (runs before click bait existed: False)."""
     return bool(config.get("scroll_lever", False)), bool(config.get("click_bait", False))
+
+
+def purpose_of(config: dict) -> bool:
+    """Whether a run's recorded config used persistent purposes + the purpose history (older runs: False)."""
+    return bool(config.get("purpose_history", False))
+
+
+def propensity_of(config: dict) -> tuple[float, float] | None:
+    """A persistent-purpose run's recorded Beta of the buyer propensity (None: the preset's)."""
+    bp = config.get("buyer_propensity")
+    return (float(bp[0]), float(bp[1])) if bp else None
 
 
 # The click-bait world's app loads small pages (a page request every two screens, as the seed's feed does; at most
@@ -80,17 +105,21 @@ def phone_config_for(click_bait: bool = False):
     return PhoneConfig(page_size=CLICK_BAIT_PAGE_SIZE) if click_bait else None
 
 
-def _world(seed: int, scroll_lever: bool = False, click_bait: bool = False) -> tuple[World, OrderAwareUserModel]:
+def _world(seed: int, scroll_lever: bool = False, click_bait: bool = False, purpose_history: bool = False,
+           buyer_propensity: tuple[float, float] | None = None) -> tuple[World, OrderAwareUserModel]:
     from edge_rerank.simulator.user_model import UserModelConfig
 
     w = World(WorldConfig(seed=seed))
-    ucfg = UserModelConfig(max_pages=CLICK_BAIT_MAX_PAGES) if click_bait else None
-    return w, OrderAwareUserModel(w, ucfg, order_world_config(scroll_lever, click_bait))
+    ucfg = UserModelConfig(max_pages=CLICK_BAIT_MAX_PAGES) if click_bait or purpose_history else None
+    return w, OrderAwareUserModel(w, ucfg, order_world_config(scroll_lever, click_bait, purpose_history,
+                                                              buyer_propensity))
 
 
 def collect_logs(world: World, um: OrderAwareUserModel, data_dir: Path, n: int, *, progress: bool = True,
-                 phone_config=None) -> list:
-    """Baseline traffic: the order-aware users on the cloud's default ranker, impression logs kept (opt-in)."""
+                 phone_config=None, order_log=None) -> list:
+    """Baseline traffic: the order-aware users on the cloud's default ranker, impression logs kept (opt-in).
+    ``order_log`` (an ``OrderHistory``): also record each session, after it ended, as the cloud's order service
+    and search logs see it (user, orders taken) — for every user, opted in or not."""
     from tqdm.auto import tqdm
 
     from edge_rerank.simulator.phone import Phone
@@ -99,7 +128,11 @@ def collect_logs(world: World, um: OrderAwareUserModel, data_dir: Path, n: int, 
     phone = Phone(um, InProcessCloud(str(data_dir), wire=False), arm="cloud", keep_logs=True, config=phone_config)
     rows = []
     for i in tqdm(range(n), desc="baseline logs", unit="session", disable=not progress, leave=False):
-        rows.extend(phone.run(world.session(i, LOG_SEED)).rows)
+        spec = world.session(i, LOG_SEED)
+        out = phone.run(spec)
+        rows.extend(out.rows)
+        if order_log is not None:
+            order_log.add_session(world.user_ids[spec.user], out.orders, out.pages)
     return rows
 
 
@@ -118,6 +151,11 @@ def write_fusion_bundle(out: Path, *, actor: Path, cfg: FusionConfig, store: Beh
     fc = FeatureConfig()
     fc.save(out / "feature_config.json")
     files = [ACTOR_FILE, FUSION_CONFIG, BEHAVIOUR_FILE, "feature_config.json"]
+    if cfg.purpose_history:  # the cloud's order-log snapshot the policy observes
+        if store.purpose is None:
+            raise ValueError("a purpose-history policy needs the store's order history")
+        store.purpose.save(out / PURPOSE_FILE)
+        files.append(PURPOSE_FILE)
     m = Manifest(name=name, version=version, format="onnx", model_file=ACTOR_FILE,
                  feature_config_file="feature_config.json", feature_config_fingerprint=fc.fingerprint(),
                  inputs=[TensorSpec("seq", [1, cfg.seq_len, cfg.event_dim], "float32"),
@@ -141,44 +179,62 @@ def train_fusion(cfg: FusionTrainConfig, *, progress: bool = True) -> dict:
     from edge_rerank.simulator.fusion_env import FusionEnv, RewardConfig
 
     torch.set_num_threads(1)
+    if cfg.purpose_history:
+        cfg.click_bait = cfg.scroll_lever = True  # persistent purposes live in the click-bait world
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     say = print if progress else (lambda *_a, **_k: None)
     t0 = time.perf_counter()
-    world, um = _world(cfg.world_seed, cfg.scroll_lever, cfg.click_bait)
+    world, um = _world(cfg.world_seed, cfg.scroll_lever, cfg.click_bait, cfg.purpose_history, cfg.buyer_propensity)
     summary: dict = {"config": asdict(cfg)}
+    fcfg = FusionConfig(clip=cfg.clip, seq_len=cfg.seq_len, purpose_history=cfg.purpose_history)
     if cfg.reuse_data:
         src = Path(cfg.reuse_data)
         data_dir = src / "cloud_data"
         prev = json.loads((src / "training.json").read_text())
-        if world_of(prev["config"]) != (cfg.scroll_lever, cfg.click_bait):
+        bp = tuple(cfg.buyer_propensity) if cfg.buyer_propensity else None
+        if ((*world_of(prev["config"]), purpose_of(prev["config"]), propensity_of(prev["config"]))
+                != (cfg.scroll_lever, cfg.click_bait, cfg.purpose_history, bp)):
             lever, bait = world_of(prev["config"])
-            raise ValueError(f"--reuse-data {src}: trained with scroll_lever={lever}, click_bait={bait}; an "
-                             "ablation must run in the same world")
+            raise ValueError(f"--reuse-data {src}: trained with scroll_lever={lever}, click_bait={bait}, "
+                             f"purpose_history={purpose_of(prev['config'])}, buyer_propensity="
+                             f"{propensity_of(prev['config'])}; an ablation must run in the same world")
         alpha = float(prev["ranker"]["alpha"])
         summary["ranker"] = prev["ranker"]
         rows = None
-        store = BehaviourStore.load(src / "bundle" / BEHAVIOUR_FILE,
-                                    FusionConfig(alpha=alpha, clip=cfg.clip, seq_len=cfg.seq_len))
+        store = load_store(src / "bundle", replace(fcfg, alpha=alpha))
     else:
         data_dir = out / "cloud_data"
         if data_dir.exists():
             shutil.rmtree(data_dir)
-        world.provision_cloud(data_dir)
+        if cfg.ranker_from:  # the earlier run's cloud (catalog, embeddings, two-head ranker) serves the logs
+            src = Path(cfg.ranker_from)
+            prev = json.loads((src / "training.json").read_text())
+            if int(prev["config"]["world_seed"]) != cfg.world_seed:
+                raise ValueError(f"--ranker-from {src}: world seed {prev['config']['world_seed']}, not "
+                                 f"{cfg.world_seed}")
+            shutil.copytree(Path(prev.get("cloud_data", src / "cloud_data")), data_dir)
+        else:
+            world.provision_cloud(data_dir)
+        order_log = OrderHistory() if cfg.purpose_history else None
         rows = collect_logs(world, um, data_dir, cfg.log_sessions, progress=progress,
-                            phone_config=phone_config_for(cfg.click_bait))
+                            phone_config=phone_config_for(cfg.click_bait), order_log=order_log)
         say(f"baseline logs: {cfg.log_sessions} sessions, {len(rows)} shown pages ({time.perf_counter() - t0:.0f} s)")
-        samples = fusion_samples(rows, CloudFeaturizer(data_dir))
-        ranker, rsum = train_two_head(samples, epochs=cfg.ranker_epochs, seed=cfg.seed)
-        export_two_head_onnx(ranker, data_dir / "ranker.onnx")
+        if cfg.ranker_from:
+            rsum = {**prev["ranker"], "from": str(cfg.ranker_from)}
+        else:
+            samples = fusion_samples(rows, CloudFeaturizer(data_dir))
+            ranker, rsum = train_two_head(samples, epochs=cfg.ranker_epochs, seed=cfg.seed)
+            export_two_head_onnx(ranker, data_dir / "ranker.onnx")
         alpha = float(rsum["alpha"])
         summary["ranker"] = rsum
-        say(f"two-head ranker: click AUC {rsum['click_auc']:.3f}, order AUC (given click) "
+        origin = f" (from {cfg.ranker_from})" if cfg.ranker_from else ""
+        say(f"two-head ranker{origin}: click AUC {rsum['click_auc']:.3f}, order AUC (given click) "
             f"{rsum['order_auc_given_click']:.3f}, alpha {alpha}")
-        store = BehaviourStore(FusionConfig(alpha=alpha, clip=cfg.clip, seq_len=cfg.seq_len))
+        store = BehaviourStore(replace(fcfg, alpha=alpha), purpose=order_log)
         store.add_rows(rows)
     summary["cloud_data"] = str(data_dir)  # a run with --reuse-data serves from the earlier run's data
-    fcfg = FusionConfig(alpha=alpha, clip=cfg.clip, seq_len=cfg.seq_len)
+    fcfg = replace(fcfg, alpha=alpha)
     reward = RewardConfig(cfg.order_weight, cfg.no_conversion_penalty, cfg.leave_penalty)
     env = FusionEnv(world, data_dir, um, store, fusion_cfg=fcfg, reward=reward, session_seed=TRAIN_SEED,
                     phone_config=phone_config_for(cfg.click_bait))
@@ -280,7 +336,8 @@ def fusion_ab(cfg: FusionABConfig, *, progress: bool = True) -> dict:
         data_dir = Path(json.loads((run / "training.json").read_text()).get("cloud_data", data_dir))
     trained = json.loads((run / "training.json").read_text()) if (run / "training.json").is_file() else {}
     lever, bait = world_of(trained.get("config", {}))  # the world the agent was trained in
-    world, um = _world(cfg.world_seed, lever, bait)
+    world, um = _world(cfg.world_seed, lever, bait, purpose_of(trained.get("config", {})),
+                       propensity_of(trained.get("config", {})))
     policy = load_fusion_bundle(run / "bundle")
     alpha = policy.cfg.alpha
     arms: list[tuple[str, object, object]] = [("fixed a=1", TwoHeadFusion(alpha), None), ("RL fusion", policy, None)]

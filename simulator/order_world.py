@@ -36,6 +36,13 @@ distance feature), lose click utility per item opened without ordering (``search
 less, scroll on through pages they click nothing on and leave unconverted: more interaction, which the click +
 order reward pays for and the article's penalties charge (README "RL fusion: penalty ablation world").
 
+**Persistent purposes** (``OrderWorldConfig.with_purpose_history()``, ``fusion train --purpose-history``; off by
+default; implies click bait): a user's buyer probability is a *propensity* drawn once per user from a polarised
+Beta(``buyer_propensity``) (through the same per-user trait, so the draw is keyed), plus the meal-hour term; most
+users mostly buy or mostly browse, none always. Over several sessions a user's orders then say something about the
+next session's purpose, though not for sure: the cloud's order logs (``cloud.ranking.purpose_history``) are a
+first-page purpose signal.
+
 What the cloud can see of the purpose: the hour (context) and the user's earlier sessions (their clicks and
 orders, from opt-in impression logs). The cloud's click model (P(click | exposed)) and order model
 (P(order | click)) then rank differently, and the best trade-off between them differs per session: the RL
@@ -90,6 +97,9 @@ class OrderWorldConfig:
     searching_persistence: float = 1.0  # divides a searching buyer's leaving probability (> 1: keeps looking)
     buyer_leave_after_order: float | None = None  # a buyer's leaving right after an order (None: as everyone)
     searching_disillusion: float = 0.0  # a searching buyer's click utility lost per click made so far (no order)
+    # persistent purposes (module docstring; off by default, on with with_purpose_history()): a user's buyer
+    # propensity ~ Beta(a, b) through the trait's quantile, replacing buyer_share + trait_spread * (trait - 0.5)
+    buyer_propensity: tuple[float, float] | None = None
 
     @classmethod
     def with_scroll_lever(cls, **kw) -> OrderWorldConfig:
@@ -102,6 +112,11 @@ class OrderWorldConfig:
         return cls.with_scroll_lever(**{
             "bait_pop": 1.0, "order_radius_km": 1.5, "order_w_dist": 0.0, "order_w_price": 0.3, "order_threshold": 0.0,
             "buyer_leave_after_order": 0.95, "searching_persistence": 2.5, "searching_disillusion": 0.5, **kw})
+
+    @classmethod
+    def with_purpose_history(cls, **kw) -> OrderWorldConfig:
+        """Click bait with persistent purposes: a polarised per-user buyer propensity (mean 0.4)."""
+        return cls.with_click_bait(**{"buyer_propensity": (0.3, 0.45), **kw})
 
     def bait(self, log_pop: np.ndarray) -> np.ndarray:
         """The click-bait term of the click utility (0 when off)."""
@@ -123,15 +138,27 @@ class OrderAwareUserModel(UserModel):
         super().__init__(world, cfg)
         self.order_cfg = order_cfg or OrderWorldConfig()
         self._log_pop = np.log(world.popularity)
+        self._propensity: dict[int, float] = {}
 
     # ---- the hidden purpose ----
     def trait(self, user: int) -> float:
         return crn_uniform(self.world.cfg.seed, TRAIT, int(user))
 
+    def propensity(self, user: int) -> float:
+        """The user's buyer probability before the hour: drawn once per user (keyed by the trait)."""
+        oc = self.order_cfg
+        if oc.buyer_propensity is None:
+            return oc.buyer_share + oc.trait_spread * (self.trait(user) - 0.5)
+        if user not in self._propensity:
+            from scipy.stats import beta
+
+            self._propensity[user] = float(beta.ppf(self.trait(user), *oc.buyer_propensity))
+        return self._propensity[user]
+
     def p_buyer(self, spec: SessionSpec) -> float:
         oc = self.order_cfg
         meal = oc.meal_bonus if spec.context.hour in MEAL_HOURS else -0.5 * oc.meal_bonus
-        return float(np.clip(oc.buyer_share + oc.trait_spread * (self.trait(spec.user) - 0.5) + meal, 0.02, 0.98))
+        return float(np.clip(self.propensity(spec.user) + meal, 0.02, 0.98))
 
     def is_buyer(self, spec: SessionSpec) -> bool:
         return crn_uniform(spec.seed, PURPOSE) < self.p_buyer(spec)

@@ -15,7 +15,8 @@ often each happened.
 
 A fusion *bundle* is a registry bundle (``cloud.registry``): ``manifest.json`` + ``actor.onnx`` +
 ``fusion.json`` (alpha, clip, observation sizes) + ``behaviour.npz`` (the store snapshot) + the device feature
-config every bundle carries (unused here).
+config every bundle carries (unused here); a policy with ``FusionConfig.purpose_history`` also ``purpose.npz``
+(the cloud's order-log snapshot, ``cloud.ranking.purpose_history``), whose features extend the context.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_rerank.cloud.ranking.fusion import fuse_heads, require_heads
+from edge_rerank.cloud.ranking.purpose_history import PURPOSE_FEATURES, PURPOSE_FILE, OrderHistory
 from edge_rerank.device_sdk.contracts import ImpressionRow, SearchRequest
 
 MEAL_HOURS = frozenset({11, 12, 13, 17, 18, 19, 20})
@@ -51,14 +53,21 @@ class FusionConfig:
     clip: float = 0.75  # actions live in [1 - clip, 1 + clip]
     seq_len: int = 16
     emb_dim: int = 16
+    # the user's purpose history from the cloud's own order logs appended to the context (PURPOSE_FEATURES);
+    # off: the observation is exactly the one before this option existed (old bundles lack the field)
+    purpose_history: bool = False
 
     @property
     def event_dim(self) -> int:
         return self.emb_dim + len(EVENT_EXTRA)
 
     @property
+    def ctx_features(self) -> tuple[str, ...]:
+        return CTX_FEATURES + (PURPOSE_FEATURES if self.purpose_history else ())
+
+    @property
     def ctx_dim(self) -> int:
-        return len(CTX_FEATURES)
+        return len(self.ctx_features)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -72,8 +81,9 @@ class BehaviourStore:
     """The last ``seq_len`` click / order events per user from opt-in impression logs (earlier sessions), event =
     [id embedding row, is_click, is_order, price level / 4, sessions ago / 10]; plus per-user counts."""
 
-    def __init__(self, cfg: FusionConfig):
+    def __init__(self, cfg: FusionConfig, purpose: OrderHistory | None = None):
         self.cfg = cfg
+        self.purpose = purpose  # the cloud's order-log history (observed when cfg.purpose_history)
         self._events: dict[str, deque] = {}
         self._counts: dict[str, np.ndarray] = {}  # sessions, clicks, orders
 
@@ -143,7 +153,8 @@ class BehaviourStore:
 
 
 def observe(req: SearchRequest, store: BehaviourStore) -> dict[str, np.ndarray]:
-    """The state at a page request: {"seq": float32 [L, E], "ctx": float32 [C]} (CTX_FEATURES order)."""
+    """The state at a page request: {"seq": float32 [L, E], "ctx": float32 [C]} (``store.cfg.ctx_features``
+    order: CTX_FEATURES, then PURPOSE_FEATURES from the store's order history when ``cfg.purpose_history``)."""
     seq, counts = store.history(req.user_id)
     L = store.cfg.seq_len
     n = float(np.count_nonzero(seq[:, -4]))  # events present (is_click is 1 for every stored event)
@@ -151,7 +162,23 @@ def observe(req: SearchRequest, store: BehaviourStore) -> dict[str, np.ndarray]:
     ctx = np.array([np.sin(h), np.cos(h), float(req.context.hour in MEAL_HOURS), min(req.page_index, 4) / 2.0,
                     n / L, min(counts[1], 50.0) / 10.0, min(counts[2], 20.0) / 5.0,
                     counts[2] / max(counts[1], 1.0)], dtype=np.float32)
+    if store.cfg.purpose_history:
+        if store.purpose is None:
+            raise ValueError("this fusion policy observes the purpose history (FusionConfig.purpose_history) but "
+                             "the behaviour store has no order history attached")
+        ctx = np.concatenate([ctx, store.purpose.features(req.user_id)])
     return {"seq": seq, "ctx": ctx}
+
+
+def load_store(bundle_dir: str | Path, cfg: FusionConfig) -> BehaviourStore:
+    """A bundle's behaviour store, with its order history attached when the policy observes it."""
+    root = Path(bundle_dir)
+    store = BehaviourStore.load(root / BEHAVIOUR_FILE, cfg)
+    if cfg.purpose_history:
+        if not (root / PURPOSE_FILE).is_file():
+            raise ValueError(f"{root}: the policy observes the purpose history but the bundle has no {PURPOSE_FILE}")
+        store.purpose = OrderHistory.load(root / PURPOSE_FILE)
+    return store
 
 
 @dataclass
@@ -244,7 +271,9 @@ def load_fusion_bundle(bundle_dir: str | Path, *, kill_files: tuple[Path, ...] =
         if rel not in m.files:
             raise ValueError(f"{root}: not a fusion bundle (no {rel} in the manifest)")
     cfg = FusionConfig.from_dict(json.loads((root / FUSION_CONFIG).read_text()))
-    store = BehaviourStore.load(root / BEHAVIOUR_FILE, cfg)
+    if cfg.purpose_history and PURPOSE_FILE not in m.files:
+        raise ValueError(f"{root}: the policy observes the purpose history but {PURPOSE_FILE} is not in the manifest")
+    store = load_store(root, cfg)
     return RLFusion(root / m.model_file, cfg, store, kill_files=(root / KILL_FILE, *kill_files),
                     version=f"{m.name}@{m.version}")
 
