@@ -180,7 +180,7 @@ def train_fusion(cfg: FusionTrainConfig, *, progress: bool = True) -> dict:
 
     torch.set_num_threads(1)
     if cfg.purpose_history:
-        cfg.click_bait = cfg.scroll_lever = True  # persistent purposes live in the click-bait world
+        cfg = replace(cfg, click_bait=True, scroll_lever=True)  # persistent purposes live in the click-bait world
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     say = print if progress else (lambda *_a, **_k: None)
