@@ -151,7 +151,8 @@ def bench_http(args, tmp: Path) -> dict:
         return r
     out["client"]["tool"] = args.client
     with server_process(cfg, workers=args.workers, threads=args.threads, log_file=tmp / "server.log",
-                        worker_class=getattr(args, "worker_class", None)) as srv:
+                        worker_class=getattr(args, "worker_class", None),
+                        http_parser=getattr(args, "http_parser", "auto")) as srv:
         url = srv.url
         pgid[0] = srv.proc.pid  # started in its own session: pgid == pid
         versions = _publish_versions(url, admin, tmp, feature_config_for(wcfg))

@@ -160,6 +160,8 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=4, help="threads per worker (gthread workers only)")
     p.add_argument("--worker-class", default=None, help="gunicorn worker class (default: serve's)")
+    p.add_argument("--http-parser", default="auto", choices=["auto", "fast", "python"],
+                   help="gunicorn's HTTP parser (serve's --http-parser; auto: the C parser when installed)")
     p.add_argument("--checks", type=int, default=60, help="/healthz checks during the slow-client attack")
     p.add_argument("--tricklers", type=int, default=32)
     p.add_argument("--throughput", action="store_true", help="also run bench/cloud_bench.py's HTTP phases")
@@ -179,7 +181,8 @@ def main() -> int:
         world_data.append(data)
         cfg = CloudConfig(data_dir=str(data), log_dir=str(tmp / "logs"), api_key=KEY)
         limit = getattr(cfg, "max_log_body_bytes", cfg.max_body_bytes)
-        kw = _server_kwargs(workers=a.workers, threads=a.threads, worker_class=a.worker_class)
+        kw = _server_kwargs(workers=a.workers, threads=a.threads, worker_class=a.worker_class,
+                            http_parser=a.http_parser)
         if a.worker_class is None:
             kw.pop("worker_class", None)
         if not a.only_throughput:
@@ -200,7 +203,7 @@ def main() -> int:
 
             args = argparse.Namespace(workers=a.workers, threads=a.threads, client=a.client, procs=1, connections=8,
                                       duration=a.duration, rounds=a.rounds, promote_period=0.25,
-                                      worker_class=a.worker_class)
+                                      worker_class=a.worker_class, http_parser=a.http_parser)
             h = cloud_bench.bench_http(args, tmp)
             res["throughput"] = {k: h[k] for k in ("ratios", "capacity_ratios_from_server_cpu", "ratios_vs_post_ping",
                                                    "targets_met")}
@@ -214,6 +217,7 @@ def main() -> int:
                 ph["rounds_rps"] = [round(x["rps"], 1) for x in h[k]["rounds"]]
                 ph["rounds_server_cpu_us"] = [round(x["server_cpu_us_per_request"], 1) for x in h[k]["rounds"]]
             res["throughput"]["worker_class"] = a.worker_class or "default"
+            res["throughput"]["http_parser"] = a.http_parser
     if not a.only_throughput:
         mem = max(v["peak_worker_growth_mib"] for v in res["memory"].values() if v["body_bytes"] >= limit - 65536)
         sc = res["slow_clients"]
