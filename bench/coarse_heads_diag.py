@@ -206,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         tr, te = views.split("train"), views.split("test")
         out["reference"] = _reference_aucs(world, cw, te, args.seed)
         out["meanings"] = world.meanings
+        out["views"] = {"train": len(tr), "test": len(te)}
         print(f"views: {len(tr)} train, {len(te)} test ({time.perf_counter() - t0:.0f} s); meanings "
               f"{world.meanings}; reference {out['reference']}", flush=True)
         scores: dict[str, np.ndarray] = {}
