@@ -60,6 +60,25 @@ class AgentConfig:
     twin_critic: bool = False
     target_noise: float = 0.2  # sd of the Gaussian on u' in the target (0: none)
     target_noise_clip: float = 0.5
+    # what the critic learns (README "RL fusion: what the learner needs"): "td" bootstraps Q(s, a) on
+    # r + gamma Q(s', pi(s')) (the article's); "mc" regresses it on the episode's discounted Monte Carlo return from
+    # that page (unbiased on 1-5 page episodes, no bootstrapping through an untrained A)
+    critic_target: str = "td"
+    # exploration: the share of DDPG episodes served with uniformly random actions on every page (u ~ U[-1, 1]), so
+    # the critic keeps seeing the whole action range after the actor has moved to one end (0: Gaussian noise only)
+    explore_uniform: float = 0.0
+    # the actor's tanh saturating: the actor loss adds (|z| - limit)^2 for pre-tanh outputs z beyond +-limit, so a
+    # policy pushed to one end of the clip keeps a gradient (at z = -8, tanh' = 5e-7: it could never come back when
+    # the critic later prefers the other end for some states). 0: off (the article's plain actor)
+    actor_preact_limit: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.critic_target not in ("td", "mc"):
+            raise ValueError(f"critic_target must be 'td' or 'mc', got {self.critic_target!r}")
+        if not 0.0 <= self.explore_uniform <= 1.0:
+            raise ValueError(f"explore_uniform must be in [0, 1], got {self.explore_uniform}")
+        if self.actor_preact_limit < 0:
+            raise ValueError(f"actor_preact_limit must be >= 0 (0: off), got {self.actor_preact_limit}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -183,6 +202,41 @@ def _greedy(agent: FusionAgent, k: int) -> Callable[[dict], float]:
     return pi
 
 
+def explorer(agent: FusionAgent, k: int, rng: np.random.Generator) -> Callable[[dict], float]:
+    """The behaviour policy of one DDPG episode of policy k: pi_k(s) + Gaussian noise, clipped to [-1, 1]; with
+    probability ``cfg.explore_uniform`` the whole episode is uniform on [-1, 1] instead (no draw when it is 0: the
+    default's random stream is the article agent's)."""
+    cfg, greedy = agent.cfg, _greedy(agent, k)
+    if cfg.explore_uniform > 0 and rng.random() < cfg.explore_uniform:
+        return lambda _obs: float(rng.uniform(-1.0, 1.0))
+    return lambda obs: float(np.clip(greedy(obs) + cfg.noise * rng.standard_normal(), -1.0, 1.0))
+
+
+def critic_target(agent: FusionAgent, k: int, b: dict[str, torch.Tensor], gen: torch.Generator) -> torch.Tensor:
+    """The regression target of Q_k(s, u) for a batch: ``cfg.critic_target == "mc"`` the stored discounted Monte
+    Carlo return from the page; "td" r + gamma (1 - done) (V(s') + A_k(s', pi_k(s'))) (twin: the smaller advantage at
+    a smoothed action, noise from `gen`)."""
+    cfg = agent.cfg
+    if cfg.critic_target == "mc":
+        return b["ret"]
+    with torch.no_grad():
+        s2 = agent.state(b["seq2"], b["ctx2"])
+        u2 = agent.act(k, s2)
+        if cfg.twin_critic:  # TD3: a smoothed target action, the smaller of the two advantages
+            eps = torch.randn(u2.shape, generator=gen) * cfg.target_noise
+            u2 = (u2 + eps.clamp(-cfg.target_noise_clip, cfg.target_noise_clip)).clamp(-1.0, 1.0)
+        return b["r"] + cfg.gamma * (1.0 - b["done"]) * (agent.value(s2) + agent.advantage_min(k, s2, u2))
+
+
+def actor_loss(agent: FusionAgent, k: int, s: torch.Tensor) -> torch.Tensor:
+    """−A_k(s, pi_k(s)), plus (|z| − limit)² beyond ``cfg.actor_preact_limit`` on the pre-tanh output z (when set)."""
+    z = agent.actors[k](s).squeeze(-1)
+    loss = -agent.advantage(k, s, torch.tanh(z)).mean()
+    if agent.cfg.actor_preact_limit > 0:
+        loss = loss + (torch.relu(z.abs() - agent.cfg.actor_preact_limit) ** 2).mean()
+    return loss
+
+
 def train_fusion_agent(env, cfg: AgentConfig, *, progress: Callable[[str], None] | None = None,
                        eval_seed_offset: int = 10_000_000) -> tuple[FusionAgent, dict]:
     """Pre-train V on baseline episodes, then DDPG with `cfg.n_policies` parallel policies; returns the agent and
@@ -240,12 +294,7 @@ def _train_fusion_agent(env, cfg: AgentConfig, progress: Callable[[str], None] |
     start_seed = cfg.pretrain_episodes
     for ep in range(cfg.episodes):
         k = ep % cfg.n_policies
-        greedy = _greedy(agent, k)
-
-        def explore(obs: dict, greedy=greedy) -> float:
-            return float(np.clip(greedy(obs) + cfg.noise * rng.standard_normal(), -1.0, 1.0))
-
-        stats = run_episode(env, explore, seed=start_seed + ep, buf=buf, k=k, gamma=cfg.gamma)
+        stats = run_episode(env, explorer(agent, k, rng), seed=start_seed + ep, buf=buf, k=k, gamma=cfg.gamma)
         window_r[k].append(stats["reward"])
         pol = np.asarray(buf.policy)
         for _ in range(cfg.updates_per_episode):
@@ -257,13 +306,7 @@ def _train_fusion_agent(env, cfg: AgentConfig, progress: Callable[[str], None] |
             idx = mine[rng.integers(0, len(mine), cfg.batch_size)]
             b = buf.tensors(idx)
             s = agent.state(b["seq"], b["ctx"])
-            with torch.no_grad():
-                s2 = agent.state(b["seq2"], b["ctx2"])
-                u2 = agent.act(kk, s2)
-                if cfg.twin_critic:  # TD3: a smoothed target action, the smaller of the two advantages
-                    eps = torch.randn(u2.shape, generator=gen) * cfg.target_noise
-                    u2 = (u2 + eps.clamp(-cfg.target_noise_clip, cfg.target_noise_clip)).clamp(-1.0, 1.0)
-                y = b["r"] + cfg.gamma * (1.0 - b["done"]) * (agent.value(s2) + agent.advantage_min(kk, s2, u2))
+            y = critic_target(agent, kk, b, gen)
             ib = rng.integers(0, len(base), cfg.batch_size // 4)  # baseline rows keep V anchored at a = 1
             bb = base.tensors(ib)
             v_loss = ((agent.value(agent.state(bb["seq"], bb["ctx"])) - bb["ret"]) ** 2).mean()
@@ -276,7 +319,7 @@ def _train_fusion_agent(env, cfg: AgentConfig, progress: Callable[[str], None] |
             q_losses.append(float(q_loss.detach()))
             # actor k: maximise its advantage (V does not depend on the action); the state is not moved by it
             s = s.detach()
-            a_loss = -agent.advantage(kk, s, agent.act(kk, s)).mean()
+            a_loss = actor_loss(agent, kk, s)
             opt_a[kk].zero_grad()
             a_loss.backward()
             opt_a[kk].step()
