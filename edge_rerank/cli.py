@@ -953,6 +953,10 @@ def _fusion_train_args(tr) -> None:
     tr.add_argument("--actor-preact-limit", type=float, default=0.0, metavar="Z",
                     help="penalise the actor's pre-tanh output beyond +-Z so it cannot saturate (0: off; README "
                          "'RL fusion: what the learner needs')")
+    tr.add_argument("--v-anchor", choices=("mc", "td"), default="mc",
+                    help="baseline rows in DDPG: mc anchors V at their baseline return (the article's), td uses "
+                         "them as u = 0 transitions with the policy's TD target (README 'RL fusion: what the "
+                         "learner needs')")
     tr.add_argument("--scroll-lever", action="store_true",
                     help="the order world with searching buyers (docs/simulator.md): what the penalties are about")
     tr.add_argument("--click-bait", action="store_true",
@@ -990,6 +994,7 @@ def _cmd_fusion(a: argparse.Namespace) -> int:
                                 buyer_propensity=a.buyer_propensity,
                                 twin_critic=a.twin_critic, critic_target=a.critic_target,
                                 explore_uniform=a.explore_uniform, actor_preact_limit=a.actor_preact_limit,
+                                v_anchor=a.v_anchor,
                                 reuse_data=a.reuse_data, ranker_from=a.ranker_from, registry_dir=a.registry_dir,
                                 version=a.version, seed=a.seed)
         s = train_fusion(cfg, progress=not a.no_progress)

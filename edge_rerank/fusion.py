@@ -55,6 +55,7 @@ class FusionTrainConfig:
     critic_target: str = "td"
     explore_uniform: float = 0.0
     actor_preact_limit: float = 0.0
+    v_anchor: str = "mc"
     pretrain_episodes: int = 1500
     episodes: int = 3000
     eval_episodes: int = 800
@@ -245,7 +246,7 @@ def train_fusion(cfg: FusionTrainConfig, *, progress: bool = True) -> dict:
     acfg = AgentConfig(n_policies=cfg.n_policies, pretrain_episodes=cfg.pretrain_episodes, episodes=cfg.episodes,
                        eval_episodes=cfg.eval_episodes, seed=cfg.seed, twin_critic=cfg.twin_critic,
                        critic_target=cfg.critic_target, explore_uniform=cfg.explore_uniform,
-                       actor_preact_limit=cfg.actor_preact_limit)
+                       actor_preact_limit=cfg.actor_preact_limit, v_anchor=cfg.v_anchor)
     agent, asum = train_fusion_agent(env, acfg, progress=say if progress else None)
     env.close()
     summary["agent"] = asum

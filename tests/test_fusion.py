@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -407,10 +408,11 @@ def test_learner_options_train_on_the_env(env):
     inner = np.flatnonzero(done == 0)
     assert np.allclose(ret[inner], r[inner] + 0.9 * ret[inner + 1])
     cfg = AgentConfig(n_policies=1, pretrain_episodes=30, pretrain_epochs=5, episodes=20, eval_episodes=4,
-                      batch_size=32, critic_target="mc", explore_uniform=0.5, actor_preact_limit=2.5)
-    _agent, summary = train_fusion_agent(env, cfg)
-    assert summary["config"]["critic_target"] == "mc" and summary["config"]["actor_preact_limit"] == 2.5
-    assert np.isfinite(summary["predicted_episode_gain"]) and all(np.isfinite(summary["curves"]["q_loss"]))
+                      batch_size=32, explore_uniform=0.5, actor_preact_limit=2.5, v_anchor="td")
+    for c in (cfg, replace(cfg, critic_target="mc", v_anchor="mc")):
+        _agent, summary = train_fusion_agent(env, c)
+        assert summary["config"] == c.to_dict()
+        assert np.isfinite(summary["predicted_episode_gain"]) and all(np.isfinite(summary["curves"]["q_loss"]))
 
 
 def test_cli_refuses_bad_clip(capsys):

@@ -86,7 +86,7 @@ def test_default_exploration_is_the_gaussian_stream_and_uniform_covers_the_range
 
 
 @pytest.mark.parametrize("kw", [{"critic_target": "n-step"}, {"explore_uniform": 1.5}, {"explore_uniform": -0.1},
-                                {"actor_preact_limit": -1.0}])
+                                {"actor_preact_limit": -1.0}, {"v_anchor": "none"}])
 def test_bad_learner_options_are_refused(kw):
     with pytest.raises(ValueError, match=next(iter(kw))):
         AgentConfig(**kw)
@@ -96,9 +96,9 @@ def test_cli_learner_options(capsys):
     from edge_rerank.cli import build_parser, main
 
     a = build_parser().parse_args(["fusion", "train"])
-    assert (a.critic_target, a.explore_uniform, a.actor_preact_limit) == ("td", 0.0, 0.0)
+    assert (a.critic_target, a.explore_uniform, a.actor_preact_limit, a.v_anchor) == ("td", 0.0, 0.0, "mc")
     a = build_parser().parse_args(["fusion", "train", "--critic-target", "mc", "--explore-uniform", "0.2",
-                                   "--actor-preact-limit", "2.5"])
-    assert (a.critic_target, a.explore_uniform, a.actor_preact_limit) == ("mc", 0.2, 2.5)
+                                   "--actor-preact-limit", "2.5", "--v-anchor", "td"])
+    assert (a.critic_target, a.explore_uniform, a.actor_preact_limit, a.v_anchor) == ("mc", 0.2, 2.5, "td")
     assert main(["fusion", "train", "--explore-uniform", "2", "--out", "/nonexistent/never"]) == 2
     assert "--explore-uniform" in capsys.readouterr().err

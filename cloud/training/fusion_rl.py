@@ -71,12 +71,20 @@ class AgentConfig:
     # policy pushed to one end of the clip keeps a gradient (at z = -8, tanh' = 5e-7: it could never come back when
     # the critic later prefers the other end for some states). 0: off (the article's plain actor)
     actor_preact_limit: float = 0.0
+    # the baseline rows (a = 1, u = 0) in the DDPG phase: "mc" anchors V(s) = Q_k(s, 0) at their Monte Carlo return
+    # under the baseline (the article's: V is the baseline's value), so A_k(s, u) must also carry V^pi_k(s) −
+    # V^base(s), the policy's gain on the *later* pages, and extrapolates it in u; "td" uses them as off-policy
+    # transitions at u = 0 with the policy's target (with critic_target "td": r + gamma Q_k(s', pi_k(s'))), so
+    # Q_k(s, 0) learns the policy's continuation and A_k only the action's own effect
+    v_anchor: str = "mc"
 
     def __post_init__(self) -> None:
         if self.critic_target not in ("td", "mc"):
             raise ValueError(f"critic_target must be 'td' or 'mc', got {self.critic_target!r}")
         if not 0.0 <= self.explore_uniform <= 1.0:
             raise ValueError(f"explore_uniform must be in [0, 1], got {self.explore_uniform}")
+        if self.v_anchor not in ("td", "mc"):
+            raise ValueError(f"v_anchor must be 'td' or 'mc', got {self.v_anchor!r}")
         if self.actor_preact_limit < 0:
             raise ValueError(f"actor_preact_limit must be >= 0 (0: off), got {self.actor_preact_limit}")
 
@@ -309,7 +317,8 @@ def _train_fusion_agent(env, cfg: AgentConfig, progress: Callable[[str], None] |
             y = critic_target(agent, kk, b, gen)
             ib = rng.integers(0, len(base), cfg.batch_size // 4)  # baseline rows keep V anchored at a = 1
             bb = base.tensors(ib)
-            v_loss = ((agent.value(agent.state(bb["seq"], bb["ctx"])) - bb["ret"]) ** 2).mean()
+            v_target = critic_target(agent, kk, bb, gen) if cfg.v_anchor == "td" else bb["ret"]
+            v_loss = ((agent.value(agent.state(bb["seq"], bb["ctx"])) - v_target) ** 2).mean()
             q_loss = ((agent.q(kk, s, b["u"]) - y) ** 2).mean()
             if cfg.twin_critic:
                 q_loss = q_loss + ((agent.value(s) + agent.advantage(kk, s, b["u"], twin=True) - y) ** 2).mean()
