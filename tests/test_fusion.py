@@ -412,7 +412,7 @@ def test_learner_options_train_on_the_env(env):
     for c in (cfg, replace(cfg, critic_target="mc", v_anchor="mc")):
         _agent, summary = train_fusion_agent(env, c)
         assert summary["config"] == c.to_dict()
-        assert np.isfinite(summary["predicted_episode_gain"]) and all(np.isfinite(summary["curves"]["q_loss"]))
+        assert np.isfinite(summary["predicted_episode_gain"]) and np.isfinite(summary["curves"]["q_loss"][-1])
 
 
 def test_cli_refuses_bad_clip(capsys):
