@@ -23,6 +23,12 @@ Pieces:
 - ``AgentConfig.twin_critic``: the critic's overestimation (the actor climbs the noise of A) countered as TD3 does,
   minus its target networks: two advantage heads per policy, the TD target takes the smaller at a smoothed
   action; the actor follows the first head.
+- The learner's options (README "RL fusion: what the learner needs"; all off by default):
+  ``actor_preact_limit`` (keeps the actor's tanh from saturating), ``v_anchor = "td"`` (baseline rows as a = 1
+  transitions with the policy's TD target instead of anchoring V at the baseline's return, so A is the action's own
+  effect and does not carry the policy's continuation), ``explore_uniform`` (uniformly random episodes) and
+  ``critic_target = "mc"`` (Monte Carlo return targets); see :func:`actor_loss`, :func:`critic_target`,
+  :func:`explorer`.
 - :func:`export_actor_onnx` — the chosen actor with the state network: inputs ``seq`` [1, L, E], ``ctx`` [1, C],
   output ``a`` [1] (already ``1 + clip · u``).
 """
