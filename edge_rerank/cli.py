@@ -945,6 +945,18 @@ def _fusion_train_args(tr) -> None:
     tr.add_argument("--leave-penalty", type=float, default=0.5, help="reward penalty for the page the user leaves on")
     tr.add_argument("--twin-critic", action="store_true",
                     help="a lower-variance critic target: two advantage heads, the smaller one at a smoothed action")
+    tr.add_argument("--critic-target", choices=("td", "mc"), default="td",
+                    help="the critic's target: td (r + gamma Q(s', pi(s')), the article's) or mc (the page's "
+                         "discounted Monte Carlo return)")
+    tr.add_argument("--explore-uniform", type=float, default=0.0, metavar="P",
+                    help="share of DDPG episodes served with uniformly random actions (0: Gaussian noise only)")
+    tr.add_argument("--actor-preact-limit", type=float, default=0.0, metavar="Z",
+                    help="penalise the actor's pre-tanh output beyond +-Z so it cannot saturate (0: off; README "
+                         "'RL fusion: what the learner needs')")
+    tr.add_argument("--v-anchor", choices=("mc", "td"), default="mc",
+                    help="baseline rows in DDPG: mc anchors V at their baseline return (the article's), td uses "
+                         "them as u = 0 transitions with the policy's TD target (README 'RL fusion: what the "
+                         "learner needs')")
     tr.add_argument("--scroll-lever", action="store_true",
                     help="the order world with searching buyers (docs/simulator.md): what the penalties are about")
     tr.add_argument("--click-bait", action="store_true",
@@ -971,13 +983,18 @@ def _cmd_fusion(a: argparse.Namespace) -> int:
         if not 0.0 < a.clip < 1.0:
             print("fusion train: --clip must be in (0, 1)", file=sys.stderr)
             return 2
+        if not 0.0 <= a.explore_uniform <= 1.0 or a.actor_preact_limit < 0:
+            print("fusion train: --explore-uniform must be in [0, 1] and --actor-preact-limit >= 0", file=sys.stderr)
+            return 2
         cfg = FusionTrainConfig(out=a.out, log_sessions=a.log_sessions, episodes=a.episodes,
                                 pretrain_episodes=a.pretrain_episodes, eval_episodes=a.eval_episodes,
                                 n_policies=a.policies, clip=a.clip, no_conversion_penalty=a.no_conversion_penalty,
                                 leave_penalty=a.leave_penalty, scroll_lever=a.scroll_lever,
                                 click_bait=a.click_bait, purpose_history=a.purpose_history,
                                 buyer_propensity=a.buyer_propensity,
-                                twin_critic=a.twin_critic,
+                                twin_critic=a.twin_critic, critic_target=a.critic_target,
+                                explore_uniform=a.explore_uniform, actor_preact_limit=a.actor_preact_limit,
+                                v_anchor=a.v_anchor,
                                 reuse_data=a.reuse_data, ranker_from=a.ranker_from, registry_dir=a.registry_dir,
                                 version=a.version, seed=a.seed)
         s = train_fusion(cfg, progress=not a.no_progress)

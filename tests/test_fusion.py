@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -392,6 +393,26 @@ def test_twin_critic_targets_the_smaller_advantage(env):
     agent, summary = train_fusion_agent(env, cfg)
     assert np.isfinite(summary["predicted_episode_gain"]) and np.isfinite(summary["mean_advantage"])
     assert len(summary["curves"]["q_loss"]) == len(summary["curves"]["episode"])
+
+
+def test_learner_options_train_on_the_env(env):
+    """The Monte Carlo target is what run_episode stores (r_t + gamma ret_{t+1}, r at the last page), and the three
+    learner options train end to end on the real env (README "RL fusion: what the learner needs")."""
+    from edge_rerank.cloud.training.fusion_rl import AgentConfig, Transitions, run_episode, train_fusion_agent
+
+    buf = Transitions()
+    for seed in range(4):
+        run_episode(env, lambda _o: -0.5, seed=seed, buf=buf, gamma=0.9)
+    r, ret, done = (np.asarray(getattr(buf, f)) for f in ("r", "ret", "done"))
+    assert done.sum() == 4 and np.allclose(ret[done == 1], r[done == 1])
+    inner = np.flatnonzero(done == 0)
+    assert np.allclose(ret[inner], r[inner] + 0.9 * ret[inner + 1])
+    cfg = AgentConfig(n_policies=1, pretrain_episodes=30, pretrain_epochs=5, episodes=20, eval_episodes=4,
+                      batch_size=32, explore_uniform=0.5, actor_preact_limit=2.5, v_anchor="td")
+    for c in (cfg, replace(cfg, critic_target="mc", v_anchor="mc")):
+        _agent, summary = train_fusion_agent(env, c)
+        assert summary["config"] == c.to_dict()
+        assert np.isfinite(summary["predicted_episode_gain"]) and np.isfinite(summary["curves"]["q_loss"][-1])
 
 
 def test_cli_refuses_bad_clip(capsys):

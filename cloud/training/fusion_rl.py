@@ -23,6 +23,12 @@ Pieces:
 - ``AgentConfig.twin_critic``: the critic's overestimation (the actor climbs the noise of A) countered as TD3 does,
   minus its target networks: two advantage heads per policy, the TD target takes the smaller at a smoothed
   action; the actor follows the first head.
+- The learner's options (README "RL fusion: what the learner needs"; all off by default):
+  ``actor_preact_limit`` (keeps the actor's tanh from saturating), ``v_anchor = "td"`` (baseline rows as a = 1
+  transitions with the policy's TD target instead of anchoring V at the baseline's return, so A is the action's own
+  effect and does not carry the policy's continuation), ``explore_uniform`` (uniformly random episodes) and
+  ``critic_target = "mc"`` (Monte Carlo return targets); see :func:`actor_loss`, :func:`critic_target`,
+  :func:`explorer`.
 - :func:`export_actor_onnx` — the chosen actor with the state network: inputs ``seq`` [1, L, E], ``ctx`` [1, C],
   output ``a`` [1] (already ``1 + clip · u``).
 """
@@ -60,6 +66,33 @@ class AgentConfig:
     twin_critic: bool = False
     target_noise: float = 0.2  # sd of the Gaussian on u' in the target (0: none)
     target_noise_clip: float = 0.5
+    # what the critic learns (README "RL fusion: what the learner needs"): "td" bootstraps Q(s, a) on
+    # r + gamma Q(s', pi(s')) (the article's); "mc" regresses it on the episode's discounted Monte Carlo return from
+    # that page (unbiased on 1-5 page episodes, no bootstrapping through an untrained A)
+    critic_target: str = "td"
+    # exploration: the share of DDPG episodes served with uniformly random actions on every page (u ~ U[-1, 1]), so
+    # the critic keeps seeing the whole action range after the actor has moved to one end (0: Gaussian noise only)
+    explore_uniform: float = 0.0
+    # the actor's tanh saturating: the actor loss adds (|z| - limit)^2 for pre-tanh outputs z beyond +-limit, so a
+    # policy pushed to one end of the clip keeps a gradient (at z = -8, tanh' = 5e-7: it could never come back when
+    # the critic later prefers the other end for some states). 0: off (the article's plain actor)
+    actor_preact_limit: float = 0.0
+    # the baseline rows (a = 1, u = 0) in the DDPG phase: "mc" anchors V(s) = Q_k(s, 0) at their Monte Carlo return
+    # under the baseline (the article's: V is the baseline's value), so A_k(s, u) must also carry V^pi_k(s) −
+    # V^base(s), the policy's gain on the *later* pages, and extrapolates it in u; "td" uses them as off-policy
+    # transitions at u = 0 with the policy's target (with critic_target "td": r + gamma Q_k(s', pi_k(s'))), so
+    # Q_k(s, 0) learns the policy's continuation and A_k only the action's own effect
+    v_anchor: str = "mc"
+
+    def __post_init__(self) -> None:
+        if self.critic_target not in ("td", "mc"):
+            raise ValueError(f"critic_target must be 'td' or 'mc', got {self.critic_target!r}")
+        if not 0.0 <= self.explore_uniform <= 1.0:
+            raise ValueError(f"explore_uniform must be in [0, 1], got {self.explore_uniform}")
+        if self.v_anchor not in ("td", "mc"):
+            raise ValueError(f"v_anchor must be 'td' or 'mc', got {self.v_anchor!r}")
+        if self.actor_preact_limit < 0:
+            raise ValueError(f"actor_preact_limit must be >= 0 (0: off), got {self.actor_preact_limit}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -183,6 +216,41 @@ def _greedy(agent: FusionAgent, k: int) -> Callable[[dict], float]:
     return pi
 
 
+def explorer(agent: FusionAgent, k: int, rng: np.random.Generator) -> Callable[[dict], float]:
+    """The behaviour policy of one DDPG episode of policy k: pi_k(s) + Gaussian noise, clipped to [-1, 1]; with
+    probability ``cfg.explore_uniform`` the whole episode is uniform on [-1, 1] instead (no draw when it is 0: the
+    default's random stream is the article agent's)."""
+    cfg, greedy = agent.cfg, _greedy(agent, k)
+    if cfg.explore_uniform > 0 and rng.random() < cfg.explore_uniform:
+        return lambda _obs: float(rng.uniform(-1.0, 1.0))
+    return lambda obs: float(np.clip(greedy(obs) + cfg.noise * rng.standard_normal(), -1.0, 1.0))
+
+
+def critic_target(agent: FusionAgent, k: int, b: dict[str, torch.Tensor], gen: torch.Generator) -> torch.Tensor:
+    """The regression target of Q_k(s, u) for a batch: ``cfg.critic_target == "mc"`` the stored discounted Monte
+    Carlo return from the page; "td" r + gamma (1 - done) (V(s') + A_k(s', pi_k(s'))) (twin: the smaller advantage at
+    a smoothed action, noise from `gen`)."""
+    cfg = agent.cfg
+    if cfg.critic_target == "mc":
+        return b["ret"]
+    with torch.no_grad():
+        s2 = agent.state(b["seq2"], b["ctx2"])
+        u2 = agent.act(k, s2)
+        if cfg.twin_critic:  # TD3: a smoothed target action, the smaller of the two advantages
+            eps = torch.randn(u2.shape, generator=gen) * cfg.target_noise
+            u2 = (u2 + eps.clamp(-cfg.target_noise_clip, cfg.target_noise_clip)).clamp(-1.0, 1.0)
+        return b["r"] + cfg.gamma * (1.0 - b["done"]) * (agent.value(s2) + agent.advantage_min(k, s2, u2))
+
+
+def actor_loss(agent: FusionAgent, k: int, s: torch.Tensor) -> torch.Tensor:
+    """−A_k(s, pi_k(s)), plus (|z| − limit)² beyond ``cfg.actor_preact_limit`` on the pre-tanh output z (when set)."""
+    z = agent.actors[k](s).squeeze(-1)
+    loss = -agent.advantage(k, s, torch.tanh(z)).mean()
+    if agent.cfg.actor_preact_limit > 0:
+        loss = loss + (torch.relu(z.abs() - agent.cfg.actor_preact_limit) ** 2).mean()
+    return loss
+
+
 def train_fusion_agent(env, cfg: AgentConfig, *, progress: Callable[[str], None] | None = None,
                        eval_seed_offset: int = 10_000_000) -> tuple[FusionAgent, dict]:
     """Pre-train V on baseline episodes, then DDPG with `cfg.n_policies` parallel policies; returns the agent and
@@ -240,12 +308,7 @@ def _train_fusion_agent(env, cfg: AgentConfig, progress: Callable[[str], None] |
     start_seed = cfg.pretrain_episodes
     for ep in range(cfg.episodes):
         k = ep % cfg.n_policies
-        greedy = _greedy(agent, k)
-
-        def explore(obs: dict, greedy=greedy) -> float:
-            return float(np.clip(greedy(obs) + cfg.noise * rng.standard_normal(), -1.0, 1.0))
-
-        stats = run_episode(env, explore, seed=start_seed + ep, buf=buf, k=k, gamma=cfg.gamma)
+        stats = run_episode(env, explorer(agent, k, rng), seed=start_seed + ep, buf=buf, k=k, gamma=cfg.gamma)
         window_r[k].append(stats["reward"])
         pol = np.asarray(buf.policy)
         for _ in range(cfg.updates_per_episode):
@@ -257,16 +320,11 @@ def _train_fusion_agent(env, cfg: AgentConfig, progress: Callable[[str], None] |
             idx = mine[rng.integers(0, len(mine), cfg.batch_size)]
             b = buf.tensors(idx)
             s = agent.state(b["seq"], b["ctx"])
-            with torch.no_grad():
-                s2 = agent.state(b["seq2"], b["ctx2"])
-                u2 = agent.act(kk, s2)
-                if cfg.twin_critic:  # TD3: a smoothed target action, the smaller of the two advantages
-                    eps = torch.randn(u2.shape, generator=gen) * cfg.target_noise
-                    u2 = (u2 + eps.clamp(-cfg.target_noise_clip, cfg.target_noise_clip)).clamp(-1.0, 1.0)
-                y = b["r"] + cfg.gamma * (1.0 - b["done"]) * (agent.value(s2) + agent.advantage_min(kk, s2, u2))
+            y = critic_target(agent, kk, b, gen)
             ib = rng.integers(0, len(base), cfg.batch_size // 4)  # baseline rows keep V anchored at a = 1
             bb = base.tensors(ib)
-            v_loss = ((agent.value(agent.state(bb["seq"], bb["ctx"])) - bb["ret"]) ** 2).mean()
+            v_target = critic_target(agent, kk, bb, gen) if cfg.v_anchor == "td" else bb["ret"]
+            v_loss = ((agent.value(agent.state(bb["seq"], bb["ctx"])) - v_target) ** 2).mean()
             q_loss = ((agent.q(kk, s, b["u"]) - y) ** 2).mean()
             if cfg.twin_critic:
                 q_loss = q_loss + ((agent.value(s) + agent.advantage(kk, s, b["u"], twin=True) - y) ** 2).mean()
@@ -276,7 +334,7 @@ def _train_fusion_agent(env, cfg: AgentConfig, progress: Callable[[str], None] |
             q_losses.append(float(q_loss.detach()))
             # actor k: maximise its advantage (V does not depend on the action); the state is not moved by it
             s = s.detach()
-            a_loss = -agent.advantage(kk, s, agent.act(kk, s)).mean()
+            a_loss = actor_loss(agent, kk, s)
             opt_a[kk].zero_grad()
             a_loss.backward()
             opt_a[kk].step()
