@@ -152,6 +152,37 @@ def test_backends_reject_a_file_that_is_not_a_model(tmp_path, runtime):
         backends.create(runtime, junk)
 
 
+def test_litert_backend_runs_on_the_primary_subgraph_with_the_signature_runners_bits(exported, trained):
+    """The LiteRT backend skips the signature runner's per-call resize + re-plan on our fixed-shape files: same
+    bits as the runner for real lists, one at a time and in batches; other dtypes are converted; a wrong shape
+    or a missing input is a BackendError naming it."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edge_rerank.device_sdk import backends
+
+    _, out = exported
+    path = out / "tflite" / "reranker.tflite"
+    be = backends.create("litert", path)
+    assert be._direct is not None, "the file the converter writes should take the direct path"
+    runner = Interpreter(model_path=str(path), num_threads=1).get_signature_runner("serving_default")
+    inputs = validation_inputs(trained[2].inputs, 12)
+    for x in inputs:
+        feeds = {n: np.ascontiguousarray(x[n], dtype=be._dtypes[n]) for n in be.input_names}
+        ref = runner(**feeds)[be.output_name]
+        assert np.array_equal(be.run(x), ref)
+        wide = {n: v.astype(np.float64) if v.dtype == np.float32 else v for n, v in x.items()}
+        assert np.array_equal(be.run(wide), ref)  # converted, same bits
+    batch = {n: np.concatenate([x[n] for x in inputs[:5]]) for n in be.input_names}
+    assert np.array_equal(be.run(batch), np.concatenate([be.run(x) for x in inputs[:5]]))
+    x = inputs[0]
+    name = next(n for n in be.input_names[1:] if x[n].ndim >= 2)
+    with pytest.raises(BackendError, match=name):
+        be.run({**x, name: x[name][..., :-1]})
+    with pytest.raises(BackendError, match="missing"):
+        be.run({k: v for k, v in x.items() if k != name})
+    assert np.array_equal(be.run(x), be.run(x))  # a refused call leaves the backend usable
+
+
 def test_legacy_tflite_runtime_is_checked_or_says_why_not(exported):
     r = exported[0].by_format("tflite")
     (rc,) = [c for c in r.other_runtimes if c.runtime == "tflite-runtime"]
