@@ -423,9 +423,13 @@ class RerankPath:
             counts[0] += u
             counts[1] += n
         cid, stale = t.stale(rows, here)
-        if stale.size:  # and every later row without one (a page is inserted at once: its next windows find theirs)
-            later = np.arange(int(stale.min()), t._used)
-            stale = np.union1d(stale, later[t.ctx_of[later] != cid]) if len(later) > len(stale) else stale
+        if stale.size:  # and every later row without any distance yet (a page is inserted at once: its next windows
+            # find theirs; a row with another location's distance is another session's: left to its own builds)
+            lo = int(stale.min())
+            mark = t.ctx_of[lo:t._used] == -1
+            mark[stale - lo] = True
+            stale = np.flatnonzero(mark)
+            stale += lo
             t.set_distances(stale, cid, self._to_here(t.lat[stale], t.lon[stale], here))
         return st, rows
 
