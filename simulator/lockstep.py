@@ -3,7 +3,8 @@
 Each session runs the ordinary per-session code path (``Phone.run`` -> ``PhoneSession`` -> the SDK's
 ``RerankSession``) unchanged, inside its own greenlet. The only substitution is the reranker the session calls: a
 stand-in whose ``rerank`` parks the request (the call's arguments: items, revealed count, feedback snapshot, context)
-with the runner and suspends the session (its ``prepare`` and ``features`` are the service's own). When every live
+with the runner and suspends the session (its ``features`` are the service's; its ``prepare`` queues the page's items,
+and the runner writes the rows of every page of a round in one ``prepare`` before answering the round). When every live
 session is parked (or finished), the runner answers the whole round with one ``RerankService.rerank_many``: the
 features of every parked request built in one ``FeatureBuilder.build_many`` (the rerank path's gathers and table
 lookups once per round; each session's feedback state stays its own) and one backend call for all of them. Each
@@ -45,15 +46,18 @@ class _ParkingService:
     """The reranker a session sees under lock-step: ``rerank`` hands its arguments to the runner (the parent
     greenlet) and returns the result the runner resumes it with (or raises the error it throws in)."""
 
-    def __init__(self, real: RerankService, hub):
-        self.real, self.hub = real, hub
+    def __init__(self, real: RerankService, hub, pending: list):
+        self.real, self.hub, self.pending = real, hub, pending
 
     @property
     def features(self):
         return self.real.features
 
     def prepare(self, items) -> float:
-        return self.real.prepare(items)
+        """A page arrived: its items' rows are written with every other page that arrived in the round, in one
+        ``prepare`` before the round's ``rerank_many`` (the rows are a cache: the values are the same either way)."""
+        self.pending.extend(items)
+        return 0.0
 
     def rerank(self, items, n_fixed, events, context):
         return self.hub.switch(("rerank", (items, n_fixed, events, context)))
@@ -79,6 +83,7 @@ class LockstepRunner:
         self.stats = {"rounds": 0, "requests": 0, "sessions": 0}
         self._batched = can_batch(phone)
         self._service: RerankService | None = None
+        self._pending: list = []  # items of pages that arrived since the last round (written in one prepare)
 
     def _session_phone(self, hub) -> tuple[Phone, RerankService]:
         """A shallow copy of the phone whose reranker parks at the rerank call, and the service that answers."""
@@ -86,7 +91,7 @@ class LockstepRunner:
             service: RerankService = self.phone.reranker  # type: ignore[assignment]
             self._service = RerankService(service._source, strict=service.faults.strict, item_cache=self.item_cache)
         phone = copy.copy(self.phone)
-        phone.reranker = _ParkingService(self._service, hub)
+        phone.reranker = _ParkingService(self._service, hub, self._pending)
         return phone, self._service
 
     def run(self, specs: Iterable[SessionSpec]) -> list[SessionOutcome]:
@@ -134,6 +139,9 @@ class LockstepRunner:
         in its own session only)."""
         self.stats["rounds"] += 1
         self.stats["requests"] += len(requests)
+        if self._pending:  # the pages that arrived since the last round, in one pass
+            service.prepare(self._pending)
+            self._pending.clear()
         if not service.faults.strict:
             return [(r, None) for r in service.rerank_many(requests)]
         out: list[tuple[RerankResult | None, BaseException | None]] = []

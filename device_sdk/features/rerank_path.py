@@ -510,7 +510,10 @@ class RerankPath:
         # every window must keep its rows until the gathers: a table that filled up in the middle would start afresh
         # and overwrite rows already looked up, so make room for all of them first (or leave the batch to `build`)
         have = t.rows
-        missing = {id(it) for c, _, _ in requests for it in c if id(it) not in have}
+        if len(t.items) + sum(map(len, (c for c, _, _ in requests))) <= t.cap:
+            missing = ()  # (room even if every window item were new)
+        else:
+            missing = {id(it) for c, _, _ in requests for it in c if id(it) not in have}
         if len(t.items) + len(missing) > t.cap:
             t.clear()
             if len({id(it) for c, _, _ in requests for it in c}) > t.cap:
