@@ -158,11 +158,20 @@ def main() -> None:
                 res[k][f"{part}_cpu_share"] = t / cpu[k]
             res[k]["reranks"] = spent[f"{k}_call"][1]
     res["speedup"] = res["now"]["sessions_per_cpu_s"] / res["baseline"]["sessions_per_cpu_s"]
+
+    def paired(x: str, y: str) -> float:
+        """Median over chunks of arm x's rate / arm y's in the same chunk (robust to a chunk slowed by the machine)."""
+        return float(np.median(np.array(per_chunk[x]) / np.array(per_chunk[y])))
+
+    res["paired_median_speedup"] = paired("now", "baseline")
     if a.lockstep:
         res["speedup_lockstep"] = res["now_lockstep"]["sessions_per_cpu_s"] / res["baseline_lockstep"][
             "sessions_per_cpu_s"]
         res["speedup_lockstep_vs_baseline_one_at_a_time"] = res["now_lockstep"]["sessions_per_cpu_s"] / res[
             "baseline"]["sessions_per_cpu_s"]
+        res["paired_median_speedup_lockstep"] = paired("now_lockstep", "baseline_lockstep")
+        res["paired_median_speedup_lockstep_vs_baseline_one_at_a_time"] = paired("now_lockstep", "baseline")
+        res["paired_median_speedup_lockstep_vs_now_one_at_a_time"] = paired("now_lockstep", "now")
     res["baseline_rev"], res["load_avg"] = a.baseline, [load0, os.getloadavg()]
     res["lockstep_batch"], res["chunk"], res["bundle"] = a.lockstep, a.chunk, a.bundle or "small, batch-dynamic ONNX"
     res["same_outcomes"] = all(digest[k] == digest["now"] for k in runners)
@@ -176,9 +185,12 @@ def main() -> None:
                      f"({100 * r['features_cpu_share']:.0f} %)")
         print(line)
     print(f"same outcomes (clicks, modelled latencies) in every arm: {res['same_outcomes']}")
-    print(f"now / baseline: {res['speedup']:.2f}x" + (
-        f"; lock-step now / baseline {res['speedup_lockstep']:.2f}x; lock-step now / baseline one at a time "
-        f"{res['speedup_lockstep_vs_baseline_one_at_a_time']:.2f}x" if a.lockstep else "")
+    print(f"now / baseline: {res['speedup']:.2f}x (paired median over chunks {res['paired_median_speedup']:.2f}x)" + (
+        f"; lock-step now / baseline {res['speedup_lockstep']:.2f}x "
+        f"({res['paired_median_speedup_lockstep']:.2f}x); lock-step now / baseline one at a time "
+        f"{res['speedup_lockstep_vs_baseline_one_at_a_time']:.2f}x "
+        f"({res['paired_median_speedup_lockstep_vs_baseline_one_at_a_time']:.2f}x); lock-step now / now one at a "
+        f"time ({res['paired_median_speedup_lockstep_vs_now_one_at_a_time']:.2f}x)" if a.lockstep else "")
         + f" (load average {load0[0]:.1f} -> {os.getloadavg()[0]:.1f})")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res, indent=2))
