@@ -127,7 +127,7 @@ class _EventExtra:
 
     def __init__(self, path: RerankPath, rows_d) -> None:
         cap = len(rows_d.pos)
-        self.path, self.rows_d = path, rows_d
+        self.path = path  # (no reference back to rows_d, which holds this: a finished session's rows die with it)
         self.vids = np.zeros((path.R, cap), np.int64)
         self.unknown = np.zeros(cap, bool)
         self.last_unknown = -1
