@@ -122,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bundle", help="device bundle (default: train a small one first)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lockstep", type=int, default=64, help="lock-step batch for the device arm (0 skips it)")
+    p.add_argument("--gc-freeze", action="store_true",
+                   help="gc.freeze() before each device-arm measurement (after training): full collections stop "
+                        "walking the imported modules' objects (torch: ~0.5 M)")
     p.add_argument("--out", default="runs/bench/simulator_bench.json")
     a = p.parse_args(argv)
 
@@ -160,6 +163,12 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError as exc:
             print(f"skipping the device model (no [train] extra: {exc})")
     if bundle and a.device_sessions > 0:
+        if a.gc_freeze:
+            import gc
+
+            gc.collect()
+            gc.freeze()
+        results["machine"]["gc_freeze_device_arms"] = a.gc_freeze
         dev = build_arm(ArmSpec("device", "device", bundle=bundle), um)
         r = rate(dev, um, fast, a.device_sessions, a.seed, warmup=50)
         record("device_model_inproc", "device model (features + onnxruntime) in the loop, 1 core", r)

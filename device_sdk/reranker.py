@@ -100,9 +100,10 @@ class RerankService:
     None (every call keeps the cloud order, reason ``no_model``)."""
 
     def __init__(self, model: LoadedModel | ModelManager | None, *, strict: bool = False,
-                 clock: Callable[[], float] = time.perf_counter):
+                 clock: Callable[[], float] = time.perf_counter, item_cache: int = ITEM_CACHE):
         self._source = model
         self._clock = clock
+        self.item_cache = int(item_cache)  # items whose feature rows the builder keeps (``features.item_table``)
         self._builder: FeatureBuilder | None = None
         self._builder_for: LoadedModel | None = None
         self.faults = FaultLog(log, strict=strict)
@@ -129,7 +130,7 @@ class RerankService:
 
     def _builder_of(self, model: LoadedModel) -> FeatureBuilder:
         if self._builder_for is not model:  # a swapped-in model brings its own feature config
-            self._builder = FeatureBuilder(model.bundle.feature_config, item_cache=ITEM_CACHE)
+            self._builder = FeatureBuilder(model.bundle.feature_config, item_cache=self.item_cache)
             self._builder_for = model
         assert self._builder is not None
         return self._builder
@@ -158,42 +159,139 @@ class RerankService:
         n = len(items) if isinstance(items, Sequence) and not isinstance(items, str | bytes) else 0
         t0 = self._clock()
         timings: dict[str, float] = {}
-        bad = check_rerank_args(items, n_fixed, events, context)
-        if bad is not None:
-            return self._fallback(n, bad, timings)
         model = self.model  # one reference for the whole call: a concurrent swap cannot mix two models
-        if model is None:
-            return self._fallback(n, "no_model", timings)
+        got = self._window(items, n, n_fixed, events, context, model, timings)
+        if isinstance(got, RerankResult):
+            return got
+        builder, window = got
         try:
-            builder = self._builder_of(model)
-        except Exception as exc:  # noqa: BLE001 - a model whose config cannot build features falls back
-            return self._fallback(n, f"features: {exc}", timings)
-        cfg = builder.cfg
-        window = items[n_fixed: n_fixed + cfg.n_max]
-        if len(window) < 2:
-            return self._fallback(n, "nothing_to_rerank", timings)
-        try:
-            builder.prepare_items(items[n_fixed:])  # the rest of the list too: later windows find their rows
             feats = builder.build(window, events, context)
         except Exception as exc:  # noqa: BLE001 - the app must never crash on a bad feature
             return self._fallback(n, f"features: {exc}", timings)
         t1 = self._clock()
         timings["features"] = (t1 - t0) * 1e3
         try:
-            out = np.asarray(model.backend.run({k: v[None] for k, v in feats.items()}))
+            out = np.asarray(model.backend.run({k: v[None] for k, v in feats.items()}))  # type: ignore[union-attr]
         except Exception as exc:  # noqa: BLE001
             return self._fallback(n, f"inference: {exc}", timings)
         t2 = self._clock()
         timings["inference"] = (t2 - t1) * 1e3
-        if out.shape != (1, cfg.n_max):
+        return self._apply(out, n, n_fixed, len(window), builder.cfg.n_max, model, timings, t0, t2)  # type: ignore[arg-type]
+
+    def _window(self, items, n: int, n_fixed, events, context, model: LoadedModel | None,
+                timings: dict[str, float]) -> RerankResult | tuple[FeatureBuilder, Sequence[PageItem]]:
+        """A call's checks and its items' rows: the fallback, or the builder and the window to score."""
+        bad = check_rerank_args(items, n_fixed, events, context)
+        if bad is not None:
+            return self._fallback(n, bad, timings)
+        if model is None:
+            return self._fallback(n, "no_model", timings)
+        try:
+            builder = self._builder_of(model)
+        except Exception as exc:  # noqa: BLE001 - a model whose config cannot build features falls back
+            return self._fallback(n, f"features: {exc}", timings)
+        window = items[n_fixed: n_fixed + builder.cfg.n_max]
+        if len(window) < 2:
+            return self._fallback(n, "nothing_to_rerank", timings)
+        try:
+            builder.prepare_items(items[n_fixed:])  # the rest of the list too: later windows find their rows
+        except Exception as exc:  # noqa: BLE001 - the app must never crash on a bad feature
+            return self._fallback(n, f"features: {exc}", timings)
+        return builder, window
+
+    def _apply(self, out: np.ndarray, n: int, n_fixed: int, n_window: int, n_max: int, model: LoadedModel,
+               timings: dict[str, float], t0: float | None, t2: float) -> RerankResult:
+        """Scores [1, n_max] -> checks, reinsertion and the result (`t0`: when the call began; None in a batch)."""
+        if out.shape != (1, n_max):
             return self._fallback(n, f"bad_output_shape: {out.shape}", timings)
-        scores = out[0, : len(window)]
+        scores = out[0, :n_window]
         if not (math.isfinite(float(np.add.reduce(scores, dtype=np.float64))) if scores.dtype.itemsize <= 4
                 else bool(np.isfinite(scores).all())):  # a float64 sum of float32 values is finite iff every one is
             return self._fallback(n, "non_finite_scores", timings)
-        order, moved = _reinsert(n, n_fixed, cfg.n_max, scores)
+        order, moved = _reinsert(n, n_fixed, n_max, scores)
         t3 = self._clock()
         timings["reinsertion"] = (t3 - t2) * 1e3
-        timings["total"] = (t3 - t0) * 1e3
+        if t0 is not None:
+            timings["total"] = (t3 - t0) * 1e3
+        else:  # (a batch: this request's shares of the batch's features and inference, and its own reinsertion)
+            timings["total"] = timings["features"] + timings["inference"] + timings["reinsertion"]
         return RerankResult(order=order, applied=True, moved=moved, timings_ms=timings, model_version=model.version,
                             scores=scores.tolist())
+
+    def rerank_many(self, requests: Sequence[tuple[Sequence[PageItem], int, Sequence[FeedbackEvent], Context]]
+                    ) -> list[RerankResult]:
+        """Many reranks at once: ``requests`` are ``(items, n_fixed, events, context)``, the arguments of
+        :meth:`rerank` (e.g. one per session of a simulator running sessions in lock-step). Returns, per request,
+        what :meth:`rerank` returns for it (same order, moved count and fallback reason; the scores are the
+        backend's for that list in a batch), with the features of all of them built by one
+        ``FeatureBuilder.build_many`` and the lists scored by one backend call (a backend with a fixed batch of 1
+        runs them row by row; if the batched call fails, each list is scored alone, so a bad list fails only its own
+        request). The model is read once for the whole batch. Timings: the batch's feature and inference time split
+        evenly over the requests that reached them; each request's ``total`` is its shares plus its own
+        reinsertion. ``strict=True``: the first fault raises, as in :meth:`rerank`."""
+        B = len(requests)
+        results: list[RerankResult | None] = [None] * B
+        model = self.model  # one reference for the whole batch
+        t0 = self._clock()
+        jobs: list[tuple[int, int, int, Sequence[PageItem], dict[str, float]]] = []
+        build_reqs = []
+        builder = None
+        for k, (items, n_fixed, events, context) in enumerate(requests):
+            self.calls += 1
+            n = len(items) if isinstance(items, Sequence) and not isinstance(items, str | bytes) else 0
+            timings: dict[str, float] = {}
+            got = self._window(items, n, n_fixed, events, context, model, timings)
+            if isinstance(got, RerankResult):
+                results[k] = got
+                continue
+            builder, window = got
+            jobs.append((k, n, int(n_fixed), window, timings))
+            build_reqs.append((window, events, context))
+        if jobs:
+            assert builder is not None and model is not None
+            feats, errors = builder.build_many(build_reqs)
+            t1 = self._clock()
+            per = (t1 - t0) * 1e3 / len(jobs)
+            ok = []
+            for j, err in enumerate(errors):
+                jobs[j][4]["features"] = per
+                if err is None:
+                    ok.append(j)
+                else:
+                    results[jobs[j][0]] = self._fallback(jobs[j][1], f"features: {err}", jobs[j][4])
+            if ok:
+                x = feats if len(ok) == len(jobs) else {name: v[ok] for name, v in feats.items()}
+                outs = self._score_many(model, x, len(ok))
+                t2 = self._clock()
+                per = (t2 - t1) * 1e3 / len(ok)
+                n_max = builder.cfg.n_max
+                for j, (out, err) in zip(ok, outs, strict=True):
+                    k, n, n_fixed, window, timings = jobs[j]
+                    if err is not None:
+                        results[k] = self._fallback(n, f"inference: {err}", timings)
+                        continue
+                    timings["inference"] = per
+                    results[k] = self._apply(out, n, n_fixed, len(window), n_max, model, timings, None,
+                                             self._clock())
+        assert all(r is not None for r in results)
+        return results  # type: ignore[return-value]
+
+    @staticmethod
+    def _score_many(model: LoadedModel, x: dict[str, np.ndarray], m: int
+                    ) -> list[tuple[np.ndarray, Exception | None]]:
+        """Each of `m` stacked lists' scores as [1, n_max] (or the error scoring it alone raised): one backend call,
+        or, if that fails or returns another batch size, one call per list."""
+        if m > 1:
+            try:
+                y = np.asarray(model.backend.run(x))
+                if y.ndim >= 1 and y.shape[0] == m:
+                    return [(y[b: b + 1], None) for b in range(m)]
+            except Exception:  # noqa: BLE001 - fall through: score each list alone
+                pass
+        out: list[tuple[np.ndarray, Exception | None]] = []
+        for b in range(m):
+            try:
+                out.append((np.asarray(model.backend.run({k: v[b: b + 1] for k, v in x.items()})), None))
+            except Exception as exc:  # noqa: BLE001 - that request's fallback
+                out.append((np.zeros(0), exc))
+        return out

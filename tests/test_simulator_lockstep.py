@@ -44,7 +44,7 @@ def _assert_same(one, locked, stats) -> None:
         assert _comparable(a) == _comparable(b), a.session_id
     reranks = sum(len(o.device_ms) for o in one)
     assert reranks > N_SESSIONS  # the device model was in the loop
-    assert stats["lists"] / stats["backend_calls"] > 2  # it did batch
+    assert stats["requests"] / stats["rounds"] > 2  # it did batch: one rerank_many per round
 
 
 @pytest.fixture(scope="module")
@@ -91,3 +91,53 @@ def test_a_failing_list_fails_only_its_own_session(world, inproc_cloud, onnx_mod
     one, locked, stats = _both(world, inproc_cloud, model)
     _assert_same(one, locked, stats)
     assert sum(o.fallbacks.get("inference", 0) for o in one) > 0  # the fault happened, and the same way
+
+
+class _Counting:
+    """Counts backend calls (and the lists they scored)."""
+
+    name = "counting"
+
+    def __init__(self, real):
+        self.real, self.calls, self.lists = real, 0, 0
+        self.batched = getattr(real, "batched", False)
+
+    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        self.calls += 1
+        self.lists += len(inputs["cand_mask"])
+        return self.real.run(inputs)
+
+
+def test_one_feature_batch_and_one_backend_call_per_round(world, inproc_cloud, trained, bundle_dir, tmp_path):
+    """The runner parks sessions at the rerank call: each round is one rerank_many (one build_many, one backend call
+    for every parked list), and the outcomes stay those of the one-at-a-time runner."""
+    from edge_rerank.converters.onnx.convert import export_onnx
+    from edge_rerank.device_sdk.features.operators import FeatureBuilder
+
+    model, _, test = trained
+    x = {k: v[:1] for k, v in test.inputs.items()}
+    counting = _Counting(backends.create("onnxruntime", export_onnx(model, x, tmp_path / "dyn.onnx",
+                                                                    dynamic_batch=True)))
+    loaded = LoadedModel(bundle=read_bundle(bundle_dir), backend=counting)  # type: ignore[arg-type]
+    builds = {"many": 0, "requests": 0}
+    real = FeatureBuilder.build_many
+
+    def spy(self, requests):
+        builds["many"] += 1
+        builds["requests"] += len(requests)
+        return real(self, requests)
+
+    FeatureBuilder.build_many = spy  # type: ignore[method-assign]
+    try:
+        um = UserModel(world)
+        phone = Arm("device", RerankService(loaded)).phone(um, inproc_cloud)
+        specs = [world.session(i, 5) for i in range(N_SESSIONS)]
+        one = [phone.run(s) for s in specs]
+        counting.calls = counting.lists = 0
+        runner = LockstepRunner(phone, batch=16)
+        locked = runner.run(specs)
+    finally:
+        FeatureBuilder.build_many = real  # type: ignore[method-assign]
+    _assert_same(one, locked, runner.stats)
+    assert counting.calls == runner.stats["rounds"] == builds["many"]
+    assert counting.lists == builds["requests"] == runner.stats["requests"]

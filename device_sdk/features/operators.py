@@ -965,6 +965,46 @@ class FeatureBuilder:
                 raise FeatureError(f"non-finite values in feature {name!r}")
         return {name: out[name] for name in self._input_order}
 
+    def build_many(self, requests: Sequence[tuple[Sequence[PageItem], Sequence[FeedbackEvent], Context]]
+                   ) -> tuple[dict[str, np.ndarray], list[Exception | None]]:
+        """Many builds at once: ``requests`` are ``(candidates, events, context)`` triples, the arguments of
+        :meth:`build`. Returns the model inputs stacked on a leading batch axis (``[B, ...]``, the dtypes of
+        :func:`input_specs`) and, per request, the exception its :meth:`build` raises (None if none). Row ``b`` is
+        bit for bit what ``build(*requests[b])`` returns; the row of a request that raised is all zeros.
+
+        With an item cache and a config the rerank-time path covers (``features.rerank_path``), the per-request work
+        is only the part that depends on that request's feedback (its feedback state, memoised per snapshot, and its
+        similarity / distance-to-click columns); the gathers of every candidate column, the Match&Aggregate table
+        lookups and the stacking run once for the whole batch. Requests that path does not take are built one by one
+        with :meth:`build`."""
+        B = len(requests)
+        out = {name: np.zeros((B, *shape), dtype) for name, shape, dtype in self.specs}
+        # the integer inputs as two blocks (the rerank path writes each with one assignment); the outputs are views
+        ints5, seq6 = np.zeros((5, B, self.cfg.n_max), np.int32), np.zeros((6, B, self.cfg.l_max), np.int32)
+        for k, name in enumerate(("cand_cat", "cand_brand", "cand_price", "cand_dist_b", "cand_pos_b")):
+            out[name] = ints5[k]
+        for k, name in enumerate(("seq_cat", "seq_brand", "seq_price", "seq_kind", "seq_dist_b", "seq_pos_b")):
+            out[name] = seq6[k]
+        errors: list[Exception | None] = [None] * B
+        handled = [False] * B
+        if self._fast is not None and B:
+            handled = self._fast.build_many(self, requests, {**out, "_ints": ints5, "_seq": seq6}, errors)
+        for b in range(B):
+            if handled[b]:
+                continue
+            try:
+                x = self.build(*requests[b])
+            except Exception as exc:  # noqa: BLE001 - the request's own error, as build raises it
+                errors[b] = exc
+                continue
+            for name, v in x.items():
+                out[name][b] = v
+        for b, err in enumerate(errors):
+            if err is not None:
+                for v in out.values():
+                    v[b] = 0
+        return out, errors
+
     def prepare_items(self, items: Sequence[PageItem]) -> None:
         """With an item cache: give every item of `items` its row now (one batch), so that later windows over
         them find their rows (a rerank service passes the whole unseen part of the list, and a session a page's

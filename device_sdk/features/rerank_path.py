@@ -127,7 +127,7 @@ class _EventExtra:
 
     def __init__(self, path: RerankPath, rows_d) -> None:
         cap = len(rows_d.pos)
-        self.path, self.rows_d = path, rows_d
+        self.path = path  # (no reference back to rows_d, which holds this: a finished session's rows die with it)
         self.vids = np.zeros((path.R, cap), np.int64)
         self.unknown = np.zeros(cap, bool)
         self.last_unknown = -1
@@ -390,9 +390,10 @@ class RerankPath:
         return st
 
     # ---- per build ----
-    def build(self, builder, candidates, events, context):
-        """The inputs ``FeatureBuilder.build`` returns, or (None, rows) to hand the build to the general path
-        (`rows`: the item table's rows if this call already asked for them, else ``...``)."""
+    def _prelude(self, builder, candidates, events, context):
+        """The part of a build before the gathers: the item table's rows, the feedback state, the counters and the
+        rows' distances to the search location. Returns (state, rows), or (None, rows) to hand the build to the
+        general path (`rows`: the item table's rows if this call already asked for them, else ``...``)."""
         n = len(candidates)
         if n == 0 or n > self.N:
             return None, ...
@@ -422,17 +423,19 @@ class RerankPath:
             counts[0] += u
             counts[1] += n
         cid, stale = t.stale(rows, here)
-        if stale.size:  # and every later row without one (a page is inserted at once: its next windows find theirs)
-            later = np.arange(int(stale.min()), t._used)
-            stale = np.union1d(stale, later[t.ctx_of[later] != cid]) if len(later) > len(stale) else stale
+        if stale.size:  # and every later row without any distance yet (a page is inserted at once: its next windows
+            # find theirs; a row with another location's distance is another session's: left to its own builds)
+            lo = int(stale.min())
+            mark = t.ctx_of[lo:t._used] == -1
+            mark[stale - lo] = True
+            stale = np.flatnonzero(mark)
+            stale += lo
             t.set_distances(stale, cid, self._to_here(t.lat[stale], t.lon[stale], here))
-        N, L = self.N, self.L
-        num = np.zeros((N, self.F), np.float32)
-        np.take(items.base, rows, axis=0, out=num[:n], mode="clip")
-        if self.S:
-            idx = items.vids[self.m_rows, rows]
-            idx += self.m_base
-            num[:n, self.m_cols] = st.table[idx].T
+        return st, rows
+
+    def _sim_columns(self, num: np.ndarray, t, rows: np.ndarray, st: _State) -> None:
+        """The distance-to-clicks and similarity columns of one build's `num` (rows [0, n))."""
+        n = len(rows)
         if self.dist_click and st.n_p:
             d = self._distance(t.lat[rows], t.lon[rows], st.plat, st.plon, self.geo)
             num[:n, self.col_last] = np.log1p(d[:, -1])[:, None]
@@ -448,6 +451,28 @@ class RerankPath:
                 num[:n, self.max_cols] = np.where(lay.max_nonempty, top, 0.0)
             if self.mean_cols is not None:
                 num[:n, self.mean_cols] = (sim @ lay.mean_masks) / lay.mean_div
+
+    def _ctx(self, st: _State, context) -> list[float]:
+        hour = 2 * np.pi * (context.hour % 24) / 24.0
+        return [math.sin(hour), math.cos(hour), st.n_p / max(1, self.max_pos), st.n_neg / max(1, self.L - self.max_pos),
+                float(st.n_p > 0)]
+
+    def build(self, builder, candidates, events, context):
+        """The inputs ``FeatureBuilder.build`` returns, or (None, rows) to hand the build to the general path
+        (`rows`: the item table's rows if this call already asked for them, else ``...``)."""
+        st, rows = self._prelude(builder, candidates, events, context)
+        if st is None:
+            return None, rows
+        t, items = builder._table, self.items
+        n = len(candidates)
+        N = self.N
+        num = np.zeros((N, self.F), np.float32)
+        np.take(items.base, rows, axis=0, out=num[:n], mode="clip")
+        if self.S:
+            idx = items.vids[self.m_rows, rows]
+            idx += self.m_base
+            num[:n, self.m_cols] = st.table[idx].T
+        self._sim_columns(num, t, rows, st)
         ints = np.zeros((5, N), np.int32)
         ints[:, :n] = items.ints[:, rows]
         emb = np.zeros((N, self.E), np.float32)
@@ -459,9 +484,7 @@ class RerankPath:
             mask = self._masks[n] = np.zeros(N, np.float32)
             mask[:n] = 1.0
         seq_int = st.seq_int.copy()
-        hour = 2 * np.pi * (context.hour % 24) / 24.0
-        c = [math.sin(hour), math.cos(hour), st.n_p / max(1, self.max_pos), st.n_neg / max(1, L - self.max_pos),
-             float(st.n_p > 0)]
+        c = self._ctx(st, context)
         if not math.isfinite(float(np.add.reduce(num, axis=None, dtype=np.float64))):
             raise self._error("non-finite values in feature 'cand_num'")
         if st.bad is not None:
@@ -475,3 +498,70 @@ class RerankPath:
                 "seq_kind": seq_int[3], "seq_emb": st.seq_emb.copy(), "seq_dist_b": seq_int[4],
                 "seq_pos_b": seq_int[5], "seq_num": st.seq_num.copy(), "seq_pos_mask": st.pos_mask.copy(),
                 "seq_neg_mask": st.neg_mask.copy(), "ctx": ctx}, rows
+
+    def build_many(self, builder, requests, out: dict[str, np.ndarray], errors: list) -> list[bool]:
+        """Many builds written into `out` (``FeatureBuilder.build_many``'s zeroed [B, ...] arrays): per request, the
+        prelude (rows, feedback state, distances) as ``build`` does it, then every gather once for all of them, with
+        each request's rows and value table offset into one array. Returns which requests it handled (their row of
+        `out` written, or their error in `errors`); the others take ``FeatureBuilder.build``."""
+        B = len(requests)
+        handled = [False] * B
+        t, items = builder._table, self.items
+        # every window must keep its rows until the gathers: a table that filled up in the middle would start afresh
+        # and overwrite rows already looked up, so make room for all of them first (or leave the batch to `build`)
+        have = t.rows
+        if len(t.items) + sum(map(len, (c for c, _, _ in requests))) <= t.cap:
+            missing = ()  # (room even if every window item were new)
+        else:
+            missing = {id(it) for c, _, _ in requests for it in c if id(it) not in have}
+        if len(t.items) + len(missing) > t.cap:
+            t.clear()
+            if len({id(it) for c, _, _ in requests for it in c}) > t.cap:
+                return handled
+        N, F = self.N, self.F
+        num, ints5 = out["cand_num"], out["_ints"]
+        sel: list[tuple[int, np.ndarray, _State, list[float]]] = []
+        for b, (candidates, events, context) in enumerate(requests):
+            st, rows = self._prelude(builder, candidates, events, context)
+            if st is None:
+                continue
+            n = len(rows)
+            # what depends on the search location is read now: a later request may share an item and move it
+            np.take(items.base, rows, axis=0, out=num[b, :n], mode="clip")
+            ints5[:, b, :n] = items.ints[:, rows]
+            self._sim_columns(num[b], t, rows, st)
+            sel.append((b, rows, st, self._ctx(st, context)))
+        if not sel:
+            return handled
+        bs = np.array([s[0] for s in sel], dtype=np.intp)
+        ns = np.array([len(s[1]) for s in sel], dtype=np.intp)
+        rows = np.concatenate([s[1] for s in sel])
+        first = np.cumsum(ns) - ns
+        dest = np.arange(len(rows)) + np.repeat(bs * N - first, ns)  # flat (request, slot) of each row
+        if self.S:
+            tables = np.concatenate([s[2].table for s in sel])
+            idx = items.vids[self.m_rows, rows]
+            idx += self.m_base
+            idx += np.repeat(np.arange(len(sel), dtype=np.int64) * (3 * self.S), ns)
+            num.reshape(B * N, F)[dest[:, None], self.m_cols] = tables[idx].T
+        out["cand_emb"].reshape(B * N, self.E)[dest] = t.emb[rows]
+        out["cand_dense"].reshape(B * N, self.D)[dest] = t.dense[rows]
+        out["cand_mask"].reshape(B * N)[dest] = 1.0
+        sts = [s[2] for s in sel]
+        out["_seq"][:, bs] = np.stack([st.seq_int for st in sts], axis=1)
+        out["seq_emb"][bs] = np.stack([st.seq_emb for st in sts])
+        out["seq_num"][bs] = np.stack([st.seq_num for st in sts])
+        out["seq_pos_mask"][bs] = np.stack([st.pos_mask for st in sts])
+        out["seq_neg_mask"][bs] = np.stack([st.neg_mask for st in sts])
+        cs = [s[3] for s in sel]
+        out["ctx"][bs] = np.array(cs, dtype=np.float32)
+        finite = np.isfinite(np.add.reduce(num[bs].reshape(len(sel), -1), axis=1, dtype=np.float64)).tolist()
+        for (b, _, st, c), ok in zip(sel, finite, strict=True):
+            handled[b] = True
+            if not ok:
+                errors[b] = self._error("non-finite values in feature 'cand_num'")
+            elif st.bad is not None:
+                errors[b] = self._error(f"non-finite values in feature {st.bad!r}")
+            elif not math.isfinite(sum(c)):
+                errors[b] = self._error("non-finite values in feature 'ctx'")
+        return handled
