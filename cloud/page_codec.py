@@ -44,14 +44,16 @@ _POSITIONS = [_int_field(_POSITION, p) for p in range(4096)]
 _LENGTHS = [varint(n) for n in range(1 << 14)]  # item message lengths (two varint bytes at most)
 
 
-def _quantize(emb: np.ndarray, encoding: EmbeddingEncoding) -> tuple[np.ndarray, np.ndarray]:
-    """(rows as little-endian float16 or int8, one row per item; scales) as ``PackedEmbedding.pack`` packs them."""
+def _quantize(emb: np.ndarray, encoding: EmbeddingEncoding, *, fp16_scales: bool = True
+              ) -> tuple[np.ndarray, np.ndarray | None]:
+    """(rows as little-endian float16 or int8, one row per item; scales) as ``PackedEmbedding.pack`` packs them.
+    fp16 rows have scale 1.0 (None instead of the ones when not `fp16_scales`)."""
     v = np.asarray(emb, dtype=np.float32)
     if not math.isfinite(float(np.add.reduce(v, axis=None, dtype=np.float64))):  # float32s: finite iff each is
         raise ContractError("embedding row has non-finite values")
     n = v.shape[0]
     if encoding == EmbeddingEncoding.FP16:
-        return v.astype("<f2"), np.ones(n, dtype=np.float64)
+        return v.astype("<f2"), (np.ones(n, dtype=np.float64) if fp16_scales else None)
     if encoding == EmbeddingEncoding.INT8:
         peak = np.abs(v).max(axis=1).astype(np.float64) if v.shape[1] else np.zeros(n)
         scale = np.where(peak > 1e-30, peak / 127.0, 1.0)
@@ -82,44 +84,92 @@ def static_fields(item_id: int, category: int, brand: int, price_level: int, lat
                      _int_field(_PRICE, price_level), _LAT, struct.pack("<d", lat), _LON, struct.pack("<d", lon)))
 
 
+class _Layout:
+    """The fixed-width part of every item of a page shape (dense width, embedding width, encoding) as a packed
+    numpy record: score, dense vector, then the embedding row message (encoding, data, scale, found), with every
+    tag and length already written in a template. Zeros and False are written explicitly where that keeps the width
+    fixed: they parse the same as absent fields. A page's part is the template's first n records with the per-search
+    fields assigned, one field at a time for the whole page."""
+
+    def __init__(self, dense_dim: int, q_dtype: np.dtype, emb_dim: int, encoding: EmbeddingEncoding) -> None:
+        dw, ew = 4 * dense_dim, emb_dim * q_dtype.itemsize
+        emb_body = len(_int_field(_EMB_ENCODING, int(encoding))) + (1 + len(varint(ew)) + ew if ew else 0) + 5 + 2
+        parts: list[tuple[str, bytes, object]] = [  # (field name, header bytes before it, field type)
+            ("score", _SCORE, "<f4"),
+            ("dense", _DENSE + varint(dw) if dw else b"", ("<f4", (dense_dim,)) if dw else None),
+            ("emb", _EMB + varint(emb_body) + _int_field(_EMB_ENCODING, int(encoding))
+             + (_EMB_DATA + varint(ew) if ew else b""), (q_dtype, (emb_dim,)) if ew else None),
+            ("scale", _EMB_SCALE, "<f4"),
+            ("found", _EMB_FOUND[:1], "u1")]
+        fields: list[tuple] = []
+        heads: list[tuple[str, bytes]] = []
+        for name, head, ftype in parts:
+            if head:
+                fields.append((f"h_{name}", "u1", (len(head),)))
+                heads.append((f"h_{name}", head))
+            if ftype is not None:
+                fields.append((name, *ftype) if isinstance(ftype, tuple) else (name, ftype))
+        self.dtype = np.dtype(fields)  # packed: no padding between fields
+        self.width = self.dtype.itemsize
+        self.has_dense, self.has_emb = bool(dw), bool(ew)
+        self._template = np.zeros(0, np.uint8)
+        self._heads = heads
+
+    def records(self, n: int) -> np.ndarray:
+        """n fresh records with every header written (and scale 1.0, the fp16 encoding's)."""
+        if len(self._template) < n * self.width:
+            t = np.zeros(max(n, 128), self.dtype)
+            for name, head in self._heads:
+                t[name] = np.frombuffer(head, dtype=np.uint8)
+            t["scale"] = 1.0
+            self._template = t.view(np.uint8)  # raw bytes: a copy of them is a memcpy
+        return self._template[:n * self.width].copy().view(self.dtype)
+
+
+_LAYOUTS: dict[tuple, _Layout] = {}
+
+
+def _layout(dense_dim: int, q_dtype: np.dtype, emb_dim: int, encoding: EmbeddingEncoding) -> _Layout:
+    key = (dense_dim, q_dtype.str, emb_dim, int(encoding))
+    lay = _LAYOUTS.get(key)
+    if lay is None:
+        if len(_LAYOUTS) >= 64:  # page shapes are few; a bound against odd callers
+            _LAYOUTS.clear()
+        lay = _LAYOUTS[key] = _Layout(dense_dim, q_dtype, emb_dim, encoding)
+    return lay
+
+
 def _encode(statics: list[bytes], start: int, scores: np.ndarray, dense: np.ndarray, emb: np.ndarray,
             found: np.ndarray, encoding: EmbeddingEncoding) -> bytes:
-    q, scale = _quantize(emb, encoding)
+    q, scale = _quantize(emb, encoding, fp16_scales=False)
     n = q.shape[0]
     if n == 0:
         return b""
-    # everything but the static fields and the position has a fixed width per item, so it is laid out as one
-    # byte matrix: score, dense vector, then the embedding row message (encoding, data, scale, found). Zeros and
-    # False are written explicitly where that keeps the width fixed: they parse the same as absent fields.
     d = np.asarray(dense, dtype=np.float32).reshape(n, -1)
-    dw, ew = 4 * d.shape[1], q.shape[1] * q.itemsize
-    emb_body = len(_int_field(_EMB_ENCODING, int(encoding))) + (1 + len(varint(ew)) + ew if ew else 0) + 5 + 2
-    cols: list[tuple[bytes, np.ndarray | None]] = [
-        (_SCORE, np.ascontiguousarray(scores, dtype="<f4").reshape(n, 1)),
-        (_DENSE + varint(dw) if dw else b"", d.astype("<f4") if dw else None),
-        (_EMB + varint(emb_body) + _int_field(_EMB_ENCODING, int(encoding)) + (_EMB_DATA + varint(ew) if ew else b""),
-         q if ew else None),
-        (_EMB_SCALE, np.ascontiguousarray(scale, dtype="<f4").reshape(n, 1)),
-        (_EMB_FOUND[:1], np.asarray(found, dtype=np.uint8).reshape(n, 1))]
-    width = sum(len(h) + (0 if a is None else a.shape[1] * a.itemsize) for h, a in cols)
-    m = np.empty((n, width), dtype=np.uint8)
-    at = 0
-    for h, a in cols:
-        m[:, at:at + len(h)] = np.frombuffer(h, dtype=np.uint8)
-        at += len(h)
-        if a is not None:
-            w = a.shape[1] * a.itemsize
-            m[:, at:at + w] = np.ascontiguousarray(a).view(np.uint8).reshape(n, w)
-            at += w
-    fixed = m.tobytes()
-    out: list[bytes] = []
-    add = out.extend
-    for k, static in enumerate(statics):  # per item: tag, length, static fields, position, the fixed-width part
-        pos = start + k
-        p = _POSITIONS[pos] if pos < len(_POSITIONS) else _int_field(_POSITION, pos)
-        size = len(static) + len(p) + width
-        add((_ITEMS, _LENGTHS[size] if size < len(_LENGTHS) else varint(size), static, p,
-             fixed[width * k:width * (k + 1)]))
+    lay = _layout(d.shape[1], q.dtype, q.shape[1], encoding)
+    m = lay.records(n)
+    m["score"] = np.asarray(scores, dtype=np.float32).reshape(n)
+    if lay.has_dense:
+        m["dense"] = d
+    if lay.has_emb:
+        m["emb"] = q
+    if scale is not None:  # fp16 rows: scale 1.0, as the template has it
+        m["scale"] = scale
+    m["found"] = np.asarray(found, dtype=np.uint8).reshape(n)
+    width = lay.width
+    chunks = m.view(f"V{width}").tolist()  # each item's fixed-width part as bytes
+    if start + n <= len(_POSITIONS):
+        positions = _POSITIONS[start:start + n]
+    else:
+        positions = [_int_field(_POSITION, start + k) for k in range(n)]
+    lengths, n_lengths = _LENGTHS, len(_LENGTHS)
+    sizes = [ls + lp + width for ls, lp in zip(map(len, statics), map(len, positions), strict=True)]
+    # per item: tag, length, static fields, position, the fixed-width part; interleaved without a Python loop
+    out: list[bytes] = [_ITEMS] * (5 * n)
+    out[1::5] = [lengths[z] if z < n_lengths else varint(z) for z in sizes]
+    out[2::5] = statics
+    out[3::5] = positions
+    out[4::5] = chunks
     return b"".join(out)
 
 
