@@ -12,7 +12,8 @@ import struct
 
 import numpy as np
 
-from edge_rerank.device_sdk.contracts import ContractError, EmbeddingEncoding
+from edge_rerank.device_sdk import wire
+from edge_rerank.device_sdk.contracts import Context, ContractError, EmbeddingEncoding, SearchRequest
 
 # the fields of PageItem and EmbeddingRow (proto/edge_rerank.proto), as wire tags (field number << 3 | wire type)
 _ITEMS = b"\x2a"  # SearchPage.items = 5, length-delimited
@@ -204,3 +205,53 @@ class PageEncoder:
                found: np.ndarray, encoding: EmbeddingEncoding) -> bytes:
         """The ``items`` field of a SearchPage showing catalog rows `rows` (see ``encode_items``)."""
         return _encode(self._statics(np.asarray(rows).tolist()), start, scores, dense, emb, found, encoding)
+
+
+# ---- the request and the page header ---------------------------------------------------------------------------
+def _str_field(tag: bytes, v: str) -> bytes:
+    if not v:
+        return b""  # proto3: an empty string is not written
+    b = v.encode("utf-8")
+    return tag + varint(len(b)) + b
+
+
+def page_head(request_id: str, session_id: str, page_index: int, model_version: str, has_more: bool) -> bytes:
+    """The serialized header fields of a SearchPage (all but ``items``), the bytes
+    ``pb.SearchPage(request_id=..., session_id=..., page_index=..., model_version=..., has_more=...)
+    .SerializeToString()`` gives (fields in number order, proto3 defaults left out; tested against it)."""
+    if not -(1 << 31) <= page_index < (1 << 31):
+        raise ValueError(f"page_index {page_index} is out of int32 range")
+    return b"".join((_str_field(b"\x0a", request_id), _str_field(b"\x12", session_id),
+                     _int_field(b"\x18", page_index), _str_field(b"\x22", model_version),
+                     b"\x30\x01" if has_more else b""))
+
+
+def _direct_request_ok() -> bool:
+    """search_request may fill the dataclasses' fields directly while they are plain frozen dataclasses with exactly
+    these fields and nothing run at construction."""
+    from dataclasses import fields, is_dataclass
+
+    return (is_dataclass(SearchRequest) and is_dataclass(Context)
+            and tuple(f.name for f in fields(SearchRequest)) == ("request_id", "session_id", "user_id", "query",
+                                                                 "context", "page_index", "page_size")
+            and tuple(f.name for f in fields(Context)) == ("lat", "lon", "hour", "device")
+            and not hasattr(SearchRequest, "__post_init__") and not hasattr(Context, "__post_init__")
+            and "__slots__" not in vars(SearchRequest) and "__slots__" not in vars(Context))
+
+
+_DIRECT_REQUEST = _direct_request_ok()
+
+
+def search_request(m) -> SearchRequest:
+    """``wire.request_from_proto(m)`` (an equal SearchRequest, field for field), without the frozen dataclasses'
+    per-field ``object.__setattr__``: the search handler builds one per request. Falls back to ``wire`` if the
+    contracts change shape."""
+    if not _DIRECT_REQUEST:
+        return wire.request_from_proto(m)
+    c = m.context
+    ctx = object.__new__(Context)
+    ctx.__dict__.update(lat=c.lat, lon=c.lon, hour=c.hour, device=c.device)
+    req = object.__new__(SearchRequest)
+    req.__dict__.update(request_id=m.request_id, session_id=m.session_id, user_id=m.user_id, query=m.query,
+                        context=ctx, page_index=m.page_index, page_size=m.page_size or 25)
+    return req

@@ -200,7 +200,7 @@ class TwoTowerCoarse:
         self.score_items(probe, np.zeros((2, self.nd, self.dim), np.float32))
 
     def query_heads(self, req: SearchRequest) -> np.ndarray:
-        qid, dense = self.featurizer([req.query], [req.user_id], [req.context])
+        qid, dense = self.featurizer.one(req.query, req.user_id, req.context)
         (out,) = self._q.run(None, {"query_id": qid, "query_dense": dense})
         return np.asarray(out, np.float32)[0]
 
