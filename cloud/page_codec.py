@@ -212,7 +212,11 @@ def _str_field(tag: bytes, v: str) -> bytes:
     if not v:
         return b""  # proto3: an empty string is not written
     b = v.encode("utf-8")
-    return tag + varint(len(b)) + b
+    n = len(b)
+    return tag + (_SMALL[n] if n < 128 else varint(n)) + b
+
+
+_MODEL_VERSIONS: dict[str, bytes] = {}  # model_version -> its encoded field (a handful per server)
 
 
 def page_head(request_id: str, session_id: str, page_index: int, model_version: str, has_more: bool) -> bytes:
@@ -221,9 +225,15 @@ def page_head(request_id: str, session_id: str, page_index: int, model_version: 
     .SerializeToString()`` gives (fields in number order, proto3 defaults left out; tested against it)."""
     if not -(1 << 31) <= page_index < (1 << 31):
         raise ValueError(f"page_index {page_index} is out of int32 range")
+    mv = _MODEL_VERSIONS.get(model_version)
+    if mv is None:
+        mv = _str_field(b"\x22", model_version)
+        if len(_MODEL_VERSIONS) >= 256:
+            _MODEL_VERSIONS.clear()
+        _MODEL_VERSIONS[model_version] = mv
     return b"".join((_str_field(b"\x0a", request_id), _str_field(b"\x12", session_id),
-                     _int_field(b"\x18", page_index), _str_field(b"\x22", model_version),
-                     b"\x30\x01" if has_more else b""))
+                     (b"\x18" + _SMALL[page_index]) if 0 < page_index < 128 else _int_field(b"\x18", page_index),
+                     mv, b"\x30\x01" if has_more else b""))
 
 
 def _direct_request_ok() -> bool:

@@ -128,7 +128,8 @@ class RankingCache:
 
     def get(self, key: tuple) -> Ranking | None:
         with self._lock:
-            self._remeasure(self._last)
+            if self._last is not None:
+                self._remeasure(self._last)
             r = self._d.get(key)
             if r is None:
                 self._evict()
@@ -137,9 +138,12 @@ class RankingCache:
                 self._drop(key)
                 return None
             self._d.move_to_end(key)
-            self._remeasure(key)
-            self._evict()
-            return self._d.get(key)
+            if self._pages.get(key) != len(r.encoded):  # (_remeasure's test, inlined: this is every page's path)
+                self._remeasure(key)
+            if len(self._d) > self.capacity or self.nbytes > self.max_bytes:
+                self._evict()
+                return self._d.get(key)
+            return r
 
     def put(self, key: tuple, value: Ranking) -> None:
         if self.capacity <= 0 or self.max_bytes <= 0:
