@@ -265,3 +265,31 @@ def test_page_record_templates_are_fresh_per_page_and_grow(cloud_data):
         assert a1 == a2 and a1 != b and len(big) > len(a1)
         parsed = wire.pb.SearchPage.FromString(big)
         assert len(parsed.items) == 300 and [i.cloud_position for i in parsed.items] == list(range(300))
+
+
+# ---- coarse soft-attention scores in scratch rows ----
+
+@pytest.mark.parametrize("variant", ["dot", "soft"])
+def test_block_scores_in_scratch_rows_are_the_plain_formula(variant):
+    import threading
+
+    from edge_rerank.cloud.ranking.coarse import TwoTowerCoarse
+
+    c = object.__new__(TwoTowerCoarse)  # only what _block_scores reads
+    c.nq, c.nd, c.dim, c.variant, c._inv_beta, c._tls = 3, 3, 16, variant, 1 / 0.5, threading.local()
+    rng = np.random.default_rng(0)
+    outs = []
+    for n in (1, 7, 200, 1300, 40_000, 5):  # growing past the scratch size, then small again
+        q = rng.standard_normal((3, 16)).astype(np.float32)
+        block = (rng.standard_normal((16, 3 * n)) * 3).astype(np.float32)
+        s = (q @ block).reshape(9, n)
+        if variant == "dot":
+            want = s[0]
+        else:
+            w = np.exp((s - s.max(axis=0)) * np.float32(c._inv_beta))
+            want = (w * s).sum(axis=0) / w.sum(axis=0)
+        got = c._block_scores(q, block, n)
+        assert got.dtype == want.dtype and got.tobytes() == want.tobytes()
+        outs.append((got, got.copy()))
+    for got, kept in outs:  # results do not alias the scratch rows
+        assert got.tobytes() == kept.tobytes()
