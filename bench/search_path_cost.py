@@ -23,6 +23,7 @@ comparison on the same data: ``git archive <commit> cloud | tar -x -C /tmp/base`
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import io
 import json
@@ -179,6 +180,8 @@ def build(data: Path, n_page_warm: int = 256) -> dict[str, Caller]:
                "search_coarse": Caller(bc, "/v1/search", bodies["search_10k"], "POST")}
     callers["page"].run(n_page_warm)  # every page body's ranking and encoded page cached
     callers["page"].k = 0
+    gc.collect()  # what cloud.gunicorn_conf.post_worker_init does once the app is loaded in a worker
+    gc.freeze()
     return callers
 
 
