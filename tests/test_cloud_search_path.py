@@ -293,3 +293,36 @@ def test_block_scores_in_scratch_rows_are_the_plain_formula(variant):
         outs.append((got, got.copy()))
     for got, kept in outs:  # results do not alias the scratch rows
         assert got.tobytes() == kept.tobytes()
+
+
+@pytest.mark.parametrize("variant", ["dot", "soft"])
+def test_coarse_selection_never_prefers_items_without_a_vector(variant, tmp_path):
+    """Recall sets with every vector stored skip the -inf mask; sets with missing vectors keep it."""
+    import threading
+
+    from edge_rerank.cloud.ranking.coarse import TwoTowerCoarse, _BlockCache
+    from edge_rerank.cloud.ranking.coarse_index import exact_top
+
+    rng = np.random.default_rng(1)
+    n_items, nd, d = 500, 3, 8
+    ids = np.arange(1000, 1000 + n_items, dtype=np.int64)
+    stored = np.sort(rng.choice(n_items, 400, replace=False))
+    FileEmbeddingStore.write(tmp_path / "v", ids[stored], rng.standard_normal((400, nd * d)).astype(np.float32) + 5)
+    c = object.__new__(TwoTowerCoarse)
+    c.nq, c.nd, c.dim, c.variant, c._inv_beta, c._tls = 3, nd, d, variant, 2.0, threading.local()
+    c.store, c._ids, c._blocks = FileEmbeddingStore(tmp_path / "v"), ids, _BlockCache(1 << 20)
+    q = rng.standard_normal((3, d)).astype(np.float32)
+    for rows in (stored[:300], np.arange(n_items), np.sort(rng.choice(n_items, 250, replace=False))):
+        vec, found = c.store.get(ids[rows])
+        blk = vec.reshape(len(rows), nd, d).transpose(2, 1, 0).reshape(d, nd * len(rows))
+        s = (q @ blk).reshape(9, len(rows))
+        if variant == "dot":
+            ref = s[0]
+        else:
+            w = np.exp((s - s.max(axis=0)) * np.float32(2.0))
+            ref = (w * s).sum(axis=0) / w.sum(axis=0)
+        want = rows[exact_top(np.where(found, ref, -np.inf), 50)]
+        for _ in range(2):  # computed, then from the block cache
+            got = c._exact(q, rows, 50)
+            assert got.tobytes() == want.tobytes()
+            assert found.all() or set(got.tolist()) <= set(stored.tolist()) or (~found).sum() > len(rows) - 50
