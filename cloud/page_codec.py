@@ -21,6 +21,7 @@ _ITEM_ID, _POSITION, _SCORE, _DENSE, _EMB = b"\x08", b"\x10", b"\x1d", b"\x22", 
 _CATEGORY, _BRAND, _PRICE, _LAT, _LON = b"\x30", b"\x38", b"\x40", b"\x49", b"\x51"
 _EMB_ENCODING, _EMB_DATA, _EMB_SCALE, _EMB_FOUND = b"\x08", b"\x12", b"\x1d", b"\x20\x01"
 _SMALL = [bytes([v]) for v in range(128)]
+_F16 = np.dtype("<f2")
 
 
 def varint(v: int) -> bytes:
@@ -54,7 +55,7 @@ def _quantize(emb: np.ndarray, encoding: EmbeddingEncoding, *, fp16_scales: bool
         raise ContractError("embedding row has non-finite values")
     n = v.shape[0]
     if encoding == EmbeddingEncoding.FP16:
-        return v.astype("<f2"), (np.ones(n, dtype=np.float64) if fp16_scales else None)
+        return v.astype(_F16), (np.ones(n, dtype=np.float64) if fp16_scales else None)
     if encoding == EmbeddingEncoding.INT8:
         peak = np.abs(v).max(axis=1).astype(np.float64) if v.shape[1] else np.zeros(n)
         scale = np.where(peak > 1e-30, peak / 127.0, 1.0)
@@ -112,6 +113,7 @@ class _Layout:
                 fields.append((name, *ftype) if isinstance(ftype, tuple) else (name, ftype))
         self.dtype = np.dtype(fields)  # packed: no padding between fields
         self.width = self.dtype.itemsize
+        self.void = np.dtype(f"V{self.width}")  # one item's fixed part as one bytes value
         self.has_dense, self.has_emb = bool(dw), bool(ew)
         self._template = np.zeros(0, np.uint8)
         self._heads = heads
@@ -131,7 +133,7 @@ _LAYOUTS: dict[tuple, _Layout] = {}
 
 
 def _layout(dense_dim: int, q_dtype: np.dtype, emb_dim: int, encoding: EmbeddingEncoding) -> _Layout:
-    key = (dense_dim, q_dtype.str, emb_dim, int(encoding))
+    key = (dense_dim, q_dtype, emb_dim, encoding)
     lay = _LAYOUTS.get(key)
     if lay is None:
         if len(_LAYOUTS) >= 64:  # page shapes are few; a bound against odd callers
@@ -158,7 +160,7 @@ def _encode(statics: list[bytes], start: int, scores: np.ndarray, dense: np.ndar
         m["scale"] = scale
     m["found"] = np.asarray(found, dtype=np.uint8).reshape(n)
     width = lay.width
-    chunks = m.view(f"V{width}").tolist()  # each item's fixed-width part as bytes
+    chunks = m.view(lay.void).tolist()  # each item's fixed-width part as bytes
     if start + n <= len(_POSITIONS):
         positions = _POSITIONS[start:start + n]
     else:

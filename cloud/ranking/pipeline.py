@@ -348,7 +348,12 @@ class SearchPipeline:
         ekey = (start, req.page_size, int(encoding))
         cached = ranking.encoded.get(ekey)
         if cached is None:
-            sl, more = self.page_slots(len(ranking.rows), req.page_index, req.page_size)
+            n_ranked = len(ranking.rows)
+            if self.catalog.reshow_share <= 0.0:  # page_slots' plain slice, as a slice: views, not gathers
+                stop = min(start + req.page_size, n_ranked)
+                sl, more = slice(start, max(stop, start)), stop < n_ranked
+            else:
+                sl, more = self.page_slots(n_ranked, req.page_index, req.page_size)
             rows = ranking.rows[sl]
             it = self.catalog.items
             ids = it["item_id"][rows]
