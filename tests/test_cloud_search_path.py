@@ -326,3 +326,29 @@ def test_coarse_selection_never_prefers_items_without_a_vector(variant, tmp_path
             got = c._exact(q, rows, 50)
             assert got.tobytes() == want.tobytes()
             assert found.all() or set(got.tolist()) <= set(stored.tolist()) or (~found).sum() > len(rows) - 50
+
+
+def test_store_positions_resolved_once_give_the_same_pages(cloud_data, tmp_path):
+    """A file store's rows looked up by positions resolved at start-up equal ``get`` by id (unknown ids included),
+    and the pages served equal those of a store behind the plain ``get`` interface."""
+    cat = load_catalog(cloud_data)
+    store = FileEmbeddingStore(cloud_data / "embeddings")
+    ids = np.concatenate([cat.items["item_id"][:50], [-5, 10**12, int(cat.items["item_id"].max()) + 1]])
+    (a, fa), (b, fb) = store.get(ids), store.rows_at(store.positions(ids))
+    assert a.tobytes() == b.tobytes() and fa.tolist() == fb.tolist() and not fb[-3:].any()
+
+    class Plain:  # the same table behind the interface only
+        def __init__(self, s):
+            self.s, self.dim = s, s.dim
+
+        def get(self, ids):
+            return self.s.get(ids)
+
+    ranker = load_ranker(cloud_data)
+    fast = SearchPipeline(catalog=cat, store=store, ranker=ranker)
+    plain = SearchPipeline(catalog=cat, store=Plain(store), ranker=ranker)
+    assert fast._store_pos is not None and plain._store_pos is None
+    for i, query in enumerate(["dinner", "lunch", "sushi"]):
+        for page in range(2):
+            req = SearchRequest(f"r{i}", f"s{i}", f"u{i:05d}", query, Context(2.0, 3.0, 9), page_index=page)
+            assert fast.search_encoded(req) == plain.search_encoded(req)

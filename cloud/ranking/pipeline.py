@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields, replace
 import numpy as np
 
 from edge_rerank.cloud.catalog import Catalog
-from edge_rerank.cloud.embedding_store import EmbeddingStore
+from edge_rerank.cloud.embedding_store import EmbeddingStore, FileEmbeddingStore
 from edge_rerank.cloud.page_codec import PageEncoder
 from edge_rerank.cloud.ranking.coarse import CoarseRanker, PassThroughCoarse
 from edge_rerank.cloud.ranking.fine import FineRanker, Ranker, cloud_feature_base, fill_cloud_features
@@ -192,6 +192,10 @@ class SearchPipeline:
         if getattr(self.ranker, "standard_features", False) and len(items["item_id"]) * 28 <= _ALL_BASE_BYTES:
             self._all_base = cloud_feature_base(items["quality"], items["popularity"])
             self._all_price = items["price_level"].astype(np.float32)
+        # a file store's table is fixed while it is open: each catalog row's position in it, resolved once
+        self._store_pos = None
+        if isinstance(self.store, FileEmbeddingStore) and len(items["item_id"]) * 8 <= _ALL_BASE_BYTES:
+            self._store_pos = self.store.positions(items["item_id"])
         self._encoder = PageEncoder(item_id=items["item_id"], category=items["category"], brand=items["brand"],
                                     price_level=items["price_level"], lat=items["lat"], lon=items["lon"])
 
@@ -355,9 +359,10 @@ class SearchPipeline:
             else:
                 sl, more = self.page_slots(n_ranked, req.page_index, req.page_size)
             rows = ranking.rows[sl]
-            it = self.catalog.items
-            ids = it["item_id"][rows]
-            emb, found = self.store.get(ids)
+            if self._store_pos is not None:
+                emb, found = self.store.rows_at(self._store_pos[rows])
+            else:
+                emb, found = self.store.get(self.catalog.items["item_id"][rows])
             data = self._encoder.encode(rows, start=start, scores=ranking.scores[sl], dense=ranking.dense(sl),
                                         emb=emb, found=found, encoding=encoding)
             n_found = int(found.sum())
