@@ -151,14 +151,14 @@ def _encode(statics: list[bytes], start: int, scores: np.ndarray, dense: np.ndar
     d = np.asarray(dense, dtype=np.float32).reshape(n, -1)
     lay = _layout(d.shape[1], q.dtype, q.shape[1], encoding)
     m = lay.records(n)
-    m["score"] = np.asarray(scores, dtype=np.float32).reshape(n)
+    m["score"] = scores  # cast on assignment as astype casts (float64 scores: rounded to float32 once)
     if lay.has_dense:
         m["dense"] = d
     if lay.has_emb:
         m["emb"] = q
     if scale is not None:  # fp16 rows: scale 1.0, as the template has it
         m["scale"] = scale
-    m["found"] = np.asarray(found, dtype=np.uint8).reshape(n)
+    m["found"] = found  # bool -> 0 / 1
     width = lay.width
     chunks = m.view(lay.void).tolist()  # each item's fixed-width part as bytes
     if start + n <= len(_POSITIONS):

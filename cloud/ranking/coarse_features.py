@@ -127,10 +127,8 @@ class QueryFeaturizer:
         (a0, a1), (o0, o1) = spec.lat_range, spec.lon_range
         u = (float(context.lat) - a0) / max(a1 - a0, 1e-9) * (g - 1)  # float64 scalars: what the arrays hold
         v = (float(context.lon) - o0) / max(o1 - o0, 1e-9) * (g - 1)
-        c = self._grid
-        bu = np.exp(-0.5 * (u - c) ** 2)
-        bv = np.exp(-0.5 * (v - c) ** 2)
-        dense[0, e + 1:e + 1 + g * g] = np.multiply.outer(bu, bv).reshape(g * g)  # float64 -> float32, as astype
+        b = np.exp(-0.5 * (np.array([[u], [v]]) - self._grid) ** 2)  # both axes' bumps in one pass (element-wise)
+        dense[0, e + 1:e + 1 + g * g] = np.multiply.outer(b[0], b[1]).reshape(g * g)  # float64 -> float32
         dense[0, -2:] = sc
         return np.array([self.query_id(query)], dtype=np.int64), dense
 

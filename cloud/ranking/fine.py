@@ -108,7 +108,11 @@ class FineRanker:
         return x @ self.w_score
 
     def hidden(self, x: np.ndarray) -> np.ndarray:
-        return np.tanh(x @ self.w1.T + self.b1).astype(np.float32)
+        h = x @ self.w1.T
+        if h.dtype != np.float32:  # float64 features: the plain expression (its rounding)
+            return np.tanh(h + self.b1).astype(np.float32)
+        h += self.b1  # in place: the same operations as tanh(x @ w1.T + b1), no temporaries
+        return np.tanh(h, out=h)
 
     def forward(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.score(x).astype(np.float32), self.hidden(x)

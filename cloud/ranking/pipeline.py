@@ -254,7 +254,7 @@ class SearchPipeline:
         if hasattr(self.ranker, "forward_heads"):  # a two-head ranker also gives click / order logits
             heads, hidden = self.ranker.forward_heads(x)
         elif isinstance(self.ranker, FineRanker) and not getattr(self.fusion, "per_page", False):
-            heads = {"score": self.ranker.score(x).astype(np.float32)}  # hidden layer: per page, of its rows
+            heads = {"score": self.ranker.score(x).astype(np.float32, copy=False)}  # hidden layer: per page
         else:
             score, hidden = self.ranker.forward(x)
             heads = {"score": score}
