@@ -352,3 +352,14 @@ def test_store_positions_resolved_once_give_the_same_pages(cloud_data, tmp_path)
         for page in range(2):
             req = SearchRequest(f"r{i}", f"s{i}", f"u{i:05d}", query, Context(2.0, 3.0, 9), page_index=page)
             assert fast.search_encoded(req) == plain.search_encoded(req)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_numpy_ranker_hidden_layer_in_place_is_the_plain_expression(dtype):
+    rng = np.random.default_rng(5)
+    r = FineRanker.from_weights(default_ranker_weights(16, 3))
+    for n in (0, 1, 25, 200, 1000):
+        x = (rng.standard_normal((n, 6)) * 4).astype(dtype)
+        want = np.tanh(x @ r.w1.T + r.b1).astype(np.float32)
+        got = r.hidden(x)
+        assert got.dtype == np.float32 and got.shape == want.shape and got.tobytes() == want.tobytes()
