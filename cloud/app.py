@@ -63,6 +63,7 @@ class CloudConfig:
     registry_dir: str | None = None  # model registry; None disables /v1/models
     admin_key: str | None = None  # required to publish/promote/roll back; None disables those endpoints
     model_name: str = "device-reranker"  # the registry model whose assignment pages advertise
+    registry_check_s: float = 1.0  # assignments re-check the registry state at most this often (Registry.state_check_s)
     ranking_cache_size: int = 4096  # rankings kept per worker for later pages of a search (0: off)
     ranking_cache_bytes: int = 64 << 20  # and at most this many bytes of them per worker
     max_bundle_bytes: int = 256 * 1024 * 1024  # upload limit for publishing a bundle archive
@@ -479,7 +480,7 @@ def create_app(config: CloudConfig) -> Flask:
     store = open_store(config.embedding_store, data_dir=root, redis_url=config.redis_url,
                        redis_prefix=config.redis_prefix)
     ranker = load_ranker(root)
-    registry = Registry(config.registry_dir) if config.registry_dir else None
+    registry = Registry(config.registry_dir, state_check_s=config.registry_check_s) if config.registry_dir else None
     coarse = load_coarse(root, catalog, store_kind=config.embedding_store, redis_url=config.redis_url,
                          registry=registry)
     fusion = _load_fusion(root, registry, ranker) if config.fusion else None  # None: SingleHead (the default)
