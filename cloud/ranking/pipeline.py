@@ -194,7 +194,7 @@ class SearchPipeline:
             self._all_price = items["price_level"].astype(np.float32)
         # a file store's table is fixed while it is open: each catalog row's position in it, resolved once
         self._store_pos = None
-        if isinstance(self.store, FileEmbeddingStore) and len(items["item_id"]) * 8 <= _ALL_BASE_BYTES:
+        if type(self.store) is FileEmbeddingStore and len(items["item_id"]) * 8 <= _ALL_BASE_BYTES:  # not a subclass
             self._store_pos = self.store.positions(items["item_id"])
         self._encoder = PageEncoder(item_id=items["item_id"], category=items["category"], brand=items["brand"],
                                     price_level=items["price_level"], lat=items["lat"], lon=items["lon"])
