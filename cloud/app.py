@@ -32,6 +32,7 @@ from edge_rerank.cloud.log_ingest import (
     split_rows,
 )
 from edge_rerank.cloud.logs import LogSink
+from edge_rerank.cloud.page_codec import page_head, search_request
 from edge_rerank.cloud.quota import FileQuota, QuotaConfig, QuotaExceeded
 from edge_rerank.cloud.ranking.coarse import load_coarse
 from edge_rerank.cloud.ranking.fine import load_ranker
@@ -62,6 +63,7 @@ class CloudConfig:
     registry_dir: str | None = None  # model registry; None disables /v1/models
     admin_key: str | None = None  # required to publish/promote/roll back; None disables those endpoints
     model_name: str = "device-reranker"  # the registry model whose assignment pages advertise
+    registry_check_s: float = 1.0  # assignments re-check the registry state at most this often (Registry.state_check_s)
     ranking_cache_size: int = 4096  # rankings kept per worker for later pages of a search (0: off)
     ranking_cache_bytes: int = 64 << 20  # and at most this many bytes of them per worker
     max_bundle_bytes: int = 256 * 1024 * 1024  # upload limit for publishing a bundle archive
@@ -106,7 +108,7 @@ def _stream_errors() -> tuple[type[BaseException], ...]:
 _STREAM_ERRORS = _stream_errors()
 
 
-def _read_body(limit: int | None = None) -> bytes:
+def _read_body(limit: int | None = None, environ: dict | None = None) -> bytes:
     """The request body, at most `limit` bytes (default: the app's max_body_bytes). With a Content-Length, one
     read of exactly that many bytes (413 first when it is over the limit); chunked or length-less bodies are read
     in pieces and refused with 413 as soon as they pass the limit (never cut). A broken body (malformed chunked
@@ -114,7 +116,8 @@ def _read_body(limit: int | None = None) -> bytes:
 
     Reads the WSGI environ directly (what ``request.content_length`` / ``max_content_length`` compute, without
     building the request's header and proxy objects): this runs on every search request."""
-    environ = request.environ
+    if environ is None:
+        environ = request.environ
     if limit is None:
         limit = _cfg().max_body_bytes  # == app.config["MAX_CONTENT_LENGTH"] (create_app sets it)
     te = environ.get("HTTP_TRANSFER_ENCODING")
@@ -173,13 +176,15 @@ def _json_text(body: bytes) -> str:
         raise BadRequest(f"JSON body is not UTF-8: {exc}") from None
 
 
-def _read_message(msg_cls, body: bytes | None = None):
-    ctype = request.environ.get("CONTENT_TYPE", "")
+def _read_message(msg_cls, body: bytes | None = None, *, environ: dict | None = None, limit: int | None = None):
+    if environ is None:
+        environ = request.environ
+    ctype = environ.get("CONTENT_TYPE", "")
     if ctype != PROTOBUF:  # the common case needs no Content-Type parsing
         ctype = (request.mimetype or "").lower()
     if ctype not in (PROTOBUF, JSON):
         raise BadRequest(f"Content-Type must be {PROTOBUF} or {JSON}, got {ctype or 'none'!r}", 415)
-    body = _read_body() if body is None else body
+    body = _read_body(limit, environ) if body is None else body
     if ctype == PROTOBUF:
         try:
             return wire.parse(msg_cls, body)
@@ -191,8 +196,8 @@ def _read_message(msg_cls, body: bytes | None = None):
         raise BadRequest(f"malformed JSON {msg_cls.__name__}: {exc}") from exc
 
 
-def _wants_json() -> bool:
-    accept = request.environ.get("HTTP_ACCEPT", "")  # == request.headers.get("Accept", "")
+def _wants_json(environ: dict | None = None) -> bool:
+    accept = (request.environ if environ is None else environ).get("HTTP_ACCEPT", "")  # == headers.get("Accept", "")
     return "json" in accept and request.accept_mimetypes.best == JSON
 
 
@@ -243,14 +248,15 @@ search_bp = Blueprint("search", __name__)
 
 @search_bp.post("/v1/search")
 def search():
+    environ = request.environ  # read once: each use of the request / app proxies costs a context lookup
     ext = current_app.extensions
     cfg: CloudConfig = ext["edge_rerank.config"]
     p: SearchPipeline = ext["edge_rerank.pipeline"]
     reg: Registry | None = ext["edge_rerank.registry"]
-    msg = _read_message(wire.pb.SearchRequest)
+    msg = _read_message(wire.pb.SearchRequest, environ=environ, limit=cfg.max_body_bytes)
     enc = EmbeddingEncoding.INT8 if cfg.embedding_encoding == "int8" else EmbeddingEncoding.FP16
     try:
-        req = wire.request_from_proto(msg)
+        req = search_request(msg)
         items, has_more, info = p.search_encoded(req, enc)  # validates the request
     except ContractError as exc:
         raise BadRequest(str(exc)) from exc
@@ -263,11 +269,11 @@ def search():
         if version is not None:
             model_version = f"{cfg.model_name}@{version}"
     prometheus.count_cache(info.cache_hit)
-    prometheus.count_embedding_lookups(cfg.embedding_store, info.emb_found, info.emb_missing)
+    if info.emb_found or info.emb_missing:
+        prometheus.count_embedding_lookups(cfg.embedding_store, info.emb_found, info.emb_missing)
     # a SearchPage is its header fields followed by its (pre-encoded) items: protobuf concatenation
-    head = wire.pb.SearchPage(request_id=req.request_id, session_id=req.session_id, page_index=req.page_index,
-                              model_version=model_version, has_more=has_more).SerializeToString()
-    if _wants_json():
+    head = page_head(req.request_id, req.session_id, req.page_index, model_version, has_more)
+    if _wants_json(environ):
         return _respond(wire.pb.SearchPage.FromString(head + items))
     return Response(head + items, mimetype=PROTOBUF)
 
@@ -474,7 +480,7 @@ def create_app(config: CloudConfig) -> Flask:
     store = open_store(config.embedding_store, data_dir=root, redis_url=config.redis_url,
                        redis_prefix=config.redis_prefix)
     ranker = load_ranker(root)
-    registry = Registry(config.registry_dir) if config.registry_dir else None
+    registry = Registry(config.registry_dir, state_check_s=config.registry_check_s) if config.registry_dir else None
     coarse = load_coarse(root, catalog, store_kind=config.embedding_store, redis_url=config.redis_url,
                          registry=registry)
     fusion = _load_fusion(root, registry, ranker) if config.fusion else None  # None: SingleHead (the default)

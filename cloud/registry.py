@@ -25,6 +25,7 @@ import shutil
 import tarfile
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
@@ -82,12 +83,26 @@ def _extract_member(tar: tarfile.TarFile, mem: tarfile.TarInfo, root: Path) -> N
             left -= len(chunk)
 
 
+_MAX_NAMES = 1024  # model names whose state path / assignment state a registry keeps (names come from URLs)
+_MAX_BUCKETS = 1 << 16  # (name, user) -> bucket memo, cleared when full
+
+
 class Registry:
-    def __init__(self, root: str | Path):
+    """``state_check_s``: how old the state :meth:`assign` serves may be — it re-checks ``state.json`` (one
+    ``stat``) at most this often per model name. A promotion or rollback through this instance takes effect on its
+    next call at once; one made by another process (another worker, the CLI) within ``state_check_s``. The admin
+    reads (:meth:`state`) always check."""
+
+    def __init__(self, root: str | Path, *, state_check_s: float = 1.0):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self.state_check_s = state_check_s
         self._cache: dict[str, tuple[tuple[int, int, int], ModelState]] = {}
         self._state_paths: dict[str, str] = {}  # checked names -> state.json path (stat'ed per request)
+        # name -> (monotonic time of the check, state or the RegistryError it raised): what assign() serves
+        self._fresh: dict[str, tuple[float, ModelState | RegistryError]] = {}
+        self._buckets: dict[tuple[str, str], int] = {}
+        self._gen = 0  # bumped by every write of this process
         self._mu = threading.Lock()
 
     # ---- locking and state -------------------------------------------------------------------------
@@ -172,10 +187,46 @@ class Registry:
             raise RegistryError(f"file name {rel!r} escapes the bundle", 400)
         return path, m.files[rel]
 
+    def _recent_state(self, name: str) -> ModelState:
+        """state(name) as checked at most ``state_check_s`` ago (an unknown model's error included)."""
+        now = time.monotonic()
+        hit = self._fresh.get(name)
+        if hit is None or now - hit[0] >= self.state_check_s:
+            gen = self._gen
+            try:
+                got: ModelState | RegistryError = self.state(name)
+            except RegistryError as exc:
+                got = exc
+            # kept unless a write of this process came in between (its state must be read, not this one)
+            if gen == self._gen and (name in self._fresh or len(self._fresh) < _MAX_NAMES):
+                self._fresh[name] = (now, got)
+            hit = (now, got)
+        got = hit[1]
+        if isinstance(got, RegistryError):
+            raise RegistryError(got.reason, got.status)
+        return got
+
+    def _forget(self, name: str) -> None:
+        """After a write: this process's next read checks the file."""
+        self._gen += 1
+        self._cache.pop(name, None)
+        self._fresh.pop(name, None)
+
+    def bucket(self, name: str, user_id: str) -> int:
+        """:func:`user_bucket`, memoised (a bounded dict: one sha256 per new user)."""
+        key = (name, user_id)
+        b = self._buckets.get(key)
+        if b is None:
+            if len(self._buckets) >= _MAX_BUCKETS:
+                self._buckets.clear()
+            b = self._buckets[key] = user_bucket(name, user_id)
+        return b
+
     def assign(self, name: str, user_id: str) -> str | None:
-        """The version `user_id` should run (staged rollout), or None if nothing is promoted."""
-        s = self.state(name)
-        if s.candidate is not None and user_bucket(name, user_id) < s.rollout_percent:
+        """The version `user_id` should run (staged rollout), or None if nothing is promoted. Served from the state
+        checked at most ``state_check_s`` ago (see the class docstring)."""
+        s = self._recent_state(name)
+        if s.candidate is not None and self.bucket(name, user_id) < s.rollout_percent:
             return s.candidate
         return s.stable
 
@@ -277,7 +328,7 @@ class Registry:
                     raise RegistryError(f"{name}@{version} is already stable")
                 s.candidate, s.rollout_percent = version, rollout_percent
             self._write_state(name, s)
-            self._cache.pop(name, None)
+            self._forget(name)
         return s
 
     def rollback(self, name: str) -> ModelState:
@@ -291,5 +342,5 @@ class Registry:
             else:
                 raise RegistryError(f"{name}: nothing to roll back to", 409)
             self._write_state(name, s)
-            self._cache.pop(name, None)
+            self._forget(name)
         return s

@@ -66,6 +66,9 @@ def test_metrics_aggregate_all_workers_and_promotion_reaches_them(cloud_data, bu
         r = requests.post(url + "/v1/models/device-reranker/promote", json={"version": "test"},
                           headers={"X-Admin-Key": "a"}, timeout=10)
         assert r.status_code == 200
+        # the worker that promoted serves the new version at once; the other re-checks the registry state at
+        # most once per Registry.state_check_s (1 s): after that, every worker does
+        time.sleep(1.1)
         with ThreadPoolExecutor(4) as pool:
             versions = set(pool.map(lambda i: _search(url, f"u{i:05d}").model_version, range(30)))
         assert versions == {"device-reranker@test"}

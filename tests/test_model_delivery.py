@@ -50,7 +50,10 @@ def cloud(cloud_data, bundle_dir, fcfg, keys, tmp_path_factory):
     p = root / "registry" / "device-reranker" / "versions" / "tampered" / model_file
     p.write_bytes(p.read_bytes()[:-8] + b"\0" * 8)  # bit rot / tampering after publishing
     reg.promote("device-reranker", "v1")
-    cfg = CloudConfig(data_dir=str(cloud_data), registry_dir=str(root / "registry"), admin_key="k")
+    # the test promotes through its own Registry object (another process's view): the server re-checks the state on
+    # every assignment instead of at most once per second (CloudConfig.registry_check_s)
+    cfg = CloudConfig(data_dir=str(cloud_data), registry_dir=str(root / "registry"), admin_key="k",
+                      registry_check_s=0.0)
     with running_server(cfg) as url:
         yield url, reg
 

@@ -84,7 +84,11 @@ class FileEmbeddingStore:
         return np.where(self._ids[pos_c] == ids, pos_c, -1)
 
     def get(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        pos = self.positions(ids)
+        return self.rows_at(self.positions(ids))
+
+    def rows_at(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``get`` for ids already resolved to row positions (:meth:`positions`; -1: unknown). The table never
+        changes while the store is open, so a caller may resolve its ids once and keep the positions."""
         found = pos >= 0
         n_found = int(found.sum())
         if n_found == pos.shape[0]:

@@ -111,8 +111,8 @@ class _BlockCache:
             self._d.move_to_end(key)
             return key, hit[1:]
 
-    def put(self, key: tuple, rows: np.ndarray, block: np.ndarray, found: np.ndarray) -> None:
-        size = 2 * rows.nbytes + block.nbytes + found.nbytes
+    def put(self, key: tuple, rows: np.ndarray, block: np.ndarray, found: np.ndarray | None) -> None:
+        size = 2 * rows.nbytes + block.nbytes + (0 if found is None else found.nbytes)
         if size > self.max_bytes:
             return
         with self._lock:
@@ -127,7 +127,7 @@ class _BlockCache:
         old = self._d.pop(key, None)
         if old is None:
             return
-        self.nbytes -= 2 * old[0].nbytes + old[1].nbytes + old[2].nbytes
+        self.nbytes -= 2 * old[0].nbytes + old[1].nbytes + (0 if old[2] is None else old[2].nbytes)
         for i in [i for i, (k, _) in self._ident.items() if k == key]:
             del self._ident[i]
 
@@ -144,6 +144,20 @@ def _session(path: Path, threads: int):
         return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
         raise CoarseError(f"{path}: onnxruntime cannot load it: {exc}") from exc
+
+
+def _direct_run(sess, inputs: set[str]):
+    """``feed -> sess.run(None, feed)`` for a session always fed the same, checked input names: onnxruntime's
+    Python wrapper re-validates the names, graph-capture options and input ownership on every call (several µs per
+    request); with its C++ session available the call goes straight to it (the same run, the same outputs)."""
+    got = {i.name for i in sess.get_inputs()}
+    if got != inputs:
+        raise CoarseError(f"model inputs are {sorted(got)}, want {sorted(inputs)}")
+    names = [o.name for o in sess.get_outputs()]
+    inner = getattr(sess, "_sess", None)
+    if inner is None or not callable(getattr(inner, "run", None)):  # another onnxruntime layout: the public call
+        return lambda feed: sess.run(names, feed)
+    return lambda feed: inner.run(names, feed, None)
 
 
 class TwoTowerCoarse:
@@ -174,11 +188,13 @@ class TwoTowerCoarse:
         self.featurizer = QueryFeaturizer(self.spec, catalog)
         self._q = _session(self.root / QUERY_ONNX, threads)
         self._s = _session(self.root / SCORER_ONNX, threads)
+        self._run_q = _direct_run(self._q, {"query_id", "query_dense"})
         self.store = store if store is not None else FileEmbeddingStore(self.root)
         if self.store.dim != self.nd * self.dim:
             raise CoarseError(f"item vectors have dim {self.store.dim}, the model wants {self.nd}×{self.dim}")
         self._ids = catalog.items["item_id"].astype(np.int64)
         self._blocks = _BlockCache(self.serving.block_cache_bytes)
+        self._tls = threading.local()
         self._inv_beta = 1.0 / self.beta
         # the index's item positions follow the bundle's sorted ids; map them to catalog rows (-1: not in catalog)
         self.index = None
@@ -200,8 +216,8 @@ class TwoTowerCoarse:
         self.score_items(probe, np.zeros((2, self.nd, self.dim), np.float32))
 
     def query_heads(self, req: SearchRequest) -> np.ndarray:
-        qid, dense = self.featurizer([req.query], [req.user_id], [req.context])
-        (out,) = self._q.run(None, {"query_id": qid, "query_dense": dense})
+        qid, dense = self.featurizer.one(req.query, req.user_id, req.context)
+        (out,) = self._run_q({"query_id": qid, "query_dense": dense})
         return np.asarray(out, np.float32)[0]
 
     def score_items(self, q_heads: np.ndarray, item_heads: np.ndarray) -> np.ndarray:
@@ -226,9 +242,9 @@ class TwoTowerCoarse:
         s = self.score_items(self.query_heads(req), vec.reshape(-1, self.nd, self.dim))
         return np.where(found, s, -np.inf).astype(np.float32)
 
-    def _block(self, rows: np.ndarray, cache: bool) -> tuple[np.ndarray, np.ndarray]:
+    def _block(self, rows: np.ndarray, cache: bool) -> tuple[np.ndarray, np.ndarray | None]:
         """Item heads of `rows` as one float32 [dim, nd·n] matrix (column j·n + i: head j of item i) and which rows
-        have a stored vector; recall sets (`cache`) are kept in the block cache."""
+        have a stored vector (None: all of them); recall sets (`cache`) are kept in the block cache."""
         key = None
         if cache:
             key, hit = self._blocks.lookup(rows)
@@ -239,24 +255,43 @@ class TwoTowerCoarse:
         block = np.ascontiguousarray(np.asarray(vec, np.float32).reshape(n, self.nd, self.dim).transpose(2, 1, 0)
                                      .reshape(self.dim, self.nd * n))
         found = np.asarray(found, bool)
+        if found.all():
+            found = None
         if key is not None:
             self._blocks.put(key, rows, block, found)
         return block, found
 
+    def _scratch(self, size: int) -> np.ndarray:
+        """Two float32 work rows of at least `size` per thread, reused by every request (no large temporaries)."""
+        buf = getattr(self._tls, "buf", None)
+        if buf is None or buf.shape[1] < size:
+            buf = self._tls.buf = np.empty((2, max(size, 1 << 14)), np.float32)
+        return buf
+
     def _block_scores(self, q: np.ndarray, block: np.ndarray, n: int) -> np.ndarray:
         """score_items for dot / soft on a head block: the head-similarity matrices of all n items as one
-        [nq·nd, n] matmul, the soft-attention reductions over its short first axis (vectorised over items)."""
-        s = (np.ascontiguousarray(q, np.float32) @ block).reshape(self.nq * self.nd, n)
+        [nq·nd, n] matmul, the soft-attention reductions over its short first axis (vectorised over items). The
+        same operations in the same dtypes as ``exp((s − max) / β)``-weighting written plainly, computed in two
+        per-thread scratch rows (bit for bit the same scores: tested)."""
+        k = self.nq * self.nd
+        buf = self._scratch(k * n)
+        s = np.matmul(np.ascontiguousarray(q, np.float32), block,
+                      out=buf[0, :k * n].reshape(self.nq, self.nd * n)).reshape(k, n)
         if self.variant == "dot":
-            return s[0]
+            return s[0].copy()
         m = s.max(axis=0)
-        w = np.exp((s - m) * np.float32(self._inv_beta))
-        return (w * s).sum(axis=0) / w.sum(axis=0)
+        w = np.subtract(s, m, out=buf[1, :k * n].reshape(k, n))
+        np.multiply(w, np.float32(self._inv_beta), out=w)
+        np.exp(w, out=w)
+        den = w.sum(axis=0)
+        return np.multiply(w, s, out=s).sum(axis=0) / den
 
     def _exact(self, q: np.ndarray, rows: np.ndarray, k: int, *, cache: bool = True) -> np.ndarray:
         if self.variant in ("dot", "soft"):
             block, found = self._block(rows, cache)
             s = self._block_scores(q, block, len(rows))
+            if found is None:  # every row has a vector
+                return rows[exact_top(s, k)]
         else:
             vec, found = self.store.get(self._ids[rows])
             s = self.score_items(q, vec.reshape(-1, self.nd, self.dim))

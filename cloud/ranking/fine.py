@@ -47,10 +47,11 @@ def cloud_feature_base(quality: np.ndarray, popularity: np.ndarray) -> np.ndarra
 
 
 def fill_cloud_features(base: np.ndarray, *, item_emb: np.ndarray, user_pref: np.ndarray, distance_km: np.ndarray,
-                        price_level: np.ndarray, price_pref: float) -> np.ndarray:
+                        price_level: np.ndarray, price_pref: float, inplace: bool = False) -> np.ndarray:
     """A copy of `base` (:func:`cloud_feature_base`) with the columns of the search filled (affinity to the user's
-    preference, log distance, price gap). Each column is rounded to float32 once, from the dtype it is computed in."""
-    x = base.copy()
+    preference, log distance, price gap). Each column is rounded to float32 once, from the dtype it is computed in.
+    ``inplace``: fill `base` itself (a caller's fresh array, e.g. rows gathered from a larger base)."""
+    x = base if inplace else base.copy()
     x[:, 2] = item_emb @ user_pref
     x[:, 3] = np.log1p(distance_km)
     x[:, 4] = np.abs(price_level - price_pref)
@@ -107,7 +108,11 @@ class FineRanker:
         return x @ self.w_score
 
     def hidden(self, x: np.ndarray) -> np.ndarray:
-        return np.tanh(x @ self.w1.T + self.b1).astype(np.float32)
+        h = x @ self.w1.T
+        if h.dtype != np.float32:  # float64 features: the plain expression (its rounding)
+            return np.tanh(h + self.b1).astype(np.float32)
+        h += self.b1  # in place: the same operations as tanh(x @ w1.T + b1), no temporaries
+        return np.tanh(h, out=h)
 
     def forward(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.score(x).astype(np.float32), self.hidden(x)

@@ -10,31 +10,58 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
 from edge_rerank.cloud.catalog import Catalog
-from edge_rerank.cloud.embedding_store import EmbeddingStore
+from edge_rerank.cloud.embedding_store import EmbeddingStore, FileEmbeddingStore
 from edge_rerank.cloud.page_codec import PageEncoder
 from edge_rerank.cloud.ranking.coarse import CoarseRanker, PassThroughCoarse
 from edge_rerank.cloud.ranking.fine import FineRanker, Ranker, cloud_feature_base, fill_cloud_features
 from edge_rerank.cloud.ranking.fusion import FusionPolicy, SingleHead, page_sequential_order
 from edge_rerank.device_sdk.contracts import Context, EmbeddingEncoding, PageItem, SearchPage, SearchRequest
 
+_ALL_BASE_BYTES = 64 << 20  # the whole catalog's item feature columns are kept when they fit in this (28 B / item)
 _MAX_ENCODED_PAGES = 16  # encoded pages kept per cached ranking (page index x size x encoding)
 
 
-@dataclass(frozen=True)
 class Ranking:
-    """One search's whole ranked list (cut to max_results): catalog rows, fused scores, hidden layers."""
+    """One search's whole ranked list (cut to max_results): catalog rows, fused scores, and the fine ranker's hidden
+    layer (the pages' dense vectors) — either computed for every row (`hidden`), or kept as the rows' features and
+    computed per page from them (`features` + `hidden_of`, a row-wise function: the numpy fine ranker's hidden layer,
+    so a page computes 25 rows instead of max_results; ``dense(sl)`` is the same either way, bit for bit).
+    ``encoded``: pages of this ranking already encoded, (start, page_size, encoding) -> (items bytes, has_more)."""
 
-    rows: np.ndarray
-    scores: np.ndarray
-    hidden: np.ndarray
-    # encoded pages of this ranking: (start, page_size, encoding) -> (items bytes, has_more)
-    encoded: dict = field(default_factory=dict, compare=False, repr=False)
-    created: float = field(default_factory=time.monotonic, compare=False)
+    __slots__ = ("rows", "scores", "_hidden", "features", "hidden_of", "encoded", "created")
+
+    def __init__(self, rows: np.ndarray, scores: np.ndarray, hidden: np.ndarray | None = None, *,
+                 features: np.ndarray | None = None, hidden_of: Callable[[np.ndarray], np.ndarray] | None = None,
+                 encoded: dict | None = None, created: float | None = None) -> None:
+        if hidden is None and (features is None or hidden_of is None):
+            raise ValueError("a Ranking needs its hidden layer, or the features and the function that computes it")
+        self.rows, self.scores, self._hidden = rows, scores, hidden
+        self.features, self.hidden_of = features, hidden_of
+        self.encoded = {} if encoded is None else encoded
+        self.created = time.monotonic() if created is None else created
+
+    @property
+    def hidden(self) -> np.ndarray:
+        """The hidden layer of every row (computed on first use when it is kept as features)."""
+        if self._hidden is None:
+            self._hidden = self.hidden_of(self.features)
+        return self._hidden
+
+    def dense(self, sl: np.ndarray) -> np.ndarray:
+        """The hidden layer of rows `sl` (a page's dense vectors)."""
+        if self._hidden is not None or self.features is None:
+            return self.hidden[sl]
+        return self.hidden_of(self.features[sl])
+
+    def array_bytes(self) -> int:
+        return self.rows.nbytes + self.scores.nbytes + (self.features.nbytes if self.features is not None
+                                                         else self._hidden.nbytes)
 
 
 @dataclass(frozen=True)
@@ -50,8 +77,7 @@ _SERVED_ENCODED = SearchInfo(cache_hit=False, emb_found=0, emb_missing=0)
 
 def ranking_bytes(r: Ranking) -> int:
     """Memory a cached ranking holds: its arrays and its encoded pages (plus a fixed per-entry overhead)."""
-    return (1024 + r.rows.nbytes + r.scores.nbytes + r.hidden.nbytes
-            + sum(len(data) + 64 for data, _ in list(r.encoded.values())))
+    return 1024 + r.array_bytes() + sum(len(data) + 64 for data, _ in list(r.encoded.values()))
 
 
 class RankingCache:
@@ -102,7 +128,8 @@ class RankingCache:
 
     def get(self, key: tuple) -> Ranking | None:
         with self._lock:
-            self._remeasure(self._last)
+            if self._last is not None:
+                self._remeasure(self._last)
             r = self._d.get(key)
             if r is None:
                 self._evict()
@@ -111,9 +138,12 @@ class RankingCache:
                 self._drop(key)
                 return None
             self._d.move_to_end(key)
-            self._remeasure(key)
-            self._evict()
-            return self._d.get(key)
+            if self._pages.get(key) != len(r.encoded):  # (_remeasure's test, inlined: this is every page's path)
+                self._remeasure(key)
+            if len(self._d) > self.capacity or self.nbytes > self.max_bytes:
+                self._evict()
+                return self._d.get(key)
+            return r
 
     def put(self, key: tuple, value: Ranking) -> None:
         if self.capacity <= 0 or self.max_bytes <= 0:
@@ -156,6 +186,16 @@ class SearchPipeline:
         self._cache = RankingCache(self.cache_size, self.cache_ttl_s, self.cache_bytes)
         self._recall: dict[str, np.ndarray] = {}
         self._recall_cols: dict[int, dict[str, np.ndarray]] = {}  # id(memoised recall array) -> its item columns
+        # the feature columns of the item alone for the whole catalog, for rows that are not a memoised recall set
+        # (a coarse stage's selection): one gather per request instead of recomputing them (bounded in bytes)
+        self._all_base = self._all_price = None
+        if getattr(self.ranker, "standard_features", False) and len(items["item_id"]) * 28 <= _ALL_BASE_BYTES:
+            self._all_base = cloud_feature_base(items["quality"], items["popularity"])
+            self._all_price = items["price_level"].astype(np.float32)
+        # a file store's table is fixed while it is open: each catalog row's position in it, resolved once
+        self._store_pos = None
+        if type(self.store) is FileEmbeddingStore and len(items["item_id"]) * 8 <= _ALL_BASE_BYTES:  # not a subclass
+            self._store_pos = self.store.positions(items["item_id"])
         self._encoder = PageEncoder(item_id=items["item_id"], category=items["category"], brand=items["brand"],
                                     price_level=items["price_level"], lat=items["lat"], lon=items["lon"])
 
@@ -186,11 +226,17 @@ class SearchPipeline:
         training recomputes for logged items: ``cloud.training.cloud_ranker.CloudFeaturizer``)."""
         # a memoised recall array lives as long as the pipeline, so its id names it alone
         cols = self._recall_cols.get(id(idx))
-        if cols is None:
-            cols = self._columns(idx)
         u = self.catalog.user_index.get(user_id)
         pref = self.catalog.user_pref[u] if u is not None else self._zero_pref
         price_pref = float(self.catalog.user_price_pref[u]) if u is not None else 2.0
+        if cols is None:
+            if self._all_base is not None:  # the same features: the item's own columns gathered, not recomputed
+                it = self.catalog.items
+                dist = np.hypot(it["lat"][idx] - context.lat, it["lon"][idx] - context.lon)
+                return fill_cloud_features(self._all_base[idx], item_emb=self._item_emb[idx], user_pref=pref,
+                                           distance_km=dist, price_level=self._all_price[idx], price_pref=price_pref,
+                                           inplace=True)
+            cols = self._columns(idx)
         dist = np.hypot(cols["lat"] - context.lat, cols["lon"] - context.lon)
         if "base" in cols:  # the same features, the columns of the item alone computed once per recall set
             return fill_cloud_features(cols["base"], item_emb=cols["item_emb"], user_pref=pref, distance_km=dist,
@@ -207,9 +253,8 @@ class SearchPipeline:
         hidden = None
         if hasattr(self.ranker, "forward_heads"):  # a two-head ranker also gives click / order logits
             heads, hidden = self.ranker.forward_heads(x)
-        elif (isinstance(self.ranker, FineRanker) and len(idx) > self.max_results
-              and not getattr(self.fusion, "per_page", False)):
-            heads = {"score": self.ranker.score(x).astype(np.float32)}  # hidden layer: only of the items kept
+        elif isinstance(self.ranker, FineRanker) and not getattr(self.fusion, "per_page", False):
+            heads = {"score": self.ranker.score(x).astype(np.float32, copy=False)}  # hidden layer: per page
         else:
             score, hidden = self.ranker.forward(x)
             heads = {"score": score}
@@ -224,12 +269,12 @@ class SearchPipeline:
 
     def _rank_lazy_hidden(self, req: SearchRequest, idx: np.ndarray, heads: dict[str, np.ndarray],
                           x: np.ndarray) -> Ranking:
-        """rank() for the numpy fine ranker on a recall set longer than max_results: the same ranking (the hidden
-        layer is row-wise), its hidden layer computed for the kept rows only."""
+        """rank() for the numpy fine ranker: the same ranking (the hidden layer is row-wise), the kept rows' features
+        kept and their hidden layer computed page by page (``Ranking.dense``) as pages are served."""
         ids = self.catalog.items["item_id"][idx]
         s = np.asarray(self.fusion.fuse(req, heads), dtype=np.float32)
         order = self._top_order(s, ids)
-        return Ranking(rows=idx[order], scores=s[order], hidden=self.ranker.hidden(x[order]))
+        return Ranking(rows=idx[order], scores=s[order], features=x[order], hidden_of=self.ranker.hidden)
 
     def _top_order(self, s: np.ndarray, ids: np.ndarray) -> np.ndarray:
         """The first max_results positions by score, ties broken by id (deterministic)."""
@@ -307,12 +352,18 @@ class SearchPipeline:
         ekey = (start, req.page_size, int(encoding))
         cached = ranking.encoded.get(ekey)
         if cached is None:
-            sl, more = self.page_slots(len(ranking.rows), req.page_index, req.page_size)
+            n_ranked = len(ranking.rows)
+            if self.catalog.reshow_share <= 0.0:  # page_slots' plain slice, as a slice: views, not gathers
+                stop = min(start + req.page_size, n_ranked)
+                sl, more = slice(start, max(stop, start)), stop < n_ranked
+            else:
+                sl, more = self.page_slots(n_ranked, req.page_index, req.page_size)
             rows = ranking.rows[sl]
-            it = self.catalog.items
-            ids = it["item_id"][rows]
-            emb, found = self.store.get(ids)
-            data = self._encoder.encode(rows, start=start, scores=ranking.scores[sl], dense=ranking.hidden[sl],
+            if self._store_pos is not None:
+                emb, found = self.store.rows_at(self._store_pos[rows])
+            else:
+                emb, found = self.store.get(self.catalog.items["item_id"][rows])
+            data = self._encoder.encode(rows, start=start, scores=ranking.scores[sl], dense=ranking.dense(sl),
                                         emb=emb, found=found, encoding=encoding)
             n_found = int(found.sum())
             if self.cache_size > 0 and len(ranking.encoded) < _MAX_ENCODED_PAGES:
@@ -336,7 +387,7 @@ class SearchPipeline:
         emb = np.asarray(emb, dtype=np.float32)
         if fp16_rows:
             emb = emb.astype("<f2").astype(np.float32)
-        items = page_items(ids, start, ranking.scores[sl], ranking.hidden[sl], emb, found, it["category"][rows],
+        items = page_items(ids, start, ranking.scores[sl], ranking.dense(sl), emb, found, it["category"][rows],
                            it["brand"][rows], it["price_level"][rows], it["lat"][rows], it["lon"][rows])
         page = SearchPage(request_id=req.request_id, session_id=req.session_id, page_index=req.page_index,
                           model_version=self.model_version, items=items, has_more=more)
