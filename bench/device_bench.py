@@ -77,14 +77,15 @@ def _module_at(rev: str, path: str, name: str, replace_imports: dict[str, str] |
     return mod
 
 
-def baseline_modules(rev: str):
-    """The feature builder and RerankService of git revision `rev` (operators.py and reranker.py, with the per-item and
-    per-event helpers they import from that same revision when it has them), for a before/after in one process."""
+def baseline_modules(rev: str, helpers: tuple[str, ...] = ("event_rows", "item_table")):
+    """The feature builder and RerankService of git revision `rev` (operators.py and reranker.py, with the `helpers`
+    modules of ``device_sdk/features`` they import, from that same revision when it has them), for a before/after in
+    one process."""
     import subprocess
 
     root = Path(__file__).resolve().parents[1]
     swaps = {}
-    for mod in ("event_rows", "item_table"):
+    for mod in helpers:
         path = f"device_sdk/features/{mod}.py"
         if subprocess.run(["git", "cat-file", "-e", f"{rev}:{path}"], cwd=root, capture_output=True).returncode == 0:
             _module_at(rev, path, f"baseline_{mod}")

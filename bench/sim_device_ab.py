@@ -28,7 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-from device_bench import _module_at  # noqa: E402
+from device_bench import _module_at, baseline_modules  # noqa: E402
 
 from edge_rerank.device_sdk.features.operators import FeatureBuilder  # noqa: E402
 from edge_rerank.device_sdk.model_manager import load_model  # noqa: E402
@@ -65,20 +65,7 @@ def baseline_lockstep(rev: str, old_reranker):
 
 def baseline_sdk(rev: str):
     """``device_bench.baseline_modules`` with the rerank-time path (``features/rerank_path.py``) of `rev` too."""
-    import subprocess
-
-    swaps = {}
-    for mod in ("event_rows", "item_table", "rerank_path"):
-        path = f"device_sdk/features/{mod}.py"
-        if subprocess.run(["git", "cat-file", "-e", f"{rev}:{path}"], cwd=ROOT.parent,
-                          capture_output=True).returncode == 0:
-            _module_at(rev, path, f"baseline_{mod}")
-            swaps[f"from edge_rerank.device_sdk.features.{mod} import"] = f"from baseline_{mod} import"
-    ops = _module_at(rev, "device_sdk/features/operators.py", "baseline_operators", swaps)
-    reranker = _module_at(rev, "device_sdk/reranker.py", "baseline_reranker", {
-        "from edge_rerank.device_sdk.features.operators import FeatureBuilder":
-            "from baseline_operators import FeatureBuilder"})
-    return ops, reranker
+    return baseline_modules(rev, ("event_rows", "item_table", "rerank_path"))
 
 
 def main() -> None:
