@@ -363,3 +363,10 @@ def test_numpy_ranker_hidden_layer_in_place_is_the_plain_expression(dtype):
         want = np.tanh(x @ r.w1.T + r.b1).astype(np.float32)
         got = r.hidden(x)
         assert got.dtype == np.float32 and got.shape == want.shape and got.tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf"), 1e9, "1", None, True])
+def test_registry_refuses_a_state_bound_that_is_not_seconds(tmp_path, bad):
+    """A NaN bound would never re-check (every comparison false): every bad value is refused with a reason."""
+    with pytest.raises(ValueError, match="state_check_s"):
+        Registry(tmp_path / "reg", state_check_s=bad)
