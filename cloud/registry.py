@@ -94,11 +94,11 @@ class Registry:
     reads (:meth:`state`) always check."""
 
     def __init__(self, root: str | Path, *, state_check_s: float = 1.0):
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
         if isinstance(state_check_s, bool) or not (isinstance(state_check_s, int | float)
                                                    and 0.0 <= state_check_s <= 3600.0):  # NaN fails too
             raise ValueError(f"state_check_s must be a number of seconds in [0, 3600], got {state_check_s!r}")
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
         self.state_check_s = float(state_check_s)
         self._cache: dict[str, tuple[tuple[int, int, int], ModelState]] = {}
         self._state_paths: dict[str, str] = {}  # checked names -> state.json path (stat'ed per request)

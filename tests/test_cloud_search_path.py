@@ -370,3 +370,4 @@ def test_registry_refuses_a_state_bound_that_is_not_seconds(tmp_path, bad):
     """A NaN bound would never re-check (every comparison false): every bad value is refused with a reason."""
     with pytest.raises(ValueError, match="state_check_s"):
         Registry(tmp_path / "reg", state_check_s=bad)
+    assert not (tmp_path / "reg").exists()  # refused before anything is written
