@@ -115,7 +115,7 @@ def test_full_int8_keeps_the_float_interface(ctx, calibration, tmp_path):
                            n_calibration=50, info=info)
     fp32, q = backends.create("litert", ctx.tflite_fp32), backends.create("litert", path)
     assert q.input_names == fp32.input_names and q._dtypes == fp32._dtypes  # float32/int32, as for fp32
-    assert q._runner.get_output_details()[q.output_name]["dtype"] == np.float32
+    assert q.output_dtype == np.float32
     assert info["n_calibration"] == 50
     kept = {op for op, _ in info["float_ops"]}
     assert "SOFTMAX" in kept  # the masked softmaxes (logits + (1 - mask) * -1e4) stay float

@@ -48,6 +48,7 @@ class _TFLiteSignatureBackend:
         details = self._runner.get_input_details()
         self._dtypes = {n: np.dtype(d["dtype"]) for n, d in details.items()}
         self._shapes = {n: tuple(int(s) for s in d["shape"]) for n, d in details.items()}
+        self.output_dtype = np.dtype(self._runner.get_output_details()[self.output_name]["dtype"])
         self._direct: list[tuple[str, int]] | None = None  # (input name, tensor index) on the primary subgraph
         self._out_index = -1
         self._use_primary_subgraph(details, self._runner.get_output_details())
