@@ -167,3 +167,24 @@ def local_ray():
         pytest.skip(f"Ray cannot start here: {type(exc).__name__}: {exc}")
     yield
     ray.shutdown()
+
+
+class _OpaqueRanker:
+    """A cloud fine ranker behind the plain protocol only (features + forward): the search pipeline takes none of
+    its numpy-ranker shortcuts (per-recall-set base, lazy hidden layer), so it is the eager reference to compare
+    them with."""
+
+    def __init__(self, r):
+        self.r, self.dense_dim = r, r.dense_dim
+
+    def features(self, **kw):
+        return self.r.features(**kw)
+
+    def forward(self, x):
+        return self.r.forward(x)
+
+
+@pytest.fixture(scope="session")
+def opaque_ranker():
+    """Wraps a ranker so the search pipeline cannot take a shortcut (see ``_OpaqueRanker``)."""
+    return _OpaqueRanker

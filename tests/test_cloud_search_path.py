@@ -164,25 +164,12 @@ def test_a_ranking_needs_its_hidden_layer_or_a_way_to_compute_it():
         Ranking(np.arange(3), np.zeros(3, np.float32))
 
 
-class _Opaque:
-    """The same numpy ranker behind the plain protocol: the pipeline takes no shortcut (eager hidden layer)."""
-
-    def __init__(self, r):
-        self.r, self.dense_dim = r, r.dense_dim
-
-    def features(self, **kw):
-        return self.r.features(**kw)
-
-    def forward(self, x):
-        return self.r.forward(x)
-
-
 @pytest.mark.parametrize("max_results", [30, 200])
-def test_pages_served_equal_the_eager_pipeline(cloud_data, max_results):
+def test_pages_served_equal_the_eager_pipeline(cloud_data, max_results, opaque_ranker):
     cat = load_catalog(cloud_data)
     ranker = load_ranker(cloud_data)
     kw = dict(catalog=cat, store=FileEmbeddingStore(cloud_data / "embeddings"), max_results=max_results)
-    fast, slow = SearchPipeline(ranker=ranker, **kw), SearchPipeline(ranker=_Opaque(ranker), **kw)
+    fast, slow = SearchPipeline(ranker=ranker, **kw), SearchPipeline(ranker=opaque_ranker(ranker), **kw)
     from edge_rerank.device_sdk.contracts import EmbeddingEncoding
 
     for i, query in enumerate(["dinner", "lunch", "sushi", "something sweet", "unknown words"]):

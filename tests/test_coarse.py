@@ -384,7 +384,7 @@ def test_block_scoring_and_cache_match_the_matching_layer(variant, bundles, cwor
     assert len(tiny._blocks._d) == 0
 
 
-def test_search_path_caches_keep_the_ranking(cloud_data):
+def test_search_path_caches_keep_the_ranking(cloud_data, opaque_ranker):
     """The pipeline's per-recall-set item columns and the fine ranker's hidden layer computed for the kept rows only
     give the very ranking (bit for bit) of gathering every request and running the whole forward pass."""
     from edge_rerank.cloud.catalog import load_catalog
@@ -392,20 +392,10 @@ def test_search_path_caches_keep_the_ranking(cloud_data):
     from edge_rerank.cloud.ranking.fine import load_ranker
     from edge_rerank.cloud.ranking.pipeline import SearchPipeline
 
-    class Opaque:  # the same numpy ranker behind the plain protocol: no shortcut applies
-        def __init__(self, r):
-            self.r, self.dense_dim = r, r.dense_dim
-
-        def features(self, **kw):
-            return self.r.features(**kw)
-
-        def forward(self, x):
-            return self.r.forward(x)
-
     cat = load_catalog(cloud_data)
     ranker = load_ranker(cloud_data)
     kw = dict(catalog=cat, store=FileEmbeddingStore(cloud_data / "embeddings"), cache_size=0, max_results=30)
-    fast, slow = SearchPipeline(ranker=ranker, **kw), SearchPipeline(ranker=Opaque(ranker), **kw)
+    fast, slow = SearchPipeline(ranker=ranker, **kw), SearchPipeline(ranker=opaque_ranker(ranker), **kw)
     for i, query in enumerate(["dinner", "lunch", "sushi", "something sweet", "unknown words"]):
         req = _req(i, query)
         idx = fast.recall(query)
