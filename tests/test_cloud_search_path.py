@@ -190,7 +190,7 @@ def test_features_of_any_rows_equal_cloud_features(cloud_data, monkeypatch):
     p = SearchPipeline(catalog=cat, store=store, ranker=load_ranker(cloud_data), cache_size=0)
     monkeypatch.setattr(pipeline_mod, "_ALL_BASE_BYTES", 0)  # over the bound: no whole-catalog base
     q = SearchPipeline(catalog=cat, store=store, ranker=load_ranker(cloud_data), cache_size=0)
-    assert p._all_base is not None and q._all_base is None
+    assert p._all_base_ok and not q._all_base_ok and p._all_base is None  # built by the first request needing it
     it, emb = cat.items, p._item_emb
     rng = np.random.default_rng(0)
     users = [*list(cat.user_index)[:5], "nobody"]
@@ -210,6 +210,7 @@ def test_features_of_any_rows_equal_cloud_features(cloud_data, monkeypatch):
         for pipe in (p, q):
             got = pipe.features_for(u, ctx, idx)
             assert got.dtype == want.dtype and got.tobytes() == want.tobytes()
+    assert p._all_base is not None and q._all_base is None
 
 
 # ---- the coarse query featurizer for one request ----

@@ -187,11 +187,11 @@ class SearchPipeline:
         self._recall: dict[str, np.ndarray] = {}
         self._recall_cols: dict[int, dict[str, np.ndarray]] = {}  # id(memoised recall array) -> its item columns
         # the feature columns of the item alone for the whole catalog, for rows that are not a memoised recall set
-        # (a coarse stage's selection): one gather per request instead of recomputing them (bounded in bytes)
+        # (a coarse stage's selection): one gather per request instead of recomputing them (bounded in bytes; built
+        # by the first request that needs them, so a pipeline without such requests never pays for them)
         self._all_base = self._all_price = None
-        if getattr(self.ranker, "standard_features", False) and len(items["item_id"]) * 28 <= _ALL_BASE_BYTES:
-            self._all_base = cloud_feature_base(items["quality"], items["popularity"])
-            self._all_price = items["price_level"].astype(np.float32)
+        self._all_base_ok = (getattr(self.ranker, "standard_features", False)
+                             and len(items["item_id"]) * 28 <= _ALL_BASE_BYTES)
         # a file store's table is fixed while it is open: each catalog row's position in it, resolved once
         self._store_pos = None
         if type(self.store) is FileEmbeddingStore and len(items["item_id"]) * 8 <= _ALL_BASE_BYTES:  # not a subclass
@@ -230,8 +230,11 @@ class SearchPipeline:
         pref = self.catalog.user_pref[u] if u is not None else self._zero_pref
         price_pref = float(self.catalog.user_price_pref[u]) if u is not None else 2.0
         if cols is None:
-            if self._all_base is not None:  # the same features: the item's own columns gathered, not recomputed
+            if self._all_base_ok:  # the same features: the item's own columns gathered, not recomputed
                 it = self.catalog.items
+                if self._all_price is None:  # (a race builds the same arrays twice: harmless)
+                    self._all_base = cloud_feature_base(it["quality"], it["popularity"])
+                    self._all_price = it["price_level"].astype(np.float32)
                 dist = np.hypot(it["lat"][idx] - context.lat, it["lon"][idx] - context.lon)
                 return fill_cloud_features(self._all_base[idx], item_emb=self._item_emb[idx], user_pref=pref,
                                            distance_km=dist, price_level=self._all_price[idx], price_pref=price_pref,
