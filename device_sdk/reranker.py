@@ -249,7 +249,10 @@ class RerankService:
             build_reqs.append((window, events, context))
         if jobs:
             assert builder is not None and model is not None
-            feats, errors = builder.build_many(build_reqs)
+            try:
+                feats, errors = builder.build_many(build_reqs)
+            except Exception as exc:  # noqa: BLE001 - the batch itself failed: every request falls back, none crashes
+                feats, errors = {}, [exc] * len(jobs)
             t1 = self._clock()
             per = (t1 - t0) * 1e3 / len(jobs)
             ok = []

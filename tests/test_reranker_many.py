@@ -110,3 +110,23 @@ def test_a_failing_list_fails_only_its_own_request_and_strict_raises(model):
     assert flaky.calls == 1  # one backend call for the whole batch
     with pytest.raises(DeviceFault):
         RerankService(m, strict=True).rerank_many([(x, 0, [], ctx) for x in lists])
+
+
+def test_a_batch_build_that_fails_as_a_whole_falls_back_every_request(model, monkeypatch):
+    """Whatever build_many raises (not a per-request error) reaches no caller: each request keeps the cloud order."""
+    from edge_rerank.device_sdk.features.operators import FeatureBuilder
+
+    cfg = model.bundle.feature_config
+    rng = np.random.default_rng(3)
+    ctx = Context(1.0, 1.0, 3)
+    lists = [[make_item(100 * r + k, rng, cfg, k) for k in range(5)] for r in range(3)]
+
+    def broken(self, requests):
+        raise MemoryError("no room for the batch")
+
+    monkeypatch.setattr(FeatureBuilder, "build_many", broken)
+    got = RerankService(model).rerank_many([(x, 0, [], ctx) for x in lists])
+    assert [r.applied for r in got] == [False] * 3
+    assert all(r.order == list(range(5)) and r.fallback_reason == "features: no room for the batch" for r in got)
+    with pytest.raises(DeviceFault):
+        RerankService(model, strict=True).rerank_many([(x, 0, [], ctx) for x in lists])
