@@ -3,7 +3,7 @@
 Each diag run (one world, one seed) writes the paired click-AUC bootstrap replicates of every variant vs the first,
 on all test views, on the polysemous queries' views and on the rest. Pooled over seeds: the mean of the per-seed
 differences, and a 95 % CI from averaging one replicate per seed (replicate k of seed 0, of seed 1, ...), as in the
-README's coarse-stage tables. Also: the share of polysemous test views and each arm's mean AUC.
+coarse-stage tables (docs/results/coarse_ranking.md). Also: the share of polysemous test views and each arm's mean AUC.
 
     python bench/coarse_heads_pool.py runs/bench/h27/p12_seed*.json [--label "12 polysemous"] [--out pooled.json]
 """

@@ -44,8 +44,8 @@ class WorldConfig:
     nearest the sum of its meanings' centroids, which no session means: without them every recalled item is of some
     meaning, so "relevant to any meaning" is true of every candidate and one query vector that adds up the meanings
     loses nothing; with them, that sum points at items that should rank below every meaning's (the case multi-head
-    matching is meant for). See the README's "Coarse stage: multi-head vs single-vector" for what it did and did not
-    show.
+    matching is meant for). See "Coarse stage: multi-head vs single-vector" in docs/results/coarse_ranking.md for
+    what it did and did not show.
     """
 
     seed: int = 0
