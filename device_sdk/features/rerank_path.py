@@ -134,20 +134,31 @@ class _EventExtra:
         self.ints = rows_d.seq_ints  # (its distance and position bucket rows are the event rows' own)
         self.state: _State | None = None
 
-    def update(self, lo: int, hi: int, ids: np.ndarray) -> None:
+    def derive(self, ids: np.ndarray) -> tuple:
+        """(value ids, unknown-per-row or None, the three embedding-slot rows) of rows with bucket ids `ids`."""
         p = self.path
-        self.vids[:, lo:hi] = p.weights @ ids
+        vids = p.weights @ ids
         over = ids[p.matched] >= p.matched_sizes
-        if over.any():
-            unknown = over.any(axis=0)
-            self.unknown[lo:hi] = unknown
-            self.last_unknown = lo + int(np.flatnonzero(unknown)[-1])
+        unknown = over.any(axis=0) if over.any() else None
         if p.slot_idx is not None:
-            self.ints[:3, lo:hi] = ids[p.slot_idx]
+            slots = ids[p.slot_idx]
         else:
+            slots = np.zeros((3, ids.shape[1]), np.int32)
             for k, r in enumerate(p.slot_rows):
                 if r is not None:
-                    self.ints[k, lo:hi] = ids[r]
+                    slots[k] = ids[r]
+        return vids, unknown, slots
+
+    def write(self, lo: int, hi: int, x: tuple, s: int, e: int) -> None:
+        """Rows [lo, hi) from rows [s, e) of :meth:`derive`'s arrays `x`."""
+        vids, unknown, slots = x
+        self.vids[:, lo:hi] = vids[:, s:e]
+        if unknown is not None:
+            u = unknown[s:e]
+            if u.any():
+                self.unknown[lo:hi] = u
+                self.last_unknown = lo + int(np.flatnonzero(u)[-1])
+        self.ints[:3, lo:hi] = slots[:, s:e]
 
 
 class RerankPath:
@@ -499,6 +510,41 @@ class RerankPath:
                 "seq_pos_b": seq_int[5], "seq_num": st.seq_num.copy(), "seq_pos_mask": st.pos_mask.copy(),
                 "seq_neg_mask": st.neg_mask.copy(), "ctx": ctx}, rows
 
+    def _derive_round(self, builder, requests) -> None:
+        """The per-event rows (``EventRows``, with this path's value ids) of every request's new events, derived in
+        one pass for the whole round: each store buffer's new rows are read as slices, laid end to end, derived once
+        (every derived value depends on its own row only, so the bits are those of one buffer at a time) and written
+        back. Requests whose rows are already derived, or whose snapshots the path will not take, are left to their
+        own build."""
+        todo: dict[int, tuple] = {}
+        for _, events, _ in requests:
+            if type(events) is not EventColumns or events._hi == events._lo or events.ragged or not events.plain:
+                continue
+            rows_d = builder._event_rows(events, update=False)
+            hi = events._hi
+            if rows_d.upto >= hi or rows_d.extra is None:
+                continue
+            prev = todo.get(id(rows_d))
+            if prev is None or prev[2] < hi:
+                todo[id(rows_d)] = (rows_d, events._b, hi)
+        if len(todo) < 2:
+            return
+        for unit in (True, False):  # (rows with unit vectors and rows without are derived apart)
+            parts = [(d, b, d.upto, hi) for d, b, hi in todo.values() if (d.unit is not None) is unit]
+            if not parts:
+                continue
+            cat = np.concatenate
+            emb = cat([b.emb[lo:hi] for _, b, lo, hi in parts]) if unit else None
+            dv = parts[0][0].derive(cat([b.kind[lo:hi] for _, b, lo, hi in parts]),
+                                    cat([b.dwell[lo:hi] for _, b, lo, hi in parts]),
+                                    cat([b.cats[:, lo:hi] for _, b, lo, hi in parts], axis=1),
+                                    cat([b.position[lo:hi] for _, b, lo, hi in parts]), emb,
+                                    builder._roles_of, builder._keys_of, builder._ids_of)
+            s = 0
+            for d, _, lo, hi in parts:
+                d.write(lo, hi, dv, s, s + hi - lo)
+                s += hi - lo
+
     def build_many(self, builder, requests, out: dict[str, np.ndarray], errors: list) -> list[bool]:
         """Many builds written into `out` (``FeatureBuilder.build_many``'s zeroed [B, ...] arrays): per request, the
         prelude (rows, feedback state, distances) as ``build`` does it, then every gather once for all of them, with
@@ -520,6 +566,7 @@ class RerankPath:
                 return handled
         N, F = self.N, self.F
         num, ints5 = out["cand_num"], out["_ints"]
+        self._derive_round(builder, requests)
         sel: list[tuple[int, np.ndarray, _State, list[float]]] = []
         for b, (candidates, events, context) in enumerate(requests):
             st, rows = self._prelude(builder, candidates, events, context)
