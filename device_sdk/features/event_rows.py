@@ -103,6 +103,15 @@ class EventRows:
 
     def set_distances(self, lo: int, hi: int, d: np.ndarray) -> None:
         """Distances of rows [lo, hi) to the current search location (and their MVFAN columns)."""
-        self.seq_num[lo:hi, 3] = np.log1p(d)
-        self.dist_b[lo:hi] = self.dist_edges.searchsorted(d, side="right")
+        self.write_distances(lo, hi, *self.distance_columns(d), 0, hi - lo)
+
+    def distance_columns(self, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The MVFAN columns of distances `d`: log distance and distance bucket."""
+        return np.log1p(d), self.dist_edges.searchsorted(d, side="right")
+
+    def write_distances(self, lo: int, hi: int, logd: np.ndarray, bucket: np.ndarray, s: int, e: int) -> None:
+        """Rows [lo, hi) (from the first row without a distance to the current search location, ``stale``) from
+        rows [s, e) of :meth:`distance_columns`'s arrays."""
+        self.seq_num[lo:hi, 3] = logd[s:e]
+        self.dist_b[lo:hi] = bucket[s:e]
         self.ctx_upto = hi
