@@ -61,9 +61,12 @@ def _one_at_a_time(phone):
 
 def baseline_lockstep(rev: str, old_reranker):
     """The lock-step runner of git revision `rev`, over that revision's RerankService (`old_reranker`)."""
-    return _module_at(rev, "simulator/lockstep.py", "baseline_lockstep", {
-        "from edge_rerank.device_sdk.reranker import RerankService":
-            "from baseline_reranker import RerankService"})
+    mod = _module_at(rev, "simulator/lockstep.py", "baseline_lockstep", {
+        "from edge_rerank.device_sdk.reranker import": "from baseline_reranker import"})
+    if not isinstance(old_reranker.RerankService.__new__(old_reranker.RerankService), mod.RerankService):
+        raise RuntimeError(f"the lock-step runner of {rev} does not take that revision's RerankService: it would "
+                           "run one session at a time")
+    return mod
 
 
 def baseline_sdk(rev: str):
