@@ -77,10 +77,11 @@ def _module_at(rev: str, path: str, name: str, replace_imports: dict[str, str] |
     return mod
 
 
-def baseline_modules(rev: str, helpers: tuple[str, ...] = ("event_rows", "item_table")):
+def baseline_modules(rev: str, helpers: tuple[str, ...] = ("event_rows", "item_table", "rerank_path")):
     """The feature builder and RerankService of git revision `rev` (operators.py and reranker.py, with the `helpers`
     modules of ``device_sdk/features`` they import, from that same revision when it has them), for a before/after in
-    one process."""
+    one process. (Until branch h32 the default left out ``rerank_path``: the baseline builder then ran this
+    checkout's rerank-time path.)"""
     import subprocess
 
     root = Path(__file__).resolve().parents[1]
