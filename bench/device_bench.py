@@ -77,10 +77,11 @@ def _module_at(rev: str, path: str, name: str, replace_imports: dict[str, str] |
     return mod
 
 
-def baseline_modules(rev: str, helpers: tuple[str, ...] = ("event_rows", "item_table")):
+def baseline_modules(rev: str, helpers: tuple[str, ...] = ("event_rows", "item_table", "rerank_path")):
     """The feature builder and RerankService of git revision `rev` (operators.py and reranker.py, with the `helpers`
     modules of ``device_sdk/features`` they import, from that same revision when it has them), for a before/after in
-    one process."""
+    one process. (Until branch h32 the default left out ``rerank_path``: the baseline builder then ran this
+    checkout's rerank-time path.)"""
     import subprocess
 
     root = Path(__file__).resolve().parents[1]
@@ -228,8 +229,14 @@ def main() -> None:
     store.add_many("bench", events)
     snap = store.snapshot("bench")
     old_ops = old_reranker = None
+    columnar = {"sdk"}  # the services given the store's snapshot (columns); the others get the event list
     if a.baseline:
+        import subprocess
+
         old_ops, old_reranker = baseline_modules(a.baseline)
+        if subprocess.run(["git", "cat-file", "-e", f"{a.baseline}:device_sdk/feedback_columns.py"],
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True).returncode == 0:
+            columnar.add("baseline")  # (a baseline with the columnar store reads its snapshots, as its sessions do)
     variants = [("vectorised", builder, events), ("reference", ref_builder, events), ("rerank_time", cached, snap)]
     if old_ops is not None:
         variants.append(("baseline", old_ops.FeatureBuilder(fcfg), events))
@@ -315,7 +322,7 @@ def main() -> None:
         items = pages[1][0][:10] + cands  # 10 items already seen, then the window
         for i in range(a.runs + 20):
             for m in services:
-                timed(steady, m, items, 10, snap if m == "sdk" else list(events))
+                timed(steady, m, items, 10, snap if m in columnar else list(events))
                 if i < 20:  # warm-up
                     for v in steady[m].values():
                         v.pop()
@@ -340,7 +347,7 @@ def main() -> None:
                     st.add(f"s{sess}", FeedbackEvent.for_item(it, kind, 1000 * (6 * step + k), "r", n_fixed + k,
                                                               0.0 if kind == EventKind.CLICK else 2500.0))
                 for m in services:
-                    timed(sessions, m, items, n_fixed, st.snapshot(f"s{sess}") if m == "sdk" else
+                    timed(sessions, m, items, n_fixed, st.snapshot(f"s{sess}") if m in columnar else
                           st.events(f"s{sess}"))
         call["sessions"] = summary(sessions)
         for w, res in call.items():

@@ -3,6 +3,9 @@ against the rerank service and feature builder of a git revision (``--baseline``
 chunks of sessions alternate between the two arms, each chunk timed in CPU seconds (what a shared machine's load
 does not inflate as much as wall time). Same bundle, same sessions, same outcomes expected (checked).
 
+The baseline arms also keep their sessions' events in the baseline revision's ``FeedbackStore`` (its per-event
+``add``), so the store's work is part of the before/after.
+
 ``--lockstep B`` adds the lock-step runner of both (``simulator/lockstep.py`` of this checkout and of the baseline
 revision, batch B) as two more arms, interleaved with the other two: chunks are then ``--chunk`` sessions of each arm
 in turn, in a rotating order, and the report gives each arm's median over chunks as well as the total. Without
@@ -58,14 +61,50 @@ def _one_at_a_time(phone):
 
 def baseline_lockstep(rev: str, old_reranker):
     """The lock-step runner of git revision `rev`, over that revision's RerankService (`old_reranker`)."""
-    return _module_at(rev, "simulator/lockstep.py", "baseline_lockstep", {
-        "from edge_rerank.device_sdk.reranker import RerankService":
-            "from baseline_reranker import RerankService"})
+    mod = _module_at(rev, "simulator/lockstep.py", "baseline_lockstep", {
+        "from edge_rerank.device_sdk.reranker import": "from baseline_reranker import"})
+    if not isinstance(old_reranker.RerankService.__new__(old_reranker.RerankService), mod.RerankService):
+        raise RuntimeError(f"the lock-step runner of {rev} does not take that revision's RerankService: it would "
+                           "run one session at a time")
+    return mod
 
 
 def baseline_sdk(rev: str):
     """``device_bench.baseline_modules`` with the rerank-time path (``features/rerank_path.py``) of `rev` too."""
     return baseline_modules(rev, ("event_rows", "item_table", "rerank_path"))
+
+
+def baseline_store(rev: str):
+    """The in-memory ``FeedbackStore`` of git revision `rev` (its ``add`` and validation path; the columns and
+    contracts modules are this checkout's, whose ``append`` and ``validate_feedback_event`` it calls)."""
+    return _module_at(rev, "device_sdk/feedback_store.py", "baseline_feedback_store").FeedbackStore
+
+
+def with_store(phone, store_cls):
+    """`phone` (and the lock-step runner's copies of it) running each session's ``RerankSession`` over a fresh
+    `store_cls` store instead of the SDK's default ``FeedbackStore`` (the baseline arms' store: a before/after of
+    the store's per-event work in the same process)."""
+    from edge_rerank.device_sdk.session import RerankSession
+    from edge_rerank.simulator.phone import PhoneSession
+
+    def device_session(*args, **kwargs):
+        return RerankSession(*args, store=store_cls(strict=kwargs.get("strict", False)), **kwargs)
+
+    class _Session(PhoneSession):
+        device_session_class = staticmethod(device_session)
+
+    class _Phone(type(phone)):
+        def session(self, spec):
+            return _Session(self, spec)
+
+        def run(self, spec):
+            s = _Session(self, spec)
+            while not s.done:
+                s.play_screen()
+            return s.out
+
+    phone.__class__ = _Phone
+    return phone
 
 
 def main() -> None:
@@ -106,7 +145,8 @@ def main() -> None:
                                (RerankService, "rerank", "now_call"), (old.RerankService, "rerank", "baseline_call")):
             setattr(cls, name, _cpu_timed(getattr(cls, name), spent[key]))
     phones = {"now": Arm("device", RerankService(loaded())).phone(um, cloud),
-              "baseline": Arm("device", old.RerankService(loaded())).phone(um, cloud)}
+              "baseline": with_store(Arm("device", old.RerankService(loaded())).phone(um, cloud),
+                                     baseline_store(a.baseline))}
     runners = {k: _one_at_a_time(ph) for k, ph in phones.items()}
     if a.lockstep:
         from edge_rerank.simulator.lockstep import LockstepRunner

@@ -287,6 +287,26 @@ def validate_feedback_event(event: object, emb_dim: int | None = None) -> Feedba
 
 _INT31_MAX = (1 << 31) - 1
 _KIND_VALUES = EventKind._value2member_map_
+_F32 = np.dtype(np.float32)
+
+
+def plain_valid_event(event: object, emb_dim: int | None = None) -> bool:
+    """True if `event` is the common event and passes every check of :func:`validate_feedback_event` (a
+    ``FeedbackEvent`` itself, plain ints in range, finite floats, dwell >= 0, a short request id, a known kind, no
+    kind name, no attrs, and no embedding or a finite native float32 vector of `emb_dim` values): the feedback
+    store's per-event fast path. False says nothing: the event then goes through ``validate_feedback_event`` (which
+    may accept it). Never True for an event ``validate_feedback_event`` refuses (tests/test_feedback_store_add.py)."""
+    if type(event) is not FeedbackEvent or not _plain_event_scalars(event):
+        return False
+    emb = event.id_embedding
+    if emb is None:
+        return True
+    if type(emb) is not np.ndarray or emb.dtype is not _F32 or emb.ndim != 1:
+        return False
+    size = emb.shape[0]
+    if (emb_dim is not None and size != emb_dim) or not 1 <= size <= MAX_EMBEDDING_DIM:
+        return False
+    return math.isfinite(float(np.add.reduce(emb, dtype=np.float64)))  # a NaN / inf anywhere makes the sum one
 
 
 def _plain_event_scalars(e: FeedbackEvent) -> bool:

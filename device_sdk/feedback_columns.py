@@ -107,6 +107,34 @@ class EventColumnsWriter:
         if len(self) > self.max_events:
             self._lo += 1
 
+    def append_plain(self, e: FeedbackEvent) -> None:
+        """``append`` of an event ``contracts.plain_valid_event`` accepted (plain: no attrs, no kind name, a known
+        kind, plain ints): the same columns, written without re-deriving what that check established. Events that
+        need the buffer to change (the first vector, a full buffer, a vector of another width) take ``append``."""
+        b = self._b
+        i = len(b.events)
+        emb = e.id_embedding
+        if i == b.cap or (emb is not None and emb.shape[0] != b.width):
+            self.append(e)
+            return
+        b.item[i] = e.item_id
+        b.kind[i] = e.kind
+        b.dwell[i] = e.dwell_ms
+        b.position[i] = e.position
+        b.lat[i] = e.lat
+        b.lon[i] = e.lon
+        cats = b.cats
+        cats[0, i] = e.category
+        cats[1, i] = e.brand
+        cats[2, i] = e.price_level
+        if emb is not None:
+            b.emb[i] = emb
+            b.has_emb[i] = True
+        b.plain[i] = True
+        b.events.append(e)
+        if i + 1 - self._lo > self.max_events:
+            self._lo += 1
+
     def extend(self, events: Iterable[FeedbackEvent]) -> None:
         for e in events:
             self.append(e)

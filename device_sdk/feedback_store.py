@@ -38,7 +38,13 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_rerank.device_sdk.contracts import ContractError, EventKind, FeedbackEvent, validate_feedback_event
+from edge_rerank.device_sdk.contracts import (
+    ContractError,
+    EventKind,
+    FeedbackEvent,
+    plain_valid_event,
+    validate_feedback_event,
+)
 from edge_rerank.device_sdk.faults import FaultLog
 from edge_rerank.device_sdk.feedback_columns import EventColumns, EventColumnsWriter
 
@@ -59,6 +65,14 @@ class FeedbackStore:
         self._sessions: OrderedDict[str, EventColumnsWriter] = OrderedDict()
 
     def add(self, session_id: str, event: FeedbackEvent) -> int:
+        """Store `event` if it is valid (else drop it with a reason); returns 1 or 0. The common event of a session
+        already kept takes one check (``contracts.plain_valid_event``) and one write; anything else goes through
+        ``add_many``'s checks."""
+        stored = self._sessions.get(session_id) if type(session_id) is str else None
+        if stored is not None and plain_valid_event(event, self.emb_dim):
+            self._sessions.move_to_end(session_id)
+            stored.append_plain(event)
+            return 1
         return self.add_many(session_id, [event])
 
     def add_many(self, session_id: str, events: Iterable[FeedbackEvent]) -> int:

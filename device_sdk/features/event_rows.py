@@ -50,20 +50,43 @@ class EventRows:
         lo = self.upto
         if hi <= lo:
             return
-        self.roles[:, lo:hi] = roles(b.kind[lo:hi], b.dwell[lo:hi]).T
-        cats = b.cats[:, lo:hi]
-        if self.extra is None:
-            self.keys[:, lo:hi] = keys(cats)
+        emb = b.emb[lo:hi] if self.unit is not None else None
+        dv = self.derive(b.kind[lo:hi], b.dwell[lo:hi], b.cats[:, lo:hi], b.position[lo:hi], emb, roles, keys, ids)
+        self.write(lo, hi, dv, 0, hi - lo)
+
+    def derive(self, kind: np.ndarray, dwell: np.ndarray, cats: np.ndarray, position: np.ndarray,
+               emb: np.ndarray | None, roles: Callable, keys: Callable, ids: Callable) -> tuple:
+        """The derived arrays of some rows from their columns (one buffer's new rows, or several buffers' new rows
+        laid end to end: every value depends on its own row only); :meth:`write` stores a range of them."""
+        r = roles(kind, dwell).T
+        k = keys(cats) if self.extra is None else None
+        i = ids(cats)
+        sn0 = np.log1p(np.maximum(dwell, 0.0) / 1000.0)
+        sn2 = position / 100.0
+        pb = self.pos_edges.searchsorted(position, side="right")
+        u = None
+        if emb is not None:
+            a = emb.astype(np.float64)  # as the builder normalises event vectors (bit for bit)
+            u = a / np.maximum(np.sqrt(np.add.reduce(a * a, axis=1, keepdims=True)), 1e-9)
+        x = self.extra.derive(i) if self.extra is not None else None
+        return r, k, i, sn0, sn2, pb, u, x
+
+    def write(self, lo: int, hi: int, dv: tuple, s: int, e: int) -> None:
+        """Rows [lo, hi) (the next rows: ``lo == upto``) from rows [s, e) of :meth:`derive`'s arrays `dv`."""
+        r, k, i, sn0, sn2, pb, u, x = dv
+        self.roles[:, lo:hi] = r[:, s:e]
+        if k is not None:
+            self.keys[:, lo:hi] = k[:, s:e]
             self.keys_upto = hi
-        self.ids[:, lo:hi] = ids(cats)
-        self.seq_num[lo:hi, 0] = np.log1p(np.maximum(b.dwell[lo:hi], 0.0) / 1000.0)
-        self.seq_num[lo:hi, 2] = b.position[lo:hi] / 100.0
-        self.pos_b[lo:hi] = self.pos_edges.searchsorted(b.position[lo:hi], side="right")
-        if self.unit is not None:
-            a = b.emb[lo:hi].astype(np.float64)  # as the builder normalises event vectors (bit for bit)
-            self.unit[lo:hi] = a / np.maximum(np.sqrt(np.add.reduce(a * a, axis=1, keepdims=True)), 1e-9)
-        if self.extra is not None:
-            self.extra.update(lo, hi, self.ids[:, lo:hi])
+        self.ids[:, lo:hi] = i[:, s:e]
+        sn = self.seq_num[lo:hi]
+        sn[:, 0] = sn0[s:e]
+        sn[:, 2] = sn2[s:e]
+        self.pos_b[lo:hi] = pb[s:e]
+        if u is not None:
+            self.unit[lo:hi] = u[s:e]
+        if x is not None:
+            self.extra.write(lo, hi, x, s, e)
         self.upto = hi
 
     def ensure_keys(self, b, hi: int, keys: Callable) -> None:
@@ -80,6 +103,15 @@ class EventRows:
 
     def set_distances(self, lo: int, hi: int, d: np.ndarray) -> None:
         """Distances of rows [lo, hi) to the current search location (and their MVFAN columns)."""
-        self.seq_num[lo:hi, 3] = np.log1p(d)
-        self.dist_b[lo:hi] = self.dist_edges.searchsorted(d, side="right")
+        self.write_distances(lo, hi, *self.distance_columns(d), 0, hi - lo)
+
+    def distance_columns(self, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The MVFAN columns of distances `d`: log distance and distance bucket."""
+        return np.log1p(d), self.dist_edges.searchsorted(d, side="right")
+
+    def write_distances(self, lo: int, hi: int, logd: np.ndarray, bucket: np.ndarray, s: int, e: int) -> None:
+        """Rows [lo, hi) (from the first row without a distance to the current search location, ``stale``) from
+        rows [s, e) of :meth:`distance_columns`'s arrays."""
+        self.seq_num[lo:hi, 3] = logd[s:e]
+        self.dist_b[lo:hi] = bucket[s:e]
         self.ctx_upto = hi

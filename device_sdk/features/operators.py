@@ -1012,8 +1012,9 @@ class FeatureBuilder:
         if self._table is not None:
             self._table.add(items)
 
-    def _event_rows(self, cols: EventColumns) -> EventRows:
-        """This builder's per-event arrays for the buffers `cols` reads, brought up to its last event."""
+    def _event_rows(self, cols: EventColumns, update: bool = True) -> EventRows:
+        """This builder's per-event arrays for the buffers `cols` reads, brought up to its last event (unless
+        ``update`` is False)."""
         b = cols._b
         d = b.derived.get(self._token)
         if d is None:
@@ -1022,7 +1023,7 @@ class FeatureBuilder:
                                                    self._pos_edges)
             if self._fast is not None:
                 self._fast.attach_events(d)
-        if d.upto < cols._hi:
+        if update and d.upto < cols._hi:
             d.update(b, cols._hi, self._roles_of, self._keys_of, self._ids_of)
         return d
 

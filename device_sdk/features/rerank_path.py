@@ -59,7 +59,7 @@ class _State:
     T: int
     n_p: int
     n_neg: int
-    table: np.ndarray  # float64 [3 S]: hit | freq | step of every (slot, value)
+    table: np.ndarray | None  # float64 [3 S]: hit | freq | step of every (slot, value); None: not computed yet
     U: np.ndarray | None  # float64 [T, E] unit vectors of the sequence events (sim operators)
     lay: _Layout | None
     plat: np.ndarray  # positives' locations (dist_last / dist_min)
@@ -70,6 +70,7 @@ class _State:
     pos_mask: np.ndarray
     neg_mask: np.ndarray
     bad: str | None  # the first event-side output with a non-finite value (raised after cand_num's check)
+    pidx: np.ndarray | None = None  # (table None) the value-table index of every (slot, event) pair, as _tables takes
 
 
 class _ItemExtra:
@@ -134,20 +135,31 @@ class _EventExtra:
         self.ints = rows_d.seq_ints  # (its distance and position bucket rows are the event rows' own)
         self.state: _State | None = None
 
-    def update(self, lo: int, hi: int, ids: np.ndarray) -> None:
+    def derive(self, ids: np.ndarray) -> tuple:
+        """(value ids, unknown-per-row or None, the three embedding-slot rows) of rows with bucket ids `ids`."""
         p = self.path
-        self.vids[:, lo:hi] = p.weights @ ids
+        vids = p.weights @ ids
         over = ids[p.matched] >= p.matched_sizes
-        if over.any():
-            unknown = over.any(axis=0)
-            self.unknown[lo:hi] = unknown
-            self.last_unknown = lo + int(np.flatnonzero(unknown)[-1])
+        unknown = over.any(axis=0) if over.any() else None
         if p.slot_idx is not None:
-            self.ints[:3, lo:hi] = ids[p.slot_idx]
+            slots = ids[p.slot_idx]
         else:
+            slots = np.zeros((3, ids.shape[1]), np.int32)
             for k, r in enumerate(p.slot_rows):
                 if r is not None:
-                    self.ints[k, lo:hi] = ids[r]
+                    slots[k] = ids[r]
+        return vids, unknown, slots
+
+    def write(self, lo: int, hi: int, x: tuple, s: int, e: int) -> None:
+        """Rows [lo, hi) from rows [s, e) of :meth:`derive`'s arrays `x`."""
+        vids, unknown, slots = x
+        self.vids[:, lo:hi] = vids[:, s:e]
+        if unknown is not None:
+            u = unknown[s:e]
+            if u.any():
+                self.unknown[lo:hi] = u
+                self.last_unknown = lo + int(np.flatnonzero(u)[-1])
+        self.ints[:3, lo:hi] = slots[:, s:e]
 
 
 class RerankPath:
@@ -317,7 +329,7 @@ class RerankPath:
                                  pos_mask=np.zeros(L, np.float32), neg_mask=np.zeros(L, np.float32), bad=None)
         return self._empty
 
-    def _state(self, builder, events: EventColumns, rows_d, here: tuple) -> _State | None:
+    def _state(self, builder, events: EventColumns, rows_d, here: tuple, defer: bool = False) -> _State | None:
         ex = rows_d.extra
         lo, hi = events._lo, events._hi
         key = (lo, hi, here)
@@ -358,7 +370,8 @@ class RerankPath:
         if T and self.S:
             idx = ex.vids[lay.pair_r, ev[lay.pair_t]]
             idx += lay.pair_off
-        table = self._tables(idx, lay)
+        # (`defer`: a round of build_many computes every new state's table in one pass, ``_round_tables``)
+        table = None if defer and idx is not None else self._tables(idx, lay)
         U = rows_d.unit[ev] if self.sim and T else None
         # the event half of the outputs (as the general path writes them)
         seq_int = np.zeros((6, L), np.int32)
@@ -386,11 +399,32 @@ class RerankPath:
         st = ex.state = _State(key=key, T=T, n_p=n_p, n_neg=len(neg_idx), table=table, U=U, lay=lay,
                                plat=b.lat[p], plon=b.lon[p], seq_int=seq_int, seq_emb=seq_emb, seq_num=seq_num,
                                pos_mask=masks[0], neg_mask=masks[1],
-                               bad=bad)
+                               bad=bad, pidx=idx if table is None else None)
         return st
 
     # ---- per build ----
-    def _prelude(self, builder, candidates, events, context):
+    def _round_tables(self, states: list[_State]) -> None:
+        """The value tables of `states` (those ``_state(..., defer=True)`` left without one) in one pass: the same
+        counts, frequencies and newest-match steps as ``_tables`` computes state by state, each state's values
+        offset into one array (its table a view of its block)."""
+        pend = list({id(st): st for st in states if st.table is None}.values())
+        if not pend:
+            return
+        S, K = self.S, len(pend)
+        sizes = np.array([len(st.pidx) for st in pend], dtype=np.intp)
+        idx = np.concatenate([st.pidx for st in pend])
+        idx += np.repeat(np.arange(K, dtype=np.int64) * S, sizes)
+        cnt = np.bincount(idx, minlength=K * S).reshape(K, S)
+        tab = np.empty((K, 3, S))
+        np.greater(cnt, 0, out=tab[:, 0])
+        np.divide(cnt, np.stack([st.lay.div for st in pend]), out=tab[:, 1])
+        tab[:, 2] = 1.0  # no match: 1.0
+        idx += np.repeat(np.arange(K, dtype=np.int64) * (2 * S) + 2 * S, sizes)  # (k S + v) -> (3 k S + 2 S + v)
+        np.minimum.at(tab.reshape(-1), idx, np.concatenate([st.lay.pair_step for st in pend]))
+        for k, st in enumerate(pend):
+            st.table, st.pidx = tab[k].reshape(-1), None
+
+    def _prelude(self, builder, candidates, events, context, defer: bool = False):
         """The part of a build before the gathers: the item table's rows, the feedback state, the counters and the
         rows' distances to the search location. Returns (state, rows), or (None, rows) to hand the build to the
         general path (`rows`: the item table's rows if this call already asked for them, else ``...``)."""
@@ -412,9 +446,11 @@ class RerankPath:
             return None, rows
         here = (context.lat, context.lon)
         if n_events:
-            st = self._state(builder, events, builder._event_rows(events), here)
+            st = self._state(builder, events, builder._event_rows(events), here, defer)
             if st is None:
                 return None, rows
+            if st.table is None and not defer:  # (a memo a round left without its table: never, but cheap to check)
+                self._round_tables([st])
         else:
             st = self._empty_state()
         self.builds += 1
@@ -499,6 +535,67 @@ class RerankPath:
                 "seq_pos_b": seq_int[5], "seq_num": st.seq_num.copy(), "seq_pos_mask": st.pos_mask.copy(),
                 "seq_neg_mask": st.neg_mask.copy(), "ctx": ctx}, rows
 
+    def _derive_round(self, builder, requests) -> None:
+        """The per-event rows (``EventRows``, with this path's value ids) of every request's new events, derived in
+        one pass for the whole round: each store buffer's new rows are read as slices, laid end to end, derived once
+        (every derived value depends on its own row only, so the bits are those of one buffer at a time) and written
+        back. Requests whose rows are already derived, or whose snapshots the path will not take, are left to their
+        own build. With planar distances, the new rows' distances to their request's search location too."""
+        todo: dict[int, tuple] = {}
+        here: dict[int, tuple | None] = {}  # per rows: the one search location its requests share (None: several)
+        for _, events, context in requests:
+            if type(events) is not EventColumns or events._hi == events._lo or events.ragged or not events.plain:
+                continue
+            rows_d = builder._event_rows(events, update=False)
+            hi = events._hi
+            if rows_d.upto >= hi or rows_d.extra is None:
+                continue
+            key = id(rows_d)
+            prev = todo.get(key)
+            if prev is None or prev[2] < hi:
+                todo[key] = (rows_d, events._b, hi)
+            h = (context.lat, context.lon)
+            here[key] = h if here.get(key, h) == h and type(h[0]) is float and type(h[1]) is float else None
+        if len(todo) < 2:
+            return
+        for unit in (True, False):  # (rows with unit vectors and rows without are derived apart)
+            parts = [(d, b, d.upto, hi) for d, b, hi in todo.values() if (d.unit is not None) is unit]
+            if not parts:
+                continue
+            cat = np.concatenate
+            emb = cat([b.emb[lo:hi] for _, b, lo, hi in parts]) if unit else None
+            dv = parts[0][0].derive(cat([b.kind[lo:hi] for _, b, lo, hi in parts]),
+                                    cat([b.dwell[lo:hi] for _, b, lo, hi in parts]),
+                                    cat([b.cats[:, lo:hi] for _, b, lo, hi in parts], axis=1),
+                                    cat([b.position[lo:hi] for _, b, lo, hi in parts]), emb,
+                                    builder._roles_of, builder._keys_of, builder._ids_of)
+            s = 0
+            for d, _, lo, hi in parts:
+                d.write(lo, hi, dv, s, s + hi - lo)
+                s += hi - lo
+        if self.geo != "planar":
+            return
+        parts = []  # rows without a distance to their request's search location (the planar formula, elementwise)
+        for key, (d, b, hi) in todo.items():
+            h = here[key]
+            if h is not None:
+                lo = d.stale(h)
+                if hi > lo:
+                    parts.append((d, b, lo, hi, h))
+        if len(parts) < 2:
+            return
+        n = [hi - lo for _, _, lo, hi, _ in parts]
+        h0 = np.repeat(np.array([h[0] for *_, h in parts], dtype=np.float64), n)
+        h1 = np.repeat(np.array([h[1] for *_, h in parts], dtype=np.float64), n)
+        lat = np.concatenate([b.lat[lo:hi] for _, b, lo, hi, _ in parts])
+        lon = np.concatenate([b.lon[lo:hi] for _, b, lo, hi, _ in parts])
+        dist = np.sqrt((lat - h0) ** 2 + (lon - h1) ** 2)  # (as _to_here: the same arithmetic per element)
+        logd, bucket = parts[0][0].distance_columns(dist)
+        s = 0
+        for (d, _, lo, hi, _), k in zip(parts, n, strict=True):
+            d.write_distances(lo, hi, logd, bucket, s, s + k)
+            s += k
+
     def build_many(self, builder, requests, out: dict[str, np.ndarray], errors: list) -> list[bool]:
         """Many builds written into `out` (``FeatureBuilder.build_many``'s zeroed [B, ...] arrays): per request, the
         prelude (rows, feedback state, distances) as ``build`` does it, then every gather once for all of them, with
@@ -520,9 +617,10 @@ class RerankPath:
                 return handled
         N, F = self.N, self.F
         num, ints5 = out["cand_num"], out["_ints"]
+        self._derive_round(builder, requests)
         sel: list[tuple[int, np.ndarray, _State, list[float]]] = []
         for b, (candidates, events, context) in enumerate(requests):
-            st, rows = self._prelude(builder, candidates, events, context)
+            st, rows = self._prelude(builder, candidates, events, context, defer=True)
             if st is None:
                 continue
             n = len(rows)
@@ -533,6 +631,7 @@ class RerankPath:
             sel.append((b, rows, st, self._ctx(st, context)))
         if not sel:
             return handled
+        self._round_tables([s[2] for s in sel])
         bs = np.array([s[0] for s in sel], dtype=np.intp)
         ns = np.array([len(s[1]) for s in sel], dtype=np.intp)
         rows = np.concatenate([s[1] for s in sel])
