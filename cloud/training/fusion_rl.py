@@ -299,6 +299,9 @@ def train_fusion_agent(env, cfg: AgentConfig, *, progress: Callable[[str], None]
 
 def _train_fusion_agent(env, cfg: AgentConfig, progress: Callable[[str], None] | None,
                         eval_seed_offset: int) -> tuple[FusionAgent, dict]:
+    if cfg.paired_rollouts and not hasattr(env, "paired_rollouts"):
+        raise TypeError("paired_rollouts needs an env that can replay a session with the same random numbers "
+                        "(simulator.fusion_env.FusionEnv): a simulator-only technique")
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed + 1)  # target smoothing noise
     rng = np.random.default_rng(cfg.seed)
@@ -332,12 +335,7 @@ def _train_fusion_agent(env, cfg: AgentConfig, progress: Callable[[str], None] |
     buf = Transitions()
     for field_name in ("seq", "ctx", "u", "r", "seq2", "ctx2", "done", "ret", "adv"):  # baseline traffic trains V
         getattr(buf, field_name).extend(getattr(base, field_name))
-    paired = None
-    if cfg.paired_rollouts:
-        if not hasattr(env, "paired_rollouts"):
-            raise TypeError("paired_rollouts needs an env that can replay a session with the same random numbers "
-                            "(simulator.fusion_env.FusionEnv): a simulator-only technique")
-        paired = env.paired_rollouts(gamma=cfg.gamma, horizon=cfg.paired_horizon)
+    paired = env.paired_rollouts(gamma=cfg.gamma, horizon=cfg.paired_horizon) if cfg.paired_rollouts else None
     buf.policy.extend([-1] * len(base))
     curve: dict[str, list] = {"episode": [], "reward": [[] for _ in range(cfg.n_policies)], "q_loss": [],
                               "actor_a": [[] for _ in range(cfg.n_policies)]}
