@@ -12,6 +12,7 @@ unpaired target carries. Reports sd of each, and their ratio.
 both rewards; which a is best per state, for buyers and browsers (the hidden purpose), with paired 95 % CIs.
 
     python bench/fusion_crn.py --run runs/f17/ph3-prep --sessions 300 [--mode variance|grid] [--json PATH]
+    python bench/fusion_crn.py --mode grid --sessions 1500 --agents runs/f17/crn-pen,runs/f17/crn-nopen
 """
 
 from __future__ import annotations
@@ -98,11 +99,29 @@ def _ci(x: np.ndarray) -> list[float]:
     return [m - 1.96 * se, m + 1.96 * se]
 
 
-def grid(run: Path, sessions: int, a_grid: list[float], gamma: float = 0.9) -> dict:
+def _groups(buyer: np.ndarray, share: np.ndarray) -> dict[str, np.ndarray]:
+    return {"all": np.ones(buyer.size, bool), "buyers": buyer, "browsers": ~buyer,
+            "order share > 0.3 (observed)": share > 0.3, "order share <= 0.3 (observed)": share <= 0.3}
+
+
+def grid(run: Path, sessions: int, a_grid: list[float], gamma: float = 0.9, agents: list[Path] | None = None) -> dict:
+    """First-page A(s, a) on a grid (one page at a, then a = 1; paired with a = 1 throughout) under both rewards,
+    by the hidden purpose and by the observed order share; with ``agents`` (fusion runs: their exported actors) also
+    each agent's first-page a and the paired truth of its A at that a."""
+    import onnxruntime as ort
+
+    from edge_rerank.cloud.ranking.purpose_history import PURPOSE_FEATURES
+    from edge_rerank.cloud.ranking.rl_fusion import CTX_FEATURES
+
     env, world, um = env_for_run(run)
     clip = env.fusion_cfg.clip
     pr = PairedRollouts(env, gamma=gamma)
     buyer = np.array([um.is_buyer(world.session(i, env.session_seed)) for i in range(sessions)])
+    obs = [env.reset(options={"session_index": i})[0] for i in range(sessions)]
+    col = len(CTX_FEATURES) + PURPOSE_FEATURES.index("purpose_order_share")
+    share = np.array([o["ctx"][col] for o in obs]) if env.fusion_cfg.purpose_history else np.zeros(
+        sessions)
+    groups = _groups(buyer, share)
     t0 = time.process_time()
     base = [pr.continuation(i, [], 0.0) for i in range(sessions)]
     A: dict[str, np.ndarray] = {name: np.zeros((sessions, len(a_grid))) for name in REWARDS}
@@ -113,18 +132,39 @@ def grid(run: Path, sessions: int, a_grid: list[float], gamma: float = 0.9) -> d
             for name, rw in REWARDS.items():
                 A[name][i, j] = discounted(c, rw, gamma) - discounted(base[i], rw, gamma)
     out: dict = {"sessions": sessions, "buyer_share": float(buyer.mean()), "a_grid": a_grid,
-                 "cpu_s": time.process_time() - t0, "rewards": {}}
+                 "group_sizes": {g: int(m.sum()) for g, m in groups.items()},
+                 "buyers_among_share_gt_0.3": float(buyer[share > 0.3].mean()) if (share > 0.3).any() else None,
+                 "rewards": {}}
+    flat = np.all(A["no penalties"] == 0, axis=1) & np.all(A["penalties 1.0/1.5"] == 0, axis=1)
+    out["states_where_a_changes_nothing"] = float(flat.mean())  # the first page's a moves no click, order or leave
     for name, m in A.items():
         r: dict = {}
-        for group, mask in (("all", np.ones(sessions, bool)), ("buyers", buyer), ("browsers", ~buyer)):
+        for group, mask in groups.items():
             r[group] = {"mean_A": m[mask].mean(0).tolist(), "ci": [_ci(m[mask][:, j]) for j in range(len(a_grid))],
                         "best_a": a_grid[int(np.argmax(m[mask].mean(0)))]}
-        r["per_state_best_a_share"] = {str(a): float(np.mean(np.argmax(m, 1) == j)) for j, a in enumerate(a_grid)}
+        best = np.argmax(m[~flat], 1)
+        r["best_a_share_where_a_matters"] = {str(a): float(np.mean(best == j)) for j, a in enumerate(a_grid)}
         out["rewards"][name] = r
     # the penalty term alone: A under penalties minus A without, per a (what the penalties add to the signal)
     d = A["penalties 1.0/1.5"] - A["no penalties"]
     out["penalty_term"] = {g: {"mean": d[mask].mean(0).tolist(), "ci": [_ci(d[mask][:, j]) for j in range(len(a_grid))]}
-                           for g, mask in (("all", np.ones(sessions, bool)), ("buyers", buyer), ("browsers", ~buyer))}
+                           for g, mask in groups.items()}
+    out["agents"] = {}
+    for run_dir in agents or []:
+        sess = ort.InferenceSession(str(run_dir / "bundle" / "actor.onnx"), providers=["CPUExecutionProvider"])
+        a_agent = np.array([float(sess.run(["a"], {"seq": o["seq"][None], "ctx": o["ctx"][None]})[0][0])
+                            for o in obs])
+        u_agent = np.clip((a_agent - 1.0) / clip, -1.0, 1.0)
+        truth = {name: np.zeros(sessions) for name in REWARDS}
+        for i in range(sessions):
+            c = pr.continuation(i, [], float(np.float32(u_agent[i])))
+            for name, rw in REWARDS.items():
+                truth[name][i] = discounted(c, rw, gamma) - discounted(base[i], rw, gamma)
+        out["agents"][str(run_dir)] = {
+            g: {"mean_a": float(a_agent[mask].mean()), "sd_a": float(a_agent[mask].std()),
+                **{f"A {name}": {"mean": float(truth[name][mask].mean()), "ci": _ci(truth[name][mask])}
+                   for name in REWARDS}} for g, mask in groups.items()}
+    out["cpu_s"] = time.process_time() - t0
     pr.close()
     env.close()
     return out
@@ -136,12 +176,14 @@ def main() -> None:
     ap.add_argument("--sessions", type=int, default=300)
     ap.add_argument("--mode", choices=("variance", "grid"), default="variance")
     ap.add_argument("--grid", default="0.25,0.625,1.0,1.375,1.75")
+    ap.add_argument("--agents", default="", help="grid: comma-separated fusion runs whose actors to score")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     if a.mode == "variance":
         res = variance(a.run, a.sessions)
     else:
-        res = grid(a.run, a.sessions, [float(x) for x in a.grid.split(",")])
+        res = grid(a.run, a.sessions, [float(x) for x in a.grid.split(",")],
+                   agents=[Path(x) for x in a.agents.split(",") if x])
     path = a.json or Path(f"runs/bench/fusion_crn_{a.mode}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(res, indent=1))
