@@ -13,6 +13,10 @@ both rewards; which a is best per state, for buyers and browsers (the hidden pur
 
     python bench/fusion_crn.py --run runs/f17/ph3-prep --sessions 300 [--mode variance|grid] [--json PATH]
     python bench/fusion_crn.py --mode grid --sessions 1500 --agents runs/f17/crn-pen,runs/f17/crn-nopen
+    python bench/fusion_crn.py --mode policies --sessions 1000 --agents runs/f17/crn-pen,runs/f17/pen
+
+``policies``: whole episodes of each agent's actor and of fixed a's on the same sessions, the reward under both
+rewards, paired vs each fixed a (is an agent better than a = 0.25 for everyone under its own reward?).
 """
 
 from __future__ import annotations
@@ -170,17 +174,61 @@ def grid(run: Path, sessions: int, a_grid: list[float], gamma: float = 0.9, agen
     return out
 
 
+def policies(run: Path, sessions: int, agents: list[Path], fixed: list[float], gamma: float = 1.0) -> dict:
+    """Whole episodes on `sessions` sessions no agent trained or was selected on: each agent's greedy actor and
+    each fixed a, every one on the same sessions (common random numbers), the episode reward under both rewards
+    (undiscounted), paired differences vs a = 1 and vs each fixed a."""
+    import onnxruntime as ort
+
+    env, _world_, _um = env_for_run(run)
+    clip = env.fusion_cfg.clip
+    arms: dict[str, object] = {f"fixed a = {a:g}": float(np.clip((a - 1.0) / clip, -1, 1)) for a in [1.0, *fixed]}
+    for run_dir in agents:
+        sess = ort.InferenceSession(str(run_dir / "bundle" / "actor.onnx"), providers=["CPUExecutionProvider"])
+        arms[str(run_dir)] = sess
+    t0 = time.process_time()
+    tot: dict[str, dict[str, np.ndarray]] = {}
+    for name, pol in arms.items():
+        r = {k: np.zeros(sessions) for k in REWARDS}
+        for i in range(sessions):
+            obs, _ = env.reset(options={"session_index": i})
+            done = False
+            while not done:
+                if isinstance(pol, float):
+                    u = pol
+                else:
+                    a = float(pol.run(["a"], {"seq": obs["seq"][None], "ctx": obs["ctx"][None]})[0][0])
+                    u = float(np.clip((a - 1.0) / clip, -1.0, 1.0))
+                obs, _, done, _, info = env.step(np.array([u], np.float32))
+                for k, rw in REWARDS.items():
+                    r[k][i] += rw.reward(info["clicks"], info["orders"], bool(info.get("left", False)))
+        tot[name] = r
+    out: dict = {"sessions": sessions, "cpu_s": time.process_time() - t0, "arms": {}}
+    refs = [n for n in arms if n.startswith("fixed")]
+    for name in arms:
+        out["arms"][name] = {k: {"mean": float(tot[name][k].mean()),
+                                 **{f"vs {ref}": {"mean": float((tot[name][k] - tot[ref][k]).mean()),
+                                                  "ci": _ci(tot[name][k] - tot[ref][k])}
+                                    for ref in refs if ref != name}} for k in REWARDS}
+    env.close()
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", type=Path, default=Path("runs/f17/ph3-prep"))
     ap.add_argument("--sessions", type=int, default=300)
-    ap.add_argument("--mode", choices=("variance", "grid"), default="variance")
+    ap.add_argument("--mode", choices=("variance", "grid", "policies"), default="variance")
+    ap.add_argument("--fixed", default="0.25,1.75", help="policies: fixed a arms besides a = 1")
     ap.add_argument("--grid", default="0.25,0.625,1.0,1.375,1.75")
     ap.add_argument("--agents", default="", help="grid: comma-separated fusion runs whose actors to score")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     if a.mode == "variance":
         res = variance(a.run, a.sessions)
+    elif a.mode == "policies":
+        res = policies(a.run, a.sessions, [Path(x) for x in a.agents.split(",") if x],
+                       [float(x) for x in a.fixed.split(",") if x])
     else:
         res = grid(a.run, a.sessions, [float(x) for x in a.grid.split(",")],
                    agents=[Path(x) for x in a.agents.split(",") if x])
