@@ -177,7 +177,7 @@ def grid(run: Path, sessions: int, a_grid: list[float], gamma: float = 0.9, agen
 def policies(run: Path, sessions: int, agents: list[Path], fixed: list[float], gamma: float = 1.0) -> dict:
     """Whole episodes on `sessions` sessions no agent trained or was selected on: each agent's greedy actor and
     each fixed a, every one on the same sessions (common random numbers), the episode reward under both rewards
-    (undiscounted), paired differences vs a = 1 and vs each fixed a."""
+    (undiscounted), paired differences between every two arms."""
     import onnxruntime as ort
 
     env, _world_, _um = env_for_run(run)
@@ -204,7 +204,7 @@ def policies(run: Path, sessions: int, agents: list[Path], fixed: list[float], g
                     r[k][i] += rw.reward(info["clicks"], info["orders"], bool(info.get("left", False)))
         tot[name] = r
     out: dict = {"sessions": sessions, "cpu_s": time.process_time() - t0, "arms": {}}
-    refs = [n for n in arms if n.startswith("fixed")]
+    refs = list(arms)  # every arm vs every other, paired
     for name in arms:
         out["arms"][name] = {k: {"mean": float(tot[name][k].mean()),
                                  **{f"vs {ref}": {"mean": float((tot[name][k] - tot[ref][k]).mean()),

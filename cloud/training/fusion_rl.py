@@ -460,7 +460,8 @@ def plot_curves(summary: dict, path: str | Path, title: str = "RL fusion trainin
     ax[0].set(title="reward / episode (exploring)", xlabel="episode")
     ax[0].legend(fontsize=7)
     ax[1].plot(c["episode"], c["q_loss"])
-    ax[1].set(title="Q loss (TD)", xlabel="episode", yscale="log")
+    paired = summary.get("config", {}).get("paired_rollouts", False)
+    ax[1].set(title="A loss (paired target G_i − G_ii)" if paired else "Q loss (TD)", xlabel="episode", yscale="log")
     for k, a in enumerate(c["actor_a"]):
         m = np.array(a)
         ax[2].plot(c["episode"], m[:, 0], label=f"policy {k} mean a")
