@@ -188,17 +188,21 @@ def policies(run: Path, sessions: int, agents: list[Path], fixed: list[float], g
         arms[str(run_dir)] = sess
     t0 = time.process_time()
     tot: dict[str, dict[str, np.ndarray]] = {}
+    by_page: dict[str, dict[int, list[float]]] = {}
     for name, pol in arms.items():
         r = {k: np.zeros(sessions) for k in REWARDS}
+        pages = by_page.setdefault(name, {})
         for i in range(sessions):
             obs, _ = env.reset(options={"session_index": i})
-            done = False
+            done, t = False, 0
             while not done:
                 if isinstance(pol, float):
                     u = pol
                 else:
                     a = float(pol.run(["a"], {"seq": obs["seq"][None], "ctx": obs["ctx"][None]})[0][0])
                     u = float(np.clip((a - 1.0) / clip, -1.0, 1.0))
+                    pages.setdefault(min(t, 4), []).append(a)
+                t += 1
                 obs, _, done, _, info = env.step(np.array([u], np.float32))
                 for k, rw in REWARDS.items():
                     r[k][i] += rw.reward(info["clicks"], info["orders"], bool(info.get("left", False)))
@@ -210,6 +214,8 @@ def policies(run: Path, sessions: int, agents: list[Path], fixed: list[float], g
                                  **{f"vs {ref}": {"mean": float((tot[name][k] - tot[ref][k]).mean()),
                                                   "ci": _ci(tot[name][k] - tot[ref][k])}
                                     for ref in refs if ref != name}} for k in REWARDS}
+        if by_page[name]:  # the agent's mean a at pages 1, 2, 3, 4, 5+
+            out["arms"][name]["mean_a_by_page"] = [float(np.mean(by_page[name][t])) for t in sorted(by_page[name])]
     env.close()
     return out
 
