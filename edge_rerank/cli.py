@@ -955,8 +955,14 @@ def _fusion_train_args(tr) -> None:
                          "'RL fusion: what the learner needs')")
     tr.add_argument("--v-anchor", choices=("mc", "td"), default="mc",
                     help="baseline rows in DDPG: mc anchors V at their baseline return (the article's), td uses "
-                         "them as u = 0 transitions with the policy's TD target (README 'RL fusion: what the "
-                         "learner needs')")
+                         "them as u = 0 transitions with the policy's TD target (docs/results/rl_fusion.md "
+                         "'RL fusion: what the learner needs')")
+    tr.add_argument("--paired-rollouts", action="store_true",
+                    help="train the advantage heads on common-random-number paired rollouts (the session replayed "
+                         "with the same luck: the chosen a at a page vs a = 1, both then a = 1; simulator-only; "
+                         "docs/results/rl_fusion.md 'RL fusion: paired rollouts')")
+    tr.add_argument("--paired-horizon", type=int, default=0, metavar="PAGES",
+                    help="with --paired-rollouts: cut both continuations after this many pages (0: to the end)")
     tr.add_argument("--scroll-lever", action="store_true",
                     help="the order world with searching buyers (docs/simulator.md): what the penalties are about")
     tr.add_argument("--click-bait", action="store_true",
@@ -964,8 +970,8 @@ def _fusion_train_args(tr) -> None:
                          "the world where the penalties change the policy")
     tr.add_argument("--purpose-history", action="store_true",
                     help="click bait with persistent per-user purposes; the agent also observes the user's purpose "
-                         "history from the cloud's own order logs (a first-page signal; README 'RL fusion: a "
-                         "first-page purpose signal')")
+                         "history from the cloud's own order logs (a first-page signal; docs/results/rl_fusion.md "
+                         "'RL fusion: a first-page purpose signal')")
     tr.add_argument("--buyer-propensity", type=_beta_pair, default=None, metavar="A,B",
                     help="with --purpose-history: the Beta(A, B) of the per-user buyer propensity (default 0.3,0.45)")
     tr.add_argument("--reuse-data", type=_existing_path, help="an earlier run: reuse its logs, ranker and store")
@@ -986,6 +992,13 @@ def _cmd_fusion(a: argparse.Namespace) -> int:
         if not 0.0 <= a.explore_uniform <= 1.0 or a.actor_preact_limit < 0:
             print("fusion train: --explore-uniform must be in [0, 1] and --actor-preact-limit >= 0", file=sys.stderr)
             return 2
+        if a.paired_horizon < 0 or (a.paired_horizon and not a.paired_rollouts):
+            print("fusion train: --paired-horizon must be >= 0 and needs --paired-rollouts", file=sys.stderr)
+            return 2
+        if a.paired_rollouts and (a.twin_critic or a.critic_target != "td" or a.v_anchor != "mc"):
+            print("fusion train: --paired-rollouts replaces the critic's target; it does not combine with "
+                  "--twin-critic, --critic-target mc or --v-anchor td", file=sys.stderr)
+            return 2
         cfg = FusionTrainConfig(out=a.out, log_sessions=a.log_sessions, episodes=a.episodes,
                                 pretrain_episodes=a.pretrain_episodes, eval_episodes=a.eval_episodes,
                                 n_policies=a.policies, clip=a.clip, no_conversion_penalty=a.no_conversion_penalty,
@@ -994,7 +1007,8 @@ def _cmd_fusion(a: argparse.Namespace) -> int:
                                 buyer_propensity=a.buyer_propensity,
                                 twin_critic=a.twin_critic, critic_target=a.critic_target,
                                 explore_uniform=a.explore_uniform, actor_preact_limit=a.actor_preact_limit,
-                                v_anchor=a.v_anchor,
+                                v_anchor=a.v_anchor, paired_rollouts=a.paired_rollouts,
+                                paired_horizon=a.paired_horizon,
                                 reuse_data=a.reuse_data, ranker_from=a.ranker_from, registry_dir=a.registry_dir,
                                 version=a.version, seed=a.seed)
         s = train_fusion(cfg, progress=not a.no_progress)

@@ -51,11 +51,15 @@ class FusionTrainConfig:
     leave_penalty: float = 0.5
     n_policies: int = 2
     twin_critic: bool = False  # clipped double-Q + target smoothing (AgentConfig.twin_critic)
-    # the learner's options (AgentConfig; README "RL fusion: what the learner needs"); defaults: the article's agent
+    # the learner's options (AgentConfig; docs/results/rl_fusion.md "RL fusion: what the learner needs");
+    # defaults: the article's agent
     critic_target: str = "td"
     explore_uniform: float = 0.0
     actor_preact_limit: float = 0.0
     v_anchor: str = "mc"
+    # the advantage target from common-random-number paired rollouts (AgentConfig.paired_rollouts; simulator-only)
+    paired_rollouts: bool = False
+    paired_horizon: int = 0
     pretrain_episodes: int = 1500
     episodes: int = 3000
     eval_episodes: int = 800
@@ -246,7 +250,8 @@ def train_fusion(cfg: FusionTrainConfig, *, progress: bool = True) -> dict:
     acfg = AgentConfig(n_policies=cfg.n_policies, pretrain_episodes=cfg.pretrain_episodes, episodes=cfg.episodes,
                        eval_episodes=cfg.eval_episodes, seed=cfg.seed, twin_critic=cfg.twin_critic,
                        critic_target=cfg.critic_target, explore_uniform=cfg.explore_uniform,
-                       actor_preact_limit=cfg.actor_preact_limit, v_anchor=cfg.v_anchor)
+                       actor_preact_limit=cfg.actor_preact_limit, v_anchor=cfg.v_anchor,
+                       paired_rollouts=cfg.paired_rollouts, paired_horizon=cfg.paired_horizon)
     agent, asum = train_fusion_agent(env, acfg, progress=say if progress else None)
     env.close()
     summary["agent"] = asum

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import queue
 import threading
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +108,7 @@ class FusionEnv(gym.Env):
         self.world, self.um, self.store = world, user_model, store
         self.fusion_cfg, self.reward_cfg = fusion_cfg, reward or RewardConfig()
         self.session_seed = session_seed
+        self._init = (world, data_dir, user_model, store, fusion_cfg, self.reward_cfg, session_seed, phone_config)
         self.cloud = FusionCloud(data_dir, _AgentFusion(self))
         self.phone = Phone(user_model, self.cloud, arm="fusion-agent", keep_logs=False, config=phone_config)
         L, E, C = fusion_cfg.seq_len, fusion_cfg.event_dim, fusion_cfg.ctx_dim
@@ -178,6 +180,8 @@ class FusionEnv(gym.Env):
         index = int(options["session_index"]) if options and "session_index" in options else int(
             self.np_random.integers(0, 2**31 - 1))
         spec = self.world.session(index, self.session_seed)
+        if options and options.get("luck_seed") is not None:  # the same session with other luck (paired checks)
+            spec = replace(spec, seed=int(options["luck_seed"]))
         self._to_env, self._to_phone = queue.Queue(), queue.Queue()
         self._actions, self._acc, self.last_actions = {}, [0, 0], []
         self._thread = threading.Thread(target=self._run_phone, args=(spec,), daemon=True)
@@ -185,7 +189,7 @@ class FusionEnv(gym.Env):
         msg = self._receive()
         if msg[0] != "request":  # pragma: no cover - a session always requests its first page
             raise RuntimeError("the session ended before its first page request")
-        return msg[1], {"session_id": spec.session_id, "page_index": 0}
+        return msg[1], {"session_id": spec.session_id, "page_index": 0, "session_index": index}
 
     def step(self, action):
         if self._thread is None:
@@ -211,3 +215,92 @@ class FusionEnv(gym.Env):
 
     def close(self) -> None:
         self._abort()
+
+    def branch(self) -> FusionEnv:
+        """Another env on the same world, cloud data, store, reward and session seed (its own pipeline and phone):
+        what :class:`PairedRollouts` replays sessions in, so the caller's episode is not disturbed."""
+        world, data_dir, um, store, fcfg, reward, session_seed, phone_config = self._init
+        return FusionEnv(world, data_dir, um, store, fusion_cfg=fcfg, reward=reward, session_seed=session_seed,
+                         phone_config=phone_config)
+
+    def paired_rollouts(self, *, gamma: float = 0.9, horizon: int = 0) -> PairedRollouts:
+        """Common-random-number paired continuations of this env's sessions (:class:`PairedRollouts`)."""
+        return PairedRollouts(self, gamma=gamma, horizon=horizon)
+
+
+def play(env: FusionEnv, index: int, actions: Sequence[float], *, then: float = 0.0, luck_seed: int | None = None,
+         max_steps: int = 0) -> list[dict]:
+    """Replay session `index` of the env's session seed with `actions` (u) on its first pages and `then` after them;
+    returns per page request ``{"clicks", "orders", "left", "u"}`` (``left``: the user left in that span — only
+    the last). ``max_steps`` > 0 stops after that many pages (a horizon; ``left`` then stays False). ``luck_seed``
+    replaces the session's seed, i.e. the same user, query, context and history with other luck (every draw of
+    the phone and the user is keyed by it). Every draw is a pure function of the session's seed and keys
+    (``simulator.randomness``): the same actions give the same pages, clicks and orders — the property the
+    common-random-number pairing rests on (tested)."""
+    env.reset(options={"session_index": int(index), "luck_seed": luck_seed})
+    steps: list[dict] = []
+    while True:
+        t = len(steps)
+        u = float(actions[t]) if t < len(actions) else float(then)
+        _, _, done, _, info = env.step(np.array([u], dtype=np.float32))
+        steps.append({"clicks": int(info["clicks"]), "orders": int(info["orders"]),
+                      "left": bool(info.get("left", False)), "u": u})
+        if done or (max_steps and len(steps) >= max_steps):
+            return steps
+
+
+def discounted(steps: Sequence[dict], reward: RewardConfig, gamma: float) -> float:
+    """The discounted return of `steps` (from :func:`play`) under `reward`."""
+    g = 0.0
+    for st in reversed(steps):
+        g = reward.reward(st["clicks"], st["orders"], st["left"]) + gamma * g
+    return float(g)
+
+
+class PairedRollouts:
+    """Common-random-number paired rollouts (a simulator-only technique: a real app cannot replay a user). At page
+    ``t`` of session ``index`` reached with actions ``prefix`` (u_0 .. u_{t-1}), two continuations of the same
+    session with the same random numbers: (i) ``u`` at page t, then u = 0 (a = 1); (ii) u = 0 at page t and after.
+    ``advantage`` returns their discounted returns from page t (G_i, G_ii); G_i − G_ii is the advantage of
+    deviating from the baseline at that one page, A^base(s_t, u), with most of the two returns' noise shared.
+
+    The branch is a replay from the session's start (the prefix is deterministic given its actions, so page t's
+    state is the one the caller saw), in an env of its own (``env.branch()``). ``horizon`` > 0 cuts both
+    continuations after that many pages. ``luck_seed_ii`` plays (ii) with other luck (the independent-noise
+    control of the variance check)."""
+
+    def __init__(self, env: FusionEnv, *, gamma: float = 0.9, horizon: int = 0):
+        if horizon < 0:
+            raise ValueError(f"horizon must be >= 0 (0: to the end of the session), got {horizon}")
+        self.env, self.gamma, self.horizon = env.branch(), float(gamma), int(horizon)
+        self.reward = env.reward_cfg
+        self.sessions_played = 0
+
+    def continuation(self, index: int, prefix: Sequence[float], u: float, *, luck_seed: int | None = None
+                     ) -> list[dict]:
+        """The pages from t = len(prefix) on, with u at t and u = 0 after (empty when the session ended before
+        page t — it cannot, for a prefix the caller played)."""
+        t = len(prefix)
+        steps = play(self.env, index, [*prefix, u], luck_seed=luck_seed,
+                     max_steps=t + self.horizon if self.horizon else 0)
+        self.sessions_played += 1
+        if len(steps) <= t:
+            raise RuntimeError(f"session {index} ended before page {t}: the prefix does not replay "
+                               "(the env is not deterministic for its session seed)")
+        return steps[t:]
+
+    def advantage(self, index: int, prefix: Sequence[float], u: float, *, reward: RewardConfig | None = None,
+                  luck_seed_ii: int | None = None, last_reward: float | None = None) -> tuple[float, float]:
+        """(G_i, G_ii) from page t = len(prefix). ``last_reward``: the caller played these actions and the session
+        ended at page t with that reward, so G_i is it (no replay)."""
+        if luck_seed_ii is not None and len(prefix):
+            raise ValueError("luck_seed_ii needs a first-page state (empty prefix): with other luck the prefix "
+                             "would not replay to the same state")
+        rw = reward or self.reward
+        gi = (float(last_reward) if last_reward is not None and reward is None
+              else discounted(self.continuation(index, prefix, u), rw, self.gamma))
+        gii = discounted(self.continuation(index, prefix, 0.0, luck_seed=luck_seed_ii), rw, self.gamma)
+        return gi, gii
+
+    def close(self) -> None:
+        self.env.close()

@@ -34,7 +34,8 @@ distance feature), lose click utility per item opened without ordering (``search
 (``searching_persistence``) and leave once they ordered (``buyer_leave_after_order``). The runs of this world use
 8-item pages (``edge_rerank.fusion.CLICK_BAIT_PAGE_SIZE``). A click-ranked fusion then makes buyers open bait, order
 less, scroll on through pages they click nothing on and leave unconverted: more interaction, which the click +
-order reward pays for and the article's penalties charge (README "RL fusion: penalty ablation world").
+order reward pays for and the article's penalties charge (docs/results/rl_fusion.md "RL fusion: penalty ablation
+world").
 
 **Persistent purposes** (``OrderWorldConfig.with_purpose_history()``, ``fusion train --purpose-history``; off by
 default; implies click bait): a user's buyer probability is a *propensity* drawn once per user from a polarised

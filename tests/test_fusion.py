@@ -397,7 +397,7 @@ def test_twin_critic_targets_the_smaller_advantage(env):
 
 def test_learner_options_train_on_the_env(env):
     """The Monte Carlo target is what run_episode stores (r_t + gamma ret_{t+1}, r at the last page), and the three
-    learner options train end to end on the real env (README "RL fusion: what the learner needs")."""
+    learner options train end to end on the real env (docs/results/rl_fusion.md "RL fusion: what the learner needs")."""
     from edge_rerank.cloud.training.fusion_rl import AgentConfig, Transitions, run_episode, train_fusion_agent
 
     buf = Transitions()
@@ -430,3 +430,110 @@ def test_cli_refuses_bad_clip(capsys):
     tr = build_parser().parse_args(["train-fusion"])
     assert tr.scroll_lever is False and tr.twin_critic is False  # the world and critic measured in the main table
     assert not Path("/nonexistent/never").exists()
+
+
+# ------------------------------------------------------------------ paired rollouts (common random numbers)
+def test_paired_branches_replay_the_session_exactly(env):
+    """A branch replays the session with the same random numbers: the same actions give the same pages, clicks and
+    orders in another env, and both branches with a = 1 at a page give the same return (target 0)."""
+    from edge_rerank.simulator.fusion_env import discounted, play
+
+    pr = env.paired_rollouts(gamma=0.9)
+    rng = np.random.default_rng(0)
+    try:
+        for i in range(6):
+            us = rng.uniform(-1, 1, 8).tolist()
+            main = play(env, i, us)
+            assert play(pr.env, i, us) == main
+            for t in range(len(main)):
+                gi, gii = pr.advantage(i, us[:t], 0.0)
+                assert gi == gii  # the same a in both branches: exactly the same continuation
+            last = len(main) - 1  # at the last page, branch (i) is the episode itself
+            assert pr.continuation(i, us[:last], us[last]) == main[last:]
+            assert pr.advantage(i, us[:last], us[last])[0] == discounted(main[last:], env.reward_cfg, 0.9)
+        with pytest.raises(ValueError, match="first-page"):
+            pr.advantage(0, [0.3], 0.5, luck_seed_ii=1)
+        short = env.paired_rollouts(horizon=1)
+        assert len(short.continuation(0, [], 0.5)) == 1
+        short.close()
+    finally:
+        pr.close()
+
+
+def test_paired_rollouts_share_their_noise(env):
+    """What the pairing is for: at first-page states, G_i − G_ii with common random numbers is mostly exactly 0 and
+    has a far smaller spread than the same difference with (ii) on other luck (the same observation). Fails if the
+    branches do not share their random numbers."""
+    pr = env.paired_rollouts(gamma=0.9)
+    rng = np.random.default_rng(1)
+    crn, ind = [], []
+    try:
+        for i in range(30):
+            u = float(rng.choice([-1.0, 1.0]))
+            gi, gii = pr.advantage(i, [], u)
+            crn.append(gi - gii)
+            gi2, gind = pr.advantage(i, [], u, luck_seed_ii=10_000 + i)
+            assert gi2 == gi
+            ind.append(gi - gind)
+    finally:
+        pr.close()
+    crn, ind = np.array(crn), np.array(ind)
+    assert np.mean(crn == 0) > 0.3 and np.mean(crn == 0) > 2 * np.mean(ind == 0)
+    assert crn.std() < 0.5 * ind.std()
+
+
+def test_paired_targets_and_training(env):
+    """run_episode stores G_i − G_ii per page (0 without playing for u = 0); the paired agent trains end to end and
+    refuses the critic options it replaces."""
+    from edge_rerank.cloud.training.fusion_rl import (
+        AgentConfig,
+        Transitions,
+        paired_targets,
+        run_episode,
+        train_fusion_agent,
+    )
+
+    pr = env.paired_rollouts(gamma=0.9)
+    try:
+        buf = Transitions()
+        us = iter([0.7, -0.4, 0.9, -1.0, 0.2, 0.5, -0.6, 0.1] * 3)
+        run_episode(env, lambda _o: next(us), seed=11, buf=buf, gamma=0.9, paired=pr)
+        index = env.reset(seed=11)[1]["session_index"]
+        u_ep = list(buf.u)
+        for t, target in enumerate(buf.adv):
+            gi, gii = pr.advantage(index, u_ep[:t], u_ep[t])
+            assert target == pytest.approx(gi - gii, abs=1e-12)
+        played = pr.sessions_played
+        steps = [(None, 0.0, 1.0, None, False), (None, 0.0, 0.0, None, True)]
+        assert paired_targets(pr, index, steps) == [0.0, 0.0] and pr.sessions_played == played
+        plain = Transitions()
+        run_episode(env, lambda _o: 0.5, seed=11, buf=plain, gamma=0.9)
+        assert np.isnan(plain.adv).all() and plain.u == [0.5] * len(plain)
+    finally:
+        pr.close()
+    cfg = AgentConfig(n_policies=1, pretrain_episodes=20, pretrain_epochs=3, episodes=12, eval_episodes=4,
+                      batch_size=16, paired_rollouts=True, explore_uniform=0.5, actor_preact_limit=2.5)
+    _agent, summary = train_fusion_agent(env, cfg)
+    p = summary["paired"]
+    assert p["targets"] > 0 and p["sessions_replayed"] > 0 and np.isfinite(p["target_sd"])
+    assert np.isfinite(summary["curves"]["q_loss"][-1]) and summary["config"]["paired_rollouts"] is True
+    for kw in ({"twin_critic": True}, {"critic_target": "mc"}, {"v_anchor": "td"}):
+        with pytest.raises(ValueError, match="paired_rollouts"):
+            AgentConfig(paired_rollouts=True, **kw)
+    with pytest.raises(ValueError, match="paired_horizon"):
+        AgentConfig(paired_horizon=-1)
+    with pytest.raises(TypeError, match="simulator-only"):
+        train_fusion_agent(object(), cfg)
+
+
+def test_cli_paired_rollout_flags(capsys):
+    from edge_rerank.cli import build_parser, main
+
+    a = build_parser().parse_args(["fusion", "train", "--paired-rollouts", "--paired-horizon", "2"])
+    assert a.paired_rollouts is True and a.paired_horizon == 2
+    d = build_parser().parse_args(["fusion", "train"])
+    assert d.paired_rollouts is False and d.paired_horizon == 0
+    assert main(["fusion", "train", "--paired-horizon", "2", "--out", "/nonexistent/never"]) == 2
+    assert "--paired-horizon" in capsys.readouterr().err
+    assert main(["fusion", "train", "--paired-rollouts", "--twin-critic", "--out", "/nonexistent/never"]) == 2
+    assert "--paired-rollouts" in capsys.readouterr().err

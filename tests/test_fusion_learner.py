@@ -1,5 +1,6 @@
-"""The RL fusion learner's options (README "RL fusion: what the learner needs"): the actor's pre-tanh limit, the
-Monte Carlo critic target and uniform exploration episodes — each off by default (the article's agent)."""
+"""The RL fusion learner's options (docs/results/rl_fusion.md "RL fusion: what the learner needs"): the actor's
+pre-tanh limit, the Monte Carlo critic target and uniform exploration episodes — each off by default (the
+article's agent)."""
 
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ Pieces:
 - ``AgentConfig.twin_critic``: the critic's overestimation (the actor climbs the noise of A) countered as TD3 does,
   minus its target networks: two advantage heads per policy, the TD target takes the smaller at a smoothed
   action; the actor follows the first head.
-- The learner's options (README "RL fusion: what the learner needs"; all off by default):
+- The learner's options (docs/results/rl_fusion.md "RL fusion: what the learner needs"; all off by default):
   ``actor_preact_limit`` (keeps the actor's tanh from saturating), ``v_anchor = "td"`` (baseline rows as a = 1
   transitions with the policy's TD target instead of anchoring V at the baseline's return, so A is the action's own
   effect and does not carry the policy's continuation), ``explore_uniform`` (uniformly random episodes) and
@@ -66,7 +66,7 @@ class AgentConfig:
     twin_critic: bool = False
     target_noise: float = 0.2  # sd of the Gaussian on u' in the target (0: none)
     target_noise_clip: float = 0.5
-    # what the critic learns (README "RL fusion: what the learner needs"): "td" bootstraps Q(s, a) on
+    # what the critic learns (docs/results/rl_fusion.md "RL fusion: what the learner needs"): "td" bootstraps Q(s, a) on
     # r + gamma Q(s', pi(s')) (the article's); "mc" regresses it on the episode's discounted Monte Carlo return from
     # that page (unbiased on 1-5 page episodes, no bootstrapping through an untrained A)
     critic_target: str = "td"
@@ -83,6 +83,14 @@ class AgentConfig:
     # transitions at u = 0 with the policy's target (with critic_target "td": r + gamma Q_k(s', pi_k(s'))), so
     # Q_k(s, 0) learns the policy's continuation and A_k only the action's own effect
     v_anchor: str = "mc"
+    # the advantage target from common-random-number paired rollouts in the simulator (docs/results/rl_fusion.md
+    # "RL fusion: paired rollouts"): at every page t of an episode the session is replayed twice with the same random
+    # numbers, (i) the episode's u at t then u = 0, (ii) u = 0 from t, and A_k(s_t, u_t) is regressed on G_i − G_ii —
+    # the advantage of deviating from the baseline at that one page, A^base (so V stays the baseline's value:
+    # v_anchor "mc"). Simulator-only: a real app cannot replay a user. paired_horizon > 0 cuts both continuations
+    # after that many pages (0: to the end of the session)
+    paired_rollouts: bool = False
+    paired_horizon: int = 0
 
     def __post_init__(self) -> None:
         if self.critic_target not in ("td", "mc"):
@@ -93,6 +101,11 @@ class AgentConfig:
             raise ValueError(f"v_anchor must be 'td' or 'mc', got {self.v_anchor!r}")
         if self.actor_preact_limit < 0:
             raise ValueError(f"actor_preact_limit must be >= 0 (0: off), got {self.actor_preact_limit}")
+        if self.paired_horizon < 0:
+            raise ValueError(f"paired_horizon must be >= 0 (0: to the end of the session), got {self.paired_horizon}")
+        if self.paired_rollouts and (self.twin_critic or self.critic_target != "td" or self.v_anchor != "mc"):
+            raise ValueError("paired_rollouts replaces the critic's target (A on G_i − G_ii, V on the baseline's "
+                             "return): it does not combine with twin_critic, critic_target 'mc' or v_anchor 'td'")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -171,6 +184,7 @@ class Transitions:
     done: list = field(default_factory=list)
     policy: list = field(default_factory=list)
     ret: list = field(default_factory=list)  # Monte Carlo return from this step
+    adv: list = field(default_factory=list)  # paired-rollout advantage target G_i − G_ii (nan: none)
 
     def __len__(self) -> int:
         return len(self.r)
@@ -180,13 +194,15 @@ class Transitions:
             return torch.from_numpy(np.asarray([getattr(self, name)[i] for i in idx], dtype=dtype))
 
         return {"seq": t("seq"), "ctx": t("ctx"), "u": t("u"), "r": t("r"), "seq2": t("seq2"), "ctx2": t("ctx2"),
-                "done": t("done"), "ret": t("ret")}
+                "done": t("done"), "ret": t("ret"), "adv": t("adv")}
 
 
 def run_episode(env, policy: Callable[[dict], float], *, seed: int, buf: Transitions | None = None, k: int = -1,
-                gamma: float = 0.9) -> dict:
-    """One episode; `policy(obs) -> u`. Appends its transitions to `buf` (with policy index `k`)."""
-    obs, _ = env.reset(seed=seed)
+                gamma: float = 0.9, paired=None) -> dict:
+    """One episode; `policy(obs) -> u`. Appends its transitions to `buf` (with policy index `k`). ``paired`` (a
+    ``simulator.fusion_env.PairedRollouts``): each transition also gets its paired advantage target G_i − G_ii
+    (otherwise nan)."""
+    obs, reset_info = env.reset(seed=seed)
     steps, total, info = [], 0.0, {}
     done = False
     while not done:
@@ -195,17 +211,34 @@ def run_episode(env, policy: Callable[[dict], float], *, seed: int, buf: Transit
         steps.append((obs, u, r, obs2, done))
         total += r
         obs = obs2
+    adv = paired_targets(paired, reset_info["session_index"], steps) if paired is not None else [np.nan] * len(steps)
     if buf is not None:
         g = 0.0
         rets = []
         for _, _, r, _, _ in reversed(steps):
             g = r + gamma * g
             rets.append(g)
-        for (o, u, r, o2, d), g in zip(steps, reversed(rets), strict=True):
+        for (o, u, r, o2, d), g, a in zip(steps, reversed(rets), adv, strict=True):
             buf.seq.append(o["seq"]), buf.ctx.append(o["ctx"]), buf.u.append(u), buf.r.append(r)
             buf.seq2.append(o2["seq"]), buf.ctx2.append(o2["ctx"]), buf.done.append(float(d)), buf.policy.append(k)
-            buf.ret.append(g)
+            buf.ret.append(g), buf.adv.append(a)
     return {"reward": total, "steps": len(steps), **info}
+
+
+def paired_targets(paired, index: int, steps: list) -> list[float]:
+    """G_i − G_ii at every page t of a played episode (`steps`: (obs, u, r, obs2, done)): both continuations
+    replay the session's first t pages with the episode's actions, then (i) u_t, (ii) u = 0 at t, and u = 0 after
+    (common random numbers). A u_t of exactly 0 gives 0 without playing. At the last page without a horizon cut,
+    (i) is the episode's own last reward (the same session, the same actions: a replay would repeat it)."""
+    us = [float(u) for _, u, _, _, _ in steps]
+    out = []
+    for t, u in enumerate(us):
+        if u == 0.0:
+            out.append(0.0)
+            continue
+        gi, gii = paired.advantage(index, us[:t], u, last_reward=steps[t][2] if t == len(us) - 1 else None)
+        out.append(gi - gii)
+    return out
 
 
 def _greedy(agent: FusionAgent, k: int) -> Callable[[dict], float]:
@@ -266,6 +299,9 @@ def train_fusion_agent(env, cfg: AgentConfig, *, progress: Callable[[str], None]
 
 def _train_fusion_agent(env, cfg: AgentConfig, progress: Callable[[str], None] | None,
                         eval_seed_offset: int) -> tuple[FusionAgent, dict]:
+    if cfg.paired_rollouts and not hasattr(env, "paired_rollouts"):
+        raise TypeError("paired_rollouts needs an env that can replay a session with the same random numbers "
+                        "(simulator.fusion_env.FusionEnv): a simulator-only technique")
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed + 1)  # target smoothing noise
     rng = np.random.default_rng(cfg.seed)
@@ -297,8 +333,9 @@ def _train_fusion_agent(env, cfg: AgentConfig, progress: Callable[[str], None] |
     opt_c = torch.optim.Adam(critic_params, lr=cfg.lr)
     opt_a = [torch.optim.Adam(a.parameters(), lr=cfg.actor_lr) for a in agent.actors]
     buf = Transitions()
-    for field_name in ("seq", "ctx", "u", "r", "seq2", "ctx2", "done", "ret"):  # baseline traffic trains V too
+    for field_name in ("seq", "ctx", "u", "r", "seq2", "ctx2", "done", "ret", "adv"):  # baseline traffic trains V
         getattr(buf, field_name).extend(getattr(base, field_name))
+    paired = env.paired_rollouts(gamma=cfg.gamma, horizon=cfg.paired_horizon) if cfg.paired_rollouts else None
     buf.policy.extend([-1] * len(base))
     curve: dict[str, list] = {"episode": [], "reward": [[] for _ in range(cfg.n_policies)], "q_loss": [],
                               "actor_a": [[] for _ in range(cfg.n_policies)]}
@@ -308,7 +345,8 @@ def _train_fusion_agent(env, cfg: AgentConfig, progress: Callable[[str], None] |
     start_seed = cfg.pretrain_episodes
     for ep in range(cfg.episodes):
         k = ep % cfg.n_policies
-        stats = run_episode(env, explorer(agent, k, rng), seed=start_seed + ep, buf=buf, k=k, gamma=cfg.gamma)
+        stats = run_episode(env, explorer(agent, k, rng), seed=start_seed + ep, buf=buf, k=k, gamma=cfg.gamma,
+                            paired=paired)
         window_r[k].append(stats["reward"])
         pol = np.asarray(buf.policy)
         for _ in range(cfg.updates_per_episode):
@@ -320,12 +358,15 @@ def _train_fusion_agent(env, cfg: AgentConfig, progress: Callable[[str], None] |
             idx = mine[rng.integers(0, len(mine), cfg.batch_size)]
             b = buf.tensors(idx)
             s = agent.state(b["seq"], b["ctx"])
-            y = critic_target(agent, kk, b, gen)
+            y = critic_target(agent, kk, b, gen) if paired is None else b["adv"]
             ib = rng.integers(0, len(base), cfg.batch_size // 4)  # baseline rows keep V anchored at a = 1
             bb = base.tensors(ib)
             v_target = critic_target(agent, kk, bb, gen) if cfg.v_anchor == "td" else bb["ret"]
             v_loss = ((agent.value(agent.state(bb["seq"], bb["ctx"])) - v_target) ** 2).mean()
-            q_loss = ((agent.q(kk, s, b["u"]) - y) ** 2).mean()
+            if paired is not None:  # A^base on its paired target G_i − G_ii; V (above) on the baseline's return
+                q_loss = ((agent.advantage(kk, s, b["u"]) - y) ** 2).mean()
+            else:
+                q_loss = ((agent.q(kk, s, b["u"]) - y) ** 2).mean()
             if cfg.twin_critic:
                 q_loss = q_loss + ((agent.value(s) + agent.advantage(kk, s, b["u"], twin=True) - y) ** 2).mean()
             opt_c.zero_grad()
@@ -378,6 +419,12 @@ def _train_fusion_agent(env, cfg: AgentConfig, progress: Callable[[str], None] |
                "mean_v": float(v.mean()), "mean_advantage": float(adv.mean()),
                "predicted_episode_gain": float(adv0.mean()),  # critic's A at first pages (realised: eval delta)
                "train_s": time.perf_counter() - t0}
+    if paired is not None:
+        targets = np.asarray(buf.adv, dtype=np.float64)
+        targets = targets[np.asarray(buf.policy) >= 0]
+        summary["paired"] = {"sessions_replayed": paired.sessions_played, "targets": int(targets.size),
+                             "target_sd": float(targets.std()), "target_share_zero": float(np.mean(targets == 0))}
+        paired.close()
     say(f"policies vs baseline on {cfg.eval_episodes} held-out sessions: "
         f"{[round(e['delta_vs_baseline'], 4) for e in evals]} -> policy {best}")
     return agent, summary
@@ -413,7 +460,8 @@ def plot_curves(summary: dict, path: str | Path, title: str = "RL fusion trainin
     ax[0].set(title="reward / episode (exploring)", xlabel="episode")
     ax[0].legend(fontsize=7)
     ax[1].plot(c["episode"], c["q_loss"])
-    ax[1].set(title="Q loss (TD)", xlabel="episode", yscale="log")
+    paired = summary.get("config", {}).get("paired_rollouts", False)
+    ax[1].set(title="A loss (paired target G_i − G_ii)" if paired else "Q loss (TD)", xlabel="episode", yscale="log")
     for k, a in enumerate(c["actor_a"]):
         m = np.array(a)
         ax[2].plot(c["episode"], m[:, 0], label=f"policy {k} mean a")
