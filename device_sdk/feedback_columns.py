@@ -58,6 +58,16 @@ def _plain_int(v: object) -> bool:
     return type(v) is int and -(1 << 62) < v < (1 << 62)
 
 
+def _write_scalars(b: _Buffers, i: int, e: FeedbackEvent) -> None:
+    """Row `i`'s scalar columns from `e` (what every append writes, plain or not)."""
+    b.item[i] = e.item_id
+    b.kind[i] = e.kind
+    b.dwell[i] = e.dwell_ms
+    b.position[i] = e.position
+    b.lat[i] = e.lat
+    b.lon[i] = e.lon
+
+
 class EventColumnsWriter:
     """One session's events in columns, oldest first, at most `max_events` (the oldest are dropped)."""
 
@@ -84,12 +94,7 @@ class EventColumnsWriter:
             lo = i - keep
             b = self._b = b.copy_rows(lo, i, max(b.cap, min(2 * keep + 1, 2 * self.max_events)), b.width)
             i, self._lo = keep, 0
-        b.item[i] = e.item_id
-        b.kind[i] = e.kind
-        b.dwell[i] = e.dwell_ms
-        b.position[i] = e.position
-        b.lat[i] = e.lat
-        b.lon[i] = e.lon
+        _write_scalars(b, i, e)
         cats = (e.category, e.brand, e.price_level)
         plain = not e.attrs and not e.kind_name and e.kind in _KIND_NAMES and all(map(_plain_int, cats))
         if plain:
@@ -117,12 +122,7 @@ class EventColumnsWriter:
         if i == b.cap or (emb is not None and emb.shape[0] != b.width):
             self.append(e)
             return
-        b.item[i] = e.item_id
-        b.kind[i] = e.kind
-        b.dwell[i] = e.dwell_ms
-        b.position[i] = e.position
-        b.lat[i] = e.lat
-        b.lon[i] = e.lon
+        _write_scalars(b, i, e)
         cats = b.cats
         cats[0, i] = e.category
         cats[1, i] = e.brand
