@@ -302,5 +302,37 @@ class PairedRollouts:
         gii = discounted(self.continuation(index, prefix, 0.0, luck_seed=luck_seed_ii), rw, self.gamma)
         return gi, gii
 
+    def episode_targets(self, index: int, us: Sequence[float], last_reward: float) -> list[float]:
+        """G_i − G_ii at every page t of an episode the caller played with actions `us` (u_t), the same values as
+        ``advantage(index, us[:t], us[t])`` page by page (the episode's own last reward is its last page's (i)), with
+        about half the replays: the continuation "u_0 .. u_t, then u = 0" is branch (i) at page t and branch (ii) at
+        page t + 1, so without a horizon each is played once (with a horizon the two are cut at different pages and
+        every branch is played). A u_t of exactly 0 is a target of 0 without playing."""
+        us = [float(u) for u in us]
+        if self.horizon:
+            out = []
+            for t, u in enumerate(us):
+                gi, gii = (0.0, 0.0) if u == 0.0 else self.advantage(
+                    index, us[:t], u, last_reward=last_reward if t == len(us) - 1 else None)
+                out.append(gi - gii)
+            return out
+        out: list[float] = []
+        base: list[dict] | None = None  # the continuation from page t of u_0 .. u_{t-1}, then u = 0: branch (ii)
+        for t, u in enumerate(us):
+            if u == 0.0:
+                out.append(0.0)
+                base = base[1:] if base else None  # (ii) at t + 1 is the same play's tail
+                continue
+            if base is None:
+                base = self.continuation(index, us[:t], 0.0)
+            gii = discounted(base, self.reward, self.gamma)
+            if t == len(us) - 1:
+                out.append(float(last_reward) - gii)
+                break
+            cont = self.continuation(index, us[:t], u)
+            out.append(discounted(cont, self.reward, self.gamma) - gii)
+            base = cont[1:] or None
+        return out
+
     def close(self) -> None:
         self.env.close()

@@ -495,14 +495,34 @@ def test_paired_targets_and_training(env):
 
     pr = env.paired_rollouts(gamma=0.9)
     try:
+        actions = [0.7, 0.0, -0.4, -1.0, 0.2, 0.5, -0.6, 0.1] * 3
+
+        def scripted():
+            it = iter(actions)
+            return lambda _o: next(it)
+
+        seed = next(sd for sd in range(11, 200)  # a session of 3+ pages under these actions (a zero u inside)
+                    if run_episode(env, scripted(), seed=sd)["steps"] >= 3)
         buf = Transitions()
-        us = iter([0.7, -0.4, 0.9, -1.0, 0.2, 0.5, -0.6, 0.1] * 3)
-        run_episode(env, lambda _o: next(us), seed=11, buf=buf, gamma=0.9, paired=pr)
-        index = env.reset(seed=11)[1]["session_index"]
+        played0 = pr.sessions_played
+        run_episode(env, scripted(), seed=seed, buf=buf, gamma=0.9, paired=pr)
+        index = env.reset(seed=seed)[1]["session_index"]
         u_ep = list(buf.u)
-        for t, target in enumerate(buf.adv):
-            gi, gii = pr.advantage(index, u_ep[:t], u_ep[t])
+        assert len(u_ep) >= 3 and 0.0 in u_ep[:-1]
+        # each play is branch (i) at one page and branch (ii) at the next: one replay per nonzero u (and a first (ii))
+        assert pr.sessions_played - played0 <= sum(u != 0.0 for u in u_ep[:-1]) + 1
+        for t, target in enumerate(buf.adv):  # against both branches replayed afresh, page by page
+            gi, gii = (0.0, 0.0) if u_ep[t] == 0.0 else pr.advantage(index, u_ep[:t], u_ep[t])
             assert target == pytest.approx(gi - gii, abs=1e-12)
+        short = env.paired_rollouts(gamma=0.9, horizon=1)  # with a horizon every branch is played
+        try:
+            last_r = buf.r[len(u_ep) - 1]
+            assert short.episode_targets(index, u_ep, last_r) == [
+                0.0 if u == 0.0 else float(np.subtract(*short.advantage(
+                    index, u_ep[:t], u, last_reward=last_r if t == len(u_ep) - 1 else None)))
+                for t, u in enumerate(u_ep)]
+        finally:
+            short.close()
         played = pr.sessions_played
         steps = [(None, 0.0, 1.0, None, False), (None, 0.0, 0.0, None, True)]
         assert paired_targets(pr, index, steps) == [0.0, 0.0] and pr.sessions_played == played

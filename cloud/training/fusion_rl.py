@@ -229,16 +229,11 @@ def paired_targets(paired, index: int, steps: list) -> list[float]:
     """G_i − G_ii at every page t of a played episode (`steps`: (obs, u, r, obs2, done)): both continuations
     replay the session's first t pages with the episode's actions, then (i) u_t, (ii) u = 0 at t, and u = 0 after
     (common random numbers). A u_t of exactly 0 gives 0 without playing. At the last page without a horizon cut,
-    (i) is the episode's own last reward (the same session, the same actions: a replay would repeat it)."""
-    us = [float(u) for _, u, _, _, _ in steps]
-    out = []
-    for t, u in enumerate(us):
-        if u == 0.0:
-            out.append(0.0)
-            continue
-        gi, gii = paired.advantage(index, us[:t], u, last_reward=steps[t][2] if t == len(us) - 1 else None)
-        out.append(gi - gii)
-    return out
+    (i) is the episode's own last reward (the same session, the same actions: a replay would repeat it). The
+    replays are ``PairedRollouts.episode_targets``'s (each play serves as (i) at one page and (ii) at the next)."""
+    if not steps:
+        return []
+    return paired.episode_targets(index, [u for _, u, _, _, _ in steps], last_reward=steps[-1][2])
 
 
 def _greedy(agent: FusionAgent, k: int) -> Callable[[dict], float]:
