@@ -17,7 +17,10 @@ import platform
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -45,10 +48,44 @@ def rate(arm: Arm, um: UserModel, cloud, n: int, seed: int, warmup: int = 200, l
     run([um.world.session(i, seed + 1) for i in range(warmup)])
     specs = [um.world.session(i, seed) for i in range(n)]
     t0, c0 = time.perf_counter(), time.process_time()
-    run(specs)
+    outs = run(specs)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     return {"sessions": n, "wall_s": wall, "cpu_s": cpu, "sessions_per_s": n / wall,
-            "sessions_per_cpu_s": n / max(cpu, 1e-9), "lockstep_batch": lockstep}
+            "sessions_per_cpu_s": n / max(cpu, 1e-9), "lockstep_batch": lockstep,
+            "trigger_points_per_session": sum(sum(o.triggers.values()) for o in outs) / max(n, 1),
+            "reranks_applied_per_session": sum(o.reranks_applied for o in outs) / max(n, 1)}
+
+
+@contextmanager
+def free_model(features: bool = True, inference: bool = True):
+    """Measurement only (the ``--ceiling`` arms): the lock-step loop with the device model's features and/or
+    inference costing nothing, to bound what making them faster can buy. Features: every request's inputs are zeros
+    with its candidate mask set (no feedback state, no gathers); inference: every list scores zeros (the reinsertion
+    then keeps the cloud order). Sessions still trigger, snapshot, call the service, reinsert and apply as usual; the
+    reranked orders differ from the real model's, so the users act a little differently (the JSON keeps the
+    reranks per session of each arm to compare)."""
+    from edge_rerank.device_sdk.features.operators import FeatureBuilder
+    from edge_rerank.device_sdk.reranker import RerankService
+
+    real_build, real_score = FeatureBuilder.build_many, RerankService.__dict__["_score_many"]
+
+    def build_many(self, requests):
+        out = {name: np.zeros((len(requests), *shape), dtype) for name, shape, dtype in self.specs}
+        for b, (candidates, _, _) in enumerate(requests):
+            out["cand_mask"][b, :len(candidates)] = 1.0
+        return out, [None] * len(requests)
+
+    def score_many(model, x, m):
+        return [(np.zeros((1, x["cand_mask"].shape[1]), np.float32), None) for _ in range(m)]
+
+    try:
+        if features:
+            FeatureBuilder.build_many = build_many
+        if inference:
+            RerankService._score_many = staticmethod(score_many)
+        yield
+    finally:
+        FeatureBuilder.build_many, RerankService._score_many = real_build, real_score
 
 
 def batch_dynamic_arm(bundle: str, model, test, out: Path) -> Arm:
@@ -125,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gc-freeze", action="store_true",
                    help="gc.freeze() before each device-arm measurement (after training): full collections stop "
                         "walking the imported modules' objects (torch: ~0.5 M)")
+    p.add_argument("--ceiling", action="store_true",
+                   help="also run the lock-step device arm with its features free, then with features and inference "
+                        "free (stubs, measurement only): how fast the loop could get if the model cost nothing")
     p.add_argument("--out", default="runs/bench/simulator_bench.json")
     a = p.parse_args(argv)
 
@@ -181,6 +221,12 @@ def main(argv: list[str] | None = None) -> int:
                 record("device_model_dynamic_onnx", "  batch-dynamic ONNX of the same model, one at a time", r)
                 r = rate(dyn, um, fast, a.device_sessions, a.seed, warmup=50, lockstep=a.lockstep)
                 record("device_model_lockstep", f"  batch-dynamic ONNX, lock-step x{a.lockstep}", r)
+                if a.ceiling:
+                    for key, label, inference in (("ceiling_features_free", "features free", False),
+                                                  ("ceiling_model_free", "features and inference free", True)):
+                        with free_model(features=True, inference=inference):
+                            r = rate(dyn, um, fast, a.device_sessions, a.seed, warmup=50, lockstep=a.lockstep)
+                        record(key, f"  (ceiling) lock-step x{a.lockstep}, {label}", r)
     if a.ray_sessions:
         workers = [int(x) for x in a.ray_workers.split(",")]
         sc = ray_scaling(wcfg, data_dir, a.ray_sessions, workers, a.seed)
