@@ -10,7 +10,9 @@ cand_num)``) only ever enter ``fuse.0``, a linear layer; so the exported graph f
   1.85 MFLOP at N = 50 go away);
 - the five attribute tables are stored pre-multiplied by their fuse block (gathers, no matmul);
 - the additive attention mask ``(1 - cand_mask) * NEG`` is computed once, already shaped for the heads;
-- the residual's standardised cloud score is one affine op on its column.
+- the residual's standardised cloud score is one affine op on its column;
+- the attention's ``1/sqrt(d_head)`` is folded into the query rows of each block's ``qkv`` (no multiply over the
+  ``[heads, N, N]`` scores).
 
 The transformer block and the head are the trained ones. Scores equal the training module's up to float
 rounding (the converters' parity checks hold every export to 1e-4 against the *unfolded* torch model). Models
@@ -71,6 +73,15 @@ class LeanDeviceReranker(nn.Module):
                 self.register_buffer("cloud_scale", (cw / std[ci]).float())
                 self.register_buffer("cloud_shift", (-cw * mean[ci] / std[ci]).float())
         self.blocks = model.blocks
+        self.qkv = nn.ModuleList()  # each block's qkv with the query rows scaled by 1/sqrt(d_head)
+        for b in model.blocks:
+            qkv = nn.Linear(b.qkv.in_features, b.qkv.out_features)
+            scale = torch.ones(b.qkv.out_features, dtype=torch.float64)
+            scale[: b.h * b.dh] = 1.0 / math.sqrt(b.dh)
+            with torch.no_grad():
+                qkv.weight.copy_((b.qkv.weight.double() * scale[:, None]).float())
+                qkv.bias.copy_((b.qkv.bias.double() * scale).float())
+            self.qkv.append(qkv)
         self.head = model.head
         self.eval()
 
@@ -86,8 +97,8 @@ class LeanDeviceReranker(nn.Module):
              + self.pos(cand_pos_b))
         x = torch.relu(x)
         add_mask = ((1.0 - cand_mask) * NEG)[:, None, None, :]  # once, shaped for [B, heads, N, N]
-        for block in self.blocks:
-            x = _block(block, x, add_mask)
+        for block, qkv in zip(self.blocks, self.qkv, strict=True):
+            x = _block(block, qkv, x, add_mask)
         score = self.head(x).squeeze(2)
         if self.mcfg.wide:
             score = score + self.wide(cand_num).squeeze(2)
@@ -97,11 +108,11 @@ class LeanDeviceReranker(nn.Module):
         return score
 
 
-def _block(b, x: torch.Tensor, add_mask: torch.Tensor) -> torch.Tensor:
-    """SelfAttentionBlock.forward with the additive mask given (same ops otherwise)."""
+def _block(b, qkv: nn.Linear, x: torch.Tensor, add_mask: torch.Tensor) -> torch.Tensor:
+    """SelfAttentionBlock.forward with the additive mask given and the scaled `qkv` (same ops otherwise)."""
     B, N, d = x.shape
-    q, k, v = b.qkv(x).reshape(B, N, 3, b.h, b.dh).permute(2, 0, 3, 1, 4)
-    a = torch.softmax(q @ k.transpose(2, 3) / math.sqrt(b.dh) + add_mask, dim=3) @ v
+    q, k, v = qkv(x).reshape(B, N, 3, b.h, b.dh).permute(2, 0, 3, 1, 4)
+    a = torch.softmax(q @ k.transpose(2, 3) + add_mask, dim=3) @ v
     x = b.ln1(x + b.out(a.transpose(1, 2).reshape(B, N, d)))
     return b.ln2(x + b.ff(x))
 
