@@ -54,6 +54,7 @@ class _TFLiteSignatureBackend:
         self.output_dtype = np.dtype(self._runner.get_output_details()[self.output_name]["dtype"])
         self._direct: list[tuple[str, int]] | None = None  # (input name, tensor index) on the primary subgraph
         self._unread: list[tuple[str, np.dtype, tuple[int, ...]]] = []  # inputs no operator reads: only checked
+        self._feed: list[tuple[str, int, np.dtype]] = []  # the fast path's (name, tensor index, dtype) of the others
         self._out_index = -1
         self._calls: tuple | None = None  # (set_tensor, invoke, get_tensor) on the direct path
         self._use_primary_subgraph(details, self._runner.get_output_details())
@@ -102,6 +103,7 @@ class _TFLiteSignatureBackend:
             del runner
             interp.allocate_tensors()
             self._direct = [(n, index[n]) for n in self.input_names if n not in unread]
+            self._feed = [(n, index[n], self._dtypes[n]) for n in self.input_names if n not in unread]
             self._unread = [(n, self._dtypes[n], self._shapes[n]) for n in self.input_names if n in unread]
             self._out_index = out_index
             same = False
@@ -134,11 +136,10 @@ class _TFLiteSignatureBackend:
         converts. The interpreter checks the dtype's kind but not its byte order (a byte-swapped float32 array would
         go in as raw bytes), hence the dtype test here."""
         set_tensor, invoke, get_tensor = self._calls  # type: ignore[misc]
-        dtypes = self._dtypes
-        for n, i in self._direct:  # type: ignore[union-attr]
+        for n, i, want in self._feed:
             a = inputs[n]
             dt = a.dtype
-            if dt is not dtypes[n] and dt != dtypes[n]:
+            if dt is not want and dt != want:
                 raise TypeError(n)
             set_tensor(i, a)
         for n, want, shape in self._unread:
