@@ -7,10 +7,11 @@ Per call, the signature runner resizes every input and re-plans the tensor arena
 ``AllocateTensors``) before it sets the inputs, although our files have fixed shapes: a third of a call's time for
 this model. When the signature is the interpreter's primary subgraph with the same tensors (every file the
 converters write), the backend sets the input tensors, invokes and reads the output through the interpreter's
-public tensor API instead, on an arena allocated once (same kernels, same bits: checked at load on a probe
-input); any other file keeps the signature runner. On that path only the inputs some operator of the file reads
-are copied in per call (the default lean graph never reads the eight ``seq_*`` feedback inputs but the two masks);
-the others are still checked (present, the model's dtype and shape), so the backend keeps the full input contract.
+tensor calls instead (its pybind wrapper's, which the public methods wrap), on an arena allocated once (same
+kernels, same bits: checked at load on a probe input); any other file keeps the signature runner. On that path
+only the inputs some operator of the file reads are copied in per call (the default lean graph never reads the
+eight ``seq_*`` feedback inputs but the two masks); the others are still checked (present, the model's dtype and
+shape), so the backend keeps the full input contract.
 ``tflite-runtime`` (last release 2.14) is built
 against numpy 1.x and cannot load under numpy 2; it returned wrong scores without an error for an int8 file
 in an earlier trial (shared/ARCHITECTURE.md), so every export is checked on each runtime it claims.
@@ -117,7 +118,7 @@ class _TFLiteSignatureBackend:
         except Exception:  # noqa: BLE001 - any surprise: the runner path, which loaded fine
             same = False
         if not same:
-            self._direct, self._unread = None, []
+            self._direct, self._feed, self._unread = None, [], []
             self._calls = None
             self._runner = interp.get_signature_runner(SERVING_SIGNATURE)
 
