@@ -197,6 +197,8 @@ def test_litert_backend_sets_only_the_inputs_the_file_reads_and_still_checks_the
     _, out = exported
     path = out / "tflite" / "reranker.tflite"
     be = backends.create("litert", path)
+    ops = {o["op_name"] for o in Interpreter(model_path=str(path))._get_ops_details()}
+    assert "EXP" in ops and "SOFTMAX" not in ops  # converters.lean.for_tflite: the softmax written out
     unread = {n for n, _, _ in be._unread}
     assert unread == {n for n in be.input_names if n.startswith("seq_") and not n.endswith("_mask")}
     assert {n for n, _ in be._direct} == set(be.input_names) - unread

@@ -11,7 +11,7 @@ import torch
 
 from edge_rerank.cloud.training.configs import ModelConfig
 from edge_rerank.cloud.training.model import DeviceReranker
-from edge_rerank.converters.lean import LeanDeviceReranker, export_graph
+from edge_rerank.converters.lean import LeanDeviceReranker, export_graph, for_tflite
 
 _TABLES = {"cand_cat": "cat", "cand_brand": "brand", "cand_price": "price", "cand_dist_b": "dist", "cand_pos_b": "pos"}
 
@@ -60,6 +60,11 @@ def test_lean_graph_scores_equal_the_training_module(fcfg, heads, layers, wide, 
     args = [x[n] for n in model.input_names]
     with torch.no_grad():
         ref, got = model(*args), lean(*args)
+        written_out = for_tflite(lean)(*args)  # the TFLite export's copy: the softmax as exp / sum
     real = x["cand_mask"] > 0
     assert torch.allclose(got[real], ref[real], atol=2e-5, rtol=1e-5)
+    assert torch.allclose(written_out[real], ref[real], atol=2e-5, rtol=1e-5)
+    assert not torch.equal(written_out, got)  # another op sequence: some last bits differ (the flag is used)
+    assert lean.explicit_softmax is False and for_tflite(lean).explicit_softmax is True
+    assert for_tflite(lean).qkv is lean.qkv and for_tflite(model) is model  # shared weights; other models as is
     assert float(ref[real].std()) > 0.1  # the scores depend on the lists (the attention reaches them)
