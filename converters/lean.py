@@ -10,7 +10,14 @@ cand_num)``) only ever enter ``fuse.0``, a linear layer; so the exported graph f
   1.85 MFLOP at N = 50 go away);
 - the five attribute tables are stored pre-multiplied by their fuse block (gathers, no matmul);
 - the additive attention mask ``(1 - cand_mask) * NEG`` is computed once, already shaped for the heads;
-- the residual's standardised cloud score is one affine op on its column.
+- the residual's standardised cloud score is one affine op on its column;
+- the attention's ``1/sqrt(d_head)`` is folded into the query rows of each block's ``qkv`` (no multiply over the
+  ``[heads, N, N]`` scores).
+
+The TFLite export takes ``for_tflite(graph)``: the same graph with the attention's softmax written out
+(``exp(z - max z) * 1/sum``). litert-torch keeps the written-out form as REDUCE_MAX, SUB, EXP, SUM, DIV, MUL, which
+XNNPACK runs ~3 µs faster per call than its SOFTMAX over the ``[1, 2, 50, 50]`` scores followed by the value
+matmul (issue 18, branch h33); onnxruntime is slower with it, so the other formats keep ``torch.softmax``.
 
 The transformer block and the head are the trained ones. Scores equal the training module's up to float
 rounding (the converters' parity checks hold every export to 1e-4 against the *unfolded* torch model). Models
@@ -19,6 +26,7 @@ with MVFAN (``use_feedback``) are exported as they are.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -71,7 +79,17 @@ class LeanDeviceReranker(nn.Module):
                 self.register_buffer("cloud_scale", (cw / std[ci]).float())
                 self.register_buffer("cloud_shift", (-cw * mean[ci] / std[ci]).float())
         self.blocks = model.blocks
+        self.qkv = nn.ModuleList()  # each block's qkv with the query rows scaled by 1/sqrt(d_head)
+        for b in model.blocks:
+            qkv = nn.Linear(b.qkv.in_features, b.qkv.out_features)
+            scale = torch.ones(b.qkv.out_features, dtype=torch.float64)
+            scale[: b.h * b.dh] = 1.0 / math.sqrt(b.dh)
+            with torch.no_grad():
+                qkv.weight.copy_((b.qkv.weight.double() * scale[:, None]).float())
+                qkv.bias.copy_((b.qkv.bias.double() * scale).float())
+            self.qkv.append(qkv)
         self.head = model.head
+        self.explicit_softmax = False  # True in the TFLite export's copy (``for_tflite``)
         self.eval()
 
     @property
@@ -86,8 +104,8 @@ class LeanDeviceReranker(nn.Module):
              + self.pos(cand_pos_b))
         x = torch.relu(x)
         add_mask = ((1.0 - cand_mask) * NEG)[:, None, None, :]  # once, shaped for [B, heads, N, N]
-        for block in self.blocks:
-            x = _block(block, x, add_mask)
+        for block, qkv in zip(self.blocks, self.qkv, strict=True):
+            x = _block(block, qkv, x, add_mask, self.explicit_softmax)
         score = self.head(x).squeeze(2)
         if self.mcfg.wide:
             score = score + self.wide(cand_num).squeeze(2)
@@ -97,11 +115,17 @@ class LeanDeviceReranker(nn.Module):
         return score
 
 
-def _block(b, x: torch.Tensor, add_mask: torch.Tensor) -> torch.Tensor:
-    """SelfAttentionBlock.forward with the additive mask given (same ops otherwise)."""
+def _block(b, qkv: nn.Linear, x: torch.Tensor, add_mask: torch.Tensor, explicit_softmax: bool = False) -> torch.Tensor:
+    """SelfAttentionBlock.forward with the additive mask given and the scaled `qkv` (same ops otherwise; with
+    `explicit_softmax` the softmax written out)."""
     B, N, d = x.shape
-    q, k, v = b.qkv(x).reshape(B, N, 3, b.h, b.dh).permute(2, 0, 3, 1, 4)
-    a = torch.softmax(q @ k.transpose(2, 3) / math.sqrt(b.dh) + add_mask, dim=3) @ v
+    q, k, v = qkv(x).reshape(B, N, 3, b.h, b.dh).permute(2, 0, 3, 1, 4)
+    z = q @ k.transpose(2, 3) + add_mask
+    if explicit_softmax:
+        e = torch.exp(z - z.amax(dim=3, keepdim=True))
+        a = (e * torch.reciprocal(e.sum(dim=3, keepdim=True))) @ v
+    else:
+        a = torch.softmax(z, dim=3) @ v
     x = b.ln1(x + b.out(a.transpose(1, 2).reshape(B, N, d)))
     return b.ln2(x + b.ff(x))
 
@@ -109,3 +133,13 @@ def _block(b, x: torch.Tensor, add_mask: torch.Tensor) -> torch.Tensor:
 def export_graph(model: nn.Module, lean: bool = True) -> nn.Module:
     """What the exporters convert: the lean graph when it applies (and `lean`), else the model itself."""
     return LeanDeviceReranker(model) if lean and lean_applies(model) else model  # type: ignore[arg-type]
+
+
+def for_tflite(graph: nn.Module) -> nn.Module:
+    """The graph the TFLite converter should see: for the lean graph a copy sharing its weights with the softmax
+    written out (see the module's docstring); anything else as it is."""
+    if not isinstance(graph, LeanDeviceReranker):
+        return graph
+    out = copy.copy(graph)  # a shallow copy: the same submodules and weights, its own flag
+    out.explicit_softmax = True
+    return out

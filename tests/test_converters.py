@@ -183,6 +183,60 @@ def test_litert_backend_runs_on_the_primary_subgraph_with_the_signature_runners_
     assert np.array_equal(be.run(x), be.run(x))  # a refused call leaves the backend usable
 
 
+def test_litert_backend_sets_only_the_inputs_the_file_reads_and_still_checks_the_others(exported, trained,
+                                                                                         monkeypatch):
+    """The lean graph never reads the eight seq_* feedback inputs but the two masks: the backend does not copy
+    them in per call (same bits as the signature runner whatever they hold) but still refuses a wrong shape or a
+    missing one by name; a byte-swapped float32 array is converted, not copied in as raw bytes; an op list that
+    misses an input the file does read is caught at load (the probe), and so are wrapper calls that disagree."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edge_rerank.device_sdk import backends
+    from edge_rerank.device_sdk.backends import litert_backend
+
+    _, out = exported
+    path = out / "tflite" / "reranker.tflite"
+    be = backends.create("litert", path)
+    ops = {o["op_name"] for o in Interpreter(model_path=str(path))._get_ops_details()}
+    assert "EXP" in ops and "SOFTMAX" not in ops  # converters.lean.for_tflite: the softmax written out
+    unread = {n for n, _, _ in be._unread}
+    assert unread == {n for n in be.input_names if n.startswith("seq_") and not n.endswith("_mask")}
+    assert {n for n, _ in be._direct} == set(be.input_names) - unread
+    runner = Interpreter(model_path=str(path), num_threads=1).get_signature_runner("serving_default")
+    rng = np.random.default_rng(3)
+    for x in validation_inputs(trained[2].inputs, 6):
+        ref = runner(**{n: np.ascontiguousarray(x[n], dtype=be._dtypes[n]) for n in be.input_names})[be.output_name]
+        assert np.array_equal(be.run(x), ref)
+        junk = {n: (rng.integers(-9, 9, x[n].shape) if x[n].dtype.kind == "i" else rng.standard_normal(x[n].shape)
+                    ).astype(x[n].dtype) for n in unread}
+        assert np.array_equal(be.run({**x, **junk}), ref)
+        swapped = {n: v.astype(v.dtype.newbyteorder()) if v.dtype == np.float32 and n not in unread else v
+                   for n, v in x.items()}
+        assert np.array_equal(be.run(swapped), ref)  # converted: the interpreter would take the raw bytes
+    x = validation_inputs(trained[2].inputs, 1)[0]
+    for name in ("seq_emb", "seq_cat"):
+        with pytest.raises(BackendError, match=name):
+            be.run({**x, name: x[name][..., :-1]})
+        with pytest.raises(BackendError, match=name):
+            be.run({k: v for k, v in x.items() if k != name})
+    assert np.array_equal(be.run({**x, "seq_emb": x["seq_emb"].astype(np.float64)}), be.run(x))
+
+    read = litert_backend._read_tensors
+    monkeypatch.setattr(litert_backend, "_read_tensors",
+                        lambda interp: read(interp) - {int(interp.get_input_details()[0]["index"])} - {
+                            int(d["index"]) for d in interp.get_input_details() if "cand_mask" in d["name"]})
+    fooled = backends.create("litert", path)
+    assert fooled._direct is not None and fooled._unread == []  # the probe saw cand_mask change the scores
+    assert np.array_equal(fooled.run(x), be.run(x))
+    monkeypatch.setattr(litert_backend, "_read_tensors", read)
+    monkeypatch.setattr(litert_backend, "_wrapper_calls", lambda interp: (
+        interp._interpreter.SetTensor, interp._interpreter.Invoke, lambda i: np.zeros((1, be._shapes["cand_mask"][1]),
+                                                                                      np.float32)))
+    public = backends.create("litert", path)
+    assert public._direct is not None and public._calls[1].__name__ == "invoke"  # the public API's calls
+    assert np.array_equal(public.run(x), be.run(x))
+
+
 def test_legacy_tflite_runtime_is_checked_or_says_why_not(exported):
     r = exported[0].by_format("tflite")
     (rc,) = [c for c in r.other_runtimes if c.runtime == "tflite-runtime"]

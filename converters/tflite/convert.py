@@ -28,6 +28,9 @@ def export_tflite(model, example: dict[str, np.ndarray], path: str | Path, spec:
         raise ToolchainMissing("TFLite export needs litert-torch: pip install 'edge-rerank[tflite]'") from exc
     spec.check_inputs(example)
     names, out_name = spec.input_names, spec.output_names[0]
+    from edge_rerank.converters.lean import for_tflite
+
+    model = for_tflite(model)  # the lean graph with the softmax written out (faster under XNNPACK)
 
     class _Named(torch.nn.Module):
         def __init__(self, inner: torch.nn.Module):
