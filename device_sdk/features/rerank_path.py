@@ -644,6 +644,82 @@ class RerankPath:
             if self.mean_cols is not None:
                 num[:n, self.mean_cols] = (sim @ lay.mean_masks) / lay.mean_div
 
+    def _round_sim(self, t, sel: list[list], rows: np.ndarray, ns: np.ndarray, dest: np.ndarray,
+                   num: np.ndarray) -> None:
+        """The distance-to-clicks and similarity columns of a round (``_sim_columns``'s values, bit for bit). Planar
+        distances to the clicks are elementwise: every (candidate, kept positive) pair of the round in one pass, the
+        newest and the nearest by segment. The similarities stay one product per list (a stacked product could round
+        differently), each written into one flat buffer; the maxima over the views are one ``reduceat`` over it, the
+        means one product per list (a sum in another order rounds differently) and one division."""
+        B, N, F = num.shape
+        numf = num.reshape(B * N, F)
+        first = np.cumsum(ns) - ns
+        if self.dist_click:
+            if self.geo == "planar":
+                npr = [s[2].n_p for s in sel]
+                if any(npr):
+                    kp = [k for k, c in enumerate(npr) if c]
+                    reps = np.repeat(np.array(npr, dtype=np.intp), ns)  # pairs per candidate row
+                    keep = reps > 0
+                    r_rows, r_dest, r_reps = rows[keep], dest[keep], reps[keep]
+                    g_end = np.cumsum(r_reps)
+                    g_start = g_end - r_reps
+                    p_off = np.cumsum([0] + [npr[k] for k in kp])[:-1]  # each request's first positive
+                    p_row = np.repeat(np.repeat(p_off, ns[kp]) - g_start, r_reps)
+                    p_row += np.arange(int(g_end[-1]))
+                    plat = np.concatenate([sel[k][2].plat for k in kp])[p_row]
+                    plon = np.concatenate([sel[k][2].plon for k in kp])[p_row]
+                    c_rows = np.repeat(r_rows, r_reps)
+                    d = np.sqrt((t.lat[c_rows] - plat) ** 2 + (t.lon[c_rows] - plon) ** 2)  # (as _distance, planar)
+                    numf[r_dest[:, None], self.col_last] = np.log1p(d[g_end - 1])[:, None]
+                    numf[r_dest[:, None], self.col_min] = np.log1p(np.minimum.reduceat(d, g_start))[:, None]
+            else:
+                for b, r, st, _, _ in sel:
+                    if st.n_p:
+                        d = self._distance(t.lat[r], t.lon[r], st.plat, st.plon, self.geo)
+                        nb = num[b, :len(r)]
+                        nb[:, self.col_last] = np.log1p(d[:, -1])[:, None]
+                        nb[:, self.col_min] = np.log1p(d.min(axis=1))[:, None]
+        ks = [k for k, s in enumerate(sel) if s[2].U is not None]
+        if not ks or (self.max_cols is None and self.mean_cols is None):
+            return
+        sts = [sel[k][2] for k in ks]
+        n_l = ns[ks].tolist()
+        T_l = [st.T for st in sts]
+        size = [n * T for n, T in zip(n_l, T_l, strict=True)]
+        flat = np.empty(sum(size) + 1)  # (+ 1: a view may end at the last similarity)
+        flat[-1] = 0.0
+        unit = t.unit[rows]
+        f_l = first[ks].tolist()
+        o = 0
+        for st, a, n, T, z in zip(sts, f_l, n_l, T_l, size, strict=True):
+            np.matmul(unit[a:a + n], st.U.T, out=flat[o:o + z].reshape(n, T))
+            o += z
+        n_rows = sum(n_l)
+        j = np.repeat(np.arange(len(ks)), n_l)  # each similarity row's list (of those with similarities)
+        if len(ks) < len(sel):
+            has = np.zeros(len(sel), bool)
+            has[ks] = True
+            k_dest = dest[np.repeat(has, ns)]
+        else:
+            k_dest = dest
+        if self.max_cols is not None:
+            rowbase = np.repeat(np.cumsum([0] + size[:-1]), n_l)  # each row's first similarity in `flat`
+            rowbase += (np.arange(n_rows) - np.repeat(np.cumsum([0] + n_l[:-1]), n_l)) * np.repeat(T_l, n_l)
+            edges = np.stack([st.lay.max_edges for st in sts])[j]
+            edges += rowbase[:, None]
+            top = np.maximum.reduceat(flat, edges.ravel()).reshape(n_rows, -1)[:, ::2]
+            nonempty = np.stack([st.lay.max_nonempty for st in sts])[j]
+            numf[k_dest[:, None], self.max_cols] = np.where(nonempty, top, 0.0)
+        if self.mean_cols is not None:
+            mean = np.empty((n_rows, len(self.mean_cols)))
+            o = s_ = 0
+            for st, n, T, z in zip(sts, n_l, T_l, size, strict=True):
+                np.matmul(flat[o:o + z].reshape(n, T), st.lay.mean_masks, out=mean[s_:s_ + n])
+                o += z
+                s_ += n
+            numf[k_dest[:, None], self.mean_cols] = mean / np.stack([st.lay.mean_div for st in sts])[j]
+
     def _ctx(self, st: _State, context) -> list[float]:
         hour = 2 * np.pi * (context.hour % 24) / 24.0
         return [math.sin(hour), math.cos(hour), st.n_p / max(1, self.max_pos), st.n_neg / max(1, self.L - self.max_pos),
@@ -848,8 +924,7 @@ class RerankPath:
         dest = np.arange(len(rows)) + np.repeat(bs * N - first, ns)  # flat (request, slot) of each row
         self._round_items(t, sel, rows, ns, dest, num, ints5)
         numf = num.reshape(B * N, F)
-        for b, r, st, _, _ in sel:
-            self._sim_columns(num[b], t, r, st)
+        self._round_sim(t, sel, rows, ns, dest, num)
         if self.S:
             tables = np.concatenate([s[2].table for s in sel])
             idx = items.vids[self.m_rows, rows]
