@@ -72,6 +72,15 @@ class _State:
     bad: str | None  # the first event-side output with a non-finite value (raised after cand_num's check)
 
 
+def _one_location(rows: np.ndarray, cids: np.ndarray) -> bool:
+    """Whether no row of `rows` comes with two different search location ids `cids`."""
+    if len(rows) < 2:
+        return True
+    order = np.argsort(rows, kind="stable")
+    r, c = rows[order], cids[order]
+    return not ((r[1:] == r[:-1]) & (c[1:] != c[:-1])).any()
+
+
 class _ItemExtra:
     """Per item-table row: match value ids, unknown buckets, the integer block and the item-only cand_num row."""
 
@@ -579,8 +588,21 @@ class RerankPath:
             for h in heres:
                 if h not in ctx_ids:
                     ctx_ids[h] = len(ctx_ids)
-            off = t.ctx_of[rows] != np.repeat(np.array([ctx_ids[h] for h in heres], dtype=np.int64), ns)
+            cids = np.repeat(np.array([ctx_ids[h] for h in heres], dtype=np.int64), ns)
+            off = t.ctx_of[rows] != cids
             if not off.any():
+                return
+            o_rows = rows[off]
+            o_cids = cids[off]
+            if self.geo == "planar" and _one_location(o_rows, o_cids):
+                # (no row stale for two search locations: every distance at once, elementwise as _to_here; the rest
+                # of a page the window has not reached yet is left to its own windows)
+                here = np.repeat(np.array(heres, dtype=np.float64), ns, axis=0)[off]
+                d = np.sqrt((t.lat[o_rows] - here[:, 0]) ** 2 + (t.lon[o_rows] - here[:, 1]) ** 2)
+                t.set_distances(o_rows, o_cids, d)
+                o_dest = dest[off]
+                num.reshape(B * N, F)[o_dest] = items.base[o_rows]
+                ints5.reshape(5, B * N)[:, o_dest] = items.ints[:, o_rows]
                 return
             redo = np.add.reduceat(off, np.cumsum(ns) - ns).tolist()
         for s, h, k in zip(sel, heres, redo, strict=True):
