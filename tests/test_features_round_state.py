@@ -113,3 +113,25 @@ def test_the_round_derives_rows_once_for_every_request(fcfg):
         assert d.upto == snap._hi and d.ctx == (ctx.lat, ctx.lon) and d.ctx_upto == snap._hi
         ref = FeatureBuilder(cfg).build(*requests[k])
         assert all(out[name][k].tobytes() == v.tobytes() for name, v in ref.items())
+
+
+def test_a_round_when_the_item_table_runs_out_of_location_ids(fcfg):
+    """The item table keeps ids for 1,024 search locations (``ItemTable.stale`` forgets all of them when full): a
+    round whose new locations do not fit forgets them before the round; rows read before that, shared items from
+    several locations, and the next round (its rows' distances recomputed) keep the bits of one build at a time."""
+    cfg = _cfg(fcfg, n_max=6, l_max=8)
+    rng = np.random.default_rng(4)
+    store = FeedbackStore()
+    items = [make_item(k, rng, cfg, k) for k in range(9)]
+    for s in range(6):
+        store.add_many(f"s{s}", make_events([make_item(100 * (s + 1) + k, rng, cfg, k) for k in range(5)],
+                                            {100 * (s + 1) + 1}))
+    batched, single = FeatureBuilder(cfg, item_cache=256), FeatureBuilder(cfg, item_cache=256)
+    for round_ in range(3):
+        requests = [(items[s % 3:][:6], store.snapshot(f"s{s}"), Context(0.25 * s + round_, 1.0, s)) for s in range(6)]
+        if round_ == 1:  # nearly full: the round's six new locations do not fit
+            for k in range(1022 - len(batched._table._ctx_ids)):
+                batched._table._ctx_ids[(-1.0 - k, 0.0)] = len(batched._table._ctx_ids)
+        _check(batched, requests, single)
+        if round_ == 1:
+            assert len(batched._table._ctx_ids) == 6  # (forgotten, then the round's own)
