@@ -878,24 +878,32 @@ class RerankPath:
         recs: list[list] = []  # new states of the round, computed together (``_round_states``)
         rec_of: dict[tuple, list] = {}  # (id(rows), key) -> its record
         here_of: dict[int, tuple] = {}  # id(rows) -> the search location its pending records were derived for
-        unknown_sum = [0] * len(self.cat_names)
-        for b, (candidates, events, context) in enumerate(requests):
+        looked = []  # (b, rows) of the requests with every item's row
+        for b, (candidates, events, _) in enumerate(requests):
             n = len(candidates)
             if n == 0 or n > N:
                 continue
-            n_events = len(events)
-            if n_events and (not isinstance(events, EventColumns) or not events.plain or events.ragged or
-                             events.width != self.E):  # (vectors of another width: left to ``build``)
+            if len(events) and (not isinstance(events, EventColumns) or not events.plain or events.ragged or
+                                events.width != self.E):  # (vectors of another width: left to ``build``)
                 continue
             rows = t.rows_of(candidates)
-            if rows is None:
+            if rows is not None:
+                looked.append((b, rows))
+        if not looked:
+            return handled
+        # every window's unknown buckets per declared field at once (a window with one in a matched field: `build`)
+        lens = [len(r) for _, r in looked]
+        unknown = np.add.reduceat(items.unknown[:, np.concatenate([r for _, r in looked])],
+                                  np.cumsum([0] + lens[:-1]), axis=1)
+        known = (~unknown[self.matched].any(axis=0) if len(self.matched) else np.ones(len(looked), bool)).tolist()
+        took = []  # (their columns of `unknown`)
+        for j, ((b, rows), ok) in enumerate(zip(looked, known, strict=True)):
+            if not ok:
                 continue
-            known, unknown = items.window(rows)
-            if not known:
-                continue
+            events, context = requests[b][1], requests[b][2]
             here = (context.lat, context.lon)
             new = None
-            if n_events:
+            if len(events):
                 rows_d = builder._event_rows(events)
                 ex = rows_d.extra
                 lo, hi = events._lo, events._hi
@@ -920,8 +928,7 @@ class RerankPath:
                     new = ex
             else:
                 st = self._empty_state()
-            for k, u in enumerate(unknown):
-                unknown_sum[k] += u
+            took.append(j)
             sel.append([b, rows, st, context, new])
         if recs:
             self._flush(builder, recs, here_of)
@@ -929,7 +936,7 @@ class RerankPath:
             return handled
         self.builds += len(sel)
         n_all = sum(len(s[1]) for s in sel)
-        for name, u in zip(self.cat_names, unknown_sum, strict=True):
+        for name, u in zip(self.cat_names, unknown[:, took].sum(axis=1).tolist(), strict=True):
             counts = builder.unknown_counts[name]
             counts[0] += u
             counts[1] += n_all
