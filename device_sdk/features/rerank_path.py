@@ -967,8 +967,9 @@ class RerankPath:
         out["_seq"][:, bs] = np.stack([st.seq_int for st in sts], axis=1)
         out["seq_emb"][bs] = np.stack([st.seq_emb for st in sts])
         out["seq_num"][bs] = np.stack([st.seq_num for st in sts])
-        out["seq_pos_mask"][bs] = np.stack([st.pos_mask for st in sts])
-        out["seq_neg_mask"][bs] = np.stack([st.neg_mask for st in sts])
+        kind = out["_seq"][3]  # (the MVFAN masks are the kinds': rows `build` writes later are overwritten then)
+        np.equal(kind, 1, out=out["seq_pos_mask"], casting="unsafe")
+        np.equal(kind, 2, out=out["seq_neg_mask"], casting="unsafe")
         cs = [self._ctx(s[2], s[3]) for s in sel]
         out["ctx"][bs] = np.array(cs, dtype=np.float32)
         finite = np.isfinite(np.add.reduce(num[bs].reshape(len(sel), -1), axis=1, dtype=np.float64)).tolist()
