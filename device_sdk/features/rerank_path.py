@@ -20,6 +20,13 @@ path, as do configs this path does not cover: hashed or identity matches, item-i
 combinations of more than 65,536 values, more than 8,192 table values in all, events without vectors of the
 model's width. Outputs are bit-identical to
 the general path (``tests/test_features_cached.py``, ``tests/test_features_rerank_path.py``).
+
+``build_many`` (a lock-step round) does the per-request work round-wide: the new events' rows of every store buffer in
+one pass (``_derive_round``), every new feedback state of the round in one pass over an arena of the round's event
+rows laid end to end (``_round_states``), the windows' unknown buckets, the item rows' distances and reads, the
+distance-to-click and similarity columns (``_round_items``, ``_round_sim``; the similarity products stay one per list
+for their rounding) and every gather once for the round (``tests/test_features_build_many.py``,
+``tests/test_features_round_state.py``).
 """
 
 from __future__ import annotations
