@@ -84,6 +84,7 @@ def test_property_lockstep_sessions_match_one_build_at_a_time(fcfg, seed, n_sess
             sess.step(what, m)
         requests = [(s.window, store.snapshot(s.session), s.ctx) for s in sessions]
         _check(batched, requests, single)
+        assert batched.unknown_counts == single.unknown_counts  # (the windows' unknown buckets, counted once each)
     assert batched._fast.builds > 0 or all(not s.window for s in sessions)
 
 
@@ -120,8 +121,9 @@ def test_requests_the_path_does_not_take_and_errors(fcfg):
     requests = [(good, snap, Context(1.0, 1.0, 1)), (odd, snap, Context(1.0, 1.0, 1)), (many, snap,
                 Context(1.0, 1.0, 1)), (bad, snap, Context(1.0, 1.0, 1)), ([], snap, Context(1.0, 1.0, 1)),
                 (good[3:], snap, Context(2.0, 1.0, 5))]
-    b = FeatureBuilder(cfg, item_cache=64)
-    out, errors = _check(b, requests, FeatureBuilder(cfg, item_cache=64))
+    b, one = FeatureBuilder(cfg, item_cache=64), FeatureBuilder(cfg, item_cache=64)
+    out, errors = _check(b, requests, one)
+    assert b.unknown_counts == one.unknown_counts  # (each window's unknown buckets counted once, as by build)
     assert errors[0] is None and errors[1] is None and errors[5] is None
     assert isinstance(errors[2], FeatureError) and "exceed n_max" in str(errors[2])
     assert isinstance(errors[3], FeatureError)

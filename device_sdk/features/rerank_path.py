@@ -20,6 +20,13 @@ path, as do configs this path does not cover: hashed or identity matches, item-i
 combinations of more than 65,536 values, more than 8,192 table values in all, events without vectors of the
 model's width. Outputs are bit-identical to
 the general path (``tests/test_features_cached.py``, ``tests/test_features_rerank_path.py``).
+
+``build_many`` (a lock-step round) does the per-request work round-wide: the new events' rows of every store buffer in
+one pass (``_derive_round``), every new feedback state of the round in one pass over an arena of the round's event
+rows laid end to end (``_round_states``), the windows' unknown buckets, the item rows' distances and reads, the
+distance-to-click and similarity columns (``_round_items``, ``_round_sim``; the similarity products stay one per list
+for their rounding) and every gather once for the round (``tests/test_features_build_many.py``,
+``tests/test_features_round_state.py``).
 """
 
 from __future__ import annotations
@@ -59,7 +66,7 @@ class _State:
     T: int
     n_p: int
     n_neg: int
-    table: np.ndarray | None  # float64 [3 S]: hit | freq | step of every (slot, value); None: not computed yet
+    table: np.ndarray  # float64 [3 S]: hit | freq | step of every (slot, value)
     U: np.ndarray | None  # float64 [T, E] unit vectors of the sequence events (sim operators)
     lay: _Layout | None
     plat: np.ndarray  # positives' locations (dist_last / dist_min)
@@ -70,7 +77,15 @@ class _State:
     pos_mask: np.ndarray
     neg_mask: np.ndarray
     bad: str | None  # the first event-side output with a non-finite value (raised after cand_num's check)
-    pidx: np.ndarray | None = None  # (table None) the value-table index of every (slot, event) pair, as _tables takes
+
+
+def _one_location(rows: np.ndarray, cids: np.ndarray) -> bool:
+    """Whether no row of `rows` comes with two different search location ids `cids`."""
+    if len(rows) < 2:
+        return True
+    order = np.argsort(rows, kind="stable")
+    r, c = rows[order], cids[order]
+    return not ((r[1:] == r[:-1]) & (c[1:] != c[:-1])).any()
 
 
 class _ItemExtra:
@@ -329,7 +344,7 @@ class RerankPath:
                                  pos_mask=np.zeros(L, np.float32), neg_mask=np.zeros(L, np.float32), bad=None)
         return self._empty
 
-    def _state(self, builder, events: EventColumns, rows_d, here: tuple, defer: bool = False) -> _State | None:
+    def _state(self, builder, events: EventColumns, rows_d, here: tuple) -> _State | None:
         ex = rows_d.extra
         lo, hi = events._lo, events._hi
         key = (lo, hi, here)
@@ -370,8 +385,7 @@ class RerankPath:
         if T and self.S:
             idx = ex.vids[lay.pair_r, ev[lay.pair_t]]
             idx += lay.pair_off
-        # (`defer`: a round of build_many computes every new state's table in one pass, ``_round_tables``)
-        table = None if defer and idx is not None else self._tables(idx, lay)
+        table = self._tables(idx, lay)
         U = rows_d.unit[ev] if self.sim and T else None
         # the event half of the outputs (as the general path writes them)
         seq_int = np.zeros((6, L), np.int32)
@@ -399,32 +413,213 @@ class RerankPath:
         st = ex.state = _State(key=key, T=T, n_p=n_p, n_neg=len(neg_idx), table=table, U=U, lay=lay,
                                plat=b.lat[p], plon=b.lon[p], seq_int=seq_int, seq_emb=seq_emb, seq_num=seq_num,
                                pos_mask=masks[0], neg_mask=masks[1],
-                               bad=bad, pidx=idx if table is None else None)
+                               bad=bad)
         return st
 
     # ---- per build ----
-    def _round_tables(self, states: list[_State]) -> None:
-        """The value tables of `states` (those ``_state(..., defer=True)`` left without one) in one pass: the same
-        counts, frequencies and newest-match steps as ``_tables`` computes state by state, each state's values
-        offset into one array (its table a view of its block)."""
-        pend = list({id(st): st for st in states if st.table is None}.values())
-        if not pend:
-            return
-        S, K = self.S, len(pend)
-        sizes = np.array([len(st.pidx) for st in pend], dtype=np.intp)
-        idx = np.concatenate([st.pidx for st in pend])
-        idx += np.repeat(np.arange(K, dtype=np.int64) * S, sizes)
-        cnt = np.bincount(idx, minlength=K * S).reshape(K, S)
-        tab = np.empty((K, 3, S))
-        np.greater(cnt, 0, out=tab[:, 0])
-        np.divide(cnt, np.stack([st.lay.div for st in pend]), out=tab[:, 1])
-        tab[:, 2] = 1.0  # no match: 1.0
-        idx += np.repeat(np.arange(K, dtype=np.int64) * (2 * S) + 2 * S, sizes)  # (k S + v) -> (3 k S + 2 S + v)
-        np.minimum.at(tab.reshape(-1), idx, np.concatenate([st.lay.pair_step for st in pend]))
-        for k, st in enumerate(pend):
-            st.table, st.pidx = tab[k].reshape(-1), None
+    def _round_states(self, builder, recs: list[list]) -> None:
+        """New feedback states of a round in one pass (``_state``'s values, bit for bit): every request's events
+        [lo, hi) laid end to end (an arena, one segment per state, read as slices of each store buffer and of its
+        derived rows), the sequence selection over the whole arena (the never-a-negative-with-a-positive mask per
+        segment and item, the last ``max_positives`` positives and last ``L - n_p`` negatives of each segment by
+        counting from the segment's end), each selected event's slot, then every gather of the event half of the
+        outputs, the finiteness checks and the value tables once for the round. `recs`: ``[extra, rows, buffers, lo,
+        hi, here, key, None]`` each (rows derived and their distances set for `here`); the state goes in the last
+        cell. Every new state's arrays are views of the round's blocks."""
+        K, L, E, S = len(recs), self.L, self.E, self.S
+        cat = np.concatenate
+        m = np.array([r[4] - r[3] for r in recs], dtype=np.intp)  # events per segment (>= 1)
+        end = np.cumsum(m)
+        start = end - m
+        seg = np.repeat(np.arange(K, dtype=np.intp), m)
+        roles = cat([r[1].roles[:, r[3]:r[4]] for r in recs], axis=1)
+        pos, neg = roles[0], roles[1]
+        cp = np.zeros(len(seg) + 1, np.intp)
+        np.cumsum(pos, out=cp[1:])
+        n_pos = cp[end] - cp[start]
+        if n_pos.any():  # never a negative: an item with a positive (in the same segment)
+            _, code = np.unique(cat([r[2].item[r[3]:r[4]] for r in recs]), return_inverse=True)
+            code += seg * len(code)  # (distinct per (segment, item))
+            has = np.zeros(K * len(code), bool)
+            has[code[pos]] = True
+            neg = neg & ~has[code]
+        cn = np.zeros(len(seg) + 1, np.intp)
+        np.cumsum(neg, out=cn[1:])
+        after_p = cp[end][seg] - cp[1:]  # positives after each event in its segment
+        after_n = cn[end][seg] - cn[1:]
+        n_p = np.minimum(n_pos, self.max_pos)
+        n_neg = np.minimum(cn[end] - cn[start], np.maximum(L - n_p, 0))
+        keep_p = pos & (after_p < self.max_pos)
+        keep_n = neg & (after_n < (L - n_p)[seg])
+        s = n_p + n_neg
+        sel = np.flatnonzero(keep_p | keep_n)
+        g_seg = seg[sel]
+        sel_p = keep_p[sel]
+        slot = np.where(sel_p, n_p[g_seg] - 1 - after_p[sel], s[g_seg] - 1 - after_n[sel])  # (gb's order)
+        fs = g_seg * L + slot
+        # the sequences the plan reads, laid end to end (state k's events at [e_off[k], e_off[k] + T[k]))
+        if self.seqs_are_both:
+            T, sizes = s, np.stack([n_p, n_neg], axis=1)
+            e_off = np.cumsum(T) - T
+            ev = np.empty(int(T.sum()), np.intp)
+            ev[e_off[g_seg] + slot] = sel
+        else:
+            cols, q_size = [], []
+            for q in self.plan.seqs:
+                if q == "click":
+                    cols.append((keep_p, n_p, after_p))
+                elif q == "skip":
+                    cols.append((keep_n, n_neg, after_n))
+                else:  # seen
+                    shown = roles[2]
+                    cs = np.zeros(len(seg) + 1, np.intp)
+                    np.cumsum(shown, out=cs[1:])
+                    cols.append((shown, cs[end] - cs[start], cs[end][seg] - cs[1:]))
+                q_size.append(cols[-1][1])
+            sizes = np.stack(q_size, axis=1) if q_size else np.zeros((K, 0), np.intp)
+            T = sizes.sum(axis=1)
+            e_off = np.cumsum(T) - T
+            ev = np.empty(int(T.sum()), np.intp)
+            q_off = e_off.copy()
+            for mask, cnt, after in cols:
+                g = np.flatnonzero(mask)
+                sg = seg[g]
+                ev[q_off[sg] + cnt[sg] - 1 - after[g]] = g
+                q_off += cnt
+        T_l, s_l, np_l, nn_l = T.tolist(), s.tolist(), n_p.tolist(), n_neg.tolist()
+        sizes_l = list(map(tuple, sizes.tolist()))
+        lays = [self._layout(builder, z) if t else None for z, t in zip(sizes_l, T_l, strict=True)]
+        # the value tables (as _tables computes them state by state: exact counts and minima)
+        empty = self._empty_state().table
+        tables = [empty] * K
+        tk = [k for k in range(K) if T_l[k]] if S else []
+        if tk:
+            vids = cat([r[0].vids[:, r[3]:r[4]] for r in recs], axis=1)
+            tl = [lays[k] for k in tk]
+            P = np.array([len(lay.pair_t) for lay in tl], dtype=np.intp)
+            pt = cat([lay.pair_t for lay in tl])
+            pt += np.repeat(e_off[tk], P)
+            idx = vids[cat([lay.pair_r for lay in tl]), ev[pt]]
+            idx += cat([lay.pair_off for lay in tl])
+            J = len(tk)
+            jrep = np.repeat(np.arange(J, dtype=np.int64), P)
+            idx += jrep * S
+            cnt = np.bincount(idx, minlength=J * S).reshape(J, S)
+            tab = np.empty((J, 3, S))
+            np.greater(cnt, 0, out=tab[:, 0])
+            np.divide(cnt, np.stack([lay.div for lay in tl]), out=tab[:, 1])
+            tab[:, 2] = 1.0  # no match: 1.0
+            idx += jrep * (2 * S) + 2 * S  # (j S + v) -> (3 j S + 2 S + v)
+            np.minimum.at(tab.reshape(-1), idx, cat([lay.pair_step for lay in tl]))
+            flat = tab.reshape(J, 3 * S)
+            for j, k in enumerate(tk):
+                tables[k] = flat[j]
+        # the event half of the outputs
+        SI = np.zeros((6, K, L), np.int32)
+        SI.reshape(6, K * L)[:, fs] = cat([r[0].ints[:, r[3]:r[4]] for r in recs], axis=1)[:, sel]
+        SI[3].reshape(-1)[fs] = np.where(sel_p, 1, 2)
+        SE = np.zeros((K, L, E), np.float32)
+        SE.reshape(K * L, E)[fs] = cat([r[2].emb[r[3]:r[4]] for r in recs])[sel]
+        SN = np.zeros((K, L, 4), np.float32)
+        sn = SN.reshape(K * L, 4)
+        sn[fs] = cat([r[1].seq_num[r[3]:r[4]] for r in recs])[sel]
+        sn[fs, 1] = self._steps_ago(int(m.max()))[end[g_seg] - sel]
+        fin = np.isfinite(np.add.reduce(SE.reshape(K, -1), axis=1, dtype=np.float64)).tolist()
+        fin_n = np.isfinite(np.add.reduce(SN.reshape(K, -1), axis=1, dtype=np.float64)).tolist()
+        U = cat([r[1].unit[r[3]:r[4]] for r in recs])[ev] if self.sim else None
+        if self.dist_click:
+            psel = sel[sel_p]  # the kept positives, segment by segment in order (pos_idx)
+            plat = cat([r[2].lat[r[3]:r[4]] for r in recs])[psel]
+            plon = cat([r[2].lon[r[3]:r[4]] for r in recs])[psel]
+            p_end = np.cumsum(n_p).tolist()
+        e_off_l = e_off.tolist()
+        for k, r in enumerate(recs):
+            t, n_pk, sk = T_l[k], np_l[k], s_l[k]
+            masks = self._seq_masks.get((n_pk, sk))
+            if masks is None:  # (as _state: the MVFAN masks depend on the two counts only)
+                if len(self._seq_masks) >= 4096:
+                    self._seq_masks.clear()
+                kind = SI[3, k]
+                masks = self._seq_masks[(n_pk, sk)] = ((kind == 1).astype(np.float32), (kind == 2).astype(np.float32))
+            if self.dist_click:
+                pl, ph = p_end[k] - n_pk, p_end[k]
+                la, lo_ = plat[pl:ph], plon[pl:ph]
+            else:
+                la = lo_ = _EMPTY
+            o = e_off_l[k]
+            r[7] = _State(key=r[6], T=t, n_p=n_pk, n_neg=nn_l[k], table=tables[k],
+                          U=U[o:o + t] if U is not None and t else None, lay=lays[k], plat=la, plon=lo_,
+                          seq_int=SI[:, k], seq_emb=SE[k], seq_num=SN[k], pos_mask=masks[0], neg_mask=masks[1],
+                          bad=None if fin[k] and fin_n[k] else "seq_emb" if not fin[k] else "seq_num")
 
-    def _prelude(self, builder, candidates, events, context, defer: bool = False):
+    def _flush(self, builder, recs: list[list], here_of: dict) -> None:
+        """The pending new states of a round (``_round_states``), before a request moves one of their buffers'
+        distances to another search location (and at the end of the pass)."""
+        self._round_states(builder, recs)
+        recs.clear()
+        here_of.clear()
+
+    def _stale_items(self, t, rows: np.ndarray, here: tuple) -> None:
+        """The distances to `here` of those of `rows` without one (and of every later row without any distance yet:
+        a page is inserted at once, so its next windows find theirs; a row with another location's distance is
+        another session's, left to its own builds)."""
+        cid, stale = t.stale(rows, here)
+        if stale.size:
+            lo = int(stale.min())
+            mark = t.ctx_of[lo:t._used] == -1
+            mark[stale - lo] = True
+            stale = np.flatnonzero(mark)
+            stale += lo
+            t.set_distances(stale, cid, self._to_here(t.lat[stale], t.lon[stale], here))
+
+    def _round_items(self, t, sel: list[list], rows: np.ndarray, ns: np.ndarray, dest: np.ndarray,
+                     num: np.ndarray, ints5: np.ndarray) -> None:
+        """The location-dependent candidate inputs of a round (the item-only ``cand_num`` row, the integer block): one
+        read for the round; then, in request order (as builds one at a time), each request with a row whose distance
+        is not to its own search location (a new row, or a row shared with a request from another location) gets its
+        distances and reads its rows again."""
+        ctx_ids = t._ctx_ids
+        heres = [(s[3].lat, s[3].lon) for s in sel]
+        new = set(heres).difference(ctx_ids)
+        if len(ctx_ids) + len(new) > 1024:  # (as ``ItemTable.stale`` when full: every id forgotten, before the round)
+            ctx_ids.clear()
+            t.ctx_of[:] = -1
+            new = set(heres)
+        items = self.items
+        B, N, F = num.shape
+        num.reshape(B * N, F)[dest] = items.base[rows]
+        ints5.reshape(5, B * N)[:, dest] = items.ints[:, rows]
+        if len(new) > 1024:  # (more search locations than ids: every request on its own)
+            redo = [True] * len(sel)
+        else:
+            for h in heres:
+                if h not in ctx_ids:
+                    ctx_ids[h] = len(ctx_ids)
+            cids = np.repeat(np.array([ctx_ids[h] for h in heres], dtype=np.int64), ns)
+            off = t.ctx_of[rows] != cids
+            if not off.any():
+                return
+            o_rows = rows[off]
+            o_cids = cids[off]
+            if self.geo == "planar" and _one_location(o_rows, o_cids):
+                # (no row stale for two search locations: every distance at once, elementwise as _to_here; the rest
+                # of a page the window has not reached yet is left to its own windows)
+                here = np.repeat(np.array(heres, dtype=np.float64), ns, axis=0)[off]
+                d = np.sqrt((t.lat[o_rows] - here[:, 0]) ** 2 + (t.lon[o_rows] - here[:, 1]) ** 2)
+                t.set_distances(o_rows, o_cids, d)
+                o_dest = dest[off]
+                num.reshape(B * N, F)[o_dest] = items.base[o_rows]
+                ints5.reshape(5, B * N)[:, o_dest] = items.ints[:, o_rows]
+                return
+            redo = np.add.reduceat(off, np.cumsum(ns) - ns).tolist()
+        for s, h, k in zip(sel, heres, redo, strict=True):
+            if k:
+                b, r = s[0], s[1]
+                self._stale_items(t, r, h)
+                np.take(items.base, r, axis=0, out=num[b, :len(r)], mode="clip")
+                ints5[:, b, :len(r)] = items.ints[:, r]
+
+    def _prelude(self, builder, candidates, events, context):
         """The part of a build before the gathers: the item table's rows, the feedback state, the counters and the
         rows' distances to the search location. Returns (state, rows), or (None, rows) to hand the build to the
         general path (`rows`: the item table's rows if this call already asked for them, else ``...``)."""
@@ -446,11 +641,9 @@ class RerankPath:
             return None, rows
         here = (context.lat, context.lon)
         if n_events:
-            st = self._state(builder, events, builder._event_rows(events), here, defer)
+            st = self._state(builder, events, builder._event_rows(events), here)
             if st is None:
                 return None, rows
-            if st.table is None and not defer:  # (a memo a round left without its table: never, but cheap to check)
-                self._round_tables([st])
         else:
             st = self._empty_state()
         self.builds += 1
@@ -458,15 +651,7 @@ class RerankPath:
             counts = builder.unknown_counts[name]
             counts[0] += u
             counts[1] += n
-        cid, stale = t.stale(rows, here)
-        if stale.size:  # and every later row without any distance yet (a page is inserted at once: its next windows
-            # find theirs; a row with another location's distance is another session's: left to its own builds)
-            lo = int(stale.min())
-            mark = t.ctx_of[lo:t._used] == -1
-            mark[stale - lo] = True
-            stale = np.flatnonzero(mark)
-            stale += lo
-            t.set_distances(stale, cid, self._to_here(t.lat[stale], t.lon[stale], here))
+        self._stale_items(t, rows, here)
         return st, rows
 
     def _sim_columns(self, num: np.ndarray, t, rows: np.ndarray, st: _State) -> None:
@@ -487,6 +672,82 @@ class RerankPath:
                 num[:n, self.max_cols] = np.where(lay.max_nonempty, top, 0.0)
             if self.mean_cols is not None:
                 num[:n, self.mean_cols] = (sim @ lay.mean_masks) / lay.mean_div
+
+    def _round_sim(self, t, sel: list[list], rows: np.ndarray, ns: np.ndarray, dest: np.ndarray,
+                   num: np.ndarray) -> None:
+        """The distance-to-clicks and similarity columns of a round (``_sim_columns``'s values, bit for bit). Planar
+        distances to the clicks are elementwise: every (candidate, kept positive) pair of the round in one pass, the
+        newest and the nearest by segment. The similarities stay one product per list (a stacked product could round
+        differently), each written into one flat buffer; the maxima over the views are one ``reduceat`` over it, the
+        means one product per list (a sum in another order rounds differently) and one division."""
+        B, N, F = num.shape
+        numf = num.reshape(B * N, F)
+        first = np.cumsum(ns) - ns
+        if self.dist_click:
+            if self.geo == "planar":
+                npr = [s[2].n_p for s in sel]
+                if any(npr):
+                    kp = [k for k, c in enumerate(npr) if c]
+                    reps = np.repeat(np.array(npr, dtype=np.intp), ns)  # pairs per candidate row
+                    keep = reps > 0
+                    r_rows, r_dest, r_reps = rows[keep], dest[keep], reps[keep]
+                    g_end = np.cumsum(r_reps)
+                    g_start = g_end - r_reps
+                    p_off = np.cumsum([0] + [npr[k] for k in kp])[:-1]  # each request's first positive
+                    p_row = np.repeat(np.repeat(p_off, ns[kp]) - g_start, r_reps)
+                    p_row += np.arange(int(g_end[-1]))
+                    plat = np.concatenate([sel[k][2].plat for k in kp])[p_row]
+                    plon = np.concatenate([sel[k][2].plon for k in kp])[p_row]
+                    c_rows = np.repeat(r_rows, r_reps)
+                    d = np.sqrt((t.lat[c_rows] - plat) ** 2 + (t.lon[c_rows] - plon) ** 2)  # (as _distance, planar)
+                    numf[r_dest[:, None], self.col_last] = np.log1p(d[g_end - 1])[:, None]
+                    numf[r_dest[:, None], self.col_min] = np.log1p(np.minimum.reduceat(d, g_start))[:, None]
+            else:
+                for b, r, st, _, _ in sel:
+                    if st.n_p:
+                        d = self._distance(t.lat[r], t.lon[r], st.plat, st.plon, self.geo)
+                        nb = num[b, :len(r)]
+                        nb[:, self.col_last] = np.log1p(d[:, -1])[:, None]
+                        nb[:, self.col_min] = np.log1p(d.min(axis=1))[:, None]
+        ks = [k for k, s in enumerate(sel) if s[2].U is not None]
+        if not ks or (self.max_cols is None and self.mean_cols is None):
+            return
+        sts = [sel[k][2] for k in ks]
+        n_l = ns[ks].tolist()
+        T_l = [st.T for st in sts]
+        size = [n * T for n, T in zip(n_l, T_l, strict=True)]
+        flat = np.empty(sum(size) + 1)  # (+ 1: a view may end at the last similarity)
+        flat[-1] = 0.0
+        unit = t.unit[rows]
+        f_l = first[ks].tolist()
+        o = 0
+        for st, a, n, T, z in zip(sts, f_l, n_l, T_l, size, strict=True):
+            np.matmul(unit[a:a + n], st.U.T, out=flat[o:o + z].reshape(n, T))
+            o += z
+        n_rows = sum(n_l)
+        j = np.repeat(np.arange(len(ks)), n_l)  # each similarity row's list (of those with similarities)
+        if len(ks) < len(sel):
+            has = np.zeros(len(sel), bool)
+            has[ks] = True
+            k_dest = dest[np.repeat(has, ns)]
+        else:
+            k_dest = dest
+        if self.max_cols is not None:
+            rowbase = np.repeat(np.cumsum([0] + size[:-1]), n_l)  # each row's first similarity in `flat`
+            rowbase += (np.arange(n_rows) - np.repeat(np.cumsum([0] + n_l[:-1]), n_l)) * np.repeat(T_l, n_l)
+            edges = np.stack([st.lay.max_edges for st in sts])[j]
+            edges += rowbase[:, None]
+            top = np.maximum.reduceat(flat, edges.ravel()).reshape(n_rows, -1)[:, ::2]
+            nonempty = np.stack([st.lay.max_nonempty for st in sts])[j]
+            numf[k_dest[:, None], self.max_cols] = np.where(nonempty, top, 0.0)
+        if self.mean_cols is not None:
+            mean = np.empty((n_rows, len(self.mean_cols)))
+            o = s_ = 0
+            for st, n, T, z in zip(sts, n_l, T_l, size, strict=True):
+                np.matmul(flat[o:o + z].reshape(n, T), st.lay.mean_masks, out=mean[s_:s_ + n])
+                o += z
+                s_ += n
+            numf[k_dest[:, None], self.mean_cols] = mean / np.stack([st.lay.mean_div for st in sts])[j]
 
     def _ctx(self, st: _State, context) -> list[float]:
         hour = 2 * np.pi * (context.hour % 24) / 24.0
@@ -597,10 +858,12 @@ class RerankPath:
             s += k
 
     def build_many(self, builder, requests, out: dict[str, np.ndarray], errors: list) -> list[bool]:
-        """Many builds written into `out` (``FeatureBuilder.build_many``'s zeroed [B, ...] arrays): per request, the
-        prelude (rows, feedback state, distances) as ``build`` does it, then every gather once for all of them, with
-        each request's rows and value table offset into one array. Returns which requests it handled (their row of
-        `out` written, or their error in `errors`); the others take ``FeatureBuilder.build``."""
+        """Many builds written into `out` (``FeatureBuilder.build_many``'s zeroed [B, ...] arrays): per request only
+        what ``build``'s prelude decides on (the window's rows, whether the path takes it, its memoised feedback
+        state), then the round's new feedback states in one pass (``_round_states``), the item rows' distances,
+        and every gather once for all requests, with each request's rows and value table offset into one array.
+        Returns which requests it handled (their row of `out` written, or their error in `errors`); the others take
+        ``FeatureBuilder.build``."""
         B = len(requests)
         handled = [False] * B
         t, items = builder._table, self.items
@@ -618,31 +881,92 @@ class RerankPath:
         N, F = self.N, self.F
         num, ints5 = out["cand_num"], out["_ints"]
         self._derive_round(builder, requests)
-        sel: list[tuple[int, np.ndarray, _State, list[float]]] = []
-        for b, (candidates, events, context) in enumerate(requests):
-            st, rows = self._prelude(builder, candidates, events, context, defer=True)
-            if st is None:
+        sel: list[list] = []  # [b, rows, state (or its record), context, new state's extra or None]
+        recs: list[list] = []  # new states of the round, computed together (``_round_states``)
+        rec_of: dict[tuple, list] = {}  # (id(rows), key) -> its record
+        here_of: dict[int, tuple] = {}  # id(rows) -> the search location its pending records were derived for
+        looked = []  # (b, rows) of the requests with every item's row
+        for b, (candidates, events, _) in enumerate(requests):
+            n = len(candidates)
+            if n == 0 or n > N:
                 continue
-            n = len(rows)
-            # what depends on the search location is read now: a later request may share an item and move it
-            np.take(items.base, rows, axis=0, out=num[b, :n], mode="clip")
-            ints5[:, b, :n] = items.ints[:, rows]
-            self._sim_columns(num[b], t, rows, st)
-            sel.append((b, rows, st, self._ctx(st, context)))
+            if len(events) and (not isinstance(events, EventColumns) or not events.plain or events.ragged or
+                                events.width != self.E):  # (vectors of another width: left to ``build``)
+                continue
+            rows = t.rows_of(candidates)
+            if rows is not None:
+                looked.append((b, rows))
+        if not looked:
+            return handled
+        # every window's unknown buckets per declared field at once (a window with one in a matched field: `build`)
+        lens = [len(r) for _, r in looked]
+        unknown = np.add.reduceat(items.unknown[:, np.concatenate([r for _, r in looked])],
+                                  np.cumsum([0] + lens[:-1]), axis=1)
+        known = (~unknown[self.matched].any(axis=0) if len(self.matched) else np.ones(len(looked), bool)).tolist()
+        took = []  # (their columns of `unknown`)
+        for j, ((b, rows), ok) in enumerate(zip(looked, known, strict=True)):
+            if not ok:
+                continue
+            events, context = requests[b][1], requests[b][2]
+            here = (context.lat, context.lon)
+            new = None
+            if len(events):
+                rows_d = builder._event_rows(events)
+                ex = rows_d.extra
+                lo, hi = events._lo, events._hi
+                key = (lo, hi, here)
+                st = ex.state
+                if st is None or st.key != key:
+                    rk = (id(rows_d), key)
+                    st = rec_of.get(rk)
+                    if st is None:
+                        if ex.last_unknown >= lo and ex.unknown[lo:hi].any():
+                            continue
+                        h = here_of.get(id(rows_d))
+                        if h is not None and h != here:  # (its rows' distances are about to change)
+                            self._flush(builder, recs, here_of)
+                        e_lo = rows_d.stale(here)
+                        if hi > e_lo:
+                            b_ = events._b
+                            rows_d.set_distances(e_lo, hi, self._to_here(b_.lat[e_lo:hi], b_.lon[e_lo:hi], here))
+                        st = rec_of[rk] = [ex, rows_d, events._b, lo, hi, here, key, None]
+                        recs.append(st)
+                        here_of[id(rows_d)] = here
+                    new = ex
+            else:
+                st = self._empty_state()
+            took.append(j)
+            sel.append([b, rows, st, context, new])
+        if recs:
+            self._flush(builder, recs, here_of)
         if not sel:
             return handled
-        self._round_tables([s[2] for s in sel])
+        self.builds += len(sel)
+        n_all = sum(len(s[1]) for s in sel)
+        for name, u in zip(self.cat_names, unknown[:, took].sum(axis=1).tolist(), strict=True):
+            counts = builder.unknown_counts[name]
+            counts[0] += u
+            counts[1] += n_all
+        for s in sel:
+            st = s[2]
+            if type(st) is list:
+                st = s[2] = st[7]
+            if s[4] is not None:
+                s[4].state = st  # (the memo: the last new state of each buffer, as request by request)
         bs = np.array([s[0] for s in sel], dtype=np.intp)
         ns = np.array([len(s[1]) for s in sel], dtype=np.intp)
         rows = np.concatenate([s[1] for s in sel])
         first = np.cumsum(ns) - ns
         dest = np.arange(len(rows)) + np.repeat(bs * N - first, ns)  # flat (request, slot) of each row
+        self._round_items(t, sel, rows, ns, dest, num, ints5)
+        numf = num.reshape(B * N, F)
+        self._round_sim(t, sel, rows, ns, dest, num)
         if self.S:
             tables = np.concatenate([s[2].table for s in sel])
             idx = items.vids[self.m_rows, rows]
             idx += self.m_base
             idx += np.repeat(np.arange(len(sel), dtype=np.int64) * (3 * self.S), ns)
-            num.reshape(B * N, F)[dest[:, None], self.m_cols] = tables[idx].T
+            numf[dest[:, None], self.m_cols] = tables[idx].T
         out["cand_emb"].reshape(B * N, self.E)[dest] = t.emb[rows]
         out["cand_dense"].reshape(B * N, self.D)[dest] = t.dense[rows]
         out["cand_mask"].reshape(B * N)[dest] = 1.0
@@ -650,12 +974,13 @@ class RerankPath:
         out["_seq"][:, bs] = np.stack([st.seq_int for st in sts], axis=1)
         out["seq_emb"][bs] = np.stack([st.seq_emb for st in sts])
         out["seq_num"][bs] = np.stack([st.seq_num for st in sts])
-        out["seq_pos_mask"][bs] = np.stack([st.pos_mask for st in sts])
-        out["seq_neg_mask"][bs] = np.stack([st.neg_mask for st in sts])
-        cs = [s[3] for s in sel]
+        kind = out["_seq"][3]  # (the MVFAN masks are the kinds': rows `build` writes later are overwritten then)
+        np.equal(kind, 1, out=out["seq_pos_mask"], casting="unsafe")
+        np.equal(kind, 2, out=out["seq_neg_mask"], casting="unsafe")
+        cs = [self._ctx(s[2], s[3]) for s in sel]
         out["ctx"][bs] = np.array(cs, dtype=np.float32)
         finite = np.isfinite(np.add.reduce(num[bs].reshape(len(sel), -1), axis=1, dtype=np.float64)).tolist()
-        for (b, _, st, c), ok in zip(sel, finite, strict=True):
+        for (b, _, st, _, _), c, ok in zip(sel, cs, finite, strict=True):
             handled[b] = True
             if not ok:
                 errors[b] = self._error("non-finite values in feature 'cand_num'")
