@@ -104,14 +104,44 @@ def paired_delta(a: ArmResult, b: ArmResult, metric: str, seed: int = 0) -> Esti
 
 
 def run_ab(user_model: UserModel, cloud: CloudTransport, arms: list[Arm], n_sessions: int, *, seed: int,
-           progress: bool = True, config: PhoneConfig | None = None) -> list[ArmResult]:
+           progress: bool = True, config: PhoneConfig | None = None, lockstep: int = 0) -> list[ArmResult]:
+    """The same `n_sessions` sessions through every arm. ``lockstep`` > 0: arms that can batch (a
+    ``RerankService`` over a fixed model) run their sessions in lock-step batches of that many
+    (``simulator.lockstep``): the same outcomes, faster, except the host-measured rerank latency, which is then
+    each request's share of its batch (``ArmResult.latency``'s ``p50_ms``/``p99_ms``; the modelled device latency
+    is unchanged). Without greenlet (the ``[sim]`` extra) every arm runs one session at a time."""
     specs = [user_model.world.session(i, seed) for i in range(n_sessions)]
     results = []
     for arm in arms:
         phone = arm.phone(user_model, cloud, config=config)
-        outcomes = run_sessions(phone, specs, desc=f"A/B arm {arm.name}", progress=progress)
+        desc = f"A/B arm {arm.name}"
+        outcomes = (_run_lockstep(phone, specs, lockstep, desc, progress) if lockstep > 0 and _has_greenlet()
+                    else run_sessions(phone, specs, desc=desc, progress=progress))
         results.append(summarize(arm.name, outcomes, seed=seed))
     return results
+
+
+def _has_greenlet() -> bool:
+    try:
+        import greenlet  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _run_lockstep(phone: Phone, specs: list, batch: int, desc: str, progress: bool) -> list[SessionOutcome]:
+    """``LockstepRunner`` over `specs` in chunks of 8 batches (for the progress bar)."""
+    from edge_rerank.simulator.lockstep import LockstepRunner
+
+    runner = LockstepRunner(phone, batch)
+    outcomes: list[SessionOutcome] = []
+    step = 8 * batch
+    with tqdm(total=len(specs), desc=desc, unit="session", disable=not progress, leave=False) as bar:
+        for k in range(0, len(specs), step):
+            chunk = specs[k: k + step]
+            outcomes.extend(runner.run(chunk))
+            bar.update(len(chunk))
+    return outcomes
 
 
 def position_curves(results: list[ArmResult], n_positions: int = 75) -> dict[str, np.ndarray]:

@@ -141,3 +141,29 @@ def test_one_feature_batch_and_one_backend_call_per_round(world, inproc_cloud, t
     _assert_same(one, locked, runner.stats)
     assert counting.calls == runner.stats["rounds"] == builds["many"]
     assert counting.lists == builds["requests"] == runner.stats["requests"]
+
+
+def test_run_ab_lockstep_gives_the_one_at_a_time_outcomes(world, inproc_cloud, onnx_model, monkeypatch):
+    """``run_ab(..., lockstep=B)``: every arm's outcomes and metrics as one session at a time (the device arm
+    batched, the cloud arm run as it is), except the host-measured rerank latency."""
+    from edge_rerank.simulator.ab import run_ab
+
+    rounds = []
+    real_answer = LockstepRunner._answer
+
+    def answer(self, *args, **kwargs):
+        rounds.append(1)
+        return real_answer(self, *args, **kwargs)
+
+    monkeypatch.setattr(LockstepRunner, "_answer", answer)
+    um = UserModel(world)
+    arms = [Arm("cloud"), Arm("device", RerankService(onnx_model))]
+    one = run_ab(um, inproc_cloud, arms, N_SESSIONS, seed=7, progress=False)
+    locked = run_ab(um, inproc_cloud, arms, N_SESSIONS, seed=7, progress=False, lockstep=4)
+    for a, b in zip(one, locked, strict=True):
+        assert a.name == b.name
+        assert [_comparable(o) for o in a.outcomes] == [_comparable(o) for o in b.outcomes], a.name
+        assert a.metrics == b.metrics and a.reranks_applied == b.reranks_applied
+    assert one[1].reranks_applied > 0  # the device model was in the loop
+    assert len(rounds) > 0 and sum(len(o.device_ms) for o in locked[1].outcomes) > len(rounds)  # it did batch
+    # (8 * 4 = 32 sessions per chunk: 40 sessions span two chunks, the second one partly filled)
