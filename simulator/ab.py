@@ -11,6 +11,8 @@ from tqdm.auto import tqdm
 
 from edge_rerank.device_sdk.budgets import CostModel
 from edge_rerank.device_sdk.triggers import TriggerConfig
+from edge_rerank.simulator.lockstep import LockstepRunner
+from edge_rerank.simulator.lockstep import available as lockstep_available
 from edge_rerank.simulator.phone import Phone, PhoneConfig, SessionOutcome
 from edge_rerank.simulator.session_metrics import (
     Estimate,
@@ -115,24 +117,14 @@ def run_ab(user_model: UserModel, cloud: CloudTransport, arms: list[Arm], n_sess
     for arm in arms:
         phone = arm.phone(user_model, cloud, config=config)
         desc = f"A/B arm {arm.name}"
-        outcomes = (_run_lockstep(phone, specs, lockstep, desc, progress) if lockstep > 0 and _has_greenlet()
+        outcomes = (_run_lockstep(phone, specs, lockstep, desc, progress) if lockstep > 0 and lockstep_available()
                     else run_sessions(phone, specs, desc=desc, progress=progress))
         results.append(summarize(arm.name, outcomes, seed=seed))
     return results
 
 
-def _has_greenlet() -> bool:
-    try:
-        import greenlet  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def _run_lockstep(phone: Phone, specs: list, batch: int, desc: str, progress: bool) -> list[SessionOutcome]:
     """``LockstepRunner`` over `specs` in chunks of 8 batches (for the progress bar)."""
-    from edge_rerank.simulator.lockstep import LockstepRunner
-
     runner = LockstepRunner(phone, batch)
     outcomes: list[SessionOutcome] = []
     step = 8 * batch

@@ -23,6 +23,7 @@ fault is raised in that session alone). Needs ``greenlet`` (the ``[sim]`` extra)
 from __future__ import annotations
 
 import copy
+import importlib.util
 from collections.abc import Iterable, Sequence
 
 from edge_rerank.device_sdk.model_manager import LoadedModel
@@ -32,6 +33,11 @@ from edge_rerank.simulator.world import SessionSpec
 
 DEFAULT_BATCH = 64
 ITEMS_PER_SESSION = 256  # item-table rows per session of a batch (a session loads ~100-200 items)
+
+
+def available() -> bool:
+    """Whether lock-step runs here: greenlet (the ``[sim]`` extra) is installed."""
+    return importlib.util.find_spec("greenlet") is not None
 
 
 def _greenlet():
