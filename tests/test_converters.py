@@ -163,7 +163,7 @@ def test_litert_backend_runs_on_the_primary_subgraph_with_the_signature_runners_
     _, out = exported
     path = out / "tflite" / "reranker.tflite"
     be = backends.create("litert", path)
-    assert be._direct is not None, "the file the converter writes should take the direct path"
+    assert be._feed is not None, "the file the converter writes should take the direct path"
     runner = Interpreter(model_path=str(path), num_threads=1).get_signature_runner("serving_default")
     inputs = validation_inputs(trained[2].inputs, 12)
     for x in inputs:
@@ -201,7 +201,7 @@ def test_litert_backend_sets_only_the_inputs_the_file_reads_and_still_checks_the
     assert "EXP" in ops and "SOFTMAX" not in ops  # converters.lean.for_tflite: the softmax written out
     unread = {n for n, _, _ in be._unread}
     assert unread == {n for n in be.input_names if n.startswith("seq_") and not n.endswith("_mask")}
-    assert {n for n, _ in be._direct} == set(be.input_names) - unread
+    assert {n for n, _, _ in be._feed} == set(be.input_names) - unread
     runner = Interpreter(model_path=str(path), num_threads=1).get_signature_runner("serving_default")
     rng = np.random.default_rng(3)
     for x in validation_inputs(trained[2].inputs, 6):
@@ -226,14 +226,14 @@ def test_litert_backend_sets_only_the_inputs_the_file_reads_and_still_checks_the
                         lambda interp: read(interp) - {int(interp.get_input_details()[0]["index"])} - {
                             int(d["index"]) for d in interp.get_input_details() if "cand_mask" in d["name"]})
     fooled = backends.create("litert", path)
-    assert fooled._direct is not None and fooled._unread == []  # the probe saw cand_mask change the scores
+    assert fooled._feed is not None and fooled._unread == []  # the probe saw cand_mask change the scores
     assert np.array_equal(fooled.run(x), be.run(x))
     monkeypatch.setattr(litert_backend, "_read_tensors", read)
     monkeypatch.setattr(litert_backend, "_wrapper_calls", lambda interp: (
         interp._interpreter.SetTensor, interp._interpreter.Invoke, lambda i: np.zeros((1, be._shapes["cand_mask"][1]),
                                                                                       np.float32)))
     public = backends.create("litert", path)
-    assert public._direct is not None and public._calls[1].__name__ == "invoke"  # the public API's calls
+    assert public._feed is not None and public._calls[1].__name__ == "invoke"  # the public API's calls
     assert np.array_equal(public.run(x), be.run(x))
 
 

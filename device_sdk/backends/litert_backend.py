@@ -53,9 +53,9 @@ class _TFLiteSignatureBackend:
         self._dtypes = {n: np.dtype(d["dtype"]) for n, d in details.items()}
         self._shapes = {n: tuple(int(s) for s in d["shape"]) for n, d in details.items()}
         self.output_dtype = np.dtype(self._runner.get_output_details()[self.output_name]["dtype"])
-        self._direct: list[tuple[str, int]] | None = None  # (input name, tensor index) on the primary subgraph
+        # on the primary subgraph (None: the signature runner): (name, tensor index, dtype) of each input copied in
+        self._feed: list[tuple[str, int, np.dtype]] | None = None
         self._unread: list[tuple[str, np.dtype, tuple[int, ...]]] = []  # inputs no operator reads: only checked
-        self._feed: list[tuple[str, int, np.dtype]] = []  # the fast path's (name, tensor index, dtype) of the others
         self._out_index = -1
         self._calls: tuple | None = None  # (set_tensor, invoke, get_tensor) on the direct path
         self._use_primary_subgraph(details, self._runner.get_output_details())
@@ -103,7 +103,6 @@ class _TFLiteSignatureBackend:
             runner, self._runner = self._runner, None
             del runner
             interp.allocate_tensors()
-            self._direct = [(n, index[n]) for n in self.input_names if n not in unread]
             self._feed = [(n, index[n], self._dtypes[n]) for n in self.input_names if n not in unread]
             self._unread = [(n, self._dtypes[n], self._shapes[n]) for n in self.input_names if n in unread]
             self._out_index = out_index
@@ -118,15 +117,15 @@ class _TFLiteSignatureBackend:
         except Exception:  # noqa: BLE001 - any surprise: the runner path, which loaded fine
             same = False
         if not same:
-            self._direct, self._feed, self._unread = None, [], []
+            self._feed, self._unread = None, []
             self._calls = None
             self._runner = interp.get_signature_runner(SERVING_SIGNATURE)
 
     def _run_one(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        if self._direct is None:
+        if self._feed is None:
             return np.array(self._runner(**feeds)[self.output_name], copy=True)
         set_tensor, invoke, get_tensor = self._calls  # type: ignore[misc]
-        for n, i in self._direct:
+        for n, i, _ in self._feed:
             set_tensor(i, feeds[n])
         invoke()
         return get_tensor(self._out_index)  # a copy
@@ -137,7 +136,7 @@ class _TFLiteSignatureBackend:
         converts. The interpreter checks the dtype's kind but not its byte order (a byte-swapped float32 array would
         go in as raw bytes), hence the dtype test here."""
         set_tensor, invoke, get_tensor = self._calls  # type: ignore[misc]
-        for n, i, want in self._feed:
+        for n, i, want in self._feed:  # type: ignore[union-attr]
             a = inputs[n]
             dt = a.dtype
             if dt is not want and dt != want:
@@ -152,7 +151,7 @@ class _TFLiteSignatureBackend:
         return get_tensor(self._out_index)  # a copy
 
     def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        if self._direct is not None:
+        if self._feed is not None:
             try:  # the common call: one list, arrays of the model's dtypes and shapes go in as they are
                 return self._run_fast(inputs)
             except (KeyError, AttributeError, ValueError, TypeError):  # missing, other dtype, shape, batch > 1
